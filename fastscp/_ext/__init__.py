@@ -1,0 +1,1 @@
+"""Compiled hot path (built from the top-level _ext/ Cython sources)."""
