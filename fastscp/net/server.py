@@ -1,0 +1,204 @@
+"""The only socket code: an asyncio server of DICOM associations.
+
+Each connection is a ``BufferedProtocol``: the loop reads straight into the
+association's framer buffer, ``buffer_updated`` feeds the sans-I/O machine,
+hands its events to the service handler, and writes what it has to send in
+one ``transport.write`` (TCP_NODELAY is set, so a response is never held
+back by Nagle/delayed-ACK interplay). Timers live here, not in protocol/:
+ARTIM (PS3.8 9.1.5) while the machine says it runs, and an idle timeout for
+established associations. ``serve`` stops on SIGINT/SIGTERM: it closes the
+listening socket, lets running associations finish within a grace period,
+then aborts what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..protocol.association import Association, CommandReceived, DatasetFragment
+
+log = logging.getLogger("fastscp.net")
+
+
+class AssociationProtocol(asyncio.BufferedProtocol):
+    def __init__(self, server: "DicomServer") -> None:
+        self.server = server
+        self.assoc = Association(server.max_pdu)
+        self.transport: asyncio.Transport | None = None
+        self.handler: Any = None
+        self.last_activity = time.monotonic()
+        self._artim: asyncio.TimerHandle | None = None
+        self._idle: asyncio.TimerHandle | None = None
+
+    # ---- asyncio callbacks ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peer = transport.get_extra_info("peername")
+        peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.handler = self.server.handler_factory(self.assoc, peer_text)
+        self.server.connections.add(self)
+        self.assoc.connection_made()
+        self._after()
+        self._arm_idle()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.assoc.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        assoc = self.assoc
+        assoc.buffer_updated(nbytes)
+        self.last_activity = time.monotonic()
+        handler = self.handler
+        next_event = assoc.next_event
+        try:
+            while (ev := next_event()) is not None:
+                t = type(ev)
+                if t is DatasetFragment:
+                    handler.on_fragment(ev)
+                elif t is CommandReceived:
+                    handler.on_command(ev)
+                else:
+                    handler.handle(ev)
+        except Exception:
+            log.exception("internal error on association %s; aborting it", getattr(handler, "id", "?"))
+            self.abort("internal error")
+            return
+        self._after()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        ev = self.assoc.connection_lost()
+        if ev is not None:
+            self.handler.handle(ev)
+        for timer in (self._artim, self._idle):
+            if timer is not None:
+                timer.cancel()
+        self.server.connections.discard(self)
+        self.server.connection_closed()
+
+    # ---- helpers --------------------------------------------------------------------
+
+    def _after(self) -> None:
+        """Write what the machine has to send; follow its timer and close flags."""
+        out = self.assoc.data_to_send()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if out:
+            transport.write(out)
+        if self.assoc.artim_running:
+            if self._artim is None:
+                self._artim = asyncio.get_running_loop().call_later(self.server.artim_timeout, self._artim_fired)
+        elif self._artim is not None:
+            self._artim.cancel()
+            self._artim = None
+        if self.assoc.closing or self.assoc.state == "Sta1":
+            transport.close()
+
+    def _artim_fired(self) -> None:
+        self._artim = None
+        self.assoc.artim_expired()
+        self._drain_events()
+        self._after()
+
+    def _drain_events(self) -> None:
+        while (ev := self.assoc.next_event()) is not None:
+            self.handler.handle(ev)
+
+    def _arm_idle(self) -> None:
+        timeout = self.server.idle_timeout
+        if timeout:
+            self._idle = asyncio.get_running_loop().call_later(timeout, self._idle_check)
+
+    def _idle_check(self) -> None:
+        idle = time.monotonic() - self.last_activity
+        timeout = self.server.idle_timeout
+        if idle < timeout:
+            self._idle = asyncio.get_running_loop().call_later(timeout - idle, self._idle_check)
+            return
+        self._idle = None
+        if self.assoc.state in ("Sta1", "Sta13"):
+            return
+        log.warning("association %s idle for %.0f s: aborting", getattr(self.handler, "id", "?"), idle)
+        self.abort("idle timeout")
+
+    def abort(self, reason: str) -> None:
+        self.assoc.abort(reason)
+        self._drain_events()
+        self._after()
+        if self.transport is not None:
+            self.transport.close()
+
+
+class DicomServer:
+    def __init__(
+        self,
+        handler_factory: Callable[[Association, str], Any],
+        max_pdu: int = 131072,
+        artim_timeout: float = 30.0,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self.handler_factory = handler_factory
+        self.max_pdu = max_pdu
+        self.artim_timeout = artim_timeout
+        self.idle_timeout = idle_timeout
+        self.connections: set[AssociationProtocol] = set()
+        self._servers: list[asyncio.base_events.Server] = []
+        self._idle_event: asyncio.Event | None = None
+
+    async def start(self, host: str | None, port: int, ssl_context: ssl.SSLContext | None = None) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: AssociationProtocol(self), host or None, port,
+                                          ssl=ssl_context, reuse_address=True, backlog=128)
+        self._servers.append(server)
+        return [s.getsockname() for s in server.sockets]
+
+    def connection_closed(self) -> None:
+        if self._idle_event is not None and not self.connections:
+            self._idle_event.set()
+
+    async def shutdown(self, grace: float) -> None:
+        for server in self._servers:
+            server.close()
+        if self.connections:
+            log.info("waiting up to %.0f s for %d association(s) to finish", grace, len(self.connections))
+            self._idle_event = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle_event.wait(), grace)
+            except asyncio.TimeoutError:
+                for conn in list(self.connections):
+                    conn.abort("server shutting down")
+        for server in self._servers:
+            await server.wait_closed()
+
+
+async def serve_forever(server: DicomServer, grace: float, ready: Callable[[], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then shut down gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if ready is not None:
+        ready()
+    await stop.wait()
+    log.info("shutting down")
+    await server.shutdown(grace)

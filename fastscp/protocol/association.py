@@ -1,0 +1,461 @@
+"""The acceptor side of the DICOM Upper Layer state machine (PS3.8 9.2, Table 9-10).
+
+Sans-I/O, in the h11 manner: the socket layer hands received bytes in
+(``get_buffer``/``buffer_updated``), pulls ``Event`` objects out with
+``next_event``, calls the local primitives (``accept``, ``reject``,
+``send_command``, ``release_response``, ``abort``) and writes whatever
+``data_to_send`` returns. No sockets, clocks or files here: the ARTIM timer is
+run by the caller, who reads ``artim_running`` after each call and reports
+expiry with ``artim_expired``; ``closing`` tells it to close the transport.
+
+Every transition lives in ``TRANSITIONS``: (state, event) -> (action, next
+state), named as in the standard (``Sta6 + Evt10 -> DT-2``). A pair missing
+from the table is a state the standard does not allow; a received PDU there is
+treated like Evt19 (A-P-ABORT), a local call there raises ``LocalProtocolError``.
+Sta4/Sta5 (requestor awaiting transport / A-ASSOCIATE-AC) are never entered by
+an acceptor and are left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from .._ext.framer import EV_COMMAND, EV_DATASET, FramingError, PDUFramer, decode_command
+from . import pdu as P
+
+# Events (PS3.8 Table 9-6)
+EVT3 = "Evt3"  # A-ASSOCIATE-AC PDU received
+EVT4 = "Evt4"  # A-ASSOCIATE-RJ PDU received
+EVT5 = "Evt5"  # transport connection indication
+EVT6 = "Evt6"  # A-ASSOCIATE-RQ PDU received
+EVT7 = "Evt7"  # A-ASSOCIATE response primitive (accept)
+EVT8 = "Evt8"  # A-ASSOCIATE response primitive (reject)
+EVT9 = "Evt9"  # P-DATA request primitive
+EVT10 = "Evt10"  # P-DATA-TF PDU received
+EVT11 = "Evt11"  # A-RELEASE request primitive
+EVT12 = "Evt12"  # A-RELEASE-RQ PDU received
+EVT13 = "Evt13"  # A-RELEASE-RP PDU received
+EVT14 = "Evt14"  # A-RELEASE response primitive
+EVT15 = "Evt15"  # A-ABORT request primitive
+EVT16 = "Evt16"  # A-ABORT PDU received
+EVT17 = "Evt17"  # transport connection closed
+EVT18 = "Evt18"  # ARTIM timer expired
+EVT19 = "Evt19"  # unrecognized or invalid PDU received
+
+_PDU_EVENTS = {
+    P.A_ASSOCIATE_RQ: EVT6,
+    P.A_ASSOCIATE_AC: EVT3,
+    P.A_ASSOCIATE_RJ: EVT4,
+    P.A_RELEASE_RQ: EVT12,
+    P.A_RELEASE_RP: EVT13,
+    P.A_ABORT: EVT16,
+}
+
+
+class LocalProtocolError(Exception):
+    """We (the local user) called a primitive the current state does not allow."""
+
+
+# ---- events handed to the user -------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AssociationRequested:
+    request: P.AssociateRequest
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommandReceived:
+    context_id: int
+    command: dict[int, Any]
+
+
+@dataclasses.dataclass(slots=True)
+class DatasetFragment:
+    """One PDV of a dataset; ``data`` is valid only until the next read."""
+
+    context_id: int
+    data: memoryview
+    last: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReleaseRequested:
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReleaseConfirmed:
+    pass
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Aborted:
+    """The association ended abnormally. ``by_peer``: the peer sent A-ABORT;
+    otherwise we aborted (protocol error, timeout, local request) or the
+    transport dropped."""
+
+    by_peer: bool
+    source: int
+    reason: int
+    description: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The transport closed; ``expected`` after a completed release or reject."""
+
+    expected: bool
+
+
+Event = AssociationRequested | CommandReceived | DatasetFragment | ReleaseRequested | ReleaseConfirmed | Aborted | ConnectionClosed
+
+# ---- the transition table ------------------------------------------------------
+
+_ANY_PDU_BUT = (EVT3, EVT4, EVT6, EVT10, EVT12, EVT13, EVT19)
+
+
+def _build_table() -> dict[tuple[str, str], tuple[str, str | None]]:
+    t: dict[tuple[str, str], tuple[str, str | None]] = {}
+
+    def add(state: str, events: tuple[str, ...] | str, action: str, nxt: str | None) -> None:
+        for e in (events,) if isinstance(events, str) else events:
+            t[(state, e)] = (action, nxt)
+
+    add("Sta1", EVT5, "AE-5", "Sta2")
+    # Sta2: transport open, awaiting A-ASSOCIATE-RQ (ARTIM running)
+    add("Sta2", (EVT3, EVT4, EVT10, EVT12, EVT13, EVT19), "AA-1", "Sta13")
+    add("Sta2", EVT6, "AE-6", None)
+    add("Sta2", (EVT16, EVT18), "AA-2", "Sta1")
+    add("Sta2", EVT17, "AA-5", "Sta1")
+    # Sta3: awaiting the local A-ASSOCIATE response
+    add("Sta3", _ANY_PDU_BUT, "AA-8", "Sta13")
+    add("Sta3", EVT7, "AE-7", "Sta6")
+    add("Sta3", EVT8, "AE-8", "Sta13")
+    # Sta6: established
+    add("Sta6", (EVT3, EVT4, EVT6, EVT13, EVT19), "AA-8", "Sta13")
+    add("Sta6", EVT9, "DT-1", "Sta6")
+    add("Sta6", EVT10, "DT-2", "Sta6")
+    add("Sta6", EVT11, "AR-1", "Sta7")
+    add("Sta6", EVT12, "AR-2", "Sta8")
+    # Sta7: we asked for release, awaiting A-RELEASE-RP
+    add("Sta7", (EVT3, EVT4, EVT6, EVT19), "AA-8", "Sta13")
+    add("Sta7", EVT10, "AR-6", "Sta7")
+    add("Sta7", EVT12, "AR-8", "Sta10")  # release collision; as acceptor -> Sta10
+    add("Sta7", EVT13, "AR-3", "Sta1")
+    # Sta8: peer asked for release, awaiting our A-RELEASE response
+    add("Sta8", _ANY_PDU_BUT, "AA-8", "Sta13")
+    add("Sta8", EVT9, "AR-7", "Sta8")
+    add("Sta8", EVT14, "AR-4", "Sta13")
+    # Release collision, acceptor side (Sta10 -> Sta12 -> Sta13)
+    add("Sta10", tuple(e for e in _ANY_PDU_BUT if e != EVT13), "AA-8", "Sta13")
+    add("Sta10", EVT13, "AR-10", "Sta12")
+    add("Sta12", _ANY_PDU_BUT, "AA-8", "Sta13")
+    add("Sta12", EVT14, "AR-4", "Sta13")
+    # Common to every state after Sta2
+    for s in ("Sta3", "Sta6", "Sta7", "Sta8", "Sta10", "Sta12"):
+        add(s, EVT15, "AA-1", "Sta13")
+        add(s, EVT16, "AA-3", "Sta1")
+        add(s, EVT17, "AA-4", "Sta1")
+    # Sta13: awaiting transport close (ARTIM running)
+    add("Sta13", (EVT3, EVT4, EVT10, EVT12, EVT13), "AA-6", "Sta13")
+    add("Sta13", (EVT6, EVT19), "AA-7", "Sta13")
+    add("Sta13", EVT15, "AA-6", "Sta13")
+    add("Sta13", (EVT16, EVT18), "AA-2", "Sta1")
+    add("Sta13", EVT17, "AR-5", "Sta1")
+    return t
+
+
+TRANSITIONS = _build_table()
+
+ABORT_REASONS = {
+    0: "reason not specified",
+    1: "unrecognized PDU",
+    2: "unexpected PDU",
+    4: "unrecognized PDU parameter",
+    5: "unexpected PDU parameter",
+    6: "invalid PDU parameter value",
+}
+
+
+class Association:
+    """One association, acceptor side."""
+
+    def __init__(self, max_pdu: int = 131072, max_other_pdu: int = 1 << 20) -> None:
+        self.state = "Sta1"
+        self.max_pdu = max_pdu
+        self.framer = PDUFramer(max_pdu, max_other_pdu)
+        self.request: P.AssociateRequest | None = None
+        self.peer_max_pdu = 0
+        self.artim_running = False
+        self.closing = False
+        self.abort_description = ""
+        self._out: list[bytes] = []
+        self._pending: list[Event] = []
+        # the bytes the current event carries (PDU or decode error)
+        self._payload: Any = None
+        self._actions: dict[str, Callable[[], str | None]] = {
+            "AE-5": self._ae5, "AE-6": self._ae6, "AE-7": self._ae7, "AE-8": self._ae8,
+            "DT-1": self._dt1, "DT-2": self._dt2, "AR-1": self._ar1, "AR-2": self._ar2,
+            "AR-3": self._ar3, "AR-4": self._ar4, "AR-5": self._ar5, "AR-6": self._dt2,
+            "AR-7": self._dt1, "AR-8": self._ar8, "AR-10": self._ar10,
+            "AA-1": self._aa1, "AA-2": self._aa2, "AA-3": self._aa3, "AA-4": self._aa4,
+            "AA-5": self._aa5, "AA-6": self._aa6, "AA-7": self._aa7, "AA-8": self._aa8,
+        }
+
+    # ---- transport side -----------------------------------------------------------
+
+    def connection_made(self) -> None:
+        self._fire(EVT5, None, local=True)
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        return self.framer.get_buffer(sizehint)  # type: ignore[no-any-return]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.framer.buffer_updated(nbytes)
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Copy ``data`` in and return every event it completes (for tests and
+        callers without a BufferedProtocol)."""
+        events: list[Event] = []
+        view = memoryview(data)
+        while view:
+            buf = self.get_buffer()
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            self.buffer_updated(n)
+            view = view[n:]
+            while (ev := self.next_event()) is not None:
+                if isinstance(ev, DatasetFragment):  # slices die at the next read
+                    ev = DatasetFragment(ev.context_id, memoryview(bytes(ev.data)), ev.last)
+                events.append(ev)
+        return events
+
+    def next_event(self) -> Event | None:
+        """The next event from received bytes, or None when more are needed."""
+        if self._pending:
+            return self._pending.pop(0)
+        while self.state != "Sta1":
+            if self.state == "Sta13":  # ending: what the peer still sends is ignored (AA-6)
+                self.framer.discard()
+                break
+            try:
+                item = self.framer.next_event()
+            except FramingError as exc:
+                self._fire(EVT19, exc, local=False)
+                return self._pending.pop(0) if self._pending else None
+            if item is None:
+                return None
+            kind = item[0]
+            if kind == EV_DATASET:
+                if self.state == "Sta6":  # the hot path: Sta6 + Evt10 -> DT-2
+                    return DatasetFragment(item[1], item[2], item[3])
+                self._fire(EVT10, item, local=False)
+            elif kind == EV_COMMAND:
+                self._fire(EVT10, item, local=False)
+            else:
+                self._fire(_PDU_EVENTS.get(item[1], EVT19), item[2], local=False)
+            if self._pending:
+                return self._pending.pop(0)
+        return self._pending.pop(0) if self._pending else None
+
+    def connection_lost(self) -> Event | None:
+        """Evt17; returns the event to report (None if already reported)."""
+        if self.state == "Sta1":
+            return None
+        self._fire(EVT17, None, local=False)
+        return self._pending.pop(0) if self._pending else None
+
+    def artim_expired(self) -> None:
+        if self.state in ("Sta2", "Sta13"):
+            self.abort_description = self.abort_description or "ARTIM timer expired"
+            self._fire(EVT18, None, local=False)
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    # ---- local primitives ---------------------------------------------------------
+
+    def accept(self, accept: P.AssociateAccept) -> None:
+        self._fire(EVT7, accept, local=True)
+
+    def reject(self, result: int, source: int, reason: int) -> None:
+        self._fire(EVT8, (result, source, reason), local=True)
+
+    def send_command(self, context_id: int, command: bytes) -> None:
+        """Send a command set with no dataset (all an SCP ever sends)."""
+        self._fire(EVT9, (context_id, command), local=True)
+
+    def request_release(self) -> None:
+        self._fire(EVT11, None, local=True)
+
+    def release_response(self) -> None:
+        self._fire(EVT14, None, local=True)
+
+    def abort(self, reason: str = "aborted by the local user") -> None:
+        if self.state in ("Sta1", "Sta13"):
+            return
+        self.abort_description = reason
+        self._fire(EVT15, None, local=True)
+
+    @property
+    def established(self) -> bool:
+        return self.state in ("Sta6", "Sta7", "Sta8", "Sta10", "Sta12")
+
+    # ---- the machine --------------------------------------------------------------
+
+    def _fire(self, event: str, payload: Any, local: bool) -> None:
+        entry = TRANSITIONS.get((self.state, event))
+        if entry is None:
+            if local:
+                raise LocalProtocolError(f"{event} is not allowed in {self.state}")
+            # a received PDU the table has no cell for: treat as invalid (Evt19)
+            entry = TRANSITIONS.get((self.state, EVT19))
+            if entry is None:
+                return
+            payload = FramingError(P.ABORT_UNEXPECTED_PDU, f"{event} unexpected in {self.state}")
+        action, nxt = entry
+        self._payload = payload
+        decided = self._actions[action]()
+        self.state = decided or nxt or self.state
+
+    def _send_abort(self, source: int, reason: int) -> None:
+        self._out.append(P.encode_abort(source, reason))
+
+    # AE: establishment
+    def _ae5(self) -> None:
+        self.artim_running = True
+
+    def _ae6(self) -> str:
+        self.artim_running = False
+        try:
+            request = P.decode_associate_rq(self._payload)
+        except P.PDUError as exc:
+            self.abort_description = f"malformed A-ASSOCIATE-RQ: {exc}"
+            self._send_abort(P.ABORT_SOURCE_PROVIDER, exc.reason)
+            self.artim_running = True
+            self._pending.append(Aborted(False, P.ABORT_SOURCE_PROVIDER, exc.reason, self.abort_description))
+            return "Sta13"
+        self.request = request
+        self.peer_max_pdu = request.max_pdu
+        if not request.protocol_version & 1:
+            self._payload = (P.RJ_PERMANENT, P.RJ_SOURCE_ACSE, P.RJ_ACSE_PROTOCOL_VERSION)
+            self._ae8()
+            return "Sta13"
+        if request.application_context != P.APPLICATION_CONTEXT:
+            self._payload = (P.RJ_PERMANENT, P.RJ_SOURCE_USER, P.RJ_USER_APP_CONTEXT_NOT_SUPPORTED)
+            self._ae8()
+            return "Sta13"
+        self._pending.append(AssociationRequested(request))
+        return "Sta3"
+
+    def _ae7(self) -> None:
+        assert self.request is not None
+        self._out.append(P.encode_associate_ac(self.request, self._payload))
+
+    def _ae8(self) -> None:
+        self._out.append(P.encode_associate_rj(*self._payload))
+        self.artim_running = True
+
+    # DT: data transfer
+    def _dt1(self) -> None:
+        context_id, command = self._payload
+        self._out.append(P.encode_pdata(context_id, command, True, self.peer_max_pdu))
+
+    def _dt2(self) -> str | None:
+        item = self._payload
+        if item[0] == EV_COMMAND:
+            try:
+                command = decode_command(item[2])
+            except ValueError as exc:
+                return self._protocol_error(P.ABORT_INVALID_PARAMETER, f"undecodable command set: {exc}")
+            self._pending.append(CommandReceived(item[1], command))
+        else:
+            self._pending.append(DatasetFragment(item[1], item[2], item[3]))
+        return None
+
+    # AR: release
+    def _ar1(self) -> None:
+        self._out.append(P.encode_release_rq())
+
+    def _ar2(self) -> None:
+        self._pending.append(ReleaseRequested())
+
+    def _ar3(self) -> None:
+        self._pending.append(ReleaseConfirmed())
+        self.closing = True
+
+    def _ar4(self) -> None:
+        self._out.append(P.encode_release_rp())
+        self.artim_running = True
+
+    def _ar5(self) -> None:
+        self.artim_running = False
+        self._pending.append(ConnectionClosed(expected=True))
+
+    def _ar8(self) -> None:
+        self._pending.append(ReleaseRequested())
+
+    def _ar10(self) -> None:
+        self._pending.append(ReleaseConfirmed())
+
+    # AA: abort
+    def _aa1(self) -> None:
+        if isinstance(self._payload, FramingError):  # an invalid PDU in Sta2
+            self.abort_description = str(self._payload)
+            self._send_abort(P.ABORT_SOURCE_PROVIDER, self._payload.reason)
+        elif self._payload is None:  # local A-ABORT request
+            self._send_abort(P.ABORT_SOURCE_USER, 0)
+        else:  # a valid PDU that has no place in Sta2
+            self.abort_description = "unexpected PDU before A-ASSOCIATE-RQ"
+            self._send_abort(P.ABORT_SOURCE_PROVIDER, P.ABORT_UNEXPECTED_PDU)
+        self.artim_running = True
+        self._pending.append(Aborted(False, P.ABORT_SOURCE_USER if self._payload is None else P.ABORT_SOURCE_PROVIDER, 0, self.abort_description))
+
+    def _aa2(self) -> None:
+        self.artim_running = False
+        self.closing = True
+        if isinstance(self._payload, (bytes, bytearray)):  # A-ABORT received in Sta2
+            source, reason = P.decode_abort(self._payload)
+            self._pending.append(Aborted(True, source, reason, "aborted by peer"))
+        elif self.state == "Sta2":  # ARTIM expired: no A-ASSOCIATE-RQ in time
+            self._pending.append(Aborted(False, P.ABORT_SOURCE_PROVIDER, 0, self.abort_description))
+        else:  # Sta13: ARTIM expired while waiting for the peer to close
+            self._pending.append(ConnectionClosed(expected=True))
+
+    def _aa3(self) -> None:
+        source, reason = P.decode_abort(self._payload)
+        self.closing = True
+        self.abort_description = f"aborted by peer (source {source}, reason {reason})"
+        self._pending.append(Aborted(True, source, reason, self.abort_description))
+
+    def _aa4(self) -> None:
+        self.abort_description = "connection closed by peer"
+        self._pending.append(Aborted(True, P.ABORT_SOURCE_PROVIDER, 0, self.abort_description))
+
+    def _aa5(self) -> None:
+        self.artim_running = False
+        self._pending.append(ConnectionClosed(expected=False))
+
+    def _aa6(self) -> None:
+        pass
+
+    def _aa7(self) -> None:
+        self._send_abort(P.ABORT_SOURCE_PROVIDER, P.ABORT_UNEXPECTED_PDU)
+
+    def _aa8(self) -> str:
+        exc = self._payload if isinstance(self._payload, FramingError) else None
+        reason = exc.reason if exc is not None else P.ABORT_UNEXPECTED_PDU
+        return self._protocol_error(reason, str(exc) if exc is not None else f"unexpected PDU in {self.state}")
+
+    def _protocol_error(self, reason: int, description: str) -> str:
+        """AA-8: send A-P-ABORT, report it, start ARTIM, go to Sta13."""
+        self.abort_description = description
+        self._send_abort(P.ABORT_SOURCE_PROVIDER, reason)
+        self.artim_running = True
+        self._pending.append(Aborted(False, P.ABORT_SOURCE_PROVIDER, reason, description))
+        return "Sta13"

@@ -1,0 +1,104 @@
+"""DIMSE command sets (PS3.7 section 9 and Annex E): what a decoded command
+means, and the encoded responses we send.
+
+Command sets are always implicit VR little endian. Decoding is done by the
+Cython ``decode_command``; this module interprets the {tag: value} dict and
+encodes the few responses an SCP sends (C-ECHO-RSP, C-STORE-RSP, and a
+generic failure for commands we do not serve).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from .._ext.framer import decode_command  # noqa: F401  (re-exported)
+
+# Command fields (PS3.7 E.1)
+C_STORE_RQ = 0x0001
+C_STORE_RSP = 0x8001
+C_ECHO_RQ = 0x0030
+C_ECHO_RSP = 0x8030
+C_CANCEL_RQ = 0x0FFF
+
+# Tags
+AFFECTED_SOP_CLASS = 0x00000002
+COMMAND_FIELD = 0x00000100
+MESSAGE_ID = 0x00000110
+MESSAGE_ID_RESPONDED = 0x00000120
+PRIORITY = 0x00000700
+DATA_SET_TYPE = 0x00000800
+STATUS = 0x00000900
+ERROR_COMMENT = 0x00000902
+AFFECTED_SOP_INSTANCE = 0x00001000
+MOVE_ORIGINATOR_AE = 0x00001030
+MOVE_ORIGINATOR_ID = 0x00001031
+
+NO_DATA_SET = 0x0101
+
+# Statuses (PS3.7 C, PS3.4 B.2.3)
+SUCCESS = 0x0000
+REFUSED_OUT_OF_RESOURCES = 0xA700
+ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+ERROR_CANNOT_UNDERSTAND = 0xC000
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+UNRECOGNIZED_OPERATION = 0x0211
+WARNING_ELEMENTS_DISCARDED = 0xB006
+
+
+def has_dataset(command: dict[int, Any]) -> bool:
+    return command.get(DATA_SET_TYPE, NO_DATA_SET) != NO_DATA_SET
+
+
+def _element(tag: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
+
+
+def _text(value: str) -> bytes:
+    raw = value.encode("ascii", "replace")
+    return raw + b"\x00" if len(raw) % 2 else raw
+
+
+def _lo(value: str) -> bytes:
+    raw = value.encode("ascii", "replace")[:64]
+    return raw + b" " if len(raw) % 2 else raw
+
+
+def _us(value: int) -> bytes:
+    return struct.pack("<H", value)
+
+
+def encode_response(
+    command_field: int,
+    message_id: int,
+    status: int,
+    sop_class_uid: str = "",
+    sop_instance_uid: str = "",
+    error_comment: str = "",
+) -> bytes:
+    """An encoded response command set, group length first, elements in tag order."""
+    elements = []
+    if sop_class_uid:
+        elements.append(_element(AFFECTED_SOP_CLASS, _text(sop_class_uid)))
+    elements.append(_element(COMMAND_FIELD, _us(command_field)))
+    elements.append(_element(MESSAGE_ID_RESPONDED, _us(message_id)))
+    elements.append(_element(DATA_SET_TYPE, _us(NO_DATA_SET)))
+    elements.append(_element(STATUS, _us(status)))
+    if error_comment:
+        elements.append(_element(ERROR_COMMENT, _lo(error_comment)))
+    if sop_instance_uid:
+        elements.append(_element(AFFECTED_SOP_INSTANCE, _text(sop_instance_uid)))
+    body = b"".join(elements)
+    return _element(0x00000000, struct.pack("<I", len(body))) + body
+
+
+def encode_request(command_field: int, message_id: int, sop_class_uid: str, sop_instance_uid: str = "", data_set: bool = False, priority: int = 0) -> bytes:
+    """An encoded request command set (used by tests and client tools)."""
+    elements = [_element(AFFECTED_SOP_CLASS, _text(sop_class_uid)), _element(COMMAND_FIELD, _us(command_field)), _element(MESSAGE_ID, _us(message_id))]
+    if command_field == C_STORE_RQ:
+        elements.append(_element(PRIORITY, _us(priority)))
+    elements.append(_element(DATA_SET_TYPE, _us(0x0000 if data_set else NO_DATA_SET)))
+    if sop_instance_uid:
+        elements.append(_element(AFFECTED_SOP_INSTANCE, _text(sop_instance_uid)))
+    body = b"".join(elements)
+    return _element(0x00000000, struct.pack("<I", len(body))) + body

@@ -1,0 +1,282 @@
+"""Association PDUs: decode A-ASSOCIATE-RQ, A-ABORT; encode AC, RJ, RELEASE, ABORT, P-DATA-TF.
+
+PS3.8 section 9.3 (PDU structure) and Annex D (user information sub-items:
+D.3.3.1 maximum length, D.3.3.2 implementation identification, D.3.3.3
+asynchronous operations window, D.3.3.4 SCP/SCU role selection). P-DATA-TF
+PDUs are never decoded here: the Cython framer walks them in place.
+
+Decoding raises ``PDUError`` with the A-ABORT reason code to send.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+
+from .._ext.framer import ABORT_INVALID_PARAMETER, ABORT_UNEXPECTED_PDU  # noqa: F401
+
+# PDU types (PS3.8 9.3.1)
+A_ASSOCIATE_RQ = 0x01
+A_ASSOCIATE_AC = 0x02
+A_ASSOCIATE_RJ = 0x03
+P_DATA_TF = 0x04
+A_RELEASE_RQ = 0x05
+A_RELEASE_RP = 0x06
+A_ABORT = 0x07
+
+APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+
+# Presentation context results (PS3.8 9.3.3.2)
+RESULT_ACCEPTANCE = 0
+RESULT_USER_REJECTION = 1
+RESULT_NO_REASON = 2
+RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED = 3
+RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED = 4
+
+# A-ASSOCIATE-RJ result / source / reason (PS3.8 9.3.4)
+RJ_PERMANENT = 1
+RJ_TRANSIENT = 2
+RJ_SOURCE_USER = 1
+RJ_SOURCE_ACSE = 2
+RJ_SOURCE_PRESENTATION = 3
+RJ_USER_NO_REASON = 1
+RJ_USER_APP_CONTEXT_NOT_SUPPORTED = 2
+RJ_USER_CALLING_AE_NOT_RECOGNIZED = 3
+RJ_USER_CALLED_AE_NOT_RECOGNIZED = 7
+RJ_ACSE_PROTOCOL_VERSION = 2
+RJ_PRESENTATION_CONGESTION = 1
+RJ_PRESENTATION_LOCAL_LIMIT = 2
+
+# A-ABORT source (PS3.8 9.3.8)
+ABORT_SOURCE_USER = 0
+ABORT_SOURCE_PROVIDER = 2
+
+
+class PDUError(Exception):
+    """A PDU the peer sent is malformed; ``reason`` is the A-P-ABORT reason."""
+
+    def __init__(self, message: str, reason: int = ABORT_INVALID_PARAMETER) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PresentationContextProposal:
+    context_id: int
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RoleSelection:
+    sop_class_uid: str
+    scu_role: bool
+    scp_role: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AssociateRequest:
+    protocol_version: int
+    called_ae: str
+    calling_ae: str
+    application_context: str
+    contexts: tuple[PresentationContextProposal, ...]
+    max_pdu: int  # the peer's receive maximum; 0 means unlimited
+    implementation_class_uid: str = ""
+    implementation_version_name: str = ""
+    async_ops: tuple[int, int] | None = None  # (max invoked, max performed)
+    roles: tuple[RoleSelection, ...] = ()
+    user_identity: bytes | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PresentationContextResult:
+    context_id: int
+    result: int
+    transfer_syntax: str  # the accepted one; ignored unless result is acceptance
+    abstract_syntax: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AssociateAccept:
+    results: tuple[PresentationContextResult, ...]
+    max_pdu: int
+    implementation_class_uid: str
+    implementation_version_name: str
+    roles: tuple[RoleSelection, ...] = ()
+    async_ops: tuple[int, int] | None = None
+
+
+def _uid(raw: bytes) -> str:
+    return raw.rstrip(b"\x00 ").decode("ascii", "replace").strip()
+
+
+def _items(data: bytes, start: int, end: int, what: str) -> list[tuple[int, int, int]]:
+    """(type, value_start, value_end) of each item in data[start:end]; items
+    have a 1-byte type, 1 reserved byte and a 2-byte big-endian length."""
+    out = []
+    pos = start
+    while pos < end:
+        if end - pos < 4:
+            raise PDUError(f"truncated item header in {what}")
+        item_type = data[pos]
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if pos + 4 + length > end:
+            raise PDUError(f"item {item_type:#04x} in {what} runs past its parent")
+        out.append((item_type, pos + 4, pos + 4 + length))
+        pos += 4 + length
+    return out
+
+
+def decode_associate_rq(pdu: bytes) -> AssociateRequest:
+    """Decode a whole A-ASSOCIATE-RQ PDU (header included)."""
+    if len(pdu) < 74 or pdu[0] != A_ASSOCIATE_RQ:
+        raise PDUError("A-ASSOCIATE-RQ shorter than its fixed fields")
+    (version,) = struct.unpack_from(">H", pdu, 6)
+    called = pdu[10:26].decode("ascii", "replace").strip()
+    calling = pdu[26:42].decode("ascii", "replace").strip()
+    app_context = ""
+    contexts: list[PresentationContextProposal] = []
+    max_pdu = 0
+    impl_uid = impl_version = ""
+    async_ops = None
+    roles: list[RoleSelection] = []
+    user_identity = None
+    seen_ids: set[int] = set()
+    for item_type, start, end in _items(pdu, 74, len(pdu), "A-ASSOCIATE-RQ"):
+        if item_type == 0x10:
+            app_context = _uid(pdu[start:end])
+        elif item_type == 0x20:
+            if end - start < 4:
+                raise PDUError("presentation context item too short")
+            context_id = pdu[start]
+            if context_id % 2 == 0 or context_id in seen_ids:
+                raise PDUError(f"presentation context ID {context_id} is even or repeated")
+            seen_ids.add(context_id)
+            abstract = ""
+            transfers: list[str] = []
+            for sub_type, s, e in _items(pdu, start + 4, end, "presentation context"):
+                if sub_type == 0x30:
+                    abstract = _uid(pdu[s:e])
+                elif sub_type == 0x40:
+                    transfers.append(_uid(pdu[s:e]))
+                else:
+                    raise PDUError(f"unexpected sub-item {sub_type:#04x} in a presentation context")
+            contexts.append(PresentationContextProposal(context_id, abstract, tuple(transfers)))
+        elif item_type == 0x50:
+            for sub_type, s, e in _items(pdu, start, end, "user information"):
+                if sub_type == 0x51:
+                    if e - s != 4:
+                        raise PDUError("maximum length sub-item is not 4 bytes")
+                    (max_pdu,) = struct.unpack_from(">I", pdu, s)
+                elif sub_type == 0x52:
+                    impl_uid = _uid(pdu[s:e])
+                elif sub_type == 0x55:
+                    impl_version = pdu[s:e].decode("ascii", "replace").strip()
+                elif sub_type == 0x53:
+                    if e - s != 4:
+                        raise PDUError("asynchronous operations window sub-item is not 4 bytes")
+                    async_ops = struct.unpack_from(">HH", pdu, s)
+                elif sub_type == 0x54:
+                    if e - s < 4:
+                        raise PDUError("role selection sub-item too short")
+                    (uid_len,) = struct.unpack_from(">H", pdu, s)
+                    if s + 2 + uid_len + 2 != e:
+                        raise PDUError("role selection sub-item length mismatch")
+                    uid = _uid(pdu[s + 2 : s + 2 + uid_len])
+                    roles.append(RoleSelection(uid, bool(pdu[e - 2]), bool(pdu[e - 1])))
+                elif sub_type == 0x58:
+                    user_identity = pdu[s:e]
+                # 0x56 SOP class extended, 0x57 common extended negotiation:
+                # optional, and we answer nothing for them (PS3.7 D.3.3.5-6).
+        else:
+            raise PDUError(f"unexpected item {item_type:#04x} in A-ASSOCIATE-RQ")
+    if not app_context:
+        raise PDUError("A-ASSOCIATE-RQ without an application context item")
+    if not contexts:
+        raise PDUError("A-ASSOCIATE-RQ without a presentation context")
+    return AssociateRequest(
+        protocol_version=version,
+        called_ae=called,
+        calling_ae=calling,
+        application_context=app_context,
+        contexts=tuple(contexts),
+        max_pdu=max_pdu,
+        implementation_class_uid=impl_uid,
+        implementation_version_name=impl_version,
+        async_ops=async_ops,
+        roles=tuple(roles),
+        user_identity=user_identity,
+    )
+
+
+def _item(item_type: int, value: bytes) -> bytes:
+    return struct.pack(">BBH", item_type, 0, len(value)) + value
+
+
+def _pdu(pdu_type: int, body: bytes) -> bytes:
+    return struct.pack(">BBI", pdu_type, 0, len(body)) + body
+
+
+def _ae(title: str) -> bytes:
+    return title.encode("ascii", "replace")[:16].ljust(16)
+
+
+def encode_associate_ac(request: AssociateRequest, accept: AssociateAccept) -> bytes:
+    """A-ASSOCIATE-AC answering ``request`` (PS3.8 9.3.3). Called/calling AE
+    fields echo the request, as the standard asks."""
+    body = [struct.pack(">HH", 1, 0), _ae(request.called_ae), _ae(request.calling_ae), bytes(32)]
+    body.append(_item(0x10, APPLICATION_CONTEXT.encode()))
+    for r in accept.results:
+        ts = r.transfer_syntax.encode() if r.result == RESULT_ACCEPTANCE else b""
+        body.append(_item(0x21, bytes((r.context_id, 0, r.result, 0)) + (_item(0x40, ts) if ts else b"")))
+    user = [_item(0x51, struct.pack(">I", accept.max_pdu)), _item(0x52, accept.implementation_class_uid.encode())]
+    if accept.async_ops is not None:
+        user.append(_item(0x53, struct.pack(">HH", *accept.async_ops)))
+    for role in accept.roles:
+        uid = role.sop_class_uid.encode()
+        user.append(_item(0x54, struct.pack(">H", len(uid)) + uid + bytes((role.scu_role, role.scp_role))))
+    user.append(_item(0x55, accept.implementation_version_name.encode()))
+    body.append(_item(0x50, b"".join(user)))
+    return _pdu(A_ASSOCIATE_AC, b"".join(body))
+
+
+def encode_associate_rj(result: int, source: int, reason: int) -> bytes:
+    return _pdu(A_ASSOCIATE_RJ, bytes((0, result, source, reason)))
+
+
+def encode_release_rq() -> bytes:
+    return _pdu(A_RELEASE_RQ, bytes(4))
+
+
+def encode_release_rp() -> bytes:
+    return _pdu(A_RELEASE_RP, bytes(4))
+
+
+def encode_abort(source: int, reason: int) -> bytes:
+    return _pdu(A_ABORT, bytes((0, 0, source, reason)))
+
+
+def decode_abort(pdu: bytes) -> tuple[int, int]:
+    """(source, reason) of an A-ABORT PDU; lenient, as an abort is final anyway."""
+    if len(pdu) >= 10:
+        return pdu[8], pdu[9]
+    return ABORT_SOURCE_PROVIDER, 0
+
+
+def encode_pdata(context_id: int, payload: bytes, command: bool, max_pdu: int) -> bytes:
+    """P-DATA-TF PDUs carrying ``payload`` as one message, fragmented so no PDU
+    exceeds the peer's maximum (0 = unlimited). Returned as one bytes object
+    so the caller writes it at once."""
+    flag = 1 if command else 0
+    room = len(payload) if max_pdu == 0 else max(1, max_pdu - 6)
+    out = []
+    pos = 0
+    while True:
+        chunk = payload[pos : pos + room]
+        pos += len(chunk)
+        last = pos >= len(payload)
+        mch = flag | (2 if last else 0)
+        out.append(struct.pack(">BBIIBB", P_DATA_TF, 0, len(chunk) + 6, len(chunk) + 2, context_id, mch) + chunk)
+        if last:
+            return b"".join(out)

@@ -1,0 +1,306 @@
+"""The Storage SCP service: turns association events into storage calls and
+DIMSE answers (PS3.4 Annex A Verification, Annex B Storage; PS3.7 9.1.1, 9.1.5).
+
+One ``StoreSCPHandler`` per association. The C-STORE path:
+
+  command (C-STORE-RQ) -> Storage.begin: temp file, Part-10 prefix
+  each dataset PDV     -> InstanceFile.write(memoryview) (no copies)
+  last PDV             -> header-only parse -> checks -> naming -> rename
+                       -> C-STORE-RSP, in one write, only now
+
+Any failure before the rename removes the temp file and answers with a
+failure status; an association that ends mid-dataset leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .instance import InstanceInfo
+from .protocol import dimse as D
+from .protocol import pdu as P
+from .protocol.association import (
+    Aborted,
+    Association,
+    AssociationRequested,
+    CommandReceived,
+    ConnectionClosed,
+    DatasetFragment,
+    ReleaseConfirmed,
+    ReleaseRequested,
+)
+from .protocol.negotiation import AcceptPolicy, negotiate
+from .storage.header import parse_file, parse_head
+from .storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from .storage.store import Storage
+
+log = logging.getLogger("fastscp.scp")
+
+_ids = itertools.count(1)
+_RUN = f"{int(time.time()):x}"
+
+
+@dataclasses.dataclass
+class ServerState:
+    """What every association shares: settings, storage, live counters."""
+
+    ae_title: str
+    storage: Storage
+    policy: AcceptPolicy
+    max_pdu: int = 131072
+    max_associations: int = 10
+    check_called_ae: bool = True
+    on_stored: list[Callable[[InstanceInfo], None]] = dataclasses.field(default_factory=list)
+    active: int = 0
+    associations_total: int = 0
+    instances_total: int = 0
+    bytes_total: int = 0
+
+
+@dataclasses.dataclass(slots=True)
+class _Store:
+    """A C-STORE in progress."""
+
+    context_id: int
+    message_id: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    writer: Any = None
+    temp: str | None = None
+    status: int = D.SUCCESS
+    comment: str = ""
+
+
+@dataclasses.dataclass(slots=True)
+class _Drain:
+    """A request whose dataset we receive and drop before answering."""
+
+    context_id: int
+    respond: Callable[[], None]
+
+
+class StoreSCPHandler:
+    def __init__(self, server: ServerState, assoc: Association, peer: str) -> None:
+        self.server = server
+        self.assoc = assoc
+        self.peer = peer
+        self.id = f"{_RUN}-{next(_ids)}"
+        self.contexts: dict[int, tuple[str, str]] = {}
+        self.calling_ae = ""
+        self.called_ae = ""
+        self.started = time.monotonic()
+        self.counted = False
+        self.stored = 0
+        self.failed = 0
+        self.bytes = 0
+        self.ended = ""
+        self._current: _Store | _Drain | None = None
+
+    # ---- dispatch -------------------------------------------------------------------
+
+    def handle(self, ev: object) -> None:
+        t = type(ev)
+        if t is DatasetFragment:
+            self.on_fragment(ev)  # type: ignore[arg-type]
+        elif t is CommandReceived:
+            self.on_command(ev)  # type: ignore[arg-type]
+        elif t is AssociationRequested:
+            self.on_request(ev.request)  # type: ignore[attr-defined]
+        elif t is ReleaseRequested:
+            self.assoc.release_response()
+            self._end("released")
+        elif t is ReleaseConfirmed:
+            self._end("released")
+        elif t is Aborted:
+            self._end(ev.description if not ev.by_peer or ev.description else "aborted by peer")  # type: ignore[attr-defined]
+        elif t is ConnectionClosed:
+            self._end("connection closed" if not ev.expected else self.ended or "closed")  # type: ignore[attr-defined]
+
+    # ---- association ----------------------------------------------------------------
+
+    def on_request(self, request: P.AssociateRequest) -> None:
+        s = self.server
+        self.calling_ae, self.called_ae = request.calling_ae, request.called_ae
+        if s.check_called_ae and request.called_ae != s.ae_title:
+            self._reject(P.RJ_PERMANENT, P.RJ_SOURCE_USER, P.RJ_USER_CALLED_AE_NOT_RECOGNIZED,
+                         f"called AE title {request.called_ae!r} is not ours ({s.ae_title!r})")
+            return
+        if s.active >= s.max_associations:
+            self._reject(P.RJ_TRANSIENT, P.RJ_SOURCE_PRESENTATION, P.RJ_PRESENTATION_LOCAL_LIMIT,
+                         f"association limit {s.max_associations} reached")
+            return
+        negotiated = negotiate(request, s.policy)
+        self.contexts = {r.context_id: (r.abstract_syntax, r.transfer_syntax) for r in negotiated.accepted.values()}
+        self.assoc.accept(P.AssociateAccept(
+            results=negotiated.results,
+            max_pdu=s.max_pdu,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+            roles=negotiated.roles,
+            async_ops=negotiated.async_ops,
+        ))
+        s.active += 1
+        s.associations_total += 1
+        self.counted = True
+        log.info("assoc %s open: peer %s calling %s called %s, %d/%d contexts accepted, peer max PDU %d",
+                 self.id, self.peer, request.calling_ae, request.called_ae, len(self.contexts),
+                 len(request.contexts), request.max_pdu)
+
+    def _reject(self, result: int, source: int, reason: int, why: str) -> None:
+        self.assoc.reject(result, source, reason)
+        self.ended = f"rejected: {why}"
+        log.warning("assoc %s rejected: peer %s calling %s called %s: %s",
+                    self.id, self.peer, self.calling_ae, self.called_ae, why)
+
+    def _end(self, how: str) -> None:
+        current = self._current
+        if isinstance(current, _Store):
+            Storage.discard(current.writer, current.temp)
+            current.writer = current.temp = None
+            self._current = None
+        if not self.counted:
+            if not self.ended:
+                self.ended = how
+            return
+        self.counted = False
+        self.server.active -= 1
+        self.ended = how
+        secs = time.monotonic() - self.started
+        log.info("assoc %s closed (%s): peer %s calling %s, %d stored, %d failed, %.1f MB in %.2f s (%.1f MB/s)",
+                 self.id, how, self.peer, self.calling_ae, self.stored, self.failed, self.bytes / 1e6, secs,
+                 self.bytes / 1e6 / secs if secs > 0 else 0.0)
+
+    # ---- DIMSE ----------------------------------------------------------------------
+
+    def on_command(self, ev: CommandReceived) -> None:
+        cmd = ev.command
+        if self._current is not None:
+            self.assoc.abort("a new command arrived before the previous dataset ended")
+            return
+        context = self.contexts.get(ev.context_id)
+        if context is None:
+            self.assoc.abort(f"command on presentation context {ev.context_id}, which was not accepted")
+            return
+        field = cmd.get(D.COMMAND_FIELD)
+        message_id = cmd.get(D.MESSAGE_ID, 0)
+        if field == D.C_STORE_RQ:
+            self._begin_store(ev.context_id, context, cmd)
+        elif field == D.C_ECHO_RQ:
+            self._respond(ev.context_id, D.encode_response(D.C_ECHO_RSP, message_id, D.SUCCESS, cmd.get(D.AFFECTED_SOP_CLASS, "")))
+        elif field == D.C_CANCEL_RQ:
+            pass  # nothing of ours can be cancelled
+        else:
+            rsp = D.encode_response((field or 0) | 0x8000, message_id, D.UNRECOGNIZED_OPERATION,
+                                    cmd.get(D.AFFECTED_SOP_CLASS, ""), error_comment="operation not supported")
+            if D.has_dataset(cmd):
+                self._current = _Drain(ev.context_id, lambda: self._respond(ev.context_id, rsp))
+            else:
+                self._respond(ev.context_id, rsp)
+
+    def _begin_store(self, context_id: int, context: tuple[str, str], cmd: dict[int, Any]) -> None:
+        abstract, ts = context
+        st = _Store(context_id, cmd.get(D.MESSAGE_ID, 0), cmd.get(D.AFFECTED_SOP_CLASS, ""),
+                    cmd.get(D.AFFECTED_SOP_INSTANCE, ""), ts)
+        if not D.has_dataset(cmd):
+            st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "C-STORE-RQ without a dataset"
+            self._answer_store(st)
+            return
+        self._current = st
+        if st.sop_class_uid != abstract:
+            st.status, st.comment = D.SOP_CLASS_NOT_SUPPORTED, "SOP class differs from the presentation context's"
+        elif not _valid_uid(st.sop_instance_uid):
+            st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "invalid Affected SOP Instance UID"
+        else:
+            try:
+                st.writer, st.temp = self.server.storage.begin(st.sop_class_uid, st.sop_instance_uid, ts, self.calling_ae)
+            except OSError as exc:
+                st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"cannot create file: {exc.strerror}"
+                log.error("assoc %s: cannot create a temp file: %s", self.id, exc)
+
+    def on_fragment(self, ev: DatasetFragment) -> None:
+        st = self._current
+        if st is None or st.context_id != ev.context_id:
+            self.assoc.abort("dataset fragment without a request expecting one")
+            return
+        if type(st) is _Drain:
+            if ev.last:
+                self._current = None
+                st.respond()
+            return
+        assert isinstance(st, _Store)
+        if st.writer is not None:
+            try:
+                st.writer.write(ev.data, ev.last)
+            except OSError as exc:
+                Storage.discard(st.writer, st.temp)
+                st.writer = st.temp = None
+                st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"write failed: {exc.strerror}"
+                log.error("assoc %s: writing %s failed: %s", self.id, st.sop_instance_uid, exc)
+        if ev.last:
+            self._current = None
+            if st.writer is not None:
+                self._finish_store(st)
+            self._answer_store(st)
+
+    def _finish_store(self, st: _Store) -> None:
+        writer, temp = st.writer, st.temp
+        st.writer = st.temp = None
+        try:
+            try:
+                info = parse_head(writer.head, st.transfer_syntax_uid, writer.head_complete)
+                if info is None:
+                    info = parse_file(temp, writer.prefix_size, st.transfer_syntax_uid)  # type: ignore[arg-type]
+            except Exception as exc:  # pydicom raises many kinds on bad input
+                st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "dataset header cannot be parsed"
+                log.warning("assoc %s: header of %s cannot be parsed: %s", self.id, st.sop_instance_uid, exc)
+                Storage.discard(writer, temp)
+                return
+            if info.sop_instance_uid != st.sop_instance_uid:
+                st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "SOP Instance UID in dataset differs from the command's"
+            elif info.sop_class_uid and info.sop_class_uid != st.sop_class_uid:
+                st.status, st.comment = D.ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID in dataset differs from the command's"
+            if st.status != D.SUCCESS:
+                log.warning("assoc %s: refused %s: %s", self.id, st.sop_instance_uid, st.comment)
+                Storage.discard(writer, temp)
+                return
+            info.sop_class_uid = st.sop_class_uid
+            info.calling_ae = self.calling_ae
+            info.called_ae = self.called_ae
+            info.peer = self.peer
+            info.association_id = self.id
+            info.received_at = time.time()
+            info.dataset_size = writer.dataset_size
+            self.server.storage.commit(writer, temp, info)  # type: ignore[arg-type]
+        except OSError as exc:
+            st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"cannot store: {exc.strerror}"
+            log.error("assoc %s: storing %s failed: %s", self.id, st.sop_instance_uid, exc)
+            Storage.discard(writer, temp)
+            return
+        self.stored += 1
+        self.bytes += info.dataset_size
+        server = self.server
+        server.instances_total += 1
+        server.bytes_total += info.dataset_size
+        for callback in server.on_stored:
+            callback(info)
+
+    def _answer_store(self, st: _Store) -> None:
+        if st.status != D.SUCCESS:
+            self.failed += 1
+        self._respond(st.context_id, D.encode_response(D.C_STORE_RSP, st.message_id, st.status, st.sop_class_uid,
+                                                       st.sop_instance_uid, st.comment))
+
+    def _respond(self, context_id: int, command: bytes) -> None:
+        if self.assoc.established:
+            self.assoc.send_command(context_id, command)
+
+
+def _valid_uid(uid: str) -> bool:
+    return 0 < len(uid) <= 64 and uid.isascii() and uid.isprintable() and os.sep not in uid

@@ -1,0 +1,84 @@
+"""The storage tree: temp files in ``.incoming/``, then an atomic rename into place.
+
+``begin`` opens a temp file under ``<storage>/.incoming/`` (same filesystem as
+the tree, so the final ``os.replace`` is atomic) and returns an
+``InstanceFile`` that streams the dataset after the Part-10 prefix. ``commit``
+names the instance and renames it into place; ``discard`` removes the temp
+file. Nothing partial is ever visible in the tree: a file either is complete
+at its final path or does not exist there. ``.incoming/`` is swept at start.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from pathlib import Path
+
+from .._ext.writer import InstanceFile
+from ..instance import InstanceInfo
+from .naming import FlatNaming, NamingScheme
+from .part10 import file_meta
+
+log = logging.getLogger("fastscp.storage")
+
+INCOMING = ".incoming"
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+class Storage:
+    def __init__(self, directory: str | os.PathLike[str], naming: NamingScheme | None = None, head_limit: int = 16384) -> None:
+        self.directory = Path(directory).resolve()
+        self.naming: NamingScheme = naming or FlatNaming()
+        self.head_limit = head_limit
+        self.incoming = self.directory / INCOMING
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        self._known_dirs: set[str] = {str(self.directory)}
+        self._counter = itertools.count()
+        self._tag = f"{os.getpid()}-{os.urandom(3).hex()}"
+
+    def sweep_incoming(self) -> int:
+        """Remove temp files left by a previous run (never acknowledged)."""
+        removed = 0
+        for entry in os.scandir(self.incoming):
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed += 1
+        if removed:
+            log.warning("removed %d unfinished file(s) from %s", removed, self.incoming)
+        return removed
+
+    def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str) -> tuple[InstanceFile, str]:
+        """A temp file with the Part-10 prefix written; raises OSError."""
+        temp = f"{self.incoming}/{self._tag}-{next(self._counter)}.part"
+        fd = os.open(temp, _OPEN_FLAGS, 0o644)
+        try:
+            writer = InstanceFile(fd, file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae), self.head_limit)
+        except BaseException:
+            os.close(fd)
+            os.unlink(temp)
+            raise
+        return writer, temp
+
+    def commit(self, writer: InstanceFile, temp: str, info: InstanceInfo) -> str:
+        """Trim, close and rename the temp file into place; returns the final path."""
+        info.file_size = writer.finish()
+        writer.close()
+        final = os.path.join(self.directory, self.naming.relative_path(info))
+        parent = os.path.dirname(final)
+        if parent not in self._known_dirs:
+            os.makedirs(parent, exist_ok=True)
+            self._known_dirs.add(parent)
+        os.replace(temp, final)
+        info.path = final
+        return final
+
+    @staticmethod
+    def discard(writer: InstanceFile | None, temp: str | None) -> None:
+        if writer is not None:
+            writer.close()
+        if temp:
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
