@@ -13,9 +13,14 @@ import zlib
 from typing import Any
 
 import pydicom
+import pydicom.config
 from pydicom.filereader import read_dataset
 
 from ..instance import InstanceInfo
+
+# A receiver stores what it is sent: invalid values are the sender's business,
+# and pydicom's per-value validation warnings would cost time on every instance.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 IMPLICIT_LE = "1.2.840.10008.1.2"

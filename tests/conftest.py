@@ -1,0 +1,159 @@
+"""Shared fixtures: a real ``fastscp serve`` process, real dcmtk tools, corpora."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.filereader import _read_file_meta_info, read_preamble
+
+HERE = Path(__file__).parent
+
+
+def dcmtk(tool: str) -> str:
+    """Path of a dcmtk command-line tool. pynetdicom installs console scripts
+    with the same names (storescu, echoscu), so look for dcmtk's own."""
+    for candidate in (f"/usr/bin/{tool}", shutil.which(tool)):
+        if candidate and os.path.exists(candidate):
+            out = subprocess.run([candidate, "--version"], capture_output=True, text=True).stdout
+            if "dcmtk" in out.lower():
+                return candidate
+    pytest.fail(f"dcmtk's {tool} is not installed (Debian package dcmtk; .ci/run installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start listening")
+
+
+class Server:
+    """A running ``fastscp serve`` subprocess."""
+
+    def __init__(self, storage: Path, log: Path, extra: list[str], ae_title: str = "FASTSCP") -> None:
+        self.port = free_port()
+        self.ae_title = ae_title
+        self.storage = storage
+        self.log = log
+        self.cmd = [sys.executable, "-m", "fastscp.cli", "serve", str(self.port), ae_title,
+                    "--storage-dir", str(storage), *extra]
+        self._log_fh = open(log, "ab")
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log_fh, stderr=subprocess.STDOUT)
+        wait_for_port(self.port, self.proc)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log_fh.close()
+        return self.proc.returncode
+
+    def stored_files(self) -> list[Path]:
+        return sorted(p for p in self.storage.rglob("*.dcm") if ".incoming" not in p.parts)
+
+    def incoming(self) -> list[Path]:
+        return list((self.storage / ".incoming").iterdir())
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator:
+    servers: list[Server] = []
+
+    def start(*extra: str, ae_title: str = "FASTSCP") -> Server:
+        n = len(servers)
+        srv = Server(tmp_path / f"store{n}", tmp_path / f"server{n}.log", list(extra), ae_title)
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.stop()
+
+
+@pytest.fixture
+def server(start_server) -> Server:  # type: ignore[no-untyped-def]
+    return start_server()
+
+
+def dataset_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a Part-10 file after its file meta group."""
+    raw = Path(path).read_bytes()
+    fh = io.BytesIO(raw)
+    read_preamble(fh, False)
+    _read_file_meta_info(fh)
+    return raw[fh.tell():]
+
+
+def make_image(path: Path, index: int, study: int, modality: str = "CT", size: int = 64, series: int = 1) -> pydicom.Dataset:
+    """A small synthetic image, explicit VR little endian, with unique UIDs."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    sop_class = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}[modality]
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(path), str(index)])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientID = f"P{study:03d}"
+    ds.PatientName = f"Test^Patient{study}"
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=["study", str(path.parent), str(study)])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series", str(path.parent), str(study), str(series)])
+    ds.StudyDate = "20260101"
+    ds.Modality = modality
+    ds.SeriesNumber = series
+    ds.InstanceNumber = index
+    ds.Rows = ds.Columns = size
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = os.urandom(size * size * 2)
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+@pytest.fixture(scope="session")
+def synthetic_corpus(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """300 CT/MR images over 6 studies."""
+    root = tmp_path_factory.mktemp("corpus")
+    files = []
+    for i in range(300):
+        path = root / f"img{i:04d}.dcm"
+        make_image(path, i, study=i % 6, modality="CT" if i % 2 else "MR", size=64 if i % 3 else 128, series=i % 3 + 1)
+        files.append(path)
+    return files
