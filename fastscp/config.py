@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
-import json
 import os
 import re
 import shlex
@@ -154,8 +153,10 @@ def _check_bind(value: Any) -> str | None:
 
 
 def _check_sop_item(value: Any) -> str | None:
-    from .sopclasses import expand_accept
+    from .sopclasses import MODALITY_SHORTHANDS, expand_accept
 
+    if str(value).strip().upper() in MODALITY_SHORTHANDS or str(value).strip().lower() == "all":
+        return None  # known without loading pydicom's dictionaries
     try:
         expand_accept([value])
     except ValueError as exc:
@@ -164,8 +165,10 @@ def _check_sop_item(value: Any) -> str | None:
 
 
 def _check_ts_item(value: Any) -> str | None:
-    from .sopclasses import expand_transfer_syntaxes
+    from .sopclasses import TRANSFER_SYNTAX_GROUPS, expand_transfer_syntaxes
 
+    if str(value).strip().lower() in TRANSFER_SYNTAX_GROUPS:
+        return None
     try:
         expand_transfer_syntaxes([value])
     except ValueError as exc:
@@ -199,7 +202,7 @@ def parse_size(text: str) -> int:
 
 # --- the schema --------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class TlsConfig:
     enabled: bool = _f(False, "serve DICOM over TLS on a second port")
     port: int = _f(2762, "TLS port (2762 is IANA's dicom-tls)", check=_between(0, 65535, "TCP port"))
@@ -209,7 +212,7 @@ class TlsConfig:
     require_client_certificate: bool = _f(False, "refuse clients without a certificate signed by ca_bundle")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ServerConfig:
     port: int = _f(11112, "DICOM port; 0 picks a free port", check=_between(0, 65535, "TCP port"))
     ae_title: str = _f("FASTSCP", "this receiver's AE title", check=check_ae_title)
@@ -230,7 +233,7 @@ class ServerConfig:
     tls: TlsConfig = _f(TlsConfig(), "DICOM TLS (PS3.15 BCP 195 profile)")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StorageConfig:
     directory: str = _f("./received", "where instances are stored")
     naming: Literal["hierarchical", "flat", "date-based", "physician", "template"] = _f(
@@ -247,7 +250,7 @@ class StorageConfig:
     low_free_space_warning: int | None = _f(None, "warn when free space drops below this", check=_between(0), scalar="size")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class DatabaseConfig:
     path: str | None = _f("./pacs.db", "DuckDB index file; null = no index")
     wal_mode: bool = _f(True, "accepted for the guide; DuckDB always journals to <path>.wal (see docs/configuration.md)")
@@ -255,14 +258,14 @@ class DatabaseConfig:
     flush_interval: float = _f(0.2, "seconds before a partial batch is written", check=_positive)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AccessEntry:
     ae_title: str = _f(doc="calling AE title allowed to connect ('*' = any)", check=lambda v: None if v == "*" else check_ae_title(v))
     hosts: tuple[str, ...] = _f((), "host names, IPs or CIDR networks it may connect from; empty = anywhere",
                                 item_check=check_host, scalar="csv")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class AccessConfig:
     allowed_calling_aes: tuple[AccessEntry, ...] = _f(
         (), "calling AE whitelist; empty = every calling AE is accepted")
@@ -270,7 +273,7 @@ class AccessConfig:
         "strict", "how calling AE titles are compared with the whitelist")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = _f("info", "log level")
     format: Literal["text", "json"] = _f("text", "console log format")
@@ -279,14 +282,14 @@ class LoggingConfig:
     backup_count: int = _f(5, "rotated files kept", check=_between(0, 1000))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class StatusConfig:
     bind_address: str = _f("127.0.0.1", "status HTTP endpoint address", check=_check_bind)
     port: int = _f(8042, "status HTTP port; 0 = no status endpoint", check=_between(0, 65535, "TCP port"))
     token: str | None = _f(None, "if set, requests need 'Authorization: Bearer <token>'")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class HooksConfig:
     on_instance: tuple[str, ...] = _f((), "command (argv list, no shell) run for each stored instance", scalar="argv")
     on_study_complete: tuple[str, ...] = _f((), "command run when a study is complete", scalar="argv")
@@ -296,7 +299,7 @@ class HooksConfig:
     workers: int = _f(2, "hooks run at the same time", check=_between(1, 256))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = _f(ServerConfig(), "network, limits and timeouts")
     storage: StorageConfig = _f(StorageConfig(), "where and how instances are written")
@@ -639,7 +642,7 @@ def parse_config_text(text: str, source: str = "<string>",
                           None, root.line, source)
     if overrides:
         _graft(root, overrides, ctx)
-    cfg = _convert_dataclass(Config, root, "", ctx)
+    cfg: Config = _convert_dataclass(Config, root, "", ctx)
     _cross_check(cfg, ctx)
     return cfg
 
@@ -692,6 +695,8 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 def dump_config(cfg: Config, fmt: Literal["yaml", "json"] = "yaml") -> str:
     data = config_to_dict(cfg)
     if fmt == "json":
+        import json
+
         return json.dumps(data, indent=2) + "\n"
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
 

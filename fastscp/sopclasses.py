@@ -191,7 +191,7 @@ class _Registry:
 @functools.cache
 def _registry() -> _Registry:
     import pynetdicom.sop_class as sop_class
-    from pydicom.uid import UID_dictionary
+    from pydicom._uid_dict import UID_dictionary
     from pynetdicom.presentation import AllStoragePresentationContexts
 
     current = {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts}
@@ -400,7 +400,7 @@ class _TSRegistry:
 
 @functools.cache
 def _ts_registry() -> _TSRegistry:
-    from pydicom.uid import UID_dictionary
+    from pydicom._uid_dict import UID_dictionary
 
     names: dict[str, str] = {}
     by_norm: dict[str, str] = {}

@@ -103,6 +103,7 @@ def test_repository_config_yaml_equals_defaults() -> None:
 
 def test_repository_config_yaml_names_every_key() -> None:
     document = yaml.compose((REPO / "config.yaml").read_text(), Loader=yaml.SafeLoader)
+    assert document is not None
     assert yaml_keys(document) == schema_keys()
 
 

@@ -180,6 +180,7 @@ def test_imports_stay_cheap() -> None:
         "heavy = [m for m in ('pydicom', 'pynetdicom') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "fastscp.config.load_config(None)\n"  # defaults need no lookups
+        "fastscp.config.load_config(None, {'accepted_sop_classes': 'CT,MR,US'})\n"
         "assert 'pydicom' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
