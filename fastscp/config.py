@@ -1,0 +1,743 @@
+"""Configuration: YAML file -> frozen dataclasses, every error names its key.
+
+How it works: the file is parsed with ``yaml.compose`` (nodes, not Python
+objects) so every value keeps its line number. Command-line overrides (dotted
+keys such as ``server.port``) are grafted onto that tree, then one walk over
+the dataclass schema below converts and checks each value. Missing keys take
+the dataclass defaults, so the merge order is defaults < file < overrides.
+Unknown keys, wrong types and impossible values raise ``ConfigError`` with
+the dotted key and the line (``config.yaml, line 3: server.port: ...``).
+
+Scalars for string fields are taken as written, so ``ae_title: NO`` or
+``ae_title: 1234`` stay strings instead of YAML 1.1 booleans and numbers.
+
+The repository's ``config.yaml`` documents every key with its default; a test
+checks it loads equal to ``Config()`` and that it names every key.
+The DICOM-facing limits follow PS3.8 (AE titles: PS3.5 AE VR, 16 characters;
+PDU sizes: PS3.8 9.3.1 / D.1; ARTIM: PS3.8 9.1.5).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+import shlex
+import sys
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "AccessConfig",
+    "AccessEntry",
+    "Config",
+    "ConfigError",
+    "DatabaseConfig",
+    "HooksConfig",
+    "LoggingConfig",
+    "ServerConfig",
+    "StatusConfig",
+    "StorageConfig",
+    "TlsConfig",
+    "config_to_dict",
+    "dump_config",
+    "load_config",
+    "parse_config_text",
+    "parse_set_overrides",
+    "register",
+]
+
+NAMING_SCHEMES = ("hierarchical", "flat", "date-based", "physician", "template")
+DUPLICATE_POLICIES = ("ignore", "reject", "overwrite", "keep-both")
+AE_COMPARISONS = ("strict", "case-insensitive")
+
+Check = Callable[[Any], "str | None"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, located: ``key`` is the dotted key
+    ("server.port", "access.allowed_calling_aes[1].hosts[0]"), ``line`` the
+    1-based line in ``source`` (None for command-line overrides or defaults)."""
+
+    def __init__(self, message: str, key: str | None = None, line: int | None = None,
+                 source: str | None = None) -> None:
+        self.message = message
+        self.key = key
+        self.line = line
+        self.source = source
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = self.source or "configuration"
+        if self.line is not None:
+            where += f", line {self.line}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+def _f(default: Any = dataclasses.MISSING, doc: str = "", *, check: Check | None = None,
+       item_check: Check | None = None, scalar: str | None = None) -> Any:
+    """A schema field. ``check`` validates the converted value, ``item_check``
+    each element of a list; ``scalar`` says how a lone string becomes a list
+    ("csv": split on commas, "argv": shlex split) or a number ("size")."""
+    meta = {"doc": doc, "check": check, "item_check": item_check, "scalar": scalar}
+    return field(default=default, metadata=meta)
+
+
+# --- value checks (return an error message or None) -------------------------
+
+def _between(lo: float, hi: float | None = None, what: str = "") -> Check:
+    def check(value: Any) -> str | None:
+        if value is None:
+            return None
+        if value < lo or (hi is not None and value > hi):
+            bound = f"{lo} to {hi}" if hi is not None else f"at least {lo}"
+            return f"{value} is out of range ({what + ': ' if what else ''}{bound})"
+        return None
+    return check
+
+
+def _positive(value: Any) -> str | None:
+    if value is not None and value <= 0:
+        return f"{value} must be greater than 0"
+    return None
+
+
+def check_ae_title(value: Any) -> str | None:
+    """PS3.5 AE VR: 1-16 characters of the default repertoire, no backslash
+    or control characters; leading/trailing spaces are not significant."""
+    if value is None:
+        return None
+    text = str(value).strip(" ")
+    if not text:
+        return "an AE title cannot be empty"
+    if len(text) > 16:
+        return f"{text!r} is longer than 16 characters (PS3.5 AE)"
+    if not text.isascii() or any(c == "\\" or ord(c) < 32 or ord(c) == 127 for c in text):
+        return f"{text!r} has characters not allowed in an AE title (PS3.5 AE: ASCII, no backslash or control characters)"
+    return None
+
+
+_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$")
+
+
+def check_host(value: Any) -> str | None:
+    """An IP address, a CIDR network or a host name."""
+    text = str(value).strip()
+    if "/" in text:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError as exc:
+            return f"{text!r} is not a valid network ({exc})"
+        return None
+    try:
+        ipaddress.ip_address(text)
+        return None
+    except ValueError:
+        pass
+    if _HOSTNAME_RE.match(text) and not text.replace(".", "").isdigit():
+        return None
+    return f"{text!r} is not an IP address, CIDR network or host name"
+
+
+def _check_bind(value: Any) -> str | None:
+    if "/" in str(value):
+        return f"{value!r}: give an address or host name, not a network"
+    return check_host(value)
+
+
+def _check_sop_item(value: Any) -> str | None:
+    from .sopclasses import MODALITY_SHORTHANDS, expand_accept
+
+    if str(value).strip().upper() in MODALITY_SHORTHANDS or str(value).strip().lower() == "all":
+        return None  # known without loading pydicom's dictionaries
+    try:
+        expand_accept([value])
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_ts_item(value: Any) -> str | None:
+    from .sopclasses import TRANSFER_SYNTAX_GROUPS, expand_transfer_syntaxes
+
+    if str(value).strip().lower() in TRANSFER_SYNTAX_GROUPS:
+        return None
+    try:
+        expand_transfer_syntaxes([value])
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _non_empty(value: Any) -> str | None:
+    return "the list cannot be empty" if len(value) == 0 else None
+
+
+def _check_template(value: Any) -> str | None:
+    if value is not None and "{" not in value:
+        return f"{value!r} has no {{placeholder}}: every instance would get the same path"
+    return None
+
+
+def parse_size(text: str) -> int:
+    """"512MB" -> 512000000, "2 GiB" -> 2147483648, "1000" -> 1000."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]i?[bB]?|[bB])?\s*", text)
+    if not match:
+        raise ValueError(f"{text!r} is not a size (a number of bytes, or e.g. 500MB, 2GiB)")
+    number, unit = float(match.group(1)), (match.group(2) or "B").upper()
+    if unit == "B":
+        scale = 1
+    else:
+        power = "KMGT".index(unit[0]) + 1
+        scale = (1024 if "I" in unit else 1000) ** power
+    return int(number * scale)
+
+
+# --- the schema --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TlsConfig:
+    enabled: bool = _f(False, "serve DICOM over TLS on a second port")
+    port: int = _f(2762, "TLS port (2762 is IANA's dicom-tls)", check=_between(0, 65535, "TCP port"))
+    certificate: str | None = _f(None, "PEM certificate chain of this server")
+    key: str | None = _f(None, "PEM private key (unencrypted)")
+    ca_bundle: str | None = _f(None, "PEM CA certificates trusted for client certificates")
+    require_client_certificate: bool = _f(False, "refuse clients without a certificate signed by ca_bundle")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    port: int = _f(11112, "DICOM port; 0 picks a free port", check=_between(0, 65535, "TCP port"))
+    ae_title: str = _f("FASTSCP", "this receiver's AE title", check=check_ae_title)
+    bind_address: str = _f("0.0.0.0", "address to listen on ('::' for IPv6)", check=_check_bind)
+    max_associations: int = _f(10, "concurrent associations in total", check=_between(1, 100000))
+    max_associations_per_ae: int | None = _f(
+        None, "concurrent associations per calling AE; null = no per-AE limit", check=_between(1, 100000))
+    max_pdu: int = _f(131072, "largest PDU we receive, announced to peers (PS3.8 D.1)",
+                      check=_between(4096, 0xFFFFFFFF, "bytes"))
+    artim_timeout: float = _f(30.0, "ARTIM timer: seconds for a peer to send A-ASSOCIATE-RQ after connecting", check=_positive)
+    acse_timeout: float | None = _f(30.0, "seconds to wait for an association/release answer", check=_positive)
+    dimse_timeout: float | None = _f(60.0, "seconds to wait for the rest of a DIMSE message once started", check=_positive)
+    idle_timeout: float | None = _f(60.0, "seconds an association may stay silent before it is aborted", check=_positive)
+    check_called_ae: bool = _f(True, "reject associations not addressed to ae_title")
+    called_ae_comparison: Literal["strict", "case-insensitive"] = _f(
+        "strict", "strict: exact after trimming spaces; case-insensitive: also ignore case")
+    shutdown_grace: float = _f(10.0, "seconds running associations get to finish on shutdown", check=_between(0, 86400))
+    tls: TlsConfig = _f(TlsConfig(), "DICOM TLS (PS3.15 BCP 195 profile)")
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    directory: str = _f("./received", "where instances are stored")
+    naming: Literal["hierarchical", "flat", "date-based", "physician", "template"] = _f(
+        "hierarchical", "file layout")
+    template: str | None = _f(None, "path pattern for naming: template", check=_check_template)
+    accounts_root: str | None = _f(None, "folder holding the per-physician accounts for naming: physician (default: directory)")
+    accounts: tuple[str, ...] = _f((), "explicit account names for naming: physician (default: folders under accounts_root)")
+    duplicates: Literal["ignore", "reject", "overwrite", "keep-both"] = _f(
+        "ignore", "what to do with a second instance of the same SOP Instance UID")
+    durability: Literal["none", "fsync"] = _f("none", "fsync: success is answered only once the file is on disk")
+    max_instance_size: int | None = _f(None, "largest dataset accepted (bytes, or 500MB, 2GiB); null = no limit",
+                                       check=_between(1), scalar="size")
+    min_free_space: int | None = _f(None, "refuse new instances when the volume has less free space than this", check=_between(0), scalar="size")
+    low_free_space_warning: int | None = _f(None, "warn when free space drops below this", check=_between(0), scalar="size")
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    path: str | None = _f("./pacs.db", "DuckDB index file; null = no index")
+    wal_mode: bool = _f(True, "accepted for the guide; DuckDB always journals to <path>.wal (see docs/configuration.md)")
+    batch_size: int = _f(1000, "rows per insert batch", check=_between(1, 1000000))
+    flush_interval: float = _f(0.2, "seconds before a partial batch is written", check=_positive)
+
+
+@dataclass(frozen=True)
+class AccessEntry:
+    ae_title: str = _f(doc="calling AE title allowed to connect ('*' = any)", check=lambda v: None if v == "*" else check_ae_title(v))
+    hosts: tuple[str, ...] = _f((), "host names, IPs or CIDR networks it may connect from; empty = anywhere",
+                                item_check=check_host, scalar="csv")
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    allowed_calling_aes: tuple[AccessEntry, ...] = _f(
+        (), "calling AE whitelist; empty = every calling AE is accepted")
+    calling_ae_comparison: Literal["strict", "case-insensitive"] = _f(
+        "strict", "how calling AE titles are compared with the whitelist")
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = _f("info", "log level")
+    format: Literal["text", "json"] = _f("text", "console log format")
+    file: str | None = _f(None, "connection log file (JSON lines, rotated); null = console only")
+    max_bytes: int = _f(10 * 1024 * 1024, "rotate the log file at this size", check=_between(1024), scalar="size")
+    backup_count: int = _f(5, "rotated files kept", check=_between(0, 1000))
+
+
+@dataclass(frozen=True)
+class StatusConfig:
+    bind_address: str = _f("127.0.0.1", "status HTTP endpoint address", check=_check_bind)
+    port: int = _f(8042, "status HTTP port; 0 = no status endpoint", check=_between(0, 65535, "TCP port"))
+    token: str | None = _f(None, "if set, requests need 'Authorization: Bearer <token>'")
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    on_instance: tuple[str, ...] = _f((), "command (argv list, no shell) run for each stored instance", scalar="argv")
+    on_study_complete: tuple[str, ...] = _f((), "command run when a study is complete", scalar="argv")
+    study_timeout: float = _f(60.0, "seconds without a new instance after which a study is complete", check=_positive)
+    complete_on_release: bool = _f(False, "also complete a study when its association is released")
+    timeout: float = _f(300.0, "seconds a hook may run before it is killed", check=_positive)
+    workers: int = _f(2, "hooks run at the same time", check=_between(1, 256))
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = _f(ServerConfig(), "network, limits and timeouts")
+    storage: StorageConfig = _f(StorageConfig(), "where and how instances are written")
+    database: DatabaseConfig = _f(DatabaseConfig(), "the DuckDB index")
+    accepted_sop_classes: tuple[str, ...] = _f(
+        ("all",), "storage SOP classes accepted: all, modality shorthands (CT, MR, US ...), names or UIDs",
+        check=_non_empty, item_check=_check_sop_item, scalar="csv")
+    accepted_transfer_syntaxes: tuple[str, ...] = _f(
+        ("all",), "transfer syntaxes accepted: uncompressed, lossless, lossy, video, all, names or UIDs",
+        check=_non_empty, item_check=_check_ts_item, scalar="csv")
+    accept_unknown_sop_classes: bool = _f(False, "also accept SOP classes that are in no list (private ones)")
+    access: AccessConfig = _f(AccessConfig(), "who may connect")
+    logging: LoggingConfig = _f(LoggingConfig(), "logs")
+    status: StatusConfig = _f(StatusConfig(), "live status endpoint")
+    hooks: HooksConfig = _f(HooksConfig(), "commands run after reception")
+
+    def sop_class_uids(self) -> frozenset[str]:
+        """The accepted storage SOP class UIDs (expanded)."""
+        from .sopclasses import expand_accept
+
+        return expand_accept(self.accepted_sop_classes)
+
+    def transfer_syntax_uids(self) -> frozenset[str]:
+        """The accepted transfer syntax UIDs (expanded)."""
+        from .sopclasses import expand_transfer_syntaxes
+
+        return expand_transfer_syntaxes(self.accepted_transfer_syntaxes)
+
+
+# --- parsed input: values with their position ---------------------------------
+
+@dataclass(slots=True)
+class _Node:
+    value: Any  # dict[str, _Entry] | list[_Node] | a scalar
+    line: int | None
+    raw: str | None = None  # scalar text as written (YAML), for string fields
+    override: bool = False
+
+
+@dataclass(slots=True)
+class _Entry:
+    node: _Node
+    key_line: int | None
+
+
+class _Context:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lines: dict[str, int | None] = {}  # dotted key -> line it was written on
+        self.overridden: set[str] = set()  # dotted keys set from the command line
+
+    def error(self, message: str, key: str, line: int | None) -> ConfigError:
+        from_cli = line is None and any(
+            key == o or key.startswith((o + ".", o + "[")) for o in self.overridden)
+        return ConfigError(message, key, line, "command line" if from_cli else self.source)
+
+
+_SCALAR_LOADER: yaml.SafeLoader | None = None
+
+
+def _yaml_loader() -> yaml.SafeLoader:
+    global _SCALAR_LOADER
+    if _SCALAR_LOADER is None:
+        _SCALAR_LOADER = yaml.SafeLoader("")
+    return _SCALAR_LOADER
+
+
+def _from_yaml(node: yaml.Node, source: str) -> _Node:
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        loader = _yaml_loader()
+        loader.flatten_mapping(node)  # resolve "<<" merge keys
+        entries: dict[str, _Entry] = {}
+        for key_node, value_node in node.value:
+            key_line = key_node.start_mark.line + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ConfigError("keys must be plain names", None, key_line, source)
+            key = str(key_node.value)
+            if key in entries:
+                raise ConfigError(f"duplicate key {key!r} (first on line {entries[key].key_line})",
+                                  key, key_line, source)
+            entries[key] = _Entry(_from_yaml(value_node, source), key_line)
+        return _Node(entries, line)
+    if isinstance(node, yaml.SequenceNode):
+        return _Node([_from_yaml(item, source) for item in node.value], line)
+    assert isinstance(node, yaml.ScalarNode)
+    try:
+        value = _yaml_loader().construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"bad value: {exc}", None, line, source) from None
+    return _Node(value, line, raw=str(node.value) if value is not None else None)
+
+
+def _from_python(value: Any) -> _Node:
+    """An override value as a node (no line: it came from the command line)."""
+    if isinstance(value, Mapping):
+        return _Node({str(k): _Entry(_from_python(v), None) for k, v in value.items()}, None, override=True)
+    if isinstance(value, (list, tuple)):
+        return _Node([_from_python(v) for v in value], None, override=True)
+    return _Node(value, None, override=True)
+
+
+# --- conversion ----------------------------------------------------------------
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(tp)))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping of keys"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _convert(tp: Any, node: _Node, key: str, ctx: _Context, meta: Mapping[str, Any]) -> Any:
+    ctx.lines[key] = node.line
+    value = node.value
+    origin = typing.get_origin(tp)
+    scalar = meta.get("scalar")
+
+    def wrong() -> ConfigError:
+        return ctx.error(f"expected {_type_name(tp)}, got {_describe(value)}", key, node.line)
+
+    # A command-line string for a non-string field is read as YAML ("11113" -> 11113).
+    if node.override and isinstance(value, str) and tp is not str and origin is not Literal \
+            and scalar is None and not (origin in (typing.Union, types.UnionType) and str in typing.get_args(tp)):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        if not isinstance(parsed, (dict, list)):
+            value = parsed
+        elif origin is not tuple:
+            raise wrong()
+        else:
+            node = _from_python(parsed)
+            value = node.value
+
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        if len(args) != 1:
+            raise TypeError(f"unsupported union {tp}")
+        return _convert(args[0], node, key, ctx, meta)
+    if dataclasses.is_dataclass(tp):
+        return _convert_dataclass(tp, node, key, ctx)
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if isinstance(value, str) and scalar in ("csv", "argv"):
+            if scalar == "csv":
+                parts = [p.strip() for p in value.split(",") if p.strip()]
+            else:
+                try:
+                    parts = shlex.split(value)
+                except ValueError as exc:
+                    raise ctx.error(f"cannot split command {value!r}: {exc}", key, node.line) from None
+            items = [_Node(p, node.line, raw=p, override=node.override) for p in parts]
+        elif isinstance(value, list):
+            items = value
+        else:
+            raise wrong()
+        out = []
+        for i, item in enumerate(items):
+            item_key = f"{key}[{i}]"
+            converted = _convert(item_tp, item, item_key, ctx, {})
+            item_check = meta.get("item_check")
+            if item_check is not None:
+                message = item_check(converted)
+                if message:
+                    raise ctx.error(message, item_key, item.line)
+            out.append(converted)
+        return tuple(out)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        text = node.raw if node.raw is not None else value
+        if isinstance(text, str) and text in choices:
+            return text
+        close = difflib.get_close_matches(str(text), [str(c) for c in choices], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ctx.error(f"{text!r} is not one of: {', '.join(choices)}{hint}", key, node.line)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise wrong()
+    if tp is int:
+        if isinstance(value, str) and scalar == "size":
+            try:
+                return parse_size(value)
+            except ValueError as exc:
+                raise ctx.error(str(exc), key, node.line) from None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise wrong()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise wrong()
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise wrong()
+        return node.raw if node.raw is not None else str(value)
+    raise TypeError(f"unsupported schema type {tp!r} at {key}")
+
+
+def _convert_dataclass(cls: Any, node: _Node, key: str, ctx: _Context) -> Any:
+    entries = node.value
+    if entries is None:  # "server:" with nothing under it
+        entries = {}
+    scalar_field = _SCALAR_FIELD.get(cls)
+    if scalar_field and isinstance(entries, (str, int)):  # "- MODALITY1" for {ae_title: MODALITY1}
+        entries = {scalar_field: _Entry(node, node.line)}
+    if not isinstance(entries, dict):
+        raise ctx.error(f"expected a mapping of keys, got {_describe(entries)}", key or "(top level)", node.line)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = _hints(cls)
+    for name, entry in entries.items():
+        if name not in fields:
+            close = difflib.get_close_matches(name, list(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            valid = ", ".join(fields)
+            raise ctx.error(f"unknown key{hint}; valid keys here: {valid}", _join(key, name), entry.key_line)
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        dotted = _join(key, name)
+        if name not in entries:
+            if f.default is dataclasses.MISSING:
+                raise ctx.error(f"missing required key {name!r}", dotted, node.line)
+            continue
+        entry = entries[name]
+        value = _convert(hints[name], entry.node, dotted, ctx, f.metadata)
+        ctx.lines[dotted] = entry.key_line if entry.key_line is not None else entry.node.line
+        check = f.metadata.get("check")
+        if check is not None:
+            message = check(value)
+            if message:
+                raise ctx.error(message, dotted, ctx.lines[dotted])
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+# Classes that may be written as a bare scalar, filling this one field.
+_SCALAR_FIELD: dict[type, str] = {AccessEntry: "ae_title"}
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _cross_check(cfg: Config, ctx: _Context) -> None:
+    """Rules that involve more than one key."""
+
+    def fail(message: str, key: str) -> None:
+        # Point at the key if it was written, else at the closest parent.
+        probe = key
+        while probe and probe not in ctx.lines:
+            probe = probe.rpartition(".")[0]
+        raise ctx.error(message, key, ctx.lines.get(probe))
+
+    st = cfg.storage
+    if st.naming == "template" and not st.template:
+        fail("naming: template needs storage.template (e.g. '{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm')",
+             "storage.template")
+    tls = cfg.server.tls
+    if tls.enabled:
+        for name in ("certificate", "key"):
+            if not getattr(tls, name):
+                fail(f"TLS is enabled: server.tls.{name} is required", f"server.tls.{name}")
+        if tls.require_client_certificate and not tls.ca_bundle:
+            fail("require_client_certificate needs server.tls.ca_bundle to verify clients against",
+                 "server.tls.ca_bundle")
+        for name in ("certificate", "key", "ca_bundle"):
+            path = getattr(tls, name)
+            if path and not os.path.isfile(path):
+                fail(f"file not found: {path}", f"server.tls.{name}")
+        if tls.port == cfg.server.port and tls.port != 0:
+            fail(f"the TLS port {tls.port} is the plain DICOM port too", "server.tls.port")
+    if cfg.status.port and cfg.status.port == cfg.server.port:
+        fail(f"port {cfg.status.port} is already the DICOM port", "status.port")
+
+
+# --- entry points ----------------------------------------------------------------
+
+def _graft(root: _Node, overrides: Mapping[str, Any], ctx: _Context) -> None:
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        if not all(parts):
+            raise ConfigError(f"bad override key {dotted!r}", dotted, None, "command line")
+        node = root
+        for depth, part in enumerate(parts):
+            if not isinstance(node.value, dict):
+                node.value = {}
+            if depth == len(parts) - 1:
+                node.value[part] = _Entry(_from_python(value), None)
+            else:
+                entry = node.value.get(part)
+                if entry is None or not isinstance(entry.node.value, dict):
+                    entry = _Entry(_Node({}, None, override=True), entry.key_line if entry else None)
+                    node.value[part] = entry
+                node = entry.node
+        ctx.overridden.add(dotted)
+
+
+def parse_config_text(text: str, source: str = "<string>",
+                      overrides: Mapping[str, Any] | None = None) -> Config:
+    """Parse YAML text (and overrides) into a checked Config."""
+    try:
+        document = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise ConfigError(f"not valid YAML: {exc.problem}", None, line, source) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", None, None, source) from None
+    ctx = _Context(source)
+    root = _from_yaml(document, source) if document is not None else _Node({}, 1)
+    if not isinstance(root.value, dict):
+        raise ConfigError(f"the top level must be a mapping of sections, got {_describe(root.value)}",
+                          None, root.line, source)
+    if overrides:
+        _graft(root, overrides, ctx)
+    cfg: Config = _convert_dataclass(Config, root, "", ctx)
+    _cross_check(cfg, ctx)
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults < the YAML file at ``path`` (if any) < ``overrides``.
+
+    ``overrides`` maps dotted keys to values, e.g. ``{"server.port": 11113,
+    "accepted_sop_classes": "CT,MR"}``; strings for non-string keys are read
+    as YAML. Raises ConfigError naming the key and line on any problem.
+    """
+    if path is None:
+        return parse_config_text("", "defaults", overrides)
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration: {exc.strerror}", None, None, source) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", None, None, source) from None
+    return parse_config_text(text, source, overrides)
+
+
+def parse_set_overrides(items: list[str]) -> dict[str, str]:
+    """``["server.port=11113", ...]`` (a ``--set`` option) -> overrides."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"expected KEY=VALUE, got {item!r}", None, None, "command line")
+        out[key.strip()] = value
+    return out
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain dicts and lists, in schema order (for YAML/JSON output)."""
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        return value
+    result = plain(cfg)
+    assert isinstance(result, dict)
+    return result
+
+
+def dump_config(cfg: Config, fmt: Literal["yaml", "json"] = "yaml") -> str:
+    data = config_to_dict(cfg)
+    if fmt == "json":
+        import json
+
+        return json.dumps(data, indent=2) + "\n"
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+# --- command line: `fastscp config check FILE` -----------------------------------
+
+def _cmd_check(args: Any) -> int:
+    try:
+        overrides = parse_set_overrides(getattr(args, "set", None) or [])
+        cfg = load_config(args.file, overrides)
+        if cfg.server.tls.enabled:
+            from .net.tls import server_ssl_context
+
+            try:
+                server_ssl_context(cfg.server.tls)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"cannot set up TLS: {exc}", "server.tls", None, args.file) from None
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(dump_config(cfg, args.format))
+    return 0
+
+
+def _cmd_defaults(args: Any) -> int:
+    sys.stdout.write(dump_config(Config(), args.format))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add ``config check FILE`` and ``config defaults`` to an argparse
+    subparsers object; each sets ``func(args) -> exit status``."""
+    parser = subparsers.add_parser("config", help="validate and show configuration files")
+    sub = parser.add_subparsers(dest="config_command", metavar="COMMAND")
+    sub.required = True
+    check = sub.add_parser("check", help="validate FILE and print the effective configuration")
+    check.add_argument("file", metavar="FILE")
+    check.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    check.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a key, e.g. --set server.port=11113 (repeatable)")
+    check.set_defaults(func=_cmd_check)
+    defaults = sub.add_parser("defaults", help="print the built-in defaults")
+    defaults.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    defaults.set_defaults(func=_cmd_defaults)
