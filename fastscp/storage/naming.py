@@ -159,7 +159,8 @@ class PhysicianNaming:
     ``accounts``. A physician name matches an account when, compared
     case-insensitively and ignoring separators (``^``, ``_``, spaces,
     punctuation), the account equals the full name (``Smith^John`` ->
-    ``Smith_John``, ``smith john``, ``SmithJohn``), or, with
+    ``Smith_John``, ``smith john``, ``SmithJohn``), the family and given
+    names alone (``Smith^John^^Dr`` -> ``Smith_John``), or, with
     ``match_family_name``, the family name (``Smith``). Each component group
     of the name (alphabetic, ideographic, phonetic) is tried, full names
     before family names. The path keeps the account folder's own spelling.
@@ -245,8 +246,9 @@ class PhysicianNaming:
         accounts = self.accounts()
         keys = []
         for parts in groups:
-            full = _account_key("_".join(parts))
-            keys += (full, full.replace("_", ""))
+            for words in (parts, parts[:2]):  # the whole name, then family^given alone
+                key = _account_key("_".join(words))
+                keys += (key, key.replace("_", ""))
         if self.match_family_name:
             keys += (_account_key(parts[0]) for parts in groups)
         for key in keys:
