@@ -200,6 +200,7 @@ class PhysicianNaming:
         self._listed = [name for name in (accounts or ()) if name and name.strip()]
         self._stamp: tuple[int, float] | None = None
         self._accounts: dict[str, str] = self._account_map(self._listed)
+        self._matches: dict[str, str | None] = {}  # physician name -> account, for the current accounts
         self._counts: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -235,16 +236,28 @@ class PhysicianNaming:
                 except OSError:
                     pass
             self._accounts = self._account_map(names)
+            self._matches = {}
             self._stamp = (mtime, now)
         return self._accounts
 
     def account_for(self, physician: str) -> str | None:
         """The account folder matching a physician's name, or None."""
+        if not physician:
+            return None
+        accounts = self.accounts()
+        matches = self._matches
+        if physician in matches:
+            return matches[physician]
+        if len(matches) > 4096:  # names repeat per study; keep the memo bounded
+            matches.clear()
+        found = matches[physician] = self._match(physician, accounts)
+        return found
+
+    def _match(self, physician: str, accounts: dict[str, str]) -> str | None:
         groups = person_groups(physician)
         if not groups:
             return None
-        accounts = self.accounts()
-        keys = []
+        keys: list[str] = []
         for parts in groups:
             for words in (parts, parts[:2]):  # the whole name, then family^given alone
                 key = _account_key("_".join(words))

@@ -163,15 +163,19 @@ def resolve_inside(storage_dir: Path, rel: PurePosixPath, follow_symlinks: bool 
     a storage tree may legitimately hold symlinked account folders).
 
     Raises UnsafePathError otherwise."""
-    rel = PurePosixPath(rel)
+    if not isinstance(rel, PurePosixPath):
+        rel = PurePosixPath(rel)
     if rel.is_absolute() or not rel.parts:
         raise UnsafePathError(f"not a relative path inside storage: {str(rel)!r}")
     for part in rel.parts:
         if not part or part[0] == "." or "\x00" in part or "\\" in part or "/" in part:
             raise UnsafePathError(f"unsafe path component {part!r} in {str(rel)!r}")
-    base = os.path.abspath(storage_dir)
-    target = os.path.normpath(os.path.join(base, *rel.parts))
-    if os.path.commonpath([base, target]) != base or target == base:
+    base = os.fspath(storage_dir)
+    base = os.path.normpath(base) if os.path.isabs(base) else os.path.abspath(base)
+    target = os.path.join(base, *rel.parts)
+    # The parts are plain names, so this holds by construction; checked anyway
+    # because it is the last gate (a string prefix test, cheaper than commonpath).
+    if os.path.normpath(target) != target or not target.startswith(base.rstrip(os.sep) + os.sep):
         raise UnsafePathError(f"{str(rel)!r} leaves the storage directory {base!r}")
     if follow_symlinks:
         real_base = os.path.realpath(base)

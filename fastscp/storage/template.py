@@ -28,6 +28,7 @@ each of its % fields, so the folder depth stays the same).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import time
@@ -135,10 +136,10 @@ def _field_getter(name: str) -> Getter:
         return _header_getter(tag)
     if name in INFO_KEYWORDS:
         return _info_getter(INFO_KEYWORDS[name])
-    tag = tag_for_keyword(name)
-    if tag is None:
+    keyword_tag = tag_for_keyword(name)
+    if keyword_tag is None:
         raise ValueError(f"unknown DICOM keyword {name!r} (use a keyword such as PatientID, or 8 hex digits)")
-    return _header_getter(tag)
+    return _header_getter(keyword_tag)
 
 
 def _slice_step(text: str) -> Step:
@@ -158,6 +159,7 @@ def _slice_step(text: str) -> Step:
 def _spec_step(spec: str) -> tuple[Step, str | None]:
     """(step, text rendered when the value is absent) for a ':' spec."""
     if "%" in spec:
+        @functools.lru_cache(maxsize=1024)  # study dates and times repeat across a study
         def date_step(value: str) -> str:
             moment = parse_datetime(value)
             return _DIRECTIVE.sub(UNKNOWN, spec) if moment is None else moment.strftime(spec)
