@@ -1,0 +1,294 @@
+"""Duplicate instances: detection and the ``storage.duplicates`` policy.
+
+An instance is a duplicate when its SOP Instance UID is already stored.
+Detection costs one dict lookup: ``SeenInstances`` maps every stored UID to
+(relative path, content hash) and is warmed from the catalog at start. The
+content hash is BLAKE2b-128 of the dataset bytes exactly as received (no file
+meta, no re-encoding), fed incrementally while the dataset streams in
+(``new_content_hash``), so comparing two copies costs nothing extra.
+
+The policy decides what a duplicate with *different* content does; the same
+UID with the same content is always a no-op success, whatever the policy:
+
+==========  ==============================  =======  =========================
+policy      same UID, other content         status   files
+==========  ==============================  =======  =========================
+ignore      keep the first copy (default)   0000     received copy dropped
+reject      keep the first copy             CD01     received copy dropped
+overwrite   the new copy replaces the old   0000     atomic rename over it
+keep-both   new copy beside the old         0000     ``<stem>_v2.dcm``, v3 ...
+==========  ==============================  =======  =========================
+
+``reject`` answers Failure 0xCD01. PS3.4 B.2.3 (Table B.2-1) leaves the SCP
+three failure families for C-STORE: A7xx "Refused: Out of Resources" (tells
+the sender to retry later: wrong, a retry meets the same copy), A9xx "Data Set
+does not match SOP Class" (untrue) and Cxxx "Error: Cannot understand", the
+family for SCP-specific failures, which carries an Error Comment (0000,0902).
+The warnings B000/B006/B007 all mean "stored, with changes", which would be a
+lie about a copy we dropped. So: a Cxxx failure, with an Error Comment saying
+why, picked clear of the C0xx/C2xx codes pynetdicom uses for its own errors.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .safepath import free_path, versioned_path
+
+__all__ = [
+    "CONTENT_HASH_ALGORITHM",
+    "DEFAULT_DUPLICATE_POLICY",
+    "STATUS_DUPLICATE_REJECTED",
+    "STATUS_SUCCESS",
+    "Decision",
+    "DuplicateGuard",
+    "DuplicatePolicy",
+    "Outcome",
+    "Resolution",
+    "SeenInstances",
+    "decide",
+    "file_content_hash",
+    "new_content_hash",
+    "uid_in_file",
+]
+
+CONTENT_HASH_ALGORITHM = "blake2b-128"
+STATUS_SUCCESS = 0x0000
+STATUS_DUPLICATE_REJECTED = 0xCD01
+REJECT_COMMENT = "Duplicate SOP Instance UID with other content; first copy kept"  # LO: <= 64 chars
+
+
+def new_content_hash() -> Any:
+    """A fresh incremental hash for one dataset: ``update(chunk)`` per PDV
+    fragment (accepts memoryview slices, releases the GIL above 2 KiB), then
+    ``hexdigest()`` for ``InstanceInfo.content_hash``."""
+    return hashlib.blake2b(digest_size=16)
+
+
+class DuplicatePolicy(str, enum.Enum):
+    IGNORE = "ignore"
+    REJECT = "reject"
+    OVERWRITE = "overwrite"
+    KEEP_BOTH = "keep-both"
+
+    @classmethod
+    def parse(cls, name: str | DuplicatePolicy) -> DuplicatePolicy:
+        """The policy called ``name`` (``storage.duplicates``); ValueError lists the valid names."""
+        if isinstance(name, cls):
+            return name
+        for policy in cls:
+            if policy.value == name:
+                return policy
+        raise ValueError(f"unknown duplicate policy {name!r}; valid: {', '.join(p.value for p in cls)}")
+
+
+DEFAULT_DUPLICATE_POLICY = DuplicatePolicy.IGNORE
+
+
+class Outcome(str, enum.Enum):
+    STORED = "stored"  # not a duplicate
+    IDENTICAL = "identical"  # same UID, same content: nothing to do
+    IGNORED = "ignored"
+    REJECTED = "rejected"
+    OVERWRITTEN = "overwritten"
+    KEPT_BOTH = "kept-both"
+
+    @property
+    def label(self) -> str:
+        """The value for ``InstanceInfo.duplicate`` ("" for a new instance)."""
+        return "" if self is Outcome.STORED else self.value
+
+
+class Place(str, enum.Enum):
+    """Where the received file goes."""
+
+    NOWHERE = "nowhere"  # discard the temporary file
+    TARGET = "target"  # the path the naming scheme gave (after collision check)
+    VERSION = "version"  # a version name beside the stored copy
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    outcome: Outcome
+    status: int  # the C-STORE-RSP status
+    place: Place
+    replaces_previous: bool = False  # remove the stored copy once the new one is in place
+    comment: str = ""  # Error Comment (0000,0902) for a failure status
+
+    @property
+    def write(self) -> bool:
+        return self.place is not Place.NOWHERE
+
+
+_NEW = Decision(Outcome.STORED, STATUS_SUCCESS, Place.TARGET)
+_IDENTICAL = Decision(Outcome.IDENTICAL, STATUS_SUCCESS, Place.NOWHERE)
+_ON_CONFLICT: dict[DuplicatePolicy, Decision] = {
+    DuplicatePolicy.IGNORE: Decision(Outcome.IGNORED, STATUS_SUCCESS, Place.NOWHERE),
+    DuplicatePolicy.REJECT: Decision(Outcome.REJECTED, STATUS_DUPLICATE_REJECTED, Place.NOWHERE, comment=REJECT_COMMENT),
+    DuplicatePolicy.OVERWRITE: Decision(Outcome.OVERWRITTEN, STATUS_SUCCESS, Place.TARGET, replaces_previous=True),
+    DuplicatePolicy.KEEP_BOTH: Decision(Outcome.KEPT_BOTH, STATUS_SUCCESS, Place.VERSION),
+}
+
+
+def decide(policy: DuplicatePolicy, seen: bool, same_content: bool) -> Decision:
+    """What to do with a received instance. Pure: ``seen`` is whether its SOP
+    Instance UID is already stored, ``same_content`` whether the stored copy's
+    content hash equals the received one (pass False when either hash is
+    unknown: only a proven match is a no-op)."""
+    if not seen:
+        return _NEW
+    if same_content:
+        return _IDENTICAL
+    return _ON_CONFLICT[policy]
+
+
+class SeenInstances:
+    """SOP Instance UID -> (path, content hash) of the stored copy; O(1).
+
+    Paths are kept as given (the catalog stores them relative to the storage
+    directory; ``DuplicateGuard`` resolves them). One entry costs about 400
+    bytes of memory with typical UIDs and hierarchical paths."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self, rows: Iterable[tuple[str, str, str]] = ()) -> None:
+        self._entries: dict[str, tuple[str, str]] = {}
+        self.warm(rows)
+
+    def warm(self, rows: Iterable[tuple[str, str, str]]) -> int:
+        """Add (uid, path, content_hash) rows, e.g. streamed from the catalog;
+        returns how many were read. Later rows win."""
+        entries = self._entries
+        count = 0
+        for uid, path, content_hash in rows:
+            entries[uid] = (path, content_hash)
+            count += 1
+        return count
+
+    def lookup(self, uid: str) -> tuple[str, str] | None:
+        return self._entries.get(uid)
+
+    def record(self, uid: str, path: str, content_hash: str) -> None:
+        self._entries[uid] = (path, content_hash)
+
+    def forget(self, uid: str) -> None:
+        self._entries.pop(uid, None)
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def uid_in_file(path: Path) -> str | None:
+    """Who holds ``path``: None if nothing is there, else the SOP Instance UID
+    of the file there ("" if it cannot be read as DICOM: such a file is never
+    taken for ours). Used only when a target path already exists."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        import pydicom
+
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        return str(dataset.get("SOPInstanceUID", "")).strip()
+    except Exception:
+        return ""
+
+
+def file_content_hash(path: Path, chunk: int = 1 << 20) -> str | None:
+    """The content hash of a stored Part-10 file: BLAKE2b-128 of the bytes
+    after the file meta group, i.e. of the dataset as it was received. None
+    when the file has no preamble/``DICM`` or no (0002,0000) group length."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(144)
+            if len(head) < 144 or head[128:132] != b"DICM" or head[132:138] != b"\x02\x00\x00\x00UL":
+                return None
+            stream.seek(144 + int.from_bytes(head[140:144], "little"))
+            digest = new_content_hash()
+            while block := stream.read(chunk):
+                digest.update(block)
+            return str(digest.hexdigest())
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """A decision with its paths: ``path`` is where to rename the received
+    file (None: drop it); ``previous`` is the stored copy, if any. With
+    ``decision.replaces_previous`` and ``path != previous``, remove
+    ``previous`` after the rename (the corrected instance moved)."""
+
+    decision: Decision
+    path: Path | None
+    previous: Path | None
+
+
+class DuplicateGuard:
+    """The duplicate policy applied with the in-memory index and the disk.
+
+    ``resolve()`` before the final rename, ``stored()`` after it. Not
+    thread-safe by itself: call both from the event loop (each is a dict
+    lookup and, only when a path is taken, a stat or a header read)."""
+
+    def __init__(
+        self,
+        storage_dir: Path,
+        policy: DuplicatePolicy | str = DEFAULT_DUPLICATE_POLICY,
+        index: SeenInstances | None = None,
+        uid_at: Callable[[Path], str | None] = uid_in_file,
+        stored_hash: Callable[[Path], str | None] = file_content_hash,
+    ) -> None:
+        self.storage_dir = Path(storage_dir)
+        self.policy = DuplicatePolicy.parse(policy)
+        self.index = SeenInstances() if index is None else index
+        self._uid_at = uid_at
+        self._stored_hash = stored_hash
+
+    def _absolute(self, path: str) -> Path:
+        return self.storage_dir / path  # absolute paths stay absolute
+
+    def resolve(self, sop_instance_uid: str, content_hash: str, target: Path) -> Resolution:
+        """What to do with a received instance whose naming target is ``target``
+        (absolute, already through ``resolve_inside``)."""
+        previous: Path | None = None
+        stored_hash = ""
+        entry = self.index.lookup(sop_instance_uid)
+        if entry is not None:
+            previous = self._absolute(entry[0])
+            stored_hash = entry[1]
+            if not os.path.lexists(previous):  # removed behind our back: not a duplicate any more
+                self.index.forget(sop_instance_uid)
+                previous = None
+        if previous is None:
+            path = free_path(target, sop_instance_uid, self._uid_at)
+            if not os.path.lexists(path):
+                return Resolution(_NEW, path, None)
+            # This very instance is on disk but was not in the index (cold or
+            # partial warm-up): it is a duplicate all the same.
+            previous = path
+            stored_hash = self._stored_hash(path) or ""
+        same = bool(content_hash) and content_hash == stored_hash
+        decision = decide(self.policy, True, same)
+        if decision.place is Place.TARGET:
+            return Resolution(decision, free_path(target, sop_instance_uid, self._uid_at), previous)
+        if decision.place is Place.VERSION:
+            return Resolution(decision, versioned_path(previous), previous)
+        return Resolution(decision, None, previous)
+
+    def stored(self, sop_instance_uid: str, path: Path, content_hash: str) -> None:
+        """Record the copy now in place (after the rename). A ``keep-both``
+        version is recorded too: later copies are compared with the newest."""
+        try:
+            relative = str(Path(path).relative_to(self.storage_dir))
+        except ValueError:
+            relative = str(path)
+        self.index.record(sop_instance_uid, relative, content_hash)
