@@ -1,94 +1,130 @@
-"""Wires the layers together for ``serve``: storage, the SCP service, the network.
-
-Everything configurable arrives as a ``ServeOptions``; the command line (and,
-later, the YAML file) produce one.
+"""Wires the layers together for ``serve``: configuration, storage, the SCP
+service, the network (plain and TLS listeners), and SIGHUP reloads.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-from functools import lru_cache
+import signal
+from collections.abc import Mapping
+from typing import Any
 
+from .access import AccessPolicy, AssociationLimiter, load_access_policy
+from .config import Config, ConfigError, load_config
 from .net.server import DicomServer, serve_forever
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
 from .scp import ServerState, StoreSCPHandler
+from .storage.naming import make_naming
 from .storage.store import Storage
 
 log = logging.getLogger("fastscp")
 
 
-@dataclasses.dataclass(frozen=True)
-class ServeOptions:
-    port: int = 11112
-    ae_title: str = "FASTSCP"
-    storage_dir: str = "./received"
-    bind: str = "0.0.0.0"
-    max_pdu: int = 131072
-    max_associations: int = 10
-    check_called_ae: bool = True
-    artim_timeout: float = 30.0
-    idle_timeout: float = 60.0
-    shutdown_grace: float = 30.0
+def accept_policy(cfg: Config) -> AcceptPolicy:
+    """Negotiation policy: the configured storage SOP classes and Verification,
+    the configured transfer syntaxes; optionally SOP classes nobody knows."""
+    accepted = cfg.sop_class_uids() | {VERIFICATION}
+    if cfg.accept_unknown_sop_classes:
+        from pydicom._uid_dict import UID_dictionary
+
+        def ok(uid: str) -> bool:
+            return uid in accepted or uid not in UID_dictionary
+    else:
+        ok = accepted.__contains__
+    return AcceptPolicy(abstract_syntax_ok=ok, transfer_syntaxes=cfg.transfer_syntax_uids())
 
 
-@lru_cache(maxsize=1)
-def storage_sop_classes() -> frozenset[str]:
-    """Every storage SOP class pynetdicom and pydicom know."""
-    from pydicom._uid_dict import UID_dictionary
-    from pynetdicom.sop_class import _STORAGE_CLASSES
-
-    known = set(_STORAGE_CLASSES.values())
-    known.update(uid for uid, entry in UID_dictionary.items() if entry[1] == "SOP Class" and entry[0].endswith("Storage"))
-    return frozenset(known)
-
-
-@lru_cache(maxsize=1)
-def all_transfer_syntaxes() -> frozenset[str]:
-    from pydicom.uid import AllTransferSyntaxes
-
-    return frozenset(AllTransferSyntaxes)
+def build_storage(cfg: Config) -> Storage:
+    s = cfg.storage
+    options: dict[str, Any] = {}
+    if s.naming == "template":
+        options["pattern"] = s.template
+    elif s.naming == "physician":
+        options["accounts_root"] = s.accounts_root or s.directory
+        if s.accounts:
+            options["accounts"] = list(s.accounts)
+    naming = make_naming(s.naming, **options)
+    return Storage(s.directory, naming=naming, min_free_space=s.min_free_space)
 
 
-def default_policy() -> AcceptPolicy:
-    accepted = storage_sop_classes() | {VERIFICATION}
-    return AcceptPolicy(abstract_syntax_ok=accepted.__contains__, transfer_syntaxes=all_transfer_syntaxes())
-
-
-def build_state(opts: ServeOptions) -> ServerState:
-    storage = Storage(opts.storage_dir)
+def build_state(cfg: Config) -> ServerState:
+    storage = build_storage(cfg)
     storage.sweep_incoming()
     return ServerState(
-        ae_title=opts.ae_title,
+        ae_title=cfg.server.ae_title,
         storage=storage,
-        policy=default_policy(),
-        max_pdu=opts.max_pdu,
-        max_associations=opts.max_associations,
-        check_called_ae=opts.check_called_ae,
+        policy=accept_policy(cfg),
+        access=AccessPolicy.from_config(cfg),
+        limiter=AssociationLimiter.from_config(cfg),
+        max_pdu=cfg.server.max_pdu,
+        max_instance_size=cfg.storage.max_instance_size,
     )
 
 
-async def run(opts: ServeOptions) -> None:
-    state = build_state(opts)
-    server = DicomServer(lambda assoc, peer: StoreSCPHandler(state, assoc, peer), opts.max_pdu,
-                         opts.artim_timeout, opts.idle_timeout)
-    addresses = await server.start(opts.bind, opts.port)
+class App:
+    def __init__(self, cfg: Config, config_path: str | None, overrides: Mapping[str, Any]) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.overrides = dict(overrides)
+        self.state = build_state(cfg)
+        s = cfg.server
+        self.server = DicomServer(lambda assoc, peer: StoreSCPHandler(self.state, assoc, peer), s.max_pdu,
+                                  s.artim_timeout, s.idle_timeout or 0.0, s.dimse_timeout or 0.0)
 
-    def ready() -> None:
-        log.info("fastscp listening on %s as %s, storing into %s (max PDU %d, max associations %d)",
-                 ", ".join(f"{a[0]}:{a[1]}" for a in addresses), opts.ae_title, state.storage.directory,
-                 opts.max_pdu, opts.max_associations)
+    async def start(self) -> list[str]:
+        s = self.cfg.server
+        listening = [f"{a[0]}:{a[1]}" for a in await self.server.start(s.bind_address, s.port)]
+        if s.tls.enabled:
+            from .net.tls import server_ssl_context
 
-    await serve_forever(server, opts.shutdown_grace, ready)
-    log.info("stopped: %d association(s), %d instance(s), %.1f MB received",
-             state.associations_total, state.instances_total, state.bytes_total / 1e6)
+            ctx = server_ssl_context(s.tls)
+            listening += [f"{a[0]}:{a[1]} (TLS)" for a in await self.server.start(s.bind_address, s.tls.port, ctx)]
+        return listening
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the access lists and limits; running associations stay."""
+        loop = asyncio.get_running_loop()
+        try:
+            cfg = await loop.run_in_executor(None, load_config, self.config_path, self.overrides)
+            access = await loop.run_in_executor(None, AccessPolicy.from_config, cfg)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running access lists: %s", exc)
+            return
+        self.state.access = access
+        self.state.limiter.set_limits(cfg.server.max_associations, cfg.server.max_associations_per_ae)
+        log.info("reloaded access lists (%d whitelist entries) and limits", len(cfg.access.allowed_calling_aes))
+
+    async def run(self) -> None:
+        listening = await self.start()
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        except (NotImplementedError, RuntimeError, AttributeError):
+            pass
+        cfg = self.cfg
+
+        def ready() -> None:
+            log.info("fastscp listening on %s as %s, storing into %s (naming %s, max PDU %d, max associations %d)",
+                     ", ".join(listening), cfg.server.ae_title, self.state.storage.directory, cfg.storage.naming,
+                     cfg.server.max_pdu, cfg.server.max_associations)
+
+        await serve_forever(self.server, cfg.server.shutdown_grace, ready)
+        st = self.state
+        log.info("stopped: %d association(s), %d instance(s), %.1f MB received",
+                 st.associations_total, st.instances_total, st.bytes_total / 1e6)
 
 
-def run_blocking(opts: ServeOptions) -> None:
+def run_blocking(config_path: str | None, overrides: Mapping[str, Any]) -> None:
+    """Load the configuration (errors before anything binds) and serve."""
+    cfg = load_config(config_path, overrides)
+    app = App(cfg, config_path, overrides)
     try:
         import uvloop
     except ImportError:
-        asyncio.run(run(opts))
+        asyncio.run(app.run())
     else:
-        uvloop.run(run(opts))
+        uvloop.run(app.run())
+
+
+__all__ = ["App", "accept_policy", "build_state", "run_blocking", "load_access_policy"]

@@ -9,42 +9,80 @@ import sys
 from . import __version__
 
 
+# flag -> dotted config key; a flag left out does not override the file
+_SERVE_FLAGS = {
+    "port": "server.port",
+    "ae_title": "server.ae_title",
+    "storage_dir": "storage.directory",
+    "index_db": "database.path",
+    "naming": "storage.naming",
+    "template": "storage.template",
+    "duplicates": "storage.duplicates",
+    "durability": "storage.durability",
+    "accept": "accepted_sop_classes",
+    "transfer_syntaxes": "accepted_transfer_syntaxes",
+    "bind": "server.bind_address",
+    "max_pdu": "server.max_pdu",
+    "max_associations": "server.max_associations",
+    "artim_timeout": "server.artim_timeout",
+    "idle_timeout": "server.idle_timeout",
+    "dimse_timeout": "server.dimse_timeout",
+    "shutdown_grace": "server.shutdown_grace",
+    "status_port": "status.port",
+    "log_level": "logging.level",
+}
+
+
 def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("port", nargs="?", type=int, default=11112, help="TCP port to listen on (default 11112)")
-    p.add_argument("ae_title", nargs="?", default="FASTSCP", help="our AE title (default FASTSCP)")
-    p.add_argument("--storage-dir", default="./received", help="where received instances are stored (default ./received)")
-    p.add_argument("--bind", default="0.0.0.0", help="address to listen on (default all)")
-    p.add_argument("--max-pdu", type=int, default=131072, help="largest P-DATA PDU we accept and advertise (default 131072)")
-    p.add_argument("--max-associations", type=int, default=10, help="concurrent associations (default 10)")
+    S = argparse.SUPPRESS
+    p.add_argument("port", nargs="?", type=int, default=S, help="TCP port to listen on (default 11112)")
+    p.add_argument("ae_title", nargs="?", default=S, help="our AE title (default FASTSCP)")
+    p.add_argument("--config", help="YAML configuration file (flags override it)")
+    p.add_argument("--storage-dir", default=S, help="where received instances are stored (default ./received)")
+    p.add_argument("--index-db", default=S, help="DuckDB index file (default ./pacs.db)")
+    p.add_argument("--naming", default=S, help="hierarchical (default) | flat | date-based | physician | template")
+    p.add_argument("--template", default=S, help="path pattern for --naming template")
+    p.add_argument("--duplicates", default=S, help="ignore (default) | reject | overwrite | keep-both")
+    p.add_argument("--durability", default=S, help="none (default) | fsync")
+    p.add_argument("--accept", default=S, help='accepted SOP classes, e.g. "CT,MR,US" (default all)')
+    p.add_argument("--transfer-syntaxes", default=S, help="accepted transfer syntaxes: all (default), uncompressed, lossless, ...")
+    p.add_argument("--bind", default=S, help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--max-pdu", type=int, default=S, help="largest P-DATA PDU we accept and advertise (default 131072)")
+    p.add_argument("--max-associations", type=int, default=S, help="concurrent associations (default 10)")
     p.add_argument("--no-called-ae-check", action="store_true", help="accept any called AE title")
-    p.add_argument("--artim-timeout", type=float, default=30.0, help="seconds to wait for A-ASSOCIATE-RQ / transport close")
-    p.add_argument("--idle-timeout", type=float, default=60.0, help="abort an association silent this long (0: never)")
-    p.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds running associations get on SIGTERM")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--artim-timeout", type=float, default=S, help="seconds to wait for A-ASSOCIATE-RQ / transport close (default 30)")
+    p.add_argument("--idle-timeout", type=float, default=S, help="abort an association silent this long (default 60)")
+    p.add_argument("--dimse-timeout", type=float, default=S, help="abort when a started message stalls this long (default 60)")
+    p.add_argument("--shutdown-grace", type=float, default=S, help="seconds running associations get on SIGTERM (default 10)")
+    p.add_argument("--status-port", type=int, default=S, help="status HTTP port (default 8042, 0 = off)")
+    p.add_argument("--log-level", default=S, type=str.lower, choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=_serve)
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from .app import ServeOptions, run_blocking
+def serve_overrides(args: argparse.Namespace) -> dict[str, object]:
+    overrides: dict[str, object] = {key: getattr(args, flag) for flag, key in _SERVE_FLAGS.items() if hasattr(args, flag)}
+    if getattr(args, "no_called_ae_check", False):
+        overrides["server.check_called_ae"] = False
+    return overrides
 
-    if not 4096 <= args.max_pdu <= (1 << 26):
-        print("--max-pdu must be between 4096 and 67108864", file=sys.stderr)
+
+def _serve(args: argparse.Namespace) -> int:
+    from .app import run_blocking
+    from .config import ConfigError
+
+    try:
+        run_blocking(args.config, serve_overrides(args))
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    if not 1 <= len(args.ae_title) <= 16:
-        print("AE title must be 1 to 16 characters", file=sys.stderr)
+    except ValueError as exc:  # e.g. a naming template the scheme rejects
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    opts = ServeOptions(
-        port=args.port, ae_title=args.ae_title, storage_dir=args.storage_dir, bind=args.bind,
-        max_pdu=args.max_pdu, max_associations=args.max_associations,
-        check_called_ae=not args.no_called_ae_check, artim_timeout=args.artim_timeout,
-        idle_timeout=args.idle_timeout, shutdown_grace=args.shutdown_grace,
-    )
-    run_blocking(opts)
     return 0
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level, logging.INFO),
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
 
@@ -53,15 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastscp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve_arguments(sub.add_parser("serve", help="run the receiver"))
+    from .config import register as register_config
     from .scu import commands as scu_commands
 
     scu_commands.register(sub)
+    register_config(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(getattr(args, "log_level", "INFO"))
+    _setup_logging(getattr(args, "log_level", "info"))
     return int(args.func(args) or 0)
 
 
@@ -70,7 +110,7 @@ def store_scp_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="store_scp", description="fastscp receiver (same as `fastscp serve`)")
     _add_serve_arguments(parser)
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    _setup_logging(getattr(args, "log_level", "info"))
     return int(args.func(args) or 0)
 
 

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .access import AccessPolicy, AssociationLimiter
 from .instance import InstanceInfo
 from .protocol import dimse as D
 from .protocol import pdu as P
@@ -53,9 +54,10 @@ class ServerState:
     ae_title: str
     storage: Storage
     policy: AcceptPolicy
+    access: AccessPolicy
+    limiter: AssociationLimiter
     max_pdu: int = 131072
-    max_associations: int = 10
-    check_called_ae: bool = True
+    max_instance_size: int | None = None
     on_stored: list[Callable[[InstanceInfo], None]] = dataclasses.field(default_factory=list)
     active: int = 0
     associations_total: int = 0
@@ -128,13 +130,11 @@ class StoreSCPHandler:
     def on_request(self, request: P.AssociateRequest) -> None:
         s = self.server
         self.calling_ae, self.called_ae = request.calling_ae, request.called_ae
-        if s.check_called_ae and request.called_ae != s.ae_title:
-            self._reject(P.RJ_PERMANENT, P.RJ_SOURCE_USER, P.RJ_USER_CALLED_AE_NOT_RECOGNIZED,
-                         f"called AE title {request.called_ae!r} is not ours ({s.ae_title!r})")
-            return
-        if s.active >= s.max_associations:
-            self._reject(P.RJ_TRANSIENT, P.RJ_SOURCE_PRESENTATION, P.RJ_PRESENTATION_LOCAL_LIMIT,
-                         f"association limit {s.max_associations} reached")
+        refusal = s.access.check(request.calling_ae, request.called_ae, self.peer.rpartition(":")[0])
+        if refusal is None:
+            refusal = s.limiter.acquire(request.calling_ae)
+        if refusal is not None:
+            self._reject(refusal.result, refusal.source, refusal.reason, refusal.detail or refusal.description)
             return
         negotiated = negotiate(request, s.policy)
         self.contexts = {r.context_id: (r.abstract_syntax, r.transfer_syntax) for r in negotiated.accepted.values()}
@@ -171,6 +171,7 @@ class StoreSCPHandler:
             return
         self.counted = False
         self.server.active -= 1
+        self.server.limiter.release(self.calling_ae)
         self.ended = how
         secs = time.monotonic() - self.started
         log.info("assoc %s closed (%s): peer %s calling %s, %d stored, %d failed, %.1f MB in %.2f s (%.1f MB/s)",
@@ -235,6 +236,13 @@ class StoreSCPHandler:
                 st.respond()
             return
         assert isinstance(st, _Store)
+        if st.writer is not None:
+            limit = self.server.max_instance_size
+            if limit is not None and st.writer.dataset_size + len(ev.data) > limit:
+                Storage.discard(st.writer, st.temp)
+                st.writer = st.temp = None
+                st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"dataset larger than the {limit}-byte limit"
+                log.warning("assoc %s: refused %s: %s", self.id, st.sop_instance_uid, st.comment)
         if st.writer is not None:
             try:
                 st.writer.write(ev.data, ev.last)

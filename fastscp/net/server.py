@@ -121,22 +121,30 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         while (ev := self.assoc.next_event()) is not None:
             self.handler.handle(ev)
 
+    def _timeout(self) -> tuple[float, str]:
+        """The silence allowed now: dimse_timeout while a message is half
+        received, else idle_timeout (0 = unlimited)."""
+        srv = self.server
+        busy = self.assoc.framer.dataset_in_progress is not None or self.assoc.framer.buffered > 0
+        if busy and srv.dimse_timeout:
+            return srv.dimse_timeout, "DIMSE timeout"
+        return srv.idle_timeout, "idle timeout"
+
     def _arm_idle(self) -> None:
-        timeout = self.server.idle_timeout
-        if timeout:
-            self._idle = asyncio.get_running_loop().call_later(timeout, self._idle_check)
+        if self.server.idle_timeout or self.server.dimse_timeout:
+            self._idle = asyncio.get_running_loop().call_later(self.server.check_interval, self._idle_check)
 
     def _idle_check(self) -> None:
-        idle = time.monotonic() - self.last_activity
-        timeout = self.server.idle_timeout
-        if idle < timeout:
-            self._idle = asyncio.get_running_loop().call_later(timeout - idle, self._idle_check)
-            return
         self._idle = None
         if self.assoc.state in ("Sta1", "Sta13"):
             return
-        log.warning("association %s idle for %.0f s: aborting", getattr(self.handler, "id", "?"), idle)
-        self.abort("idle timeout")
+        idle = time.monotonic() - self.last_activity
+        timeout, what = self._timeout()
+        if timeout and idle >= timeout:
+            log.warning("association %s silent for %.0f s: aborting (%s)", getattr(self.handler, "id", "?"), idle, what)
+            self.abort(what)
+            return
+        self._arm_idle()
 
     def abort(self, reason: str) -> None:
         self.assoc.abort(reason)
@@ -153,11 +161,15 @@ class DicomServer:
         max_pdu: int = 131072,
         artim_timeout: float = 30.0,
         idle_timeout: float = 60.0,
+        dimse_timeout: float = 0.0,
     ) -> None:
         self.handler_factory = handler_factory
         self.max_pdu = max_pdu
         self.artim_timeout = artim_timeout
         self.idle_timeout = idle_timeout
+        self.dimse_timeout = dimse_timeout
+        # the silence allowed: dimse_timeout bounds a message in progress too
+        self.check_interval = min(t for t in (idle_timeout, dimse_timeout, 3600.0) if t)
         self.connections: set[AssociationProtocol] = set()
         self._servers: list[asyncio.base_events.Server] = []
         self._idle_event: asyncio.Event | None = None

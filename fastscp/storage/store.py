@@ -10,9 +10,11 @@ at its final path or does not exist there. ``.incoming/`` is swept at start.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
 import os
+import time
 from pathlib import Path
 
 from .._ext.writer import InstanceFile
@@ -27,8 +29,12 @@ _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 class Storage:
-    def __init__(self, directory: str | os.PathLike[str], naming: NamingScheme | None = None, head_limit: int = 16384) -> None:
+    def __init__(self, directory: str | os.PathLike[str], naming: NamingScheme | None = None, head_limit: int = 16384,
+                 min_free_space: int | None = None) -> None:
         self.directory = Path(directory).resolve()
+        self.min_free_space = min_free_space
+        self._free_checked = 0.0
+        self._free = 0
         self.naming: NamingScheme = naming or FlatNaming()
         self.head_limit = head_limit
         self.incoming = self.directory / INCOMING
@@ -50,6 +56,8 @@ class Storage:
 
     def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str) -> tuple[InstanceFile, str]:
         """A temp file with the Part-10 prefix written; raises OSError."""
+        if self.min_free_space is not None and self.free_space() < self.min_free_space:
+            raise OSError(errno.ENOSPC, f"less than {self.min_free_space} bytes free (storage.min_free_space)")
         temp = f"{self.incoming}/{self._tag}-{next(self._counter)}.part"
         fd = os.open(temp, _OPEN_FLAGS, 0o644)
         try:
@@ -72,6 +80,15 @@ class Storage:
         os.replace(temp, final)
         info.path = final
         return final
+
+    def free_space(self, max_age: float = 1.0) -> int:
+        """Free bytes on the storage volume (statvfs at most every max_age s)."""
+        now = time.monotonic()
+        if now - self._free_checked > max_age:
+            st = os.statvfs(self.directory)
+            self._free = st.f_bavail * st.f_frsize
+            self._free_checked = now
+        return self._free
 
     @staticmethod
     def discard(writer: InstanceFile | None, temp: str | None) -> None:
