@@ -45,7 +45,7 @@ def build_storage(cfg: Config) -> Storage:
         if s.accounts:
             options["accounts"] = list(s.accounts)
     naming = make_naming(s.naming, **options)
-    return Storage(s.directory, naming=naming, min_free_space=s.min_free_space)
+    return Storage(s.directory, naming=naming, min_free_space=s.min_free_space, duplicates=s.duplicates)
 
 
 def build_state(cfg: Config) -> ServerState:

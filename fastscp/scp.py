@@ -37,7 +37,9 @@ from .protocol.association import (
     ReleaseRequested,
 )
 from .protocol.negotiation import AcceptPolicy, negotiate
+from .storage.duplicates import new_content_hash
 from .storage.header import parse_file, parse_head
+from .storage.safepath import UnsafePathError
 from .storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .storage.store import Storage
 
@@ -76,6 +78,7 @@ class _Store:
     transfer_syntax_uid: str
     writer: Any = None
     temp: str | None = None
+    hasher: Any = None
     status: int = D.SUCCESS
     comment: str = ""
 
@@ -101,6 +104,7 @@ class StoreSCPHandler:
         self.counted = False
         self.stored = 0
         self.failed = 0
+        self.duplicates = 0
         self.bytes = 0
         self.ended = ""
         self._current: _Store | _Drain | None = None
@@ -174,8 +178,8 @@ class StoreSCPHandler:
         self.server.limiter.release(self.calling_ae)
         self.ended = how
         secs = time.monotonic() - self.started
-        log.info("assoc %s closed (%s): peer %s calling %s, %d stored, %d failed, %.1f MB in %.2f s (%.1f MB/s)",
-                 self.id, how, self.peer, self.calling_ae, self.stored, self.failed, self.bytes / 1e6, secs,
+        log.info("assoc %s closed (%s): peer %s calling %s, %d stored, %d duplicates, %d failed, %.1f MB in %.2f s (%.1f MB/s)",
+                 self.id, how, self.peer, self.calling_ae, self.stored, self.duplicates, self.failed, self.bytes / 1e6, secs,
                  self.bytes / 1e6 / secs if secs > 0 else 0.0)
 
     # ---- DIMSE ----------------------------------------------------------------------
@@ -221,6 +225,7 @@ class StoreSCPHandler:
         else:
             try:
                 st.writer, st.temp = self.server.storage.begin(st.sop_class_uid, st.sop_instance_uid, ts, self.calling_ae)
+                st.hasher = new_content_hash()
             except OSError as exc:
                 st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"cannot create file: {exc.strerror}"
                 log.error("assoc %s: cannot create a temp file: %s", self.id, exc)
@@ -246,6 +251,7 @@ class StoreSCPHandler:
         if st.writer is not None:
             try:
                 st.writer.write(ev.data, ev.last)
+                st.hasher.update(ev.data)
             except OSError as exc:
                 Storage.discard(st.writer, st.temp)
                 st.writer = st.temp = None
@@ -285,12 +291,22 @@ class StoreSCPHandler:
             info.association_id = self.id
             info.received_at = time.time()
             info.dataset_size = writer.dataset_size
-            self.server.storage.commit(writer, temp, info)  # type: ignore[arg-type]
+            info.content_hash = st.hasher.hexdigest()
+            st.status, st.comment = self.server.storage.commit(writer, temp, info)  # type: ignore[arg-type]
+        except UnsafePathError as exc:
+            st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "attribute values give no safe file name"
+            log.error("assoc %s: no safe path for %s: %s", self.id, st.sop_instance_uid, exc)
+            Storage.discard(writer, temp)
+            return
         except OSError as exc:
             st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"cannot store: {exc.strerror}"
             log.error("assoc %s: storing %s failed: %s", self.id, st.sop_instance_uid, exc)
             Storage.discard(writer, temp)
             return
+        if info.duplicate:
+            self.duplicates += 1
+            if st.status != D.SUCCESS:
+                return
         self.stored += 1
         self.bytes += info.dataset_size
         server = self.server

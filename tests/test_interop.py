@@ -113,7 +113,10 @@ def reference_scp(tmp_path: Path):  # type: ignore[no-untyped-def]
     proc.wait()
 
 
-def test_storescu_sends_pydicom_test_files_in_their_own_transfer_syntax(server: Server, reference_scp) -> None:  # type: ignore[no-untyped-def]
+def test_storescu_sends_pydicom_test_files_in_their_own_transfer_syntax(start_server, reference_scp) -> None:  # type: ignore[no-untyped-def]
+    # pydicom's test files reuse SOP Instance UIDs across transfer syntaxes:
+    # "overwrite" keeps the last copy sent, which is what is compared below
+    server = start_server("--duplicates", "overwrite")
     ref_port, ref_dir = reference_scp
     groups = _readable_test_files()
     acknowledged = []

