@@ -143,3 +143,26 @@ def chunkings(data: bytes, seed: int = 0) -> Iterator[tuple[str, list[bytes]]]:
 
 def join(chunks: Iterable[bytes]) -> bytes:
     return b"".join(chunks)
+
+
+def read_ac(raw: bytes) -> dict:
+    """An A-ASSOCIATE-AC decoded by pynetdicom, as plain values."""
+    from pynetdicom.pdu import A_ASSOCIATE_AC
+
+    ac = A_ASSOCIATE_AC()
+    ac.decode(raw)
+    user = ac.user_information
+    assert user is not None
+    window = user.async_ops_window
+    return {
+        "protocol_version": ac.protocol_version,
+        "called_ae": ac.called_ae_title,
+        "calling_ae": ac.calling_ae_title,
+        "application_context": ac.application_context_name,
+        "contexts": {pc.context_id: (pc.result, pc.transfer_syntax) for pc in ac.presentation_context},
+        "max_pdu": user.maximum_length,
+        "implementation_class_uid": user.implementation_class_uid,
+        "implementation_version_name": user.implementation_version_name,
+        "roles": {uid: (item.scu_role, item.scp_role) for uid, item in user.role_selection.items()},
+        "async_ops": None if window is None else (window.maximum_number_operations_invoked, window.maximum_number_operations_performed),
+    }
