@@ -407,14 +407,15 @@ class Association:
     def _aa1(self) -> None:
         if isinstance(self._payload, FramingError):  # an invalid PDU in Sta2
             self.abort_description = str(self._payload)
-            self._send_abort(P.ABORT_SOURCE_PROVIDER, self._payload.reason)
+            source, reason = P.ABORT_SOURCE_PROVIDER, self._payload.reason
         elif self._payload is None:  # local A-ABORT request
-            self._send_abort(P.ABORT_SOURCE_USER, 0)
+            source, reason = P.ABORT_SOURCE_USER, 0
         else:  # a valid PDU that has no place in Sta2
             self.abort_description = "unexpected PDU before A-ASSOCIATE-RQ"
-            self._send_abort(P.ABORT_SOURCE_PROVIDER, P.ABORT_UNEXPECTED_PDU)
+            source, reason = P.ABORT_SOURCE_PROVIDER, P.ABORT_UNEXPECTED_PDU
+        self._send_abort(source, reason)
         self.artim_running = True
-        self._pending.append(Aborted(False, P.ABORT_SOURCE_USER if self._payload is None else P.ABORT_SOURCE_PROVIDER, 0, self.abort_description))
+        self._pending.append(Aborted(False, source, reason, self.abort_description))
 
     def _aa2(self) -> None:
         self.artim_running = False
