@@ -130,6 +130,10 @@ def _build_table() -> dict[tuple[str, str], tuple[str, str | None]]:
     add("Sta2", EVT6, "AE-6", None)
     add("Sta2", (EVT16, EVT18), "AA-2", "Sta1")
     add("Sta2", EVT17, "AA-5", "Sta1")
+    # Not in Table 9-10: a local abort (idle timeout, shutdown) before any
+    # A-ASSOCIATE-RQ. There is no association to abort, so close as on
+    # ARTIM expiry (AA-2) rather than raise.
+    add("Sta2", EVT15, "AA-2", "Sta1")
     # Sta3: awaiting the local A-ASSOCIATE response
     add("Sta3", _ANY_PDU_BUT, "AA-8", "Sta13")
     add("Sta3", EVT7, "AE-7", "Sta6")
