@@ -410,6 +410,10 @@ def test_local_abort_never_raises(when):
     if when not in ("Sta1", "Sta13"):
         assert assoc.state in ("Sta1", "Sta13")
         assert assoc.closing or assoc.artim_running  # the transport will be closed
+        [ev] = drain(assoc)
+        assert isinstance(ev, Aborted) and not ev.by_peer and ev.description == "server shutting down"
+    if when == "Sta2":  # no association yet: nothing to send, just close
+        assert assoc.data_to_send() == b"" and assoc.closing and not assoc.artim_running
 
 
 # ---- release ----------------------------------------------------------------------------------
