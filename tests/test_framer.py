@@ -7,6 +7,8 @@ import os
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from _pdu_fixtures import (
     ABORT_BY_USER,
     CT_IMAGE,
@@ -342,3 +344,35 @@ def test_events_before_the_error_still_come_out():
     assert first[:2] == (EV_DATASET, 1) and bytes(first[2]) == b"ab" and first[3] is False
     with pytest.raises(FramingError):
         framer.next_event()
+
+
+# ---- property: only events or FramingError ---------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.binary(max_size=600), cuts=st.lists(st.integers(0, 1000), max_size=6))
+def test_random_bytes_give_events_or_framing_error(data, cuts):
+    framer = PDUFramer(max_pdata=256, max_other=256)
+    bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
+    try:
+        for a, b in zip(bounds, bounds[1:]):
+            framer.feed(data[a:b])
+            for ev in drain(framer):
+                assert ev[0] in (EV_PDU, EV_COMMAND, EV_DATASET)
+                if ev[0] == EV_PDU:
+                    assert 1 <= ev[1] <= 7 and ev[1] != 4 and len(ev[2]) <= 256 + 6
+                    assert int.from_bytes(ev[2][2:6], "big") == len(ev[2]) - 6
+                else:
+                    assert ev[1] & 1  # only odd context IDs get through
+    except FramingError as exc:
+        assert exc.reason in (1, 2, 6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=st.binary(max_size=2000), fragment=st.integers(1, 300), per_pdu=st.integers(1, 4), cuts=st.lists(st.integers(0, 5000), max_size=10))
+def test_any_fragmentation_reassembles(payload, fragment, per_pdu, cuts):
+    data = message(7, payload, command=False, fragment=fragment, per_pdu=per_pdu)
+    bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
+    events, _ = run([data[a:b] for a, b in zip(bounds, bounds[1:])], max_pdata=4096)
+    assert b"".join(e[2] for e in events) == payload
+    assert [e[3] for e in events][-1] is True and not any(e[3] for e in events[:-1])
