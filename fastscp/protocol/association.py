@@ -440,7 +440,8 @@ class Association:
 
     def _aa4(self) -> None:
         self.abort_description = "connection closed by peer"
-        self._pending.append(Aborted(True, P.ABORT_SOURCE_PROVIDER, 0, self.abort_description))
+        # no A-ABORT was received: the transport dropped (see ``Aborted``)
+        self._pending.append(Aborted(False, P.ABORT_SOURCE_PROVIDER, 0, self.abort_description))
 
     def _aa5(self) -> None:
         self.artim_running = False
