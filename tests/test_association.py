@@ -367,8 +367,9 @@ def test_connection_lost_mid_dataset():
     feed(assoc, [message(3, STORE_CMD, command=True, fragment=100), pdata(pdv(3, b"half", command=False, last=False))])
     assert assoc.framer.dataset_in_progress == 3
     ev = assoc.connection_lost()
-    assert isinstance(ev, Aborted)
-    assert assoc.state == "Sta1"
+    # Sta6 + Evt17 -> AA-4; no A-ABORT came, so not by_peer (the Aborted contract)
+    assert isinstance(ev, Aborted) and not ev.by_peer and ev.description == "connection closed by peer"
+    assert assoc.state == "Sta1" and assoc.data_to_send() == b""
     assert assoc.connection_lost() is None
 
 
