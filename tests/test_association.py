@@ -156,12 +156,20 @@ def test_reject_sends_associate_rj(result, source, reason):
     assert assoc.state == "Sta1" and not assoc.artim_running
 
 
+def rejected_every_way(rq: bytes, rj: bytes) -> None:
+    """``rq`` is answered with exactly ``rj``, however it is split, and what
+    follows it (here a P-DATA-TF) is ignored in Sta13."""
+    follow = pdata(pdv(1, ECHO_CMD, command=True, last=True))
+    for name, chunks in [*chunkings(rq), *((n + "+trailer", c) for n, c in chunkings(rq + follow, seed=9))]:
+        assoc = connected()
+        assert feed(assoc, chunks) == [], name
+        assert assoc.data_to_send() == rj, name
+        assert assoc.state == "Sta13" and assoc.artim_running, name
+
+
 def test_protocol_version_without_bit_0_is_rejected():
-    assoc = connected()
-    assert assoc.feed(associate_rq(protocol_version=0)) == []
     # A-ASSOCIATE-RJ: permanent, source ACSE service-provider (2), reason 2 protocol version not supported
-    assert assoc.data_to_send() == bytes.fromhex("03 00 00000004 00 01 02 02")
-    assert assoc.state == "Sta13" and assoc.artim_running
+    rejected_every_way(associate_rq(protocol_version=0), bytes.fromhex("03 00 00000004 00 01 02 02"))
 
 
 def test_later_protocol_version_with_bit_0_is_accepted():
@@ -171,21 +179,19 @@ def test_later_protocol_version_with_bit_0_is_accepted():
 
 
 def test_wrong_application_context_is_rejected():
-    assoc = connected()
-    assert assoc.feed(associate_rq(app_context="1.2.840.10008.3.1.1.2")) == []
     # permanent, source service-user (1), reason 2 application context name not supported
-    assert assoc.data_to_send() == bytes.fromhex("03 00 00000004 00 01 01 02")
-    assert assoc.state == "Sta13"
+    rejected_every_way(associate_rq(app_context="1.2.840.10008.3.1.1.2"), bytes.fromhex("03 00 00000004 00 01 01 02"))
 
 
 def test_malformed_request_is_aborted():
     bad = bytearray(associate_rq())
     bad[74] = 0x11  # the application context item's type becomes an unknown item type
-    assoc = connected()
-    [ev] = assoc.feed(bytes(bad))
-    assert isinstance(ev, Aborted) and not ev.by_peer and ev.reason == 6
-    assert assoc.data_to_send() == abort_pdu(2, 6)
-    assert assoc.state == "Sta13" and assoc.artim_running
+    for name, chunks in chunkings(bytes(bad) + RELEASE_RQ):
+        assoc = connected()
+        [ev] = feed(assoc, chunks)
+        assert isinstance(ev, Aborted) and not ev.by_peer and ev.reason == 6, name
+        assert assoc.data_to_send() == abort_pdu(2, 6), name
+        assert assoc.state == "Sta13" and assoc.artim_running, name
 
 
 # ---- things that must not happen before association -----------------------------------------
@@ -353,13 +359,15 @@ def test_unexpected_pdu_in_sta6_aborts(data):
 
 
 def test_peer_abort_in_sta6():
-    assoc = established()
-    events = feed(assoc, [pdata(pdv(3, b"partial", command=False, last=False)) + ABORT_BY_PROVIDER_6])
-    assert events[0] == ("fragment", 3, b"partial", False)
-    ev = events[1]
-    assert isinstance(ev, Aborted) and ev.by_peer and (ev.source, ev.reason) == (2, 6)
-    assert assoc.state == "Sta1" and assoc.closing
-    assert assoc.data_to_send() == b""  # never answer an abort
+    data = pdata(pdv(3, b"partial", command=False, last=False)) + ABORT_BY_PROVIDER_6
+    for name, chunks in chunkings(data + RELEASE_RQ[:3]):
+        assoc = established()
+        events = feed(assoc, chunks)
+        assert events[0] == ("fragment", 3, b"partial", False), name
+        [ev] = events[1:]
+        assert isinstance(ev, Aborted) and ev.by_peer and (ev.source, ev.reason) == (2, 6), name
+        assert assoc.state == "Sta1" and assoc.closing, name
+        assert assoc.data_to_send() == b"", name  # never answer an abort
 
 
 def test_connection_lost_mid_dataset():
