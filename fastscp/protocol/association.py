@@ -130,6 +130,10 @@ def _build_table() -> dict[tuple[str, str], tuple[str, str | None]]:
     add("Sta2", EVT6, "AE-6", None)
     add("Sta2", (EVT16, EVT18), "AA-2", "Sta1")
     add("Sta2", EVT17, "AA-5", "Sta1")
+    # Not in Table 9-10: a local abort (idle timeout, shutdown) before any
+    # A-ASSOCIATE-RQ. There is no association to abort, so close as on
+    # ARTIM expiry (AA-2) rather than raise.
+    add("Sta2", EVT15, "AA-2", "Sta1")
     # Sta3: awaiting the local A-ASSOCIATE response
     add("Sta3", _ANY_PDU_BUT, "AA-8", "Sta13")
     add("Sta3", EVT7, "AE-7", "Sta6")
@@ -407,14 +411,15 @@ class Association:
     def _aa1(self) -> None:
         if isinstance(self._payload, FramingError):  # an invalid PDU in Sta2
             self.abort_description = str(self._payload)
-            self._send_abort(P.ABORT_SOURCE_PROVIDER, self._payload.reason)
+            source, reason = P.ABORT_SOURCE_PROVIDER, self._payload.reason
         elif self._payload is None:  # local A-ABORT request
-            self._send_abort(P.ABORT_SOURCE_USER, 0)
+            source, reason = P.ABORT_SOURCE_USER, 0
         else:  # a valid PDU that has no place in Sta2
             self.abort_description = "unexpected PDU before A-ASSOCIATE-RQ"
-            self._send_abort(P.ABORT_SOURCE_PROVIDER, P.ABORT_UNEXPECTED_PDU)
+            source, reason = P.ABORT_SOURCE_PROVIDER, P.ABORT_UNEXPECTED_PDU
+        self._send_abort(source, reason)
         self.artim_running = True
-        self._pending.append(Aborted(False, P.ABORT_SOURCE_USER if self._payload is None else P.ABORT_SOURCE_PROVIDER, 0, self.abort_description))
+        self._pending.append(Aborted(False, source, reason, self.abort_description))
 
     def _aa2(self) -> None:
         self.artim_running = False
@@ -435,7 +440,8 @@ class Association:
 
     def _aa4(self) -> None:
         self.abort_description = "connection closed by peer"
-        self._pending.append(Aborted(True, P.ABORT_SOURCE_PROVIDER, 0, self.abort_description))
+        # no A-ABORT was received: the transport dropped (see ``Aborted``)
+        self._pending.append(Aborted(False, P.ABORT_SOURCE_PROVIDER, 0, self.abort_description))
 
     def _aa5(self) -> None:
         self.artim_running = False
