@@ -165,7 +165,7 @@ def test_accept_read_back_by_pynetdicom():
     assert ac["protocol_version"] == 1
     assert (ac["called_ae"], ac["calling_ae"]) == ("SCP_AE", "SCU_AE")  # echoed from the request
     assert ac["application_context"] == APP_CONTEXT
-    assert ac["contexts"] == {1: (0, IMPLICIT_LE), 3: (0, EXPLICIT_LE), 5: (3, None)}
+    assert ac["contexts"] == {1: (0, IMPLICIT_LE), 3: (0, EXPLICIT_LE), 5: (3, IMPLICIT_LE)}  # a rejected context still carries a (not significant) TS sub-item, PS3.8 9.3.3.2
     assert ac["max_pdu"] == 65536
     assert ac["implementation_class_uid"] == "1.2.826.0.1.3680043.10.1"
     assert ac["implementation_version_name"] == "FASTSCP_010"

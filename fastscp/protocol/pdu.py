@@ -25,6 +25,7 @@ A_RELEASE_RP = 0x06
 A_ABORT = 0x07
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 
 # Presentation context results (PS3.8 9.3.3.2)
 RESULT_ACCEPTANCE = 0
@@ -133,8 +134,8 @@ def decode_associate_rq(pdu: bytes) -> AssociateRequest:
     if len(pdu) < 74 or pdu[0] != A_ASSOCIATE_RQ:
         raise PDUError("A-ASSOCIATE-RQ shorter than its fixed fields")
     (version,) = struct.unpack_from(">H", pdu, 6)
-    called = pdu[10:26].decode("ascii", "replace").strip()
-    calling = pdu[26:42].decode("ascii", "replace").strip()
+    called = pdu[10:26].decode("ascii", "replace").strip(" \x00")
+    calling = pdu[26:42].decode("ascii", "replace").strip(" \x00")
     app_context = ""
     contexts: list[PresentationContextProposal] = []
     max_pdu = 0
@@ -228,8 +229,11 @@ def encode_associate_ac(request: AssociateRequest, accept: AssociateAccept) -> b
     body = [struct.pack(">HH", 1, 0), _ae(request.called_ae), _ae(request.calling_ae), bytes(32)]
     body.append(_item(0x10, APPLICATION_CONTEXT.encode()))
     for r in accept.results:
-        ts = r.transfer_syntax.encode() if r.result == RESULT_ACCEPTANCE else b""
-        body.append(_item(0x21, bytes((r.context_id, 0, r.result, 0)) + (_item(0x40, ts) if ts else b"")))
+        # PS3.8 9.3.3.2: the item always holds one transfer syntax sub-item; for
+        # a rejected context its value is not significant, so we send the
+        # always-supported implicit VR little endian rather than nothing.
+        ts = (r.transfer_syntax if r.result == RESULT_ACCEPTANCE and r.transfer_syntax else IMPLICIT_VR_LE).encode()
+        body.append(_item(0x21, bytes((r.context_id, 0, r.result, 0)) + _item(0x40, ts)))
     user = [_item(0x51, struct.pack(">I", accept.max_pdu)), _item(0x52, accept.implementation_class_uid.encode())]
     if accept.async_ops is not None:
         user.append(_item(0x53, struct.pack(">HH", *accept.async_ops)))
