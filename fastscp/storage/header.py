@@ -1,0 +1,410 @@
+"""Header-only parse of a received dataset into an InstanceInfo.
+
+The receiver keeps the first bytes of each C-STORE dataset (the bytes after
+the Part-10 file meta, in the negotiated transfer syntax). ``parse_head``
+runs the Cython scanner (_ext/header.pyx, PS3.5 section 7) over that head for
+the ~28 top-level attributes InstanceInfo carries, then decodes only those
+values: UI/CS/DA/TM in the default repertoire, SH/LO/PN with the data set's
+(0008,0005) Specific Character Set through pydicom's charset machinery
+(PS3.5 6.1, including ISO 2022 code extensions), IS to int, US by the
+transfer syntax's byte order.
+
+If the head ends before the scan could settle every attribute, ``parse_head``
+returns None and the caller goes to the file on disk (``parse_file``, which
+runs the same scanner over a memory map, or pydicom when the scanner finds
+the encoding malformed). Deflated Explicit VR Little Endian (PS3.5 A.5) is
+inflated (raw deflate) before scanning. A pydicom Dataset of the header is
+only built on request (``header_dataset``), never on the default path.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import zlib
+from collections.abc import Callable
+from io import BytesIO
+from typing import Any
+
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.valuerep import TEXT_VR_DELIMS
+
+from .._ext.header import (
+    END,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    PAST_LAST,
+    PIXEL_DATA,
+    TRUNCATED,
+    HeaderScanner,
+)
+from ..instance import InstanceInfo
+
+__all__ = [
+    "MalformedDataset",
+    "parse_head",
+    "parse_file",
+    "header_dataset",
+    "info_from_dataset",
+    "read_file_meta",
+    "scan_syntax",
+]
+
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+
+# Inflating a deflated head stops here: the attributes we want sit in the
+# first few KB, and a deflate bomb must not cost memory.
+MAX_INFLATED = 4 << 20
+
+
+class MalformedDataset(ValueError):
+    """The bytes are not a valid data set in the given transfer syntax."""
+
+
+# How each attribute is decoded.
+_UID, _CODE, _TEXT, _NAME, _INT, _INTS, _US = range(7)
+
+# (tag, InstanceInfo field, decoding), ascending by tag.
+_ATTRIBUTES: tuple[tuple[int, str, int], ...] = (
+    (0x00080005, "specific_character_set", _CODE),
+    (0x00080016, "sop_class_uid", _UID),
+    (0x00080018, "sop_instance_uid", _UID),
+    (0x00080020, "study_date", _CODE),
+    (0x00080030, "study_time", _CODE),
+    (0x00080050, "accession_number", _TEXT),
+    (0x00080060, "modality", _CODE),
+    (0x00080070, "manufacturer", _TEXT),
+    (0x00080080, "institution_name", _TEXT),
+    (0x00080090, "referring_physician", _NAME),
+    (0x00081010, "station_name", _TEXT),
+    (0x00081030, "study_description", _TEXT),
+    (0x0008103E, "series_description", _TEXT),
+    (0x00100010, "patient_name", _NAME),
+    (0x00100020, "patient_id", _TEXT),
+    (0x00100030, "patient_birth_date", _CODE),
+    (0x00100040, "patient_sex", _CODE),
+    (0x00180015, "body_part_examined", _CODE),
+    (0x00180086, "echo_numbers", _INTS),
+    (0x00181030, "protocol_name", _TEXT),
+    (0x0020000D, "study_instance_uid", _UID),
+    (0x0020000E, "series_instance_uid", _UID),
+    (0x00200011, "series_number", _INT),
+    (0x00200013, "instance_number", _INT),
+    (0x00280008, "number_of_frames", _INT),
+    (0x00280010, "rows", _US),
+    (0x00280011, "columns", _US),
+    (0x00321032, "requesting_physician", _NAME),
+)
+
+_SCANNER = HeaderScanner(tag for tag, _, _ in _ATTRIBUTES)
+_HEADER_SPAN = HeaderScanner(())  # no tags: walk to pixel data / the end
+_FILE_META = HeaderScanner((0x00020010, 0x0002FFFF))
+
+
+def scan_syntax(transfer_syntax_uid: str) -> tuple[int, bool]:
+    """(scanner syntax, deflated) for a transfer syntax UID.
+
+    Every syntax other than the three uncompressed ones and deflate encodes
+    its data set in Explicit VR Little Endian (PS3.5 A.4, compressed pixel
+    data only changes the Pixel Data element).
+    """
+    uid = transfer_syntax_uid.rstrip("\0 ")
+    if uid == IMPLICIT_VR_LITTLE_ENDIAN:
+        return IMPLICIT_VR_LE, False
+    if uid == EXPLICIT_VR_BIG_ENDIAN:
+        return EXPLICIT_VR_BE, False
+    if uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        return EXPLICIT_VR_LE, True
+    return EXPLICIT_VR_LE, False
+
+
+def _inflate(data: bytes | memoryview, complete: bool) -> tuple[bytes, bool]:
+    """Inflate a (possibly partial) raw deflate stream; True if it is all there."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, MAX_INFLATED)
+    except zlib.error as exc:
+        raise MalformedDataset(f"deflated data set does not inflate: {exc}") from None
+    return out, complete and inflater.eof
+
+
+def _scan(
+    scanner: HeaderScanner, head: bytes | memoryview, syntax: int
+) -> tuple[tuple[bytes | None, ...], int, int]:
+    try:
+        return scanner.scan(head, syntax)
+    except ValueError as exc:
+        raise MalformedDataset(str(exc)) from None
+
+
+# ---- value decoding -------------------------------------------------------
+
+_ENCODINGS_CACHE: dict[bytes, list[str]] = {}
+_DEFAULT_ENCODINGS = ["iso8859"]
+
+
+def _charset(raw: bytes) -> tuple[str, list[str]]:
+    """(Specific Character Set as text, Python codecs) for the raw value."""
+    terms = [term.strip(" \0") for term in raw.decode("latin-1").split("\\")]
+    text = "\\".join(terms)
+    encodings = _ENCODINGS_CACHE.get(raw)
+    if encodings is None:
+        encodings = convert_encodings(terms if len(terms) > 1 else terms[0])
+        if len(_ENCODINGS_CACHE) > 256:  # hostile peers may vary it forever
+            _ENCODINGS_CACHE.clear()
+        _ENCODINGS_CACHE[raw] = encodings
+    return text, encodings
+
+
+def _decode_text(raw: bytes, encodings: list[str]) -> str:
+    """SH/LO/PN value in the data set's character set, each value stripped."""
+    if b"\x1b" in raw:  # ISO 2022 code extensions: pydicom switches codecs
+        text = decode_bytes(raw, encodings, TEXT_VR_DELIMS)
+    else:
+        try:
+            text = raw.decode(encodings[0])
+        except UnicodeDecodeError:
+            text = raw.decode(encodings[0], "replace")
+        except LookupError:
+            text = raw.decode("latin-1")
+    if "\\" in text:
+        return "\\".join(value.strip(" \0") for value in text.split("\\"))
+    return text.strip(" \0")
+
+
+def _decode_code(raw: bytes) -> str:
+    """UI/CS/DA/TM/IS: default repertoire, each value stripped."""
+    text = raw.decode("latin-1")
+    if "\\" in text:
+        return "\\".join(value.strip(" \0") for value in text.split("\\"))
+    return text.strip(" \0")
+
+
+def _decode_int(raw: bytes) -> int | None:
+    """First value of an IS as int; None if empty or not an integer."""
+    text = raw.decode("latin-1").split("\\", 1)[0].strip(" \0")
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def _decode_values(
+    values: tuple[bytes | None, ...], little: bool, transfer_syntax_uid: str
+) -> InstanceInfo:
+    charset_raw = values[0]
+    if charset_raw:
+        charset, encodings = _charset(charset_raw)
+    else:
+        charset, encodings = "", _DEFAULT_ENCODINGS
+    fields: dict[str, Any] = {"specific_character_set": charset}
+    order = "little" if little else "big"
+    for (_, name, kind), raw in zip(_ATTRIBUTES[1:], values[1:]):
+        if raw is None:
+            continue
+        if kind == _UID or kind == _CODE or kind == _INTS:
+            fields[name] = _decode_code(raw)
+        elif kind == _TEXT or kind == _NAME:
+            fields[name] = _decode_text(raw, encodings)
+        elif kind == _INT:
+            fields[name] = _decode_int(raw)
+        else:  # _US
+            fields[name] = int.from_bytes(raw[:2], order) if len(raw) >= 2 else None
+    fields.setdefault("sop_class_uid", "")
+    fields.setdefault("sop_instance_uid", "")
+    return InstanceInfo(transfer_syntax_uid=transfer_syntax_uid, **fields)
+
+
+# ---- public API -----------------------------------------------------------
+
+
+def parse_head(
+    head: bytes | bytearray | memoryview, transfer_syntax_uid: str, complete: bool
+) -> InstanceInfo | None:
+    """InstanceInfo from the first bytes of a dataset, or None if they are not enough.
+
+    ``head`` is the start of the dataset (no file meta) encoded in
+    ``transfer_syntax_uid``; ``complete`` says it is the whole dataset. The
+    result carries the patient/study/series/instance fields and the SOP
+    Class/Instance UIDs as found in the dataset ("" when absent; the caller
+    checks them against the C-STORE command). Reception fields keep their
+    defaults and ``header`` is None (see ``header_dataset``).
+
+    Returns None only when ``complete`` is false and the head ends before an
+    element past the last wanted attribute (or pixel data): then parse the
+    stored file with ``parse_file``. Raises MalformedDataset (a ValueError)
+    if the bytes break the encoding rules, or if a complete dataset ends
+    inside an element.
+    """
+    syntax, deflated = scan_syntax(transfer_syntax_uid)
+    if deflated:
+        head, complete = _inflate(head, complete)
+    values, status, offset = _scan(_SCANNER, head, syntax)
+    if status == PAST_LAST or status == PIXEL_DATA or (status == END and complete):
+        return _decode_values(values, syntax != EXPLICIT_VR_BE, transfer_syntax_uid)
+    if complete:
+        raise MalformedDataset(f"data set ends inside the element at offset {offset}")
+    return None
+
+
+def header_dataset(head: bytes | bytearray | memoryview, transfer_syntax_uid: str) -> Dataset:
+    """pydicom Dataset of the top-level elements before pixel data in ``head``.
+
+    Built on request only (template naming, hooks): the head is scanned for
+    the last whole element before pixel data, and pydicom's read_dataset
+    reads that span, so a truncated head gives the elements it fully holds.
+    """
+    syntax, deflated = scan_syntax(transfer_syntax_uid)
+    data: bytes | bytearray | memoryview = head
+    if deflated:
+        data, _ = _inflate(head, False)
+    _, _, offset = _scan(_HEADER_SPAN, data, syntax)
+    return read_dataset(
+        BytesIO(bytes(data[:offset])),
+        is_implicit_VR=syntax == IMPLICIT_VR_LE,
+        is_little_endian=syntax != EXPLICIT_VR_BE,
+    )
+
+
+def read_file_meta(data: bytes | bytearray | memoryview) -> tuple[int, str]:
+    """(dataset offset, transfer syntax UID) of a Part-10 file's bytes.
+
+    Expects the 128-byte preamble and "DICM" (PS3.10 7.1); the file meta
+    group is explicit VR little endian and ends at the first tag outside
+    group 0002. Raises MalformedDataset if there is no such header.
+    """
+    if len(data) < 132 or bytes(data[128:132]) != b"DICM":
+        raise MalformedDataset("no DICOM preamble and prefix")
+    values, status, offset = _scan(_FILE_META, memoryview(data)[132:], EXPLICIT_VR_LE)
+    if status == TRUNCATED:
+        raise MalformedDataset("file meta information is truncated")
+    uid = values[0]
+    return 132 + offset, uid.decode("latin-1").strip(" \0") if uid else ""
+
+
+def parse_file(
+    path: str | os.PathLike[str],
+    dataset_offset: int | None = None,
+    transfer_syntax_uid: str | None = None,
+) -> InstanceInfo:
+    """InstanceInfo from a stored file, for when the head was not enough.
+
+    ``dataset_offset``/``transfer_syntax_uid`` default to what the file meta
+    says. The file is memory-mapped and scanned like a complete head (only
+    the pages up to the last wanted attribute are touched); a deflated data
+    set is inflated until the attributes are found. If the scanner finds the
+    encoding malformed, pydicom reads the file instead (it tolerates more),
+    and MalformedDataset is raised only if that fails too.
+    """
+    with open(path, "rb") as fileobj:
+        size = os.fstat(fileobj.fileno()).st_size
+        if size == 0:
+            raise MalformedDataset(f"{os.fspath(path)} is empty")
+        with mmap.mmap(fileobj.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                if dataset_offset is None or transfer_syntax_uid is None:
+                    meta_offset, meta_syntax = read_file_meta(view)
+                    dataset_offset = meta_offset if dataset_offset is None else dataset_offset
+                    transfer_syntax_uid = transfer_syntax_uid or meta_syntax
+                try:
+                    syntax, deflated = scan_syntax(transfer_syntax_uid)
+                    if deflated:
+                        return _parse_deflated(view[dataset_offset:], transfer_syntax_uid)
+                    info = parse_head(view[dataset_offset:], transfer_syntax_uid, True)
+                    assert info is not None  # complete heads always settle
+                    return info
+                except MalformedDataset:
+                    pass
+            finally:
+                view.release()
+    return _parse_with_pydicom(path, transfer_syntax_uid)
+
+
+def _parse_deflated(data: memoryview, transfer_syntax_uid: str) -> InstanceInfo:
+    """Inflate chunk by chunk, rescanning, until the attributes are settled."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = bytearray()
+    chunk = 1 << 16
+    fed = 0
+    while len(inflated) <= MAX_INFLATED:
+        source = inflater.unconsumed_tail
+        if not source:
+            source = data[fed : fed + chunk]
+            fed += len(source)
+        try:
+            inflated += inflater.decompress(source, chunk)
+        except zlib.error as exc:
+            raise MalformedDataset(f"deflated data set does not inflate: {exc}") from None
+        complete = inflater.eof or (fed >= len(data) and not inflater.unconsumed_tail)
+        values, status, _ = _scan(_SCANNER, inflated, EXPLICIT_VR_LE)
+        if status == PAST_LAST or status == PIXEL_DATA or (status == END and complete):
+            return _decode_values(values, True, transfer_syntax_uid)
+        if complete:
+            raise MalformedDataset("deflated data set ends inside an element")
+    raise MalformedDataset(f"attributes not found in the first {MAX_INFLATED} inflated bytes")
+
+
+def _parse_with_pydicom(path: str | os.PathLike[str], transfer_syntax_uid: str | None) -> InstanceInfo:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception as exc:  # pydicom raises many kinds on bad input
+        raise MalformedDataset(f"pydicom cannot read {os.fspath(path)}: {exc}") from exc
+    uid = transfer_syntax_uid or str(ds.file_meta.get("TransferSyntaxUID", ""))
+    return info_from_dataset(ds, uid)
+
+
+def _text_of(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v).strip(" \0") for v in value)
+    return str(value).strip(" \0")
+
+
+def _int_of(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        if not value:
+            return None
+        value = value[0]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def info_from_dataset(ds: Dataset, transfer_syntax_uid: str) -> InstanceInfo:
+    """InstanceInfo from a pydicom Dataset (the slow, lenient path)."""
+    from pydicom.datadict import keyword_for_tag
+
+    fields: dict[str, Any] = {}
+    convert: dict[int, Callable[[Any], Any]] = {
+        _UID: _text_of, _CODE: _text_of, _TEXT: _text_of, _NAME: _text_of,
+        _INTS: _text_of, _INT: _int_of, _US: _int_of,
+    }
+    for tag, name, kind in _ATTRIBUTES:
+        try:
+            element = ds.get(keyword_for_tag(tag))
+        except Exception:  # an undecodable value is reported as absent
+            element = None
+        fields[name] = convert[kind](element)
+    fields["header"] = ds
+    return InstanceInfo(transfer_syntax_uid=transfer_syntax_uid, **fields)
