@@ -104,7 +104,6 @@ _ATTRIBUTES: tuple[tuple[int, str, int], ...] = (
 
 _SCANNER = HeaderScanner(tag for tag, _, _ in _ATTRIBUTES)
 _HEADER_SPAN = HeaderScanner(())  # no tags: walk to pixel data / the end
-_FILE_META = HeaderScanner((0x00020010, 0x0002FFFF))
 
 
 def scan_syntax(transfer_syntax_uid: str) -> tuple[int, bool]:
@@ -282,17 +281,38 @@ def header_dataset(head: bytes | bytearray | memoryview, transfer_syntax_uid: st
 def read_file_meta(data: bytes | bytearray | memoryview) -> tuple[int, str]:
     """(dataset offset, transfer syntax UID) of a Part-10 file's bytes.
 
-    Expects the 128-byte preamble and "DICM" (PS3.10 7.1); the file meta
-    group is explicit VR little endian and ends at the first tag outside
-    group 0002. Raises MalformedDataset if there is no such header.
+    Expects the 128-byte preamble and "DICM" (PS3.10 7.1). The file meta
+    elements (group 0002, explicit VR little endian) are walked rather than
+    trusting (0002,0000), as writers get the group length wrong; the data set
+    starts at the first element of another group. Raises MalformedDataset if
+    there is no such header or it is cut short.
     """
     if len(data) < 132 or bytes(data[128:132]) != b"DICM":
         raise MalformedDataset("no DICOM preamble and prefix")
-    values, status, offset = _scan(_FILE_META, memoryview(data)[132:], EXPLICIT_VR_LE)
-    if status == TRUNCATED:
-        raise MalformedDataset("file meta information is truncated")
-    uid = values[0]
-    return 132 + offset, uid.decode("latin-1").strip(" \0") if uid else ""
+    view = memoryview(data)
+    pos, end, uid = 132, len(data), ""
+    while end - pos >= 8 and view[pos] == 0x02 and view[pos + 1] == 0x00:
+        element = int.from_bytes(view[pos + 2 : pos + 4], "little")
+        vr = bytes(view[pos + 4 : pos + 6])
+        if vr in _LONG_LENGTH_VRS:
+            if end - pos < 12:
+                break
+            length, start = int.from_bytes(view[pos + 8 : pos + 12], "little"), pos + 12
+        else:
+            length, start = int.from_bytes(view[pos + 6 : pos + 8], "little"), pos + 8
+        if length > end - start:
+            raise MalformedDataset(f"file meta element (0002,{element:04X}) runs past the end")
+        if element == 0x0010:
+            uid = bytes(view[start : start + length]).decode("latin-1").strip(" \0")
+        pos = start + length
+    else:
+        return pos, uid
+    raise MalformedDataset("file meta information is truncated")
+
+
+_LONG_LENGTH_VRS = frozenset(
+    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+)
 
 
 def parse_file(
