@@ -268,10 +268,10 @@ cdef class HeaderScanner:
                 tag = _tag(buf + pos, little)
                 if tag == PIXEL_DATA_TAG or tag == FLOAT_PIXEL_DATA or tag == FLOAT_PIXEL_DATA + 1:
                     return _PIXEL_DATA
-                if tag > self._last:
-                    return _PAST_LAST
                 if (tag >> 16) == 0xFFFE:
                     raise ValueError(f"item or delimiter tag ({tag >> 16:04X},{tag & 0xFFFF:04X}) at top level, offset {pos}")
+                if tag > self._last:
+                    return _PAST_LAST
                 if not _read_header(buf, pos, end, little, level_implicit[0], &h):
                     return _TRUNCATED
                 value_start = pos + h.size
