@@ -1,6 +1,7 @@
 """parse_head against pydicom on every bundled pydicom test file.
 
-For each file pydicom can read (force=True, as non-Part-10 files need it),
+The character set files (ISO_IR 100/192, ISO 2022 IR 87/149/58, ...) check
+the decoding through Specific Character Set. For each file pydicom can read (force=True, as non-Part-10 files need it),
 the dataset bytes after the file meta are parsed whole and as truncated
 heads; every InstanceInfo field must equal what pydicom.dcmread decodes for
 the same attribute, and a truncated head must either give the same answer
@@ -16,7 +17,7 @@ from typing import Any
 
 import pydicom
 import pytest
-from pydicom.data import get_testdata_files
+from pydicom.data import get_charset_files, get_palette_files, get_testdata_files
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.multival import MultiValue
 
@@ -86,7 +87,9 @@ def _expected_int(value: Any) -> int | None:
 
 
 def _all_files() -> list[str]:
-    return sorted(f for f in get_testdata_files() if os.path.isfile(f))
+    """pydicom's bundled test, character set and palette files (not directories)."""
+    files = get_testdata_files() + get_charset_files() + get_palette_files()
+    return sorted({f for f in files if os.path.isfile(f)})
 
 
 @lru_cache(maxsize=None)

@@ -177,6 +177,14 @@ def _decode_text(raw: bytes, encodings: list[str]) -> str:
     return text.strip(" \0")
 
 
+def _decode_name(raw: bytes, encodings: list[str]) -> str:
+    """PN: like text, minus empty trailing component groups ("A^B=" is "A^B")."""
+    text = _decode_text(raw, encodings)
+    if "=" not in text:
+        return text
+    return "\\".join(value.rstrip("=") for value in text.split("\\"))
+
+
 def _decode_code(raw: bytes) -> str:
     """UI/CS/DA/TM/IS: default repertoire, each value stripped."""
     text = raw.decode("latin-1")
@@ -216,8 +224,10 @@ def _decode_values(
             continue
         if kind == _UID or kind == _CODE or kind == _INTS:
             fields[name] = _decode_code(raw)
-        elif kind == _TEXT or kind == _NAME:
+        elif kind == _TEXT:
             fields[name] = _decode_text(raw, encodings)
+        elif kind == _NAME:
+            fields[name] = _decode_name(raw, encodings)
         elif kind == _INT:
             fields[name] = _decode_int(raw)
         else:  # _US
