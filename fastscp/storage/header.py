@@ -123,14 +123,14 @@ def scan_syntax(transfer_syntax_uid: str) -> tuple[int, bool]:
     return EXPLICIT_VR_LE, False
 
 
-def _inflate(data: bytes | memoryview, complete: bool) -> tuple[bytes, bool]:
-    """Inflate a (possibly partial) raw deflate stream; True if it is all there."""
+def _inflate(data: bytes | bytearray | memoryview) -> tuple[bytes, bool]:
+    """Inflate a (possibly partial) raw deflate stream; True if it ended."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
         out = inflater.decompress(data, MAX_INFLATED)
     except zlib.error as exc:
         raise MalformedDataset(f"deflated data set does not inflate: {exc}") from None
-    return out, complete and inflater.eof
+    return out, inflater.eof
 
 
 def _scan(
@@ -154,7 +154,10 @@ def _charset(raw: bytes) -> tuple[str, list[str]]:
     text = "\\".join(terms)
     encodings = _ENCODINGS_CACHE.get(raw)
     if encodings is None:
-        encodings = convert_encodings(terms if len(terms) > 1 else terms[0])
+        try:
+            encodings = convert_encodings(terms if len(terms) > 1 else terms[0])
+        except (ValueError, LookupError):  # e.g. a NUL inside a term: codec lookup fails
+            encodings = _DEFAULT_ENCODINGS
         if len(_ENCODINGS_CACHE) > 256:  # hostile peers may vary it forever
             _ENCODINGS_CACHE.clear()
         _ENCODINGS_CACHE[raw] = encodings
@@ -164,7 +167,10 @@ def _charset(raw: bytes) -> tuple[str, list[str]]:
 def _decode_text(raw: bytes, encodings: list[str]) -> str:
     """SH/LO/PN value in the data set's character set, each value stripped."""
     if b"\x1b" in raw:  # ISO 2022 code extensions: pydicom switches codecs
-        text = decode_bytes(raw, encodings, TEXT_VR_DELIMS)
+        try:
+            text = decode_bytes(raw, encodings, TEXT_VR_DELIMS)
+        except (ValueError, LookupError):  # pydicom's strict mode, or odd escapes
+            text = raw.decode("latin-1")
     else:
         try:
             text = raw.decode(encodings[0])
@@ -259,14 +265,19 @@ def parse_head(
     inside an element.
     """
     syntax, deflated = scan_syntax(transfer_syntax_uid)
+    stream_ended = True
     if deflated:
-        head, complete = _inflate(head, complete)
+        head, stream_ended = _inflate(head)
     values, status, offset = _scan(_SCANNER, head, syntax)
-    if status == PAST_LAST or status == PIXEL_DATA or (status == END and complete):
+    if status == PAST_LAST or status == PIXEL_DATA or (status == END and complete and stream_ended):
         return _decode_values(values, syntax != EXPLICIT_VR_BE, transfer_syntax_uid)
-    if complete:
-        raise MalformedDataset(f"data set ends inside the element at offset {offset}")
-    return None
+    if not complete:
+        return None
+    if not stream_ended:
+        raise MalformedDataset(
+            f"deflate stream ends early or inflates past {MAX_INFLATED} bytes before the attributes"
+        )
+    raise MalformedDataset(f"data set ends inside the element at offset {offset}")
 
 
 def header_dataset(head: bytes | bytearray | memoryview, transfer_syntax_uid: str) -> Dataset:
@@ -279,7 +290,7 @@ def header_dataset(head: bytes | bytearray | memoryview, transfer_syntax_uid: st
     syntax, deflated = scan_syntax(transfer_syntax_uid)
     data: bytes | bytearray | memoryview = head
     if deflated:
-        data, _ = _inflate(head, False)
+        data, _ = _inflate(head)
     _, _, offset = _scan(_HEADER_SPAN, data, syntax)
     return read_dataset(
         BytesIO(bytes(data[:offset])),
