@@ -82,7 +82,7 @@ def test_fields_are_decoded(syntax: int, uid: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw, expected", [(b"", None), (b"  ", None), (b"abc", None), (b"2.5", None), (b"-4", -4), (b"7\\8", 7), (b"+9 ", 9)]
+    "raw, expected", [(b"", None), (b"  ", None), (b"abc", None), (b"2.5", None), (b"-4", -4), (b"7\\8", 7), (b"+9 ", 9), (b"1_0", None), (b"12\0", 12)]
 )
 def test_integer_strings(raw: bytes, expected: int | None) -> None:
     info = parse_head(header(series_number=raw), EXPLICIT, complete=True)

@@ -133,6 +133,34 @@ def _inflate(data: bytes | bytearray | memoryview) -> tuple[bytes, bool]:
     return out, inflater.eof
 
 
+def _scan_deflated(
+    data: bytes | bytearray | memoryview,
+) -> tuple[tuple[bytes | None, ...], int, int, bool]:
+    """Scan a raw deflate stream, inflating only as far as the scan needs.
+
+    Output is produced in doubling steps (8 KiB first) and rescanned each
+    time; the scan is cheap next to inflating a whole 16 KiB head (or file).
+    The last item says whether the deflate stream ended.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = bytearray()
+    source: bytes | bytearray | memoryview = data
+    want = 8192
+    while True:
+        room = want - len(inflated)
+        try:
+            chunk = inflater.decompress(source, room)
+        except zlib.error as exc:
+            raise MalformedDataset(f"deflated data set does not inflate: {exc}") from None
+        inflated += chunk
+        source = inflater.unconsumed_tail
+        exhausted = inflater.eof or (not source and len(chunk) < room)
+        values, status, offset = _scan(_SCANNER, inflated, EXPLICIT_VR_LE)
+        if status == PAST_LAST or status == PIXEL_DATA or exhausted or want >= MAX_INFLATED:
+            return values, status, offset, inflater.eof
+        want *= 2
+
+
 def _scan(
     scanner: HeaderScanner, head: bytes | memoryview, syntax: int
 ) -> tuple[tuple[bytes | None, ...], int, int]:
@@ -201,6 +229,12 @@ def _decode_code(raw: bytes) -> str:
 
 def _decode_int(raw: bytes) -> int | None:
     """First value of an IS as int; None if empty or not an integer."""
+    if b"_" in raw:  # Python's int() would take "1_0"; DICOM does not
+        return None
+    try:
+        return int(raw)  # int() accepts bytes and ignores surrounding spaces
+    except ValueError:
+        pass
     text = raw.decode("latin-1").split("\\", 1)[0].strip(" \0")
     if not text:
         return None
@@ -215,6 +249,9 @@ def _decode_int(raw: bytes) -> int | None:
     return int(number) if number.is_integer() else None
 
 
+_DECODING: tuple[tuple[str, int], ...] = tuple((name, kind) for _, name, kind in _ATTRIBUTES[1:])
+
+
 def _decode_values(
     values: tuple[bytes | None, ...], little: bool, transfer_syntax_uid: str
 ) -> InstanceInfo:
@@ -223,13 +260,20 @@ def _decode_values(
         charset, encodings = _charset(charset_raw)
     else:
         charset, encodings = "", _DEFAULT_ENCODINGS
-    fields: dict[str, Any] = {"specific_character_set": charset}
+    fields: dict[str, Any] = {
+        "specific_character_set": charset, "sop_class_uid": "", "sop_instance_uid": "",
+    }
     order = "little" if little else "big"
-    for (_, name, kind), raw in zip(_ATTRIBUTES[1:], values[1:]):
+    # The common case (one value, no code extensions) is inlined: this loop
+    # is most of parse_head's time.
+    for (name, kind), raw in zip(_DECODING, values[1:]):
         if raw is None:
             continue
-        if kind == _UID or kind == _CODE or kind == _INTS:
-            fields[name] = _decode_code(raw)
+        if kind <= _CODE or kind == _INTS:
+            if b"\\" in raw:
+                fields[name] = _decode_code(raw)
+            else:
+                fields[name] = raw.decode("latin-1").strip(" \0")
         elif kind == _TEXT:
             fields[name] = _decode_text(raw, encodings)
         elif kind == _NAME:
@@ -238,8 +282,6 @@ def _decode_values(
             fields[name] = _decode_int(raw)
         else:  # _US
             fields[name] = int.from_bytes(raw[:2], order) if len(raw) >= 2 else None
-    fields.setdefault("sop_class_uid", "")
-    fields.setdefault("sop_instance_uid", "")
     return InstanceInfo(transfer_syntax_uid=transfer_syntax_uid, **fields)
 
 
@@ -267,8 +309,9 @@ def parse_head(
     syntax, deflated = scan_syntax(transfer_syntax_uid)
     stream_ended = True
     if deflated:
-        head, stream_ended = _inflate(head)
-    values, status, offset = _scan(_SCANNER, head, syntax)
+        values, status, offset, stream_ended = _scan_deflated(head)
+    else:
+        values, status, offset = _scan(_SCANNER, head, syntax)
     if status == PAST_LAST or status == PIXEL_DATA or (status == END and complete and stream_ended):
         return _decode_values(values, syntax != EXPLICIT_VR_BE, transfer_syntax_uid)
     if not complete:
@@ -361,42 +404,16 @@ def parse_file(
                     meta_offset, meta_syntax = read_file_meta(view)
                     dataset_offset = meta_offset if dataset_offset is None else dataset_offset
                     transfer_syntax_uid = transfer_syntax_uid or meta_syntax
-                try:
-                    syntax, deflated = scan_syntax(transfer_syntax_uid)
-                    if deflated:
-                        return _parse_deflated(view[dataset_offset:], transfer_syntax_uid)
-                    info = parse_head(view[dataset_offset:], transfer_syntax_uid, True)
-                    assert info is not None  # complete heads always settle
+                with view[dataset_offset:] as dataset:
+                    try:
+                        info = parse_head(dataset, transfer_syntax_uid, True)
+                    except MalformedDataset:
+                        info = None  # complete input never gives None: this is the fallback
+                if info is not None:
                     return info
-                except MalformedDataset:
-                    pass
             finally:
                 view.release()
     return _parse_with_pydicom(path, transfer_syntax_uid)
-
-
-def _parse_deflated(data: memoryview, transfer_syntax_uid: str) -> InstanceInfo:
-    """Inflate chunk by chunk, rescanning, until the attributes are settled."""
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    inflated = bytearray()
-    chunk = 1 << 16
-    fed = 0
-    while len(inflated) <= MAX_INFLATED:
-        source = inflater.unconsumed_tail
-        if not source:
-            source = data[fed : fed + chunk]
-            fed += len(source)
-        try:
-            inflated += inflater.decompress(source, chunk)
-        except zlib.error as exc:
-            raise MalformedDataset(f"deflated data set does not inflate: {exc}") from None
-        complete = inflater.eof or (fed >= len(data) and not inflater.unconsumed_tail)
-        values, status, _ = _scan(_SCANNER, inflated, EXPLICIT_VR_LE)
-        if status == PAST_LAST or status == PIXEL_DATA or (status == END and complete):
-            return _decode_values(values, True, transfer_syntax_uid)
-        if complete:
-            raise MalformedDataset("deflated data set ends inside an element")
-    raise MalformedDataset(f"attributes not found in the first {MAX_INFLATED} inflated bytes")
 
 
 def _parse_with_pydicom(path: str | os.PathLike[str], transfer_syntax_uid: str | None) -> InstanceInfo:
