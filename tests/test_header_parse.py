@@ -30,7 +30,8 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 JPEG = "1.2.840.10008.1.2.4.50"
 
 
-def dataset_bytes(path: str) -> tuple[bytes, str]:
+def dataset_bytes(path: object) -> tuple[bytes, str]:
+    assert isinstance(path, str)
     raw = Path(path).read_bytes()
     offset, uid = read_file_meta(raw)
     return raw[offset:], uid

@@ -24,7 +24,7 @@ import os
 import zlib
 from collections.abc import Callable
 from io import BytesIO
-from typing import Any
+from typing import Any, Literal
 
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.dataset import Dataset
@@ -162,7 +162,7 @@ def _scan_deflated(
 
 
 def _scan(
-    scanner: HeaderScanner, head: bytes | memoryview, syntax: int
+    scanner: HeaderScanner, head: bytes | bytearray | memoryview, syntax: int
 ) -> tuple[tuple[bytes | None, ...], int, int]:
     try:
         return scanner.scan(head, syntax)
@@ -263,7 +263,7 @@ def _decode_values(
     fields: dict[str, Any] = {
         "specific_character_set": charset, "sop_class_uid": "", "sop_instance_uid": "",
     }
-    order = "little" if little else "big"
+    order: Literal["little", "big"] = "little" if little else "big"
     # The common case (one value, no code extensions) is inlined: this loop
     # is most of parse_head's time.
     for (name, kind), raw in zip(_DECODING, values[1:]):
