@@ -246,7 +246,7 @@ cdef class HeaderScanner:
         cdef uint8_t kind[MAX_DEPTH]
         cdef uint8_t level_implicit[MAX_DEPTH]
         cdef int depth = 0
-        cdef Py_ssize_t pos = 0, start = 0, value_start = 0, idx
+        cdef Py_ssize_t pos = 0, value_start = 0, idx
         cdef uint32_t tag, length, top_tag = 0
         cdef _Header h
 
@@ -259,7 +259,6 @@ cdef class HeaderScanner:
 
         while True:
             if depth == 0:
-                start = pos
                 offset[0] = pos
                 if pos == end:
                     return _END
