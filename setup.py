@@ -2,7 +2,7 @@
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-EXTENSIONS = ["framer", "writer"]
+EXTENSIONS = ["framer", "writer", "header"]
 
 setup(
     ext_modules=cythonize(

@@ -1,130 +1,468 @@
 """Header-only parse of a received dataset into an InstanceInfo.
 
-Works on the head bytes the writer kept (the first KiB of the dataset, in
-the negotiated transfer syntax), stopping before pixel data. Returns None
-when the head ends before the attributes we need; the caller then parses
-the file on disk (``parse_file``).
+The receiver keeps the first bytes of each C-STORE dataset (the bytes after
+the Part-10 file meta, in the negotiated transfer syntax). ``parse_head``
+runs the Cython scanner (_ext/header.pyx, PS3.5 section 7) over that head for
+the ~28 top-level attributes InstanceInfo carries, then decodes only those
+values: UI/CS/DA/TM in the default repertoire, SH/LO/PN with the data set's
+(0008,0005) Specific Character Set through pydicom's charset machinery
+(PS3.5 6.1, including ISO 2022 code extensions), IS to int, US by the
+transfer syntax's byte order.
+
+If the head ends before the scan could settle every attribute, ``parse_head``
+returns None and the caller goes to the file on disk (``parse_file``, which
+runs the same scanner over a memory map, or pydicom when the scanner finds
+the encoding malformed). Deflated Explicit VR Little Endian (PS3.5 A.5) is
+inflated (raw deflate) before scanning. A pydicom Dataset of the header is
+only built on request (``header_dataset``), never on the default path.
 """
 
 from __future__ import annotations
 
-import io
+import mmap
+import os
 import zlib
-from typing import Any
+from collections.abc import Callable
+from io import BytesIO
+from typing import Any, Literal
 
-import pydicom
-import pydicom.config
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
+from pydicom.valuerep import TEXT_VR_DELIMS
 
+from .._ext.header import (
+    END,
+    EXPLICIT_VR_BE,
+    EXPLICIT_VR_LE,
+    IMPLICIT_VR_LE,
+    PAST_LAST,
+    PIXEL_DATA,
+    TRUNCATED,
+    HeaderScanner,
+)
 from ..instance import InstanceInfo
 
-# A receiver stores what it is sent: invalid values are the sender's business,
-# and pydicom's per-value validation warnings would cost time on every instance.
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+__all__ = [
+    "MalformedDataset",
+    "parse_head",
+    "parse_file",
+    "header_dataset",
+    "info_from_dataset",
+    "read_file_meta",
+    "scan_syntax",
+]
 
-DEFLATED = "1.2.840.10008.1.2.1.99"
-IMPLICIT_LE = "1.2.840.10008.1.2"
-EXPLICIT_BE = "1.2.840.10008.1.2.2"
-_LAST_NEEDED = 0x00321032  # RequestingPhysician, the highest tag we read
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
-
-class _StopBeforePixels:
-    """stop_when callback that remembers whether it fired."""
-
-    __slots__ = ("fired",)
-
-    def __init__(self) -> None:
-        self.fired = False
-
-    def __call__(self, tag: Any, vr: Any, length: int) -> bool:
-        if int(tag) >= 0x7FE00008:
-            self.fired = True
-        return self.fired
+# Inflating a deflated head stops here: the attributes we want sit in the
+# first few KB, and a deflate bomb must not cost memory.
+MAX_INFLATED = 4 << 20
 
 
-def _to_int(value: Any) -> int | None:
+class MalformedDataset(ValueError):
+    """The bytes are not a valid data set in the given transfer syntax."""
+
+
+# How each attribute is decoded.
+_UID, _CODE, _TEXT, _NAME, _INT, _INTS, _US = range(7)
+
+# (tag, InstanceInfo field, decoding), ascending by tag.
+_ATTRIBUTES: tuple[tuple[int, str, int], ...] = (
+    (0x00080005, "specific_character_set", _CODE),
+    (0x00080016, "sop_class_uid", _UID),
+    (0x00080018, "sop_instance_uid", _UID),
+    (0x00080020, "study_date", _CODE),
+    (0x00080030, "study_time", _CODE),
+    (0x00080050, "accession_number", _TEXT),
+    (0x00080060, "modality", _CODE),
+    (0x00080070, "manufacturer", _TEXT),
+    (0x00080080, "institution_name", _TEXT),
+    (0x00080090, "referring_physician", _NAME),
+    (0x00081010, "station_name", _TEXT),
+    (0x00081030, "study_description", _TEXT),
+    (0x0008103E, "series_description", _TEXT),
+    (0x00100010, "patient_name", _NAME),
+    (0x00100020, "patient_id", _TEXT),
+    (0x00100030, "patient_birth_date", _CODE),
+    (0x00100040, "patient_sex", _CODE),
+    (0x00180015, "body_part_examined", _CODE),
+    (0x00180086, "echo_numbers", _INTS),
+    (0x00181030, "protocol_name", _TEXT),
+    (0x0020000D, "study_instance_uid", _UID),
+    (0x0020000E, "series_instance_uid", _UID),
+    (0x00200011, "series_number", _INT),
+    (0x00200013, "instance_number", _INT),
+    (0x00280008, "number_of_frames", _INT),
+    (0x00280010, "rows", _US),
+    (0x00280011, "columns", _US),
+    (0x00321032, "requesting_physician", _NAME),
+)
+
+_SCANNER = HeaderScanner(tag for tag, _, _ in _ATTRIBUTES)
+_HEADER_SPAN = HeaderScanner(())  # no tags: walk to pixel data / the end
+
+
+def scan_syntax(transfer_syntax_uid: str) -> tuple[int, bool]:
+    """(scanner syntax, deflated) for a transfer syntax UID.
+
+    Every syntax other than the three uncompressed ones and deflate encodes
+    its data set in Explicit VR Little Endian (PS3.5 A.4, compressed pixel
+    data only changes the Pixel Data element).
+    """
+    uid = transfer_syntax_uid.rstrip("\0 ")
+    if uid == IMPLICIT_VR_LITTLE_ENDIAN:
+        return IMPLICIT_VR_LE, False
+    if uid == EXPLICIT_VR_BIG_ENDIAN:
+        return EXPLICIT_VR_BE, False
+    if uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+        return EXPLICIT_VR_LE, True
+    return EXPLICIT_VR_LE, False
+
+
+def _inflate(data: bytes | bytearray | memoryview) -> tuple[bytes, bool]:
+    """Inflate a (possibly partial) raw deflate stream; True if it ended."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+        out = inflater.decompress(data, MAX_INFLATED)
+    except zlib.error as exc:
+        raise MalformedDataset(f"deflated data set does not inflate: {exc}") from None
+    return out, inflater.eof
+
+
+def _scan_deflated(
+    data: bytes | bytearray | memoryview,
+) -> tuple[tuple[bytes | None, ...], int, int, bool]:
+    """Scan a raw deflate stream, inflating only as far as the scan needs.
+
+    Output is produced in doubling steps (8 KiB first) and rescanned each
+    time; the scan is cheap next to inflating a whole 16 KiB head (or file).
+    The last item says whether the deflate stream ended.
+    """
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    inflated = bytearray()
+    source: bytes | bytearray | memoryview = data
+    want = 8192
+    while True:
+        room = want - len(inflated)
+        try:
+            chunk = inflater.decompress(source, room)
+        except zlib.error as exc:
+            raise MalformedDataset(f"deflated data set does not inflate: {exc}") from None
+        inflated += chunk
+        source = inflater.unconsumed_tail
+        exhausted = inflater.eof or (not source and len(chunk) < room)
+        values, status, offset = _scan(_SCANNER, inflated, EXPLICIT_VR_LE)
+        if status == PAST_LAST or status == PIXEL_DATA or exhausted or want >= MAX_INFLATED:
+            return values, status, offset, inflater.eof
+        want *= 2
+
+
+def _scan(
+    scanner: HeaderScanner, head: bytes | bytearray | memoryview, syntax: int
+) -> tuple[tuple[bytes | None, ...], int, int]:
+    try:
+        return scanner.scan(head, syntax)
+    except ValueError as exc:
+        raise MalformedDataset(str(exc)) from None
+
+
+# ---- value decoding -------------------------------------------------------
+
+_ENCODINGS_CACHE: dict[bytes, list[str]] = {}
+_DEFAULT_ENCODINGS = ["iso8859"]
+
+
+def _charset(raw: bytes) -> tuple[str, list[str]]:
+    """(Specific Character Set as text, Python codecs) for the raw value."""
+    terms = [term.strip(" \0") for term in raw.decode("latin-1").split("\\")]
+    text = "\\".join(terms)
+    encodings = _ENCODINGS_CACHE.get(raw)
+    if encodings is None:
+        try:
+            encodings = convert_encodings(terms if len(terms) > 1 else terms[0])
+        except (ValueError, LookupError):  # e.g. a NUL inside a term: codec lookup fails
+            encodings = _DEFAULT_ENCODINGS
+        if len(_ENCODINGS_CACHE) > 256:  # hostile peers may vary it forever
+            _ENCODINGS_CACHE.clear()
+        _ENCODINGS_CACHE[raw] = encodings
+    return text, encodings
+
+
+def _decode_text(raw: bytes, encodings: list[str]) -> str:
+    """SH/LO/PN value in the data set's character set, each value stripped."""
+    if b"\x1b" in raw:  # ISO 2022 code extensions: pydicom switches codecs
+        try:
+            text = decode_bytes(raw, encodings, TEXT_VR_DELIMS)
+        except (ValueError, LookupError):  # pydicom's strict mode, or odd escapes
+            text = raw.decode("latin-1")
+    else:
+        try:
+            text = raw.decode(encodings[0])
+        except UnicodeDecodeError:
+            text = raw.decode(encodings[0], "replace")
+        except LookupError:
+            text = raw.decode("latin-1")
+    if "\\" in text:
+        return "\\".join(value.strip(" \0") for value in text.split("\\"))
+    return text.strip(" \0")
+
+
+def _decode_name(raw: bytes, encodings: list[str]) -> str:
+    """PN: like text, minus empty trailing component groups ("A^B=" is "A^B")."""
+    text = _decode_text(raw, encodings)
+    if "=" not in text:
+        return text
+    return "\\".join(value.rstrip("=") for value in text.split("\\"))
+
+
+def _decode_code(raw: bytes) -> str:
+    """UI/CS/DA/TM/IS: default repertoire, each value stripped."""
+    text = raw.decode("latin-1")
+    if "\\" in text:
+        return "\\".join(value.strip(" \0") for value in text.split("\\"))
+    return text.strip(" \0")
+
+
+def _decode_int(raw: bytes) -> int | None:
+    """First value of an IS as int; None if empty or not an integer."""
+    if b"_" in raw:  # Python's int() would take "1_0"; DICOM does not
         return None
+    try:
+        return int(raw)  # int() accepts bytes and ignores surrounding spaces
+    except ValueError:
+        pass
+    text = raw.decode("latin-1").split("\\", 1)[0].strip(" \0")
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
 
 
-def _text(ds: Any, keyword: str) -> str:
-    value = ds.get(keyword, "")
+_DECODING: tuple[tuple[str, int], ...] = tuple((name, kind) for _, name, kind in _ATTRIBUTES[1:])
+
+
+def _decode_values(
+    values: tuple[bytes | None, ...], little: bool, transfer_syntax_uid: str
+) -> InstanceInfo:
+    charset_raw = values[0]
+    if charset_raw:
+        charset, encodings = _charset(charset_raw)
+    else:
+        charset, encodings = "", _DEFAULT_ENCODINGS
+    fields: dict[str, Any] = {
+        "specific_character_set": charset, "sop_class_uid": "", "sop_instance_uid": "",
+    }
+    order: Literal["little", "big"] = "little" if little else "big"
+    # The common case (one value, no code extensions) is inlined: this loop
+    # is most of parse_head's time.
+    for (name, kind), raw in zip(_DECODING, values[1:]):
+        if raw is None:
+            continue
+        if kind <= _CODE or kind == _INTS:
+            if b"\\" in raw:
+                fields[name] = _decode_code(raw)
+            else:
+                fields[name] = raw.decode("latin-1").strip(" \0")
+        elif kind == _TEXT:
+            fields[name] = _decode_text(raw, encodings)
+        elif kind == _NAME:
+            fields[name] = _decode_name(raw, encodings)
+        elif kind == _INT:
+            fields[name] = _decode_int(raw)
+        else:  # _US
+            fields[name] = int.from_bytes(raw[:2], order) if len(raw) >= 2 else None
+    return InstanceInfo(transfer_syntax_uid=transfer_syntax_uid, **fields)
+
+
+# ---- public API -----------------------------------------------------------
+
+
+def parse_head(
+    head: bytes | bytearray | memoryview, transfer_syntax_uid: str, complete: bool
+) -> InstanceInfo | None:
+    """InstanceInfo from the first bytes of a dataset, or None if they are not enough.
+
+    ``head`` is the start of the dataset (no file meta) encoded in
+    ``transfer_syntax_uid``; ``complete`` says it is the whole dataset. The
+    result carries the patient/study/series/instance fields and the SOP
+    Class/Instance UIDs as found in the dataset ("" when absent; the caller
+    checks them against the C-STORE command). Reception fields keep their
+    defaults and ``header`` is None (see ``header_dataset``).
+
+    Returns None only when ``complete`` is false and the head ends before an
+    element past the last wanted attribute (or pixel data): then parse the
+    stored file with ``parse_file``. Raises MalformedDataset (a ValueError)
+    if the bytes break the encoding rules, or if a complete dataset ends
+    inside an element.
+    """
+    syntax, deflated = scan_syntax(transfer_syntax_uid)
+    stream_ended = True
+    if deflated:
+        values, status, offset, stream_ended = _scan_deflated(head)
+    else:
+        values, status, offset = _scan(_SCANNER, head, syntax)
+    if status == PAST_LAST or status == PIXEL_DATA or (status == END and complete and stream_ended):
+        return _decode_values(values, syntax != EXPLICIT_VR_BE, transfer_syntax_uid)
+    if not complete:
+        return None
+    if not stream_ended:
+        raise MalformedDataset(
+            f"deflate stream ends early or inflates past {MAX_INFLATED} bytes before the attributes"
+        )
+    raise MalformedDataset(f"data set ends inside the element at offset {offset}")
+
+
+def header_dataset(head: bytes | bytearray | memoryview, transfer_syntax_uid: str) -> Dataset:
+    """pydicom Dataset of the top-level elements before pixel data in ``head``.
+
+    Built on request only (template naming, hooks): the head is scanned for
+    the last whole element before pixel data, and pydicom's read_dataset
+    reads that span, so a truncated head gives the elements it fully holds.
+    """
+    syntax, deflated = scan_syntax(transfer_syntax_uid)
+    data: bytes | bytearray | memoryview = head
+    if deflated:
+        data, _ = _inflate(head)
+    _, _, offset = _scan(_HEADER_SPAN, data, syntax)
+    return read_dataset(
+        BytesIO(bytes(data[:offset])),
+        is_implicit_VR=syntax == IMPLICIT_VR_LE,
+        is_little_endian=syntax != EXPLICIT_VR_BE,
+    )
+
+
+def read_file_meta(data: bytes | bytearray | memoryview) -> tuple[int, str]:
+    """(dataset offset, transfer syntax UID) of a Part-10 file's bytes.
+
+    Expects the 128-byte preamble and "DICM" (PS3.10 7.1). The file meta
+    elements (group 0002, explicit VR little endian) are walked rather than
+    trusting (0002,0000), as writers get the group length wrong; the data set
+    starts at the first element of another group. Raises MalformedDataset if
+    there is no such header or it is cut short.
+    """
+    if len(data) < 132 or bytes(data[128:132]) != b"DICM":
+        raise MalformedDataset("no DICOM preamble and prefix")
+    view = memoryview(data)
+    pos, end, uid = 132, len(data), ""
+    while end - pos >= 8 and view[pos] == 0x02 and view[pos + 1] == 0x00:
+        element = int.from_bytes(view[pos + 2 : pos + 4], "little")
+        vr = bytes(view[pos + 4 : pos + 6])
+        if vr in _LONG_LENGTH_VRS:
+            if end - pos < 12:
+                break
+            length, start = int.from_bytes(view[pos + 8 : pos + 12], "little"), pos + 12
+        else:
+            length, start = int.from_bytes(view[pos + 6 : pos + 8], "little"), pos + 8
+        if length > end - start:
+            raise MalformedDataset(f"file meta element (0002,{element:04X}) runs past the end")
+        if element == 0x0010:
+            uid = bytes(view[start : start + length]).decode("latin-1").strip(" \0")
+        pos = start + length
+    else:
+        return pos, uid
+    raise MalformedDataset("file meta information is truncated")
+
+
+_LONG_LENGTH_VRS = frozenset(
+    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
+)
+
+
+def parse_file(
+    path: str | os.PathLike[str],
+    dataset_offset: int | None = None,
+    transfer_syntax_uid: str | None = None,
+) -> InstanceInfo:
+    """InstanceInfo from a stored file, for when the head was not enough.
+
+    ``dataset_offset``/``transfer_syntax_uid`` default to what the file meta
+    says. The file is memory-mapped and scanned like a complete head (only
+    the pages up to the last wanted attribute are touched); a deflated data
+    set is inflated until the attributes are found. If the scanner finds the
+    encoding malformed, pydicom reads the file instead (it tolerates more),
+    and MalformedDataset is raised only if that fails too.
+    """
+    with open(path, "rb") as fileobj:
+        size = os.fstat(fileobj.fileno()).st_size
+        if size == 0:
+            raise MalformedDataset(f"{os.fspath(path)} is empty")
+        with mmap.mmap(fileobj.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                if dataset_offset is None or transfer_syntax_uid is None:
+                    meta_offset, meta_syntax = read_file_meta(view)
+                    dataset_offset = meta_offset if dataset_offset is None else dataset_offset
+                    transfer_syntax_uid = transfer_syntax_uid or meta_syntax
+                with view[dataset_offset:] as dataset:
+                    try:
+                        info = parse_head(dataset, transfer_syntax_uid, True)
+                    except MalformedDataset:
+                        info = None  # complete input never gives None: this is the fallback
+                if info is not None:
+                    return info
+            finally:
+                view.release()
+    return _parse_with_pydicom(path, transfer_syntax_uid)
+
+
+def _parse_with_pydicom(path: str | os.PathLike[str], transfer_syntax_uid: str | None) -> InstanceInfo:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception as exc:  # pydicom raises many kinds on bad input
+        raise MalformedDataset(f"pydicom cannot read {os.fspath(path)}: {exc}") from exc
+    uid = transfer_syntax_uid or str(ds.file_meta.get("TransferSyntaxUID", ""))
+    return info_from_dataset(ds, uid)
+
+
+def _text_of(value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, pydicom.multival.MultiValue):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v).strip(" \0") for v in value)
+    return str(value).strip(" \0")
 
 
-def info_from_dataset(ds: Any, transfer_syntax_uid: str) -> InstanceInfo:
-    return InstanceInfo(
-        sop_class_uid=_text(ds, "SOPClassUID"),
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        transfer_syntax_uid=transfer_syntax_uid,
-        patient_id=_text(ds, "PatientID"),
-        patient_name=_text(ds, "PatientName"),
-        patient_birth_date=_text(ds, "PatientBirthDate"),
-        patient_sex=_text(ds, "PatientSex"),
-        study_instance_uid=_text(ds, "StudyInstanceUID"),
-        study_date=_text(ds, "StudyDate"),
-        study_time=_text(ds, "StudyTime"),
-        accession_number=_text(ds, "AccessionNumber"),
-        study_description=_text(ds, "StudyDescription"),
-        referring_physician=_text(ds, "ReferringPhysicianName"),
-        requesting_physician=_text(ds, "RequestingPhysician"),
-        series_instance_uid=_text(ds, "SeriesInstanceUID"),
-        modality=_text(ds, "Modality"),
-        series_number=_to_int(ds.get("SeriesNumber")),
-        series_description=_text(ds, "SeriesDescription"),
-        body_part_examined=_text(ds, "BodyPartExamined"),
-        protocol_name=_text(ds, "ProtocolName"),
-        manufacturer=_text(ds, "Manufacturer"),
-        station_name=_text(ds, "StationName"),
-        institution_name=_text(ds, "InstitutionName"),
-        instance_number=_to_int(ds.get("InstanceNumber")),
-        echo_numbers=_text(ds, "EchoNumbers"),
-        rows=_to_int(ds.get("Rows")),
-        columns=_to_int(ds.get("Columns")),
-        number_of_frames=_to_int(ds.get("NumberOfFrames")),
-        specific_character_set=_text(ds, "SpecificCharacterSet"),
-        header=ds,
-    )
-
-
-def _read(stream: io.BufferedIOBase | io.BytesIO, transfer_syntax_uid: str, stop: _StopBeforePixels | None = None) -> Any:
-    return read_dataset(
-        stream,
-        is_implicit_VR=transfer_syntax_uid == IMPLICIT_LE,
-        is_little_endian=transfer_syntax_uid != EXPLICIT_BE,
-        stop_when=stop or _StopBeforePixels(),
-    )
-
-
-def parse_head(head: bytes, transfer_syntax_uid: str, complete: bool) -> InstanceInfo | None:
-    """InstanceInfo from the head bytes; None if the head was not enough."""
-    if transfer_syntax_uid == DEFLATED:
-        head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(head)
-    stop = _StopBeforePixels()
+def _int_of(value: Any) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        if not value:
+            return None
+        value = value[0]
     try:
-        ds = _read(io.BytesIO(head), transfer_syntax_uid, stop)
-        tags = list(ds.keys())
-    except Exception:
-        if complete:
-            raise
+        number = float(value)
+    except (TypeError, ValueError):
         return None
-    if not complete and not stop.fired and (not tags or int(tags[-1]) <= _LAST_NEEDED):
-        # the head may have ended inside the attributes we need
-        return None
-    return info_from_dataset(ds, transfer_syntax_uid)
+    return int(number) if number.is_integer() else None
 
 
-def parse_file(path: str, dataset_offset: int, transfer_syntax_uid: str) -> InstanceInfo:
-    """InstanceInfo from a stored (or temp) Part-10 file."""
-    with open(path, "rb") as fh:
-        fh.seek(dataset_offset)
-        if transfer_syntax_uid == DEFLATED:
-            data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(fh.read())
-            return info_from_dataset(_read(io.BytesIO(data), transfer_syntax_uid), transfer_syntax_uid)
-        return info_from_dataset(_read(fh, transfer_syntax_uid), transfer_syntax_uid)
+def info_from_dataset(ds: Dataset, transfer_syntax_uid: str) -> InstanceInfo:
+    """InstanceInfo from a pydicom Dataset (the slow, lenient path)."""
+    from pydicom.datadict import keyword_for_tag
+
+    fields: dict[str, Any] = {}
+    convert: dict[int, Callable[[Any], Any]] = {
+        _UID: _text_of, _CODE: _text_of, _TEXT: _text_of, _NAME: _text_of,
+        _INTS: _text_of, _INT: _int_of, _US: _int_of,
+    }
+    for tag, name, kind in _ATTRIBUTES:
+        try:
+            element = ds.get(keyword_for_tag(tag))
+        except Exception:  # an undecodable value is reported as absent
+            element = None
+        fields[name] = convert[kind](element)
+    fields["header"] = ds
+    return InstanceInfo(transfer_syntax_uid=transfer_syntax_uid, **fields)

@@ -1,0 +1,353 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Header scanner: find the raw values of a few top-level data elements.
+
+Implements the data set encoding of DICOM PS3.5 section 7 for the three
+uncompressed transfer syntaxes (Implicit VR Little Endian, Explicit VR Little
+Endian, Explicit VR Big Endian; PS3.5 A.1-A.3):
+
+- 7.1.2 / 7.1.3: an element is tag, (VR,) length, value. With explicit VR,
+  OB OD OF OL OV OW SQ SV UC UN UR UT UV have two reserved bytes and a 32-bit
+  length, every other VR a 16-bit length.
+- 7.5: a sequence of undefined length (0xFFFFFFFF) is a run of items
+  (FFFE,E000) closed by a Sequence Delimitation Item (FFFE,E0DD); an item of
+  undefined length is a data set closed by an Item Delimitation Item
+  (FFFE,E00D). Items and delimiters are always tag + 32-bit length.
+- 6.2.2: an undefined-length UN is a sequence whose items are implicit VR LE.
+- A.4: encapsulated pixel data (OB/OW of undefined length) is the same item
+  structure (fragments of defined length) and is skipped the same way.
+
+Only the top level is of interest: defined-length values are jumped over,
+undefined-length ones are walked with an explicit stack (no recursion, depth
+capped) to find their delimiter. The walk stops at the first top-level tag past
+the last requested one, at top-level pixel data, or at the end of the buffer,
+so a head of the dataset is enough in the common case and the caller learns
+from the status whether it was.
+
+Leniency follows what real files need (and what pydicom accepts): the first
+element of the data set, and of each item inside an explicit VR data set,
+decides explicit vs implicit VR; an explicit VR element whose VR bytes are not
+two capital letters is read as implicit VR. Everything else that does not fit
+is a ValueError; the scanner never reads outside the buffer, and every step
+moves forward at least 8 bytes, so it always ends.
+"""
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
+
+IMPLICIT_VR_LE = 0
+EXPLICIT_VR_LE = 1
+EXPLICIT_VR_BE = 2
+
+# Scan outcomes: did the scan see enough to settle every requested tag?
+TRUNCATED = 0    # the buffer ended inside a top-level element: not enough
+END = 1          # the buffer ended exactly after a top-level element
+PAST_LAST = 2    # reached a top-level tag >= the last requested one: settled
+PIXEL_DATA = 3   # reached top-level (7FE0,0008/0009/0010): settled
+
+cdef enum:
+    _TRUNCATED = 0
+    _END = 1
+    _PAST_LAST = 2
+    _PIXEL_DATA = 3
+    _SEQUENCE = 1      # stack level: expecting items or a sequence delimiter
+    _ITEM = 2          # stack level: data set of an undefined-length item
+    MAX_DEPTH = 512    # stack levels (a sequence and its item are two)
+
+cdef uint32_t UNDEFINED = 0xFFFFFFFF
+cdef uint32_t ITEM_TAG = 0xFFFEE000
+cdef uint32_t ITEM_DELIMITER = 0xFFFEE00D
+cdef uint32_t SEQUENCE_DELIMITER = 0xFFFEE0DD
+cdef uint32_t FLOAT_PIXEL_DATA = 0x7FE00008
+cdef uint32_t PIXEL_DATA_TAG = 0x7FE00010
+
+
+cdef inline uint16_t _u16(const uint8_t* p, bint little) noexcept nogil:
+    if little:
+        return <uint16_t>(p[0] | (p[1] << 8))
+    return <uint16_t>((p[0] << 8) | p[1])
+
+
+cdef inline uint32_t _u32(const uint8_t* p, bint little) noexcept nogil:
+    if little:
+        return (<uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16)
+                | (<uint32_t>p[3] << 24))
+    return ((<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8)
+            | <uint32_t>p[3])
+
+
+cdef inline uint32_t _tag(const uint8_t* p, bint little) noexcept nogil:
+    return (<uint32_t>_u16(p, little) << 16) | _u16(p + 2, little)
+
+
+cdef inline bint _is_vr(const uint8_t* p) noexcept nogil:
+    return 0x41 <= p[0] <= 0x5A and 0x41 <= p[1] <= 0x5A
+
+
+cdef inline bint _has_long_length(uint8_t a, uint8_t b) noexcept nogil:
+    # PS3.5 Table 7.1-1: VRs with reserved bytes and a 32-bit length.
+    if a == 0x4F:  # O: OB OD OF OL OV OW
+        return b in (0x42, 0x44, 0x46, 0x4C, 0x56, 0x57)
+    if a == 0x53:  # S: SQ SV
+        return b == 0x51 or b == 0x56
+    if a == 0x55:  # U: UC UN UR UT UV
+        return b in (0x43, 0x4E, 0x52, 0x54, 0x56)
+    return False
+
+
+cdef inline bint _may_be_undefined(uint8_t a, uint8_t b) noexcept nogil:
+    # PS3.5 7.1.2: only OB OD OF OL OV OW SQ UN may have undefined length.
+    if a == 0x4F:
+        return b in (0x42, 0x44, 0x46, 0x4C, 0x56, 0x57)
+    return (a == 0x53 and b == 0x51) or (a == 0x55 and b == 0x4E)
+
+
+cdef struct _Header:
+    uint32_t tag
+    uint32_t length
+    Py_ssize_t size      # bytes of tag + VR + length fields
+    bint implicit        # this element was read as implicit VR
+    uint8_t vr0
+    uint8_t vr1
+
+
+cdef inline bint _read_header(const uint8_t* buf, Py_ssize_t pos, Py_ssize_t end,
+                              bint little, bint implicit, _Header* h) noexcept nogil:
+    """Decode the element header at pos; False if the buffer ends inside it."""
+    cdef const uint8_t* p = buf + pos
+    if end - pos < 8:
+        return False
+    h.tag = _tag(p, little)
+    if implicit or not _is_vr(p + 4):
+        h.implicit = True
+        h.vr0 = 0
+        h.vr1 = 0
+        h.length = _u32(p + 4, little)
+        h.size = 8
+        return True
+    h.implicit = False
+    h.vr0 = p[4]
+    h.vr1 = p[5]
+    if _has_long_length(p[4], p[5]):
+        if end - pos < 12:
+            return False
+        h.length = _u32(p + 8, little)
+        h.size = 12
+    else:
+        h.length = _u16(p + 6, little)
+        h.size = 8
+    return True
+
+
+cdef inline bint _item_is_implicit(const uint8_t* buf, Py_ssize_t pos, Py_ssize_t end,
+                                   bint enclosing_implicit) noexcept nogil:
+    # Items of an implicit VR data set stay implicit; inside explicit VR the
+    # first element decides (UN contents per 6.2.2, and writers that switch).
+    if enclosing_implicit or end - pos < 6:
+        return enclosing_implicit
+    return not _is_vr(buf + pos + 4)
+
+
+cdef class HeaderScanner:
+    """Scanner for a fixed, sorted set of top-level tags (all below (7FE0,0008)).
+
+    Build it once; ``scan`` is then called per dataset head.
+    """
+
+    cdef uint32_t* _tags
+    cdef Py_ssize_t _ntags
+    cdef uint32_t _last
+    cdef readonly tuple tags
+
+    def __cinit__(self, tags):
+        self._tags = NULL
+        self._ntags = 0
+
+    def __init__(self, tags):
+        cdef Py_ssize_t i
+        cdef tuple tup = tuple(tags)
+        for i in range(len(tup)):
+            t = tup[i]
+            if not isinstance(t, int) or not 0 <= t < FLOAT_PIXEL_DATA:
+                raise ValueError(f"tag {t!r} is not an int below (7FE0,0008)")
+            if (<uint32_t>t >> 16) == 0xFFFE:
+                raise ValueError(f"tag {t:#010x} is an item or delimiter tag")
+            if i and tup[i - 1] >= t:
+                raise ValueError("tags must be sorted ascending without duplicates")
+        self.tags = tup
+        if self._tags != NULL:
+            PyMem_Free(self._tags)
+        self._tags = <uint32_t*>PyMem_Malloc(max(len(tup), 1) * sizeof(uint32_t))
+        if self._tags == NULL:
+            raise MemoryError()
+        for i in range(len(tup)):
+            self._tags[i] = <uint32_t>tup[i]
+        self._ntags = len(tup)
+        # No tags: walk to pixel data or the end (used to find the header span).
+        self._last = self._tags[self._ntags - 1] if self._ntags else UNDEFINED
+
+    def __dealloc__(self):
+        if self._tags != NULL:
+            PyMem_Free(self._tags)
+
+    cdef inline Py_ssize_t _index(self, uint32_t tag) noexcept nogil:
+        cdef Py_ssize_t lo = 0, hi = self._ntags - 1, mid
+        while lo <= hi:
+            mid = (lo + hi) >> 1
+            if self._tags[mid] == tag:
+                return mid
+            if self._tags[mid] < tag:
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        return -1
+
+    def scan(self, buffer, int syntax=EXPLICIT_VR_LE):
+        """Scan a dataset head (bytes-like, C-contiguous).
+
+        Returns ``(values, status, offset)``: ``values`` is a tuple aligned with
+        ``tags`` holding each found value's raw bytes (None if not seen);
+        ``status`` is TRUNCATED, END, PAST_LAST or PIXEL_DATA; ``offset`` is
+        where the scan stopped: the start of the element it stopped at (or
+        that the buffer cut), or the end of the last element read.
+        Raises ValueError if the bytes are not a valid data set encoding.
+        """
+        cdef Py_buffer view
+        cdef Py_ssize_t* spans
+        cdef Py_ssize_t i, offset = 0
+        cdef int status
+        cdef list values
+        if syntax != IMPLICIT_VR_LE and syntax != EXPLICIT_VR_LE and syntax != EXPLICIT_VR_BE:
+            raise ValueError(f"unknown syntax {syntax}")
+        PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
+        spans = <Py_ssize_t*>PyMem_Malloc(2 * max(self._ntags, 1) * sizeof(Py_ssize_t))
+        if spans == NULL:
+            PyBuffer_Release(&view)
+            raise MemoryError()
+        try:
+            for i in range(self._ntags):
+                spans[2 * i] = -1
+            status = self._scan(<const uint8_t*>view.buf, view.len,
+                                syntax != EXPLICIT_VR_BE, syntax == IMPLICIT_VR_LE,
+                                spans, &offset)
+            values = [None] * self._ntags
+            for i in range(self._ntags):
+                if spans[2 * i] >= 0:
+                    values[i] = PyBytes_FromStringAndSize(
+                        <const char*>view.buf + spans[2 * i], spans[2 * i + 1])
+        finally:
+            PyMem_Free(spans)
+            PyBuffer_Release(&view)
+        return tuple(values), status, offset
+
+    cdef int _scan(self, const uint8_t* buf, Py_ssize_t end, bint little, bint implicit,
+                   Py_ssize_t* spans, Py_ssize_t* offset) except -1:
+        cdef uint8_t kind[MAX_DEPTH]
+        cdef uint8_t level_implicit[MAX_DEPTH]
+        cdef int depth = 0
+        cdef Py_ssize_t pos = 0, value_start = 0, idx
+        cdef uint32_t tag, length, top_tag = 0
+        cdef _Header h
+
+        # The first element decides explicit vs implicit VR (both ways), as
+        # real files sometimes disagree with their transfer syntax.
+        if end >= 6:
+            implicit = not _is_vr(buf + 4)
+        level_implicit[0] = implicit
+        kind[0] = 0
+
+        while True:
+            if depth == 0:
+                offset[0] = pos
+                if pos == end:
+                    return _END
+                if end - pos < 4:
+                    return _TRUNCATED
+                tag = _tag(buf + pos, little)
+                if tag == PIXEL_DATA_TAG or tag == FLOAT_PIXEL_DATA or tag == FLOAT_PIXEL_DATA + 1:
+                    return _PIXEL_DATA
+                if (tag >> 16) == 0xFFFE:
+                    raise ValueError(f"item or delimiter tag ({tag >> 16:04X},{tag & 0xFFFF:04X}) at top level, offset {pos}")
+                if tag > self._last:
+                    return _PAST_LAST
+                if not _read_header(buf, pos, end, little, level_implicit[0], &h):
+                    return _TRUNCATED
+                value_start = pos + h.size
+                if h.length == UNDEFINED:
+                    if not h.implicit and not _may_be_undefined(h.vr0, h.vr1):
+                        raise ValueError(f"undefined length on VR {chr(h.vr0)}{chr(h.vr1)} at offset {pos}")
+                    top_tag = tag
+                    depth = 1
+                    kind[1] = _SEQUENCE
+                    level_implicit[1] = level_implicit[0]
+                    pos = value_start
+                    continue
+                if h.length > end - value_start:
+                    return _TRUNCATED
+                idx = self._index(tag)
+                if idx >= 0:
+                    spans[2 * idx] = value_start
+                    spans[2 * idx + 1] = h.length
+                pos = value_start + h.length
+                if tag == self._last:
+                    offset[0] = pos
+                    return _PAST_LAST
+                continue
+
+            if end - pos < 8:
+                return _TRUNCATED
+
+            if kind[depth] == _SEQUENCE:
+                tag = _tag(buf + pos, little)
+                length = _u32(buf + pos + 4, little)
+                pos += 8
+                if tag == ITEM_TAG:
+                    if length == UNDEFINED:
+                        if depth + 1 >= MAX_DEPTH:
+                            raise ValueError(f"sequences nested deeper than {MAX_DEPTH // 2}")
+                        depth += 1
+                        kind[depth] = _ITEM
+                        level_implicit[depth] = _item_is_implicit(buf, pos, end, level_implicit[depth - 1])
+                    elif length > end - pos:
+                        return _TRUNCATED
+                    else:
+                        pos += length
+                elif tag == SEQUENCE_DELIMITER:
+                    depth -= 1
+                    if depth == 0:
+                        idx = self._index(top_tag)
+                        if idx >= 0:
+                            spans[2 * idx] = value_start
+                            spans[2 * idx + 1] = pos - 8 - value_start
+                        if top_tag == self._last:
+                            offset[0] = pos
+                            return _PAST_LAST
+                else:
+                    raise ValueError(f"expected an item or sequence delimiter at offset {pos - 8}, "
+                                     f"found ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+                continue
+
+            # kind[depth] == _ITEM: one element of an undefined-length item
+            tag = _tag(buf + pos, little)
+            if tag == ITEM_DELIMITER:
+                pos += 8
+                depth -= 1
+                continue
+            if (tag >> 16) == 0xFFFE:
+                raise ValueError(f"unexpected ({tag >> 16:04X},{tag & 0xFFFF:04X}) inside an item at offset {pos}")
+            if not _read_header(buf, pos, end, little, level_implicit[depth], &h):
+                return _TRUNCATED
+            pos += h.size
+            if h.length == UNDEFINED:
+                if not h.implicit and not _may_be_undefined(h.vr0, h.vr1):
+                    raise ValueError(f"undefined length on VR {chr(h.vr0)}{chr(h.vr1)} at offset {pos - h.size}")
+                if depth + 1 >= MAX_DEPTH:
+                    raise ValueError(f"sequences nested deeper than {MAX_DEPTH // 2}")
+                depth += 1
+                kind[depth] = _SEQUENCE
+                level_implicit[depth] = level_implicit[depth - 1]
+            elif h.length > end - pos:
+                return _TRUNCATED
+            else:
+                pos += h.length
