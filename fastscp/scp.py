@@ -38,7 +38,7 @@ from .protocol.association import (
 )
 from .protocol.negotiation import AcceptPolicy, negotiate
 from .storage.duplicates import new_content_hash
-from .storage.header import parse_file, parse_head
+from .storage.header import header_dataset, parse_file, parse_head
 from .storage.safepath import UnsafePathError
 from .storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .storage.store import Storage
@@ -292,6 +292,8 @@ class StoreSCPHandler:
             info.received_at = time.time()
             info.dataset_size = writer.dataset_size
             info.content_hash = st.hasher.hexdigest()
+            if self.server.storage.naming_needs_header:
+                info.header = header_dataset(writer.head, st.transfer_syntax_uid)
             st.status, st.comment = self.server.storage.commit(writer, temp, info)  # type: ignore[arg-type]
         except UnsafePathError as exc:
             st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "attribute values give no safe file name"

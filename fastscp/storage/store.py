@@ -40,6 +40,7 @@ class Storage:
         self._free_checked = 0.0
         self._free = 0
         self.naming: NamingScheme = naming or FlatNaming()
+        self.naming_needs_header = bool(getattr(self.naming, "needs_header", False))
         self.head_limit = head_limit
         self.incoming = self.directory / INCOMING
         self.incoming.mkdir(parents=True, exist_ok=True)

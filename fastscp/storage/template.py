@@ -277,6 +277,8 @@ class TemplateNaming:
     ``{PatientID}/{StudyDate:%Y/%m}/{StudyInstanceUID}/{SOPInstanceUID}.dcm``."""
 
     name = "template"
+    # placeholders may name any attribute: the receiver builds info.header
+    needs_header = True
 
     def __init__(self, pattern: str) -> None:
         if not pattern or not pattern.strip():
