@@ -30,9 +30,9 @@ def accept_policy(cfg: Config) -> AcceptPolicy:
 
         def ok(uid: str) -> bool:
             return uid in accepted or uid not in UID_dictionary
-    else:
-        ok = accepted.__contains__
-    return AcceptPolicy(abstract_syntax_ok=ok, transfer_syntaxes=cfg.transfer_syntax_uids())
+
+        return AcceptPolicy(abstract_syntax_ok=ok, transfer_syntaxes=cfg.transfer_syntax_uids())
+    return AcceptPolicy(abstract_syntax_ok=accepted.__contains__, transfer_syntaxes=cfg.transfer_syntax_uids())
 
 
 def build_storage(cfg: Config) -> Storage:

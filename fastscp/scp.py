@@ -49,6 +49,24 @@ _ids = itertools.count(1)
 _RUN = f"{int(time.time()):x}"
 
 
+class ReceptionObserver:
+    """Told what happens, from the event loop thread; must not block (queue
+    work to a thread). Monitoring, the catalog and hooks subclass this and
+    override what they need; each method runs at most once per event."""
+
+    def association_rejected(self, handler: "StoreSCPHandler", why: str) -> None: ...
+
+    def association_started(self, handler: "StoreSCPHandler") -> None: ...
+
+    def association_ended(self, handler: "StoreSCPHandler") -> None: ...
+
+    def instance_stored(self, handler: "StoreSCPHandler", info: InstanceInfo) -> None: ...
+
+    def store_answered(self, handler: "StoreSCPHandler", status: int, seconds: float) -> None:
+        """Every C-STORE answer (success or not); ``seconds`` from the
+        C-STORE-RQ command to the answer."""
+
+
 @dataclasses.dataclass
 class ServerState:
     """What every association shares: settings, storage, live counters."""
@@ -60,7 +78,7 @@ class ServerState:
     limiter: AssociationLimiter
     max_pdu: int = 131072
     max_instance_size: int | None = None
-    on_stored: list[Callable[[InstanceInfo], None]] = dataclasses.field(default_factory=list)
+    observers: list[ReceptionObserver] = dataclasses.field(default_factory=list)
     active: int = 0
     associations_total: int = 0
     instances_total: int = 0
@@ -76,6 +94,7 @@ class _Store:
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
+    started: float = 0.0
     writer: Any = None
     temp: str | None = None
     hasher: Any = None
@@ -105,6 +124,9 @@ class StoreSCPHandler:
         self.stored = 0
         self.failed = 0
         self.duplicates = 0
+        self.statuses: dict[int, int] = {}  # non-success C-STORE statuses answered, by status
+        self.tls = False
+        self.proposed = 0
         self.bytes = 0
         self.ended = ""
         self._current: _Store | _Drain | None = None
@@ -153,6 +175,9 @@ class StoreSCPHandler:
         s.active += 1
         s.associations_total += 1
         self.counted = True
+        self.proposed = len(request.contexts)
+        for observer in s.observers:
+            observer.association_started(self)
         log.info("assoc %s open: peer %s calling %s called %s, %d/%d contexts accepted, peer max PDU %d",
                  self.id, self.peer, request.calling_ae, request.called_ae, len(self.contexts),
                  len(request.contexts), request.max_pdu)
@@ -162,6 +187,8 @@ class StoreSCPHandler:
         self.ended = f"rejected: {why}"
         log.warning("assoc %s rejected: peer %s calling %s called %s: %s",
                     self.id, self.peer, self.calling_ae, self.called_ae, why)
+        for observer in self.server.observers:
+            observer.association_rejected(self, why)
 
     def _end(self, how: str) -> None:
         current = self._current
@@ -178,6 +205,8 @@ class StoreSCPHandler:
         self.server.limiter.release(self.calling_ae)
         self.ended = how
         secs = time.monotonic() - self.started
+        for observer in self.server.observers:
+            observer.association_ended(self)
         log.info("assoc %s closed (%s): peer %s calling %s, %d stored, %d duplicates, %d failed, %.1f MB in %.2f s (%.1f MB/s)",
                  self.id, how, self.peer, self.calling_ae, self.stored, self.duplicates, self.failed, self.bytes / 1e6, secs,
                  self.bytes / 1e6 / secs if secs > 0 else 0.0)
@@ -212,7 +241,7 @@ class StoreSCPHandler:
     def _begin_store(self, context_id: int, context: tuple[str, str], cmd: dict[int, Any]) -> None:
         abstract, ts = context
         st = _Store(context_id, cmd.get(D.MESSAGE_ID, 0), cmd.get(D.AFFECTED_SOP_CLASS, ""),
-                    cmd.get(D.AFFECTED_SOP_INSTANCE, ""), ts)
+                    cmd.get(D.AFFECTED_SOP_INSTANCE, ""), ts, time.monotonic())
         if not D.has_dataset(cmd):
             st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "C-STORE-RQ without a dataset"
             self._answer_store(st)
@@ -314,14 +343,19 @@ class StoreSCPHandler:
         server = self.server
         server.instances_total += 1
         server.bytes_total += info.dataset_size
-        for callback in server.on_stored:
-            callback(info)
+        for observer in server.observers:
+            observer.instance_stored(self, info)
 
     def _answer_store(self, st: _Store) -> None:
         if st.status != D.SUCCESS:
             self.failed += 1
+            self.statuses[st.status] = self.statuses.get(st.status, 0) + 1
         self._respond(st.context_id, D.encode_response(D.C_STORE_RSP, st.message_id, st.status, st.sop_class_uid,
                                                        st.sop_instance_uid, st.comment))
+        if self.server.observers:
+            seconds = time.monotonic() - st.started
+            for observer in self.server.observers:
+                observer.store_answered(self, st.status, seconds)
 
     def _respond(self, context_id: int, command: bytes) -> None:
         if self.assoc.established:

@@ -50,6 +50,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.handler = self.server.handler_factory(self.assoc, peer_text)
+        self.handler.tls = transport.get_extra_info("ssl_object") is not None
         self.server.connections.add(self)
         self.assoc.connection_made()
         self._after()

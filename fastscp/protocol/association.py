@@ -255,7 +255,7 @@ class Association:
             kind = item[0]
             if kind == EV_DATASET:
                 if self.state == "Sta6":  # the hot path: Sta6 + Evt10 -> DT-2
-                    return DatasetFragment(item[1], item[2], item[3])
+                    return DatasetFragment(item[1], item[2], item[3])  # type: ignore[misc]
                 self._fire(EVT10, item, local=False)
             elif kind == EV_COMMAND:
                 self._fire(EVT10, item, local=False)

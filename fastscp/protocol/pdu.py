@@ -261,7 +261,7 @@ def encode_abort(source: int, reason: int) -> bytes:
     return _pdu(A_ABORT, bytes((0, 0, source, reason)))
 
 
-def decode_abort(pdu: bytes) -> tuple[int, int]:
+def decode_abort(pdu: bytes | bytearray) -> tuple[int, int]:
     """(source, reason) of an A-ABORT PDU; lenient, as an abort is final anyway."""
     if len(pdu) >= 10:
         return pdu[8], pdu[9]

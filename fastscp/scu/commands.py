@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _echo(args: argparse.Namespace) -> int:
     from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
     ae = AE(ae_title=args.aet)
     ae.add_requested_context(Verification)
@@ -42,7 +42,7 @@ def _echo(args: argparse.Namespace) -> int:
 
 
 def _files(paths: list[str]) -> list[str]:
-    out = []
+    out: list[str] = []
     for path in paths:
         if os.path.isdir(path):
             for root, _dirs, names in os.walk(path):
