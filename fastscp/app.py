@@ -16,6 +16,7 @@ from .net.server import DicomServer, serve_forever
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
 from .scp import ServerState, StoreSCPHandler
 from .storage.naming import make_naming
+from .storage.durability import GroupCommitter
 from .storage.store import Storage
 
 log = logging.getLogger("fastscp")
@@ -45,7 +46,8 @@ def build_storage(cfg: Config) -> Storage:
         if s.accounts:
             options["accounts"] = list(s.accounts)
     naming = make_naming(s.naming, **options)
-    return Storage(s.directory, naming=naming, min_free_space=s.min_free_space, duplicates=s.duplicates)
+    return Storage(s.directory, naming=naming, min_free_space=s.min_free_space, duplicates=s.duplicates,
+                   durable=s.durability == "fsync")
 
 
 def build_state(cfg: Config) -> ServerState:
@@ -96,8 +98,11 @@ class App:
         log.info("reloaded access lists (%d whitelist entries) and limits", len(cfg.access.allowed_calling_aes))
 
     async def run(self) -> None:
-        listening = await self.start()
         loop = asyncio.get_running_loop()
+        storage = self.state.storage
+        if storage.durable:
+            storage.committer = GroupCommitter(storage.directory, loop)
+        listening = await self.start()
         try:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         except (NotImplementedError, RuntimeError, AttributeError):
@@ -110,6 +115,9 @@ class App:
                      cfg.server.max_pdu, cfg.server.max_associations)
 
         await serve_forever(self.server, cfg.server.shutdown_grace, ready)
+        if storage.committer is not None:
+            log.info("group commit: %d instances in %d syncs", storage.committer.instances, storage.committer.syncs)
+            storage.committer.close()
         st = self.state
         log.info("stopped: %d association(s), %d instance(s), %.1f MB received",
                  st.associations_total, st.instances_total, st.bytes_total / 1e6)

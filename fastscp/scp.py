@@ -127,6 +127,9 @@ class StoreSCPHandler:
         self.statuses: dict[int, int] = {}  # non-success C-STORE statuses answered, by status
         self.tls = False
         self.proposed = 0
+        # set by the socket layer: writes what the association has to send, for
+        # answers given outside a read (durable mode's deferred answers)
+        self.flush: Callable[[], None] = lambda: None
         self.bytes = 0
         self.ended = ""
         self._current: _Store | _Drain | None = None
@@ -288,13 +291,15 @@ class StoreSCPHandler:
                 log.error("assoc %s: writing %s failed: %s", self.id, st.sop_instance_uid, exc)
         if ev.last:
             self._current = None
-            if st.writer is not None:
-                self._finish_store(st)
-            self._answer_store(st)
+            if st.writer is None or self._finish_store(st):
+                self._answer_store(st)
 
-    def _finish_store(self, st: _Store) -> None:
+    def _finish_store(self, st: _Store) -> bool:
+        """Parse, check and place the instance; False when the answer is
+        deferred to the group commit (durable mode)."""
         writer, temp = st.writer, st.temp
         st.writer = st.temp = None
+        storage = self.server.storage
         try:
             try:
                 info = parse_head(writer.head, st.transfer_syntax_uid, writer.head_complete)
@@ -304,7 +309,7 @@ class StoreSCPHandler:
                 st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "dataset header cannot be parsed"
                 log.warning("assoc %s: header of %s cannot be parsed: %s", self.id, st.sop_instance_uid, exc)
                 Storage.discard(writer, temp)
-                return
+                return True
             if info.sop_instance_uid != st.sop_instance_uid:
                 st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "SOP Instance UID in dataset differs from the command's"
             elif info.sop_class_uid and info.sop_class_uid != st.sop_class_uid:
@@ -312,7 +317,7 @@ class StoreSCPHandler:
             if st.status != D.SUCCESS:
                 log.warning("assoc %s: refused %s: %s", self.id, st.sop_instance_uid, st.comment)
                 Storage.discard(writer, temp)
-                return
+                return True
             info.sop_class_uid = st.sop_class_uid
             info.calling_ae = self.calling_ae
             info.called_ae = self.called_ae
@@ -321,23 +326,41 @@ class StoreSCPHandler:
             info.received_at = time.time()
             info.dataset_size = writer.dataset_size
             info.content_hash = st.hasher.hexdigest()
-            if self.server.storage.naming_needs_header:
+            if storage.naming_needs_header:
                 info.header = header_dataset(writer.head, st.transfer_syntax_uid)
-            st.status, st.comment = self.server.storage.commit(writer, temp, info)  # type: ignore[arg-type]
+            storage.finish(writer, info)
+        except OSError as exc:
+            self._store_error(st, exc, writer, temp)
+            return True
+        if storage.committer is not None:
+            storage.committer.sync_then(lambda err: self._durable_data_synced(st, temp, info, err))  # type: ignore[arg-type]
+            return False
+        self._place(st, temp, info)  # type: ignore[arg-type]
+        return True
+
+    def _store_error(self, st: _Store, exc: OSError, writer: Any, temp: str | None) -> None:
+        st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"cannot store: {exc.strerror}"
+        log.error("assoc %s: storing %s failed: %s", self.id, st.sop_instance_uid, exc)
+        Storage.discard(writer, temp)
+
+    def _place(self, st: _Store, temp: str, info: InstanceInfo) -> bool:
+        """Rename into place; counts and tells observers. False when nothing
+        was placed (failure, or a duplicate the policy dropped)."""
+        try:
+            st.status, st.comment, placed = self.server.storage.place(temp, info)
         except UnsafePathError as exc:
             st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "attribute values give no safe file name"
             log.error("assoc %s: no safe path for %s: %s", self.id, st.sop_instance_uid, exc)
-            Storage.discard(writer, temp)
-            return
+            Storage.discard(None, temp)
+            return False
         except OSError as exc:
-            st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"cannot store: {exc.strerror}"
-            log.error("assoc %s: storing %s failed: %s", self.id, st.sop_instance_uid, exc)
-            Storage.discard(writer, temp)
-            return
+            self._store_error(st, exc, None, temp)
+            return False
         if info.duplicate:
             self.duplicates += 1
-            if st.status != D.SUCCESS:
-                return
+            log.info("assoc %s: duplicate %s %s", self.id, info.sop_instance_uid, info.duplicate)
+        if not placed:
+            return False
         self.stored += 1
         self.bytes += info.dataset_size
         server = self.server
@@ -345,6 +368,24 @@ class StoreSCPHandler:
         server.bytes_total += info.dataset_size
         for observer in server.observers:
             observer.instance_stored(self, info)
+        return True
+
+    # Durable mode: data synced -> rename -> directory synced -> answer.
+    def _durable_data_synced(self, st: _Store, temp: str, info: InstanceInfo, err: OSError | None) -> None:
+        committer = self.server.storage.committer
+        if err is not None or committer is None:
+            self._store_error(st, err or OSError(0, "storage closed"), None, temp)
+        elif self._place(st, temp, info):
+            committer.sync_then(lambda err2: self._durable_placed(st, err2))
+            return
+        self._answer_store(st)
+        self.flush()
+
+    def _durable_placed(self, st: _Store, err: OSError | None) -> None:
+        if err is not None:  # the file is in place but maybe not on disk: do not claim success
+            st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"cannot sync: {err.strerror}"
+        self._answer_store(st)
+        self.flush()
 
     def _answer_store(self, st: _Store) -> None:
         if st.status != D.SUCCESS:

@@ -51,6 +51,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.handler = self.server.handler_factory(self.assoc, peer_text)
         self.handler.tls = transport.get_extra_info("ssl_object") is not None
+        self.handler.flush = self._after
         self.server.connections.add(self)
         self.assoc.connection_made()
         self._after()

@@ -21,6 +21,7 @@ from pathlib import Path
 from .._ext.writer import InstanceFile
 from ..instance import InstanceInfo
 from .duplicates import DuplicateGuard, Outcome
+from .durability import GroupCommitter
 from .naming import FlatNaming, NamingScheme
 from .safepath import resolve_inside
 from .part10 import file_meta
@@ -33,8 +34,11 @@ _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 class Storage:
     def __init__(self, directory: str | os.PathLike[str], naming: NamingScheme | None = None, head_limit: int = 16384,
-                 min_free_space: int | None = None, duplicates: str = "ignore") -> None:
+                 min_free_space: int | None = None, duplicates: str = "ignore", durable: bool = False) -> None:
         self.directory = Path(directory).resolve()
+        # storage.durability: fsync -> the service answers through a GroupCommitter
+        self.durable = durable
+        self.committer: GroupCommitter | None = None
         self.guard = DuplicateGuard(self.directory, duplicates)
         self.min_free_space = min_free_space
         self._free_checked = 0.0
@@ -73,13 +77,23 @@ class Storage:
             raise
         return writer, temp
 
-    def commit(self, writer: InstanceFile, temp: str, info: InstanceInfo) -> tuple[int, str]:
-        """Trim, close, and rename the temp file into place or drop it, as the
-        duplicate policy says. Fills info.path/file_size/duplicate; returns the
-        (status, error comment) to answer. Raises OSError (temp file kept:
-        the caller discards it) and UnsafePathError."""
+    def commit(self, writer: InstanceFile, temp: str, info: InstanceInfo) -> tuple[int, str, bool]:
+        """finish + place (the non-durable path)."""
+        self.finish(writer, info)
+        return self.place(temp, info)
+
+    @staticmethod
+    def finish(writer: InstanceFile, info: InstanceInfo) -> None:
+        """Trim the temp file to the bytes written and close it."""
         info.file_size = writer.finish()
         writer.close()
+
+    def place(self, temp: str, info: InstanceInfo) -> tuple[int, str, bool]:
+        """Rename the finished temp file into place or drop it, as the
+        duplicate policy says. Fills info.path (for a dropped duplicate: the
+        copy kept) and info.duplicate; returns (status, error comment, whether
+        the file was placed). Raises OSError (temp file kept: the caller
+        discards it) and UnsafePathError."""
         target = resolve_inside(self.directory, self.naming.relative_path(info))
         res = self.guard.resolve(info.sop_instance_uid, info.content_hash, target)
         decision = res.decision
@@ -87,7 +101,7 @@ class Storage:
         if res.path is None:
             os.unlink(temp)
             info.path = str(res.previous or "")
-            return decision.status, decision.comment
+            return decision.status, decision.comment, False
         final = str(res.path)
         parent = os.path.dirname(final)
         if parent not in self._known_dirs:
@@ -103,7 +117,7 @@ class Storage:
         info.path = final
         if decision.outcome is not Outcome.STORED:
             log.info("duplicate %s: %s -> %s", info.sop_instance_uid, decision.outcome.value, final)
-        return decision.status, decision.comment
+        return decision.status, decision.comment, True
 
     def free_space(self, max_age: float = 1.0) -> int:
         """Free bytes on the storage volume (statvfs at most every max_age s)."""
