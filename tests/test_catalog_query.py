@@ -133,3 +133,21 @@ def test_query_command_explains_a_locked_database(db, capsys):
     finally:
         holder.stdin.close()
         holder.wait(10)
+
+
+def test_documented_example_queries_run(db):
+    import re
+    from pathlib import Path
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "catalog.md"
+    queries = re.findall(r"```sql\n(.*?)```", doc.read_text(), re.S)
+    assert len(queries) >= 4
+    conn = schema.connect(db, read_only=True)
+    try:
+        results = [run_readonly_query(conn, q) for q in queries]
+    finally:
+        conn.close()
+    today = results[0][1]
+    assert len(today) == 2  # both studies of the fixture were received now
+    busiest = results[1][1]
+    assert [(r[0], r[1]) for r in busiest] == [("SCU_A", 7), ("SCU_B", 3)]
