@@ -48,8 +48,10 @@ def test_collect_stats(db, tmp_path):
     assert st.disk_total and st.disk_free is not None and st.disk_free <= st.disk_total
     text = format_stats(st)
     assert "instances    10" in text and "SCU_B" in text and "free" in text
+    conn = schema.connect(db, read_only=True)
     with pytest.raises(ValueError):
-        collect_stats(schema.connect(db, read_only=True), days=0)
+        collect_stats(conn, days=0)
+    conn.close()
 
 
 def test_stats_command_text_and_json(db, tmp_path, capsys):
