@@ -157,7 +157,7 @@ def _text(values: dict[str, object], keyword: str) -> str:
     if value is None:
         return ""
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value).strip()  # type: ignore[union-attr]
+        return "\\".join(str(v) for v in value).strip()  # type: ignore[attr-defined]
     return str(value).strip()
 
 
@@ -268,7 +268,7 @@ def reconcile(
     if not root.is_dir():
         raise NotADirectoryError(f"storage directory {root} does not exist")
     own = not isinstance(db, duckdb.DuckDBPyConnection)
-    conn = schema.connect(db) if own else db  # type: ignore[arg-type]
+    conn: duckdb.DuckDBPyConnection = db if isinstance(db, duckdb.DuckDBPyConnection) else schema.connect(db)
     report = ReconcileReport()
     try:
         _reconcile(conn, root, report, workers, progress, batch_size)
@@ -411,8 +411,7 @@ def iter_stored_instances(
 ) -> Iterator[tuple[str, str, str]]:
     """Yield ``(sop_instance_uid, path, content_hash)`` of every present
     instance, streamed in chunks: what the duplicate map is warmed with at start."""
-    own = not isinstance(db, duckdb.DuckDBPyConnection)
-    conn = schema.connect(db) if own else db.cursor()  # type: ignore[arg-type, union-attr]
+    conn = db.cursor() if isinstance(db, duckdb.DuckDBPyConnection) else schema.connect(db)
     try:
         cur = conn.execute(
             "SELECT sop_instance_uid, path, coalesce(content_hash, '') FROM instances "
