@@ -1,0 +1,172 @@
+"""The catalog's subcommands: ``query``, ``stats``, ``reindex``.
+
+``register(subparsers)`` adds them to the CLI's argparse subparsers; each sets
+``func(args) -> exit code``. ``query`` and ``stats`` open the index file
+read-only; DuckDB lets only one process open a file for writing, so while a
+server runs they fail with a message saying so (routing them through the
+server's local endpoint is the server's part). Exit codes: 0 ok, 1 runtime
+error (database locked, missing, SQL error), 2 refused or unusable arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from . import schema
+from .query import ReadOnlyQueryError, export_parquet, format_table, run_readonly_query, to_json, write_csv
+from .reconcile import reconcile
+from .stats import PlotUnavailable, collect_stats, format_stats, plot_stats
+
+DEFAULT_INDEX_DB = "pacs.db"
+
+
+def _open_readonly(path: str) -> duckdb.DuckDBPyConnection:
+    try:
+        return schema.connect(path, read_only=True)
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise RuntimeError(
+                f"index database {path} is open for writing by another process (a running "
+                f"fastscp server?): query through the server, or stop it first\n  ({exc})"
+            ) from exc
+        raise
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    if args.format == "parquet" and not args.output:
+        print("fastscp query: --format parquet needs --output FILE", file=sys.stderr)
+        return 2
+    try:
+        conn = _open_readonly(args.index_db)
+    except (RuntimeError, FileNotFoundError, duckdb.Error) as exc:
+        print(f"fastscp query: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.format == "parquet":
+            n = export_parquet(conn, args.sql, args.output)
+            print(f"wrote {n} rows to {args.output}", file=sys.stderr)
+            return 0
+        columns, rows = run_readonly_query(conn, args.sql, args.max_rows)
+    except ReadOnlyQueryError as exc:
+        print(f"fastscp query: {exc}", file=sys.stderr)
+        return 2
+    except duckdb.Error as exc:
+        print(f"fastscp query: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        conn.close()
+    out: Any = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    try:
+        if args.format == "table":
+            out.write(format_table(columns, rows))
+        elif args.format == "csv":
+            write_csv(columns, rows, out)
+        else:
+            out.write(to_json(columns, rows).decode())
+    finally:
+        if args.output:
+            out.close()
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    try:
+        conn = _open_readonly(args.index_db)
+    except (RuntimeError, FileNotFoundError, duckdb.Error) as exc:
+        print(f"fastscp stats: {exc}", file=sys.stderr)
+        return 1
+    try:
+        st = collect_stats(conn, days=args.days, storage_dir=args.storage_dir)
+    except (ValueError, OSError) as exc:
+        print(f"fastscp stats: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        conn.close()
+    if args.format == "json":
+        sys.stdout.write(to_json(list(st.as_dict().keys()), [tuple(st.as_dict().values())]).decode())
+    else:
+        sys.stdout.write(format_stats(st))
+    if args.plot:
+        try:
+            plot_stats(st, args.plot)
+        except PlotUnavailable as exc:
+            print(f"fastscp stats: {exc}", file=sys.stderr)
+            return 2
+        print(f"chart written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _cmd_reindex(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")
+    try:
+        report = reconcile(args.storage_dir, args.index_db, workers=args.workers,
+                           progress=None if args.progress else False)
+    except (NotADirectoryError, RuntimeError, duckdb.Error) as exc:
+        print(f"fastscp reindex: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"reindex: {report.files_seen} files seen, {report.indexed} indexed "
+        f"({report.files_per_second:.0f} files/s), {report.marked_missing} rows marked missing, "
+        f"{report.restored} restored, {report.unreadable} unreadable, "
+        f"{report.conflicts} UID conflicts, {report.seconds:.1f} s"
+    )
+    for problem in report.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 0
+
+
+def _add_index_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--index-db", default=DEFAULT_INDEX_DB, metavar="FILE",
+                   help=f"DuckDB index file (config database.path; default {DEFAULT_INDEX_DB})")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``query``, ``stats`` and ``reindex`` to an argparse subparsers object."""
+    q = subparsers.add_parser("query", help="run a read-only SQL query on the index",
+                              description="Run one SELECT/WITH/DESCRIBE/SHOW/EXPLAIN statement "
+                                          "on the index. Tables: patients, studies, series, "
+                                          "instances, associations; views: study_summary, "
+                                          "series_summary.")
+    q.add_argument("sql", help="the SQL statement")
+    q.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
+    q.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    q.add_argument("--max-rows", type=int, default=None, metavar="N", help="fetch at most N rows")
+    _add_index_db(q)
+    q.set_defaults(func=_cmd_query)
+
+    s = subparsers.add_parser("stats", help="counts, storage use and reception trends")
+    s.add_argument("--days", type=int, default=30, help="trend window in days (default 30)")
+    s.add_argument("--plot", metavar="FILE.png", help="draw the per-day chart (needs fastscp[plot])")
+    s.add_argument("--storage-dir", metavar="DIR", help="storage directory, for disk usage/free")
+    s.add_argument("--format", choices=("text", "json"), default="text")
+    _add_index_db(s)
+    s.set_defaults(func=_cmd_stats)
+
+    r = subparsers.add_parser("reindex", help="reconcile the index with the storage tree",
+                              description="Index files that have no row (from their headers) "
+                                          "and mark rows whose file is gone as missing. Stop the "
+                                          "server first: it holds the index open.")
+    r.add_argument("--storage-dir", required=True, metavar="DIR")
+    r.add_argument("--workers", type=int, default=None, help="header-parsing processes (default: CPUs)")
+    r.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (default: shown when stderr is a terminal)")
+    _add_index_db(r)
+    r.set_defaults(func=_cmd_reindex)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m fastscp.catalog.commands``) until the CLI wires these."""
+    parser = argparse.ArgumentParser(prog="fastscp")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""Reconcile the index with the storage tree, and read the index back at start.
+
+``reconcile(storage_dir, db)``:
+
+1. walks the tree (``os.scandir``, skipping ``.incoming/`` and dot-files) and
+   streams every file path into a temporary table;
+2. in SQL: rows under the storage directory whose file is not there are
+   marked ``status='missing'``; rows marked missing whose file is back are
+   marked present again; files with no row are the ones to index;
+3. parses those files' headers (pydicom ``dcmread(stop_before_pixels=True,
+   specific_tags=...)``) in a process pool, in chunks, with a progress bar,
+   and upserts the rows in batches through the writer's ``BatchWriter``
+   (``source='reindex'``, ``received_at`` = file mtime, ``content_hash`` = ""
+   since hashing every file would read every pixel).
+
+A file whose SOP Instance UID already has a row pointing to another file that
+is present is a conflict: it is reported, not indexed (one row per UID).
+
+Paths are compared as strings: the storage directory is resolved
+(``Path.resolve()``) and the rows' paths are expected under it, which is how
+the receiver records them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import duckdb
+
+from ..instance import InstanceInfo
+from . import schema
+from .rows import BatchWriter, utc_timestamp
+
+log = logging.getLogger(__name__)
+
+# Tags read from each file's header: exactly what InstanceInfo holds.
+HEADER_TAGS = (
+    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyDate", "StudyTime",
+    "AccessionNumber", "Modality", "Manufacturer", "InstitutionName", "ReferringPhysicianName",
+    "StationName", "StudyDescription", "SeriesDescription", "PatientName", "PatientID",
+    "PatientBirthDate", "PatientSex", "BodyPartExamined", "EchoNumbers", "ProtocolName",
+    "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "InstanceNumber",
+    "NumberOfFrames", "Rows", "Columns", "RequestingPhysician",
+)
+INLINE_LIMIT = 200  # below this many files a process pool costs more than it saves
+CHUNK = 128
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    files_seen: int = 0
+    indexed: int = 0  # files that had no row and got one
+    marked_missing: int = 0
+    restored: int = 0  # rows marked missing whose file is back
+    unreadable: int = 0  # not DICOM or header unreadable
+    conflicts: int = 0  # same SOP Instance UID as another present file
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)  # the first few, for the log
+
+    @property
+    def files_per_second(self) -> float:
+        return self.indexed / self.seconds if self.seconds > 0 else 0.0
+
+
+class Progress:
+    """A one-line progress bar on stderr (rewritten at most 10 times a second;
+    on a non-terminal, one plain line every 5 s)."""
+
+    def __init__(self, total: int, label: str, stream: TextIO | None = None,
+                 enabled: bool | None = None) -> None:
+        self.total = total
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.enabled = self.tty if enabled is None else enabled
+        self.done = 0
+        self.start = time.monotonic()
+        self._last = 0.0
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < (0.1 if self.tty else 5.0) and self.done < self.total:
+            return
+        self._last = now
+        self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.done / elapsed
+        frac = self.done / self.total if self.total else 1.0
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        bar = "#" * int(frac * 30)
+        text = (f"{self.label} [{bar:<30}] {self.done}/{self.total} "
+                f"{frac:6.1%} {rate:7.0f}/s ETA {eta:4.0f}s")
+        self.stream.write(("\r" + text) if self.tty else (text + "\n"))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._draw(time.monotonic())
+            if self.tty:
+                self.stream.write("\n")
+            self.stream.flush()
+
+
+# ---- header parsing (runs in worker processes) -----------------------------------------
+
+
+_HEADER_TAG_NUMBERS: list[tuple[str, int]] = []
+_ASCII_VRS = frozenset({"UI", "CS", "DA", "TM", "DT", "IS", "DS", "AE", "AS"})
+
+
+def _header_values(path: str) -> tuple[dict[str, object], object]:
+    """Keyword -> value for HEADER_TAGS present in the file, and its file meta.
+
+    Values of VRs that are ASCII by definition are decoded straight from the
+    raw bytes (pydicom's per-element conversion costs about as much as the
+    whole read); person names and other text go through pydicom so the
+    Specific Character Set is honoured.
+    """
+    import pydicom  # imported here: workers import it once, the parent only if needed
+
+    global _HEADER_TAG_NUMBERS
+    if not _HEADER_TAG_NUMBERS:
+        from pydicom.datadict import tag_for_keyword
+
+        _HEADER_TAG_NUMBERS = [(k, int(tag_for_keyword(k))) for k in HEADER_TAGS]  # type: ignore[arg-type]
+    ds = pydicom.dcmread(path, stop_before_pixels=True,
+                         specific_tags=[t for _, t in _HEADER_TAG_NUMBERS])
+    values: dict[str, object] = {}
+    for keyword, tag in _HEADER_TAG_NUMBERS:
+        raw = ds.get_item(tag)
+        if raw is None:
+            continue
+        raw_value = getattr(raw, "value", None)
+        if isinstance(raw_value, bytes) and getattr(raw, "VR", None) in _ASCII_VRS:
+            values[keyword] = raw_value.decode("ascii", "replace").strip(" \x00")
+        else:
+            values[keyword] = ds[tag].value
+    return values, ds.file_meta
+
+
+def _text(values: dict[str, object], keyword: str) -> str:
+    value = values.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value).strip()  # type: ignore[attr-defined]
+    return str(value).strip()
+
+
+def _int(values: dict[str, object], keyword: str) -> int | None:
+    value = values.get(keyword)
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else None  # type: ignore[arg-type, index]
+    if isinstance(value, str):
+        value = value.split("\\")[0].strip()
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return None
+
+
+def read_header(path: str) -> InstanceInfo:
+    """InstanceInfo from a stored Part-10 file (reception fields left empty
+    except path, file size and received_at = mtime). Raises on unreadable files."""
+    st = os.stat(path)
+    v, meta = _header_values(path)
+    sop_uid = _text(v, "SOPInstanceUID") or str(getattr(meta, "MediaStorageSOPInstanceUID", ""))
+    if not sop_uid:
+        raise ValueError("no SOP Instance UID")
+    return InstanceInfo(
+        sop_class_uid=_text(v, "SOPClassUID") or str(getattr(meta, "MediaStorageSOPClassUID", "")),
+        sop_instance_uid=sop_uid,
+        transfer_syntax_uid=str(getattr(meta, "TransferSyntaxUID", "")),
+        patient_id=_text(v, "PatientID"),
+        patient_name=_text(v, "PatientName"),
+        patient_birth_date=_text(v, "PatientBirthDate"),
+        patient_sex=_text(v, "PatientSex"),
+        study_instance_uid=_text(v, "StudyInstanceUID"),
+        study_date=_text(v, "StudyDate"),
+        study_time=_text(v, "StudyTime"),
+        accession_number=_text(v, "AccessionNumber"),
+        study_description=_text(v, "StudyDescription"),
+        referring_physician=_text(v, "ReferringPhysicianName"),
+        requesting_physician=_text(v, "RequestingPhysician"),
+        series_instance_uid=_text(v, "SeriesInstanceUID"),
+        modality=_text(v, "Modality"),
+        series_number=_int(v, "SeriesNumber"),
+        series_description=_text(v, "SeriesDescription"),
+        body_part_examined=_text(v, "BodyPartExamined"),
+        protocol_name=_text(v, "ProtocolName"),
+        manufacturer=_text(v, "Manufacturer"),
+        station_name=_text(v, "StationName"),
+        institution_name=_text(v, "InstitutionName"),
+        instance_number=_int(v, "InstanceNumber"),
+        echo_numbers=_text(v, "EchoNumbers"),
+        rows=_int(v, "Rows"),
+        columns=_int(v, "Columns"),
+        number_of_frames=_int(v, "NumberOfFrames"),
+        specific_character_set=_text(v, "SpecificCharacterSet"),
+        received_at=st.st_mtime,
+        file_size=st.st_size,
+        path=path,
+    )
+
+
+def _read_chunk(paths: Sequence[str]) -> list[InstanceInfo | tuple[str, str]]:
+    out: list[InstanceInfo | tuple[str, str]] = []
+    for path in paths:
+        try:
+            out.append(read_header(path))
+        except Exception as exc:  # one bad file must not stop the others
+            out.append((path, f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+# ---- the tree walk ---------------------------------------------------------------------------
+
+
+def iter_storage_files(storage_dir: Path) -> Iterator[str]:
+    """Every regular file under ``storage_dir`` except ``.incoming/`` and dot-files."""
+    stack = [str(storage_dir)]
+    while stack:
+        top = stack.pop()
+        try:
+            entries = list(os.scandir(top))
+        except OSError as exc:
+            log.warning("reconcile: cannot list %s: %s", top, exc)
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # .incoming/ (partial files) and other hidden things
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            elif entry.is_file(follow_symlinks=False) and entry.name != "DICOMDIR":
+                yield entry.path
+
+
+# ---- reconcile ------------------------------------------------------------------------------------
+
+
+def reconcile(
+    storage_dir: str | Path,
+    db: str | Path | duckdb.DuckDBPyConnection,
+    *,
+    workers: int | None = None,
+    progress: bool | None = None,
+    batch_size: int = 1000,
+) -> ReconcileReport:
+    """Make the index agree with the files under ``storage_dir``; see the module doc."""
+    t0 = time.perf_counter()
+    root = Path(storage_dir).resolve()
+    if not root.is_dir():
+        raise NotADirectoryError(f"storage directory {root} does not exist")
+    own = not isinstance(db, duckdb.DuckDBPyConnection)
+    conn: duckdb.DuckDBPyConnection = db if isinstance(db, duckdb.DuckDBPyConnection) else schema.connect(db)
+    report = ReconcileReport()
+    try:
+        _reconcile(conn, root, report, workers, progress, batch_size)
+    finally:
+        try:
+            conn.execute("DROP TABLE IF EXISTS temp.reconcile_files")
+        except duckdb.Error:
+            pass
+        if own:
+            conn.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _note(report: ReconcileReport, text: str) -> None:
+    if len(report.problems) < 20:
+        report.problems.append(text)
+    log.warning("reconcile: %s", text)
+
+
+def _reconcile(conn: duckdb.DuckDBPyConnection, root: Path, report: ReconcileReport,
+               workers: int | None, progress: bool | None, batch_size: int) -> None:
+    prefix = str(root).rstrip(os.sep) + os.sep
+    conn.execute("CREATE OR REPLACE TEMP TABLE reconcile_files (path VARCHAR)")
+    app = conn.appender("temp.reconcile_files")
+    pending: list[tuple[str]] = []
+    for path in iter_storage_files(root):
+        pending.append((path,))
+        report.files_seen += 1
+        if len(pending) >= 10_000:
+            app.append_rows(pending)
+            app.flush()
+            pending.clear()
+    app.append_rows(pending)
+    app.flush()
+    del app
+
+    now = utc_timestamp(time.time())
+    conn.begin()
+    try:
+        missing = conn.execute(
+            """UPDATE instances SET status = 'missing', missing_since = ?
+               WHERE status = 'present' AND starts_with(path, ?)
+                 AND path NOT IN (SELECT path FROM temp.reconcile_files)""",
+            [now, prefix],
+        ).fetchone()
+        restored = conn.execute(
+            """UPDATE instances SET status = 'present', missing_since = NULL
+               WHERE status = 'missing' AND path IN (SELECT path FROM temp.reconcile_files)""",
+        ).fetchone()
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    report.marked_missing = int(missing[0]) if missing else 0
+    report.restored = int(restored[0]) if restored else 0
+
+    new_paths = [
+        r[0] for r in conn.execute(
+            """SELECT f.path FROM temp.reconcile_files f
+               ANTI JOIN instances i ON i.path = f.path ORDER BY f.path"""
+        ).fetchall()
+    ]
+    if not new_paths:
+        return
+    bar = Progress(len(new_paths), "reindex", enabled=progress)
+    writer = BatchWriter(conn)
+    buffer: list[InstanceInfo] = []
+    try:
+        for chunk in _parse_all(new_paths, workers):
+            for item in chunk:
+                if isinstance(item, InstanceInfo):
+                    buffer.append(item)
+                else:
+                    report.unreadable += 1
+                    _note(report, f"unreadable {item[0]}: {item[1]}")
+            bar.update(len(chunk))
+            if len(buffer) >= batch_size:
+                _write_new(conn, writer, buffer, report)
+                buffer = []
+        if buffer:
+            _write_new(conn, writer, buffer, report)
+    finally:
+        bar.close()
+
+
+def _parse_all(paths: list[str], workers: int | None) -> Iterator[list[InstanceInfo | tuple[str, str]]]:
+    chunks = [paths[i:i + CHUNK] for i in range(0, len(paths), CHUNK)]
+    n_workers = workers if workers is not None else (os.cpu_count() or 1)
+    if len(paths) < INLINE_LIMIT or n_workers <= 1:
+        for chunk in chunks:
+            yield _read_chunk(chunk)
+        return
+    # forkserver: forking a process that runs DuckDB's and the server's threads
+    # could copy a held lock into the child.
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    ctx = multiprocessing.get_context(method)
+    with cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
+        futures = [pool.submit(_read_chunk, chunk) for chunk in chunks]
+        for fut in cf.as_completed(futures):
+            yield fut.result()
+
+
+def _write_new(conn: duckdb.DuckDBPyConnection, writer: BatchWriter,
+               infos: list[InstanceInfo], report: ReconcileReport) -> None:
+    """Upsert parsed files, leaving out UID conflicts with present files."""
+    by_uid: dict[str, InstanceInfo] = {}
+    for info in infos:
+        first = by_uid.get(info.sop_instance_uid)
+        if first is not None:
+            report.conflicts += 1
+            _note(report, f"conflict: {info.path} has the SOP Instance UID of {first.path}")
+            continue
+        by_uid[info.sop_instance_uid] = info
+    conn.execute("CREATE OR REPLACE TEMP TABLE reconcile_uids (uid VARCHAR)")
+    app = conn.appender("temp.reconcile_uids")
+    app.append_rows([(u,) for u in by_uid])
+    app.flush()
+    taken = conn.execute(
+        """SELECT i.sop_instance_uid, i.path FROM instances i
+           JOIN temp.reconcile_uids u ON u.uid = i.sop_instance_uid
+           WHERE i.status = 'present'
+             AND i.path IN (SELECT path FROM temp.reconcile_files)"""
+    ).fetchall()
+    for uid, other in taken:
+        info = by_uid.pop(uid)
+        report.conflicts += 1
+        _note(report, f"conflict: {info.path} has the SOP Instance UID of {other}")
+    conn.execute("DROP TABLE temp.reconcile_uids")
+    if by_uid:
+        writer.write(list(by_uid.values()), source="reindex")
+        report.indexed += len(by_uid)
+
+
+# ---- warm-up ----------------------------------------------------------------------------------
+
+
+def iter_stored_instances(
+    db: str | Path | duckdb.DuckDBPyConnection, chunk: int = 10_000
+) -> Iterator[tuple[str, str, str]]:
+    """Yield ``(sop_instance_uid, path, content_hash)`` of every present
+    instance, streamed in chunks: what the duplicate map is warmed with at start."""
+    conn = db.cursor() if isinstance(db, duckdb.DuckDBPyConnection) else schema.connect(db)
+    try:
+        cur = conn.execute(
+            "SELECT sop_instance_uid, path, coalesce(content_hash, '') FROM instances "
+            "WHERE status = 'present'"
+        )
+        while True:
+            rows = cur.fetchmany(chunk)
+            if not rows:
+                break
+            yield from rows
+    finally:
+        conn.close()

@@ -1,0 +1,237 @@
+"""Catalog schema: DuckDB tables for patients, studies, series, instances and
+associations, versioned and migrated forward.
+
+``catalog_meta`` holds one row with the schema version. ``MIGRATIONS[i]``
+brings a database from version ``i`` to ``i + 1``; ``migrate`` runs the ones a
+database lacks, each in its own transaction, so a crash mid-migration leaves the
+database at the last complete version. Never edit a released migration: add a
+new one.
+
+Timestamps are ``TIMESTAMP`` holding UTC (naive): DuckDB's ``TIMESTAMPTZ``
+needs pytz on the Python side for every value converted, and a receiver has
+no use for a per-row time zone. Dates from DICOM DA values are ``DATE`` (NULL
+when the value is absent or malformed).
+
+Rows are replaced whole on conflict (DuckDB appender ``action='upsert'``): the
+latest reception of an instance, and the latest header seen for a patient,
+study or series, wins. Aggregates (instance counts, first/last received) are
+computed from ``instances`` by the views, never stored twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import duckdb
+
+SCHEMA_VERSION = 2
+
+# Column order of each table as the writer appends rows (must match the DDL).
+PATIENT_COLUMNS = ("patient_id", "patient_name", "birth_date", "sex", "updated_at")
+STUDY_COLUMNS = (
+    "study_instance_uid", "patient_id", "study_date", "study_time", "accession_number",
+    "study_description", "referring_physician", "requesting_physician", "updated_at",
+)
+SERIES_COLUMNS = (
+    "series_instance_uid", "study_instance_uid", "modality", "series_number",
+    "series_description", "body_part_examined", "protocol_name", "manufacturer",
+    "station_name", "institution_name", "updated_at",
+)
+INSTANCE_COLUMNS = (
+    "sop_instance_uid", "sop_class_uid", "series_instance_uid", "study_instance_uid",
+    "patient_id", "instance_number", "echo_numbers", "transfer_syntax_uid", "rows",
+    "columns", "number_of_frames", "specific_character_set", "path", "file_size",
+    "dataset_size", "content_hash", "received_at", "calling_ae", "called_ae", "peer",
+    "association_id", "duplicate", "source", "status", "missing_since",
+)
+ASSOCIATION_COLUMNS = (
+    "association_id", "peer", "calling_ae", "called_ae", "started_at", "ended_at",
+    "instances", "bytes", "outcome",
+)
+
+
+def _v1(conn: duckdb.DuckDBPyConnection) -> None:
+    """The first released schema: the four DICOM levels."""
+    conn.execute("""
+        CREATE TABLE patients (
+            patient_id   VARCHAR PRIMARY KEY,
+            patient_name VARCHAR,
+            birth_date   DATE,
+            sex          VARCHAR,
+            updated_at   TIMESTAMP
+        )""")
+    conn.execute("""
+        CREATE TABLE studies (
+            study_instance_uid   VARCHAR PRIMARY KEY,
+            patient_id           VARCHAR,
+            study_date           DATE,
+            study_time           VARCHAR,
+            accession_number     VARCHAR,
+            study_description    VARCHAR,
+            referring_physician  VARCHAR,
+            requesting_physician VARCHAR,
+            updated_at           TIMESTAMP
+        )""")
+    conn.execute("""
+        CREATE TABLE series (
+            series_instance_uid VARCHAR PRIMARY KEY,
+            study_instance_uid  VARCHAR,
+            modality            VARCHAR,
+            series_number       INTEGER,
+            series_description  VARCHAR,
+            body_part_examined  VARCHAR,
+            protocol_name       VARCHAR,
+            manufacturer        VARCHAR,
+            station_name        VARCHAR,
+            institution_name    VARCHAR,
+            updated_at          TIMESTAMP
+        )""")
+    conn.execute("""
+        CREATE TABLE instances (
+            sop_instance_uid       VARCHAR PRIMARY KEY,
+            sop_class_uid          VARCHAR,
+            series_instance_uid    VARCHAR,
+            study_instance_uid     VARCHAR,
+            patient_id             VARCHAR,
+            instance_number        INTEGER,
+            echo_numbers           VARCHAR,
+            transfer_syntax_uid    VARCHAR,
+            "rows"                 INTEGER,
+            "columns"              INTEGER,
+            number_of_frames       INTEGER,
+            specific_character_set VARCHAR,
+            path                   VARCHAR,
+            file_size              BIGINT,
+            dataset_size           BIGINT,
+            content_hash           VARCHAR,
+            received_at            TIMESTAMP,
+            calling_ae             VARCHAR,
+            called_ae              VARCHAR,
+            peer                   VARCHAR,
+            association_id         VARCHAR,
+            duplicate              VARCHAR
+        )""")
+
+
+def _v2(conn: duckdb.DuckDBPyConnection) -> None:
+    """Reconcile and monitoring: where a row came from, whether its file is
+    still there, one row per association, and the convenience views."""
+    conn.execute("ALTER TABLE instances ADD COLUMN source VARCHAR DEFAULT 'received'")
+    conn.execute("ALTER TABLE instances ADD COLUMN status VARCHAR DEFAULT 'present'")
+    conn.execute("ALTER TABLE instances ADD COLUMN missing_since TIMESTAMP")
+    # Rows written by v1 have NULL in the new columns; give them the defaults.
+    conn.execute("UPDATE instances SET source = 'received' WHERE source IS NULL")
+    conn.execute("UPDATE instances SET status = 'present' WHERE status IS NULL")
+    conn.execute("""
+        CREATE TABLE associations (
+            association_id VARCHAR PRIMARY KEY,
+            peer           VARCHAR,
+            calling_ae     VARCHAR,
+            called_ae      VARCHAR,
+            started_at     TIMESTAMP,
+            ended_at       TIMESTAMP,
+            instances      INTEGER,
+            bytes          BIGINT,
+            outcome        VARCHAR
+        )""")
+    conn.execute("CREATE INDEX instances_series ON instances (series_instance_uid)")
+    conn.execute("""
+        CREATE VIEW study_summary AS
+        SELECT s.*, p.patient_name,
+               count(i.sop_instance_uid)              AS instance_count,
+               count(DISTINCT i.series_instance_uid)  AS series_count,
+               coalesce(sum(i.file_size), 0)          AS bytes,
+               min(i.received_at)                     AS first_received_at,
+               max(i.received_at)                     AS last_received_at,
+               count(*) FILTER (WHERE i.status = 'missing') AS missing_count
+        FROM studies s
+        LEFT JOIN patients p USING (patient_id)
+        LEFT JOIN instances i USING (study_instance_uid)
+        GROUP BY ALL""")
+    conn.execute("""
+        CREATE VIEW series_summary AS
+        SELECT se.*,
+               count(i.sop_instance_uid)  AS instance_count,
+               coalesce(sum(i.file_size), 0) AS bytes,
+               min(i.instance_number)     AS min_instance_number,
+               max(i.instance_number)     AS max_instance_number,
+               count(*) FILTER (WHERE i.status = 'missing') AS missing_count,
+               min(i.received_at)         AS first_received_at,
+               max(i.received_at)         AS last_received_at
+        FROM series se
+        LEFT JOIN instances i USING (series_instance_uid)
+        GROUP BY ALL""")
+
+
+MIGRATIONS: tuple[Callable[[duckdb.DuckDBPyConnection], None], ...] = (_v1, _v2)
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def schema_version(conn: duckdb.DuckDBPyConnection) -> int:
+    """Version of the catalog in ``conn``; 0 for an empty database."""
+    found = conn.execute(
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_schema = 'main' AND table_name = 'catalog_meta'"
+    ).fetchone()
+    if not found or not found[0]:
+        return 0
+    row = conn.execute("SELECT schema_version FROM catalog_meta").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: duckdb.DuckDBPyConnection, target: int = SCHEMA_VERSION) -> int:
+    """Bring the catalog up to ``target``; returns the version found before.
+
+    Refuses a database newer than this code knows: opening it would risk
+    writing rows in a layout the newer code does not expect.
+    """
+    start = schema_version(conn)
+    if start > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"index database has schema version {start}, this fastscp knows up to "
+            f"{SCHEMA_VERSION}: upgrade fastscp"
+        )
+    for version in range(start, target):
+        conn.begin()
+        try:
+            if version == 0:
+                conn.execute("CREATE TABLE catalog_meta (schema_version INTEGER NOT NULL)")
+                conn.execute("INSERT INTO catalog_meta VALUES (0)")
+            MIGRATIONS[version](conn)
+            conn.execute("UPDATE catalog_meta SET schema_version = ?", [version + 1])
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
+    return start
+
+
+def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open the index database, migrating it forward unless ``read_only``.
+
+    A read-only open of a database that is missing or older than this code
+    fails with a message rather than writing to it.
+    """
+    path = Path(path)
+    if read_only:
+        if not path.exists():
+            raise FileNotFoundError(f"index database {path} does not exist")
+        conn = duckdb.connect(str(path), read_only=True)
+        version = schema_version(conn)
+        if version != SCHEMA_VERSION:
+            conn.close()
+            raise RuntimeError(
+                f"index database {path} has schema version {version}, expected "
+                f"{SCHEMA_VERSION}: open it once read-write (e.g. fastscp reindex) to migrate"
+            )
+        return conn
+    if path.parent != Path(""):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    conn = duckdb.connect(str(path))
+    try:
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

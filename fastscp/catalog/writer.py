@@ -1,0 +1,317 @@
+"""CatalogWriter: the one thread that owns the index database connection.
+
+The event loop calls ``enqueue(info)`` / ``record_association(...)`` for every
+stored instance and finished association. Those calls only append to a
+``collections.deque`` (atomic under the GIL, no lock) and, when the queue goes
+from empty to non-empty or reaches a full batch, set an Event to wake the
+thread. They never wait for the database.
+
+The thread waits for the first pending row, then until either ``batch_size``
+rows are pending or ``flush_interval`` seconds have passed since that first
+row, and writes everything pending in batches of at most ``batch_size`` with
+the upsert appenders (rows.BatchWriter). So a row is in the catalog at most
+one interval (plus one write) after it was queued.
+
+Backpressure: the queue never drops a row. ``enqueue`` returns False once the
+depth reaches ``high_water``: the caller should stop reading from its sockets
+(``transport.pause_reading()``) until ``on_resume`` is called, which the
+writer thread does when the depth falls back to ``low_water``. ``on_resume``
+runs in the writer thread, so an asyncio server passes something like
+``lambda: loop.call_soon_threadsafe(resume_all)``. Rows enqueued while over
+the mark are still accepted: once reading is paused, at most one in-flight
+instance per association can arrive, so memory stays bounded.
+
+Errors: a failed batch is rolled back, logged, counted, and retried with
+exponential backoff (the connection is reopened after a failure that leaves
+it unusable). ``close()`` stops taking rows, writes everything left and
+checkpoints. If the database stays broken past ``close``'s timeout, the count
+of unwritten rows is logged as an error: their files are on disk and the next
+reconcile indexes them from their headers.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from ..instance import InstanceInfo
+from . import schema
+from .rows import AssociationRecord, BatchWriter
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 1000
+DEFAULT_FLUSH_INTERVAL = 0.2
+
+
+@dataclass(slots=True, frozen=True)
+class WriterCounters:
+    """A snapshot for monitoring (cheap: plain attribute reads)."""
+
+    queue_depth: int
+    rows_enqueued: int
+    rows_written: int  # instance rows committed
+    associations_written: int
+    batches_written: int
+    last_batch_rows: int
+    last_batch_seconds: float
+    errors: int  # failed batch attempts (each is retried)
+    retry_rows: int  # rows in the batch currently waiting for a retry
+    over_high_water: bool
+    last_error: str
+
+
+class CatalogWriter:
+    """Batched, non-blocking writer of InstanceInfo rows into the index database.
+
+    ``connect`` makes the connection (default: ``schema.connect(db_path)``,
+    which migrates the schema); it is called once at construction, in the
+    caller's thread so that a bad path fails at start, and again after a
+    failure that broke the connection.
+    """
+
+    def __init__(
+        self,
+        db_path: str | Path,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        high_water: int = 50_000,
+        low_water: int | None = None,
+        on_resume: Callable[[], None] | None = None,
+        retry_initial: float = 0.2,
+        retry_max: float = 10.0,
+        connect: Callable[[], duckdb.DuckDBPyConnection] | None = None,
+    ) -> None:
+        if batch_size < 1 or flush_interval <= 0 or high_water < 1:
+            raise ValueError("batch_size, flush_interval and high_water must be positive")
+        self.db_path = Path(db_path)
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.high_water = high_water
+        self.low_water = high_water // 2 if low_water is None else low_water
+        self.on_resume = on_resume
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
+        self._connect = connect or (lambda: schema.connect(self.db_path))
+
+        self._queue: collections.deque[InstanceInfo | AssociationRecord] = collections.deque()
+        self._wake = threading.Event()
+        self._closing = False
+        self._done = threading.Condition()
+        self._over = False
+
+        self.rows_enqueued = 0
+        self.rows_written = 0
+        self.associations_written = 0
+        self.batches_written = 0
+        self.last_batch_rows = 0
+        self.last_batch_seconds = 0.0
+        self.errors = 0
+        self.last_error = ""
+        self._retry_rows = 0
+        self._items_done = 0  # queue items written (instances + associations)
+        self._items_in = 0
+
+        self._conn = self._connect()
+        self._batch = BatchWriter(self._conn)
+        self._thread = threading.Thread(target=self._run, name="fastscp-catalog", daemon=True)
+        self._thread.start()
+
+    # ---- called from the event loop: never blocks -------------------------------
+
+    def enqueue(self, info: InstanceInfo) -> bool:
+        """Queue one stored instance. Always accepted; returns False when the
+        queue is at or over ``high_water`` (pause reading until ``on_resume``)."""
+        if self._closing:
+            raise RuntimeError("CatalogWriter is closed")
+        return self._put(info, True)
+
+    def record_association(
+        self,
+        association_id: str,
+        peer: str,
+        calling_ae: str,
+        called_ae: str,
+        started_at: float,
+        ended_at: float,
+        instances: int,
+        bytes: int,
+        outcome: str,
+    ) -> bool:
+        """Queue the row of one finished association (same contract as enqueue)."""
+        if self._closing:
+            raise RuntimeError("CatalogWriter is closed")
+        rec = AssociationRecord(association_id, peer, calling_ae, called_ae, started_at,
+                                ended_at, instances, bytes, outcome)
+        return self._put(rec, False)
+
+    def _put(self, item: InstanceInfo | AssociationRecord, is_instance: bool) -> bool:
+        q = self._queue
+        q.append(item)
+        self._items_in += 1
+        if is_instance:
+            self.rows_enqueued += 1
+        depth = len(q)
+        if depth == 1 or depth == self.batch_size:
+            self._wake.set()
+        if depth >= self.high_water:
+            self._over = True
+            return False
+        return True
+
+    @property
+    def is_full(self) -> bool:
+        """True from reaching ``high_water`` until the depth falls to ``low_water``."""
+        return self._over
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def counters(self) -> WriterCounters:
+        return WriterCounters(
+            queue_depth=len(self._queue), rows_enqueued=self.rows_enqueued,
+            rows_written=self.rows_written, associations_written=self.associations_written,
+            batches_written=self.batches_written, last_batch_rows=self.last_batch_rows,
+            last_batch_seconds=self.last_batch_seconds, errors=self.errors,
+            retry_rows=self._retry_rows, over_high_water=self._over,
+            last_error=self.last_error,
+        )
+
+    # ---- for other threads ---------------------------------------------------------
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new connection to the same database, for reads from another thread
+        (e.g. the status endpoint's queries through ``run_readonly_query``)."""
+        return self._conn.cursor()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued before this call is written; True if so."""
+        target = self._items_in
+        self._wake.set()
+        with self._done:
+            return self._done.wait_for(lambda: self._items_done >= target, timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop accepting rows, write all pending rows, checkpoint, close the
+        connection. Returns False (and logs) if rows could not be written
+        before ``timeout``."""
+        if self._closing and not self._thread.is_alive():
+            return True
+        self._closing = True
+        self._wake.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            pending = len(self._queue) + self._retry_rows
+            log.error(
+                "catalog: %d rows not written to %s at shutdown (last error: %s); "
+                "their files are on disk and the next reconcile will index them",
+                pending, self.db_path, self.last_error,
+            )
+            return False
+        return True
+
+    def __enter__(self) -> CatalogWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- the writer thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        q = self._queue
+        while True:
+            # Wait for a first row (or close).
+            while not q and not self._closing:
+                self._wake.wait(1.0)
+                self._wake.clear()
+            if not q and self._closing:
+                break
+            # Then for a full batch, the interval, or close.
+            deadline = time.monotonic() + self.flush_interval
+            while len(q) < self.batch_size and not self._closing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wake.wait(remaining)
+                self._wake.clear()
+            while q:
+                n = min(len(q), self.batch_size)
+                items = [q.popleft() for _ in range(n)]
+                self._write_with_retry(items)
+                if self._over and len(q) <= self.low_water:
+                    self._over = False
+                    if self.on_resume is not None:
+                        try:
+                            self.on_resume()
+                        except Exception:
+                            log.exception("catalog: on_resume callback failed")
+        self._shutdown()
+
+    def _write_with_retry(self, items: list[InstanceInfo | AssociationRecord]) -> None:
+        instances = [x for x in items if isinstance(x, InstanceInfo)]
+        assocs = [x for x in items if isinstance(x, AssociationRecord)]
+        delay = self.retry_initial
+        while True:
+            t0 = time.perf_counter()
+            try:
+                self._batch.write(instances, assocs)
+            except Exception as exc:
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._retry_rows = len(items)
+                log.error("catalog: writing %d rows failed (%s); retrying in %.1fs",
+                          len(items), self.last_error, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+                self._reopen_if_broken()
+                continue
+            self.last_batch_seconds = time.perf_counter() - t0
+            self.last_batch_rows = len(instances)
+            self.rows_written += len(instances)
+            self.associations_written += len(assocs)
+            self.batches_written += 1
+            self._retry_rows = 0
+            with self._done:
+                self._items_done += len(items)
+                self._done.notify_all()
+            return
+
+    def _reopen_if_broken(self) -> None:
+        """A fatal DuckDB error invalidates the database instance; a closed or
+        invalid connection fails even a trivial query. Then reconnect."""
+        try:
+            self._conn.execute("SELECT 1").fetchall()
+            return
+        except Exception:
+            pass
+        try:
+            self._conn.close()
+        except Exception:
+            pass
+        try:
+            self._conn = self._connect()
+            self._batch = BatchWriter(self._conn)
+            log.warning("catalog: reopened %s", self.db_path)
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("catalog: reopening %s failed: %s", self.db_path, self.last_error)
+
+    def _shutdown(self) -> None:
+        try:
+            self._conn.execute("CHECKPOINT")
+        except Exception as exc:
+            log.warning("catalog: checkpoint at close failed: %s", exc)
+        try:
+            self._conn.close()
+        except Exception:
+            pass

@@ -1,0 +1,226 @@
+"""CatalogWriter: flush by size, by time, at close; retry after errors;
+backpressure; upsert semantics; reads from another thread while writing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from fastscp.catalog import CatalogWriter, run_readonly_query, schema
+from test_catalog_support import make_info
+
+
+def wait_for(pred, timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return pred()
+
+
+def count(db: Path, sql: str = "SELECT count(*) FROM instances") -> int:
+    conn = duckdb.connect(str(db), read_only=True)
+    try:
+        return conn.execute(sql).fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_flushes_by_size_before_the_interval(tmp_path):
+    w = CatalogWriter(tmp_path / "i.db", batch_size=50, flush_interval=3600)
+    for i in range(100):
+        w.enqueue(make_info(i))
+    # Two full batches are written long before the hour-long interval.
+    assert wait_for(lambda: w.rows_written == 100)
+    assert w.batches_written >= 2 and w.last_batch_rows <= 50
+    # Fewer than a batch: nothing is written until the interval (or close).
+    for i in range(100, 110):
+        w.enqueue(make_info(i))
+    time.sleep(0.3)
+    c = w.counters()
+    assert c.rows_written == 100 and c.queue_depth == 10
+    assert w.close()
+    assert count(tmp_path / "i.db") == 110
+
+
+def test_flushes_by_time_below_the_batch_size(tmp_path):
+    w = CatalogWriter(tmp_path / "i.db", batch_size=10_000, flush_interval=0.05)
+    for i in range(5):
+        w.enqueue(make_info(i))
+    assert wait_for(lambda: w.rows_written == 5)
+    c = w.counters()
+    assert c.batches_written == 1 and c.last_batch_rows == 5 and c.queue_depth == 0
+    w.close()
+
+
+def test_close_flushes_everything_and_records_associations(tmp_path):
+    db = tmp_path / "i.db"
+    w = CatalogWriter(db, batch_size=10_000, flush_interval=3600)
+    for i in range(300):
+        w.enqueue(make_info(i, study=i % 3, series=i % 2))
+    w.record_association("assoc-1", "10.0.0.5:4000", "SCU1", "FASTSCP", 1_700_000_000.0,
+                         1_700_000_010.5, 300, 300_000, "released")
+    assert w.rows_written == 0
+    assert w.close()
+    assert count(db) == 300
+    assert count(db, "SELECT count(*) FROM studies") == 3
+    assert count(db, "SELECT count(*) FROM series") == 6
+    conn = duckdb.connect(str(db), read_only=True)
+    row = conn.execute("SELECT peer, calling_ae, instances, bytes, outcome, "
+                       "epoch(ended_at) - epoch(started_at) FROM associations").fetchall()
+    conn.close()
+    assert row == [("10.0.0.5:4000", "SCU1", 300, 300_000, "released", pytest.approx(10.5))]
+    with pytest.raises(RuntimeError):
+        w.enqueue(make_info(1))
+
+
+def test_row_attributes_round_trip(tmp_path):
+    db = tmp_path / "i.db"
+    info = make_info(7, study=2, series=1, calling_ae="CT_SCANNER", received_at=1_700_000_000.25)
+    with CatalogWriter(db) as w:
+        w.enqueue(info)
+    conn = duckdb.connect(str(db), read_only=True)
+    got = conn.execute(
+        """SELECT i.sop_instance_uid, i.path, i.file_size, i.content_hash, i.calling_ae,
+                  epoch(i.received_at), i."rows", i.status, i.source,
+                  st.study_date, st.accession_number, se.modality, p.birth_date
+           FROM instances i JOIN studies st USING (study_instance_uid)
+           JOIN series se USING (series_instance_uid) JOIN patients p ON p.patient_id = i.patient_id"""
+    ).fetchall()
+    conn.close()
+    assert len(got) == 1
+    r = got[0]
+    assert r[:5] == (info.sop_instance_uid, info.path, info.file_size, info.content_hash, "CT_SCANNER")
+    assert r[5] == pytest.approx(1_700_000_000.25)
+    assert r[6:9] == (512, "present", "received")
+    assert str(r[9]) == "2024-01-31" and r[10] == "ACC2" and r[11] == "CT" and str(r[12]) == "1970-01-01"
+
+
+def test_same_sop_instance_twice_keeps_the_last_reception(tmp_path):
+    db = tmp_path / "i.db"
+    with CatalogWriter(db, batch_size=10_000, flush_interval=3600) as w:
+        first = make_info(1, path="/s/a.dcm")
+        second = make_info(1, path="/s/b.dcm")
+        second.duplicate = "overwritten"
+        w.enqueue(first)
+        w.enqueue(second)  # same batch
+        w.flush(10)
+        third = make_info(1, path="/s/c.dcm")
+        w.enqueue(third)  # later batch: an upsert over the stored row
+    conn = duckdb.connect(str(db), read_only=True)
+    rows = conn.execute("SELECT path, duplicate FROM instances").fetchall()
+    conn.close()
+    assert rows == [("/s/c.dcm", "")]
+
+
+class FlakyConnection:
+    """A real DuckDB connection whose ``begin`` fails the first ``failures`` times
+    (``dead``: every statement fails too, as after a fatal error)."""
+
+    def __init__(self, real: duckdb.DuckDBPyConnection, failures: int, dead: bool = False):
+        self._real = real
+        self.failures = failures
+        self.dead = dead
+
+    def begin(self):
+        if self.failures > 0:
+            self.failures -= 1
+            raise duckdb.IOException("injected: disk unwritable")
+        return self._real.begin()
+
+    def execute(self, *a, **k):
+        if self.dead:
+            raise duckdb.ConnectionException("injected: connection invalidated")
+        return self._real.execute(*a, **k)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def test_failed_batches_are_retried_not_lost(tmp_path, caplog):
+    db = tmp_path / "i.db"
+    w = CatalogWriter(db, batch_size=100, flush_interval=0.02, retry_initial=0.01,
+                      connect=lambda: FlakyConnection(schema.connect(db), failures=3))
+    for i in range(250):
+        w.enqueue(make_info(i))
+    assert w.flush(20)
+    c = w.counters()
+    assert c.errors == 3 and "injected" in c.last_error and c.retry_rows == 0
+    assert c.rows_written == 250
+    assert w.close()
+    assert count(db) == 250
+    assert "retrying" in caplog.text
+
+
+def test_broken_connection_is_reopened(tmp_path):
+    db = tmp_path / "i.db"
+    made: list[FlakyConnection] = []
+
+    def connect():
+        # first connection: dead after construction; later ones healthy
+        conn = FlakyConnection(schema.connect(db), failures=1 if not made else 0, dead=not made)
+        made.append(conn)
+        return conn
+
+    w = CatalogWriter(db, batch_size=10, flush_interval=0.02, retry_initial=0.01, connect=connect)
+    for i in range(25):
+        w.enqueue(make_info(i))
+    assert w.flush(20)
+    assert len(made) == 2 and w.errors >= 1
+    assert w.close()
+    assert count(db) == 25
+
+
+def test_backpressure_flag_and_resume_callback(tmp_path):
+    db = tmp_path / "i.db"
+    gate = threading.Event()
+    entered = threading.Event()
+
+    class Gated(FlakyConnection):
+        def begin(self):
+            entered.set()
+            gate.wait(10)
+            return self._real.begin()
+
+    resumed = threading.Event()
+    w = CatalogWriter(db, batch_size=1000, flush_interval=0.01, high_water=10, low_water=5,
+                      on_resume=resumed.set, connect=lambda: Gated(schema.connect(db), 0))
+    assert w.enqueue(make_info(0)) is True
+    assert entered.wait(10)  # the writer is now stuck in its first batch
+    answers = [w.enqueue(make_info(i)) for i in range(1, 12)]
+    assert answers[:9] == [True] * 9 and answers[9:] == [False, False]  # depth 10 and 11
+    assert w.is_full and w.counters().over_high_water
+    gate.set()
+    assert resumed.wait(10)
+    assert not w.is_full
+    assert w.close()
+    assert count(db) == 12
+
+
+def test_readonly_queries_from_another_thread_while_writing(tmp_path):
+    db = tmp_path / "i.db"
+    w = CatalogWriter(db, batch_size=100, flush_interval=0.01)
+    results: list[int] = []
+
+    def reader():
+        cur = w.cursor()
+        for _ in range(20):
+            cols, rows = run_readonly_query(cur, "SELECT count(*) AS n FROM instances")
+            assert cols == ["n"]
+            results.append(rows[0][0])
+            time.sleep(0.005)
+        cur.close()
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for i in range(2000):
+        w.enqueue(make_info(i))
+    t.join()
+    w.close()
+    assert results == sorted(results)  # counts only grow
+    assert count(db) == 2000
