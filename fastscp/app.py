@@ -7,14 +7,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from .catalog import CatalogWriter, iter_stored_instances, reconcile
+from .instance import InstanceInfo
 from .access import AccessPolicy, AssociationLimiter, load_access_policy
 from .config import Config, ConfigError, load_config
 from .net.server import DicomServer, serve_forever
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
-from .scp import ServerState, StoreSCPHandler
+from .scp import ReceptionObserver, ServerState, StoreSCPHandler
 from .storage.naming import make_naming
 from .storage.durability import GroupCommitter
 from .storage.store import Storage
@@ -64,6 +67,52 @@ def build_state(cfg: Config) -> ServerState:
     )
 
 
+class CatalogFeed(ReceptionObserver):
+    """Queues every stored instance and every ended association for the
+    DuckDB writer thread. Never waits for the database: when the writer's
+    queue passes its high-water mark, every connection stops reading until
+    the writer catches up (backpressure reaches the senders through TCP)."""
+
+    def __init__(self, writer: CatalogWriter, server: DicomServer) -> None:
+        self.writer = writer
+        self.server = server
+        self.paused = False
+
+    def instance_stored(self, handler: StoreSCPHandler, info: InstanceInfo) -> None:
+        if not self.writer.enqueue(info) and not self.paused:
+            self.paused = True
+            log.warning("index writer behind (%d rows queued): pausing reception", self.writer.queue_depth)
+            self.server.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            log.info("index writer caught up: resuming reception")
+            self.server.resume_reading()
+
+    def association_ended(self, handler: StoreSCPHandler) -> None:
+        ended = time.time()
+        self.writer.record_association(handler.id, handler.peer, handler.calling_ae, handler.called_ae,
+                                       ended - (time.monotonic() - handler.started), ended,
+                                       handler.stored, handler.bytes, handler.ended)
+
+
+def open_catalog(cfg: Config, state: ServerState) -> CatalogWriter | None:
+    """Reconcile the index with the storage tree, warm the duplicate map from
+    it, and start the writer thread. None when no index is configured."""
+    db = cfg.database
+    if not db.path:
+        return None
+    storage = state.storage
+    report = reconcile(storage.directory, db.path, progress=False)
+    log.info("index %s reconciled with %s in %.1f s: %d files, %d indexed, %d marked missing, %d unreadable",
+             db.path, storage.directory, report.seconds, report.files_seen, report.indexed,
+             report.marked_missing, report.unreadable)
+    warmed = storage.guard.index.warm(iter_stored_instances(db.path))
+    log.info("duplicate check warmed with %d instances", warmed)
+    return CatalogWriter(db.path, batch_size=db.batch_size, flush_interval=db.flush_interval)
+
+
 class App:
     def __init__(self, cfg: Config, config_path: str | None, overrides: Mapping[str, Any]) -> None:
         self.cfg = cfg
@@ -73,6 +122,7 @@ class App:
         s = cfg.server
         self.server = DicomServer(lambda assoc, peer: StoreSCPHandler(self.state, assoc, peer), s.max_pdu,
                                   s.artim_timeout, s.idle_timeout or 0.0, s.dimse_timeout or 0.0)
+        self.catalog = open_catalog(cfg, self.state)
 
     async def start(self) -> list[str]:
         s = self.cfg.server
@@ -102,6 +152,14 @@ class App:
         storage = self.state.storage
         if storage.durable:
             storage.committer = GroupCommitter(storage.directory, loop)
+        if self.catalog is not None:
+            feed = CatalogFeed(self.catalog, self.server)
+
+            def resume_from_writer_thread() -> None:
+                loop.call_soon_threadsafe(feed.resume)
+
+            self.catalog.on_resume = resume_from_writer_thread
+            self.state.observers.append(feed)
         listening = await self.start()
         try:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
@@ -118,6 +176,9 @@ class App:
         if storage.committer is not None:
             log.info("group commit: %d instances in %d syncs", storage.committer.instances, storage.committer.syncs)
             storage.committer.close()
+        if self.catalog is not None:
+            if not await loop.run_in_executor(None, self.catalog.close):
+                log.error("index writer could not write every row; `fastscp reindex` will add them")
         st = self.state
         log.info("stopped: %d association(s), %d instance(s), %.1f MB received",
                  st.associations_total, st.instances_total, st.bytes_total / 1e6)

@@ -58,8 +58,9 @@ class Server:
         self.ae_title = ae_title
         self.storage = storage
         self.log = log
+        self.index_db = storage.parent / f"{storage.name}.db"
         self.cmd = [sys.executable, "-m", "fastscp.cli", "serve", str(self.port), ae_title,
-                    "--storage-dir", str(storage), *extra]
+                    "--storage-dir", str(storage), "--index-db", str(self.index_db), "--status-port", "0", *extra]
         self._log_fh = open(log, "ab")
         self.proc = subprocess.Popen(self.cmd, stdout=self._log_fh, stderr=subprocess.STDOUT)
         wait_for_port(self.port, self.proc)

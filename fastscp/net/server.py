@@ -53,6 +53,8 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         self.handler.tls = transport.get_extra_info("ssl_object") is not None
         self.handler.flush = self._after
         self.server.connections.add(self)
+        if self.server.paused:
+            transport.pause_reading()  # type: ignore[attr-defined]
         self.assoc.connection_made()
         self._after()
         self._arm_idle()
@@ -173,6 +175,7 @@ class DicomServer:
         # the silence allowed: dimse_timeout bounds a message in progress too
         self.check_interval = min(t for t in (idle_timeout, dimse_timeout, 3600.0) if t)
         self.connections: set[AssociationProtocol] = set()
+        self.paused = False
         self._servers: list[asyncio.base_events.Server] = []
         self._idle_event: asyncio.Event | None = None
 
@@ -182,6 +185,19 @@ class DicomServer:
                                           ssl=ssl_context, reuse_address=True, backlog=128)
         self._servers.append(server)
         return [s.getsockname() for s in server.sockets]
+
+    def pause_reading(self) -> None:
+        """Stop reading from every association (backpressure), new ones included."""
+        self.paused = True
+        for conn in self.connections:
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.paused = False
+        for conn in self.connections:
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.transport.resume_reading()
 
     def connection_closed(self) -> None:
         if self._idle_event is not None and not self.connections:
