@@ -254,8 +254,8 @@ class StorageConfig:
 class DatabaseConfig:
     path: str | None = _f("./pacs.db", "DuckDB index file; null = no index")
     wal_mode: bool = _f(True, "accepted for the guide; DuckDB always journals to <path>.wal (see docs/configuration.md)")
-    batch_size: int = _f(1000, "rows per insert batch", check=_between(1, 1000000))
-    flush_interval: float = _f(0.2, "seconds before a partial batch is written", check=_positive)
+    batch_size: int = _f(5000, "rows per insert batch", check=_between(1, 1000000))
+    flush_interval: float = _f(1.0, "seconds before a partial batch is written", check=_positive)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import os
 import duckdb
 
 SCHEMA_VERSION = 2
@@ -228,7 +229,7 @@ def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConn
         return conn
     if path.parent != Path(""):
         path.parent.mkdir(parents=True, exist_ok=True)
-    conn = duckdb.connect(str(path))
+    conn = duckdb.connect(str(path), config={"threads": os.environ.get("FASTSCP_DUCKDB_THREADS", "1")})
     try:
         migrate(conn)
     except BaseException:

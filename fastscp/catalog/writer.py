@@ -8,9 +8,14 @@ thread. They never wait for the database.
 
 The thread waits for the first pending row, then until either ``batch_size``
 rows are pending or ``flush_interval`` seconds have passed since that first
-row, and writes everything pending in batches of at most ``batch_size`` with
-the upsert appenders (rows.BatchWriter). So a row is in the catalog at most
-one interval (plus one write) after it was queued.
+row, and writes what is pending in batches of at most ``batch_size`` with the
+upsert appenders (rows.BatchWriter); only full batches are written back to
+back. So a row is in the catalog at most one interval (plus one write) after
+it was queued.
+
+Defaults (5000 rows / 1 s), measured on a 2-core machine at about 800
+instances/s: a commit costs about 40 ms of CPU whatever its size, so 1000 rows
+/ 0.2 s took 0.68 s of writer CPU for 5000 rows, 5000 rows / 1 s took 0.29 s.
 
 Backpressure: the queue never drops a row. ``enqueue`` returns False once the
 depth reaches ``high_water``: the caller should stop reading from its sockets
@@ -47,8 +52,8 @@ from .rows import AssociationRecord, BatchWriter
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 1000
-DEFAULT_FLUSH_INTERVAL = 0.2
+DEFAULT_BATCH_SIZE = 5000
+DEFAULT_FLUSH_INTERVAL = 1.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -255,6 +260,12 @@ class CatalogWriter:
                             self.on_resume()
                         except Exception:
                             log.exception("catalog: on_resume callback failed")
+                # Back to back only while full batches wait: rows that came in
+                # during the write wait for the next interval. (Writing them at
+                # once made every batch as small as one commit's worth of
+                # arrivals: 225 batches for 5000 rows, 1 ms of CPU per row.)
+                if len(q) < self.batch_size and not self._closing:
+                    break
         self._shutdown()
 
     def _write_with_retry(self, items: list[InstanceInfo | AssociationRecord]) -> None:
