@@ -62,7 +62,7 @@ class Monitor(ReceptionObserver):
         self.duplicates = 0
         self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
-        self.recent_instances: collections.deque[dict[str, Any]] = collections.deque(maxlen=25)
+        self.recent_instances: collections.deque[tuple[str, InstanceInfo]] = collections.deque(maxlen=25)
         self.recent_studies: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self.recent_associations: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
         self.history: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=HISTORY_SECONDS + 1)
@@ -96,11 +96,7 @@ class Monitor(ReceptionObserver):
             counts = self.received[key] = [0, 0]
         counts[0] += 1
         counts[1] += info.dataset_size
-        self.recent_instances.append({
-            "time": info.received_at, "association_id": handler.id, "calling_ae": handler.calling_ae,
-            "modality": info.modality, "patient_id": info.patient_id, "study_instance_uid": info.study_instance_uid,
-            "sop_instance_uid": info.sop_instance_uid, "bytes": info.dataset_size,
-        })
+        self.recent_instances.append((handler.id, info))  # made into a dict only when asked
         studies = self.recent_studies
         uid = info.study_instance_uid
         study = studies.get(uid)
@@ -239,7 +235,7 @@ class Monitor(ReceptionObserver):
                        "failures_by_status": dict(self.failures)},
             "rates": {"instances_per_s": round(inst_rate, 2), "bytes_per_s": round(byte_rate, 1)},
             "active": [self._active_row(h, now) for h in self.active.values()],
-            "recent_instances": list(reversed(self.recent_instances)),
+            "recent_instances": [_instance_row(hid, info) for hid, info in reversed(self.recent_instances)],
             "recent_studies": list(reversed(self.recent_studies.values())),
             "recent_associations": list(self.recent_associations),
             "queues": queues,
@@ -250,6 +246,12 @@ class Monitor(ReceptionObserver):
             "warnings": warnings,
             "throughput": [[round(t, 3), i, b] for t, i, b in self.history],
         }
+
+
+def _instance_row(association_id: str, info: InstanceInfo) -> dict[str, Any]:
+    return {"time": info.received_at, "association_id": association_id, "calling_ae": info.calling_ae,
+            "modality": info.modality, "patient_id": info.patient_id, "study_instance_uid": info.study_instance_uid,
+            "sop_instance_uid": info.sop_instance_uid, "bytes": info.dataset_size}
 
 
 def _mb(n: int) -> str:
