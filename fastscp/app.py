@@ -15,6 +15,8 @@ from .catalog import CatalogWriter, iter_stored_instances, reconcile
 from .instance import InstanceInfo
 from .access import AccessPolicy, AssociationLimiter, load_access_policy
 from .config import Config, ConfigError, load_config
+from .monitor.logsetup import configure_logging
+from .monitor.service import MonitorService
 from .net.server import DicomServer, serve_forever
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
 from .scp import ReceptionObserver, ServerState, StoreSCPHandler
@@ -160,7 +162,9 @@ class App:
 
             self.catalog.on_resume = resume_from_writer_thread
             self.state.observers.append(feed)
+        monitor = MonitorService(self.cfg, self.state, self.catalog)
         listening = await self.start()
+        await monitor.start(listening)
         try:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         except (NotImplementedError, RuntimeError, AttributeError):
@@ -173,6 +177,7 @@ class App:
                      cfg.server.max_pdu, cfg.server.max_associations)
 
         await serve_forever(self.server, cfg.server.shutdown_grace, ready)
+        await monitor.stop()
         if storage.committer is not None:
             log.info("group commit: %d instances in %d syncs", storage.committer.instances, storage.committer.syncs)
             storage.committer.close()
@@ -187,13 +192,18 @@ class App:
 def run_blocking(config_path: str | None, overrides: Mapping[str, Any]) -> None:
     """Load the configuration (errors before anything binds) and serve."""
     cfg = load_config(config_path, overrides)
-    app = App(cfg, config_path, overrides)
+    lg = cfg.logging
+    logging_handle = configure_logging(lg.level, lg.format, lg.file, lg.max_bytes, lg.backup_count)
     try:
-        import uvloop
-    except ImportError:
-        asyncio.run(app.run())
-    else:
-        uvloop.run(app.run())
+        app = App(cfg, config_path, overrides)
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(app.run())
+        else:
+            uvloop.run(app.run())
+    finally:
+        logging_handle.stop()
 
 
 __all__ = ["App", "accept_policy", "build_state", "run_blocking", "load_access_policy"]

@@ -30,6 +30,8 @@ _SERVE_FLAGS = {
     "shutdown_grace": "server.shutdown_grace",
     "status_port": "status.port",
     "log_level": "logging.level",
+    "log_format": "logging.format",
+    "log_file": "logging.file",
 }
 
 
@@ -56,6 +58,9 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shutdown-grace", type=float, default=S, help="seconds running associations get on SIGTERM (default 10)")
     p.add_argument("--status-port", type=int, default=S, help="status HTTP port (default 8042, 0 = off)")
     p.add_argument("--log-level", default=S, type=str.lower, choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default=S, choices=["text", "json"], help="console log form (default text)")
+    p.add_argument("--log-file", default=S, metavar="FILE",
+                   help="rotating log file, JSON lines (connection records and the rest)")
     p.set_defaults(func=_serve)
 
 
@@ -98,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     scu_commands.register(sub)
     register_config(sub)
     register_catalog(sub)
+    from .monitor.terminal import register as register_status
+
+    register_status(sub)
     return parser
 
 

@@ -3,8 +3,8 @@
 ``register(subparsers)`` adds them to the CLI's argparse subparsers; each sets
 ``func(args) -> exit code``. ``query`` and ``stats`` open the index file
 read-only; DuckDB lets only one process open a file for writing, so while a
-server runs they fail with a message saying so (routing them through the
-server's local endpoint is the server's part). Exit codes: 0 ok, 1 runtime
+server runs ``query`` goes through that server's status endpoint (POST
+/query, see fastscp/monitor) and ``stats`` fails with a message saying so. Exit codes: 0 ok, 1 runtime
 error (database locked, missing, SQL error), 2 refused or unusable arguments.
 """
 
@@ -42,6 +42,9 @@ def _cmd_query(args: argparse.Namespace) -> int:
     if args.format == "parquet" and not args.output:
         print("fastscp query: --format parquet needs --output FILE", file=sys.stderr)
         return 2
+    routed = _query_through_server(args)
+    if routed is not None:
+        return routed
     try:
         conn = _open_readonly(args.index_db)
     except (RuntimeError, FileNotFoundError, duckdb.Error) as exc:
@@ -61,6 +64,11 @@ def _cmd_query(args: argparse.Namespace) -> int:
         return 1
     finally:
         conn.close()
+    _write_result(args, columns, rows)
+    return 0
+
+
+def _write_result(args: argparse.Namespace, columns: list[str], rows: list[Any]) -> None:
     out: Any = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     try:
         if args.format == "table":
@@ -72,6 +80,42 @@ def _cmd_query(args: argparse.Namespace) -> int:
     finally:
         if args.output:
             out.close()
+
+
+# ---- through a running server (monitoring's status endpoint) -------------------------
+# DuckDB lets one process open the file for writing, and a running server holds
+# it: then the query goes to that server's POST /query, which runs it through
+# run_readonly_query on a cursor of its own connection. None = no server
+# answered for this index: open the file.
+def _query_through_server(args: argparse.Namespace) -> int | None:
+    from ..monitor.client import EndpointError, server_for_index
+
+    ep = server_for_index(args.index_db, getattr(args, "url", None), getattr(args, "token", None))
+    if ep is None:
+        return None
+    body: dict[str, Any] = {"sql": args.sql, "max_rows": args.max_rows,
+                            "format": "parquet" if args.format == "parquet" else "json"}
+    try:
+        raw = ep.request("/query", body, timeout=args.timeout)
+    except EndpointError as exc:
+        print(f"fastscp query: {exc}", file=sys.stderr)
+        return 2 if exc.kind == "refused" or exc.status in (400, 401) else 1
+    except OSError as exc:
+        if args.url:
+            print(f"fastscp query: server at {ep.url} does not answer: {exc}", file=sys.stderr)
+            return 1
+        return None  # the discovered server went away: try the file
+    if args.format == "parquet":
+        Path(args.output).write_bytes(raw)
+        print(f"wrote {args.output} (through the server at {ep.url})", file=sys.stderr)
+        return 0
+    import orjson
+
+    doc = orjson.loads(raw)
+    columns, rows = doc["columns"], [tuple(r) for r in doc["rows"]]
+    if doc.get("truncated"):
+        print(f"fastscp query: result cut at {len(rows)} rows by the server", file=sys.stderr)
+    _write_result(args, columns, rows)
     return 0
 
 
@@ -137,6 +181,10 @@ def register(subparsers: Any) -> None:
     q.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
     q.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
     q.add_argument("--max-rows", type=int, default=None, metavar="N", help="fetch at most N rows")
+    q.add_argument("--url", help="status endpoint of the running server to query through (default: the "
+                                 "server holding --index-db, found by its <index-db>.status.json)")
+    q.add_argument("--token", help="status endpoint token (default: $FASTSCP_STATUS_TOKEN or the discovery file)")
+    q.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for a server's answer")
     _add_index_db(q)
     q.set_defaults(func=_cmd_query)
 

@@ -1,0 +1,126 @@
+"""Finding and asking a running receiver's status endpoint (for ``fastscp
+query`` and ``fastscp status``), with the standard library's urllib.
+
+Which server: ``--url`` if given; else the discovery file the server writes
+next to its index (``<index db>.status.json``), if its process is alive; else
+the default local address ``http://127.0.0.1:8042``. The token comes from
+``--token``, the ``FASTSCP_STATUS_TOKEN`` environment variable, or the
+discovery file.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+DEFAULT_URL = "http://127.0.0.1:8042"
+
+
+def discovery_path(index_db: str | os.PathLike[str]) -> Path:
+    """Where a server holding ``index_db`` says where its endpoint is."""
+    p = Path(index_db).resolve()
+    return p.with_name(p.name + ".status.json")
+
+
+class EndpointError(RuntimeError):
+    """The endpoint answered with an error (status and message kept)."""
+
+    def __init__(self, status: int, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+@dataclass
+class Endpoint:
+    url: str
+    token: str | None = None
+    index_db: str | None = None  # the index the server holds, when known
+
+    def request(self, path: str, body: Any = None, timeout: float = 30.0) -> bytes:
+        data = orjson.dumps(body) if body is not None else None
+        req = urllib.request.Request(self.url.rstrip("/") + path, data=data, method="POST" if data else "GET")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return bytes(resp.read())
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                doc = orjson.loads(raw)
+                raise EndpointError(exc.code, str(doc.get("error", raw)), str(doc.get("kind", ""))) from None
+            except (orjson.JSONDecodeError, AttributeError):
+                raise EndpointError(exc.code, raw.decode(errors="replace") or exc.reason) from None
+
+    def status(self, timeout: float = 5.0) -> dict[str, Any]:
+        doc = orjson.loads(self.request("/status", timeout=timeout))
+        if not isinstance(doc, dict):
+            raise EndpointError(0, "the endpoint's /status is not a JSON object")
+        return doc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def discovered(index_db: str | os.PathLike[str] | None) -> Endpoint | None:
+    """The endpoint written by a live server holding ``index_db``, if any."""
+    if not index_db:
+        return None
+    path = discovery_path(index_db)
+    try:
+        doc = orjson.loads(path.read_bytes())
+        url, pid = doc["url"], int(doc["pid"])
+    except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+    if not _alive(pid):
+        return None
+    return Endpoint(url, doc.get("token"), doc.get("index_db"))
+
+
+def resolve_endpoint(url: str | None, token: str | None, index_db: str | None) -> Endpoint:
+    """--url, else the discovery file of ``index_db``, else the default address."""
+    token = token or os.environ.get("FASTSCP_STATUS_TOKEN") or None
+    if url:
+        return Endpoint(url, token)
+    found = discovered(index_db)
+    if found is not None:
+        if token:
+            found.token = token
+        return found
+    return Endpoint(os.environ.get("FASTSCP_STATUS_URL") or DEFAULT_URL, token)
+
+
+def server_for_index(index_db: str, url: str | None = None, token: str | None = None) -> Endpoint | None:
+    """A running server that holds ``index_db`` and answers, or None.
+    With an explicit ``url`` that server is trusted to hold the index meant."""
+    if url:
+        return resolve_endpoint(url, token, index_db)
+    ep = discovered(index_db)
+    if ep is None:
+        return None
+    if token:
+        ep.token = token
+    try:
+        doc = ep.status(timeout=2.0)
+    except (OSError, EndpointError, orjson.JSONDecodeError):
+        return None
+    held = (doc.get("server") or {}).get("index_db")
+    if held and Path(held).resolve() != Path(index_db).resolve():
+        return None
+    return ep

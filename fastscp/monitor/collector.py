@@ -1,0 +1,317 @@
+"""Live counters for the status endpoint and Prometheus.
+
+``Monitor`` is a reception observer. Per stored instance it does a few dict
+and deque operations (no lock, no I/O: everything runs on the event loop
+thread); per C-STORE answer a ``bisect`` into the latency buckets. Everything
+else is computed when someone asks: ``snapshot()`` builds the ``/status``
+document, and ``MetricsCollector`` turns the same counters into Prometheus
+metric families at scrape time (so prometheus-client's own locks are never
+taken on the DICOM path).
+
+A one-second sampler (``tick``) records the server totals for the throughput
+graph, per-association byte counts for their current rates, and refreshes the
+storage volume's usage (statvfs in a thread) to apply the low-free-space
+watermark.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from .. import __version__
+from ..instance import InstanceInfo
+from ..scp import ReceptionObserver, ServerState, StoreSCPHandler
+from .connlog import OUTCOMES, REJECTED, classify_ending, status_key
+
+log = logging.getLogger("fastscp.monitor")
+
+# C-STORE latency (command received -> answer sent), seconds
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+HISTORY_SECONDS = 600  # throughput graph: the last 10 minutes, one sample per second
+RATE_WINDOW = 3  # samples behind a per-association "current rate"
+
+
+class Monitor(ReceptionObserver):
+    def __init__(self, state: ServerState, *, low_free_space: int | None = None,
+                 min_free_space: int | None = None, index_counters: Callable[[], Any] | None = None,
+                 info: dict[str, Any] | None = None) -> None:
+        self.state = state
+        self.started_wall = time.time()
+        self.started = time.monotonic()
+        self.info = dict(info or {})  # ae_title, listening, storage_dir, index_db ...
+        self.low_free_space = low_free_space
+        self.min_free_space = min_free_space
+        self.index_counters = index_counters
+        # other queues (hooks, ...) register a depth function here
+        self.queues: dict[str, Callable[[], int]] = {}
+
+        self.active: dict[str, StoreSCPHandler] = {}
+        self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+        self.received: dict[tuple[str, str], list[int]] = {}  # (modality, calling AE) -> [instances, bytes]
+        self.failures: dict[str, int] = {}  # by status
+        self.duplicates = 0
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.recent_instances: collections.deque[tuple[str, InstanceInfo]] = collections.deque(maxlen=25)
+        self.recent_studies: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        self.recent_associations: collections.deque[dict[str, Any]] = collections.deque(maxlen=20)
+        self.history: collections.deque[tuple[float, int, int]] = collections.deque(maxlen=HISTORY_SECONDS + 1)
+        self._samples: dict[str, collections.deque[tuple[float, int, int]]] = {}
+
+        self.disk: dict[str, int] | None = None
+        self.disk_state = "unknown"  # ok | low | full
+
+    # ---- observer (event loop thread) ----------------------------------------------
+
+    def association_started(self, handler: StoreSCPHandler) -> None:
+        self.active[handler.id] = handler
+        self._samples[handler.id] = collections.deque([(time.monotonic(), 0, 0)], maxlen=RATE_WINDOW + 1)
+
+    def association_rejected(self, handler: StoreSCPHandler, why: str) -> None:
+        self.outcomes[REJECTED] += 1
+        self.recent_associations.appendleft(self._ended_row(handler, REJECTED, why))
+
+    def association_ended(self, handler: StoreSCPHandler) -> None:
+        self.active.pop(handler.id, None)
+        self._samples.pop(handler.id, None)
+        outcome, reason = classify_ending(handler.ended)
+        self.outcomes[outcome] += 1
+        self.duplicates += handler.duplicates
+        self.recent_associations.appendleft(self._ended_row(handler, outcome, reason))
+
+    def instance_stored(self, handler: StoreSCPHandler, info: InstanceInfo) -> None:
+        key = (info.modality, handler.calling_ae)
+        counts = self.received.get(key)
+        if counts is None:
+            counts = self.received[key] = [0, 0]
+        counts[0] += 1
+        counts[1] += info.dataset_size
+        self.recent_instances.append((handler.id, info))  # made into a dict only when asked
+        studies = self.recent_studies
+        uid = info.study_instance_uid
+        study = studies.get(uid)
+        if study is None:
+            study = studies[uid] = {
+                "study_instance_uid": uid, "patient_id": info.patient_id, "patient_name": info.patient_name,
+                "study_date": info.study_date, "description": info.study_description, "modalities": [],
+                "calling_ae": handler.calling_ae, "instances": 0, "bytes": 0, "first": info.received_at,
+            }
+            if len(studies) > 20:
+                studies.popitem(last=False)
+        else:
+            studies.move_to_end(uid)
+        study["instances"] += 1
+        study["bytes"] += info.dataset_size
+        study["last"] = info.received_at
+        if info.modality and info.modality not in study["modalities"]:
+            study["modalities"].append(info.modality)
+
+    def store_answered(self, handler: StoreSCPHandler, status: int, seconds: float) -> None:
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
+        if status != 0:
+            key = status_key(status)
+            self.failures[key] = self.failures.get(key, 0) + 1
+
+    # ---- the sampler -----------------------------------------------------------------
+
+    def tick(self) -> None:
+        """Once a second, on the event loop."""
+        now = time.monotonic()
+        st = self.state
+        self.history.append((time.time(), st.instances_total, st.bytes_total))
+        for hid, h in self.active.items():
+            samples = self._samples.get(hid)
+            if samples is not None:
+                samples.append((now, h.bytes, h.stored))
+
+    def disk_usage(self) -> dict[str, int]:
+        """statvfs of the storage volume; run in a thread."""
+        u = shutil.disk_usage(self.state.storage.directory)
+        return {"total": u.total, "used": u.used, "free": u.free}
+
+    def set_disk(self, usage: dict[str, int]) -> None:
+        """Apply the watermarks to a fresh disk reading (event loop); logs on change."""
+        self.disk = usage
+        free = usage["free"]
+        if self.min_free_space is not None and free < self.min_free_space:
+            state = "full"
+        elif self.low_free_space is not None and free < self.low_free_space:
+            state = "low"
+        else:
+            state = "ok"
+        if state != self.disk_state:
+            previous, self.disk_state = self.disk_state, state
+            directory = self.state.storage.directory
+            if state == "full":
+                log.error("storage %s: %s free, below storage.min_free_space (%s): new C-STOREs are refused "
+                          "with 0xA700", directory, _mb(free), _mb(self.min_free_space or 0))
+            elif state == "low":
+                log.warning("storage %s: %s free, below storage.low_free_space_warning (%s)",
+                            directory, _mb(free), _mb(self.low_free_space or 0))
+            elif previous in ("low", "full"):
+                log.info("storage %s: %s free, above the watermarks again", directory, _mb(free))
+
+    # ---- reading ---------------------------------------------------------------------
+
+    def _ended_row(self, h: StoreSCPHandler, outcome: str, reason: str) -> dict[str, Any]:
+        age = time.monotonic() - h.started
+        return {"association_id": h.id, "peer": h.peer, "tls": h.tls, "calling_ae": h.calling_ae,
+                "called_ae": h.called_ae, "ended": time.time(), "duration_s": round(age, 3),
+                "instances": h.stored, "bytes": h.bytes, "failed": h.failed, "duplicates": h.duplicates,
+                "outcome": outcome, "reason": reason}
+
+    def _active_row(self, h: StoreSCPHandler, now: float) -> dict[str, Any]:
+        samples = self._samples.get(h.id)
+        rate_b = rate_i = 0.0
+        if samples:
+            t0, b0, i0 = samples[0]
+            if now - t0 > 0.05:
+                rate_b = (h.bytes - b0) / (now - t0)
+                rate_i = (h.stored - i0) / (now - t0)
+        return {
+            "association_id": h.id, "peer": h.peer, "tls": h.tls, "calling_ae": h.calling_ae,
+            "called_ae": h.called_ae, "age_s": round(now - h.started, 3), "instances": h.stored,
+            "bytes": h.bytes, "failed": h.failed, "duplicates": h.duplicates,
+            "contexts_accepted": len(h.contexts), "contexts_proposed": h.proposed,
+            "rate_bytes_per_s": round(rate_b, 1), "rate_instances_per_s": round(rate_i, 2),
+        }
+
+    def rates(self, window: int = 5) -> tuple[float, float]:
+        """Instances/s and bytes/s over the last ``window`` samples."""
+        h = self.history
+        if len(h) < 2:
+            return 0.0, 0.0
+        t1, i1, b1 = h[-1]
+        t0, i0, b0 = h[-min(window + 1, len(h))]
+        dt = t1 - t0
+        return ((i1 - i0) / dt, (b1 - b0) / dt) if dt > 0 else (0.0, 0.0)
+
+    def index_snapshot(self) -> dict[str, Any] | None:
+        if self.index_counters is None:
+            return None
+        c = self.index_counters()
+        return {"queue_depth": c.queue_depth, "rows_enqueued": c.rows_enqueued, "rows_written": c.rows_written,
+                "batches_written": c.batches_written, "last_batch_rows": c.last_batch_rows,
+                "last_batch_seconds": c.last_batch_seconds, "errors": c.errors,
+                "over_high_water": c.over_high_water, "last_error": c.last_error}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The ``/status`` document."""
+        now = time.monotonic()
+        st = self.state
+        inst_rate, byte_rate = self.rates()
+        index = self.index_snapshot()
+        queues: dict[str, int | None] = {"index": index["queue_depth"] if index else None, "hooks": None}
+        for name, depth in self.queues.items():
+            queues[name] = depth()
+        disk = self.disk or {}
+        warnings = []
+        if self.disk_state == "low":
+            warnings.append(f"free space {_mb(disk.get('free', 0))} is below the warning threshold "
+                            f"{_mb(self.low_free_space or 0)}")
+        elif self.disk_state == "full":
+            warnings.append(f"free space {_mb(disk.get('free', 0))} is below storage.min_free_space "
+                            f"{_mb(self.min_free_space or 0)}: new instances are refused")
+        if index and index["over_high_water"]:
+            warnings.append("index writer behind: reception paused")
+        return {
+            "server": {**self.info, "version": __version__, "pid": os.getpid(),
+                       "started_at": self.started_wall, "uptime_s": round(now - self.started, 1),
+                       "time": time.time()},
+            "totals": {"associations": st.associations_total, "associations_by_outcome": dict(self.outcomes),
+                       "active": st.active, "instances": st.instances_total, "bytes": st.bytes_total,
+                       "duplicates": self.duplicates + sum(h.duplicates for h in self.active.values()),
+                       "failures_by_status": dict(self.failures)},
+            "rates": {"instances_per_s": round(inst_rate, 2), "bytes_per_s": round(byte_rate, 1)},
+            "active": [self._active_row(h, now) for h in self.active.values()],
+            "recent_instances": [_instance_row(hid, info) for hid, info in reversed(self.recent_instances)],
+            "recent_studies": list(reversed(self.recent_studies.values())),
+            "recent_associations": list(self.recent_associations),
+            "queues": queues,
+            "index": index,
+            "storage": {"directory": str(st.storage.directory), **disk,
+                        "min_free_space": self.min_free_space, "low_free_space_warning": self.low_free_space,
+                        "state": self.disk_state},
+            "warnings": warnings,
+            "throughput": [[round(t, 3), i, b] for t, i, b in self.history],
+        }
+
+
+def _instance_row(association_id: str, info: InstanceInfo) -> dict[str, Any]:
+    return {"time": info.received_at, "association_id": association_id, "calling_ae": info.calling_ae,
+            "modality": info.modality, "patient_id": info.patient_id, "study_instance_uid": info.study_instance_uid,
+            "sop_instance_uid": info.sop_instance_uid, "bytes": info.dataset_size}
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.0f} MB" if n < 10e9 else f"{n / 1e9:.1f} GB"
+
+
+class MetricsCollector(Collector):
+    """Prometheus metric families built from the Monitor at scrape time."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.m = monitor
+
+    def collect(self) -> Iterator[Any]:
+        m, st = self.m, self.m.state
+        yield GaugeMetricFamily("fastscp_associations_active", "Associations currently open", value=st.active)
+        assoc = CounterMetricFamily("fastscp_associations", "Associations by how they ended "
+                                    "(rejected ones never opened)", labels=["outcome"])
+        for outcome, n in m.outcomes.items():
+            assoc.add_metric([outcome], n)
+        yield assoc
+        inst = CounterMetricFamily("fastscp_instances_received", "Instances stored",
+                                   labels=["modality", "calling_ae"])
+        size = CounterMetricFamily("fastscp_bytes_received", "Dataset bytes stored",
+                                   labels=["modality", "calling_ae"])
+        for (modality, ae), (n, b) in sorted(m.received.items()):
+            inst.add_metric([modality, ae], n)
+            size.add_metric([modality, ae], b)
+        yield inst
+        yield size
+        fail = CounterMetricFamily("fastscp_store_failures", "C-STORE answers other than success",
+                                   labels=["status"])
+        for key, n in sorted(m.failures.items()):
+            fail.add_metric([key], n)
+        yield fail
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip(LATENCY_BUCKETS, m.latency_counts):
+            running += n
+            buckets.append((repr(bound), running))
+        running += m.latency_counts[-1]
+        buckets.append(("+Inf", running))
+        yield HistogramMetricFamily("fastscp_cstore_latency_seconds",
+                                    "C-STORE-RQ received to C-STORE-RSP sent", buckets=buckets,
+                                    sum_value=m.latency_sum)
+        index = m.index_snapshot()
+        if index is not None:
+            yield GaugeMetricFamily("fastscp_index_queue_depth", "Rows waiting for the index writer",
+                                    value=index["queue_depth"])
+            yield GaugeMetricFamily("fastscp_index_batch_seconds", "Duration of the last index batch",
+                                    value=index["last_batch_seconds"])
+            yield CounterMetricFamily("fastscp_index_batches", "Index batches written",
+                                      value=index["batches_written"])
+            yield CounterMetricFamily("fastscp_index_rows_written", "Instance rows written to the index",
+                                      value=index["rows_written"])
+            yield CounterMetricFamily("fastscp_index_errors", "Failed index batch attempts",
+                                      value=index["errors"])
+        if m.disk is not None:
+            yield GaugeMetricFamily("fastscp_disk_free_bytes", "Free bytes on the storage volume",
+                                    value=m.disk["free"])
+            yield GaugeMetricFamily("fastscp_disk_total_bytes", "Size of the storage volume",
+                                    value=m.disk["total"])
+        yield GaugeMetricFamily("fastscp_start_time_seconds", "Unix time the receiver started",
+                                value=m.started_wall)

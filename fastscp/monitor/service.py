@@ -1,0 +1,129 @@
+"""Monitoring as the receiver runs it: the observers, the once-a-second
+sampler, the status HTTP endpoint and the discovery file.
+
+``App`` builds one ``MonitorService`` before the listeners start, calls
+``start(listening)`` once they do and ``stop()`` at shutdown.
+
+The discovery file ``<index db>.status.json`` (mode 0600) tells local tools
+(``fastscp query``, ``fastscp status``) where this server's endpoint is and
+which index it holds, so they find a server on any port without flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..catalog import CatalogWriter
+from ..config import Config
+from ..scp import ServerState
+from .client import discovery_path
+from .collector import Monitor
+from .connlog import ConnectionLog
+from .http import StatusServer
+
+log = logging.getLogger("fastscp.monitor")
+
+DISK_EVERY = 2  # seconds between statvfs calls
+
+
+def local_url(host: str, port: int) -> str:
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class MonitorService:
+    def __init__(self, cfg: Config, state: ServerState, catalog: CatalogWriter | None) -> None:
+        self.cfg = cfg
+        self.state = state
+        self.catalog = catalog
+        index_db = str(Path(cfg.database.path).resolve()) if cfg.database.path else None
+        self.monitor = Monitor(
+            state, low_free_space=cfg.storage.low_free_space_warning, min_free_space=cfg.storage.min_free_space,
+            index_counters=catalog.counters if catalog is not None else None,
+            info={"ae_title": cfg.server.ae_title, "storage_dir": str(state.storage.directory),
+                  "index_db": index_db, "listening": []})
+        state.observers.append(self.monitor)
+        state.observers.append(ConnectionLog())
+        self.http: StatusServer | None = None
+        self.url: str | None = None
+        self._discovery: Path | None = None
+        self._sampler: asyncio.Task[None] | None = None
+
+    async def start(self, listening: list[str]) -> None:
+        self.monitor.info["listening"] = listening
+        await self._refresh_disk()
+        self._sampler = asyncio.ensure_future(self._sample())
+        st = self.cfg.status
+        if not st.port:
+            log.info("status endpoint off (status.port is 0)")
+            return
+        http = StatusServer(self.monitor, self.catalog, st.token)
+        try:
+            host, port = await http.start(st.bind_address, st.port)
+        except OSError as exc:
+            log.error("status endpoint not started: cannot listen on %s:%d: %s", st.bind_address, st.port,
+                      exc.strerror or exc)
+            await http.close()
+            return
+        self.http = http
+        self.url = local_url(st.bind_address, port)
+        self.monitor.info["status_url"] = self.url
+        log.info("status page at %s/ (JSON %s/status, Prometheus %s/metrics)%s", self.url, self.url, self.url,
+                 ", token required" if st.token else "")
+        self._write_discovery()
+
+    async def stop(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+        if self._discovery is not None:
+            with contextlib.suppress(OSError):
+                self._discovery.unlink()
+        if self.http is not None:
+            await self.http.close()
+
+    def _write_discovery(self) -> None:
+        index_db = self.monitor.info.get("index_db")
+        if not index_db or self.url is None:
+            return
+        path = discovery_path(index_db)
+        doc: dict[str, Any] = {"url": self.url, "pid": os.getpid(), "index_db": index_db,
+                               "token": self.cfg.status.token}
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(orjson.dumps(doc))
+            os.replace(tmp, path)
+            self._discovery = path
+        except OSError as exc:
+            log.warning("cannot write %s (local tools will not find this server by themselves): %s", path, exc)
+
+    async def _refresh_disk(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            usage = await loop.run_in_executor(None, self.monitor.disk_usage)
+        except OSError as exc:
+            log.warning("cannot read the storage volume's usage: %s", exc)
+            return
+        self.monitor.set_disk(usage)
+
+    async def _sample(self) -> None:
+        n = 0
+        while True:
+            await asyncio.sleep(1.0)
+            self.monitor.tick()
+            n += 1
+            if n % DISK_EVERY == 0:
+                await self._refresh_disk()
