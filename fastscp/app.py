@@ -13,6 +13,7 @@ from typing import Any
 from .access import AccessPolicy, AssociationLimiter, load_access_policy
 from .config import Config, ConfigError, load_config
 from .net.server import DicomServer, serve_forever
+from .pipeline.service import Pipeline, PipelineSettings
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
 from .scp import ServerState, StoreSCPHandler
 from .storage.naming import make_naming
@@ -68,6 +69,10 @@ class App:
         self.config_path = config_path
         self.overrides = dict(overrides)
         self.state = build_state(cfg)
+        # pipeline (hooks, end of study, scan sheets): observes, never blocks the loop
+        self.pipeline = Pipeline(PipelineSettings.from_config(cfg, self.state.storage.directory))
+        if self.pipeline.active:
+            self.state.observers.append(self.pipeline)
         s = cfg.server
         self.server = DicomServer(lambda assoc, peer: StoreSCPHandler(self.state, assoc, peer), s.max_pdu,
                                   s.artim_timeout, s.idle_timeout or 0.0, s.dimse_timeout or 0.0)
@@ -98,6 +103,8 @@ class App:
     async def run(self) -> None:
         listening = await self.start()
         loop = asyncio.get_running_loop()
+        if self.pipeline.active:
+            self.pipeline.start()  # also resumes work kept by the last clean stop
         try:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         except (NotImplementedError, RuntimeError, AttributeError):
@@ -110,6 +117,8 @@ class App:
                      cfg.server.max_pdu, cfg.server.max_associations)
 
         await serve_forever(self.server, cfg.server.shutdown_grace, ready)
+        if self.pipeline.active:  # pending hooks run now, or are kept for the next start
+            await loop.run_in_executor(None, self.pipeline.close, cfg.server.shutdown_grace)
         st = self.state
         log.info("stopped: %d association(s), %d instance(s), %.1f MB received",
                  st.associations_total, st.instances_total, st.bytes_total / 1e6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import __version__
@@ -30,6 +31,11 @@ _SERVE_FLAGS = {
     "shutdown_grace": "server.shutdown_grace",
     "status_port": "status.port",
     "log_level": "logging.level",
+    "exec_on_reception": "hooks.on_instance",
+    "exec_on_study": "hooks.on_study_complete",
+    "study_timeout": "hooks.study_timeout",
+    "hook_timeout": "hooks.timeout",
+    "hook_workers": "hooks.workers",
 }
 
 
@@ -56,6 +62,14 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shutdown-grace", type=float, default=S, help="seconds running associations get on SIGTERM (default 10)")
     p.add_argument("--status-port", type=int, default=S, help="status HTTP port (default 8042, 0 = off)")
     p.add_argument("--log-level", default=S, type=str.lower, choices=["debug", "info", "warning", "error"])
+    p.add_argument("--exec-on-reception", default=S, metavar="COMMAND",
+                   help='run per stored instance, e.g. "/usr/local/bin/fwd {path} {calling_ae}" (split like a shell line, never run by one)')
+    p.add_argument("--exec-on-study", default=S, metavar="COMMAND",
+                   help='run per completed study, e.g. "/usr/local/bin/done {study_dir} {study_uid}"')
+    p.add_argument("--study-timeout", type=float, default=S, help="seconds without a new instance before a study is complete (default 60)")
+    p.add_argument("--complete-on-release", action="store_true", help="also complete a study when its association is released")
+    p.add_argument("--hook-timeout", type=float, default=S, help="seconds a hook may run before it is killed (default 300)")
+    p.add_argument("--hook-workers", type=int, default=S, help="hooks run at the same time (default 2)")
     p.set_defaults(func=_serve)
 
 
@@ -63,6 +77,8 @@ def serve_overrides(args: argparse.Namespace) -> dict[str, object]:
     overrides: dict[str, object] = {key: getattr(args, flag) for flag, key in _SERVE_FLAGS.items() if hasattr(args, flag)}
     if getattr(args, "no_called_ae_check", False):
         overrides["server.check_called_ae"] = False
+    if getattr(args, "complete_on_release", False):
+        overrides["hooks.complete_on_release"] = True
     return overrides
 
 
@@ -70,8 +86,12 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import run_blocking
     from .config import ConfigError
 
+    config = args.config
+    if config is None and os.path.isfile("config.yaml"):
+        config = "config.yaml"  # `fastscp serve` with no arguments: ./config.yaml if present, else the defaults
+        print(f"reading {os.path.abspath(config)}", file=sys.stderr)
     try:
-        run_blocking(args.config, serve_overrides(args))
+        run_blocking(config, serve_overrides(args))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -96,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     scu_commands.register(sub)
     register_config(sub)
+    from .pipeline import convert, scansheet, tags
+
+    scansheet.register(sub)
+    convert.register(sub)
+    tags.register(sub)
     return parser
 
 
