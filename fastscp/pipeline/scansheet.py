@@ -207,8 +207,12 @@ def render_png(manifest: dict[str, Any], thumbs: list[bytes | None], thumb_size:
     cell = thumb_size + 40
     per_row = max(1, (width - 40) // cell)
     grid_rows = (len(thumbs) + per_row - 1) // per_row
-    lines = [f"{_fmt_name(m['patient_name'])}   ID {m['patient_id']}   born {_fmt_date(m.get('birth_date', ''))} {m.get('sex', '')}",
-             f"Study {_fmt_date(m['study_date'])}   accession {m['accession']}   {m['description']}",
+    def join(*parts: tuple[str, str]) -> str:
+        return "   ".join(f"{label}{value}" for label, value in parts if value)
+
+    lines = [join(("", _fmt_name(m["patient_name"])), ("ID ", m["patient_id"]),
+                  ("born ", _fmt_date(m.get("birth_date", ""))), ("sex ", m.get("sex", ""))),
+             join(("Study ", _fmt_date(m["study_date"])), ("accession ", m["accession"]), ("", m["description"])),
              f"{m['count']} images in {len(m['series'])} series   UID {m['study_uid']}"]
     height = 40 + 22 * len(lines) + 30 + 20 * (len(m["series"]) + 1) + 20 + grid_rows * (cell + 20) + 20
     img = Image.new("RGB", (width, height), "white")
