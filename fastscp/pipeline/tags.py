@@ -128,12 +128,12 @@ def set_values(ds: "Dataset", assignments: Sequence[str]) -> None:
             raise TagError(f"{name}: file meta, pixel data and the character set are managed by fastscp")
         parts = value.split("\\") if value else []
         converted = _convert(name, vr, parts)
+        if not value.isascii():
+            _ensure_charset(ds, value)  # before the new value, so decode() leaves it alone
         if not value:
             ds.add_new(tag, vr, None)
         else:
             ds.add_new(tag, vr, converted if len(converted) > 1 else converted[0])
-        if not value.isascii():
-            _ensure_charset(ds, value)
 
 
 def _convert(name: str, vr: str, parts: list[str]) -> list[Any]:
