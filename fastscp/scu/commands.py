@@ -195,7 +195,7 @@ def _status_name(code: int) -> str:
 
         for table in (STORAGE_SERVICE_CLASS_STATUS, GENERAL_STATUS):
             if code in table:
-                return str(table[code][1])
+                return str(table[code][1] or table[code][0])
     except ImportError:
         pass
     if 0xA700 <= code <= 0xA7FF:
