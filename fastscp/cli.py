@@ -39,9 +39,18 @@ _SERVE_FLAGS = {
 }
 
 
+def _port_or_absent(value: str) -> object:
+    # argparse runs `type` on an absent optional positional's default too;
+    # SUPPRESS must come back as the same object so it stays absent.
+    return value if value is argparse.SUPPRESS else int(value)
+
+
+_port_or_absent.__name__ = "port"  # argparse names it in "invalid port value"
+
+
 def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS
-    p.add_argument("port", nargs="?", type=int, default=S, help="TCP port to listen on (default 11112)")
+    p.add_argument("port", nargs="?", type=_port_or_absent, default=S, help="TCP port to listen on (default 11112)")
     p.add_argument("ae_title", nargs="?", default=S, help="our AE title (default FASTSCP)")
     p.add_argument("--config", help="YAML configuration file (flags override it)")
     p.add_argument("--storage-dir", default=S, help="where received instances are stored (default ./received)")
