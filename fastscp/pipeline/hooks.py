@@ -134,7 +134,7 @@ def run_command(argv: list[str], env: Mapping[str, str] | None, timeout: float,
 
     def drain() -> None:  # read all output, keep the tail (a chatty hook cannot fill memory)
         assert proc.stdout is not None
-        for chunk in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+        for chunk in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr,attr-defined]
             chunks.append(chunk)
             kept[0] += len(chunk)
             while kept[0] - len(chunks[0]) > _OUTPUT_TAIL * 4 and len(chunks) > 1:
