@@ -18,6 +18,7 @@ from .config import Config, ConfigError, load_config
 from .monitor.logsetup import configure_logging
 from .monitor.service import MonitorService
 from .net.server import DicomServer, serve_forever
+from .pipeline.service import Pipeline, PipelineSettings
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
 from .scp import ReceptionObserver, ServerState, StoreSCPHandler
 from .storage.naming import make_naming
@@ -121,6 +122,10 @@ class App:
         self.config_path = config_path
         self.overrides = dict(overrides)
         self.state = build_state(cfg)
+        # pipeline (hooks, end of study, scan sheets): observes, never blocks the loop
+        self.pipeline = Pipeline(PipelineSettings.from_config(cfg, self.state.storage.directory))
+        if self.pipeline.active:
+            self.state.observers.append(self.pipeline)
         s = cfg.server
         self.server = DicomServer(lambda assoc, peer: StoreSCPHandler(self.state, assoc, peer), s.max_pdu,
                                   s.artim_timeout, s.idle_timeout or 0.0, s.dimse_timeout or 0.0)
@@ -165,6 +170,8 @@ class App:
         monitor = MonitorService(self.cfg, self.state, self.catalog)
         listening = await self.start()
         await monitor.start(listening)
+        if self.pipeline.active:
+            self.pipeline.start()  # also resumes work kept by the last clean stop
         try:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         except (NotImplementedError, RuntimeError, AttributeError):
@@ -178,6 +185,8 @@ class App:
 
         await serve_forever(self.server, cfg.server.shutdown_grace, ready)
         await monitor.stop()
+        if self.pipeline.active:  # pending hooks run now, or are kept for the next start
+            await loop.run_in_executor(None, self.pipeline.close, cfg.server.shutdown_grace)
         if storage.committer is not None:
             log.info("group commit: %d instances in %d syncs", storage.committer.instances, storage.committer.syncs)
             storage.committer.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import __version__
@@ -32,12 +33,26 @@ _SERVE_FLAGS = {
     "log_level": "logging.level",
     "log_format": "logging.format",
     "log_file": "logging.file",
+    "exec_on_reception": "hooks.on_instance",
+    "exec_on_study": "hooks.on_study_complete",
+    "study_timeout": "hooks.study_timeout",
+    "hook_timeout": "hooks.timeout",
+    "hook_workers": "hooks.workers",
 }
+
+
+def _port_or_absent(value: str) -> object:
+    # argparse runs `type` on an absent optional positional's default too;
+    # SUPPRESS must come back as the same object so it stays absent.
+    return value if value is argparse.SUPPRESS else int(value)
+
+
+_port_or_absent.__name__ = "port"  # argparse names it in "invalid port value"
 
 
 def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     S = argparse.SUPPRESS
-    p.add_argument("port", nargs="?", type=int, default=S, help="TCP port to listen on (default 11112)")
+    p.add_argument("port", nargs="?", type=_port_or_absent, default=S, help="TCP port to listen on (default 11112)")
     p.add_argument("ae_title", nargs="?", default=S, help="our AE title (default FASTSCP)")
     p.add_argument("--config", help="YAML configuration file (flags override it)")
     p.add_argument("--storage-dir", default=S, help="where received instances are stored (default ./received)")
@@ -61,6 +76,14 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-format", default=S, choices=["text", "json"], help="console log form (default text)")
     p.add_argument("--log-file", default=S, metavar="FILE",
                    help="rotating log file, JSON lines (connection records and the rest)")
+    p.add_argument("--exec-on-reception", default=S, metavar="COMMAND",
+                   help='run per stored instance, e.g. "/usr/local/bin/fwd {path} {calling_ae}" (split like a shell line, never run by one)')
+    p.add_argument("--exec-on-study", default=S, metavar="COMMAND",
+                   help='run per completed study, e.g. "/usr/local/bin/done {study_dir} {study_uid}"')
+    p.add_argument("--study-timeout", type=float, default=S, help="seconds without a new instance before a study is complete (default 60)")
+    p.add_argument("--complete-on-release", action="store_true", help="also complete a study when its association is released")
+    p.add_argument("--hook-timeout", type=float, default=S, help="seconds a hook may run before it is killed (default 300)")
+    p.add_argument("--hook-workers", type=int, default=S, help="hooks run at the same time (default 2)")
     p.set_defaults(func=_serve)
 
 
@@ -68,6 +91,8 @@ def serve_overrides(args: argparse.Namespace) -> dict[str, object]:
     overrides: dict[str, object] = {key: getattr(args, flag) for flag, key in _SERVE_FLAGS.items() if hasattr(args, flag)}
     if getattr(args, "no_called_ae_check", False):
         overrides["server.check_called_ae"] = False
+    if getattr(args, "complete_on_release", False):
+        overrides["hooks.complete_on_release"] = True
     return overrides
 
 
@@ -75,8 +100,12 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import run_blocking
     from .config import ConfigError
 
+    config = args.config
+    if config is None and os.path.isfile("config.yaml"):
+        config = "config.yaml"  # `fastscp serve` with no arguments: ./config.yaml if present, else the defaults
+        print(f"reading {os.path.abspath(config)}", file=sys.stderr)
     try:
-        run_blocking(args.config, serve_overrides(args))
+        run_blocking(config, serve_overrides(args))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
@@ -106,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .monitor.terminal import register as register_status
 
     register_status(sub)
+    from .pipeline import convert, scansheet, tags
+
+    scansheet.register(sub)
+    convert.register(sub)
+    tags.register(sub)
     return parser
 
 

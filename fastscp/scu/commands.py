@@ -1,75 +1,378 @@
-"""Client tools on pynetdicom: ``fastscp echo`` (C-ECHO) and ``fastscp send`` (C-STORE)."""
+"""Client tools on pynetdicom: ``fastscp echo`` (C-ECHO, PS3.4 A) and
+``fastscp send`` (C-STORE, PS3.4 B).
+
+``send`` reads only the file meta of each file first (PS3.10 7.1) to learn
+its SOP class and transfer syntax; files without one are skipped with a
+note. One presentation context is proposed per (SOP class, transfer syntax)
+pair (PS3.8 9.3.2.2; at most 128 per association, so a mix of more pairs is
+sent in several rounds). ``--parallel N`` opens N associations that take
+files from one queue. Files are sent as they are on disk
+(pynetdicom's chunked sending): no decoding, no re-encoding. A progress line
+(files, MB, MB/s, ETA) goes to stderr when it is a terminal; a summary of
+the C-STORE statuses ends the run. Exit status: 0 when every file was
+stored (success or warning), 1 when anything failed, 2 for usage errors.
+"""
 
 from __future__ import annotations
 
 import argparse
+import collections
+import dataclasses
+import logging
 import os
+import queue
+import socket
 import sys
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SendReport", "collect_files", "register", "send_files"]
+
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: presentation context IDs are odd numbers 1..255
+WARNING_STATUSES = {0x0001, 0xB000, 0xB006, 0xB007}
 
 
 def _peer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("host")
     p.add_argument("port", type=int)
-    p.add_argument("--aec", default="FASTSCP", help="called AE title")
-    p.add_argument("--aet", default="FASTSCU", help="our (calling) AE title")
+    p.add_argument("--aec", default="FASTSCP", help="called AE title (default FASTSCP)")
+    p.add_argument("--aet", default="FASTSCU", help="our (calling) AE title (default FASTSCU)")
+    p.add_argument("--timeout", type=float, default=30.0, help="network/ACSE/DIMSE timeout in seconds (default 30)")
+    p.add_argument("--tls", action="store_true", help="DICOM over TLS (PS3.15 BCP 195 profile)")
+    p.add_argument("--tls-ca", help="CA bundle that signed the server's certificate (default: system store)")
+    p.add_argument("--tls-cert", help="our certificate (when the server asks for one)")
+    p.add_argument("--tls-key", help="key of --tls-cert")
+    p.add_argument("--tls-no-verify", action="store_true", help="do not verify the server certificate (testing only)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show pynetdicom's log")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("echo", help="send a C-ECHO (DICOM ping)")
     _peer_args(p)
     p.set_defaults(func=_echo)
-    p = sub.add_parser("send", help="send DICOM files (C-STORE)")
+    p = sub.add_parser("send", help="send DICOM files and folders (C-STORE)")
     _peer_args(p)
-    p.add_argument("paths", nargs="+", help="files or directories")
+    p.add_argument("paths", nargs="+", help="files or folders")
+    p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
+    p.add_argument("-j", "--parallel", type=int, default=1, metavar="N", help="associations at once (default 1)")
+    p.add_argument("--progress", choices=["auto", "always", "never"], default="auto",
+                   help="progress line on stderr (auto: when it is a terminal)")
     p.set_defaults(func=_send)
 
 
-def _echo(args: argparse.Namespace) -> int:
+# ---- shared -------------------------------------------------------------------------
+
+def _quiet_pynetdicom(verbose: bool) -> None:
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
+
+
+def _make_ae(args: argparse.Namespace) -> Any:
     from pynetdicom import AE
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
     ae = AE(ae_title=args.aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = args.timeout
+    ae.connection_timeout = args.timeout
+    return ae
+
+
+def _tls_args(args: argparse.Namespace) -> tuple[Any, str] | None:
+    if not (args.tls or args.tls_ca or args.tls_cert):
+        return None
+    from ..net.tls import client_ssl_context
+
+    ctx = client_ssl_context(args.tls_ca, args.tls_cert, args.tls_key, verify=not args.tls_no_verify)
+    return ctx, args.host
+
+
+def _why_not_established(assoc: Any, host: str, port: int, aec: str, tls: bool) -> str:
+    if assoc.is_rejected:
+        return (f"association rejected by {host}:{port}: check the called AE title ({aec}), "
+                "our calling AE title and the peer's access list")
+    try:
+        with socket.create_connection((host, port), timeout=5):
+            pass
+    except OSError as exc:
+        return f"cannot connect to {host}:{port}: {exc.strerror or exc}"
+    if tls:
+        return f"TLS handshake or association with {host}:{port} failed (certificate, or not a TLS port?)"
+    return f"{host}:{port} closed or aborted the association (not a DICOM port, or TLS expected?)"
+
+
+# ---- echo ---------------------------------------------------------------------------
+
+def _echo(args: argparse.Namespace) -> int:
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    _quiet_pynetdicom(args.verbose)
+    try:
+        tls = _tls_args(args)
+    except (OSError, ValueError) as exc:
+        print(f"error: TLS setup: {exc}", file=sys.stderr)
+        return 2
+    ae = _make_ae(args)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(args.host, args.port, ae_title=args.aec)
+    t0 = time.monotonic()
+    assoc = ae.associate(args.host, args.port, ae_title=args.aec, tls_args=tls)
     if not assoc.is_established:
-        print(f"association with {args.host}:{args.port} ({args.aec}) failed", file=sys.stderr)
+        print(f"C-ECHO failed: {_why_not_established(assoc, args.host, args.port, args.aec, tls is not None)}",
+              file=sys.stderr)
         return 1
     status = assoc.send_c_echo()
     assoc.release()
-    ok = status is not None and status.Status == 0
-    print("C-ECHO succeeded" if ok else f"C-ECHO failed: {status}")
-    return 0 if ok else 1
+    ms = (time.monotonic() - t0) * 1000
+    code = getattr(status, "Status", None)
+    if code == 0:
+        print(f"C-ECHO to {args.aec}@{args.host}:{args.port} succeeded in {ms:.0f} ms")
+        return 0
+    print(f"C-ECHO failed: {'no answer' if code is None else f'status 0x{code:04X}'}", file=sys.stderr)
+    return 1
 
 
-def _files(paths: list[str]) -> list[str]:
+# ---- send ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _File:
+    path: str
+    sop_class: str
+    transfer_syntax: str
+    size: int
+
+
+@dataclasses.dataclass
+class SendReport:
+    files: int = 0
+    bytes: int = 0
+    statuses: collections.Counter[int] = dataclasses.field(default_factory=collections.Counter)
+    not_sent: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (path, why)
+    failed: list[tuple[str, int]] = dataclasses.field(default_factory=list)  # (path, status)
+    skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # non-DICOM (path, why)
+    associations: int = 0
+    seconds: float = 0.0
+    association_errors: set[str] = dataclasses.field(default_factory=set)  # each printed once
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.not_sent
+
+
+def collect_files(paths: Iterable[str], recursive: bool) -> tuple[list[str], list[str]]:
+    """Files named, and those in the folders named (sub-folders only when
+    ``recursive``); also the folders whose sub-folders were left out."""
     out: list[str] = []
+    notes: list[str] = []
     for path in paths:
         if os.path.isdir(path):
-            for root, _dirs, names in os.walk(path):
-                out.extend(os.path.join(root, n) for n in sorted(names))
+            for root, dirs, names in os.walk(path):
+                dirs.sort()
+                if not recursive:
+                    if dirs:
+                        notes.append(f"{root}: {len(dirs)} sub-folder(s) not searched (use --recursive)")
+                    dirs[:] = []
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                out.extend(os.path.join(root, n) for n in sorted(names) if not n.startswith("."))
         else:
             out.append(path)
-    return out
+    return out, notes
+
+
+def _read_meta(path: str) -> _File:
+    from pydicom.filereader import read_file_meta_info
+
+    meta = read_file_meta_info(path)
+    sop_class = str(meta.get("MediaStorageSOPClassUID", "") or "")
+    ts = str(meta.get("TransferSyntaxUID", "") or "")
+    if not sop_class or not ts:
+        raise ValueError("file meta lacks the SOP class or transfer syntax")
+    return _File(path, sop_class, ts, os.path.getsize(path))
+
+
+def _status_name(code: int) -> str:
+    try:
+        from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, GENERAL_STATUS
+
+        for table in (STORAGE_SERVICE_CLASS_STATUS, GENERAL_STATUS):
+            if code in table:
+                return str(table[code][1] or table[code][0])
+    except ImportError:
+        pass
+    if 0xA700 <= code <= 0xA7FF:
+        return "Refused: Out of Resources"
+    if 0xA900 <= code <= 0xA9FF:
+        return "Error: Data Set does not match SOP Class"
+    if 0xC000 <= code <= 0xCFFF:
+        return "Error: Cannot understand"
+    return "status"
+
+
+class _Progress:
+    def __init__(self, total_files: int, total_bytes: int, enabled: bool) -> None:
+        self.total_files, self.total_bytes = total_files, total_bytes
+        self.enabled = enabled
+        self.files = self.bytes = 0
+        self.t0 = time.monotonic()
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, size: int) -> None:
+        with self._lock:
+            self.files += 1
+            self.bytes += size
+            now = time.monotonic()
+            if self.enabled and (now - self._last > 0.2 or self.files == self.total_files):
+                self._last = now
+                self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        secs = max(now - self.t0, 1e-6)
+        rate = self.bytes / secs
+        eta = (self.total_bytes - self.bytes) / rate if rate > 0 else 0.0
+        pct = 100.0 * self.bytes / self.total_bytes if self.total_bytes else 100.0
+        width = 24
+        fill = int(width * pct / 100)
+        sys.stderr.write(f"\r[{'#' * fill}{'.' * (width - fill)}] {self.files}/{self.total_files} files "
+                         f"{self.bytes / 1e6:.1f}/{self.total_bytes / 1e6:.1f} MB {rate / 1e6:.1f} MB/s "
+                         f"ETA {int(eta) // 60}:{int(eta) % 60:02d} ")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def send_files(args: argparse.Namespace, files: list[_File], report: SendReport, progress: _Progress) -> None:
+    """Send ``files`` over ``args.parallel`` associations, filling ``report``."""
+    import pynetdicom._config as pconfig
+
+    pconfig.STORE_SEND_CHUNKED_DATASET = True  # stream the file as it is
+    tls = _tls_args(args)
+    pairs = sorted({(f.sop_class, f.transfer_syntax) for f in files})
+    rounds = [set(pairs[i:i + MAX_CONTEXTS]) for i in range(0, len(pairs), MAX_CONTEXTS)]
+    lock = threading.Lock()
+    for round_pairs in rounds:
+        todo: queue.SimpleQueue[_File] = queue.SimpleQueue()
+        for f in files:
+            if (f.sop_class, f.transfer_syntax) in round_pairs:
+                todo.put(f)
+        workers = [threading.Thread(target=_worker, args=(args, tls, sorted(round_pairs), todo, report, progress, lock),
+                                    name=f"send-{i}", daemon=True) for i in range(max(1, args.parallel))]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        while True:  # whatever no association could take
+            try:
+                f = todo.get_nowait()
+            except queue.Empty:
+                break
+            report.not_sent.append((f.path, "no association could be established"))
+
+
+def _worker(args: argparse.Namespace, tls: Any, pairs: list[tuple[str, str]], todo: "queue.SimpleQueue[_File]",
+            report: SendReport, progress: _Progress, lock: threading.Lock) -> None:
+    ae = _make_ae(args)
+    for sop_class, ts in pairs:
+        ae.add_requested_context(sop_class, ts)
+    assoc = None
+    failures_in_a_row = 0
+    try:
+        while True:
+            if assoc is None or not assoc.is_established:
+                if failures_in_a_row >= 3:
+                    return
+                assoc = ae.associate(args.host, args.port, ae_title=args.aec, tls_args=tls, max_pdu=0)
+                if not assoc.is_established:
+                    failures_in_a_row += 1
+                    why = _why_not_established(assoc, args.host, args.port, args.aec, tls is not None)
+                    with lock:
+                        if why not in report.association_errors:
+                            report.association_errors.add(why)
+                            print(f"error: {why}", file=sys.stderr)
+                    assoc = None
+                    continue
+                with lock:
+                    report.associations += 1
+            try:
+                f = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                status = assoc.send_c_store(f.path)
+                code = getattr(status, "Status", None)
+                why = "no answer (association lost)"
+            except (ValueError, RuntimeError, OSError) as exc:
+                code, why = None, str(exc)
+            with lock:
+                if code is None:
+                    report.not_sent.append((f.path, why))
+                else:
+                    report.statuses[code] += 1
+                    if code != 0 and code not in WARNING_STATUSES:
+                        report.failed.append((f.path, code))
+                    else:
+                        report.files += 1
+                        report.bytes += f.size
+            progress.add(f.size)
+            failures_in_a_row = 0 if code is not None else failures_in_a_row + 1
+    finally:
+        if assoc is not None and assoc.is_established:
+            assoc.release()
 
 
 def _send(args: argparse.Namespace) -> int:
-    from pydicom import dcmread
-    from pynetdicom import AE
+    from pydicom.errors import InvalidDicomError
 
-    datasets = [dcmread(f) for f in _files(args.paths)]
-    ae = AE(ae_title=args.aet)
-    for sop_class, ts in sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}):
-        ae.add_requested_context(sop_class, ts)
-    assoc = ae.associate(args.host, args.port, ae_title=args.aec)
-    if not assoc.is_established:
-        print(f"association with {args.host}:{args.port} ({args.aec}) failed", file=sys.stderr)
+    _quiet_pynetdicom(args.verbose)
+    if args.parallel < 1:
+        print("error: --parallel wants 1 or more", file=sys.stderr)
+        return 2
+    try:
+        _tls_args(args)
+    except (OSError, ValueError) as exc:
+        print(f"error: TLS setup: {exc}", file=sys.stderr)
+        return 2
+    report = SendReport()
+    names, notes = collect_files(args.paths, args.recursive)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    files: list[_File] = []
+    for name in names:
+        try:
+            files.append(_read_meta(name))
+        except (InvalidDicomError, ValueError, EOFError) as exc:
+            report.skipped.append((name, str(exc).splitlines()[0] if str(exc) else "not DICOM"))
+        except OSError as exc:
+            report.skipped.append((name, exc.strerror or str(exc)))
+    for path, why in report.skipped:
+        print(f"skipped (not DICOM): {path}: {why}", file=sys.stderr)
+    if not files:
+        print("error: no DICOM files to send", file=sys.stderr)
         return 1
-    failures = 0
-    for ds in datasets:
-        status = assoc.send_c_store(ds)
-        if status is None or status.Status != 0:
-            failures += 1
-            print(f"{ds.SOPInstanceUID}: status {getattr(status, 'Status', None)}", file=sys.stderr)
-    assoc.release()
-    print(f"sent {len(datasets) - failures}/{len(datasets)}")
-    return 0 if failures == 0 else 1
+    enabled = args.progress == "always" or (args.progress == "auto" and sys.stderr.isatty())
+    progress = _Progress(len(files), sum(f.size for f in files), enabled)
+    t0 = time.monotonic()
+    send_files(args, files, report, progress)
+    progress.finish()
+    report.seconds = time.monotonic() - t0
+    _print_summary(report, len(files))
+    return 0 if report.ok else 1
+
+
+def _print_summary(r: SendReport, total: int) -> None:
+    mb = r.bytes / 1e6
+    rate = mb / r.seconds if r.seconds > 0 else 0.0
+    print(f"stored {r.files}/{total} file(s), {mb:.1f} MB in {r.seconds:.2f} s ({rate:.1f} MB/s) "
+          f"over {r.associations} association(s)")
+    for code, n in sorted(r.statuses.items()):
+        kind = "success" if code == 0 else "warning" if code in WARNING_STATUSES else "failure"
+        print(f"  {kind} 0x{code:04X} ({_status_name(code)}): {n}")
+    if r.not_sent:
+        print(f"  not sent: {len(r.not_sent)}")
+    if r.skipped:
+        print(f"  skipped (not DICOM): {len(r.skipped)}")
+    for path, code in r.failed[:20]:
+        print(f"failed: {path}: 0x{code:04X} {_status_name(code)}", file=sys.stderr)
+    for path, why in r.not_sent[:20]:
+        print(f"not sent: {path}: {why}", file=sys.stderr)
