@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from .access import AccessPolicy, AssociationLimiter, load_access_policy
 from .config import Config, ConfigError, load_config
 from .monitor.logsetup import configure_logging
 from .monitor.service import MonitorService
-from .net.server import DicomServer, serve_forever
+from .net.server import DicomServer, serve_forever, stop_on_signals
 from .pipeline.service import Pipeline, PipelineSettings
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
 from .scp import ReceptionObserver, ServerState, StoreSCPHandler
@@ -156,6 +157,7 @@ class App:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        stop = stop_on_signals()
         storage = self.state.storage
         if storage.durable:
             storage.committer = GroupCommitter(storage.directory, loop)
@@ -183,7 +185,7 @@ class App:
                      ", ".join(listening), cfg.server.ae_title, self.state.storage.directory, cfg.storage.naming,
                      cfg.server.max_pdu, cfg.server.max_associations)
 
-        await serve_forever(self.server, cfg.server.shutdown_grace, ready)
+        await serve_forever(self.server, cfg.server.shutdown_grace, ready, stop)
         await monitor.stop()
         if self.pipeline.active:  # pending hooks run now, or are kept for the next start
             await loop.run_in_executor(None, self.pipeline.close, cfg.server.shutdown_grace)
@@ -203,6 +205,7 @@ def run_blocking(config_path: str | None, overrides: Mapping[str, Any]) -> None:
     cfg = load_config(config_path, overrides)
     lg = cfg.logging
     logging_handle = configure_logging(lg.level, lg.format, lg.file, lg.max_bytes, lg.backup_count)
+    log.info("configuration: %s", os.path.abspath(config_path) if config_path else "built-in defaults")
     try:
         app = App(cfg, config_path, overrides)
         try:

@@ -103,7 +103,6 @@ def _serve(args: argparse.Namespace) -> int:
     config = args.config
     if config is None and os.path.isfile("config.yaml"):
         config = "config.yaml"  # `fastscp serve` with no arguments: ./config.yaml if present, else the defaults
-        print(f"reading {os.path.abspath(config)}", file=sys.stderr)
     try:
         run_blocking(config, serve_overrides(args))
     except ConfigError as exc:

@@ -218,8 +218,9 @@ class DicomServer:
             await server.wait_closed()
 
 
-async def serve_forever(server: DicomServer, grace: float, ready: Callable[[], None] | None = None) -> None:
-    """Run until SIGINT/SIGTERM, then shut down gracefully."""
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT/SIGTERM. Install it before binding anything, so
+    a signal that arrives during start-up also ends in a clean shutdown."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -227,6 +228,14 @@ async def serve_forever(server: DicomServer, grace: float, ready: Callable[[], N
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+    return stop
+
+
+async def serve_forever(server: DicomServer, grace: float, ready: Callable[[], None] | None = None,
+                        stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (by default: SIGINT/SIGTERM), then shut down gracefully."""
+    if stop is None:
+        stop = stop_on_signals()
     if ready is not None:
         ready()
     await stop.wait()
