@@ -14,6 +14,7 @@ then aborts what is left.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import socket
@@ -25,6 +26,14 @@ from typing import Any
 from ..protocol.association import Association, CommandReceived, DatasetFragment
 
 log = logging.getLogger("fastscp.net")
+
+# Delayed ACKs and a sender's Nagle algorithm stall each other: dcmtk's
+# storescu (Nagle on unless TCP_NODELAY=1 is in its environment) sends the
+# dataset PDU only once the command PDU is ACKed, and the receiver's kernel
+# holds that ACK up to 40 ms because the receiver has nothing to send yet.
+# TCP_QUICKACK makes the kernel ACK at once; Linux clears it on its own, so it
+# is set again after every read (one setsockopt, ~1 us).
+_TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
 class AssociationProtocol(asyncio.BufferedProtocol):
@@ -42,11 +51,18 @@ class AssociationProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
+        self._quickack: Callable[[], None] | None = None
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
+            if _TCP_QUICKACK is not None:
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+                    self._quickack = functools.partial(sock.setsockopt, socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+                except OSError:
+                    pass
         peer = transport.get_extra_info("peername")
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.handler = self.server.handler_factory(self.assoc, peer_text)
@@ -65,6 +81,11 @@ class AssociationProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         assoc = self.assoc
         assoc.buffer_updated(nbytes)
+        if self._quickack is not None:
+            try:
+                self._quickack()
+            except OSError:  # the socket is going away; the read still counts
+                self._quickack = None
         self.last_activity = time.monotonic()
         handler = self.handler
         next_event = assoc.next_event
