@@ -181,6 +181,8 @@ class App:
         cfg = self.cfg
 
         def ready() -> None:
+            log.info("storage filesystem %s: preallocation %s", storage.filesystem or "unknown",
+                     "on" if storage.preallocate else "off")
             log.info("fastscp listening on %s as %s, storing into %s (naming %s, max PDU %d, max associations %d)",
                      ", ".join(listening), cfg.server.ae_title, self.state.storage.directory, cfg.storage.naming,
                      cfg.server.max_pdu, cfg.server.max_associations)

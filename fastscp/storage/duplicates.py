@@ -253,6 +253,7 @@ class DuplicateGuard:
         stored_hash: Callable[[Path], str | None] = file_content_hash,
     ) -> None:
         self.storage_dir = Path(storage_dir)
+        self._base_prefix = os.path.join(os.fspath(self.storage_dir), "")  # "<dir>/", for stored()
         self.policy = DuplicatePolicy.parse(policy)
         self.index = SeenInstances() if index is None else index
         self._uid_at = uid_at
@@ -274,8 +275,16 @@ class DuplicateGuard:
                 self.index.forget(sop_instance_uid)
                 previous = None
         if previous is None:
-            path = free_path(target, sop_instance_uid, self._uid_at)
-            if not os.path.lexists(path):
+            # free_path asks uid_at (a stat) about each candidate; remember the
+            # answer for the one it returns instead of asking the disk again
+            owners: dict[Path, str | None] = {}
+
+            def owner_of(candidate: Path) -> str | None:
+                owners[candidate] = who = self._uid_at(candidate)
+                return who
+
+            path = free_path(target, sop_instance_uid, owner_of)
+            if owners.get(path) is None:
                 return Resolution(_NEW, path, None)
             # This very instance is on disk but was not in the index (cold or
             # partial warm-up): it is a duplicate all the same.
@@ -292,8 +301,7 @@ class DuplicateGuard:
     def stored(self, sop_instance_uid: str, path: Path, content_hash: str) -> None:
         """Record the copy now in place (after the rename). A ``keep-both``
         version is recorded too: later copies are compared with the newest."""
-        try:
-            relative = str(Path(path).relative_to(self.storage_dir))
-        except ValueError:
-            relative = str(path)
+        text = os.fspath(path)
+        base = self._base_prefix
+        relative = text[len(base):] if text.startswith(base) else text
         self.index.record(sop_instance_uid, relative, content_hash)

@@ -32,6 +32,30 @@ INCOMING = ".incoming"
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
+_NO_PREALLOCATION = frozenset({"tmpfs", "ramfs"})
+
+
+def filesystem_type(path: str | os.PathLike[str], mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The type of the filesystem holding ``path`` (from /proc/self/mountinfo:
+    the longest mount point that contains it), or "" when unknown."""
+    target = os.path.realpath(path)
+    best, kind = "", ""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                left, _, right = line.partition(" - ")
+                fields = left.split()
+                if len(fields) < 5 or not right:
+                    continue
+                mount = fields[4].replace("\\040", " ")
+                inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+                if inside and len(mount) >= len(best):
+                    best, kind = mount, right.split()[0]
+    except OSError:
+        return ""
+    return kind
+
+
 class Storage:
     def __init__(self, directory: str | os.PathLike[str], naming: NamingScheme | None = None, head_limit: int = 16384,
                  min_free_space: int | None = None, duplicates: str = "ignore", durable: bool = False) -> None:
@@ -48,6 +72,11 @@ class Storage:
         self.head_limit = head_limit
         self.incoming = self.directory / INCOMING
         self.incoming.mkdir(parents=True, exist_ok=True)
+        # fallocate() reserves unwritten extents on a disk filesystem (cheap,
+        # keeps big instances contiguous) but must zero real pages on tmpfs
+        # (measured: +0.33 s of CPU per 1000 x 0.5 MB), where it buys nothing.
+        self.filesystem = filesystem_type(self.incoming)
+        self.preallocate = self.filesystem not in _NO_PREALLOCATION
         self._known_dirs: set[str] = {str(self.directory)}
         self._counter = itertools.count()
         self._tag = f"{os.getpid()}-{os.urandom(3).hex()}"
@@ -70,7 +99,8 @@ class Storage:
         temp = f"{self.incoming}/{self._tag}-{next(self._counter)}.part"
         fd = os.open(temp, _OPEN_FLAGS, 0o644)
         try:
-            writer = InstanceFile(fd, file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae), self.head_limit)
+            writer = InstanceFile(fd, file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae),
+                                  self.head_limit, self.preallocate)
         except BaseException:
             os.close(fd)
             os.unlink(temp)

@@ -1,0 +1,60 @@
+"""Storage internals that need no peer: filesystem detection for preallocation,
+the streaming writer's preallocation and trimming."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastscp._ext.writer import InstanceFile
+from fastscp.storage.store import filesystem_type
+
+MOUNTINFO = """\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:26 / /dev/shm rw,nosuid,nodev shared:5 - tmpfs tmpfs rw
+31 22 0:27 / /srv/dicom\\040store rw,relatime shared:6 - xfs /dev/sdb1 rw
+32 31 0:28 / /srv/dicom\\040store/ram rw shared:7 - ramfs ramfs rw
+"""
+
+
+def test_filesystem_type_takes_the_longest_mount(tmp_path: Path) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text(MOUNTINFO)
+    assert filesystem_type("/dev/shm/x", str(info)) == "tmpfs"
+    assert filesystem_type("/dev/shmx", str(info)) == "ext4"
+    assert filesystem_type("/srv/dicom store/a/b", str(info)) == "xfs"
+    assert filesystem_type("/srv/dicom store/ram/a", str(info)) == "ramfs"
+    assert filesystem_type("/home", str(info)) == "ext4"
+    assert filesystem_type("/x", str(tmp_path / "missing")) == ""
+
+
+def test_filesystem_type_of_proc() -> None:
+    assert filesystem_type("/proc/self") == "proc"
+
+
+def _write_in_fragments(path: Path, preallocate: bool) -> tuple[int, bytes]:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    f = InstanceFile(fd, b"PREFIX", 16, preallocate)
+    chunks = [bytes([i]) * 300_000 for i in range(5)]
+    for i, chunk in enumerate(chunks):
+        f.write(chunk, i == len(chunks) - 1)
+    size = f.finish()
+    f.close()
+    return size, b"PREFIX" + b"".join(chunks)
+
+
+def test_preallocated_file_is_trimmed_to_what_was_written(tmp_path: Path) -> None:
+    for prealloc in (True, False):
+        path = tmp_path / f"f{prealloc}"
+        size, expected = _write_in_fragments(path, prealloc)
+        assert size == len(expected) == path.stat().st_size
+        assert path.read_bytes() == expected
+
+
+def test_head_keeps_the_first_bytes(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "h", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    f = InstanceFile(fd, b"", 10, True)
+    f.write(b"abcdef", False)
+    f.write(b"ghijklmnop", True)
+    assert f.head == b"abcdefghij" and not f.head_complete and f.dataset_size == 16
+    f.close()
