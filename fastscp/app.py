@@ -208,6 +208,7 @@ class App:
         if self.catalog is not None:
             if not await loop.run_in_executor(None, self.catalog.close):
                 log.error("index writer could not write every row; `fastscp reindex` will add them")
+        gc.unfreeze()  # let interpreter shutdown finalize what start-up made
         st = self.state
         log.info("stopped: %d association(s), %d instance(s), %.1f MB received",
                  st.associations_total, st.instances_total, st.bytes_total / 1e6)

@@ -19,15 +19,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from ..catalog.stats import human_bytes
 from .client import EndpointError, resolve_endpoint
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} PB"
 
 
 def _duration(s: float) -> str:
