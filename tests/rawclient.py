@@ -63,9 +63,10 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
-def connect_and_associate(port: int, called: str = "FASTSCP", contexts: list[tuple[int, str, list[str]]] | None = None) -> socket.socket:
+def connect_and_associate(port: int, called: str = "FASTSCP", contexts: list[tuple[int, str, list[str]]] | None = None,
+                          calling: str = "RAWSCU") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(associate_rq(called, "RAWSCU", contexts or [(1, CT, [EXPLICIT_LE])]))
+    sock.sendall(associate_rq(called, calling, contexts or [(1, CT, [EXPLICIT_LE])]))
     pdu_type, _ = read_pdu(sock)
     if pdu_type != 2:
         raise AssertionError(f"association not accepted (PDU type {pdu_type})")
