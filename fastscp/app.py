@@ -13,6 +13,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import duckdb
+
 from .catalog import CatalogWriter, iter_stored_instances, reconcile
 from .instance import InstanceInfo
 from .access import AccessPolicy, AssociationLimiter, load_access_policy
@@ -109,13 +111,21 @@ def open_catalog(cfg: Config, state: ServerState) -> CatalogWriter | None:
     if not db.path:
         return None
     storage = state.storage
-    report = reconcile(storage.directory, db.path, progress=False)
-    log.info("index %s reconciled with %s in %.1f s: %d files, %d indexed, %d marked missing, %d unreadable",
-             db.path, storage.directory, report.seconds, report.files_seen, report.indexed,
-             report.marked_missing, report.unreadable)
-    warmed = storage.guard.index.warm(iter_stored_instances(db.path))
-    log.info("duplicate check warmed with %d instances", warmed)
-    return CatalogWriter(db.path, batch_size=db.batch_size, flush_interval=db.flush_interval)
+    try:
+        report = reconcile(storage.directory, db.path, progress=False)
+        log.info("index %s reconciled with %s in %.1f s: %d files, %d indexed, %d marked missing, %d unreadable",
+                 db.path, storage.directory, report.seconds, report.files_seen, report.indexed,
+                 report.marked_missing, report.unreadable)
+        warmed = storage.guard.index.warm(iter_stored_instances(db.path))
+        log.info("duplicate check warmed with %d instances", warmed)
+        return CatalogWriter(db.path, batch_size=db.batch_size, flush_interval=db.flush_interval)
+    except (duckdb.Error, OSError, RuntimeError) as exc:
+        # Storage must not depend on the index: receive without it. Files on
+        # disk are indexed by the next start's reconcile (or fastscp reindex).
+        state.index_error = f"{type(exc).__name__}: {exc}"
+        log.error("index %s unavailable (%s): receiving WITHOUT indexing; the next start or "
+                  "`fastscp reindex` will index what arrives meanwhile", db.path, state.index_error)
+        return None
 
 
 class App:

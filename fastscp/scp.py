@@ -78,6 +78,7 @@ class ServerState:
     limiter: AssociationLimiter
     max_pdu: int = 131072
     max_instance_size: int | None = None
+    index_error: str = ""  # why the index is not written, shown in status
     observers: list[ReceptionObserver] = dataclasses.field(default_factory=list)
     active: int = 0
     associations_total: int = 0

@@ -70,3 +70,46 @@ def test_sigkill_mid_flood_then_reconcile(start_server, synthetic_corpus: list[P
     assert present == {str(p) for p in srv.stored_files()}
     for path in present:
         pydicom.dcmread(path)  # complete and parseable
+
+
+def test_locked_index_does_not_stop_reception(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Another process holds the DuckDB file: instances are still stored and
+    acknowledged, the failure is logged and shown in /status, and the next
+    start indexes them."""
+    import json
+    import multiprocessing
+    import urllib.request
+
+    from conftest import free_port, make_image
+
+    db = tmp_path / "locked.db"
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_duckdb, args=(str(db), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        status_port = free_port()
+        srv = start_server("--index-db", str(db), "--status-port", str(status_port))
+        image = tmp_path / "one.dcm"
+        ds = make_image(image, 1, study=1)
+        assert [r[1] for r in run_storescu(srv, [image])] == ["Success"]
+        assert len(srv.stored_files()) == 1
+        doc = json.load(urllib.request.urlopen(f"http://127.0.0.1:{status_port}/status", timeout=10))
+        assert any("index unavailable" in w for w in doc["warnings"])
+        assert "receiving WITHOUT indexing" in srv.log_text()
+        assert srv.stop() == 0
+    finally:
+        release.set()
+        holder.join(30)
+    again = start_server("--storage-dir", str(srv.storage), "--index-db", str(db))
+    assert again.stop() == 0
+    assert _rows(db, "SELECT sop_instance_uid FROM instances") == [(str(ds.SOPInstanceUID),)]
+
+
+def _hold_duckdb(path: str, ready, release) -> None:  # type: ignore[no-untyped-def]
+    conn = duckdb.connect(path)
+    conn.execute("CREATE TABLE IF NOT EXISTS holder (x INTEGER)")
+    ready.set()
+    release.wait(60)
+    conn.close()

@@ -225,6 +225,10 @@ class Monitor(ReceptionObserver):
                             f"{_mb(self.min_free_space or 0)}: new instances are refused")
         if index and index["over_high_water"]:
             warnings.append("index writer behind: reception paused")
+        if index and index["errors"]:
+            warnings.append(f"index writes failing ({index['errors']} errors, retried): {index['last_error']}")
+        if st.index_error:
+            warnings.append(f"index unavailable, receiving without it: {st.index_error}")
         return {
             "server": {**self.info, "version": __version__, "pid": os.getpid(),
                        "started_at": self.started_wall, "uptime_s": round(now - self.started, 1),
