@@ -37,6 +37,21 @@ from receivers import AE_TITLE, MAX_PDU, Receiver, build_receivers, dcmtk_tool, 
     stored_sop_instance_uids  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
+# Receivers write to tmpfs by default: on this VM's ext4 disk the same storescp
+# flood varied by 2-4x from run to run (file creation in the journal), which
+# drowns the ratios. Pass --work-dir on a disk to measure with the disk.
+DEFAULT_WORK = Path("/dev/shm/fastscp-bench") if Path("/dev/shm").is_dir() else BENCH_DIR / "out" / "work"
+
+
+def filesystem_of(path: Path) -> str:
+    """Type and mount point of the filesystem holding path (from /proc/mounts)."""
+    path = path.resolve()
+    best = ("?", "")
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, mnt, fstype, *_ = line.split()
+        if (path == Path(mnt) or Path(mnt) in path.parents) and len(mnt) >= len(best[1]):
+            best = (fstype, mnt)
+    return f"{best[0]} at {best[1]}"
 
 
 def machine() -> dict[str, Any]:
@@ -75,6 +90,18 @@ def split(files: list[Path], parts: int) -> list[list[Path]]:
     return [files[i::parts] for i in range(parts) if files[i::parts]]
 
 
+def wait_senders(senders: list[subprocess.Popen[bytes]]) -> tuple[list[int], float]:
+    """Reap the storescu processes; return their exit codes and summed CPU seconds."""
+    codes: list[int] = []
+    cpu = 0.0
+    for proc in senders:
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        codes.append(proc.returncode)
+        cpu += usage.ru_utime + usage.ru_stime
+    return codes, cpu
+
+
 def wait_children_settled(root: int, baseline: int, timeout: float = 5.0) -> None:
     """Let forked per-association children exit, so their CPU lands in the parent."""
     deadline = time.monotonic() + timeout
@@ -97,6 +124,7 @@ def flood_once(receiver: Receiver, corpus: gen_corpus.Corpus, assocs: int,
     result["command"] = " ".join(inst.proc.args)  # type: ignore[arg-type]
     try:
         receiver.wait_ready(inst, echoscu, timeout=args.ready_timeout)
+        os.sync()  # earlier runs' dirty pages must not be written back during this one
         time.sleep(args.settle)
         root = inst.proc.pid
         baseline_children = len(procstat.descendants(root))
@@ -113,7 +141,7 @@ def flood_once(receiver: Receiver, corpus: gen_corpus.Corpus, assocs: int,
                     [storescu, "-aet", f"FLOOD{i}", "-aec", AE_TITLE, "--max-pdu", str(MAX_PDU),
                      "-nh", "127.0.0.1", str(inst.port), *map(str, part)],
                     stdout=log, stderr=subprocess.STDOUT, env=env))
-            codes = [s.wait(timeout=args.flood_timeout) for s in senders]
+            codes, sender_cpu = wait_senders(senders)
             wall = time.perf_counter() - t0
             wait_children_settled(root, baseline_children)
         for log in logs:
@@ -123,6 +151,7 @@ def flood_once(receiver: Receiver, corpus: gen_corpus.Corpus, assocs: int,
             "wall_s": wall, "images_per_s": len(corpus.files) / wall,
             "mb_per_s": corpus.total_bytes / 1e6 / wall, "cpu_s": cpu1 - cpu0,
             "peak_rss_mb": rss.peak_kib / 1024, "storescu_exit_codes": codes,
+            "sender_cpu_s": sender_cpu,
         })
         if receiver.count is not None:
             stored = receiver.stored(inst)
@@ -170,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="size of the multi-frame instance (2048 for the 2 GB target)")
     ap.add_argument("--latency-count", type=int, default=100,
                     help="images sent one by one for p50/p99 (0: skip)")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per flood; the median is kept")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs per flood, each on a fresh receiver; the median wall time is kept")
     ap.add_argument("--fastscp-cmd", default=None, help="fastscp executable (default: on PATH)")
     ap.add_argument("--dcmtk-bin", default=None, help="directory of dcmtk programs")
     ap.add_argument("--corpus-dir", type=Path, default=gen_corpus.DEFAULT_ROOT)
-    ap.add_argument("--work-dir", type=Path, default=BENCH_DIR / "out" / "work")
+    ap.add_argument("--work-dir", type=Path, default=DEFAULT_WORK,
+                    help="where receivers store (default tmpfs /dev/shm/fastscp-bench)")
     ap.add_argument("--out-dir", type=Path, default=BENCH_DIR / "out")
     ap.add_argument("--update-readme-snippet", type=Path, default=None, metavar="FILE",
                     help="also write the markdown table to FILE")
@@ -206,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "machine": {**machine(), **versions(args.dcmtk_bin)},
-        "max_pdu": MAX_PDU, "receivers": {n: all_receivers[n].notes for n in names},
+        "storage": f"{args.work_dir} ({filesystem_of(args.work_dir.parent)})",
+        "repeat": args.repeat, "max_pdu": MAX_PDU, "receivers": {n: all_receivers[n].notes for n in names},
         "results": [],
     }
     for kind in kinds:

@@ -73,9 +73,11 @@ def tree_hwm_kib(root: int) -> int:
 
 
 class PeakRssSampler:
-    """Samples the tree's summed VmHWM every `interval` seconds in a thread."""
+    """Samples the tree's summed VmHWM every `interval` seconds in a thread.
 
-    def __init__(self, root: int, interval: float = 0.05) -> None:
+    A forked child that lives less than one interval can be missed."""
+
+    def __init__(self, root: int, interval: float = 0.02) -> None:
         self.root = root
         self.interval = interval
         self.peak_kib = 0

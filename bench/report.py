@@ -30,8 +30,8 @@ def markdown_table(run: dict[str, Any]) -> str:
     results: list[dict[str, Any]] = run["results"]
     lines = [
         "| receiver | corpus | assocs | images | MB | wall s | images/s | MB/s "
-        "| wall vs storescp | CPU s | peak RSS MB | p50 ms | p99 ms | all arrived |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| wall vs storescp | CPU s | peak RSS MB | p50 ms | p99 ms | sender CPU s | all arrived |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in results:
         lat = r.get("latency") or {}
@@ -45,11 +45,13 @@ def markdown_table(run: dict[str, Any]) -> str:
             f"| {_fmt(r.get('images_per_s'), '.0f')} | {_fmt(r.get('mb_per_s'), '.0f')} "
             f"| {_fmt(rat, '.2f')}{'x' if rat is not None else ''} "
             f"| {_fmt(r.get('cpu_s'), '.2f')} | {_fmt(r.get('peak_rss_mb'), '.0f')} "
-            f"| {_fmt(lat.get('p50_ms'), '.2f')} | {_fmt(lat.get('p99_ms'), '.2f')} | {arrived} |")
+            f"| {_fmt(lat.get('p50_ms'), '.2f')} | {_fmt(lat.get('p99_ms'), '.2f')} "
+            f"| {_fmt(r.get('sender_cpu_s'), '.2f')} | {arrived} |")
     m = run["machine"]
     lines += ["", f"Machine: {m['nproc']} cores, {m['cpu_model']}, {m['mem_gib']:.0f} GiB, "
               f"{m['os']}; loopback; sender dcmtk storescu {m.get('dcmtk', '')} with "
-              f"TCP_NODELAY=1, max PDU 131072. Run {run['started']}."]
+              f"TCP_NODELAY=1, max PDU 131072; receivers store to {run.get('storage', '?')}. "
+              f"Run {run['started']}, median of {run.get('repeat', 1)} per row."]
     return "\n".join(lines) + "\n"
 
 
