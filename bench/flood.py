@@ -144,6 +144,7 @@ def flood_once(receiver: Receiver, corpus: gen_corpus.Corpus, assocs: int,
         root = inst.proc.pid
         baseline_children = len(procstat.descendants(root))
         cpu0 = procstat.tree_cpu_seconds(root)
+        busy0, own0 = procstat.machine_busy_seconds(), sum(os.times()[:2])
         env = {**os.environ, "TCP_NODELAY": "1"}
         logs = []
         with procstat.PeakRssSampler(root) as rss:
@@ -158,15 +159,20 @@ def flood_once(receiver: Receiver, corpus: gen_corpus.Corpus, assocs: int,
                     stdout=log, stderr=subprocess.STDOUT, env=env))
             codes, sender_cpu = wait_senders(senders)
             wall = time.perf_counter() - t0
+            busy1, own1 = procstat.machine_busy_seconds(), sum(os.times()[:2])
             wait_children_settled(root, baseline_children)
         for log in logs:
             log.close()
         cpu1 = procstat.tree_cpu_seconds(root)
+        # CPU the machine spent on anything but this flood (other sessions'
+        # work, kernel threads): a noise indicator. Approximate: the receiver
+        # figure is read after children settle, the others at the flood's end.
+        other = (busy1 - busy0) - (cpu1 - cpu0) - sender_cpu - (own1 - own0)
         result.update({
             "wall_s": wall, "images_per_s": len(corpus.files) / wall,
             "mb_per_s": corpus.total_bytes / 1e6 / wall, "cpu_s": cpu1 - cpu0,
             "peak_rss_mb": rss.peak_kib / 1024, "storescu_exit_codes": codes,
-            "sender_cpu_s": sender_cpu,
+            "sender_cpu_s": sender_cpu, "other_cpu_s": max(0.0, other),
         })
         if receiver.count is not None:
             stored = receiver.stored(inst)
@@ -230,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep received files")
     args = ap.parse_args(argv)
     # A SIGTERM to the harness must still stop the receiver it started (finally blocks).
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    def on_sigterm(signum: int, frame: object) -> None:
+        print("flood.py: SIGTERM, stopping the receiver and exiting", file=sys.stderr)
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     # Receivers run with their work directory as cwd: every path they get is absolute.
     args.work_dir = args.work_dir.resolve()
     args.corpus_dir = args.corpus_dir.resolve()

@@ -98,3 +98,9 @@ class PeakRssSampler:
         self._stop.set()
         self._thread.join()
         self.peak_kib = max(self.peak_kib, tree_hwm_kib(self.root))
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat, less idle and iowait)."""
+    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK

@@ -30,8 +30,8 @@ def markdown_table(run: dict[str, Any]) -> str:
     results: list[dict[str, Any]] = run["results"]
     lines = [
         "| receiver | corpus | assocs | images | MB | wall s | images/s | MB/s "
-        "| wall vs storescp | CPU s | peak RSS MB | p50 ms | p99 ms | sender CPU s | all arrived |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| wall vs storescp | CPU s | peak RSS MB | p50 ms | p99 ms | sender CPU s | other CPU s | all arrived |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in results:
         lat = r.get("latency") or {}
@@ -46,7 +46,7 @@ def markdown_table(run: dict[str, Any]) -> str:
             f"| {_fmt(rat, '.2f')}{'x' if rat is not None else ''} "
             f"| {_fmt(r.get('cpu_s'), '.2f')} | {_fmt(r.get('peak_rss_mb'), '.0f')} "
             f"| {_fmt(lat.get('p50_ms'), '.2f')} | {_fmt(lat.get('p99_ms'), '.2f')} "
-            f"| {_fmt(r.get('sender_cpu_s'), '.2f')} | {arrived} |")
+            f"| {_fmt(r.get('sender_cpu_s'), '.2f')} | {_fmt(r.get('other_cpu_s'), '.2f')} | {arrived} |")
     m = run["machine"]
     lines += ["", f"Machine: {m['nproc']} cores, {m['cpu_model']}, {m['mem_gib']:.0f} GiB, "
               f"{m['os']}; loopback; sender dcmtk storescu {m.get('dcmtk', '')} with "
