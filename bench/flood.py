@@ -144,7 +144,7 @@ def flood_once(receiver: Receiver, corpus: gen_corpus.Corpus, assocs: int,
         root = inst.proc.pid
         baseline_children = len(procstat.descendants(root))
         cpu0 = procstat.tree_cpu_seconds(root)
-        busy0, own0 = procstat.machine_busy_seconds(), sum(os.times()[:2])
+        (busy0, steal0), own0 = procstat.machine_busy_seconds(), sum(os.times()[:2])
         env = {**os.environ, "TCP_NODELAY": "1"}
         logs = []
         with procstat.PeakRssSampler(root) as rss:
@@ -159,7 +159,7 @@ def flood_once(receiver: Receiver, corpus: gen_corpus.Corpus, assocs: int,
                     stdout=log, stderr=subprocess.STDOUT, env=env))
             codes, sender_cpu = wait_senders(senders)
             wall = time.perf_counter() - t0
-            busy1, own1 = procstat.machine_busy_seconds(), sum(os.times()[:2])
+            (busy1, steal1), own1 = procstat.machine_busy_seconds(), sum(os.times()[:2])
             wait_children_settled(root, baseline_children)
         for log in logs:
             log.close()
@@ -173,6 +173,7 @@ def flood_once(receiver: Receiver, corpus: gen_corpus.Corpus, assocs: int,
             "mb_per_s": corpus.total_bytes / 1e6 / wall, "cpu_s": cpu1 - cpu0,
             "peak_rss_mb": rss.peak_kib / 1024, "storescu_exit_codes": codes,
             "sender_cpu_s": sender_cpu, "other_cpu_s": max(0.0, other),
+            "steal_s": steal1 - steal0,
         })
         if receiver.count is not None:
             stored = receiver.stored(inst)

@@ -100,7 +100,10 @@ class PeakRssSampler:
         self.peak_kib = max(self.peak_kib, tree_hwm_kib(self.root))
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent busy since boot (/proc/stat, less idle and iowait)."""
-    fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of all cores since boot, from /proc/stat.
+
+    busy is user+nice+system+irq+softirq (guest time is already inside user);
+    steal is time the hypervisor gave to other machines."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (f[0] + f[1] + f[2] + f[5] + f[6]) / CLK_TCK, f[7] / CLK_TCK
