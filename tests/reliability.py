@@ -32,6 +32,29 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def settled_fds(pid: int, quiet: float = 0.5) -> list[str]:
+    """fd_targets once the set has not changed for ``quiet`` seconds (the
+    readiness probe's connection, say, has been closed by the server)."""
+    last = fd_targets(pid)
+    while True:
+        time.sleep(quiet)
+        now = fd_targets(pid)
+        if now == last:
+            return now
+        last = now
+
+
+def fd_targets(pid: int) -> list[str]:
+    """What the process's descriptors point at (for failure messages)."""
+    out = []
+    for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        try:
+            out.append(f"{fd}->{os.readlink(f'/proc/{pid}/fd/{fd}')}")
+        except OSError:
+            pass
+    return out
+
+
 def proc_status_kb(pid: int, field: str) -> int:
     """A kB figure from /proc/<pid>/status (VmHWM = peak RSS, VmRSS = now)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -155,6 +178,6 @@ def server_log_clean(srv: Server) -> None:
 
 __all__ = [
     "CT", "MR", "EXPLICIT_LE", "IMPLICIT_LE", "DCMTK_ENV", "DatasetTemplate", "acknowledged", "check_tree",
-    "dataset_bytes", "encode", "fd_count", "incoming", "proc_status_kb", "server_log_clean", "store_responses",
+    "dataset_bytes", "encode", "fd_count", "fd_targets", "settled_fds", "incoming", "proc_status_kb", "server_log_clean", "store_responses",
     "storescu", "wait_until",
 ]

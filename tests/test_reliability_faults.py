@@ -19,7 +19,6 @@ import random
 import socket
 import struct
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -32,8 +31,10 @@ from reliability import (
     check_tree,
     dataset_bytes,
     fd_count,
+    fd_targets,
     incoming,
     server_log_clean,
+    settled_fds,
     storescu,
     wait_until,
 )
@@ -165,8 +166,7 @@ def test_random_faults_leave_nothing_and_healthy_peer_succeeds(start_server, syn
     assert storescu(srv, synthetic_corpus[:2]).returncode == 0
     one_fault(random.Random(0), srv, DatasetTemplate.uid(10**9), small.instance(10**9)[1])
     assert wait_until(lambda: not incoming(srv.storage), 10)
-    time.sleep(0.5)  # let the faulty connection's close reach the server
-    fds_before = fd_count(pid)
+    fds_before = len(settled_fds(pid))
 
     healthy = HealthyTraffic(srv, synthetic_corpus)
     healthy.start()
@@ -191,7 +191,7 @@ def test_random_faults_leave_nothing_and_healthy_peer_succeeds(start_server, syn
     assert healthy.runs >= 1
     assert wait_until(lambda: not incoming(srv.storage), 15), f"{context}: temp files left: {incoming(srv.storage)}"
     assert wait_until(lambda: fd_count(pid) == fds_before, 15), \
-        f"{context}: fds {fds_before} before, {fd_count(pid)} after: {sorted(os.listdir(f'/proc/{pid}/fd'))}"
+        f"{context}: fds {fds_before} before, {fd_count(pid)} after: {fd_targets(pid)}"
 
     stored = check_tree(srv.storage)
     # an instance is only in the tree if all of it was sent, and then byte for byte
