@@ -7,7 +7,8 @@ The file is opened by the caller (storage/store.py owns naming and paths);
 (preamble, "DICM", file meta group) is written first, then each fragment at
 the running offset. When a dataset spans several fragments, space is reserved
 ahead in growing extents with Linux fallocate() (no zero-filling emulation:
-filesystems without it just skip preallocation); ``finish`` trims the file to
+filesystems without it, or without room for a whole extent, just skip
+preallocation: the write itself decides whether the data fits); ``finish`` trims the file to
 the bytes written. A dataset that arrives in one fragment is never
 preallocated, so small instances cost one pwrite.
 
@@ -15,7 +16,7 @@ The first ``head_limit`` bytes of the dataset are also kept in memory for the
 header-only parse.
 """
 
-from libc.errno cimport errno, EINTR, EOPNOTSUPP
+from libc.errno cimport errno, EDQUOT, EINTR, ENOSPC, EOPNOTSUPP
 from libc.string cimport memcpy
 from posix.unistd cimport close, ftruncate, pwrite
 from posix.types cimport off_t
@@ -108,7 +109,8 @@ cdef class InstanceFile:
                     self._allocated = want
                     if self._extent < MAX_EXTENT:
                         self._extent *= 2
-                elif errno == EOPNOTSUPP:
+                elif errno == EOPNOTSUPP or errno == ENOSPC or errno == EDQUOT:
+                    # no extent to spare: the bytes themselves may still fit
                     self._prealloc = False
                 else:
                     err = errno

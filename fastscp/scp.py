@@ -38,7 +38,7 @@ from .protocol.association import (
 )
 from .protocol.negotiation import AcceptPolicy, negotiate
 from .storage.duplicates import new_content_hash
-from .storage.header import header_dataset, parse_file, parse_head
+from .storage.header import check_dataset_end, header_dataset, parse_file, parse_head
 from .storage.safepath import UnsafePathError
 from .storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from .storage.store import Storage
@@ -309,6 +309,15 @@ class StoreSCPHandler:
             except Exception as exc:  # pydicom raises many kinds on bad input
                 st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "dataset header cannot be parsed"
                 log.warning("assoc %s: header of %s cannot be parsed: %s", self.id, st.sop_instance_uid, exc)
+                Storage.discard(writer, temp)
+                return True
+            try:
+                fd, prefix = writer.fd, writer.prefix_size
+                check_dataset_end(writer.head, writer.dataset_size, st.transfer_syntax_uid,
+                                  lambda offset, n: os.pread(fd, n, prefix + offset))
+            except Exception as exc:  # MalformedDataset, or a short read
+                st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "data set truncated or element lengths wrong"
+                log.warning("assoc %s: refused %s: %s", self.id, st.sop_instance_uid, exc)
                 Storage.discard(writer, temp)
                 return True
             if info.sop_instance_uid != st.sop_instance_uid:

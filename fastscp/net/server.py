@@ -42,7 +42,10 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         self.assoc = Association(server.max_pdu)
         self.transport: asyncio.Transport | None = None
         self.handler: Any = None
+        # progress = a whole PDU received, not any byte: a peer trickling
+        # bytes must not hold its association (and a slot) forever
         self.last_activity = time.monotonic()
+        self._consumed = 0
         self._artim: asyncio.TimerHandle | None = None
         self._idle: asyncio.TimerHandle | None = None
 
@@ -86,7 +89,6 @@ class AssociationProtocol(asyncio.BufferedProtocol):
                 self._quickack()
             except OSError:  # the socket is going away; the read still counts
                 self._quickack = None
-        self.last_activity = time.monotonic()
         handler = self.handler
         next_event = assoc.next_event
         try:
@@ -102,6 +104,11 @@ class AssociationProtocol(asyncio.BufferedProtocol):
             log.exception("internal error on association %s; aborting it", getattr(handler, "id", "?"))
             self.abort("internal error")
             return
+        framer = assoc.framer
+        consumed = framer.bytes_received - framer.buffered
+        if consumed != self._consumed:
+            self._consumed = consumed
+            self.last_activity = time.monotonic()
         self._after()
 
     def eof_received(self) -> bool:
@@ -166,7 +173,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         idle = time.monotonic() - self.last_activity
         timeout, what = self._timeout()
         if timeout and idle >= timeout:
-            log.warning("association %s silent for %.0f s: aborting (%s)", getattr(self.handler, "id", "?"), idle, what)
+            log.warning("association %s: no whole PDU for %.0f s: aborting (%s)", getattr(self.handler, "id", "?"), idle, what)
             self.abort(what)
             return
         self._arm_idle()

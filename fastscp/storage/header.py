@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 import zlib
 from collections.abc import Callable
 from io import BytesIO
@@ -47,6 +48,7 @@ __all__ = [
     "MalformedDataset",
     "parse_head",
     "parse_file",
+    "check_dataset_end",
     "header_dataset",
     "info_from_dataset",
     "read_file_meta",
@@ -321,6 +323,87 @@ def parse_head(
             f"deflate stream ends early or inflates past {MAX_INFLATED} bytes before the attributes"
         )
     raise MalformedDataset(f"data set ends inside the element at offset {offset}")
+
+
+_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
+
+
+def check_dataset_end(
+    head: bytes | bytearray | memoryview,
+    dataset_size: int,
+    transfer_syntax_uid: str,
+    read_at: Callable[[int, int], bytes],
+) -> None:
+    """Raise MalformedDataset unless the top-level elements of a received
+    dataset end exactly at its last byte.
+
+    ``parse_head`` settles once it has the attributes it wants, so a dataset
+    cut inside its pixel data (or anything after the header) would pass it.
+    The C scanner walks the head to pixel data or the end; the few elements
+    from there on (usually just pixel data) are checked from their headers,
+    read with ``read_at(offset, n)`` (offsets within the dataset) when they
+    lie past the head. Encapsulated pixel data is walked item by item; other
+    undefined-length elements after pixel data are not followed (accepted).
+    Deflated datasets are not checked here (their inflated size is unknown).
+    Also raises if the first element's VR encoding (explicit or implicit)
+    is not the negotiated transfer syntax's.
+    """
+    syntax, deflated = scan_syntax(transfer_syntax_uid)
+    if deflated:
+        return
+    if len(head) >= 6 and (65 <= head[4] <= 90 and 65 <= head[5] <= 90) == (syntax == IMPLICIT_VR_LE):
+        # the scanner tolerates this (files on disk get it wrong); a received
+        # data set must be in the transfer syntax negotiated for it (PS3.5 10)
+        raise MalformedDataset("data set is not encoded in the negotiated transfer syntax "
+                               f"({'explicit' if syntax == IMPLICIT_VR_LE else 'implicit'} VR found)")
+    _, status, pos = _scan(_HEADER_SPAN, head, syntax)
+    if status == END and len(head) == dataset_size:
+        return
+    little = syntax != EXPLICIT_VR_BE
+    implicit = syntax == IMPLICIT_VR_LE
+    endian = "<" if little else ">"
+
+    def read(offset: int, n: int) -> bytes:
+        if offset + n <= len(head):
+            return bytes(head[offset:offset + n])
+        return read_at(offset, n)
+
+    while pos < dataset_size:
+        if dataset_size - pos < 8:
+            raise MalformedDataset(f"data set ends inside an element header at offset {pos}")
+        raw = read(pos, 12 if dataset_size - pos >= 12 else 8)
+        group, elem = struct.unpack_from(endian + "HH", raw)
+        if implicit:
+            (length,) = struct.unpack_from(endian + "I", raw, 4)
+            size, vr = 8, b""
+        else:
+            vr = raw[4:6]
+            if vr in _LONG_VRS:
+                if len(raw) < 12:
+                    raise MalformedDataset(f"data set ends inside an element header at offset {pos}")
+                (length,) = struct.unpack_from(endian + "I", raw, 8)
+                size = 12
+            else:
+                (length,) = struct.unpack_from(endian + "H", raw, 6)
+                size = 8
+        pos += size
+        if length == 0xFFFFFFFF:
+            if (group, elem) not in ((0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)):
+                return  # an undefined-length sequence after pixel data: not followed
+            while True:  # encapsulated fragments up to the sequence delimiter
+                if dataset_size - pos < 8:
+                    raise MalformedDataset(f"encapsulated pixel data ends inside an item at offset {pos}")
+                item_group, item_elem, item_len = struct.unpack(endian + "HHI", read(pos, 8))
+                pos += 8
+                if (item_group, item_elem) == (0xFFFE, 0xE0DD):
+                    break
+                if (item_group, item_elem) != (0xFFFE, 0xE000) or item_len == 0xFFFFFFFF:
+                    raise MalformedDataset(f"bad item in encapsulated pixel data at offset {pos - 8}")
+                pos += item_len
+            continue
+        pos += length
+    if pos != dataset_size:
+        raise MalformedDataset(f"the last element runs {pos - dataset_size} bytes past the end of the data set")
 
 
 def header_dataset(head: bytes | bytearray | memoryview, transfer_syntax_uid: str) -> Dataset:

@@ -29,7 +29,8 @@ from .part10 import file_meta
 log = logging.getLogger("fastscp.storage")
 
 INCOMING = ".incoming"
-_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+# read-write: the end-of-data-set check (scp) reads element headers back
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 _NO_PREALLOCATION = frozenset({"tmpfs", "ramfs"})
