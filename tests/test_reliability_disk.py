@@ -8,7 +8,7 @@ anywhere, and once space is freed service resumes.
 
 Plus ENOSPC injected through the storage layer of an in-process server
 (fastscp.app.App on an event loop in a thread): at temp-file creation, on a
-dataset write, at commit; each gives 0xA700 and leaves nothing.
+dataset write, when trimming and when renaming into place; each gives 0xA700 and leaves nothing.
 """
 
 from __future__ import annotations
@@ -96,7 +96,9 @@ def test_nearly_full_disk_still_takes_a_multi_pdu_instance_that_fits(small_fs: P
     storage = small_fs / "store"
     srv = Server(storage, tmp_path / "server.log", [])
     try:
-        (small_fs / "filler").write_bytes(bytes(1300 * 1024))
+        # leave ~700 KB free, whatever the server's own files (its index) took
+        st = os.statvfs(small_fs)
+        (small_fs / "filler").write_bytes(bytes(max(0, st.f_bavail * st.f_frsize - 700 * 1024)))
         free = os.statvfs(small_fs).f_bavail * os.statvfs(small_fs).f_frsize
         assert 500_000 < free < 1_000_000, free
         path = tmp_path / "big.dcm"
@@ -173,12 +175,12 @@ def _send(port: int, ds: pydicom.Dataset) -> int:
         assoc.release()
 
 
-@pytest.mark.parametrize("where", ["begin", "second write", "first write", "commit"])
+@pytest.mark.parametrize("where", ["begin", "second write", "first write", "finish", "place"])
 def test_injected_enospc_answers_a700_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     storage_dir = tmp_path / "store"
     srv = InProcessServer(storage_dir)
     storage = srv.storage
-    real_begin, real_commit = storage.begin, storage.commit
+    real_begin, real_finish, real_place = storage.begin, storage.finish, storage.place
     created: list[str] = []
 
     def begin(*args: object) -> tuple[object, str]:
@@ -188,22 +190,23 @@ def test_injected_enospc_answers_a700_and_leaves_nothing(tmp_path: Path, monkeyp
         created.append(temp)
         return (FailingWriter(writer, 1 if where == "first write" else 2) if "write" in where else writer), temp
 
-    def commit(*args: object) -> tuple[int, str]:
+    def no_space(*args: object) -> tuple[int, str, bool]:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     try:
         path = tmp_path / "big.dcm"
         ds = make_image(path, 1, study=1, size=384)  # 288 KiB: three PDVs
         monkeypatch.setattr(storage, "begin", begin)
-        if where == "commit":
-            monkeypatch.setattr(storage, "commit", commit)
+        if where in ("finish", "place"):  # trimming the temp file, or renaming it into place
+            monkeypatch.setattr(storage, where, no_space)
         assert _send(srv.port, ds) == 0xA700
         assert where == "begin" or created, "the real temp file should have been created"
         assert not incoming(storage_dir), f"temp file left after ENOSPC at {where}"
         assert not check_tree(storage_dir), "a file became visible"
         # space is back
         monkeypatch.setattr(storage, "begin", real_begin)
-        monkeypatch.setattr(storage, "commit", real_commit)
+        monkeypatch.setattr(storage, "finish", real_finish)
+        monkeypatch.setattr(storage, "place", real_place)
         assert _send(srv.port, ds) == 0x0000
         stored = check_tree(storage_dir)
         assert dataset_bytes(stored[str(ds.SOPInstanceUID)]) == dataset_bytes(path)
