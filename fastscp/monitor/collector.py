@@ -227,8 +227,9 @@ class Monitor(ReceptionObserver):
             warnings.append("index writer behind: reception paused")
         if index and index["errors"]:
             warnings.append(f"index writes failing ({index['errors']} errors, retried): {index['last_error']}")
-        if st.index_error:
-            warnings.append(f"index unavailable, receiving without it: {st.index_error}")
+        index_error = getattr(st, "index_error", "")
+        if index_error:
+            warnings.append(f"index unavailable, receiving without it: {index_error}")
         return {
             "server": {**self.info, "version": __version__, "pid": os.getpid(),
                        "started_at": self.started_wall, "uptime_s": round(now - self.started, 1),
