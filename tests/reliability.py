@@ -155,7 +155,10 @@ def check_tree(storage: Path) -> dict[str, Path]:
     else in the tree (a stray temp file, a truncated file) fails."""
     found: dict[str, Path] = {}
     for path in storage.rglob("*"):
-        if ".incoming" in path.relative_to(storage).parts or path.is_dir():
+        parts = path.relative_to(storage).parts
+        # working folders (.incoming, .pipeline) start with a dot: no instance
+        # can be placed there (resolve_inside); scan sheets sit beside studies
+        if any(p.startswith(".") for p in parts) or path.is_dir() or path.name.startswith("scan_sheet"):
             continue
         assert path.suffix == ".dcm", f"unexpected file in the tree: {path}"
         ds = pydicom.dcmread(path)  # full read: raises on a truncated file
