@@ -216,7 +216,10 @@ def build_receivers(fastscp_cmd: str | None = None, dcmtk_bin: str | None = None
 
     def fastscp_argv(port: int, storage: Path, workdir: Path) -> list[str]:
         exe = fastscp_cmd or shutil.which("fastscp") or str(Path(sys.executable).with_name("fastscp"))
+        # indexing on (a DuckDB file in the work dir), default durability; the
+        # status endpoint off so back-to-back runs never share its port
         return [*exe.split(), "serve", str(port), AE_TITLE, "--storage-dir", str(storage),
+                "--index-db", str(workdir / "fastscp-index.db"), "--status-port", "0",
                 "--max-pdu", str(MAX_PDU)]
 
     def pynetdicom_argv(port: int, storage: Path, workdir: Path) -> list[str]:
