@@ -201,6 +201,12 @@ def test_64_concurrent_associations_lose_nothing(tmp_path: Path, load_files: lis
         for uid, pixel_data in zip(o[3], o[4]):
             assert pydicom.dcmread(stored[uid]).PixelData == pixel_data
     assert not incoming(srv.storage)
+    # all indexed: the clean stop flushed the writer
+    import duckdb
+
+    with duckdb.connect(str(srv.index_db), read_only=True) as conn:
+        indexed = {r[0] for r in conn.execute("SELECT sop_instance_uid FROM instances WHERE status = 'present'").fetchall()}
+    assert indexed == set(stored), f"{len(indexed)} indexed of {len(stored)} stored"
     server_log_clean(srv)
     peak = peak_concurrency(log)
     assert peak >= PYNETDICOM_SENDERS + 1, f"peak concurrency {peak}: the senders did not overlap"
