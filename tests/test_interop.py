@@ -6,7 +6,6 @@ disk, and its stored dataset bytes equal the sent file's dataset bytes.
 
 from __future__ import annotations
 
-import re
 import subprocess
 from collections import defaultdict
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from pydicom.data import get_testdata_files
 
 from conftest import Server, dataset_bytes, dcmtk, free_port, wait_for_port
+from reliability import store_responses
 
 pytestmark = pytest.mark.interop
 
@@ -48,15 +48,7 @@ def run_storescu(srv: Server, files: list[str | Path], *flags: str) -> list[tupl
     """Send with dcmtk storescu; returns (file, response) for each file it sent."""
     cmd = [dcmtk("storescu"), "-v", "-nh", "-aec", srv.ae_title, *flags, "127.0.0.1", str(srv.port), *map(str, files)]
     out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300).stdout
-    results = []
-    current = None
-    for line in out.splitlines():
-        if m := re.match(r"I: Sending file: (.*)$", line):
-            current = m.group(1)
-        elif (m := re.match(r"I: Received Store Response \((.*)\)", line)) and current:
-            results.append((current, m.group(1)))
-            current = None
-    return results
+    return store_responses(out)
 
 
 def assert_acknowledged_are_stored(srv: Server, acknowledged: list[tuple[str, str]]) -> None:
