@@ -24,6 +24,28 @@ from posix.types cimport off_t
 cdef extern from "<fcntl.h>" nogil:
     int fallocate(int fd, int mode, off_t offset, off_t length)
 
+cdef extern from *:
+    """
+    #include <fcntl.h>
+    #include <errno.h>
+    #include <unistd.h>
+    #include <sys/syscall.h>
+    #ifndef RENAME_NOREPLACE
+    #define RENAME_NOREPLACE (1 << 0)
+    #endif
+    static int fastscp_rename_noreplace(const char *src, const char *dst) {
+    #ifdef SYS_renameat2
+        return (int)syscall(SYS_renameat2, AT_FDCWD, src, AT_FDCWD, dst, RENAME_NOREPLACE);
+    #else
+        errno = ENOSYS;
+        return -1;
+    #endif
+    }
+    """
+    int fastscp_rename_noreplace(const char *src, const char *dst) nogil
+
+import os as _os
+
 DEF MIN_EXTENT = 1 << 20
 DEF MAX_EXTENT = 64 << 20
 
@@ -135,3 +157,21 @@ cdef class InstanceFile:
     def __dealloc__(self):
         if self._fd >= 0:
             close(self._fd)
+
+
+def rename_noreplace(src, dst):
+    """Rename ``src`` to ``dst`` unless ``dst`` exists, in one system call
+    (Linux renameat2 with RENAME_NOREPLACE): the existence check and the
+    rename are one atomic step. Raises FileExistsError when ``dst`` exists,
+    and OSError EINVAL/ENOSYS where the kernel or filesystem lacks the flag
+    (the caller falls back to a check and ``os.replace``)."""
+    cdef bytes s = _os.fsencode(src)
+    cdef bytes d = _os.fsencode(dst)
+    cdef const char* cs = s
+    cdef const char* cd = d
+    cdef int rc, err
+    with nogil:
+        rc = fastscp_rename_noreplace(cs, cd)
+        err = errno
+    if rc != 0:
+        raise OSError(err, _os.strerror(err), src, None, dst)

@@ -101,6 +101,7 @@ class _Store:
     hasher: Any = None
     status: int = D.SUCCESS
     comment: str = ""
+    placed: InstanceInfo | None = None  # stored: observers hear of it once answered
 
 
 @dataclasses.dataclass(slots=True)
@@ -354,8 +355,9 @@ class StoreSCPHandler:
         Storage.discard(writer, temp)
 
     def _place(self, st: _Store, temp: str, info: InstanceInfo) -> bool:
-        """Rename into place; counts and tells observers. False when nothing
-        was placed (failure, or a duplicate the policy dropped)."""
+        """Rename into place and count it (observers hear of it after the
+        answer). False when nothing was placed (failure, or a duplicate the
+        policy dropped)."""
         try:
             st.status, st.comment, placed = self.server.storage.place(temp, info)
         except UnsafePathError as exc:
@@ -376,8 +378,7 @@ class StoreSCPHandler:
         server = self.server
         server.instances_total += 1
         server.bytes_total += info.dataset_size
-        for observer in server.observers:
-            observer.instance_stored(self, info)
+        st.placed = info
         return True
 
     # Durable mode: data synced -> rename -> directory synced -> answer.
@@ -403,9 +404,16 @@ class StoreSCPHandler:
             self.statuses[st.status] = self.statuses.get(st.status, 0) + 1
         self._respond(st.context_id, D.encode_response(D.C_STORE_RSP, st.message_id, st.status, st.sop_class_uid,
                                                        st.sop_instance_uid, st.comment))
-        if self.server.observers:
+        observers = self.server.observers
+        if observers:
+            # The answer goes out first: the sender prepares its next instance
+            # while the observers (index queue, statistics, pipeline) run.
+            self.flush()
+            info = st.placed
             seconds = time.monotonic() - st.started
-            for observer in self.server.observers:
+            for observer in observers:
+                if info is not None:
+                    observer.instance_stored(self, info)
                 observer.store_answered(self, st.status, seconds)
 
     def _respond(self, context_id: int, command: bytes) -> None:

@@ -26,7 +26,6 @@ import collections
 import dataclasses
 import logging
 import os
-import queue
 import sys
 import threading
 import time
@@ -55,6 +54,7 @@ log = logging.getLogger("fastscp.pipeline")
 __all__ = ["Pipeline", "PipelineSettings", "ScanSheetListener", "PENDING_FILE"]
 
 PENDING_FILE = Path(".pipeline") / "pending.json"
+POLL_INTERVAL = 0.2  # seconds between drains of the instance events
 
 # (study record, html path, png path or None): called on a hook worker thread.
 ScanSheetListener = Callable[[StudyRecord, Path, "Path | None"], None]
@@ -188,7 +188,12 @@ class Pipeline(ReceptionObserver):
         self.tracker = StudyTracker(settings.study_timeout, settings.complete_on_release)
         self.runner = HookRunner(settings.workers)
         self.counts: collections.Counter[str] = collections.Counter()  # "instance ok", "study failed", ...
-        self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        # Events from the event loop. An instance is only appended (no wake-up:
+        # waking this thread per instance cost the receive path a GIL hand-over
+        # each time); the thread drains the deque every POLL_INTERVAL seconds.
+        # Rare events (association ended, stop) wake it at once.
+        self._events: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
@@ -198,10 +203,11 @@ class Pipeline(ReceptionObserver):
     # ---- observer (event loop thread: enqueue only) -----------------------------------
 
     def instance_stored(self, handler: Any, info: InstanceInfo) -> None:
-        self._events.put(("instance", info, time.monotonic()))
+        self._events.append(("instance", info, time.monotonic()))
 
     def association_ended(self, handler: Any) -> None:
-        self._events.put(("ended", handler.id, handler.ended == "released"))
+        self._events.append(("ended", handler.id, handler.ended == "released"))
+        self._wake.set()
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -215,7 +221,8 @@ class Pipeline(ReceptionObserver):
         """Finish the events already received, give tasks ``grace`` seconds,
         then persist what is left (tasks and open studies)."""
         if self._thread is not None:
-            self._events.put(("stop",))
+            self._events.append(("stop",))
+            self._wake.set()
             self._thread.join()
         left = self.runner.stop(grace)
         studies = self.tracker.drain()
@@ -224,14 +231,14 @@ class Pipeline(ReceptionObserver):
     # ---- the pipeline thread ---------------------------------------------------------
 
     def _loop(self) -> None:
+        events = self._events
         while True:
             nxt = self.tracker.next_due()
-            wait = 1.0 if nxt is None else max(0.0, min(1.0, nxt - time.monotonic()))
-            try:
-                ev = self._events.get(timeout=wait)
-            except queue.Empty:
-                ev = None
-            if ev is not None:
+            wait = POLL_INTERVAL if nxt is None else max(0.0, min(POLL_INTERVAL, nxt - time.monotonic()))
+            self._wake.wait(wait)  # even with events queued: drained in batches
+            self._wake.clear()
+            while events:
+                ev = events.popleft()
                 if ev[0] == "stop":
                     return
                 try:

@@ -1,7 +1,10 @@
 """Naming: where an instance goes, relative to the storage directory.
 
-A naming scheme is any object with ``relative_path(info) -> PurePosixPath``.
-It runs once per instance on the parsed header, never per fragment. Every
+A naming scheme is any object with ``relative_path(info) -> PurePosixPath``;
+the built-in ones also have ``relative_text(info) -> str`` (the same path as
+a "/"-joined string), which the receive path uses: building a PurePosixPath
+per instance cost more than the naming itself. It runs once per instance on
+the parsed header, never per fragment. Every
 component made from a DICOM value passes through ``safe_component`` (see
 safepath.py) so a hostile value cannot leave the storage directory; the
 receiver still puts the result through ``resolve_inside`` before touching the
@@ -67,25 +70,40 @@ def _joined(*parts: str, ext: str = "") -> str:
     return bound_name("_".join(part for part in parts if part), ext)
 
 
-def _path(*parts: str) -> PurePosixPath:
-    # One string argument: pathlib parses it faster than several parts.
-    return PurePosixPath("/".join(parts))
+def _path(*parts: str) -> str:
+    return "/".join(parts)
+
+
+class TextNaming:
+    """A scheme that builds its path as text; ``relative_path`` wraps it."""
+
+    def relative_text(self, info: InstanceInfo) -> str:
+        raise NotImplementedError
+
+    def relative_path(self, info: InstanceInfo) -> PurePosixPath:
+        return PurePosixPath(self.relative_text(info))
+
+
+def relative_text(naming: NamingScheme, info: InstanceInfo) -> str:
+    """The relative path ``naming`` gives ``info``, as "/"-joined text."""
+    text = getattr(naming, "relative_text", None)
+    return text(info) if text is not None else str(naming.relative_path(info))
 
 
 def _number(value: int | None) -> str:
     return "" if value is None else str(value)
 
 
-class FlatNaming:
+class FlatNaming(TextNaming):
     """``<SOPInstanceUID>.dcm`` in the storage directory itself."""
 
     name = "flat"
 
-    def relative_path(self, info: InstanceInfo) -> PurePosixPath:
-        return PurePosixPath(bound_name(safe_component(info.sop_instance_uid, 128), ".dcm"))
+    def relative_text(self, info: InstanceInfo) -> str:
+        return bound_name(safe_component(info.sop_instance_uid, 128), ".dcm")
 
 
-class HierarchicalNaming:
+class HierarchicalNaming(TextNaming):
     """Patient / study / series / instance, readable and unique::
 
         <PatientID>_<PatientName>/
@@ -100,7 +118,7 @@ class HierarchicalNaming:
 
     name = "hierarchical"
 
-    def relative_path(self, info: InstanceInfo) -> PurePosixPath:
+    def relative_text(self, info: InstanceInfo) -> str:
         return _path(
             _joined(_required(info.patient_id), _optional(person_display(info.patient_name))),
             _joined(_required(info.study_date), _required(info.accession_number or info.study_instance_uid)),
@@ -113,7 +131,7 @@ class HierarchicalNaming:
         )
 
 
-class DateBasedNaming:
+class DateBasedNaming(TextNaming):
     """``YYYY/MM/DD/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
 
     The date is the StudyDate; when it is absent or not a real date, the day
@@ -125,7 +143,7 @@ class DateBasedNaming:
     def __init__(self, utc: bool = False) -> None:
         self.utc = utc
 
-    def relative_path(self, info: InstanceInfo) -> PurePosixPath:
+    def relative_text(self, info: InstanceInfo) -> str:
         day = parse_date(info.study_date) or received_date(info.received_at, self.utc)
         return _path(
             f"{day.year:04d}/{day.month:02d}/{day.day:02d}",
@@ -144,7 +162,7 @@ def _account_key(name: str) -> str:
     return _NON_WORD.sub("_", name.casefold()).strip("_")
 
 
-class PhysicianNaming:
+class PhysicianNaming(TextNaming):
     """The store server's per-account layout (seed 002).
 
     The account is chosen per instance:
@@ -298,7 +316,7 @@ class PhysicianNaming:
                 self._counts.popitem(last=False)
         return number
 
-    def relative_path(self, info: InstanceInfo) -> PurePosixPath:
+    def relative_text(self, info: InstanceInfo) -> str:
         _, account = self.route(info)
         series = info.series_number if info.series_number is not None else 0
         echo = int_or_none(info.echo_numbers) or 0

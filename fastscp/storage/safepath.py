@@ -163,20 +163,11 @@ def resolve_inside(storage_dir: Path, rel: PurePosixPath, follow_symlinks: bool 
     a storage tree may legitimately hold symlinked account folders).
 
     Raises UnsafePathError otherwise."""
-    if not isinstance(rel, PurePosixPath):
-        rel = PurePosixPath(rel)
-    if rel.is_absolute() or not rel.parts:
-        raise UnsafePathError(f"not a relative path inside storage: {str(rel)!r}")
-    for part in rel.parts:
-        if not part or part[0] == "." or "\x00" in part or "\\" in part or "/" in part:
-            raise UnsafePathError(f"unsafe path component {part!r} in {str(rel)!r}")
     base = os.fspath(storage_dir)
     base = os.path.normpath(base) if os.path.isabs(base) else os.path.abspath(base)
-    target = os.path.join(base, *rel.parts)
-    # The parts are plain names, so this holds by construction; checked anyway
-    # because it is the last gate (a string prefix test, cheaper than commonpath).
-    if os.path.normpath(target) != target or not target.startswith(base.rstrip(os.sep) + os.sep):
-        raise UnsafePathError(f"{str(rel)!r} leaves the storage directory {base!r}")
+    if not isinstance(rel, PurePosixPath):
+        rel = PurePosixPath(rel)
+    target = join_inside(base, str(rel) if rel.parts else "")
     if follow_symlinks:
         real_base = os.path.realpath(base)
         probe = target
@@ -186,6 +177,23 @@ def resolve_inside(storage_dir: Path, rel: PurePosixPath, follow_symlinks: bool 
         if os.path.commonpath([real_base, real]) != real_base:
             raise UnsafePathError(f"{str(rel)!r} reaches outside {base!r} through a symlink")
     return Path(target)
+
+
+def join_inside(base: str, rel: str) -> str:
+    """``base + "/" + rel`` as text, where ``base`` is an absolute normalised
+    directory and ``rel`` a "/"-separated relative path whose every part is a
+    plain name: not empty, no leading dot (no ``.``/``..``, no ``.incoming``),
+    no NUL or backslash. The lexical core of ``resolve_inside``, on strings
+    (the receive path calls it once per instance). Raises UnsafePathError."""
+    if not rel or rel[0] == "/":
+        raise UnsafePathError(f"not a relative path inside storage: {rel!r}")
+    if "\x00" in rel or "\\" in rel:
+        raise UnsafePathError(f"unsafe character in {rel!r}")
+    for part in rel.split("/"):
+        if not part or part[0] == ".":
+            raise UnsafePathError(f"unsafe path component {part!r} in {rel!r}")
+    # The parts are plain names, so the join stays inside by construction.
+    return base + rel if base.endswith("/") else base + "/" + rel
 
 
 def split_ext(name: str) -> tuple[str, str]:

@@ -298,6 +298,9 @@ class TemplateNaming:
         return "".join(piece if isinstance(piece, str) else piece.render(info) for piece in self._pieces)
 
     def relative_path(self, info: InstanceInfo) -> PurePosixPath:
+        return PurePosixPath(self.relative_text(info))
+
+    def relative_text(self, info: InstanceInfo) -> str:
         parts = []
         for part in self._render(info).split("/"):
             if not part:
@@ -305,4 +308,4 @@ class TemplateNaming:
             clean = safe_component(part, _UNBOUNDED, UNKNOWN, _UNBOUNDED)  # bound_name bounds it
             stem, ext = split_ext(clean)
             parts.append(bound_name(stem, ext))
-        return PurePosixPath("/".join(parts) if parts else UNKNOWN)
+        return "/".join(parts) if parts else UNKNOWN

@@ -1,0 +1,254 @@
+"""Hot-path micro-benchmark: the receive path fed from memory, no network.
+
+A benchmark corpus (bench/gen_corpus.py) is turned into the exact byte
+stream a sender puts on the wire (A-ASSOCIATE-RQ, then per instance a
+C-STORE-RQ command PDU and the dataset in P-DATA PDUs of at most --max-pdu
+bytes, then A-RELEASE-RQ), held in memory. That stream is fed to fastscp's
+real connection object (net/server.py ``AssociationProtocol``) the way the
+event loop does it: ``get_buffer`` / copy / ``buffer_updated``, in reads of
+at most --read-size bytes. Everything behind it is the real receive path:
+framer, association state machine, DIMSE, temp file, header parse, naming,
+duplicate check, rename, C-STORE-RSP encoding. Answers go to a transport
+that only counts them. The catalog, monitor and pipeline are left out unless
+--observers is given (then the DuckDB writer thread runs as in ``serve``).
+
+Reported: instances/s, dataset GB/s, CPU seconds of this process, and that
+every instance got a Success answer and is stored. Use it to judge a change
+to ``_ext/`` or the storage path without the noise of a sender process:
+
+    python bench/bench_hotpath.py --corpus small --count 5000
+    python bench/bench_hotpath.py --corpus large --count 1000 --profile out.prof
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import resource
+import shutil
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gen_corpus  # noqa: E402
+
+from fastscp.app import build_state  # noqa: E402
+from fastscp.config import load_config  # noqa: E402
+from fastscp.net.server import DicomServer  # noqa: E402
+from fastscp.protocol import dimse as D  # noqa: E402
+from fastscp.scp import StoreSCPHandler  # noqa: E402
+
+AE = "FASTSCP"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def _item(t: int, value: bytes) -> bytes:
+    return struct.pack(">BBH", t, 0, len(value)) + value
+
+
+def associate_rq(contexts: list[tuple[int, str, str]], max_pdu: int) -> bytes:
+    body = struct.pack(">HH", 1, 0) + AE.encode().ljust(16) + b"BENCH".ljust(16) + bytes(32)
+    body += _item(0x10, b"1.2.840.10008.3.1.1.1")
+    for cid, abstract, ts in contexts:
+        body += _item(0x20, bytes((cid, 0, 0, 0)) + _item(0x30, abstract.encode()) + _item(0x40, ts.encode()))
+    body += _item(0x50, _item(0x51, struct.pack(">I", max_pdu)) + _item(0x52, b"1.2.3.4"))
+    return struct.pack(">BBI", 1, 0, len(body)) + body
+
+
+def pdata_pdus(context_id: int, payload: bytes | memoryview, command: bool, max_pdu: int) -> list[bytes]:
+    """One message as P-DATA-TF PDUs of at most max_pdu bytes, one PDV each."""
+    room = max_pdu - 6
+    out = []
+    for start in range(0, max(len(payload), 1), room):
+        chunk = payload[start:start + room]
+        last = start + room >= len(payload)
+        mch = (1 if command else 0) | (2 if last else 0)
+        out.append(struct.pack(">BBIIBB", 4, 0, len(chunk) + 6, len(chunk) + 2, context_id, mch) + bytes(chunk))
+    return out
+
+
+def dataset_of(path: Path) -> tuple[str, str, str, bytes]:
+    """(SOP class, SOP instance, transfer syntax, dataset bytes) of a Part-10 file."""
+    raw = path.read_bytes()
+    meta_len = int.from_bytes(raw[140:144], "little")
+    meta = raw[132:144 + meta_len]
+    values: dict[int, str] = {}
+    pos = 12
+    while pos < len(meta):
+        elem = struct.unpack_from("<H", meta, pos + 2)[0]
+        vr = meta[pos + 4:pos + 6]
+        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+            length = struct.unpack_from("<I", meta, pos + 8)[0]
+            start = pos + 12
+        else:
+            length = struct.unpack_from("<H", meta, pos + 6)[0]
+            start = pos + 8
+        values[elem] = meta[start:start + length].rstrip(b"\0 ").decode()
+        pos = start + length
+    return values[0x0002], values[0x0003], values[0x0010], raw[144 + meta_len:]
+
+
+def build_stream(files: list[Path], max_pdu: int) -> tuple[bytes, int, int]:
+    """The whole association as one byte string; (stream, instances, dataset bytes)."""
+    parsed = [dataset_of(p) for p in files]
+    contexts: dict[tuple[str, str], int] = {}
+    for sop_class, _, ts, _ in parsed:
+        contexts.setdefault((sop_class, ts), 1 + 2 * len(contexts))
+    parts = [associate_rq([(cid, a, t) for (a, t), cid in contexts.items()], max_pdu)]
+    total = 0
+    for n, (sop_class, sop_instance, ts, data) in enumerate(parsed, 1):
+        cid = contexts[(sop_class, ts)]
+        command = D.encode_request(D.C_STORE_RQ, n, sop_class, sop_instance, data_set=True)
+        parts += pdata_pdus(cid, command, True, max_pdu)
+        parts += pdata_pdus(cid, data, False, max_pdu)
+        total += len(data)
+    parts.append(bytes((5, 0, 0, 0, 0, 4, 0, 0, 0, 0)))
+    return b"".join(parts), len(parsed), total
+
+
+class CountingTransport:
+    """Stands in for the socket: counts C-STORE-RSP statuses it is given."""
+
+    def __init__(self) -> None:
+        self.success = 0
+        self.other = 0
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def write(self, data: bytes) -> None:
+        # walk the PDUs; a C-STORE-RSP's Status (0000,0900) is its command's last US
+        pos = 0
+        while pos + 6 <= len(data):
+            end = pos + 6 + int.from_bytes(data[pos + 2:pos + 6], "big")
+            if data[pos] == 4:
+                idx = data.rfind(b"\x00\x00\x00\x09\x02\x00\x00\x00", pos, end)
+                if idx >= 0:
+                    if data[idx + 8:idx + 10] == b"\x00\x00":
+                        self.success += 1
+                    else:
+                        self.other += 1
+            pos = end
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+async def feed(stream: bytes, storage_dir: Path, max_pdu: int, read_size: int, observers: bool,
+               index_db: Path) -> tuple[CountingTransport, float, float]:
+    overrides = {"storage.directory": str(storage_dir), "server.max_pdu": max_pdu,
+                 "database.path": str(index_db) if observers else None, "status.port": 0}
+    cfg = load_config(None, overrides)
+    state = build_state(cfg)
+    writer = None
+    if observers:
+        from fastscp.app import CatalogFeed, open_catalog
+
+        writer = open_catalog(cfg, state)
+    server = DicomServer(lambda assoc, peer: StoreSCPHandler(state, assoc, peer), max_pdu,
+                         idle_timeout=0, dimse_timeout=0)
+    if writer is not None:
+        state.observers.append(CatalogFeed(writer, server))
+    from fastscp.net.server import AssociationProtocol
+
+    proto = AssociationProtocol(server)
+    transport = CountingTransport()
+    view = memoryview(stream)
+    gc.collect()
+    gc.freeze()  # as serve does after start-up
+    c0, t0 = time.process_time(), time.perf_counter()
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    pos, end = 0, len(stream)
+    while pos < end:
+        buf = proto.get_buffer(-1)
+        n = min(len(buf), read_size, end - pos)
+        buf[:n] = view[pos:pos + n]
+        pos += n
+        proto.buffer_updated(n)
+    t1, c1 = time.perf_counter(), time.process_time()
+    proto.connection_lost(None)
+    if writer is not None:
+        writer.close()
+    return transport, t1 - t0, c1 - c0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", default="small", choices=["small", "large", "multiframe"])
+    ap.add_argument("--count", type=int, default=None, help="images in the corpus (default: gen_corpus's)")
+    ap.add_argument("--multiframe-mb", type=int, default=64)
+    ap.add_argument("--corpus-dir", type=Path, default=gen_corpus.DEFAULT_ROOT)
+    ap.add_argument("--work-dir", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
+                    help="where the receiver stores (default tmpfs /dev/shm)")
+    ap.add_argument("--max-pdu", type=int, default=131072)
+    ap.add_argument("--read-size", type=int, default=262144, help="bytes per simulated socket read")
+    ap.add_argument("--repeat", type=int, default=3, help="runs; the best is reported")
+    ap.add_argument("--observers", action="store_true", help="also feed the DuckDB catalog writer")
+    ap.add_argument("--profile", type=Path, help="write a cProfile of one run here")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = ap.parse_args(argv)
+
+    corpus = gen_corpus.ensure_corpus(gen_corpus.default_spec(args.corpus, args.count, args.multiframe_mb),
+                                      args.corpus_dir)
+    stream, instances, dataset_bytes = build_stream(corpus.files, args.max_pdu)
+    runs = []
+    for run in range(args.repeat):
+        work = Path(tempfile.mkdtemp(prefix="fastscp-hotpath-", dir=args.work_dir))
+        try:
+            if args.profile and run == 0:
+                import cProfile
+
+                prof = cProfile.Profile()
+                prof.enable()
+                transport, wall, cpu = asyncio.run(feed(stream, work / "store", args.max_pdu, args.read_size,
+                                                        args.observers, work / "index.db"))
+                prof.disable()
+                prof.dump_stats(args.profile)
+            else:
+                transport, wall, cpu = asyncio.run(feed(stream, work / "store", args.max_pdu, args.read_size,
+                                                        args.observers, work / "index.db"))
+            stored = sum(1 for p in (work / "store").rglob("*.dcm"))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if transport.success != instances or stored != instances:
+            print(f"run {run}: {transport.success} Success answers, {transport.other} others, "
+                  f"{stored} files stored, of {instances}", file=sys.stderr)
+            return 1
+        runs.append({"wall_s": wall, "cpu_s": cpu})
+    best = min(runs, key=lambda r: r["wall_s"])
+    figures = {
+        "corpus": corpus.spec.key(), "instances": instances, "dataset_bytes": dataset_bytes,
+        "max_pdu": args.max_pdu, "observers": args.observers, "wall_s": best["wall_s"], "cpu_s": best["cpu_s"],
+        "instances_per_s": instances / best["wall_s"], "dataset_gb_per_s": dataset_bytes / best["wall_s"] / 1e9,
+        "us_per_instance": best["wall_s"] / instances * 1e6,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "runs": runs,
+    }
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        print(f"{corpus.spec.key()}: {instances} instances, {dataset_bytes / 1e6:.1f} MB of datasets; best of "
+              f"{len(runs)}: {figures['wall_s']:.3f} s, {figures['instances_per_s']:.0f} instances/s, "
+              f"{figures['dataset_gb_per_s']:.2f} GB/s, {figures['us_per_instance']:.1f} us/instance, "
+              f"CPU {figures['cpu_s']:.3f} s{' (with the catalog writer)' if args.observers else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
