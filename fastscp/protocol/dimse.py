@@ -9,6 +9,7 @@ generic failure for commands we do not serve).
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any
 
@@ -77,19 +78,27 @@ def encode_response(
     error_comment: str = "",
 ) -> bytes:
     """An encoded response command set, group length first, elements in tag order."""
-    elements = []
-    if sop_class_uid:
-        elements.append(_element(AFFECTED_SOP_CLASS, _text(sop_class_uid)))
-    elements.append(_element(COMMAND_FIELD, _us(command_field)))
-    elements.append(_element(MESSAGE_ID_RESPONDED, _us(message_id)))
-    elements.append(_element(DATA_SET_TYPE, _us(NO_DATA_SET)))
-    elements.append(_element(STATUS, _us(status)))
-    if error_comment:
-        elements.append(_element(ERROR_COMMENT, _lo(error_comment)))
-    if sop_instance_uid:
-        elements.append(_element(AFFECTED_SOP_INSTANCE, _text(sop_instance_uid)))
-    body = b"".join(elements)
-    return _element(0x00000000, struct.pack("<I", len(body))) + body
+    # Command Field, Message ID Being Responded To, Command Data Set Type and
+    # Status are consecutive fixed-size US elements: one pack for the four.
+    fixed = _FIXED4.pack(0, 0x0100, 2, command_field, 0, 0x0120, 2, message_id,
+                         0, 0x0800, 2, NO_DATA_SET, 0, 0x0900, 2, status)
+    body = b"".join((
+        _uid_element(AFFECTED_SOP_CLASS, sop_class_uid) if sop_class_uid else b"",
+        fixed,
+        _element(ERROR_COMMENT, _lo(error_comment)) if error_comment else b"",
+        _element(AFFECTED_SOP_INSTANCE, _text(sop_instance_uid)) if sop_instance_uid else b"",
+    ))
+    return _GROUP_LENGTH.pack(0, 0, 4, len(body)) + body
+
+
+_FIXED4 = struct.Struct("<" + "HHIH" * 4)
+_GROUP_LENGTH = struct.Struct("<HHII")
+
+
+@functools.lru_cache(maxsize=512)
+def _uid_element(tag: int, uid: str) -> bytes:
+    """A UI element of a value that repeats (SOP Class UIDs): cached."""
+    return _element(tag, _text(uid))
 
 
 def encode_request(command_field: int, message_id: int, sop_class_uid: str, sop_instance_uid: str = "", data_set: bool = False, priority: int = 0) -> bytes:

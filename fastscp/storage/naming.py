@@ -118,7 +118,26 @@ class HierarchicalNaming(TextNaming):
 
     name = "hierarchical"
 
+    MAX_CACHED_FOLDERS = 4096
+
+    def __init__(self) -> None:
+        # raw values -> series folder: the instances of a series share it
+        self._folders: dict[tuple[Any, ...], str] = {}
+
     def relative_text(self, info: InstanceInfo) -> str:
+        key = (info.patient_id, info.patient_name, info.study_date, info.accession_number,
+               info.study_instance_uid, info.series_number, info.modality, info.series_description)
+        folder = self._folders.get(key)
+        if folder is None:
+            folder = self._folder(info)
+            if len(self._folders) >= self.MAX_CACHED_FOLDERS:
+                self._folders.clear()
+            self._folders[key] = folder
+        return folder + "/" + _joined(_optional(_number(info.instance_number)), _required(info.sop_instance_uid),
+                                      ext=".dcm")
+
+    @staticmethod
+    def _folder(info: InstanceInfo) -> str:
         return _path(
             _joined(_required(info.patient_id), _optional(person_display(info.patient_name))),
             _joined(_required(info.study_date), _required(info.accession_number or info.study_instance_uid)),
@@ -127,7 +146,6 @@ class HierarchicalNaming(TextNaming):
                 _optional(info.modality),
                 _optional(info.series_description),
             ),
-            _joined(_optional(_number(info.instance_number)), _required(info.sop_instance_uid), ext=".dcm"),
         )
 
 

@@ -8,6 +8,7 @@ dataset streams after it unchanged.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 IMPLEMENTATION_CLASS_UID = "2.25.200841227432935489817306311526283714641"
@@ -36,12 +37,20 @@ _IMPLEMENTATION = _short(0x0012, b"UI", _ui(IMPLEMENTATION_CLASS_UID)) + _short(
 
 def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str) -> bytes:
     """Preamble + DICM + group 0002 for one instance."""
-    body = b"".join((
-        _VERSION,
-        _short(0x0002, b"UI", _ui(sop_class_uid)),
-        _short(0x0003, b"UI", _ui(sop_instance_uid)),
+    before, after = _meta_parts(sop_class_uid, transfer_syntax_uid, source_ae)
+    instance = _short(0x0003, b"UI", _ui(sop_instance_uid))
+    length = len(before) + len(instance) + len(after)
+    return b"".join((_PREAMBLE, _short(0x0000, b"UL", struct.pack("<I", length)), before, instance, after))
+
+
+@functools.lru_cache(maxsize=256)
+def _meta_parts(sop_class_uid: str, transfer_syntax_uid: str, source_ae: str) -> tuple[bytes, bytes]:
+    """The group 0002 elements before and after (0002,0003), which repeat
+    across the instances of an association: built once."""
+    before = _VERSION + _short(0x0002, b"UI", _ui(sop_class_uid))
+    after = b"".join((
         _short(0x0010, b"UI", _ui(transfer_syntax_uid)),
         _IMPLEMENTATION,
         _short(0x0016, b"AE", _text(source_ae[:16])) if source_ae else b"",
     ))
-    return _PREAMBLE + _short(0x0000, b"UL", struct.pack("<I", len(body))) + body
+    return before, after

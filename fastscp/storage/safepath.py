@@ -121,8 +121,15 @@ def safe_component(
     get a short hash suffix so distinct long values stay distinct).
 
     Results are cached: patient, study and series values repeat across the
-    instances of a study, so most calls cost a dictionary lookup."""
+    instances of a study, so most calls cost a dictionary lookup. UIDs and
+    numbers (digits and inner dots, already safe) skip the cache: each SOP
+    Instance UID is new, and caching them would evict the repeating values."""
+    if len(value) <= max_len and len(value) <= max_bytes and _DIGITS_AND_DOTS(value) is not None:
+        return value
     return _sanitise(value, max_len, empty, max_bytes)
+
+
+_DIGITS_AND_DOTS = re.compile(r"[0-9](?:[0-9.]*[0-9])?").fullmatch
 
 
 def bound_name(name: str, ext: str = "", max_bytes: int = MAX_NAME_BYTES) -> str:
