@@ -351,3 +351,50 @@ cdef class HeaderScanner:
                 return _TRUNCATED
             else:
                 pos += h.length
+
+
+# ---- value decoding, the common cases -------------------------------------
+# Kinds as in storage/header.py: UID, CODE, TEXT, NAME, INT, INTS, US.
+DEF K_CODE = 1
+DEF K_TEXT = 2
+DEF K_NAME = 3
+DEF K_INT = 4
+DEF K_INTS = 5
+
+
+def decode_values_into(dict fields, tuple values, tuple names, tuple kinds, str encoding, list encodings,
+                       bint little, decode_code, decode_text, decode_name, decode_int):
+    """Decode ``values[1:]`` (scanner output, bytes or None) into ``fields``
+    by name. The common cases run here: one value, no code extensions, the
+    data set's first character set decodes it. Anything else goes to the
+    given Python decoders (storage/header.py), so results are the same."""
+    cdef Py_ssize_t i, n = len(names)
+    cdef int kind
+    cdef bytes raw
+    for i in range(n):
+        obj = values[i + 1]
+        if obj is None:
+            continue
+        raw = <bytes>obj
+        kind = kinds[i]
+        name = names[i]
+        if kind <= K_CODE or kind == K_INTS:
+            if b"\\" in raw:
+                fields[name] = decode_code(raw)
+            else:
+                fields[name] = raw.decode("latin-1").strip(" \0")
+        elif kind == K_TEXT or kind == K_NAME:
+            if b"\x1b" in raw or b"\\" in raw or (kind == K_NAME and b"=" in raw):
+                fields[name] = decode_text(raw, encodings) if kind == K_TEXT else decode_name(raw, encodings)
+                continue
+            try:
+                fields[name] = raw.decode(encoding).strip(" \0")
+            except (UnicodeDecodeError, LookupError):
+                fields[name] = decode_text(raw, encodings) if kind == K_TEXT else decode_name(raw, encodings)
+        elif kind == K_INT:
+            fields[name] = decode_int(raw)
+        else:  # US
+            if len(raw) >= 2:
+                fields[name] = (raw[0] | (raw[1] << 8)) if little else ((raw[0] << 8) | raw[1])
+            else:
+                fields[name] = None

@@ -19,6 +19,7 @@ header-only parse.
 from libc.errno cimport errno, EDQUOT, EINTR, ENOSPC, EOPNOTSUPP
 from libc.string cimport memcpy
 from posix.unistd cimport close, ftruncate, pwrite
+from posix.uio cimport iovec, pwritev
 from posix.types cimport off_t
 
 cdef extern from "<fcntl.h>" nogil:
@@ -77,20 +78,39 @@ cdef class InstanceFile:
     cdef bytearray _head
     cdef Py_ssize_t _head_len
     cdef Py_ssize_t _head_limit
+    cdef bytes _prefix              # not written yet: goes out with the first fragment
 
-    def __cinit__(self, int fd, const unsigned char[::1] prefix, Py_ssize_t head_limit=16384, bint preallocate=True):
+    def __cinit__(self, int fd, bytes prefix, Py_ssize_t head_limit=16384, bint preallocate=True):
         self._fd = fd
         self._head_limit = head_limit
         self._head = bytearray(head_limit)
         self._prealloc = preallocate
         self._extent = MIN_EXTENT
-        cdef int err
-        with nogil:
-            err = write_all(fd, &prefix[0], prefix.shape[0], 0) if prefix.shape[0] else 0
-        if err:
-            raise OSError(err, "cannot write file meta")
-        self._offset = prefix.shape[0]
-        self.prefix_size = prefix.shape[0]
+        # The prefix is written with the first fragment, in one pwritev: a
+        # small instance then costs one write system call, not two.
+        self._prefix = prefix if len(prefix) else None
+        self._offset = len(prefix)
+        self.prefix_size = len(prefix)
+
+    cdef int _write_prefix_with(self, const unsigned char* p, const unsigned char* data, Py_ssize_t n) noexcept nogil:
+        """pwritev(prefix p, data) at offset 0; 0 or an errno."""
+        cdef iovec iov[2]
+        cdef Py_ssize_t done, plen = self.prefix_size
+        iov[0].iov_base = <void*>p
+        iov[0].iov_len = plen
+        iov[1].iov_base = <void*>data
+        iov[1].iov_len = n
+        while True:
+            done = pwritev(self._fd, iov, 2, 0)
+            if done >= 0 or errno != EINTR:
+                break
+        if done < 0:
+            return errno
+        if done < plen:  # short write: finish it plainly
+            return write_all(self._fd, p + done, plen - done, done) or write_all(self._fd, data, n, plen)
+        if done < plen + n:
+            return write_all(self._fd, data + (done - plen), n - (done - plen), done)
+        return 0
 
     @property
     def fd(self):
@@ -114,8 +134,11 @@ cdef class InstanceFile:
         cdef Py_ssize_t n = data.shape[0], keep
         cdef off_t want
         cdef int err = 0
+        cdef const unsigned char* pre = NULL
         if n == 0:
             return
+        if self._prefix is not None:
+            pre = <const unsigned char*>(<char*>self._prefix)
         if self._fd < 0:
             raise ValueError("write to a closed InstanceFile")
         if self._head_len < self._head_limit:
@@ -137,13 +160,25 @@ cdef class InstanceFile:
                 else:
                     err = errno
             if err == 0:
-                err = write_all(self._fd, &data[0], n, self._offset)
+                if pre != NULL:
+                    err = self._write_prefix_with(pre, &data[0], n)
+                else:
+                    err = write_all(self._fd, &data[0], n, self._offset)
         if err:
             raise OSError(err, "cannot write dataset")
+        self._prefix = None
         self._offset += n
 
     def finish(self):
         """Trim preallocated space; returns the file size. The fd stays open."""
+        cdef int err
+        cdef const unsigned char* p
+        if self._prefix is not None:  # an empty dataset: the prefix alone
+            p = <const unsigned char*>(<char*>self._prefix)
+            err = write_all(self._fd, p, self.prefix_size, 0)
+            if err:
+                raise OSError(err, "cannot write file meta")
+            self._prefix = None
         if self._allocated > self._offset:
             if ftruncate(self._fd, self._offset) != 0:
                 raise OSError(errno, "cannot trim file")

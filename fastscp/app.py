@@ -8,6 +8,7 @@ import asyncio
 import gc
 import logging
 import os
+import sys
 import signal
 import time
 from collections.abc import Mapping
@@ -200,6 +201,11 @@ class App:
         gc.collect()
         gc.freeze()
         gc.set_threshold(50_000, 50, 100)
+        # The index writer and pipeline threads want the GIL in bursts; with
+        # the default 5 ms switch interval the event loop, woken by a sender,
+        # waited up to 5 ms for it. 0.5 ms: the bursts run while the sender
+        # prepares its next instance (measured: small-image flood 10% faster).
+        sys.setswitchinterval(0.0005)
 
         def ready() -> None:
             log.info("storage filesystem %s: preallocation %s", storage.filesystem or "unknown",

@@ -14,6 +14,7 @@ LOAD_SCALE multiplies the instances per sender (default 1: 3200 instances).
 from __future__ import annotations
 
 import copy
+import logging
 import multiprocessing
 import os
 import re
@@ -70,6 +71,7 @@ class PynetdicomSender(threading.Thread):
         self.statuses: list[int] = []
         self.unanswered: list[str] = []
         self.reassociations = 0
+        self.assoc_threads: list[str] = []  # names of its pynetdicom association threads
         self.error = ""
 
     def run(self) -> None:
@@ -80,6 +82,7 @@ class PynetdicomSender(threading.Thread):
         ae.acse_timeout = ae.network_timeout = 60
         ae.dimse_timeout = 10
         assoc = ae.associate("127.0.0.1", self.port, ae_title="FASTSCP")
+        self.assoc_threads.append(assoc.name)
         self.ready.put(self.index)
         try:
             if not self.go.wait(120):
@@ -89,6 +92,7 @@ class PynetdicomSender(threading.Thread):
                 if not assoc.is_established:
                     self.reassociations += 1
                     assoc = ae.associate("127.0.0.1", self.port, ae_title="FASTSCP")
+                    self.assoc_threads.append(assoc.name)
                     if not assoc.is_established:
                         self.error = "association not established"
                         return
@@ -116,6 +120,8 @@ def pynetdicom_worker(port: int, indices: list[int], template_path: str, ready: 
     unanswered, aborts, re-associates and goes on, like a real SCU would;
     the test then checks that every unanswered instance is on disk."""
     template = pydicom.dcmread(template_path)
+    taken = _ReactorTakes()
+    logging.getLogger("pynetdicom").addHandler(taken)
     senders = [PynetdicomSender(port, i, _pynetdicom_datasets(i, template), ready, go) for i in indices]
     for s in senders:
         s.start()
@@ -123,7 +129,25 @@ def pynetdicom_worker(port: int, indices: list[int], template_path: str, ready: 
         s.join(300)
         results.put((s.index, s.statuses, s.error or ("still running" if s.is_alive() else ""),
                      [str(ds.SOPInstanceUID) for ds in s.datasets], [bytes(ds.PixelData) for ds in s.datasets],
-                     s.unanswered, s.reassociations))
+                     s.unanswered, s.reassociations, sum(taken.by_thread.get(n, 0) for n in s.assoc_threads)))
+
+
+class _ReactorTakes(logging.Handler):
+    """Counts, per association thread, the C-STORE-RSPs pynetdicom's own
+    reactor took off its queue: it then logs "Received unexpected C-STORE
+    service message" from that association's thread, and the caller waiting
+    in send_c_store never sees the answer (pynetdicom 2.x: association.py
+    _run_reactor can run get_msg between send_c_store's pause check and its
+    get_msg). A receiver that answers fast makes the window easier to hit."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.by_thread: dict[str, int] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Received unexpected") and "C-STORE" in message.replace("_", "-"):
+            self.by_thread[record.threadName] = self.by_thread.get(record.threadName, 0) + 1
 
 
 def peak_concurrency(log: str) -> int:
@@ -189,7 +213,11 @@ def test_64_concurrent_associations_lose_nothing(tmp_path: Path, load_files: lis
         assert proc.returncode == 0 and len(acked) == DCMTK_EACH, f"storescu {g}: {len(acked)}/{DCMTK_EACH}\n{text[-2000:]}"
         dcmtk_acked += acked
     assert "rejected" not in log, "an association was refused under the 64 limit"
-    assert len(unanswered) <= 8, f"{len(unanswered)} C-STORE-RSPs not seen by pynetdicom: more than its occasional loss"
+    # Every answer a pynetdicom caller missed must be one its own reactor took
+    # (and logged); an answer the server never sent would not be.
+    taken = sum(o[7] for o in outcomes)
+    assert len(unanswered) <= taken, (f"{len(unanswered)} C-STORE-RSPs not seen by pynetdicom callers, only "
+                                      f"{taken} of them taken by pynetdicom's reactor")
 
     stored = check_tree(srv.storage)
     total = DCMTK_SENDERS * DCMTK_EACH + PYNETDICOM_SENDERS * PYNETDICOM_EACH
@@ -212,5 +240,5 @@ def test_64_concurrent_associations_lose_nothing(tmp_path: Path, load_files: lis
     assert peak >= PYNETDICOM_SENDERS + 1, f"peak concurrency {peak}: the senders did not overlap"
     assert rss_peak - rss_start < RSS_GROWTH_LIMIT_KB, f"peak RSS {rss_peak} kB (started at {rss_start} kB)"
     print(f"\nload: {total} instances over {DCMTK_SENDERS + PYNETDICOM_SENDERS} associations, peak {peak} at once; "
-          f"0 lost, 0 failed ({len(unanswered)} responses pynetdicom did not pass on, all stored; "
+          f"0 lost, 0 failed ({len(unanswered)} responses pynetdicom did not pass on, {taken} taken by its reactor, all stored; "
           f"{reassociations} re-associations); VmHWM {rss_start // 1024} MB at start, {rss_peak // 1024} MB peak")

@@ -41,6 +41,7 @@ from .._ext.header import (
     PIXEL_DATA,
     TRUNCATED,
     HeaderScanner,
+    decode_values_into,
 )
 from ..instance import InstanceInfo
 
@@ -251,7 +252,9 @@ def _decode_int(raw: bytes) -> int | None:
     return int(number) if number.is_integer() else None
 
 
-_DECODING: tuple[tuple[str, int], ...] = tuple((name, kind) for _, name, kind in _ATTRIBUTES[1:])
+_NAMES: tuple[str, ...] = tuple(name for _, name, _ in _ATTRIBUTES[1:])
+_KINDS: tuple[int, ...] = tuple(kind for _, _, kind in _ATTRIBUTES[1:])
+assert (_CODE, _TEXT, _NAME, _INT, _INTS) == (1, 2, 3, 4, 5)  # the kinds _ext/header.pyx knows
 
 
 def _decode_values(
@@ -265,25 +268,9 @@ def _decode_values(
     fields: dict[str, Any] = {
         "specific_character_set": charset, "sop_class_uid": "", "sop_instance_uid": "",
     }
-    order: Literal["little", "big"] = "little" if little else "big"
-    # The common case (one value, no code extensions) is inlined: this loop
-    # is most of parse_head's time.
-    for (name, kind), raw in zip(_DECODING, values[1:]):
-        if raw is None:
-            continue
-        if kind <= _CODE or kind == _INTS:
-            if b"\\" in raw:
-                fields[name] = _decode_code(raw)
-            else:
-                fields[name] = raw.decode("latin-1").strip(" \0")
-        elif kind == _TEXT:
-            fields[name] = _decode_text(raw, encodings)
-        elif kind == _NAME:
-            fields[name] = _decode_name(raw, encodings)
-        elif kind == _INT:
-            fields[name] = _decode_int(raw)
-        else:  # _US
-            fields[name] = int.from_bytes(raw[:2], order) if len(raw) >= 2 else None
+    # The loop is Cython (_ext/header.pyx); rare cases call back the decoders above.
+    decode_values_into(fields, values, _NAMES, _KINDS, encodings[0], encodings, little,
+                       _decode_code, _decode_text, _decode_name, _decode_int)
     return InstanceInfo(transfer_syntax_uid=transfer_syntax_uid, **fields)
 
 
