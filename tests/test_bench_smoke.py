@@ -1,0 +1,79 @@
+"""Smoke run of the flood suite (bench/flood.py) on a tiny corpus: the
+harness works and every receiver it compares got every image, over 1 and 2
+associations, for the large, small and multi-frame corpora. It asserts no
+timings: a timing is a benchmark figure, not a test.
+
+Every receiver the suite compares must be installed: dcmtk (storescp,
+storescu) and Orthanc come from Debian (`.ci/run` installs them); fastscp is
+this package; pynetdicom is a test dependency.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import flood  # noqa: E402
+from receivers import dcmtk_tool  # noqa: E402
+
+RECEIVERS = ["fastscp", "fastscp-fsync", "storescp", "storescp-fork", "pynetdicom", "orthanc"]
+
+
+def _missing_peers() -> list[str]:
+    missing = []
+    for tool in ("storescu", "storescp"):
+        try:
+            dcmtk_tool(tool)
+        except FileNotFoundError:
+            missing.append(f"dcmtk {tool}")
+    if not (shutil.which("Orthanc") or os.path.exists("/usr/sbin/Orthanc")):
+        missing.append("Orthanc (Debian package orthanc)")
+    return missing
+
+
+def test_every_receiver_gets_every_image(tmp_path: Path) -> None:
+    missing = _missing_peers()
+    assert not missing, f"the suite's peers are not installed: {missing}; run .ci/run"
+    names = RECEIVERS
+    rc = flood.main([
+        "--receivers", ",".join(names), "--corpus", "large,small,multiframe", "--assocs", "1,2",
+        "--large-count", "6", "--small-count", "10", "--multiframe-mb", "4",
+        "--latency-count", "3", "--repeat", "1", "--settle", "0",
+        "--corpus-dir", str(tmp_path / "corpus"), "--work-dir", str(tmp_path / "work"),
+        "--out-dir", str(tmp_path / "out"),
+        "--update-readme-snippet", str(tmp_path / "snippet.md"),
+    ])
+    run = json.loads((tmp_path / "out" / "results.json").read_text())
+    problems = [(r["receiver"], r["corpus"], r["assocs"], r.get("error"), r.get("arrived"))
+                for r in run["results"] if not r.get("all_arrived")]
+    assert not problems, problems
+    assert rc == 0
+    assert len(run["results"]) == len(names) * 3 * 2
+    assert (tmp_path / "out" / "images_per_s.png").stat().st_size > 0
+    assert "| storescp |" in (tmp_path / "snippet.md").read_text()
+    latencies = [r["latency"] for r in run["results"] if r["assocs"] == 1 and r["corpus"] != "multiframe"]
+    assert all(lat["count"] > 0 for lat in latencies)
+
+
+def test_hotpath_benchmark_runs_every_corpus(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """bench/bench_hotpath.py (the receive path fed from memory) runs on each
+    corpus, with and without the catalog writer, and every instance it fed
+    was answered Success and stored (it exits 1 otherwise)."""
+    import bench_hotpath
+
+    for corpus, count, extra in (("small", 20, []), ("large", 4, ["--observers"]),
+                                 ("multiframe", None, ["--multiframe-mb", "3"])):
+        argv = ["--corpus", corpus, "--repeat", "1", "--json", "--corpus-dir", str(tmp_path / "corpus"),
+                "--work-dir", str(tmp_path), *extra]
+        if count is not None:
+            argv += ["--count", str(count)]
+        assert bench_hotpath.main(argv) == 0, corpus
+        figures = json.loads(capsys.readouterr().out)
+        assert figures["instances"] == (count or 1)
+        assert figures["dataset_bytes"] > 0 and figures["instances_per_s"] > 0
+        assert figures["observers"] == ("--observers" in extra)
