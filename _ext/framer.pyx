@@ -281,3 +281,26 @@ def decode_command(data):
             out[tag] = PyBytes_FromStringAndSize(<char*>q, length)
         pos += length
     return out
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    int setsockopt(int sockfd, int level, int optname, const void* optval, unsigned int optlen)
+
+cdef extern from "<netinet/in.h>":
+    int IPPROTO_TCP
+
+cdef extern from "<netinet/tcp.h>":
+    int TCP_QUICKACK
+
+from libc.errno cimport errno
+
+
+def tcp_quickack(int fd):
+    """Set TCP_QUICKACK on socket ``fd`` (Linux clears it again on its own,
+    so the receive path sets it after every read). One system call and no
+    Python socket object: uvloop's transport socket is a stand-in that builds
+    a new ``socket.socket`` (and asks the kernel for its name) per call.
+    Raises OSError when the kernel refuses (the socket is going away)."""
+    cdef int one = 1
+    if setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one)) != 0:
+        raise OSError(errno, "setsockopt(TCP_QUICKACK) failed")

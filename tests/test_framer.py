@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 
 import pytest
 from hypothesis import given, settings
@@ -21,7 +22,7 @@ from _pdu_fixtures import (
     pdv,
 )
 
-from fastscp._ext.framer import EV_COMMAND, EV_DATASET, EV_PDU, FramingError, PDUFramer, decode_command
+from fastscp._ext.framer import EV_COMMAND, EV_DATASET, EV_PDU, FramingError, PDUFramer, decode_command, tcp_quickack
 from fastscp.protocol.dimse import C_STORE_RQ, encode_request
 
 
@@ -376,3 +377,24 @@ def test_any_fragmentation_reassembles(payload, fragment, per_pdu, cuts):
     events, _ = run([data[a:b] for a, b in zip(bounds, bounds[1:])], max_pdata=4096)
     assert b"".join(e[2] for e in events) == payload
     assert [e[3] for e in events][-1] is True and not any(e[3] for e in events[:-1])
+
+
+def test_tcp_quickack_sets_the_option_on_the_descriptor_and_reports_failure():
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    try:
+        server.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 0)
+        assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 0
+        tcp_quickack(server.fileno())
+        assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK) == 1
+        r, w = os.pipe()  # not a socket: the kernel refuses, and so must we
+        try:
+            with pytest.raises(OSError):
+                tcp_quickack(r)
+        finally:
+            os.close(r)
+            os.close(w)
+    finally:
+        for s in (client, server, listener):
+            s.close()
