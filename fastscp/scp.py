@@ -102,6 +102,7 @@ class _Store:
     status: int = D.SUCCESS
     comment: str = ""
     placed: InstanceInfo | None = None  # stored: observers hear of it once answered
+    finished: Any = None  # the placed file's writer, closed once the answer is out
 
 
 @dataclasses.dataclass(slots=True)
@@ -344,8 +345,10 @@ class StoreSCPHandler:
             self._store_error(st, exc, writer, temp)
             return True
         if storage.committer is not None:
+            writer.close()
             storage.committer.sync_then(lambda err: self._durable_data_synced(st, temp, info, err))  # type: ignore[arg-type]
             return False
+        st.finished = writer
         self._place(st, temp, info)  # type: ignore[arg-type]
         return True
 
@@ -405,10 +408,14 @@ class StoreSCPHandler:
         self._respond(st.context_id, D.encode_response(D.C_STORE_RSP, st.message_id, st.status, st.sop_class_uid,
                                                        st.sop_instance_uid, st.comment))
         observers = self.server.observers
-        if observers:
+        if st.finished is not None or observers:
             # The answer goes out first: the sender prepares its next instance
-            # while the observers (index queue, statistics, pipeline) run.
+            # while the file is closed and the observers (index queue,
+            # statistics, pipeline) run.
             self.flush()
+            if st.finished is not None:
+                st.finished.close()
+                st.finished = None
             info = st.placed
             seconds = time.monotonic() - st.started
             for observer in observers:

@@ -88,11 +88,6 @@ class AssociationProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         assoc = self.assoc
         assoc.buffer_updated(nbytes)
-        if self._quickack is not None:
-            try:
-                self._quickack()
-            except OSError:  # the socket is going away; the read still counts
-                self._quickack = None
         handler = self.handler
         next_event = assoc.next_event
         try:
@@ -114,6 +109,13 @@ class AssociationProtocol(asyncio.BufferedProtocol):
             self._consumed = consumed
             self.last_activity = time.monotonic()
         self._after()
+        # after the answer went out: the ACK for what comes next matters, the
+        # one for this read was carried by the answer or is already due
+        if self._quickack is not None:
+            try:
+                self._quickack()
+            except OSError:  # the socket is going away; the read still counts
+                self._quickack = None
 
     def eof_received(self) -> bool:
         return False  # close our side too

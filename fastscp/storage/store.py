@@ -113,15 +113,19 @@ class Storage:
         return writer, temp
 
     def commit(self, writer: InstanceFile, temp: str, info: InstanceInfo) -> tuple[int, str, bool]:
-        """finish + place (the non-durable path)."""
+        """finish + place + close (the non-durable path)."""
         self.finish(writer, info)
-        return self.place(temp, info)
+        try:
+            return self.place(temp, info)
+        finally:
+            writer.close()
 
     @staticmethod
     def finish(writer: InstanceFile, info: InstanceInfo) -> None:
-        """Trim the temp file to the bytes written and close it."""
+        """Trim the temp file to the bytes written. The descriptor stays open:
+        ``place`` works on names, so the service closes it once the answer
+        is out (a close is off the sender's critical path there)."""
         info.file_size = writer.finish()
-        writer.close()
 
     def place(self, temp: str, info: InstanceInfo) -> tuple[int, str, bool]:
         """Rename the finished temp file into place or drop it, as the
