@@ -136,6 +136,7 @@ class StoreSCPHandler:
         self.bytes = 0
         self.ended = ""
         self._current: _Store | _Drain | None = None
+        self._spare: tuple[int, str] | None = None  # the next C-STORE's temp file, opened ahead
 
     # ---- dispatch -------------------------------------------------------------------
 
@@ -197,6 +198,12 @@ class StoreSCPHandler:
             observer.association_rejected(self, why)
 
     def _end(self, how: str) -> None:
+        if self._spare is not None:
+            try:
+                Storage.drop_temp(self._spare)
+            except OSError as exc:
+                log.warning("assoc %s: cannot remove an unused temp file: %s", self.id, exc)
+            self._spare = None
         current = self._current
         if isinstance(current, _Store):
             Storage.discard(current.writer, current.temp)
@@ -258,8 +265,10 @@ class StoreSCPHandler:
         elif not _valid_uid(st.sop_instance_uid):
             st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "invalid Affected SOP Instance UID"
         else:
+            spare, self._spare = self._spare, None
             try:
-                st.writer, st.temp = self.server.storage.begin(st.sop_class_uid, st.sop_instance_uid, ts, self.calling_ae)
+                st.writer, st.temp = self.server.storage.begin(st.sop_class_uid, st.sop_instance_uid, ts,
+                                                               self.calling_ae, spare)
                 st.hasher = new_content_hash()
             except OSError as exc:
                 st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"cannot create file: {exc.strerror}"
@@ -407,21 +416,32 @@ class StoreSCPHandler:
             self.statuses[st.status] = self.statuses.get(st.status, 0) + 1
         self._respond(st.context_id, D.encode_response(D.C_STORE_RSP, st.message_id, st.status, st.sop_class_uid,
                                                        st.sop_instance_uid, st.comment))
+        # The answer goes out first: the sender prepares its next instance
+        # while the file is closed, the next temp file opened and the
+        # observers (index queue, statistics, pipeline) run.
+        self.flush()
+        if st.finished is not None:
+            st.finished.close()
+            st.finished = None
+        self._prepare_spare()
         observers = self.server.observers
-        if st.finished is not None or observers:
-            # The answer goes out first: the sender prepares its next instance
-            # while the file is closed and the observers (index queue,
-            # statistics, pipeline) run.
-            self.flush()
-            if st.finished is not None:
-                st.finished.close()
-                st.finished = None
+        if observers:
             info = st.placed
             seconds = time.monotonic() - st.started
             for observer in observers:
                 if info is not None:
                     observer.instance_stored(self, info)
                 observer.store_answered(self, st.status, seconds)
+
+    def _prepare_spare(self) -> None:
+        """Open the temp file the next C-STORE-RQ will stream into, now that
+        the answer is out: the open leaves the sender's critical path. A
+        failure is left for that request to meet (and answer)."""
+        if self._spare is None and self.assoc.established:
+            try:
+                self._spare = self.server.storage.open_temp()
+            except OSError:
+                pass
 
     def _respond(self, context_id: int, command: bytes) -> None:
         if self.assoc.established:

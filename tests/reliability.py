@@ -180,6 +180,25 @@ def incoming(storage: Path) -> list[str]:
     return sorted(os.listdir(d)) if d.exists() else []
 
 
+def incoming_while_open(storage: Path, associations: int = 1) -> list[str]:
+    """What .incoming holds beyond the spares of open associations: each may
+    keep one empty temp file opened ahead for its next C-STORE (scp.py
+    ``_prepare_spare``). A temp file with any byte in it (every used one has
+    at least the Part-10 prefix), or more empty ones than associations, is
+    a leftover."""
+    d = storage / ".incoming"
+    names, empty = [], []
+    for name in incoming(storage):
+        try:
+            size = (d / name).stat().st_size
+        except FileNotFoundError:  # removed since listed
+            continue
+        names.append(name)
+        if size == 0:
+            empty.append(name)
+    return names if len(empty) > associations else [n for n in names if n not in empty]
+
+
 def server_log_clean(srv: Server) -> None:
     text = srv.log_text()
     assert "Traceback" not in text, text[-4000:]

@@ -19,7 +19,7 @@ import pytest
 
 import rawclient as rc
 from conftest import Server
-from reliability import CT, MR, DatasetTemplate, check_tree, dataset_bytes, incoming, server_log_clean, wait_until
+from reliability import CT, MR, DatasetTemplate, check_tree, dataset_bytes, incoming, incoming_while_open, server_log_clean, wait_until
 
 pytestmark = pytest.mark.interop
 
@@ -102,13 +102,14 @@ def test_malformed_dataset_gets_failure_status_and_nothing_is_stored(malformed_s
         status = store(sock, ctx, sop_class, DatasetTemplate.uid(k), data)
         assert status == expected, f"{name}: status {status:#06x}, expected {expected:#06x}"
         assert set(check_tree(srv.storage)) == before, f"{name}: something was stored"
-        assert wait_until(lambda: not incoming(srv.storage), 5)
+        assert wait_until(lambda: not incoming_while_open(srv.storage), 5)
         # the association goes on: a good instance on it is stored
         uid, good = SMALL.instance(k + 10_000)
         assert store(sock, 1, CT, uid, good) == 0
         assert dataset_bytes(check_tree(srv.storage)[uid]) == good
         sock.sendall(rc.RELEASE_RQ)
         assert rc.read_pdu(sock)[0] == 6
+        assert not incoming(srv.storage), "the released association's spare temp file is left"
     finally:
         sock.close()
     server_log_clean(srv)

@@ -3,11 +3,14 @@ the streaming writer's preallocation and trimming."""
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
+import pytest
+
 from fastscp._ext.writer import InstanceFile
-from fastscp.storage.store import filesystem_type
+from fastscp.storage.store import Storage, filesystem_type
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -58,3 +61,30 @@ def test_head_keeps_the_first_bytes(tmp_path: Path) -> None:
     f.write(b"ghijklmnop", True)
     assert f.head == b"abcdefghij" and not f.head_complete and f.dataset_size == 16
     f.close()
+
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def test_begin_streams_into_the_spare_temp_file_it_is_given(tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "store")
+    spare = storage.open_temp()
+    assert Path(spare[1]).parent == storage.incoming and Path(spare[1]).exists()
+    writer, temp = storage.begin(CT, "1.2.3", EXPLICIT_LE, "SENDER", spare)
+    assert (writer.fd, temp) == spare  # no second file was opened
+    assert os.listdir(storage.incoming) == [Path(temp).name]
+    writer.write(b"\x08\x00\x18\x00UI\x06\x001.2.3\x00", True)
+    Storage.discard(writer, temp)
+    assert os.listdir(storage.incoming) == []
+
+
+def test_a_refused_begin_removes_the_spare_it_was_given(tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "store", min_free_space=1 << 62)  # never enough space
+    spare = storage.open_temp()
+    with pytest.raises(OSError) as info:
+        storage.begin(CT, "1.2.3", EXPLICIT_LE, "SENDER", spare)
+    assert info.value.errno == errno.ENOSPC
+    assert os.listdir(storage.incoming) == []
+    with pytest.raises(OSError):
+        os.fstat(spare[0])  # closed, not leaked

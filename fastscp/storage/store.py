@@ -97,12 +97,29 @@ class Storage:
             log.warning("removed %d unfinished file(s) from %s", removed, self.incoming)
         return removed
 
-    def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str) -> tuple[InstanceFile, str]:
-        """A temp file with the Part-10 prefix written; raises OSError."""
-        if self.min_free_space is not None and self.free_space() < self.min_free_space:
-            raise OSError(errno.ENOSPC, f"less than {self.min_free_space} bytes free (storage.min_free_space)")
+    def open_temp(self) -> tuple[int, str]:
+        """A new empty temp file in .incoming/: (descriptor, path); raises OSError.
+        The service opens its next one once an answer is out, so that the
+        next C-STORE-RQ finds it ready (``begin(..., spare)``)."""
         temp = f"{self.incoming}/{self._tag}-{next(self._counter)}.part"
-        fd = os.open(temp, _OPEN_FLAGS, 0o644)
+        return os.open(temp, _OPEN_FLAGS, 0o644), temp
+
+    @staticmethod
+    def drop_temp(spare: tuple[int, str]) -> None:
+        """Close and remove a temp file from ``open_temp`` that was not used."""
+        os.close(spare[0])
+        Storage.discard(None, spare[1])
+
+    def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str,
+              spare: tuple[int, str] | None = None) -> tuple[InstanceFile, str]:
+        """A temp file with the Part-10 prefix written; raises OSError.
+        ``spare`` (from ``open_temp``) is used instead of a new file; it is
+        the caller's no more, whatever happens."""
+        if self.min_free_space is not None and self.free_space() < self.min_free_space:
+            if spare is not None:
+                self.drop_temp(spare)
+            raise OSError(errno.ENOSPC, f"less than {self.min_free_space} bytes free (storage.min_free_space)")
+        fd, temp = spare if spare is not None else self.open_temp()
         try:
             writer = InstanceFile(fd, file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid, source_ae),
                                   self.head_limit, self.preallocate)
