@@ -206,6 +206,12 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     best = dict(best)
     best["all_arrived"] = all(r.get("all_arrived") for r in runs)
     best["repeats_wall_s"] = [r.get("wall_s") for r in runs]
+    # a repeat that lost images is not the median one: say which, and how
+    best["repeats_failed"] = [
+        {"repeat": i, "arrived": r.get("arrived"), "storescu_exit_codes": r.get("storescu_exit_codes"),
+         "error": r.get("error")}
+        for i, r in enumerate(runs) if not r.get("all_arrived")
+    ]
     return best
 
 

@@ -77,3 +77,16 @@ def test_hotpath_benchmark_runs_every_corpus(tmp_path: Path, capsys) -> None:  #
         assert figures["instances"] == (count or 1)
         assert figures["dataset_bytes"] > 0 and figures["instances_per_s"] > 0
         assert figures["observers"] == ("--observers" in extra)
+
+
+def test_median_run_keeps_the_median_and_names_a_failed_repeat() -> None:
+    runs = [
+        {"wall_s": 3.0, "all_arrived": True, "arrived": 10, "storescu_exit_codes": [0]},
+        {"wall_s": 1.0, "all_arrived": False, "arrived": 9, "storescu_exit_codes": [1]},
+        {"wall_s": 2.0, "all_arrived": True, "arrived": 10, "storescu_exit_codes": [0]},
+    ]
+    best = flood.median_run(runs)
+    assert best["wall_s"] == 2.0
+    assert best["all_arrived"] is False  # one repeat lost an image
+    assert best["repeats_wall_s"] == [3.0, 1.0, 2.0]
+    assert best["repeats_failed"] == [{"repeat": 1, "arrived": 9, "storescu_exit_codes": [1], "error": None}]
