@@ -35,7 +35,7 @@ import latency  # noqa: E402
 import procstat  # noqa: E402
 import report  # noqa: E402
 from receivers import AE_TITLE, MAX_PDU, Receiver, build_receivers, dcmtk_tool, \
-    stored_sop_instance_uids  # noqa: E402
+    orthanc_exe, stored_sop_instance_uids  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parent
 # Receivers write to tmpfs by default: on this VM's ext4 disk the same storescp
@@ -78,10 +78,11 @@ def versions(dcmtk_bin: str | None) -> dict[str, str]:
         out["dcmtk"] = banner.split()[2] if len(banner.split()) > 2 else banner.strip()
     except (FileNotFoundError, OSError):
         pass
-    orthanc = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-    if os.path.exists(orthanc):
-        first = subprocess.run([orthanc, "--version"], capture_output=True, text=True).stdout
+    try:
+        first = subprocess.run([orthanc_exe(), "--version"], capture_output=True, text=True).stdout
         out["orthanc"] = first.splitlines()[0] if first else "?"
+    except (FileNotFoundError, OSError):
+        pass
     import pynetdicom
     out["pynetdicom"] = pynetdicom.__version__
     return out

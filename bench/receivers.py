@@ -51,6 +51,15 @@ def dcmtk_tool(name: str, bin_dir: str | None = None) -> str:
     raise FileNotFoundError(f"dcmtk {name} not found (apt-get install dcmtk)")
 
 
+def orthanc_exe() -> str:
+    """Absolute path of the Orthanc server (Debian installs it in /usr/sbin,
+    often not on a user's PATH)."""
+    for path in (shutil.which("Orthanc"), "/usr/sbin/Orthanc"):
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise FileNotFoundError("Orthanc not found (apt-get install orthanc)")
+
+
 @dataclass
 class Instance:
     """One running receiver."""
@@ -230,8 +239,7 @@ def build_receivers(fastscp_cmd: str | None = None, dcmtk_bin: str | None = None
                 "--max-pdu", str(MAX_PDU), "-od", str(storage), "-q"]
 
     def orthanc_argv(port: int, storage: Path, workdir: Path) -> list[str]:
-        exe = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-        return [exe, str(workdir / "orthanc.json")]
+        return [orthanc_exe(), str(workdir / "orthanc.json")]
 
     return {
         "fastscp": Receiver("fastscp", fastscp_argv, notes="indexing on, default durability"),

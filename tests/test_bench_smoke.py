@@ -10,8 +10,6 @@ this package; pynetdicom is a test dependency.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -19,7 +17,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
 import flood  # noqa: E402
-from receivers import dcmtk_tool  # noqa: E402
+from receivers import dcmtk_tool, orthanc_exe  # noqa: E402
 
 RECEIVERS = ["fastscp", "fastscp-fsync", "storescp", "storescp-fork", "pynetdicom", "orthanc"]
 
@@ -31,7 +29,9 @@ def _missing_peers() -> list[str]:
             dcmtk_tool(tool)
         except FileNotFoundError:
             missing.append(f"dcmtk {tool}")
-    if not (shutil.which("Orthanc") or os.path.exists("/usr/sbin/Orthanc")):
+    try:
+        orthanc_exe()
+    except FileNotFoundError:
         missing.append("Orthanc (Debian package orthanc)")
     return missing
 
@@ -39,9 +39,8 @@ def _missing_peers() -> list[str]:
 def test_every_receiver_gets_every_image(tmp_path: Path) -> None:
     missing = _missing_peers()
     assert not missing, f"the suite's peers are not installed: {missing}; run .ci/run"
-    names = RECEIVERS
     rc = flood.main([
-        "--receivers", ",".join(names), "--corpus", "large,small,multiframe", "--assocs", "1,2",
+        "--receivers", ",".join(RECEIVERS), "--corpus", "large,small,multiframe", "--assocs", "1,2",
         "--large-count", "6", "--small-count", "10", "--multiframe-mb", "4",
         "--latency-count", "3", "--repeat", "1", "--settle", "0",
         "--corpus-dir", str(tmp_path / "corpus"), "--work-dir", str(tmp_path / "work"),
@@ -53,7 +52,7 @@ def test_every_receiver_gets_every_image(tmp_path: Path) -> None:
                 for r in run["results"] if not r.get("all_arrived")]
     assert not problems, problems
     assert rc == 0
-    assert len(run["results"]) == len(names) * 3 * 2
+    assert len(run["results"]) == len(RECEIVERS) * 3 * 2
     assert (tmp_path / "out" / "images_per_s.png").stat().st_size > 0
     assert "| storescp |" in (tmp_path / "snippet.md").read_text()
     latencies = [r["latency"] for r in run["results"] if r["assocs"] == 1 and r["corpus"] != "multiframe"]
