@@ -2,8 +2,8 @@
 
 ``begin`` opens a temp file under ``<storage>/.incoming/`` (same filesystem as
 the tree, so the final ``os.replace`` is atomic) and returns an
-``InstanceFile`` that streams the dataset after the Part-10 prefix. ``commit``
-names the instance (naming scheme, then ``resolve_inside``), applies the
+``InstanceFile`` that streams the dataset after the Part-10 prefix. ``finish``
+trims it; ``place`` names the instance (naming scheme, then ``resolve_inside``), applies the
 duplicate policy (``DuplicateGuard``) and renames it into place or drops it;
 ``discard`` removes the temp file. Nothing partial is ever visible in the tree: a file either is complete
 at its final path or does not exist there. ``.incoming/`` is swept at start.
@@ -128,14 +128,6 @@ class Storage:
             os.unlink(temp)
             raise
         return writer, temp
-
-    def commit(self, writer: InstanceFile, temp: str, info: InstanceInfo) -> tuple[int, str, bool]:
-        """finish + place + close (the non-durable path)."""
-        self.finish(writer, info)
-        try:
-            return self.place(temp, info)
-        finally:
-            writer.close()
 
     @staticmethod
     def finish(writer: InstanceFile, info: InstanceInfo) -> None:
