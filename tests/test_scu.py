@@ -150,3 +150,27 @@ def test_echo_and_send_over_tls(start_server, tmp_path: Path) -> None:  # type: 
     sent = fastscp("send", "127.0.0.1", str(tls_port), "--aec", srv.ae_title, "--tls", "--tls-ca", str(pki / "ca.pem"), str(f))
     assert sent.returncode == 0, sent.stderr
     assert len(srv.stored_files()) == 1
+
+
+def test_pynetdicom_reactor_cannot_take_an_answer_from_the_sender(server: Server) -> None:
+    """The send tool's associations leave DIMSE messages to the thread
+    waiting in send_c_store: pynetdicom's reactor polls without blocking and
+    must get nothing, or it can take a C-STORE-RSP (scu/commands.py)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from fastscp.scu.commands import _answers_to_the_caller
+
+    ae = AE()
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title=server.ae_title)
+    assert assoc.is_established
+    try:
+        _answers_to_the_caller(assoc)
+        item = (1, object())  # stands for a decoded C-STORE-RSP on context 1
+        assoc.dimse.msg_queue.put(item)
+        assert assoc.dimse.get_msg(block=False) == (None, None)  # the reactor's poll
+        assert assoc.dimse.get_msg(block=True) is item  # the caller's wait
+        assert assoc.send_c_echo().Status == 0  # and the association still works
+    finally:
+        assoc.release()

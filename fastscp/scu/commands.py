@@ -69,6 +69,28 @@ def _quiet_pynetdicom(verbose: bool) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
+def _answers_to_the_caller(assoc: Any) -> None:
+    """Let only the thread waiting in ``send_c_store``/``send_c_echo`` take DIMSE messages.
+
+    pynetdicom's reactor thread polls the DIMSE queue (``get_msg(block=False)``)
+    and its pause handshake with ``send_*`` is racy: the reactor can pass its
+    checkpoint just before the caller clears it, then take the C-STORE-RSP,
+    log "Received unexpected C-STORE service message" and leave the caller
+    waiting until the DIMSE timeout aborts the association. A receiver that
+    answers fast hits that window more often. Our echo and send expect
+    nothing but answers on their associations, so the reactor's polls get
+    nothing."""
+    dimse = getattr(assoc, "dimse", None)
+    get_msg = getattr(dimse, "get_msg", None)
+    if get_msg is None:
+        return
+
+    def caller_only(block: bool = False) -> Any:
+        return get_msg(block=True) if block else (None, None)
+
+    dimse.get_msg = caller_only
+
+
 def _make_ae(args: argparse.Namespace) -> Any:
     from pynetdicom import AE
 
@@ -120,6 +142,7 @@ def _echo(args: argparse.Namespace) -> int:
         print(f"C-ECHO failed: {_why_not_established(assoc, args.host, args.port, args.aec, tls is not None)}",
               file=sys.stderr)
         return 1
+    _answers_to_the_caller(assoc)
     status = assoc.send_c_echo()
     assoc.release()
     ms = (time.monotonic() - t0) * 1000
@@ -292,6 +315,7 @@ def _worker(args: argparse.Namespace, tls: Any, pairs: list[tuple[str, str]], to
                             print(f"error: {why}", file=sys.stderr)
                     assoc = None
                     continue
+                _answers_to_the_caller(assoc)
                 with lock:
                     report.associations += 1
             try:
