@@ -313,6 +313,7 @@ class StoreSCPHandler:
         st.writer = st.temp = None
         storage = self.server.storage
         try:
+            file_size = writer.finish()  # trimmed first: parse_file may read the whole file
             try:
                 info = parse_head(writer.head, st.transfer_syntax_uid, writer.head_complete)
                 if info is None:
@@ -347,9 +348,9 @@ class StoreSCPHandler:
             info.received_at = time.time()
             info.dataset_size = writer.dataset_size
             info.content_hash = st.hasher.hexdigest()
+            info.file_size = file_size
             if storage.naming_needs_header:
                 info.header = header_dataset(writer.head, st.transfer_syntax_uid)
-            storage.finish(writer, info)
         except OSError as exc:
             self._store_error(st, exc, writer, temp)
             return True

@@ -146,16 +146,21 @@ class InProcessServer:
 
 
 class FailingWriter:
-    """Wraps the real InstanceFile; the n-th write raises ENOSPC."""
+    """Wraps the real InstanceFile; the n-th write (or finish: the trim) raises ENOSPC."""
 
-    def __init__(self, writer: object, fail_at: int) -> None:
-        self._w, self._left = writer, fail_at
+    def __init__(self, writer: object, fail_at: int, fail_finish: bool = False) -> None:
+        self._w, self._left, self._fail_finish = writer, fail_at, fail_finish
 
     def write(self, data: memoryview, last: bool = False) -> None:
         self._left -= 1
         if self._left <= 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self._w.write(data, last)  # type: ignore[attr-defined]
+
+    def finish(self) -> int:
+        if self._fail_finish:  # trimming the temp file
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._w.finish()  # type: ignore[attr-defined,no-any-return]
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._w, name)
@@ -180,7 +185,7 @@ def test_injected_enospc_answers_a700_and_leaves_nothing(tmp_path: Path, monkeyp
     storage_dir = tmp_path / "store"
     srv = InProcessServer(storage_dir)
     storage = srv.storage
-    real_begin, real_finish, real_place = storage.begin, storage.finish, storage.place
+    real_begin, real_place = storage.begin, storage.place
     created: list[str] = []
 
     def begin(*args: object) -> tuple[object, str]:
@@ -188,7 +193,9 @@ def test_injected_enospc_answers_a700_and_leaves_nothing(tmp_path: Path, monkeyp
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         writer, temp = real_begin(*args)  # type: ignore[arg-type]
         created.append(temp)
-        return (FailingWriter(writer, 1 if where == "first write" else 2) if "write" in where else writer), temp
+        if "write" in where or where == "finish":
+            writer = FailingWriter(writer, {"first write": 1, "second write": 2}.get(where, 1 << 30), where == "finish")
+        return writer, temp
 
     def no_space(*args: object) -> tuple[int, str, bool]:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -197,7 +204,7 @@ def test_injected_enospc_answers_a700_and_leaves_nothing(tmp_path: Path, monkeyp
         path = tmp_path / "big.dcm"
         ds = make_image(path, 1, study=1, size=384)  # 288 KiB: three PDVs
         monkeypatch.setattr(storage, "begin", begin)
-        if where in ("finish", "place"):  # trimming the temp file, or renaming it into place
+        if where == "place":  # renaming it into place
             monkeypatch.setattr(storage, where, no_space)
         assert _send(srv.port, ds) == 0xA700
         assert where == "begin" or created, "the real temp file should have been created"
@@ -205,7 +212,6 @@ def test_injected_enospc_answers_a700_and_leaves_nothing(tmp_path: Path, monkeyp
         assert not check_tree(storage_dir), "a file became visible"
         # space is back
         monkeypatch.setattr(storage, "begin", real_begin)
-        monkeypatch.setattr(storage, "finish", real_finish)
         monkeypatch.setattr(storage, "place", real_place)
         assert _send(srv.port, ds) == 0x0000
         stored = check_tree(storage_dir)

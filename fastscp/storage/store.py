@@ -2,8 +2,8 @@
 
 ``begin`` opens a temp file under ``<storage>/.incoming/`` (same filesystem as
 the tree, so the final ``os.replace`` is atomic) and returns an
-``InstanceFile`` that streams the dataset after the Part-10 prefix. ``finish``
-trims it; ``place`` names the instance (naming scheme, then ``resolve_inside``), applies the
+``InstanceFile`` that streams the dataset after the Part-10 prefix (its
+``finish`` trims the file to what was written); ``place`` names the instance (naming scheme, then ``resolve_inside``), applies the
 duplicate policy (``DuplicateGuard``) and renames it into place or drops it;
 ``discard`` removes the temp file. Nothing partial is ever visible in the tree: a file either is complete
 at its final path or does not exist there. ``.incoming/`` is swept at start.
@@ -128,13 +128,6 @@ class Storage:
             os.unlink(temp)
             raise
         return writer, temp
-
-    @staticmethod
-    def finish(writer: InstanceFile, info: InstanceInfo) -> None:
-        """Trim the temp file to the bytes written. The descriptor stays open:
-        ``place`` works on names, so the service closes it once the answer
-        is out (a close is off the sender's critical path there)."""
-        info.file_size = writer.finish()
 
     def place(self, temp: str, info: InstanceInfo) -> tuple[int, str, bool]:
         """Rename the finished temp file into place or drop it, as the
