@@ -4,9 +4,11 @@ DIMSE answers (PS3.4 Annex A Verification, Annex B Storage; PS3.7 9.1.1, 9.1.5).
 One ``StoreSCPHandler`` per association. The C-STORE path:
 
   command (C-STORE-RQ) -> Storage.begin: temp file, Part-10 prefix
-  each dataset PDV     -> InstanceFile.write(memoryview) (no copies)
-  last PDV             -> header-only parse -> checks -> naming -> rename
-                       -> C-STORE-RSP, in one write, only now
+  each dataset PDV     -> InstanceFile.write(memoryview) (no copies); once
+                          the head is full and more PDVs follow, the
+                          header-only parse (the sender is still sending)
+  last PDV             -> header-only parse (unless done) -> checks -> naming
+                       -> rename -> C-STORE-RSP, in one write, only now
 
 Any failure before the rename removes the temp file and answers with a
 failure status; an association that ends mid-dataset leaves nothing behind.
@@ -101,6 +103,8 @@ class _Store:
     hasher: Any = None
     status: int = D.SUCCESS
     comment: str = ""
+    info: InstanceInfo | None = None  # parsed early, from a full head, while the rest arrives
+    parsed: bool = False  # the early parse was tried
     placed: InstanceInfo | None = None  # stored: observers hear of it once answered
     finished: Any = None  # the placed file's writer, closed once the answer is out
 
@@ -301,10 +305,26 @@ class StoreSCPHandler:
                 st.writer = st.temp = None
                 st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"write failed: {exc.strerror}"
                 log.error("assoc %s: writing %s failed: %s", self.id, st.sop_instance_uid, exc)
+            else:
+                if not st.parsed and not ev.last and st.writer.dataset_size > self.server.storage.head_limit:
+                    self._parse_early(st)
         if ev.last:
             self._current = None
             if st.writer is None or self._finish_store(st):
                 self._answer_store(st)
+
+    @staticmethod
+    def _parse_early(st: _Store) -> None:
+        """Parse the header once the head is full and more fragments are to
+        come: the sender is still sending, so the parse leaves the time
+        between the last fragment and the answer. The result is what the
+        parse after the last fragment would give (same bytes, same call); a
+        failure is left for that parse to meet and answer."""
+        st.parsed = True
+        try:
+            st.info = parse_head(st.writer.head, st.transfer_syntax_uid, False)
+        except Exception:  # pydicom raises many kinds on bad input
+            st.info = None
 
     def _finish_store(self, st: _Store) -> bool:
         """Parse, check and place the instance; False when the answer is
@@ -315,7 +335,7 @@ class StoreSCPHandler:
         try:
             file_size = writer.finish()  # trimmed first: parse_file may read the whole file
             try:
-                info = parse_head(writer.head, st.transfer_syntax_uid, writer.head_complete)
+                info = st.info or parse_head(writer.head, st.transfer_syntax_uid, writer.head_complete)
                 if info is None:
                     info = parse_file(temp, writer.prefix_size, st.transfer_syntax_uid)  # type: ignore[arg-type]
             except Exception as exc:  # pydicom raises many kinds on bad input

@@ -23,11 +23,13 @@ from reliability import CT, MR, DatasetTemplate, check_tree, dataset_bytes, inco
 
 pytestmark = pytest.mark.interop
 
-EXPLICIT, IMPLICIT = rc.EXPLICIT_LE, "1.2.840.10008.1.2"
+EXPLICIT, IMPLICIT, DEFLATED = rc.EXPLICIT_LE, "1.2.840.10008.1.2", "1.2.840.10008.1.2.1.99"
 SMALL = DatasetTemplate(4000)  # whole dataset within the kept head
 LARGE = DatasetTemplate(150_000)  # several PDVs, longer than the head
 SMALL_IMPLICIT = DatasetTemplate(4000, implicit=True)
 SMALL_MR = DatasetTemplate(4000, sop_class=MR)
+LARGE_MR = DatasetTemplate(150_000, sop_class=MR)
+LARGE_IMPLICIT = DatasetTemplate(150_000, implicit=True)
 
 
 def status_of(pdu: bytes) -> int:
@@ -78,6 +80,14 @@ def _cases() -> list[tuple[str, int, int, str, bytes, int]]:
     add("implicit VR bytes on an explicit context", 1, 0xC000, CT, lambda k: SMALL_IMPLICIT.instance(k)[1])
     add("explicit VR bytes on an implicit context", 3, 0xC000, CT, lambda k: SMALL.instance(k)[1])
     add("command class differs from the context's", 1, 0x0122, MR, lambda k: SMALL_MR.instance(k)[1])
+    # several PDVs: the header is parsed once the head is full, before the
+    # last fragment (scp.py _parse_early); the answer must be the same
+    add("length runs past the end (large)", 1, 0xC000, CT,
+        lambda k: _patch_length(LARGE.instance(k)[1], PATIENT_NAME, 0xFFF0))
+    add("instance UID differs from the command's (large)", 1, 0xC000, CT, lambda k: LARGE.instance(k + 5000)[1])
+    add("SOP class differs from the command's (large)", 1, 0xA900, CT, lambda k: LARGE_MR.instance(k)[1])
+    add("implicit VR bytes on an explicit context (large)", 1, 0xC000, CT, lambda k: LARGE_IMPLICIT.instance(k)[1])
+    add("deflated context, bytes that do not inflate (large)", 5, 0xC000, CT, lambda k: bytes(range(256)) * 600)
     return out
 
 
@@ -96,7 +106,8 @@ def malformed_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[
 def test_malformed_dataset_gets_failure_status_and_nothing_is_stored(malformed_server: Server, case) -> None:  # type: ignore[no-untyped-def]
     srv = malformed_server
     name, ctx, expected, sop_class, data, k = case
-    sock = rc.connect_and_associate(srv.port, srv.ae_title, [(1, CT, [EXPLICIT]), (3, CT, [IMPLICIT])])
+    sock = rc.connect_and_associate(srv.port, srv.ae_title,
+                                    [(1, CT, [EXPLICIT]), (3, CT, [IMPLICIT]), (5, CT, [DEFLATED])])
     try:
         before = set(check_tree(srv.storage))
         status = store(sock, ctx, sop_class, DatasetTemplate.uid(k), data)
