@@ -219,7 +219,8 @@ class App:
         if self.pipeline.active:  # pending hooks run now, or are kept for the next start
             await loop.run_in_executor(None, self.pipeline.close, cfg.server.shutdown_grace)
         if storage.committer is not None:
-            log.info("group commit: %d instances in %d syncs", storage.committer.instances, storage.committer.syncs)
+            c = storage.committer
+            log.info("group commit: %d instances in %d syncs, %d files written out", c.instances, c.syncs, c.written)
             storage.committer.close()
         if self.catalog is not None:
             if not await loop.run_in_executor(None, self.catalog.close):

@@ -375,8 +375,7 @@ class StoreSCPHandler:
             self._store_error(st, exc, writer, temp)
             return True
         if storage.committer is not None:
-            writer.close()
-            storage.committer.sync_then(lambda err: self._durable_data_synced(st, temp, info, err))  # type: ignore[arg-type]
+            storage.committer.write_then(writer.fd, lambda err: self._durable_data_written(st, writer, temp, info, err))  # type: ignore[arg-type]
             return False
         st.finished = writer
         self._place(st, temp, info)  # type: ignore[arg-type]
@@ -414,8 +413,11 @@ class StoreSCPHandler:
         st.placed = info
         return True
 
-    # Durable mode: data synced -> rename -> directory synced -> answer.
-    def _durable_data_synced(self, st: _Store, temp: str, info: InstanceInfo, err: OSError | None) -> None:
+    # Durable mode: data written out -> rename -> filesystem synced -> answer
+    # (storage/durability.py says why one sync is enough).
+    def _durable_data_written(self, st: _Store, writer: Any, temp: str, info: InstanceInfo,
+                              err: OSError | None) -> None:
+        writer.close()
         committer = self.server.storage.committer
         if err is not None or committer is None:
             self._store_error(st, err or OSError(0, "storage closed"), None, temp)

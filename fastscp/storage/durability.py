@@ -4,14 +4,26 @@ A durable success answer needs the file's data on disk before its rename, and
 the rename (the directory entry) on disk before the answer; else a power cut
 can leave an acknowledged instance as an empty or missing file (ext4's delayed
 allocation commits the rename's metadata before the data blocks it names).
-So a durable instance takes two syncs: data, then rename, then directory.
 
-Instead of an fsync per file and per directory from the event loop, one
-thread runs ``syncfs()`` on the storage filesystem for every instance that
-asked since the previous sync began: one sync covers many instances across
-associations, and batches grow by themselves under load (group commit).
-``sync_then(callback)`` runs ``callback(error)`` on the event loop once a
-sync that STARTED after the call has finished.
+So a durable instance goes: data written out, then renamed, then one
+filesystem sync, then answered. The data is written with
+``sync_file_range(WAIT_BEFORE | WRITE | WAIT_AFTER)``: it returns once the
+pages have reached the device, which allocates their blocks first, so the
+block and size metadata enter the journal no later than the rename that
+follows. The one ``syncfs()`` after the rename then commits both, and its
+cache flush covers the data written before it. A crash before that commit
+leaves the file in ``.incoming/`` (swept at start, never acknowledged) or, if
+a periodic commit took the rename, in place with all its data. This needs a
+filesystem whose commit covers what was written back before it (ext4 in
+every data mode, XFS, btrfs); where sync_file_range is missing or refused,
+``fdatasync`` takes its place. Measured on the benchmark VM's ext4: one
+journal commit per instance instead of two.
+
+One thread does the work for every association: a sync covers every
+instance that asked since the previous sync began, and batches grow by
+themselves under load (group commit). ``write_then(fd, callback)`` and
+``sync_then(callback)`` run ``callback(error)`` on the event loop once the
+data is out, or once a sync that STARTED after the call has finished.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import threading
@@ -28,6 +41,10 @@ log = logging.getLogger("fastscp.storage")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _syncfs = getattr(_libc, "syncfs", None)
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_SFR_WAIT_BEFORE, _SFR_WRITE, _SFR_WAIT_AFTER = 1, 2, 4
 
 
 def sync_filesystem(fd: int) -> None:
@@ -40,15 +57,40 @@ def sync_filesystem(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def write_out(fds: list[int]) -> list[OSError | None]:
+    """Write the dirty pages of every file to the device and wait for them
+    (no metadata, no cache flush: the next sync does that). Writeback of
+    all starts before the first wait, so the files' I/O overlaps."""
+    if _sync_file_range is not None:
+        for fd in fds:
+            _sync_file_range(fd, 0, 0, _SFR_WRITE)
+    errors: list[OSError | None] = []
+    for fd in fds:
+        error: OSError | None = None
+        if _sync_file_range is None or _sync_file_range(fd, 0, 0, _SFR_WAIT_BEFORE | _SFR_WRITE | _SFR_WAIT_AFTER) != 0:
+            err = ctypes.get_errno() if _sync_file_range is not None else 0
+            if err not in (0, errno.ENOSYS, errno.EINVAL, errno.ESPIPE, errno.EOPNOTSUPP):
+                error = OSError(err, os.strerror(err))
+            else:
+                try:
+                    os.fdatasync(fd)
+                except OSError as exc:
+                    error = exc
+        errors.append(error)
+    return errors
+
+
 class GroupCommitter:
     def __init__(self, directory: str | os.PathLike[str], loop: asyncio.AbstractEventLoop) -> None:
         self._fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         self._loop = loop
         self._pending: list[Callable[[OSError | None], None]] = []
+        self._writes: list[tuple[int, Callable[[OSError | None], None]]] = []
         self._cv = threading.Condition()
         self._closed = False
         self.syncs = 0
         self.instances = 0
+        self.written = 0
         self._thread = threading.Thread(target=self._run, name="fastscp-group-commit", daemon=True)
         self._thread.start()
 
@@ -57,14 +99,34 @@ class GroupCommitter:
             self._pending.append(callback)
             self._cv.notify()
 
+    def write_then(self, fd: int, callback: Callable[[OSError | None], None]) -> None:
+        """Write out the data of ``fd`` (kept open by the caller until the
+        callback), then ``callback(error)`` on the event loop."""
+        with self._cv:
+            self._writes.append((fd, callback))
+            self._cv.notify()
+
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._pending and not self._closed:
+                while not self._pending and not self._writes and not self._closed:
                     self._cv.wait()
-                if not self._pending and self._closed:
+                if not self._pending and not self._writes and self._closed:
                     return
+                writes, self._writes = self._writes, []
                 batch, self._pending = self._pending, []
+            if writes:
+                errors = write_out([fd for fd, _ in writes])
+                self.written += len(writes)
+                for error in errors:
+                    if error is not None:
+                        log.error("writing out a received file failed: %s", error)
+                try:
+                    self._loop.call_soon_threadsafe(self._deliver_each, [cb for _, cb in writes], errors)
+                except RuntimeError:  # loop closed: nothing left to answer
+                    return
+            if not batch:
+                continue
             error: OSError | None = None
             try:
                 sync_filesystem(self._fd)
@@ -74,13 +136,13 @@ class GroupCommitter:
             self.syncs += 1
             self.instances += len(batch)
             try:
-                self._loop.call_soon_threadsafe(self._deliver, batch, error)
-            except RuntimeError:  # loop closed: nothing left to answer
+                self._loop.call_soon_threadsafe(self._deliver_each, batch, [error] * len(batch))
+            except RuntimeError:
                 return
 
     @staticmethod
-    def _deliver(batch: list[Callable[[OSError | None], None]], error: OSError | None) -> None:
-        for callback in batch:
+    def _deliver_each(callbacks: list[Callable[[OSError | None], None]], errors: list[OSError | None]) -> None:
+        for callback, error in zip(callbacks, errors):
             try:
                 callback(error)
             except Exception:
