@@ -27,7 +27,7 @@ from .pipeline.service import Pipeline, PipelineSettings
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
 from .scp import ReceptionObserver, ServerState, StoreSCPHandler
 from .storage.naming import make_naming
-from .storage.durability import GroupCommitter
+from .storage.durability import WRITEBACK_FILESYSTEMS, GroupCommitter
 from .storage.store import Storage
 
 log = logging.getLogger("fastscp")
@@ -172,7 +172,8 @@ class App:
         stop = stop_on_signals()
         storage = self.state.storage
         if storage.durable:
-            storage.committer = GroupCommitter(storage.directory, loop)
+            storage.committer = GroupCommitter(storage.directory, loop,
+                                               writeback=storage.filesystem in WRITEBACK_FILESYSTEMS)
         if self.catalog is not None:
             feed = CatalogFeed(self.catalog, self.server)
 
@@ -208,8 +209,11 @@ class App:
         sys.setswitchinterval(0.0005)
 
         def ready() -> None:
-            log.info("storage filesystem %s: preallocation %s", storage.filesystem or "unknown",
-                     "on" if storage.preallocate else "off")
+            log.info("storage filesystem %s: preallocation %s%s", storage.filesystem or "unknown",
+                     "on" if storage.preallocate else "off",
+                     "" if not storage.durable else ", durability fsync: " + (
+                         "data written out, then one sync" if storage.filesystem in WRITEBACK_FILESYSTEMS
+                         else "fdatasync, then one sync"))
             log.info("fastscp listening on %s as %s, storing into %s (naming %s, max PDU %d, max associations %d)",
                      ", ".join(listening), cfg.server.ae_title, self.state.storage.directory, cfg.storage.naming,
                      cfg.server.max_pdu, cfg.server.max_associations)
@@ -219,9 +223,11 @@ class App:
         if self.pipeline.active:  # pending hooks run now, or are kept for the next start
             await loop.run_in_executor(None, self.pipeline.close, cfg.server.shutdown_grace)
         if storage.committer is not None:
-            c = storage.committer
+            # Off the loop: the callbacks of what is still in flight run on it
+            # meanwhile, and see no committer (so answer no success).
+            c, storage.committer = storage.committer, None
+            await loop.run_in_executor(None, c.close)
             log.info("group commit: %d instances in %d syncs, %d files written out", c.instances, c.syncs, c.written)
-            storage.committer.close()
         if self.catalog is not None:
             if not await loop.run_in_executor(None, self.catalog.close):
                 log.error("index writer could not write every row; `fastscp reindex` will add them")

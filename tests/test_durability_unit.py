@@ -32,7 +32,7 @@ def test_write_out_reports_each_file_and_does_not_raise(tmp_path: Path) -> None:
 def test_committer_answers_writes_and_syncs_on_the_loop(tmp_path: Path) -> None:
     async def scenario() -> list[tuple[str, object]]:
         loop = asyncio.get_running_loop()
-        committer = GroupCommitter(tmp_path, loop)
+        committer = GroupCommitter(tmp_path, loop, writeback=True)
         heard: list[tuple[str, object]] = []
         done = asyncio.Event()
         fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
@@ -59,3 +59,31 @@ def test_committer_answers_writes_and_syncs_on_the_loop(tmp_path: Path) -> None:
     heard = dict(asyncio.run(scenario()))
     assert heard["written"] is None and heard["synced"] is None
     assert isinstance(heard["bad fd"], OSError) and heard["bad fd"].errno == errno.EBADF
+
+
+def test_write_out_without_writeback_uses_fdatasync(tmp_path: Path) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        # a pipe: fdatasync refuses it (EINVAL), where sync_file_range would say ESPIPE and fall back
+        assert write_out([read_end], writeback=False)[0].errno == errno.EINVAL  # type: ignore[union-attr]
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_a_closed_committer_answers_every_later_request_with_an_error(tmp_path: Path) -> None:
+    async def scenario() -> list[object]:
+        loop = asyncio.get_running_loop()
+        committer = GroupCommitter(tmp_path, loop)
+        await loop.run_in_executor(None, committer.close)
+        heard: list[object] = []
+        fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
+        committer.write_then(fd, heard.append)
+        committer.sync_then(heard.append)
+        for _ in range(10):
+            await asyncio.sleep(0.01)
+        os.close(fd)
+        return heard
+
+    heard = asyncio.run(scenario())
+    assert len(heard) == 2 and all(isinstance(e, OSError) and e.errno == errno.ESHUTDOWN for e in heard)
