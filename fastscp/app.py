@@ -141,7 +141,7 @@ class App:
             self.state.observers.append(self.pipeline)
         s = cfg.server
         self.server = DicomServer(lambda assoc, peer: StoreSCPHandler(self.state, assoc, peer), s.max_pdu,
-                                  s.artim_timeout, s.idle_timeout or 0.0, s.dimse_timeout or 0.0)
+                                  s.artim_timeout, s.idle_timeout or 0.0, s.dimse_timeout or 0.0, s.busy_poll_us)
         self.catalog = open_catalog(cfg, self.state)
 
     async def start(self) -> list[str]:

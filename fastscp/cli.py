@@ -29,6 +29,7 @@ _SERVE_FLAGS = {
     "idle_timeout": "server.idle_timeout",
     "dimse_timeout": "server.dimse_timeout",
     "shutdown_grace": "server.shutdown_grace",
+    "busy_poll_us": "server.busy_poll_us",
     "status_port": "status.port",
     "log_level": "logging.level",
     "log_format": "logging.format",
@@ -71,6 +72,8 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--idle-timeout", type=float, default=S, help="abort an association silent this long (default 60)")
     p.add_argument("--dimse-timeout", type=float, default=S, help="abort when a started message stalls this long (default 60)")
     p.add_argument("--shutdown-grace", type=float, default=S, help="seconds running associations get on SIGTERM (default 10)")
+    p.add_argument("--busy-poll-us", type=int, default=S,
+                   help="microseconds to poll after each read while one association is open (default 1000; 0 = never)")
     p.add_argument("--status-port", type=int, default=S, help="status HTTP port (default 8042, 0 = off)")
     p.add_argument("--log-level", default=S, type=str.lower, choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default=S, choices=["text", "json"], help="console log form (default text)")

@@ -118,13 +118,14 @@ def test_nearly_full_disk_still_takes_a_multi_pdu_instance_that_fits(small_fs: P
 class InProcessServer:
     """fastscp.app.App serving on its own event loop in a thread."""
 
-    def __init__(self, storage: Path) -> None:
+    def __init__(self, storage: Path, settings: dict[str, object] | None = None) -> None:
+        """``settings``: more config overrides, e.g. ``{"server.busy_poll_us": 0}``."""
         from fastscp.app import App
         from fastscp.config import load_config
 
         self.port = free_port()
         overrides = {"server.port": self.port, "server.ae_title": "FASTSCP", "storage.directory": str(storage),
-                     "storage.naming": "flat"}
+                     "storage.naming": "flat", **(settings or {})}
         self.app = App(load_config(None, overrides), None, overrides)
         self.storage = self.app.state.storage
         self.loop = asyncio.new_event_loop()

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._ext.framer import tcp_quickack
+from .._ext.framer import recv_spin, tcp_quickack
 from ..protocol.association import Association, CommandReceived, DatasetFragment
 
 log = logging.getLogger("fastscp.net")
@@ -51,6 +51,8 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         self._consumed = 0
         self._artim: asyncio.TimerHandle | None = None
         self._idle: asyncio.TimerHandle | None = None
+        self._spin_fd = -1  # plain TCP socket to poll after a read (server.spin_us), -1: never
+        self._spin_queued = False
 
     # ---- asyncio callbacks ----------------------------------------------------------
 
@@ -70,6 +72,8 @@ class AssociationProtocol(asyncio.BufferedProtocol):
                     self._quickack = functools.partial(tcp_quickack, fd)
                 except OSError:
                     pass
+            if self.server.spin_ns > 0 and transport.get_extra_info("ssl_object") is None:
+                self._spin_fd = sock.fileno()
         peer = transport.get_extra_info("peername")
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.handler = self.server.handler_factory(self.assoc, peer_text)
@@ -116,6 +120,34 @@ class AssociationProtocol(asyncio.BufferedProtocol):
                 self._quickack()
             except OSError:  # the socket is going away; the read still counts
                 self._quickack = None
+        if self._spin_fd >= 0 and not self._spin_queued and self._may_spin():
+            self._spin_queued = True
+            asyncio.get_running_loop().call_soon(self._spin)
+
+    def _may_spin(self) -> bool:
+        """Poll only while this is the one connection (polling would hold
+        the others up) and reading goes on."""
+        server = self.server
+        transport = self.transport
+        return (len(server.connections) == 1 and not server.paused and transport is not None
+                and not transport.is_closing() and self.assoc.state not in ("Sta1", "Sta13"))
+
+    def _spin(self) -> None:
+        """Called soon after a read (the loop has polled every other file
+        descriptor and run what was due): poll this socket for up to
+        server.spin_us. What arrives is handled as the loop's read would be
+        (and queues the next poll); nothing arriving, the loop's wait takes
+        over. The sender's next PDU then meets a running thread, not one the
+        kernel must wake (measured on the 2-core VM: a small-image flood over
+        one association went from about 3.1 s to 2.1-2.5 s when the idle
+        vCPUs were kept busy, for dcmtk's storescp as for fastscp)."""
+        self._spin_queued = False
+        if not self._may_spin():
+            return
+        n = recv_spin(self._spin_fd, self.assoc.get_buffer(-1), self.server.spin_ns)
+        if n > 0:
+            self.server.polled_reads += 1
+            self.buffer_updated(n)
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -200,8 +232,11 @@ class DicomServer:
         artim_timeout: float = 30.0,
         idle_timeout: float = 60.0,
         dimse_timeout: float = 0.0,
+        spin_us: int = 0,
     ) -> None:
         self.handler_factory = handler_factory
+        self.spin_ns = int(spin_us) * 1000
+        self.polled_reads = 0  # reads that came from the poll after a read, not from the loop
         self.max_pdu = max_pdu
         self.artim_timeout = artim_timeout
         self.idle_timeout = idle_timeout
