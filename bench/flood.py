@@ -281,11 +281,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     for kind in kinds:
         for assocs in assoc_counts:
+            lat = lat_corpora.get(kind) if assocs == 1 else None
+            # repeats interleaved (every receiver once, then again): on a
+            # shared machine the load drifts, and back-to-back repeats of one
+            # receiver would all meet the same spell
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+            for _ in range(args.repeat):
+                for name in names:
+                    runs[name].append(flood_once(all_receivers[name], corpora[kind], assocs, lat, args))
             for name in names:
-                lat = lat_corpora.get(kind) if assocs == 1 else None
-                runs = [flood_once(all_receivers[name], corpora[kind], assocs, lat, args)
-                        for _ in range(args.repeat)]
-                r = median_run(runs)
+                r = median_run(runs[name])
                 run["results"].append(r)
                 lat_txt = ""
                 if r.get("latency"):

@@ -23,6 +23,8 @@ from pynetdicom import AE
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.transport import AssociationSocket
 
+from fastscp.scu.commands import answers_to_the_caller
+
 _plain_create_socket = AssociationSocket._create_socket
 
 
@@ -70,6 +72,7 @@ def measure(port: int, files: list[Path], called_aet: str, max_pdu: int,
                 assoc = ae.associate("127.0.0.1", port, ae_title=called_aet, max_pdu=max_pdu)
                 if not assoc.is_established:
                     continue
+                answers_to_the_caller(assoc)  # else pynetdicom's reactor can take a response
             t0 = time.perf_counter()
             status = assoc.send_c_store(ds, msg_id=msg_id % 65536)
             elapsed = time.perf_counter() - t0

@@ -137,6 +137,9 @@ class StoreSCPHandler:
         # set by the socket layer: writes what the association has to send, for
         # answers given outside a read (durable mode's deferred answers)
         self.flush: Callable[[], None] = lambda: None
+        # answers owed but deferred to another thread (durable mode's group
+        # commit): the socket layer does not poll for the peer meanwhile
+        self.deferred = 0
         self.bytes = 0
         self.ended = ""
         self._current: _Store | _Drain | None = None
@@ -375,6 +378,7 @@ class StoreSCPHandler:
             self._store_error(st, exc, writer, temp)
             return True
         if storage.committer is not None:
+            self.deferred += 1
             storage.committer.write_then(writer.fd, lambda err: self._durable_data_written(st, writer, temp, info, err))  # type: ignore[arg-type]
             return False
         st.finished = writer
@@ -424,12 +428,14 @@ class StoreSCPHandler:
         elif self._place(st, temp, info):
             committer.sync_then(lambda err2: self._durable_placed(st, err2))
             return
+        self.deferred -= 1
         self._answer_store(st)
         self.flush()
 
     def _durable_placed(self, st: _Store, err: OSError | None) -> None:
         if err is not None:  # the file is in place but maybe not on disk: do not claim success
             st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"cannot sync: {err.strerror}"
+        self.deferred -= 1
         self._answer_store(st)
         self.flush()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from fastscp._ext.framer import recv_spin
+from fastscp.scu.commands import answers_to_the_caller
 from reliability import DatasetTemplate, check_tree, dataset_bytes
 from test_reliability_disk import InProcessServer
 
@@ -59,6 +60,8 @@ def _send(port: int, datasets: list[object], associations: int) -> list[int]:
     ae.add_requested_context(CT, "1.2.840.10008.1.2.1")
     assocs = [ae.associate("127.0.0.1", port, ae_title="FASTSCP") for _ in range(associations)]
     assert all(a.is_established for a in assocs)
+    for a in assocs:
+        answers_to_the_caller(a)  # pynetdicom's reactor race (scu/commands.py); fast answers hit it
     try:
         return [int(assocs[i % associations].send_c_store(ds).Status) for i, ds in enumerate(datasets)]
     finally:

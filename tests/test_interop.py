@@ -15,6 +15,7 @@ import pytest
 from pydicom.data import get_testdata_files
 
 from conftest import Server, dataset_bytes, dcmtk, free_port, wait_for_port
+from fastscp.scu.commands import answers_to_the_caller
 from reliability import store_responses, wait_until
 
 pytestmark = pytest.mark.interop
@@ -170,6 +171,7 @@ def test_pynetdicom_storescu(server: Server, synthetic_corpus: list[Path]) -> No
         ae.add_requested_context(sop_class, ts)
     assoc = ae.associate("127.0.0.1", server.port, ae_title=server.ae_title, max_pdu=16384)
     assert assoc.is_established
+    answers_to_the_caller(assoc)  # pynetdicom's reactor race (scu/commands.py); fast answers hit it
     try:
         statuses = [assoc.send_c_store(d).Status for d in datasets]
         echo = assoc.send_c_echo() if False else None  # Verification was not proposed

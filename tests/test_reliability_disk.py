@@ -25,6 +25,7 @@ import pydicom
 import pytest
 
 from conftest import Server, free_port, make_image
+from fastscp.scu.commands import answers_to_the_caller
 from reliability import DatasetTemplate, acknowledged, check_tree, dataset_bytes, incoming, server_log_clean, store_responses, storescu
 
 pytestmark = pytest.mark.interop
@@ -174,6 +175,7 @@ def _send(port: int, ds: pydicom.Dataset) -> int:
     ae.add_requested_context(ds.SOPClassUID, pydicom.uid.ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", port, ae_title="FASTSCP")
     assert assoc.is_established
+    answers_to_the_caller(assoc)  # pynetdicom's reactor race (scu/commands.py)
     try:
         rsp = assoc.send_c_store(ds)
         return int(rsp.Status)

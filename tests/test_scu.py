@@ -159,14 +159,14 @@ def test_pynetdicom_reactor_cannot_take_an_answer_from_the_sender(server: Server
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
-    from fastscp.scu.commands import _answers_to_the_caller
+    from fastscp.scu.commands import answers_to_the_caller
 
     ae = AE()
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", server.port, ae_title=server.ae_title)
     assert assoc.is_established
     try:
-        _answers_to_the_caller(assoc)
+        answers_to_the_caller(assoc)
         item = (1, object())  # stands for a decoded C-STORE-RSP on context 1
         assoc.dimse.msg_queue.put(item)
         assert assoc.dimse.get_msg(block=False) == (None, None)  # the reactor's poll

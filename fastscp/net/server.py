@@ -78,7 +78,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.handler = self.server.handler_factory(self.assoc, peer_text)
         self.handler.tls = transport.get_extra_info("ssl_object") is not None
-        self.handler.flush = self._after
+        self.handler.flush = self._flush
         self.server.connections.add(self)
         if self.server.paused:
             transport.pause_reading()  # type: ignore[attr-defined]
@@ -120,17 +120,28 @@ class AssociationProtocol(asyncio.BufferedProtocol):
                 self._quickack()
             except OSError:  # the socket is going away; the read still counts
                 self._quickack = None
+        self._queue_spin()
+
+    def _flush(self) -> None:
+        """The handler's way to send outside a read (a deferred answer): the
+        peer's next message is due now, so the poll starts again."""
+        self._after()
+        self._queue_spin()
+
+    def _queue_spin(self) -> None:
         if self._spin_fd >= 0 and not self._spin_queued and self._may_spin():
             self._spin_queued = True
             asyncio.get_running_loop().call_soon(self._spin)
 
     def _may_spin(self) -> bool:
         """Poll only while this is the one connection (polling would hold
-        the others up) and reading goes on."""
+        the others up), reading goes on, and no answer waits on another
+        thread (its callback needs the loop: durable mode's group commit)."""
         server = self.server
         transport = self.transport
         return (len(server.connections) == 1 and not server.paused and transport is not None
-                and not transport.is_closing() and self.assoc.state not in ("Sta1", "Sta13"))
+                and not transport.is_closing() and self.assoc.state not in ("Sta1", "Sta13")
+                and not self.handler.deferred)
 
     def _spin(self) -> None:
         """Called soon after a read (the loop has polled every other file

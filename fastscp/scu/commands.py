@@ -69,7 +69,7 @@ def _quiet_pynetdicom(verbose: bool) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
-def _answers_to_the_caller(assoc: Any) -> None:
+def answers_to_the_caller(assoc: Any) -> None:
     """Let only the thread waiting in ``send_c_store``/``send_c_echo`` take DIMSE messages.
 
     pynetdicom's reactor thread polls the DIMSE queue (``get_msg(block=False)``)
@@ -142,7 +142,7 @@ def _echo(args: argparse.Namespace) -> int:
         print(f"C-ECHO failed: {_why_not_established(assoc, args.host, args.port, args.aec, tls is not None)}",
               file=sys.stderr)
         return 1
-    _answers_to_the_caller(assoc)
+    answers_to_the_caller(assoc)
     status = assoc.send_c_echo()
     assoc.release()
     ms = (time.monotonic() - t0) * 1000
@@ -315,7 +315,7 @@ def _worker(args: argparse.Namespace, tls: Any, pairs: list[tuple[str, str]], to
                             print(f"error: {why}", file=sys.stderr)
                     assoc = None
                     continue
-                _answers_to_the_caller(assoc)
+                answers_to_the_caller(assoc)
                 with lock:
                     report.associations += 1
             try:
