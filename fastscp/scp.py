@@ -423,10 +423,17 @@ class StoreSCPHandler:
                               err: OSError | None) -> None:
         writer.close()
         committer = self.server.storage.committer
-        if err is not None or committer is None:
-            self._store_error(st, err or OSError(0, "storage closed"), None, temp)
-        elif self._place(st, temp, info):
-            committer.sync_then(lambda err2: self._durable_placed(st, err2))
+        try:
+            if err is not None or committer is None:
+                self._store_error(st, err or OSError(0, "storage closed"), None, temp)
+            elif self._place(st, temp, info):
+                committer.sync_then(lambda err2: self._durable_placed(st, err2))
+                return
+        except Exception:  # as in a read: the association cannot go on
+            self.deferred -= 1
+            log.exception("internal error on association %s; aborting it", self.id)
+            self.assoc.abort("internal error")
+            self.flush()
             return
         self.deferred -= 1
         self._answer_store(st)

@@ -85,7 +85,7 @@ def _datasets(n: int, first: int) -> list[object]:
     return out
 
 
-@pytest.mark.parametrize("poll_us, associations, polls", [(20_000, 1, True), (0, 1, False), (20_000, 2, False)])
+@pytest.mark.parametrize("poll_us, associations, polls", [(10_000, 1, True), (0, 1, False), (10_000, 2, False)])
 def test_reads_are_polled_only_when_enabled_and_one_association_is_open(
         tmp_path: Path, poll_us: int, associations: int, polls: bool) -> None:
     srv = InProcessServer(tmp_path / "store", {"server.busy_poll_us": poll_us})

@@ -135,13 +135,15 @@ class AssociationProtocol(asyncio.BufferedProtocol):
 
     def _may_spin(self) -> bool:
         """Poll only while this is the one connection (polling would hold
-        the others up), reading goes on, and no answer waits on another
-        thread (its callback needs the loop: durable mode's group commit)."""
+        the others up), reading goes on, no answer waits on another thread
+        (its callback needs the loop: durable mode's group commit), and all
+        we wrote has left (the rest goes out only when the loop runs)."""
         server = self.server
         transport = self.transport
         return (len(server.connections) == 1 and not server.paused and transport is not None
                 and not transport.is_closing() and self.assoc.state not in ("Sta1", "Sta13")
-                and not self.handler.deferred)
+                and not self.handler.deferred
+                and not transport.get_write_buffer_size())  # the peer waits for what we still owe
 
     def _spin(self) -> None:
         """Called soon after a read (the loop has polled every other file
