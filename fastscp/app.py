@@ -211,8 +211,8 @@ class App:
         def ready() -> None:
             log.info("storage filesystem %s: preallocation %s%s", storage.filesystem or "unknown",
                      "on" if storage.preallocate else "off",
-                     "" if not storage.durable else ", durability fsync: " + (
-                         "data written out, then one sync" if storage.filesystem in WRITEBACK_FILESYSTEMS
+                     "" if storage.committer is None else ", durability fsync: " + (
+                         "data written out, then one sync" if storage.committer.writeback
                          else "fdatasync, then one sync"))
             log.info("fastscp listening on %s as %s, storing into %s (naming %s, max PDU %d, max associations %d)",
                      ", ".join(listening), cfg.server.ae_title, self.state.storage.directory, cfg.storage.naming,

@@ -435,16 +435,18 @@ class StoreSCPHandler:
             self.assoc.abort("internal error")
             self.flush()
             return
-        self.deferred -= 1
-        self._answer_store(st)
-        self.flush()
+        self._answer_deferred(st)
 
     def _durable_placed(self, st: _Store, err: OSError | None) -> None:
         if err is not None:  # the file is in place but maybe not on disk: do not claim success
             st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"cannot sync: {err.strerror}"
+        self._answer_deferred(st)
+
+    def _answer_deferred(self, st: _Store) -> None:
+        """The answer the group commit held back (``_answer_store`` writes
+        it through ``flush``, which sees nothing owed any more)."""
         self.deferred -= 1
         self._answer_store(st)
-        self.flush()
 
     def _answer_store(self, st: _Store) -> None:
         if st.status != D.SUCCESS:

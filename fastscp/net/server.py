@@ -51,7 +51,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         self._consumed = 0
         self._artim: asyncio.TimerHandle | None = None
         self._idle: asyncio.TimerHandle | None = None
-        self._spin_fd = -1  # plain TCP socket to poll after a read (server.spin_us), -1: never
+        self._spin_fd = -1  # plain TCP socket to poll after a read (server.busy_poll_us), -1: never
         self._spin_queued = False
 
     # ---- asyncio callbacks ----------------------------------------------------------
@@ -59,6 +59,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
+        tls = transport.get_extra_info("ssl_object") is not None
         self._quickack: Callable[[], None] | None = None
         if sock is not None:
             try:
@@ -72,12 +73,12 @@ class AssociationProtocol(asyncio.BufferedProtocol):
                     self._quickack = functools.partial(tcp_quickack, fd)
                 except OSError:
                     pass
-            if self.server.spin_ns > 0 and transport.get_extra_info("ssl_object") is None:
+            if self.server.busy_poll_ns > 0 and not tls:
                 self._spin_fd = sock.fileno()
         peer = transport.get_extra_info("peername")
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self.handler = self.server.handler_factory(self.assoc, peer_text)
-        self.handler.tls = transport.get_extra_info("ssl_object") is not None
+        self.handler.tls = tls
         self.handler.flush = self._flush
         self.server.connections.add(self)
         if self.server.paused:
@@ -148,7 +149,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
     def _spin(self) -> None:
         """Called soon after a read (the loop has polled every other file
         descriptor and run what was due): poll this socket for up to
-        server.spin_us. What arrives is handled as the loop's read would be
+        server.busy_poll_us. What arrives is handled as the loop's read would be
         (and queues the next poll); nothing arriving, the loop's wait takes
         over. The sender's next PDU then meets a running thread, not one the
         kernel must wake (measured on the 2-core VM: a small-image flood over
@@ -157,7 +158,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         self._spin_queued = False
         if not self._may_spin():
             return
-        n = recv_spin(self._spin_fd, self.assoc.get_buffer(-1), self.server.spin_ns)
+        n = recv_spin(self._spin_fd, self.assoc.get_buffer(-1), self.server.busy_poll_ns)
         if n > 0:
             self.server.polled_reads += 1
             self.buffer_updated(n)
@@ -245,10 +246,10 @@ class DicomServer:
         artim_timeout: float = 30.0,
         idle_timeout: float = 60.0,
         dimse_timeout: float = 0.0,
-        spin_us: int = 0,
+        busy_poll_us: int = 0,
     ) -> None:
         self.handler_factory = handler_factory
-        self.spin_ns = int(spin_us) * 1000
+        self.busy_poll_ns = int(busy_poll_us) * 1000
         self.polled_reads = 0  # reads that came from the poll after a read, not from the loop
         self.max_pdu = max_pdu
         self.artim_timeout = artim_timeout

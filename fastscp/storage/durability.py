@@ -94,7 +94,7 @@ class GroupCommitter:
                  writeback: bool = False) -> None:
         """``writeback``: the filesystem is one of WRITEBACK_FILESYSTEMS."""
         self._fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        self._writeback = writeback
+        self.writeback = writeback
         self._loop = loop
         self._pending: list[Callable[[OSError | None], None]] = []
         self._writes: list[tuple[int, Callable[[OSError | None], None]]] = []
@@ -126,10 +126,16 @@ class GroupCommitter:
 
     def _refuse(self, callback: Callable[[OSError | None], None]) -> None:
         """After close: the callback hears of an error, never of a success."""
+        self._hand_over([callback], [OSError(errno.ESHUTDOWN, "storage closed")])
+
+    def _hand_over(self, callbacks: list[Callable[[OSError | None], None]], errors: list[OSError | None]) -> bool:
+        """Run the callbacks on the event loop; False once the loop is closed
+        (nothing left to answer)."""
         try:
-            self._loop.call_soon_threadsafe(self._deliver_each, [callback], [OSError(errno.ESHUTDOWN, "storage closed")])
-        except RuntimeError:  # loop closed: nothing left to answer
-            pass
+            self._loop.call_soon_threadsafe(self._deliver_each, callbacks, errors)
+        except RuntimeError:
+            return False
+        return True
 
     def _run(self) -> None:
         while True:
@@ -141,14 +147,12 @@ class GroupCommitter:
                 writes, self._writes = self._writes, []
                 batch, self._pending = self._pending, []
             if writes:
-                errors = write_out([fd for fd, _ in writes], self._writeback)
+                errors = write_out([fd for fd, _ in writes], self.writeback)
                 self.written += len(writes)
                 for error in errors:
                     if error is not None:
                         log.error("writing out a received file failed: %s", error)
-                try:
-                    self._loop.call_soon_threadsafe(self._deliver_each, [cb for _, cb in writes], errors)
-                except RuntimeError:  # loop closed: nothing left to answer
+                if not self._hand_over([cb for _, cb in writes], errors):
                     return
             if not batch:
                 continue
@@ -160,9 +164,7 @@ class GroupCommitter:
                 log.error("syncfs failed: %s", exc)
             self.syncs += 1
             self.instances += len(batch)
-            try:
-                self._loop.call_soon_threadsafe(self._deliver_each, batch, [error] * len(batch))
-            except RuntimeError:
+            if not self._hand_over(batch, [error] * len(batch)):
                 return
 
     @staticmethod
