@@ -68,6 +68,18 @@ class Server:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def log_once_it_says(self, *texts: str, timeout: float = 10.0) -> str:
+        """The log once every one of ``texts`` is in it (or once ``timeout``
+        passed: the caller's assertion then shows what is missing). The
+        server's log lines are written by a listener thread, so a line logged
+        before an answer can reach the file just after the peer got it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_text()
+            if all(t in text for t in texts) or time.monotonic() >= deadline:
+                return text
+            time.sleep(0.05)
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

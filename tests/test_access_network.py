@@ -44,7 +44,7 @@ def test_calling_ae_whitelist_with_hosts(start_server, tmp_path: Path) -> None: 
     assert unknown.returncode != 0 and "Calling AE Title Not Recognized" in unknown.stdout + unknown.stderr
     wrong_host = echo(srv, "-aet", "FARAWAY")  # allowed only from 10.99/16, we come from 127.0.0.1
     assert wrong_host.returncode != 0 and "Calling AE Title Not Recognized" in wrong_host.stdout + wrong_host.stderr
-    log = srv.log_text()
+    log = srv.log_once_it_says("STRANGER", "127.0.0.1", "not allowed from 127.0.0.1")
     assert "STRANGER" in log and "127.0.0.1" in log and "not allowed from 127.0.0.1" in log
 
 
@@ -89,7 +89,7 @@ def test_max_instance_size_refuses_and_stores_nothing(start_server, tmp_path: Pa
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60).stdout
     assert "Refused: OutOfResources" in out
     assert not srv.stored_files() and not srv.incoming()
-    assert big.SOPInstanceUID and "larger than the" in srv.log_text()
+    assert big.SOPInstanceUID and "larger than the" in srv.log_once_it_says("larger than the")
 
 
 # ---- DICOM TLS ----------------------------------------------------------------------
@@ -150,7 +150,7 @@ def test_dcmtk_tls_clients(start_server, tmp_path: Path, pki: dict[str, str]) ->
     assert plain.returncode != 0
     assert echo(srv).returncode == 0  # the plain port still serves
     assert echo(srv, *trusted, port=tls_port).returncode == 0
-    assert "TLS" in srv.log_text()
+    assert "TLS" in srv.log_once_it_says("TLS")
 
 
 def test_tls_without_client_certificate_when_not_required(start_server, tmp_path: Path, pki: dict[str, str]) -> None:  # type: ignore[no-untyped-def]

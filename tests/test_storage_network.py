@@ -50,7 +50,7 @@ def test_duplicate_policies(start_server, original_and_changed, policy: str, sta
     on_disk = sorted(str(pydicom.dcmread(p).PatientName) for p in srv.stored_files())
     assert on_disk == sorted(names[k] for k in kept)
     assert not srv.incoming()
-    log = srv.log_text()
+    log = srv.log_once_it_says("identical", "2 duplicates")
     assert "identical" in log
     assert "2 duplicates" in log
 
