@@ -40,6 +40,7 @@ from .protocol.association import (
 )
 from .protocol.negotiation import AcceptPolicy, negotiate
 from .storage.duplicates import new_content_hash
+from .storage.durability import GroupCommitter
 from .storage.header import check_dataset_end, header_dataset, parse_file, parse_head
 from .storage.safepath import UnsafePathError
 from .storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -378,6 +379,9 @@ class StoreSCPHandler:
             self._store_error(st, exc, writer, temp)
             return True
         if storage.committer is not None:
+            if self.server.active == 1:
+                self._durable_alone(st, writer, temp, info, storage.committer)
+                return True
             self.deferred += 1
             storage.committer.write_then(writer.fd, lambda err: self._durable_data_written(st, writer, temp, info, err))  # type: ignore[arg-type]
             return False
@@ -438,9 +442,26 @@ class StoreSCPHandler:
         self._answer_deferred(st)
 
     def _durable_placed(self, st: _Store, err: OSError | None) -> None:
+        self._sync_failed(st, err)
+        self._answer_deferred(st)
+
+    @staticmethod
+    def _sync_failed(st: _Store, err: OSError | None) -> None:
         if err is not None:  # the file is in place but maybe not on disk: do not claim success
             st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"cannot sync: {err.strerror}"
-        self._answer_deferred(st)
+
+    def _durable_alone(self, st: _Store, writer: Any, temp: str, info: InstanceInfo,
+                       committer: GroupCommitter) -> None:
+        """The durable steps on the loop, for the one association open: there
+        is no other to group with, and the sender waits for this answer
+        anyway. The loop is held for the disk's time (on the benchmark VM's
+        ext4, about 0.3 ms for a 9 KB image and 0.9 ms for 0.5 MB)."""
+        err = committer.write_out_now(writer.fd)
+        writer.close()
+        if err is not None:
+            self._store_error(st, err, None, temp)
+        elif self._place(st, temp, info):
+            self._sync_failed(st, committer.sync_now())
 
     def _answer_deferred(self, st: _Store) -> None:
         """The answer the group commit held back (``_answer_store`` writes

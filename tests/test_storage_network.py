@@ -117,9 +117,11 @@ def test_durable_mode_stores_everything_with_group_commit(start_server, syntheti
     assert len(srv.stored_files()) == len(synthetic_corpus)
     assert srv.stop() == 0
     line = next(l for l in srv.log_text().splitlines() if "group commit:" in l)
-    found = re.search(r"group commit: (\d+) instances in (\d+) syncs, (\d+) files written out", line)
+    found = re.search(r"group commit: (\d+) instances in (\d+) syncs \((\d+) on the loop, one association open\), "
+                      r"(\d+) files written out", line)
     assert found, line
-    instances, syncs, written = (int(g) for g in found.groups())
+    instances, syncs, inline, written = (int(g) for g in found.groups())
+    assert inline <= syncs
     assert written == len(synthetic_corpus)
     # every instance took one sync (after its data was written out and it
     # was renamed); one sync served several instances when the three

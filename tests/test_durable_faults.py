@@ -1,0 +1,109 @@
+"""Durable mode (``storage.durability: fsync``) on an in-process server, with
+the disk's answers injected: a failed write-out or a failed sync must never
+be answered Success, and a write-out failure must leave nothing in the tree.
+
+Both ways an instance takes are covered: on the event loop when its
+association is the only one open (``_durable_alone``), and through the group
+commit thread when another association is open (the deferred answer).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE
+
+import fastscp.storage.durability as durability
+from conftest import make_image
+from fastscp.scu.commands import answers_to_the_caller
+from fastscp.storage.durability import GroupCommitter
+from reliability import check_tree, dataset_bytes, incoming
+from test_reliability_disk import InProcessServer
+
+pytestmark = pytest.mark.interop
+
+
+@pytest.fixture
+def durable(tmp_path: Path) -> Iterator[InProcessServer]:
+    srv = InProcessServer(tmp_path / "store", {"storage.durability": "fsync"})
+    # App.run makes the committer; the in-process server only starts the App
+    srv.storage.committer = GroupCommitter(srv.storage.directory, srv.loop, writeback=True)
+    try:
+        yield srv
+    finally:
+        committer, srv.storage.committer = srv.storage.committer, None
+        committer.close()
+        srv.stop()
+
+
+def _association(port: int, ds: pydicom.Dataset):  # type: ignore[no-untyped-def]
+    ae = AE(ae_title="DURABLE")
+    ae.add_requested_context(ds.SOPClassUID, pydicom.uid.ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="FASTSCP")
+    assert assoc.is_established
+    answers_to_the_caller(assoc)  # pynetdicom's reactor race (scu/commands.py)
+    return assoc
+
+
+def _store(port: int, ds: pydicom.Dataset, alone: bool) -> tuple[int, str]:
+    """Status and comment of one C-STORE; with ``alone`` false another
+    association stays open meanwhile (so the group commit thread is used)."""
+    other = None if alone else _association(port, ds)
+    assoc = _association(port, ds)
+    try:
+        rsp = assoc.send_c_store(ds)
+        return int(rsp.Status), str(rsp.get("ErrorComment", ""))
+    finally:
+        assoc.release()
+        if other is not None:
+            other.release()
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["loop", "thread"])
+def test_durable_success_takes_the_way_the_open_associations_call_for(
+        durable: InProcessServer, tmp_path: Path, alone: bool) -> None:
+    path = tmp_path / "img.dcm"
+    ds = make_image(path, 1, study=1, size=384)  # three PDVs
+    committer = durable.storage.committer
+    assert _store(durable.port, ds, alone) == (0x0000, "")
+    stored = check_tree(durable.storage.directory)
+    assert dataset_bytes(stored[str(ds.SOPInstanceUID)]) == dataset_bytes(path)
+    assert (committer.written, committer.syncs, committer.instances) == (1, 1, 1)
+    assert committer.inline == (1 if alone else 0)
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["loop", "thread"])
+@pytest.mark.parametrize("failing", ["write-out", "sync"])
+def test_durable_disk_failure_is_never_answered_success(
+        durable: InProcessServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, alone: bool, failing: str) -> None:
+    path = tmp_path / "img.dcm"
+    ds = make_image(path, 1, study=1, size=384)
+    store_dir = Path(durable.storage.directory)
+
+    def write_out_fails(fds: list[int], writeback: bool = True) -> list[OSError | None]:
+        return [OSError(errno.EIO, os.strerror(errno.EIO)) for _ in fds]
+
+    def sync_fails(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    if failing == "write-out":
+        monkeypatch.setattr(durability, "write_out", write_out_fails)
+    else:
+        monkeypatch.setattr(durability, "sync_filesystem", sync_fails)
+    status, comment = _store(durable.port, ds, alone)
+    assert status == 0xA700, hex(status)
+    assert ("cannot sync" if failing == "sync" else "cannot store") in comment
+    assert not incoming(store_dir), "temp file left behind"
+    if failing == "write-out":  # never renamed: nothing visible
+        assert not check_tree(store_dir)
+    # the disk is back: the sender's retry is stored (over a copy already
+    # renamed into place when only the sync failed: same content)
+    monkeypatch.undo()
+    assert _store(durable.port, ds, alone) == (0x0000, "")
+    stored = check_tree(durable.storage.directory)
+    assert dataset_bytes(stored[str(ds.SOPInstanceUID)]) == dataset_bytes(path)
