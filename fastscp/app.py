@@ -227,8 +227,8 @@ class App:
             # meanwhile, and see no committer (so answer no success).
             c, storage.committer = storage.committer, None
             await loop.run_in_executor(None, c.close)
-            log.info("group commit: %d instances in %d syncs (%d on the loop, one association open), "
-                     "%d files written out", c.instances, c.syncs, c.inline, c.written)
+            log.info("group commit: %d instances in %d syncs, %d files written out "
+                     "(%d on the event loop: one association open)", c.instances, c.syncs, c.written, c.inline)
         if self.catalog is not None:
             if not await loop.run_in_executor(None, self.catalog.close):
                 log.error("index writer could not write every row; `fastscp reindex` will add them")

@@ -379,7 +379,7 @@ class StoreSCPHandler:
             self._store_error(st, exc, writer, temp)
             return True
         if storage.committer is not None:
-            if self.server.active == 1:
+            if self.server.active == 1 and storage.committer.inline_ok():
                 self._durable_alone(st, writer, temp, info, storage.committer)
                 return True
             self.deferred += 1
@@ -430,7 +430,7 @@ class StoreSCPHandler:
         try:
             if err is not None or committer is None:
                 self._store_error(st, err or OSError(0, "storage closed"), None, temp)
-            elif self._place(st, temp, info):
+            elif self._placed_or_same(st, temp, info):
                 committer.sync_then(lambda err2: self._durable_placed(st, err2))
                 return
         except Exception:  # as in a read: the association cannot go on
@@ -460,8 +460,15 @@ class StoreSCPHandler:
         writer.close()
         if err is not None:
             self._store_error(st, err, None, temp)
-        elif self._place(st, temp, info):
+        elif self._placed_or_same(st, temp, info):
             self._sync_failed(st, committer.sync_now())
+
+    def _placed_or_same(self, st: _Store, temp: str, info: InstanceInfo) -> bool:
+        """``_place``, and True also for a copy the policy dropped with
+        Success (the same content is stored): that Success needs the sync as
+        much, since the stored copy's own sync may still be under way or
+        may have failed."""
+        return self._place(st, temp, info) or st.status == D.SUCCESS
 
     def _answer_deferred(self, st: _Store) -> None:
         """The answer the group commit held back (``_answer_store`` writes

@@ -95,15 +95,45 @@ def test_durable_disk_failure_is_never_answered_success(
         monkeypatch.setattr(durability, "write_out", write_out_fails)
     else:
         monkeypatch.setattr(durability, "sync_filesystem", sync_fails)
+    committer = durable.storage.committer
     status, comment = _store(durable.port, ds, alone)
     assert status == 0xA700, hex(status)
     assert ("cannot sync" if failing == "sync" else "cannot store") in comment
+    assert committer.inline == (1 if alone else 0)
     assert not incoming(store_dir), "temp file left behind"
     if failing == "write-out":  # never renamed: nothing visible
         assert not check_tree(store_dir)
-    # the disk is back: the sender's retry is stored (over a copy already
-    # renamed into place when only the sync failed: same content)
+    # The disk is back: the sender's retry is answered Success only after a
+    # sync. When only the sync failed, the first copy is in place and the
+    # retry (same content) is dropped as a duplicate, but the first copy's
+    # pages may not be on disk: its Success must wait for a sync all the same.
     monkeypatch.undo()
+    syncs = committer.syncs
     assert _store(durable.port, ds, alone) == (0x0000, "")
+    assert committer.syncs == syncs + 1
     stored = check_tree(durable.storage.directory)
     assert dataset_bytes(stored[str(ds.SOPInstanceUID)]) == dataset_bytes(path)
+
+
+def test_a_slow_disk_sends_the_next_instances_through_the_thread(
+        durable: InProcessServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A durable step on the event loop holds every association's timers and
+    accepts: once one took longer than INLINE_SLOW_S, the thread takes over."""
+    committer = durable.storage.committer
+    real_sync = durability.sync_filesystem
+    clock = [0.0]
+    committer.clock = lambda: clock[0]
+
+    def slow_sync(fd: int) -> None:
+        real_sync(fd)
+        clock[0] += durability.INLINE_SLOW_S * 2
+
+    monkeypatch.setattr(durability, "sync_filesystem", slow_sync)
+    for i in range(2):
+        ds = make_image(tmp_path / f"img{i}.dcm", i, study=1)
+        assert _store(durable.port, ds, alone=True) == (0x0000, "")
+    assert committer.inline == 1  # the second went through the thread
+    clock[0] += durability.INLINE_PAUSE_S
+    ds = make_image(tmp_path / "img2.dcm", 2, study=1)
+    assert _store(durable.port, ds, alone=True) == (0x0000, "")
+    assert committer.inline == 2  # and the loop takes over again

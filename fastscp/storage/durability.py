@@ -41,6 +41,7 @@ import errno
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 
 log = logging.getLogger("fastscp.storage")
@@ -62,6 +63,11 @@ def sync_filesystem(fd: int) -> None:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
+
+# a durable step on the event loop that took longer than this sends the
+# instances of the next INLINE_PAUSE_S seconds through the thread
+INLINE_SLOW_S = 0.05
+INLINE_PAUSE_S = 10.0
 
 # where a write-out followed by the sync is enough (module docstring)
 WRITEBACK_FILESYSTEMS = frozenset({"ext4", "xfs"})
@@ -106,7 +112,10 @@ class GroupCommitter:
         self.syncs = 0
         self.instances = 0
         self.written = 0
-        self.inline = 0  # syncs done by sync_now
+        self.inline = 0  # instances whose steps the caller did (write_out_now)
+        self._counts = threading.Lock()  # the counters change on both threads
+        self._inline_resume = 0.0
+        self.clock: Callable[[], float] = time.monotonic
         self._thread = threading.Thread(target=self._run, name="fastscp-group-commit", daemon=True)
         self._thread.start()
 
@@ -130,26 +139,55 @@ class GroupCommitter:
 
     # One association alone has nobody to group with, and a trip to the
     # thread and back costs four wake-ups (two each way) on top of the disk's
-    # own time: the caller then does the same steps on its own thread.
+    # own time: the caller then does the same steps on its own thread, unless
+    # the disk was slow lately (the event loop would wait on it).
+    def inline_ok(self) -> bool:
+        """May the caller do an instance's steps itself (``write_out_now``, ``sync_now``)?"""
+        return self.clock() >= self._inline_resume
+
     def write_out_now(self, fd: int) -> OSError | None:
         """``write_then`` done on the caller's thread: the error, or None."""
-        error = write_out([fd], self.writeback)[0]
-        self.written += 1
-        if error is not None:
-            log.error("writing out a received file failed: %s", error)
+        t0 = self.clock()
+        error = self._write_out([fd])[0]
+        with self._counts:
+            self.inline += 1
+        self._check_inline(t0)
         return error
 
     def sync_now(self) -> OSError | None:
-        """A sync on the caller's thread (``sync_then`` for one instance)."""
-        self.syncs += 1
-        self.instances += 1
-        self.inline += 1
+        """``sync_then`` for one instance, on the caller's thread."""
+        t0 = self.clock()
+        error = self._sync(1)
+        self._check_inline(t0)
+        return error
+
+    def _check_inline(self, t0: float) -> None:
+        now = self.clock()
+        if now - t0 > INLINE_SLOW_S:
+            self._inline_resume = now + INLINE_PAUSE_S
+            log.warning("durable write took %.0f ms on the event loop; the group commit thread "
+                        "does it for the next %.0f s", (now - t0) * 1000, INLINE_PAUSE_S)
+
+    def _write_out(self, fds: list[int]) -> list[OSError | None]:
+        errors = write_out(fds, self.writeback)
+        with self._counts:
+            self.written += len(fds)
+        for error in errors:
+            if error is not None:
+                log.error("writing out a received file failed: %s", error)
+        return errors
+
+    def _sync(self, instances: int) -> OSError | None:
+        error: OSError | None = None
         try:
             sync_filesystem(self._fd)
         except OSError as exc:
+            error = exc
             log.error("syncfs failed: %s", exc)
-            return exc
-        return None
+        with self._counts:
+            self.syncs += 1
+            self.instances += instances
+        return error
 
     def _refuse(self, callback: Callable[[OSError | None], None]) -> None:
         """After close: the callback hears of an error, never of a success."""
@@ -174,23 +212,12 @@ class GroupCommitter:
                 writes, self._writes = self._writes, []
                 batch, self._pending = self._pending, []
             if writes:
-                errors = write_out([fd for fd, _ in writes], self.writeback)
-                self.written += len(writes)
-                for error in errors:
-                    if error is not None:
-                        log.error("writing out a received file failed: %s", error)
+                errors = self._write_out([fd for fd, _ in writes])
                 if not self._hand_over([cb for _, cb in writes], errors):
                     return
             if not batch:
                 continue
-            error: OSError | None = None
-            try:
-                sync_filesystem(self._fd)
-            except OSError as exc:
-                error = exc
-                log.error("syncfs failed: %s", exc)
-            self.syncs += 1
-            self.instances += len(batch)
+            error = self._sync(len(batch))
             if not self._hand_over(batch, [error] * len(batch)):
                 return
 
