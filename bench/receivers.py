@@ -60,6 +60,18 @@ def orthanc_exe() -> str:
     raise FileNotFoundError("Orthanc not found (apt-get install orthanc)")
 
 
+def sink_exe() -> str:
+    """bench/sink.c compiled (``cc -O2``) into bench/out/, again whenever the
+    source is newer than the program."""
+    src = Path(__file__).resolve().with_name("sink.c")
+    exe = src.parent / "out" / "sink"
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        cc = os.environ.get("CC", "cc")
+        subprocess.run([cc, "-O2", "-o", str(exe), str(src)], check=True)
+    return str(exe)
+
+
 @dataclass
 class Instance:
     """One running receiver."""
@@ -238,6 +250,9 @@ def build_receivers(fastscp_cmd: str | None = None, dcmtk_bin: str | None = None
         return [sys.executable, "-m", "pynetdicom", "storescp", str(port), "-aet", AE_TITLE,
                 "--max-pdu", str(MAX_PDU), "-od", str(storage), "-q"]
 
+    def sink_argv(port: int, storage: Path, workdir: Path) -> list[str]:
+        return [sink_exe(), str(port), str(storage)]
+
     def orthanc_argv(port: int, storage: Path, workdir: Path) -> list[str]:
         return [orthanc_exe(), str(workdir / "orthanc.json")]
 
@@ -249,6 +264,8 @@ def build_receivers(fastscp_cmd: str | None = None, dcmtk_bin: str | None = None
         "storescp-fork": Receiver("storescp-fork", dcmtk_storescp(True),
                                   notes="dcmtk, one process per association"),
         "pynetdicom": Receiver("pynetdicom", pynetdicom_argv, notes="python -m pynetdicom storescp"),
+        "sink": Receiver("sink", sink_argv,
+                         notes="floor: bench/sink.c writes the file, renames it, answers; nothing else"),
         "orthanc": Receiver("orthanc", orthanc_argv, count=_orthanc_count, prepare=_orthanc_prepare,
                             extra_ready=_orthanc_ready, http=True,
                             notes="SQLite index, DicomThreadsCount 4"),

@@ -5,7 +5,8 @@ timings: a timing is a benchmark figure, not a test.
 
 Every receiver the suite compares must be installed: dcmtk (storescp,
 storescu) and Orthanc come from Debian (`.ci/run` installs them); fastscp is
-this package; pynetdicom is a test dependency.
+this package; pynetdicom is a test dependency; the sink (bench/sink.c) is
+compiled with the C compiler the package build needs anyway.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ sys.path.insert(0, str(BENCH))
 import flood  # noqa: E402
 from receivers import dcmtk_tool, orthanc_exe  # noqa: E402
 
-RECEIVERS = ["fastscp", "fastscp-fsync", "storescp", "storescp-fork", "pynetdicom", "orthanc"]
+RECEIVERS = ["fastscp", "fastscp-fsync", "storescp", "storescp-fork", "pynetdicom", "orthanc", "sink"]
 
 
 def _missing_peers() -> list[str]:
