@@ -1,6 +1,7 @@
 """Durable mode (``storage.durability: fsync``) on an in-process server, with
-the disk's answers injected: a failed write-out or a failed sync must never
-be answered Success, and a write-out failure must leave nothing in the tree.
+the disk's answers injected: the steps run in order (write-out, rename,
+sync, answer), a failed write-out or a failed sync must never be answered
+Success, and a write-out failure must leave nothing in the tree.
 
 Both ways an instance takes are covered: on the event loop when its
 association is the only one open (``_durable_alone``), and through the group
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -50,13 +52,16 @@ def _association(port: int, ds: pydicom.Dataset):  # type: ignore[no-untyped-def
     return assoc
 
 
-def _store(port: int, ds: pydicom.Dataset, alone: bool) -> tuple[int, str]:
+def _store(port: int, ds: pydicom.Dataset, alone: bool, answered: list[float] | None = None) -> tuple[int, str]:
     """Status and comment of one C-STORE; with ``alone`` false another
-    association stays open meanwhile (so the group commit thread is used)."""
+    association stays open meanwhile (so the group commit thread is used).
+    ``answered`` gets the monotonic time the answer was in."""
     other = None if alone else _association(port, ds)
     assoc = _association(port, ds)
     try:
         rsp = assoc.send_c_store(ds)
+        if answered is not None:
+            answered.append(time.monotonic())
         return int(rsp.Status), str(rsp.get("ErrorComment", ""))
     finally:
         assoc.release()
@@ -75,6 +80,39 @@ def test_durable_success_takes_the_way_the_open_associations_call_for(
     assert dataset_bytes(stored[str(ds.SOPInstanceUID)]) == dataset_bytes(path)
     assert (committer.written, committer.syncs, committer.instances) == (1, 1, 1)
     assert committer.inline == (1 if alone else 0)
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["loop", "thread"])
+def test_durable_steps_run_in_order_write_out_rename_sync_answer(
+        durable: InProcessServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, alone: bool) -> None:
+    """The data is on its way to disk before the name points at it, the
+    name is on disk before the answer: what each step finds in the tree, and
+    when the answer came, tell the order."""
+    path = tmp_path / "img.dcm"
+    ds = make_image(path, 1, study=1, size=384)
+    store_dir = Path(durable.storage.directory)
+    real_write_out, real_sync = durability.write_out, durability.sync_filesystem
+    steps: list[tuple[str, int, int, float]] = []
+
+    def seen(step: str) -> None:  # files in the tree, temp files with data in them, when
+        filled = [n for n in incoming(store_dir) if (store_dir / ".incoming" / n).stat().st_size]
+        steps.append((step, len(check_tree(store_dir)), len(filled), time.monotonic()))
+
+    def write_out(fds: list[int], writeback: bool = True) -> list[OSError | None]:
+        seen("write-out")
+        return real_write_out(fds, writeback)
+
+    def sync(fd: int) -> None:
+        real_sync(fd)
+        seen("sync")
+
+    monkeypatch.setattr(durability, "write_out", write_out)
+    monkeypatch.setattr(durability, "sync_filesystem", sync)
+    answered: list[float] = []
+    assert _store(durable.port, ds, alone, answered) == (0x0000, "")
+    assert [(step, placed) for step, placed, _, _ in steps] == [("write-out", 0), ("sync", 1)]
+    assert (steps[0][2], steps[1][2]) == (1, 0)  # written out while a temp file, synced once renamed
+    assert steps[1][3] < answered[0]  # answered after the sync returned
 
 
 @pytest.mark.parametrize("alone", [True, False], ids=["loop", "thread"])
