@@ -11,6 +11,7 @@ import duckdb
 import pytest
 
 from fastscp.catalog import CatalogWriter, run_readonly_query, schema
+from fastscp.catalog.rows import APPEND_CHUNK, BatchWriter
 from test_catalog_support import make_info
 
 
@@ -224,3 +225,35 @@ def test_readonly_queries_from_another_thread_while_writing(tmp_path):
     w.close()
     assert results == sorted(results)  # counts only grow
     assert count(db) == 2000
+
+
+def test_a_batch_reaches_the_appender_in_chunks_so_the_event_loop_runs_between(tmp_path, monkeypatch):
+    """The appender holds the GIL while it converts the rows of one call:
+    a batch goes in calls of at most APPEND_CHUNK rows, and all of it
+    still lands in one transaction."""
+    CatalogWriter(tmp_path / "i.db").close()  # the schema
+    conn = duckdb.connect(str(tmp_path / "i.db"))
+    batch = BatchWriter(conn)
+    calls: dict[str, list[int]] = {}
+    real = batch._appender
+
+    class Counting:
+        def __init__(self, app, table):
+            self.app, self.table = app, table
+
+        def append_rows(self, rows_):
+            calls.setdefault(self.table, []).append(len(rows_))
+            self.app.append_rows(rows_)
+
+        def __getattr__(self, name):
+            return getattr(self.app, name)
+
+    monkeypatch.setattr(batch, "_appender", lambda table: Counting(real(table), table))
+    chunk = APPEND_CHUNK
+    n = 2 * chunk + 7
+    batch.write([make_info(i, study=i) for i in range(n)])
+    assert calls["instances"] == [chunk, chunk, 7]
+    assert calls["studies"] == [chunk, chunk, 7]
+    assert conn.execute("SELECT count(*) FROM instances").fetchone()[0] == n
+    assert conn.execute("SELECT count(*) FROM studies").fetchone()[0] == n
+    conn.close()
