@@ -1,6 +1,6 @@
-"""Monitoring against a real ``fastscp serve`` and real dcmtk senders: /status
-and /metrics during a two-association flood, the connection log, ``fastscp
-query`` through the running server, ``fastscp status --once``."""
+"""Monitoring against a real ``fastscp serve`` and real senders (pynetdicom,
+dcmtk): /status and /metrics while two associations send, the connection log,
+``fastscp query`` through the running server, ``fastscp status --once``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -81,40 +83,105 @@ def wait_for(predicate: Any, timeout: float = 20.0, every: float = 0.05) -> Any:
     raise AssertionError("condition not met in time")
 
 
-def test_status_and_metrics_during_two_association_flood(start_server, two_senders, tmp_path: Path) -> None:
+class SteppedSender(threading.Thread):
+    """A pynetdicom association that sends its files as the file holds them
+    (no re-encoding), in two halves, and waits for the test between the
+    halves and before releasing, so the test sees it open, part way through."""
+
+    def __init__(self, port: int, calling: str, files: list[Path]) -> None:
+        super().__init__(daemon=True)
+        self.port, self.calling, self.files = port, calling, files
+        self.half_sent, self.go_on, self.all_sent, self.release = (threading.Event() for _ in range(4))
+        self.statuses: list[int] = []
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from pynetdicom import AE
+
+        try:
+            ae = AE(ae_title=self.calling)
+            for f in self.files[:2]:
+                meta = pydicom.dcmread(f, stop_before_pixels=True).file_meta
+                ae.add_requested_context(meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID)
+            assoc = ae.associate("127.0.0.1", self.port, ae_title="FASTSCP")
+            assert assoc.is_established, f"{self.calling}: association rejected"
+            half = len(self.files) // 2
+            for n, f in enumerate(self.files):
+                if n == half:
+                    self.half_sent.set()
+                    assert self.go_on.wait(60), "the test never said go on"
+                self.statuses.append(int(assoc.send_c_store(f, msg_id=n + 1).get("Status", -1)))
+            self.all_sent.set()
+            assert self.release.wait(60), "the test never said release"
+            assoc.release()
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            self.error = exc
+            self.half_sent.set()
+            self.all_sent.set()
+
+
+def test_status_and_metrics_during_two_association_flood(start_server, two_senders, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two associations open at once: /status lists both with their live
+    counters at each step. The senders pause at fixed points (half sent, all
+    sent, not yet released) so the overlap does not depend on timing: with
+    two free-running storescu floods of 80 small images each, a fast receiver
+    can finish one before the other is listed (a CI run saw exactly that)."""
+    from pynetdicom import _config
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send each file's bytes as they are
     sport = free_port()
     log_file = tmp_path / "connections.jsonl"
     srv = start_server("--status-port", str(sport), "--log-file", str(log_file))
     assert f"status page at http://127.0.0.1:{sport}/" in wait_for(
         lambda: "status page" in srv.log_text() and srv.log_text())
 
-    senders = {ae: storescu(srv.port, ae, files) for ae, files in two_senders.items()}
-    both_seen: list[dict[str, Any]] = []
-    progress: dict[str, list[int]] = {ae: [] for ae in senders}
-    while any(p.poll() is None for p in senders.values()):
+    senders = {ae: SteppedSender(srv.port, ae, files) for ae, files in two_senders.items()}
+    for s in senders.values():
+        s.start()
+
+    def both_at(count: int) -> dict[str, Any] | None:
         doc = status(sport)
         by_ae = {a["calling_ae"]: a for a in doc["active"]}
-        for ae, a in by_ae.items():
-            if ae in progress:
-                progress[ae].append(a["instances"])
-        if set(by_ae) == set(senders):
-            both_seen.append(doc)
-        time.sleep(0.02)
-    for ae, p in senders.items():
-        out = p.stdout.read().decode() if p.stdout else ""
-        assert p.returncode == 0, f"{ae}: {out}"
+        return doc if set(by_ae) == set(senders) and all(a["instances"] == count for a in by_ae.values()) else None
 
-    # both associations were listed at the same time, with live per-association counters
-    assert both_seen, "never saw both associations active in /status"
-    doc = both_seen[-1]
-    assert doc["totals"]["active"] == 2
-    for a in doc["active"]:
-        assert a["called_ae"] == "FASTSCP" and a["peer"].startswith("127.0.0.1:") and a["tls"] is False
-        assert 0 <= a["instances"] <= 80 and a["age_s"] > 0
-        assert a["contexts_accepted"] >= 1
+    def check_active(doc: dict[str, Any], count: int) -> None:
+        assert doc["totals"]["active"] == 2
+        for a in doc["active"]:
+            assert a["called_ae"] == "FASTSCP" and a["peer"].startswith("127.0.0.1:") and a["tls"] is False
+            assert a["instances"] == count and a["age_s"] > 0
+            assert a["contexts_accepted"] >= 1
+
+    for s in senders.values():
+        assert s.half_sent.wait(60)
+        assert s.error is None, f"{s.calling}: {s.error!r}"
+    check_active(wait_for(lambda: both_at(40)), 40)
+
+    # the second halves go together while the test keeps reading /status: the
+    # per-association counts it sees only go up, and they end at 80 each
+    progress: dict[str, list[int]] = {ae: [] for ae in senders}
+    for s in senders.values():
+        s.go_on.set()
+    while True:  # at least one reading; both stay open until released, so each is listed in every one
+        done = all(s.all_sent.is_set() for s in senders.values())
+        for a in status(sport)["active"]:
+            progress[a["calling_ae"]].append(a["instances"])
+        if done:
+            break
+        time.sleep(0.01)
+    for s in senders.values():
+        assert s.error is None, f"{s.calling}: {s.error!r}"
+        assert s.statuses == [0] * 80, s.statuses
+    check_active(wait_for(lambda: both_at(80)), 80)
     for ae, seen in progress.items():
-        assert seen == sorted(seen), f"{ae}: instance count went backwards: {seen}"
-        assert len(set(seen)) > 1, f"{ae}: never saw the instance count move ({seen[:5]}...)"
+        assert seen and seen == sorted(seen), f"{ae}: instance count went backwards: {seen}"
+        assert 40 <= seen[0] and seen[-1] <= 80, f"{ae}: {seen}"
+
+    for s in senders.values():
+        s.release.set()
+    for s in senders.values():
+        s.join(30)
+        assert not s.is_alive() and s.error is None, f"{s.calling}: {s.error!r}"
 
     # after both: totals and metrics match exactly what was sent
     expected: Counter[tuple[str, str]] = Counter()
