@@ -149,10 +149,14 @@ def encode(ds: pydicom.Dataset, implicit: bool = False) -> bytes:
     return fh.getvalue()
 
 
-def check_tree(storage: Path) -> dict[str, Path]:
+def check_tree(storage: Path, mutated: bool = False) -> dict[str, Path]:
     """Every file under the storage tree (outside .incoming) is a complete,
     fully parseable Part-10 file; returns {SOP Instance UID: path}. Anything
-    else in the tree (a stray temp file, a truncated file) fails."""
+    else in the tree (a stray temp file, a truncated file) fails.
+
+    ``mutated``: the senders' bytes were fuzzed, so a stored dataset may be
+    well-formed yet say other Rows or Columns than its pixel data has (a
+    flipped bit in a value): only the elements' own lengths are checked."""
     found: dict[str, Path] = {}
     for path in storage.rglob("*"):
         parts = path.relative_to(storage).parts
@@ -161,12 +165,18 @@ def check_tree(storage: Path) -> dict[str, Path]:
         if any(p.startswith(".") for p in parts) or path.is_dir() or path.name.startswith("scan_sheet"):
             continue
         assert path.suffix == ".dcm", f"unexpected file in the tree: {path}"
-        ds = pydicom.dcmread(path)  # full read: raises on a truncated file
+        ds = pydicom.dcmread(path)  # full read: raises on most truncated files
         # a dataset cut by a fuzzer exactly at an element boundary before the
         # pixel data is well-formed and may be stored: only what is there must be whole
         if "PixelData" in ds:
-            ds.PixelData  # noqa: B018  (defined-length pixel data must be all there)
-        if "Rows" in ds and "Columns" in ds and ds.get("BitsAllocated") == 16 and "PixelData" in ds:
+            # pydicom hands back a short value for a file cut inside the
+            # element: compare with the length its header declares
+            raw = ds.get_item("PixelData")
+            length = getattr(raw, "length", 0xFFFFFFFF)
+            if length != 0xFFFFFFFF:
+                assert len(raw.value) == length, f"{path}: pixel data truncated ({len(raw.value)} of {length} bytes)"
+        if (not mutated and "Rows" in ds and "Columns" in ds and ds.get("BitsAllocated") == 16
+                and "PixelData" in ds):
             assert len(ds.PixelData) == ds.Rows * ds.Columns * 2, f"{path}: pixel data truncated"
         uid = str(ds.SOPInstanceUID)
         assert uid == str(ds.file_meta.MediaStorageSOPInstanceUID)

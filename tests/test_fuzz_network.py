@@ -133,7 +133,10 @@ def test_mutated_streams_to_a_live_server(start_server, synthetic_corpus: list[P
     outcome = {name: last.count(t) for name, t in
                (("A-ABORT", 7), ("A-ASSOCIATE-RJ", 3), ("A-RELEASE-RP", 6), ("P-DATA (responses)", 4), ("A-ASSOCIATE-AC only", 2), ("nothing", 0))}
     assert wait_until(lambda: not incoming(srv.storage), 10), f"seed {seed}: temp files left"
-    check_tree(srv.storage)  # whatever got stored is whole
+    try:
+        check_tree(srv.storage, mutated=True)  # whatever got stored is whole
+    except AssertionError as exc:
+        raise AssertionError(f"seed {seed}: {exc}") from None
     assert wait_until(lambda: fd_count(pid) == fds_before, 10), f"seed {seed}: fds {fds_before} -> {fd_targets(pid)}"
     out = storescu(srv, synthetic_corpus[:5])
     assert out.returncode == 0 and len(acknowledged(out.stdout)) == 5, out.stdout[-2000:]
