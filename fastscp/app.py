@@ -145,14 +145,24 @@ class App:
         self.catalog = open_catalog(cfg, self.state)
 
     async def start(self) -> list[str]:
+        """Listen on the DICOM port(s); raises ListenError (a port in use,
+        an address not on this host, a port below 1024 without the right)."""
         s = self.cfg.server
-        listening = [f"{a[0]}:{a[1]}" for a in await self.server.start(s.bind_address, s.port)]
+        listening = [f"{a[0]}:{a[1]}" for a in await self._listen(s.bind_address, s.port)]
         if s.tls.enabled:
             from .net.tls import server_ssl_context
 
             ctx = server_ssl_context(s.tls)
-            listening += [f"{a[0]}:{a[1]} (TLS)" for a in await self.server.start(s.bind_address, s.tls.port, ctx)]
+            listening += [f"{a[0]}:{a[1]} (TLS)" for a in await self._listen(s.bind_address, s.tls.port, ctx)]
         return listening
+
+    async def _listen(self, host: str | None, port: int, ctx: Any = None) -> list[Any]:
+        try:
+            return await self.server.start(host, port, ctx)
+        except OSError as exc:
+            where = f"{host or 'every address'} port {port}{' (TLS)' if ctx is not None else ''}"
+            why = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's own text repeats the address
+            raise ListenError(f"cannot listen for DICOM on {where}: {why}") from exc
 
     async def reload(self) -> None:
         """SIGHUP: re-read the access lists and limits; running associations stay."""
@@ -183,7 +193,17 @@ class App:
             self.catalog.on_resume = resume_from_writer_thread
             self.state.observers.append(feed)
         monitor = MonitorService(self.cfg, self.state, self.catalog)
-        listening = await self.start()
+        try:
+            listening = await self.start()
+        except ListenError as exc:
+            log.error("%s; not started", exc)
+            await self.server.shutdown(0)  # a port opened before the one that failed
+            if storage.committer is not None:
+                c, storage.committer = storage.committer, None
+                await loop.run_in_executor(None, c.close)
+            if self.catalog is not None:
+                await loop.run_in_executor(None, self.catalog.close)
+            raise
         await monitor.start(listening)
         if self.pipeline.active:
             self.pipeline.start()  # also resumes work kept by the last clean stop
@@ -238,6 +258,10 @@ class App:
                  st.associations_total, st.instances_total, st.bytes_total / 1e6)
 
 
+class ListenError(Exception):
+    """The receiver could not listen on its port(s): nothing was started."""
+
+
 def run_blocking(config_path: str | None, overrides: Mapping[str, Any]) -> None:
     """Load the configuration (errors before anything binds) and serve."""
     cfg = load_config(config_path, overrides)
@@ -256,4 +280,4 @@ def run_blocking(config_path: str | None, overrides: Mapping[str, Any]) -> None:
         logging_handle.stop()
 
 
-__all__ = ["App", "accept_policy", "build_state", "run_blocking", "load_access_policy"]
+__all__ = ["App", "ListenError", "accept_policy", "build_state", "run_blocking", "load_access_policy"]
