@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import mmap
 import os
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from .storage.store import Storage
 
 log = logging.getLogger("fastscp.scp")
 
+_PAGE_MASK = ~(mmap.PAGESIZE - 1)
 _ids = itertools.count(1)
 _RUN = f"{int(time.time()):x}"
 
@@ -108,6 +110,7 @@ class _Store:
     parsed: bool = False  # the early parse was tried
     placed: InstanceInfo | None = None  # stored: observers hear of it once answered
     finished: Any = None  # the placed file's writer, closed once the answer is out
+    written_out: int = 0  # durable mode, one association: file bytes whose write-out has started
 
 
 @dataclasses.dataclass(slots=True)
@@ -310,8 +313,12 @@ class StoreSCPHandler:
                 st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"write failed: {exc.strerror}"
                 log.error("assoc %s: writing %s failed: %s", self.id, st.sop_instance_uid, exc)
             else:
-                if not st.parsed and not ev.last and st.writer.dataset_size > self.server.storage.head_limit:
-                    self._parse_early(st)
+                if not ev.last:
+                    if not st.parsed and st.writer.dataset_size > self.server.storage.head_limit:
+                        self._parse_early(st)
+                    committer = self.server.storage.committer
+                    if committer is not None and self.server.active == 1 and committer.inline_ok():
+                        self._start_write_out(st, committer)
         if ev.last:
             self._current = None
             if st.writer is None or self._finish_store(st):
@@ -329,6 +336,23 @@ class StoreSCPHandler:
             st.info = parse_head(st.writer.head, st.transfer_syntax_uid, False)
         except Exception:  # pydicom raises many kinds on bad input
             st.info = None
+
+    @staticmethod
+    def _start_write_out(st: _Store, committer: GroupCommitter) -> None:
+        """Durable mode, one association open: the pages filled so far start
+        for the disk now, while the sender sends the rest, so the wait after
+        the last fragment is for less data. Only whole pages: the one being
+        filled is written again by the next fragment. ext4, 1000 x 0.5 MB
+        over one association, without and with (median of 7 and of 9, two
+        runs): 3.00 and 2.84 s, 2.89 and 2.66 s (default durability 2.00 and
+        1.88 s). Over four associations the group commit already overlaps
+        the disk with receiving, and starting early there measured no
+        better (2.46 s without, 2.52 s with), so it is left to the thread."""
+        writer = st.writer
+        end = (writer.prefix_size + writer.dataset_size) & _PAGE_MASK
+        if end > st.written_out:
+            committer.start_write_out(writer.fd, st.written_out, end)
+            st.written_out = end
 
     def _finish_store(self, st: _Store) -> bool:
         """Parse, check and place the instance; False when the answer is

@@ -11,6 +11,7 @@ commit thread when another association is open (the deferred answer).
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import time
 from collections.abc import Iterator
@@ -175,3 +176,43 @@ def test_a_slow_disk_sends_the_next_instances_through_the_thread(
     ds = make_image(tmp_path / "img2.dcm", 2, study=1)
     assert _store(durable.port, ds, alone=True) == (0x0000, "")
     assert committer.inline == 2  # and the loop takes over again
+
+
+@pytest.mark.parametrize("alone", [True, False], ids=["loop", "thread"])
+def test_write_out_starts_with_whole_pages_while_the_rest_arrives(
+        durable: InProcessServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, alone: bool) -> None:
+    """One association open: after each fragment but the last, the pages
+    filled so far start for the disk (sync_file_range WRITE, no wait), from
+    where the previous start ended, never the page still being filled; the
+    wait after the last fragment covers the whole file. With another
+    association open the group commit does it all, as before."""
+    path = tmp_path / "img.dcm"
+    ds = make_image(path, 1, study=1, size=384)  # three PDVs
+    real = durability._sync_file_range
+    calls: list[tuple[int, int, int, int]] = []
+
+    def recording(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        calls.append((fd, offset, nbytes, flags))
+        return real(fd, offset, nbytes, flags)
+
+    monkeypatch.setattr(durability, "_sync_file_range", recording)
+    assert _store(durable.port, ds, alone) == (0x0000, "")
+    early = [c for c in calls if c[2] > 0]
+    whole = [c for c in calls if c[2] == 0]
+    stored = check_tree(durable.storage.directory)[str(ds.SOPInstanceUID)]
+    assert dataset_bytes(stored) == dataset_bytes(path)
+    # the write-out after the last fragment: start all, then wait for all
+    assert [(offset, flags) for _, offset, _, flags in whole] == [(0, 2), (0, 7)]
+    if not alone:
+        assert early == []
+        return
+    assert len(early) == 2, calls  # after the first and the second of three fragments
+    page = mmap.PAGESIZE
+    position = 0
+    for fd, offset, nbytes, flags in early:
+        assert fd == whole[0][0] and flags == 2
+        assert offset == position  # each start picks up where the last ended
+        position = offset + nbytes
+        assert position % page == 0  # whole pages only
+    # the last fragment's pages are left to the write-out that waits
+    assert position < stored.stat().st_size - 16382

@@ -145,6 +145,18 @@ class GroupCommitter:
         """May the caller do an instance's steps itself (``write_out_now``, ``sync_now``)?"""
         return self.clock() >= self._inline_resume
 
+    def start_write_out(self, fd: int, start: int, end: int) -> None:
+        """Start writing out bytes [start, end) of ``fd`` without waiting
+        (``sync_file_range`` WRITE), while the rest of the instance still
+        arrives; ``write_out_now`` then waits for less. The caller passes
+        whole pages only: the page being filled is written again by the next
+        fragment. Errors are left for ``write_out_now`` to report. Nothing
+        happens without writeback (fdatasync does the whole file later)."""
+        if self.writeback and _sync_file_range is not None and end > start:
+            t0 = self.clock()
+            _sync_file_range(fd, start, end - start, _SFR_WRITE)
+            self._check_inline(t0)  # a congested disk can make even the start wait
+
     def write_out_now(self, fd: int) -> OSError | None:
         """``write_then`` done on the caller's thread: the error, or None."""
         t0 = self.clock()
