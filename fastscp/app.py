@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import signal
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -28,7 +29,7 @@ from .protocol.negotiation import VERIFICATION, AcceptPolicy
 from .scp import ReceptionObserver, ServerState, StoreSCPHandler
 from .storage.naming import make_naming
 from .storage.durability import WRITEBACK_FILESYSTEMS, GroupCommitter
-from .storage.store import Storage
+from .storage.store import Storage, StorageInUse, lock_directory
 
 log = logging.getLogger("fastscp")
 
@@ -134,6 +135,9 @@ class App:
         self.cfg = cfg
         self.config_path = config_path
         self.overrides = dict(overrides)
+        # before anything touches the tree (the sweep of .incoming/, the
+        # index's reconcile): another receiver may be using it
+        self._lock = lock_directory(cfg.storage.directory)
         self.state = build_state(cfg)
         # pipeline (hooks, end of study, scan sheets): observes, never blocks the loop
         self.pipeline = Pipeline(PipelineSettings.from_config(cfg, self.state.storage.directory))
@@ -144,15 +148,28 @@ class App:
                                   s.artim_timeout, s.idle_timeout or 0.0, s.dimse_timeout or 0.0, s.busy_poll_us)
         self.catalog = open_catalog(cfg, self.state)
 
+    def unlock(self) -> None:
+        """Give the storage directory up (``lock_directory``)."""
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
+
     async def start(self) -> list[str]:
         """Listen on the DICOM port(s); raises ListenError (a port in use,
         an address not on this host, a port below 1024 without the right)."""
         s = self.cfg.server
-        listening = [f"{a[0]}:{a[1]}" for a in await self._listen(s.bind_address, s.port)]
-        if s.tls.enabled:
+        ctx = None
+        if s.tls.enabled:  # before any port is bound: a bad key or certificate binds nothing
+            import ssl
+
             from .net.tls import server_ssl_context
 
-            ctx = server_ssl_context(s.tls)
+            try:
+                ctx = server_ssl_context(s.tls)
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise ListenError(f"cannot set up TLS from server.tls: {exc}") from exc
+        listening = [f"{a[0]}:{a[1]}" for a in await self._listen(s.bind_address, s.port)]
+        if ctx is not None:
             listening += [f"{a[0]}:{a[1]} (TLS)" for a in await self._listen(s.bind_address, s.tls.port, ctx)]
         return listening
 
@@ -161,7 +178,10 @@ class App:
             return await self.server.start(host, port, ctx)
         except OSError as exc:
             where = f"{host or 'every address'} port {port}{' (TLS)' if ctx is not None else ''}"
-            why = os.strerror(exc.errno) if exc.errno else str(exc)  # asyncio's own text repeats the address
+            if isinstance(exc, socket.gaierror) or not exc.errno or exc.errno < 0:
+                why = exc.strerror or str(exc)  # a name that does not resolve: the resolver's words
+            else:
+                why = os.strerror(exc.errno)  # asyncio's own text repeats the address
             raise ListenError(f"cannot listen for DICOM on {where}: {why}") from exc
 
     async def reload(self) -> None:
@@ -203,6 +223,7 @@ class App:
                 await loop.run_in_executor(None, c.close)
             if self.catalog is not None:
                 await loop.run_in_executor(None, self.catalog.close)
+            self.unlock()
             raise
         await monitor.start(listening)
         if self.pipeline.active:
@@ -253,12 +274,17 @@ class App:
             if not await loop.run_in_executor(None, self.catalog.close):
                 log.error("index writer could not write every row; `fastscp reindex` will add them")
         gc.unfreeze()  # let interpreter shutdown finalize what start-up made
+        self.unlock()
         st = self.state
         log.info("stopped: %d association(s), %d instance(s), %.1f MB received",
                  st.associations_total, st.instances_total, st.bytes_total / 1e6)
 
 
-class ListenError(Exception):
+class StartError(Exception):
+    """The receiver could not start; the message says why."""
+
+
+class ListenError(StartError):
     """The receiver could not listen on its port(s): nothing was started."""
 
 
@@ -269,7 +295,11 @@ def run_blocking(config_path: str | None, overrides: Mapping[str, Any]) -> None:
     logging_handle = configure_logging(lg.level, lg.format, lg.file, lg.max_bytes, lg.backup_count)
     log.info("configuration: %s", os.path.abspath(config_path) if config_path else "built-in defaults")
     try:
-        app = App(cfg, config_path, overrides)
+        try:
+            app = App(cfg, config_path, overrides)
+        except StorageInUse as exc:
+            log.error("%s; not started", exc)
+            raise StartError(str(exc)) from None
         try:
             import uvloop
         except ImportError:
@@ -280,4 +310,4 @@ def run_blocking(config_path: str | None, overrides: Mapping[str, Any]) -> None:
         logging_handle.stop()
 
 
-__all__ = ["App", "ListenError", "accept_policy", "build_state", "run_blocking", "load_access_policy"]
+__all__ = ["App", "ListenError", "StartError", "accept_policy", "build_state", "run_blocking", "load_access_policy"]

@@ -100,7 +100,7 @@ def serve_overrides(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import ListenError, run_blocking
+    from .app import StartError, run_blocking
     from .config import ConfigError
 
     config = args.config
@@ -114,7 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:  # e.g. a naming template the scheme rejects
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except ListenError:  # already logged, on the console and in the log file
+    except StartError:  # already logged, on the console and in the log file
         return 1
     return 0
 

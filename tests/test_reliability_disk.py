@@ -145,6 +145,7 @@ class InProcessServer:
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.app.unlock()
 
 
 class FailingWriter:

@@ -1,10 +1,12 @@
-"""Start-up failures: a DICOM port that cannot be listened on ends the
-program at once with one clear log line and exit code 1, not a traceback,
-and leaves nothing running (the index writer and the group-commit thread
-are stopped, so the process exits)."""
+"""Start-up failures end the program at once with one clear log line and
+exit code 1, not a traceback: a DICOM port that cannot be listened on, a
+TLS key or certificate that cannot be loaded, a storage directory another
+receiver holds. Nothing is left running (the index writer and the
+group-commit thread are stopped, so the process exits)."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,3 +38,72 @@ def test_port_in_use_is_one_clear_error(tmp_path: Path, extra: tuple[str, ...]) 
     # the index was closed cleanly: another process can open it at once
     duckdb.connect(str(tmp_path / "index.db")).close()
 
+
+
+def test_a_second_receiver_on_the_same_storage_is_refused_before_touching_it(
+        start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A second ``fastscp serve`` on a tree a running one holds would sweep
+    the running one's temp files from .incoming/ at start; it must stop
+    first, naming the holder, and leave the tree alone."""
+    first = start_server()
+    keep = first.storage / ".incoming" / "in-flight.part"
+    keep.write_bytes(b"a transfer the first receiver has under way")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, "-m", "fastscp.cli", "serve", str(port), "FASTSCP", "--bind", "127.0.0.1",
+           "--storage-dir", str(first.storage), "--index-db", str(tmp_path / "second.db"), "--status-port", "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert f"is in use by another fastscp (pid {first.proc.pid}); not started" in out, out
+    assert "Traceback" not in out and "removed" not in out, out
+    assert keep.exists()
+    assert not (tmp_path / "second.db").exists()  # nothing opened before the refusal
+    # once the first is gone, the tree is free (the kernel dropped its lock)
+    assert first.stop() == 0
+    keep.unlink()
+    again = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    try:
+        from conftest import wait_for_port
+
+        wait_for_port(port, again)  # type: ignore[arg-type]
+    finally:
+        again.terminate()
+        out, _ = again.communicate(timeout=30)
+    assert again.returncode == 0, out
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_a_tls_key_that_does_not_match_is_one_clear_error(tmp_path: Path) -> None:
+    """A TLS key or certificate that cannot be loaded stops start-up before
+    any port is bound, with one line and exit code 1."""
+    for name in ("a", "b"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
+                        "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}"],
+                       cwd=tmp_path, check=True, capture_output=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "tls.yaml"
+    config.write_text(
+        "server:\n"
+        f"  port: {port}\n"
+        "  bind_address: 127.0.0.1\n"
+        "  tls:\n"
+        "    enabled: true\n"
+        "    port: 0\n"
+        f"    certificate: {tmp_path / 'a.pem'}\n"
+        f"    key: {tmp_path / 'b.key'}\n"  # the other certificate's key
+        "storage:\n"
+        f"  directory: {tmp_path / 'store'}\n"
+        "database:\n"
+        f"  path: {tmp_path / 'index.db'}\n"
+        "status:\n"
+        "  port: 0\n")
+    done = subprocess.run([sys.executable, "-m", "fastscp.cli", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "cannot set up TLS from server.tls:" in out and "not started" in out, out
+    assert "Traceback" not in out and "listening on" not in out, out

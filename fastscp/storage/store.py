@@ -35,6 +35,39 @@ _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 _NO_PREALLOCATION = frozenset({"tmpfs", "ramfs"})
 
+LOCK_FILE = ".fastscp.lock"
+
+
+class StorageInUse(Exception):
+    """Another running fastscp holds the storage directory."""
+
+
+def lock_directory(directory: str | os.PathLike[str]) -> int:
+    """Take the storage directory for this process: an exclusive flock on
+    ``<directory>/.fastscp.lock``, held while the returned descriptor is
+    open (the kernel drops it when the process ends, however it ends).
+    Raises StorageInUse while another process holds it. Two receivers on
+    one tree would sweep each other's temp files at start and keep two
+    duplicate maps that do not see each other's instances."""
+    import fcntl
+
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise StorageInUse(f"storage directory {os.path.abspath(directory)} is in use by another "
+                           f"fastscp (pid {holder})") from None
+    except OSError:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
 
 def filesystem_type(path: str | os.PathLike[str], mountinfo: str = "/proc/self/mountinfo") -> str:
     """The type of the filesystem holding ``path`` (from /proc/self/mountinfo:
