@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import pytest
 
 
@@ -35,8 +34,16 @@ def test_port_in_use_is_one_clear_error(tmp_path: Path, extra: tuple[str, ...]) 
     assert f"cannot listen for DICOM on 127.0.0.1 port {port}: Address already in use; not started" in out, out
     assert "Traceback" not in out, out
     assert "listening on" not in out, out
-    # the index was closed cleanly: another process can open it at once
-    duckdb.connect(str(tmp_path / "index.db")).close()
+
+
+def test_a_bind_name_that_does_not_resolve_says_so(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "fastscp.cli", "serve", "0", "FASTSCP", "--bind", "nosuchhost.invalid",
+           "--storage-dir", str(tmp_path / "store"), "--index-db", str(tmp_path / "index.db"), "--status-port", "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "cannot listen for DICOM on nosuchhost.invalid port 0: " in out, out
+    assert "Unknown error" not in out and "Traceback" not in out, out  # the resolver's words, not a bare errno
 
 
 
