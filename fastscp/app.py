@@ -300,6 +300,10 @@ def run_blocking(config_path: str | None, overrides: Mapping[str, Any]) -> None:
         except StorageInUse as exc:
             log.error("%s; not started", exc)
             raise StartError(str(exc)) from None
+        except OSError as exc:  # the storage directory cannot be made or opened, say
+            why = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
+            log.error("cannot start: %s; not started", why)
+            raise StartError(why) from None
         try:
             import uvloop
         except ImportError:

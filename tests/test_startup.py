@@ -114,3 +114,15 @@ def test_a_tls_key_that_does_not_match_is_one_clear_error(tmp_path: Path) -> Non
     assert done.returncode == 1, out
     assert "cannot set up TLS from server.tls:" in out and "not started" in out, out
     assert "Traceback" not in out and "listening on" not in out, out
+
+
+def test_a_storage_directory_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    cmd = [sys.executable, "-m", "fastscp.cli", "serve", "0", "FASTSCP", "--bind", "127.0.0.1",
+           "--storage-dir", str(tmp_path / "a-file" / "store"), "--index-db", str(tmp_path / "index.db"),
+           "--status-port", "0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert f"cannot start: Not a directory: {tmp_path / 'a-file' / 'store'}; not started" in out, out
+    assert "Traceback" not in out, out
