@@ -148,6 +148,20 @@ class App:
                                   s.artim_timeout, s.idle_timeout or 0.0, s.dimse_timeout or 0.0, s.busy_poll_us)
         self.catalog = open_catalog(cfg, self.state)
 
+    async def _close_writers(self, loop: asyncio.AbstractEventLoop) -> tuple[GroupCommitter | None, bool]:
+        """Close the group commit and the index writer, off the loop: the
+        callbacks of what is still in flight run on it meanwhile, and see no
+        committer (so answer no success). Returns the closed committer (None
+        without durability) and whether the index writer wrote every row."""
+        storage = self.state.storage
+        committer, storage.committer = storage.committer, None
+        if committer is not None:
+            await loop.run_in_executor(None, committer.close)
+        all_indexed = True
+        if self.catalog is not None:
+            all_indexed = await loop.run_in_executor(None, self.catalog.close)
+        return committer, all_indexed
+
     def unlock(self) -> None:
         """Give the storage directory up (``lock_directory``)."""
         if self._lock >= 0:
@@ -218,11 +232,7 @@ class App:
         except ListenError as exc:
             log.error("%s; not started", exc)
             await self.server.shutdown(0)  # a port opened before the one that failed
-            if storage.committer is not None:
-                c, storage.committer = storage.committer, None
-                await loop.run_in_executor(None, c.close)
-            if self.catalog is not None:
-                await loop.run_in_executor(None, self.catalog.close)
+            await self._close_writers(loop)
             self.unlock()
             raise
         await monitor.start(listening)
@@ -263,16 +273,12 @@ class App:
         await monitor.stop()
         if self.pipeline.active:  # pending hooks run now, or are kept for the next start
             await loop.run_in_executor(None, self.pipeline.close, cfg.server.shutdown_grace)
-        if storage.committer is not None:
-            # Off the loop: the callbacks of what is still in flight run on it
-            # meanwhile, and see no committer (so answer no success).
-            c, storage.committer = storage.committer, None
-            await loop.run_in_executor(None, c.close)
+        c, all_indexed = await self._close_writers(loop)
+        if c is not None:
             log.info("group commit: %d instances in %d syncs, %d files written out "
                      "(%d on the event loop: one association open)", c.instances, c.syncs, c.written, c.inline)
-        if self.catalog is not None:
-            if not await loop.run_in_executor(None, self.catalog.close):
-                log.error("index writer could not write every row; `fastscp reindex` will add them")
+        if not all_indexed:
+            log.error("index writer could not write every row; `fastscp reindex` will add them")
         gc.unfreeze()  # let interpreter shutdown finalize what start-up made
         self.unlock()
         st = self.state

@@ -317,7 +317,7 @@ class StoreSCPHandler:
                     if not st.parsed and st.writer.dataset_size > self.server.storage.head_limit:
                         self._parse_early(st)
                     committer = self.server.storage.committer
-                    if committer is not None and self.server.active == 1 and committer.inline_ok():
+                    if committer is not None and self._durable_on_loop(committer):
                         self._start_write_out(st, committer)
         if ev.last:
             self._current = None
@@ -336,6 +336,11 @@ class StoreSCPHandler:
             st.info = parse_head(st.writer.head, st.transfer_syntax_uid, False)
         except Exception:  # pydicom raises many kinds on bad input
             st.info = None
+
+    def _durable_on_loop(self, committer: GroupCommitter) -> bool:
+        """Durable mode's steps run on the event loop: this association is
+        the only one open and the disk has not been slow lately."""
+        return self.server.active == 1 and committer.inline_ok()
 
     @staticmethod
     def _start_write_out(st: _Store, committer: GroupCommitter) -> None:
@@ -403,7 +408,7 @@ class StoreSCPHandler:
             self._store_error(st, exc, writer, temp)
             return True
         if storage.committer is not None:
-            if self.server.active == 1 and storage.committer.inline_ok():
+            if self._durable_on_loop(storage.committer):
                 self._durable_alone(st, writer, temp, info, storage.committer)
                 return True
             self.deferred += 1
