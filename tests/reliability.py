@@ -175,9 +175,8 @@ def check_tree(storage: Path, mutated: bool = False) -> dict[str, Path]:
             length = getattr(raw, "length", 0xFFFFFFFF)
             if length != 0xFFFFFFFF:
                 assert len(raw.value) == length, f"{path}: pixel data truncated ({len(raw.value)} of {length} bytes)"
-        if (not mutated and "Rows" in ds and "Columns" in ds and ds.get("BitsAllocated") == 16
-                and "PixelData" in ds):
-            assert len(ds.PixelData) == ds.Rows * ds.Columns * 2, f"{path}: pixel data truncated"
+            if not mutated and "Rows" in ds and "Columns" in ds and ds.get("BitsAllocated") == 16:
+                assert len(ds.PixelData) == ds.Rows * ds.Columns * 2, f"{path}: pixel data truncated"
         uid = str(ds.SOPInstanceUID)
         assert uid == str(ds.file_meta.MediaStorageSOPInstanceUID)
         assert uid not in found, f"{uid} stored twice: {found[uid]} and {path}"

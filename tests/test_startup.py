@@ -14,12 +14,20 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port, wait_for_port
 
-def _serve(tmp_path: Path, port: int, *extra: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "fastscp.cli", "serve", str(port), "FASTSCP", "--bind", "127.0.0.1",
-           "--storage-dir", str(tmp_path / "store"), "--index-db", str(tmp_path / "index.db"),
-           "--status-port", "0", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+def _serve_cmd(tmp_path: Path, port: int, *extra: str, storage: Path | None = None, bind: str = "127.0.0.1",
+               index_db: str = "index.db") -> list[str]:
+    return [sys.executable, "-m", "fastscp.cli", "serve", str(port), "FASTSCP", "--bind", bind,
+            "--storage-dir", str(storage or tmp_path / "store"), "--index-db", str(tmp_path / index_db),
+            "--status-port", "0", *extra]
+
+
+def _run(cmd: list[str], cwd: Path, timeout: float = 60) -> tuple[int, str]:
+    """Exit code and everything printed."""
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    return done.returncode, done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("extra", [(), ("--durability", "fsync")], ids=["default", "fsync"])
@@ -28,23 +36,18 @@ def test_port_in_use_is_one_clear_error(tmp_path: Path, extra: tuple[str, ...]) 
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = _serve(tmp_path, port, *extra)
-    out = done.stdout + done.stderr
-    assert done.returncode == 1, out
+        rc, out = _run(_serve_cmd(tmp_path, port, *extra), tmp_path)
+    assert rc == 1, out
     assert f"cannot listen for DICOM on 127.0.0.1 port {port}: Address already in use; not started" in out, out
     assert "Traceback" not in out, out
     assert "listening on" not in out, out
 
 
 def test_a_bind_name_that_does_not_resolve_says_so(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "fastscp.cli", "serve", "0", "FASTSCP", "--bind", "nosuchhost.invalid",
-           "--storage-dir", str(tmp_path / "store"), "--index-db", str(tmp_path / "index.db"), "--status-port", "0"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    out = done.stdout + done.stderr
-    assert done.returncode == 1, out
+    rc, out = _run(_serve_cmd(tmp_path, 0, bind="nosuchhost.invalid"), tmp_path, timeout=120)
+    assert rc == 1, out
     assert "cannot listen for DICOM on nosuchhost.invalid port 0: " in out, out
     assert "Unknown error" not in out and "Traceback" not in out, out  # the resolver's words, not a bare errno
-
 
 
 def test_a_second_receiver_on_the_same_storage_is_refused_before_touching_it(
@@ -55,14 +58,10 @@ def test_a_second_receiver_on_the_same_storage_is_refused_before_touching_it(
     first = start_server()
     keep = first.storage / ".incoming" / "in-flight.part"
     keep.write_bytes(b"a transfer the first receiver has under way")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    cmd = [sys.executable, "-m", "fastscp.cli", "serve", str(port), "FASTSCP", "--bind", "127.0.0.1",
-           "--storage-dir", str(first.storage), "--index-db", str(tmp_path / "second.db"), "--status-port", "0"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    out = done.stdout + done.stderr
-    assert done.returncode == 1, out
+    port = free_port()
+    cmd = _serve_cmd(tmp_path, port, storage=first.storage, index_db="second.db")
+    rc, out = _run(cmd, tmp_path)
+    assert rc == 1, out
     assert f"is in use by another fastscp (pid {first.proc.pid}); not started" in out, out
     assert "Traceback" not in out and "removed" not in out, out
     assert keep.exists()
@@ -72,8 +71,6 @@ def test_a_second_receiver_on_the_same_storage_is_refused_before_touching_it(
     keep.unlink()
     again = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     try:
-        from conftest import wait_for_port
-
         wait_for_port(port, again)  # type: ignore[arg-type]
     finally:
         again.terminate()
@@ -89,9 +86,7 @@ def test_a_tls_key_that_does_not_match_is_one_clear_error(tmp_path: Path) -> Non
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key",
                         "-out", f"{name}.pem", "-days", "2", "-subj", f"/CN={name}"],
                        cwd=tmp_path, check=True, capture_output=True)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     config = tmp_path / "tls.yaml"
     config.write_text(
         "server:\n"
@@ -108,21 +103,15 @@ def test_a_tls_key_that_does_not_match_is_one_clear_error(tmp_path: Path) -> Non
         f"  path: {tmp_path / 'index.db'}\n"
         "status:\n"
         "  port: 0\n")
-    done = subprocess.run([sys.executable, "-m", "fastscp.cli", "serve", "--config", str(config)],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    out = done.stdout + done.stderr
-    assert done.returncode == 1, out
+    rc, out = _run([sys.executable, "-m", "fastscp.cli", "serve", "--config", str(config)], tmp_path)
+    assert rc == 1, out
     assert "cannot set up TLS from server.tls:" in out and "not started" in out, out
     assert "Traceback" not in out and "listening on" not in out, out
 
 
 def test_a_storage_directory_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("not a folder")
-    cmd = [sys.executable, "-m", "fastscp.cli", "serve", "0", "FASTSCP", "--bind", "127.0.0.1",
-           "--storage-dir", str(tmp_path / "a-file" / "store"), "--index-db", str(tmp_path / "index.db"),
-           "--status-port", "0"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    out = done.stdout + done.stderr
-    assert done.returncode == 1, out
+    rc, out = _run(_serve_cmd(tmp_path, 0, storage=tmp_path / "a-file" / "store"), tmp_path)
+    assert rc == 1, out
     assert f"cannot start: Not a directory: {tmp_path / 'a-file' / 'store'}; not started" in out, out
     assert "Traceback" not in out, out
