@@ -98,8 +98,17 @@ class Server:
         return list((self.storage / ".incoming").iterdir())
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """Keep each phase's report on the test item, so a fixture's teardown can
+    tell whether the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator:
+def start_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator:
     servers: list[Server] = []
 
     def start(*extra: str, ae_title: str = "FASTSCP") -> Server:
@@ -111,6 +120,10 @@ def start_server(tmp_path: Path) -> Iterator:
     yield start
     for srv in servers:
         srv.stop()
+    call = getattr(request.node, "report_call", None)
+    if call is not None and call.failed:  # the receivers' side of a failure, shown with pytest's report
+        for srv in servers:
+            print(f"----- {srv.log.name} ({' '.join(srv.cmd[2:])}) -----\n{srv.log_text()[-20000:]}")
 
 
 @pytest.fixture
