@@ -98,13 +98,14 @@ class Server:
         return list((self.storage / ".incoming").iterdir())
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     """Keep each phase's report on the test item, so a fixture's teardown can
-    tell whether the test failed."""
-    report = yield
+    tell whether the test failed. (A hookwrapper, not wrapper=True: that
+    needs pluggy 1.2, and pyproject allows any pytest>=7.)"""
+    outcome = yield
+    report = outcome.get_result()
     setattr(item, f"report_{report.when}", report)
-    return report
 
 
 @pytest.fixture
