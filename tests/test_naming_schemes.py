@@ -244,3 +244,20 @@ def test_decomposed_unicode_is_normalised_to_nfc():
     decomposed = "Jo\u0065\u0301l^Buc"  # e + combining acute
     part = HierarchicalNaming().relative_path(make_info(patient_name=decomposed)).parts[0]
     assert part == "PAT-0042_Jo\u00e9l_Buc"
+
+
+@pytest.mark.parametrize("accession", ["..", "///", " . ", "\x00\x01"])
+@pytest.mark.parametrize("scheme", [
+    HierarchicalNaming(),
+    PhysicianNaming(accounts_root="/nonexistent-accounts"),
+    TemplateNaming("{PatientID}/{StudyDate}_{AccessionNumber,StudyInstanceUID}/{SOPInstanceUID}.dcm"),
+], ids=["hierarchical", "physician", "template"])
+def test_an_accession_number_that_sanitises_to_nothing_falls_back_to_the_study_uid(scheme, accession):
+    """docs/naming.md: the study folder is named by the accession number,
+    else the Study Instance UID. A value that names nothing once sanitised
+    must take the fallback, not UNKNOWN: two such studies of one patient on
+    one day would otherwise share a folder."""
+    first = scheme.relative_text(make_info(accession_number=accession))
+    other = scheme.relative_text(make_info(accession_number=accession, study_instance_uid="1.2.3.4.5"))
+    assert "1.2.826.0.1.3680043.8.498.1" in first and "UNKNOWN" not in first
+    assert first.rsplit("/", 1)[0] != other.rsplit("/", 1)[0]

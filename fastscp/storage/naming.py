@@ -33,7 +33,7 @@ from pathlib import PurePosixPath
 from typing import Any, Protocol
 
 from ..instance import InstanceInfo
-from .safepath import MAX_COMPONENT, UNKNOWN, bound_name, safe_component
+from .safepath import MAX_COMPONENT, UNKNOWN, bound_name, safe_choice, safe_component
 from .template import TemplateNaming
 from .values import int_or_none, parse_date, person_display, person_groups, received_date
 
@@ -140,7 +140,7 @@ class HierarchicalNaming(TextNaming):
     def _folder(info: InstanceInfo) -> str:
         return _path(
             _joined(_required(info.patient_id), _optional(person_display(info.patient_name))),
-            _joined(_required(info.study_date), _required(info.accession_number or info.study_instance_uid)),
+            _joined(_required(info.study_date), safe_choice(info.accession_number, info.study_instance_uid)),
             _joined(
                 _required(_number(info.series_number)),
                 _optional(info.modality),
@@ -343,7 +343,7 @@ class PhysicianNaming(TextNaming):
             _joined(
                 _required(info.study_date),
                 _optional(person_display(info.patient_name)),
-                _required(info.accession_number or info.study_instance_uid),
+                safe_choice(info.accession_number, info.study_instance_uid),
             ),
             "Dicom",
             _joined(str(series), _optional(info.series_description)),

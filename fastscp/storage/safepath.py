@@ -48,7 +48,9 @@ __all__ = [
     "bound_name",
     "free_path",
     "is_safe_component",
+    "names_something",
     "resolve_inside",
+    "safe_choice",
     "safe_component",
     "split_ext",
     "versioned_path",
@@ -127,6 +129,27 @@ def safe_component(
     if len(value) <= max_len and len(value) <= max_bytes and _DIGITS_AND_DOTS(value) is not None:
         return value
     return _sanitise(value, max_len, empty, max_bytes)
+
+
+def safe_choice(*values: str) -> str:
+    """The first of ``values`` that makes a non-empty path component, as
+    ``safe_component`` makes it; ``UNKNOWN`` when none does. The choice
+    between a value and its fallback is made after sanitising: a value such
+    as ``..`` or ``///`` names nothing (nothing of it survives but the
+    ``_`` put in place of unsafe characters), so the fallback is taken
+    instead (docs/naming.md)."""
+    for value in values:
+        if value:
+            clean = safe_component(value, empty="")
+            if names_something(clean):
+                return clean
+    return UNKNOWN
+
+
+def names_something(component: str) -> bool:
+    """Whether a ``safe_component`` result keeps anything of its value:
+    not empty, and not only the ``_`` that replace unsafe characters."""
+    return bool(component.strip("_"))
 
 
 _DIGITS_AND_DOTS = re.compile(r"[0-9](?:[0-9.]*[0-9])?").fullmatch

@@ -38,7 +38,7 @@ from pathlib import PurePosixPath
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from ..instance import InstanceInfo
-from .safepath import UNKNOWN, bound_name, safe_component, split_ext
+from .safepath import UNKNOWN, bound_name, names_something, safe_component, split_ext
 from .values import first_value, header_text, int_or_none, parse_datetime
 
 __all__ = ["INFO_KEYWORDS", "TemplateNaming", "compile_template"]
@@ -229,18 +229,23 @@ class _Placeholder:
                 raise ValueError(f"unexpected {rest[0]!r} in {self.source}")
 
     def render(self, info: InstanceInfo) -> str:
-        value = ""
+        """The first of the placeholder's values (``{A,B}``: A, else B) that
+        still names something once its steps ran and it was sanitised; the
+        choice is made after sanitising, so a value such as ``..`` falls
+        back to the next one rather than to ``UNKNOWN``."""
         for get in self.getters:
             value = get(info)
-            if value:
-                break
-        if not value:
-            return self.absent
-        for step in self.steps:
-            value = step(value)
-        if self.splits:
-            return "/".join(safe_component(piece) for piece in value.split("/"))
-        return safe_component(value)
+            if not value:
+                continue
+            for step in self.steps:
+                value = step(value)
+            if self.splits:
+                pieces = [safe_component(piece, empty="") for piece in value.split("/")]
+                if any(map(names_something, pieces)):
+                    return "/".join(piece or UNKNOWN for piece in pieces)
+            elif names_something(clean := safe_component(value, empty="")):
+                return clean
+        return self.absent
 
 
 def compile_template(pattern: str) -> list[str | _Placeholder]:
