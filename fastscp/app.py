@@ -17,7 +17,7 @@ from typing import Any
 
 import duckdb
 
-from .catalog import CatalogWriter, iter_stored_instances, reconcile
+from .catalog import CatalogWriter, IndexRootMismatch, iter_stored_instances, reconcile
 from .instance import InstanceInfo
 from .access import AccessPolicy, AssociationLimiter, load_access_policy
 from .config import Config, ConfigError, load_config
@@ -88,7 +88,13 @@ class CatalogFeed(ReceptionObserver):
         self.paused = False
 
     def instance_stored(self, handler: StoreSCPHandler, info: InstanceInfo) -> None:
-        if not self.writer.enqueue(info) and not self.paused:
+        self._queued(self.writer.enqueue(info))
+
+    def duplicate_received(self, handler: StoreSCPHandler, info: InstanceInfo) -> None:
+        self._queued(self.writer.record_duplicate(info))
+
+    def _queued(self, below_high_water: bool) -> None:
+        if not below_high_water and not self.paused:
             self.paused = True
             log.warning("index writer behind (%d rows queued): pausing reception", self.writer.queue_depth)
             self.server.pause_reading()
@@ -118,7 +124,7 @@ def open_catalog(cfg: Config, state: ServerState) -> CatalogWriter | None:
         log.info("index %s reconciled with %s in %.1f s: %d files, %d indexed, %d marked missing, %d unreadable",
                  db.path, storage.directory, report.seconds, report.files_seen, report.indexed,
                  report.marked_missing, report.unreadable)
-        warmed = storage.guard.index.warm(iter_stored_instances(db.path))
+        warmed = storage.guard.index.warm(iter_stored_instances(db.path, storage.directory))
         log.info("duplicate check warmed with %d instances", warmed)
         return CatalogWriter(db.path, batch_size=db.batch_size, flush_interval=db.flush_interval)
     except (duckdb.Error, OSError, RuntimeError) as exc:
@@ -303,7 +309,7 @@ def run_blocking(config_path: str | None, overrides: Mapping[str, Any]) -> None:
     try:
         try:
             app = App(cfg, config_path, overrides)
-        except StorageInUse as exc:
+        except (StorageInUse, IndexRootMismatch) as exc:
             log.error("%s; not started", exc)
             raise StartError(str(exc)) from None
         except OSError as exc:  # the storage directory cannot be made or opened, say

@@ -67,6 +67,12 @@ class ReceptionObserver:
 
     def instance_stored(self, handler: "StoreSCPHandler", info: InstanceInfo) -> None: ...
 
+    def duplicate_received(self, handler: "StoreSCPHandler", info: InstanceInfo) -> None:
+        """A copy of an instance already in the tree that the duplicate
+        policy dropped (``info.duplicate`` says how: identical, ignored,
+        rejected); ``info.path`` is the copy kept, the reception fields are
+        this reception's."""
+
     def store_answered(self, handler: "StoreSCPHandler", status: int, seconds: float) -> None:
         """Every C-STORE answer (success or not); ``seconds`` from the
         C-STORE-RQ command to the answer."""
@@ -109,6 +115,7 @@ class _Store:
     info: InstanceInfo | None = None  # parsed early, from a full head, while the rest arrives
     parsed: bool = False  # the early parse was tried
     placed: InstanceInfo | None = None  # stored: observers hear of it once answered
+    dropped: InstanceInfo | None = None  # a duplicate the policy dropped: observers hear of it too
     finished: Any = None  # the placed file's writer, closed once the answer is out
     written_out: int = 0  # durable mode, one association: file bytes whose write-out has started
 
@@ -441,6 +448,8 @@ class StoreSCPHandler:
             self.duplicates += 1
             log.info("assoc %s: duplicate %s %s", self.id, info.sop_instance_uid, info.duplicate)
         if not placed:
+            if info.duplicate:
+                st.dropped = info
             return False
         self.stored += 1
         self.bytes += info.dataset_size
@@ -522,10 +531,13 @@ class StoreSCPHandler:
         observers = self.server.observers
         if observers:
             info = st.placed
+            dropped = st.dropped
             seconds = time.monotonic() - st.started
             for observer in observers:
                 if info is not None:
                     observer.instance_stored(self, info)
+                elif dropped is not None:
+                    observer.duplicate_received(self, dropped)
                 observer.store_answered(self, st.status, seconds)
 
     def _prepare_spare(self) -> None:

@@ -11,7 +11,7 @@ import duckdb
 import pydicom
 import pytest
 
-from fastscp.catalog import iter_stored_instances, reconcile, schema
+from fastscp.catalog import IndexRootMismatch, iter_stored_instances, reconcile, schema
 from fastscp.catalog.commands import main as catalog_main
 from test_catalog_support import write_instance
 
@@ -96,15 +96,18 @@ def test_missing_files_are_marked_and_restored(tmp_path):
     # no present row points to a missing file
     for (path,) in rows(db, "SELECT path FROM instances WHERE status = 'present'"):
         assert os.path.exists(path)
-    # rows outside the storage tree are not touched
-    assert reconcile(tmp_path / "store" / "study1", db, progress=False).marked_missing == 0
+    # the index describes root: a reconcile of another tree is refused and touches nothing
+    before = rows(db, "SELECT sop_instance_uid, status FROM instances ORDER BY 1")
+    with pytest.raises(IndexRootMismatch, match="describes .*store, not .*study1"):
+        reconcile(tmp_path / "store" / "study1", db, progress=False)
+    assert rows(db, "SELECT sop_instance_uid, status FROM instances ORDER BY 1") == before
 
     shutil.copy(saved, gone[0])
     back = reconcile(root, db, progress=False)
     assert back.restored == 1 and back.marked_missing == 0
     assert rows(db, "SELECT count(*) FROM instances WHERE status = 'missing'") == [(2,)]
 
-    warm = list(iter_stored_instances(db))
+    warm = list(iter_stored_instances(db, root))
     assert len(warm) == len(paths) - 2
     assert all(h == "" for _, _, h in warm)  # reindex does not hash files
     assert {p for _, p, _ in warm} == {str(p) for p in paths if p.exists()}
@@ -164,3 +167,37 @@ def test_progress_bar_reports_counts(tmp_path):
     bar.close()
     text = stream.getvalue()
     assert "10/10" in text and "100.0%" in text
+
+
+def test_an_index_made_before_roots_were_recorded_takes_its_tree_or_refuses_a_mixed_one(tmp_path):
+    """Schema version 2 had no storage root: the first reconcile records it,
+    unless present rows lie outside it (refused; reindex adopts)."""
+    root_a, root_b = (tmp_path / "a").resolve(), (tmp_path / "b").resolve()
+    make_tree(root_a, n_studies=1, per_series=2)
+    make_tree(root_b, n_studies=1, per_series=2)
+    db = tmp_path / "i.db"
+    reconcile(root_a, db, progress=False)
+    with duckdb.connect(str(db)) as conn:  # as an index from before the root was recorded
+        conn.execute("UPDATE catalog_meta SET storage_root = NULL")
+    with pytest.raises(IndexRootMismatch, match=r"lists 4 present file\(s\) outside .*b"):
+        reconcile(root_b, db, progress=False)
+    assert reconcile(root_a, db, progress=False).indexed == 0  # its own tree: recorded again
+    with duckdb.connect(str(db)) as conn:
+        assert conn.execute("SELECT storage_root FROM catalog_meta").fetchone() == (str(root_a),)
+
+    report = reconcile(root_b, db, progress=False, adopt_root=True)  # what fastscp reindex does
+    assert report.indexed == 4
+    assert report.marked_missing == 0  # a's rows were marked by the adoption, before the walk
+    assert rows(db, "SELECT count(*) FROM instances WHERE status = 'present'") == [(4,)]
+    assert {p for _, p, _ in iter_stored_instances(db, root_b)} == {str(p) for p in root_b.glob("study*/*/*.dcm")}
+    assert list(iter_stored_instances(db, root_a)) == []
+
+
+def test_the_receivers_own_scan_sheets_are_not_foreign_files(tmp_path):
+    root = (tmp_path / "store").resolve()
+    paths = make_tree(root, n_studies=1, per_series=2)
+    for name in ("scan_sheet.html", "scan_sheet.png"):
+        (paths[0].parent.parent / name).write_bytes(b"<html></html>")
+    report = reconcile(root, tmp_path / "i.db", progress=False)
+    assert report.indexed == 4 and report.unreadable == 1  # make_tree's notes.txt, nothing else
+    assert not any("scan_sheet" in problem for problem in report.problems)

@@ -257,3 +257,32 @@ def test_a_batch_reaches_the_appender_in_chunks_so_the_event_loop_runs_between(t
     assert conn.execute("SELECT count(*) FROM instances").fetchone()[0] == n
     assert conn.execute("SELECT count(*) FROM studies").fetchone()[0] == n
     conn.close()
+
+
+def test_a_dropped_re_send_updates_the_row_and_a_later_stored_copy_supersedes_it(tmp_path):
+    """docs/catalog.md: the row names the last reception of the UID. A
+    re-send the policy dropped takes the reception columns and outcome; the
+    copy in the tree (path, hash) stays. In one batch, a stored copy that
+    follows the dropped one wins."""
+    db = tmp_path / "i.db"
+    first = make_info(0)
+    first.calling_ae, first.path, first.content_hash = "FIRST", "/x/1.dcm", "aa"
+    dropped = make_info(0)
+    dropped.calling_ae, dropped.path, dropped.duplicate = "AGAIN", "/x/1.dcm", "ignored"
+    with CatalogWriter(db, batch_size=100, flush_interval=0.05) as w:
+        w.enqueue(first)
+        w.record_duplicate(dropped)
+        assert w.flush(10)
+        row = w.cursor().execute("SELECT calling_ae, duplicate, path, content_hash FROM instances").fetchall()
+        assert row == [("AGAIN", "ignored", "/x/1.dcm", "aa")]
+
+        again = make_info(0)
+        again.calling_ae, again.duplicate = "AGAIN", "identical"
+        overwrite = make_info(0)
+        overwrite.calling_ae, overwrite.path, overwrite.content_hash, overwrite.duplicate = \
+            "FIXER", "/x/1b.dcm", "bb", "overwritten"
+        w.record_duplicate(again)
+        w.enqueue(overwrite)
+        assert w.flush(10)
+        row = w.cursor().execute("SELECT calling_ae, duplicate, path, content_hash FROM instances").fetchall()
+        assert row == [("FIXER", "overwritten", "/x/1b.dcm", "bb")]

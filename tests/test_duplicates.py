@@ -229,3 +229,48 @@ def test_guard_collision_with_a_different_instance_gets_a_suffix(tmp_path: Path,
     store(tmp_path / "P1" / "1_2.dcm", "9.9.9")
     again = guard.resolve("8.8.8", "abc", first[0])
     assert again.path == tmp_path / "P1" / "1_3.dcm"
+
+
+# -- a duplicate is answered Success only for a complete copy in the served tree ------------
+
+
+def test_guard_does_not_take_a_copy_outside_the_served_tree(tmp_path: Path):
+    """A map entry (warmed from an index of another tree, say) that names a
+    complete copy outside the storage directory is not a duplicate."""
+    served = tmp_path / "served"
+    served.mkdir()
+    elsewhere = tmp_path / "other" / "1.dcm"
+    guard = DuplicateGuard(served, "ignore")
+    guard.stored("1.2.3", elsewhere, store(elsewhere, "1.2.3"))
+    res = guard.resolve("1.2.3", "0" * 32, served / "P1" / "1.dcm")
+    assert res.decision.outcome is Outcome.STORED and res.path == served / "P1" / "1.dcm"
+    assert "1.2.3" not in guard.index
+
+
+def test_guard_does_not_take_a_file_in_incoming_for_a_copy(tmp_path: Path):
+    guard = DuplicateGuard(tmp_path, "reject")
+    temp = tmp_path / ".incoming" / "x.part"
+    guard.stored("1.2.3", temp, store(temp, "1.2.3"))
+    assert guard.resolve("1.2.3", "0" * 32, tmp_path / "P1" / "1.dcm").decision.outcome is Outcome.STORED
+
+
+@pytest.mark.parametrize("damage", ["cut", "other-instance", "symlink-out"])
+@pytest.mark.parametrize("warm", [True, False], ids=["known", "cold"])
+def test_guard_replaces_a_copy_that_cannot_stand_for_the_instance(tmp_path: Path, first, damage: str, warm: bool):
+    """The stored copy was cut short, replaced by another instance's file,
+    or by a link out of the tree: the received copy is stored at its place."""
+    path = first[0]
+    if damage == "cut":
+        path.write_bytes(path.read_bytes()[:-7])
+    elif damage == "other-instance":
+        store(path, "9.9.9")
+    else:
+        outside = tmp_path.parent / f"{tmp_path.name}-outside.dcm"
+        path.rename(outside)
+        path.symlink_to(outside)
+    guard = guard_for(tmp_path, "reject", first) if warm else DuplicateGuard(tmp_path, "reject")
+    res = guard.resolve("1.2.3", first[1], path)
+    assert res.decision.outcome is Outcome.STORED
+    assert res.path is not None and res.path.parent == path.parent
+    if damage != "other-instance":
+        assert res.path == path  # the broken copy of this instance is replaced in place

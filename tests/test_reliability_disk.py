@@ -126,7 +126,8 @@ class InProcessServer:
 
         self.port = free_port()
         overrides = {"server.port": self.port, "server.ae_title": "FASTSCP", "storage.directory": str(storage),
-                     "storage.naming": "flat", **(settings or {})}
+                     "storage.naming": "flat", "database.path": str(storage.parent / f"{storage.name}.db"),
+                     **(settings or {})}
         self.app = App(load_config(None, overrides), None, overrides)
         self.storage = self.app.state.storage
         self.loop = asyncio.new_event_loop()

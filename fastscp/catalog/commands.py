@@ -150,7 +150,7 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
     try:
         report = reconcile(args.storage_dir, args.index_db, workers=args.workers,
-                           progress=None if args.progress else False)
+                           progress=None if args.progress else False, adopt_root=True)
     except (NotADirectoryError, RuntimeError, duckdb.Error) as exc:
         print(f"fastscp reindex: {exc}", file=sys.stderr)
         return 1

@@ -37,7 +37,9 @@ from typing import TextIO
 import duckdb
 
 from ..instance import InstanceInfo
+from ..storage.layout import RECEIVER_FILES
 from . import schema
+from .root import bind_root, under_root_prefix
 from .rows import BatchWriter, utc_timestamp
 
 log = logging.getLogger(__name__)
@@ -232,8 +234,13 @@ def _read_chunk(paths: Sequence[str]) -> list[InstanceInfo | tuple[str, str]]:
 # ---- the tree walk ---------------------------------------------------------------------------
 
 
+# DICOMDIR, and what the receiver writes itself (scan sheets): not instances
+_NOT_INSTANCES = RECEIVER_FILES | {"DICOMDIR"}
+
+
 def iter_storage_files(storage_dir: Path) -> Iterator[str]:
-    """Every regular file under ``storage_dir`` except ``.incoming/`` and dot-files."""
+    """Every regular file under ``storage_dir`` except ``.incoming/``,
+    dot-files, DICOMDIR and the receiver's own files (``storage.layout``)."""
     stack = [str(storage_dir)]
     while stack:
         top = stack.pop()
@@ -247,7 +254,7 @@ def iter_storage_files(storage_dir: Path) -> Iterator[str]:
                 continue  # .incoming/ (partial files) and other hidden things
             if entry.is_dir(follow_symlinks=False):
                 stack.append(entry.path)
-            elif entry.is_file(follow_symlinks=False) and entry.name != "DICOMDIR":
+            elif entry.is_file(follow_symlinks=False) and entry.name not in _NOT_INSTANCES:
                 yield entry.path
 
 
@@ -261,8 +268,13 @@ def reconcile(
     workers: int | None = None,
     progress: bool | None = None,
     batch_size: int = 1000,
+    adopt_root: bool = False,
 ) -> ReconcileReport:
-    """Make the index agree with the files under ``storage_dir``; see the module doc."""
+    """Make the index agree with the files under ``storage_dir``; see the module doc.
+
+    The index must describe ``storage_dir`` (``root.bind_root``): raises
+    IndexRootMismatch if it describes another tree, unless ``adopt_root``
+    (``fastscp reindex``), which re-describes it for this one."""
     t0 = time.perf_counter()
     root = Path(storage_dir).resolve()
     if not root.is_dir():
@@ -271,6 +283,7 @@ def reconcile(
     conn: duckdb.DuckDBPyConnection = db if isinstance(db, duckdb.DuckDBPyConnection) else schema.connect(db)
     report = ReconcileReport()
     try:
+        bind_root(conn, root, db_name="the index" if not own else str(db), adopt=adopt_root)
         _reconcile(conn, root, report, workers, progress, batch_size)
     finally:
         try:
@@ -291,7 +304,7 @@ def _note(report: ReconcileReport, text: str) -> None:
 
 def _reconcile(conn: duckdb.DuckDBPyConnection, root: Path, report: ReconcileReport,
                workers: int | None, progress: bool | None, batch_size: int) -> None:
-    prefix = str(root).rstrip(os.sep) + os.sep
+    prefix = under_root_prefix(root)
     conn.execute("CREATE OR REPLACE TEMP TABLE reconcile_files (path VARCHAR)")
     app = conn.appender("temp.reconcile_files")
     pending: list[tuple[str]] = []
@@ -407,15 +420,18 @@ def _write_new(conn: duckdb.DuckDBPyConnection, writer: BatchWriter,
 
 
 def iter_stored_instances(
-    db: str | Path | duckdb.DuckDBPyConnection, chunk: int = 10_000
+    db: str | Path | duckdb.DuckDBPyConnection, root: str | Path, chunk: int = 10_000
 ) -> Iterator[tuple[str, str, str]]:
     """Yield ``(sop_instance_uid, path, content_hash)`` of every present
-    instance, streamed in chunks: what the duplicate map is warmed with at start."""
+    instance under the storage directory ``root``, streamed in chunks: what
+    the duplicate map is warmed with at start. Rows outside ``root`` never
+    warm it (a Success must mean a file in the tree being served)."""
     conn = db.cursor() if isinstance(db, duckdb.DuckDBPyConnection) else schema.connect(db)
     try:
         cur = conn.execute(
             "SELECT sop_instance_uid, path, coalesce(content_hash, '') FROM instances "
-            "WHERE status = 'present'"
+            "WHERE status = 'present' AND starts_with(path, ?)",
+            [under_root_prefix(Path(root).resolve())],
         )
         while True:
             rows = cur.fetchmany(chunk)

@@ -43,6 +43,33 @@ class AssociationRecord:
     outcome: str  # "released", "aborted", "rejected", "timeout", ...
 
 
+@dataclass(slots=True, frozen=True)
+class DuplicateRecord:
+    """A re-sent copy of a stored instance that the duplicate policy dropped
+    (``identical``, ``ignored`` or ``rejected``): the instance's row keeps
+    describing the copy in the tree (path, hash, sizes, header) and takes
+    this reception's time, AE titles, peer, association and outcome."""
+
+    sop_instance_uid: str
+    received_at: float
+    calling_ae: str
+    called_ae: str
+    peer: str
+    association_id: str
+    outcome: str
+
+    @classmethod
+    def of(cls, info: InstanceInfo) -> DuplicateRecord:
+        return cls(info.sop_instance_uid, info.received_at, info.calling_ae, info.called_ae,
+                   info.peer, info.association_id, info.duplicate)
+
+
+_UPDATE_DUPLICATE = (
+    "UPDATE instances SET received_at = ?, calling_ae = ?, called_ae = ?, peer = ?, "
+    "association_id = ?, duplicate = ? WHERE sop_instance_uid = ?"
+)
+
+
 def utc_timestamp(epoch: float | None) -> _dt.datetime | None:
     """Epoch seconds -> naive UTC datetime (what a DuckDB TIMESTAMP holds)."""
     if not epoch:
@@ -124,6 +151,7 @@ class BatchWriter:
         instances: Sequence[InstanceInfo],
         associations: Sequence[AssociationRecord] = (),
         source: str = "received",
+        duplicates: Sequence[DuplicateRecord] = (),
     ) -> None:
         """Upsert one batch in one transaction; on error nothing is written
         and the exception propagates (the caller keeps the batch to retry)."""
@@ -156,6 +184,10 @@ class BatchWriter:
                 for start in range(0, len(pending), APPEND_CHUNK):
                     app.append_rows(pending[start:start + APPEND_CHUNK])
                 app.flush()
+            if duplicates:  # after the appends: a re-send may follow its first copy in one batch
+                self.conn.executemany(_UPDATE_DUPLICATE, [
+                    (utc_timestamp(d.received_at), d.calling_ae, d.called_ae, d.peer, d.association_id,
+                     d.outcome, d.sop_instance_uid) for d in duplicates])
             self.conn.commit()
         except BaseException:
             for app in self._appenders.values():

@@ -26,7 +26,7 @@ from pathlib import Path
 import os
 import duckdb
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Column order of each table as the writer appends rows (must match the DDL).
 PATIENT_COLUMNS = ("patient_id", "patient_name", "birth_date", "sex", "updated_at")
@@ -165,7 +165,13 @@ def _v2(conn: duckdb.DuckDBPyConnection) -> None:
         GROUP BY ALL""")
 
 
-MIGRATIONS: tuple[Callable[[duckdb.DuckDBPyConnection], None], ...] = (_v1, _v2)
+def _v3(conn: duckdb.DuckDBPyConnection) -> None:
+    """The storage root the index describes (``catalog/root.py``): NULL
+    until a server start or ``fastscp reindex`` records it."""
+    conn.execute("ALTER TABLE catalog_meta ADD COLUMN storage_root VARCHAR")
+
+
+MIGRATIONS: tuple[Callable[[duckdb.DuckDBPyConnection], None], ...] = (_v1, _v2, _v3)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

@@ -48,7 +48,7 @@ import duckdb
 
 from ..instance import InstanceInfo
 from . import schema
-from .rows import AssociationRecord, BatchWriter
+from .rows import AssociationRecord, BatchWriter, DuplicateRecord
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class CatalogWriter:
         self.retry_max = retry_max
         self._connect = connect or (lambda: schema.connect(self.db_path))
 
-        self._queue: collections.deque[InstanceInfo | AssociationRecord] = collections.deque()
+        self._queue: collections.deque[InstanceInfo | AssociationRecord | DuplicateRecord] = collections.deque()
         self._wake = threading.Event()
         self._closing = False
         self._done = threading.Condition()
@@ -158,7 +158,15 @@ class CatalogWriter:
                                 ended_at, instances, bytes, outcome)
         return self._put(rec, False)
 
-    def _put(self, item: InstanceInfo | AssociationRecord, is_instance: bool) -> bool:
+    def record_duplicate(self, info: InstanceInfo) -> bool:
+        """Queue a re-sent copy the duplicate policy dropped: its row's
+        reception columns and ``duplicate`` outcome are updated (same
+        contract as enqueue)."""
+        if self._closing:
+            raise RuntimeError("CatalogWriter is closed")
+        return self._put(DuplicateRecord.of(info), False)
+
+    def _put(self, item: InstanceInfo | AssociationRecord | DuplicateRecord, is_instance: bool) -> bool:
         q = self._queue
         q.append(item)
         self._items_in += 1
@@ -268,14 +276,23 @@ class CatalogWriter:
                     break
         self._shutdown()
 
-    def _write_with_retry(self, items: list[InstanceInfo | AssociationRecord]) -> None:
+    def _write_with_retry(self, items: list[InstanceInfo | AssociationRecord | DuplicateRecord]) -> None:
         instances = [x for x in items if isinstance(x, InstanceInfo)]
         assocs = [x for x in items if isinstance(x, AssociationRecord)]
+        # a dropped re-send is applied after the batch's rows, so one that a
+        # later stored copy of the same UID supersedes (overwrite) is left out
+        latest: dict[str, DuplicateRecord] = {}
+        for x in items:
+            if isinstance(x, DuplicateRecord):
+                latest[x.sop_instance_uid] = x
+            elif isinstance(x, InstanceInfo):
+                latest.pop(x.sop_instance_uid, None)
+        duplicates = list(latest.values())
         delay = self.retry_initial
         while True:
             t0 = time.perf_counter()
             try:
-                self._batch.write(instances, assocs)
+                self._batch.write(instances, assocs, duplicates=duplicates)
             except Exception as exc:
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"

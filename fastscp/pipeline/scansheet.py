@@ -32,12 +32,13 @@ from typing import Any
 
 import orjson
 
+from ..storage.layout import SCAN_SHEET_HTML, SCAN_SHEET_PNG
 from .studies import StudyRecord, study_folder
 
 __all__ = ["HTML_NAME", "PNG_NAME", "manifest_from_files", "manifest_from_record", "register", "write_scan_sheet"]
 
-HTML_NAME = "scan_sheet.html"
-PNG_NAME = "scan_sheet.png"
+HTML_NAME = SCAN_SHEET_HTML
+PNG_NAME = SCAN_SHEET_PNG
 
 
 def _series_key(s: dict[str, Any]) -> tuple[Any, ...]:

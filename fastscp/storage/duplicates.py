@@ -36,6 +36,7 @@ why, picked clear of the C0xx/C2xx codes pynetdicom uses for its own errors.
 from __future__ import annotations
 
 import enum
+import logging
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -44,7 +45,10 @@ from typing import Any
 
 import xxhash
 
+from .header import complete_copy
 from .safepath import free_path, versioned_path
+
+log = logging.getLogger("fastscp.storage")
 
 __all__ = [
     "CONTENT_HASH_ALGORITHM",
@@ -251,13 +255,28 @@ class DuplicateGuard:
         index: SeenInstances | None = None,
         uid_at: Callable[[Path], str | None] = uid_in_file,
         stored_hash: Callable[[Path], str | None] = file_content_hash,
+        complete: Callable[[Path, str], bool] = complete_copy,
     ) -> None:
         self.storage_dir = Path(storage_dir)
         self._base_prefix = os.path.join(os.fspath(self.storage_dir), "")  # "<dir>/", for stored()
+        self._real_prefix = os.path.join(os.path.realpath(self.storage_dir), "")
         self.policy = DuplicatePolicy.parse(policy)
         self.index = SeenInstances() if index is None else index
         self._uid_at = uid_at
         self._stored_hash = stored_hash
+        self._complete = complete
+
+    def serves(self, path: Path, sop_instance_uid: str) -> bool:
+        """Whether ``path`` may stand for a received copy of the instance: a
+        complete Part-10 file of that SOP Instance UID, inside the storage
+        tree being served (symbolic links resolved, ``.incoming/`` excluded).
+        Only this lets a duplicate be answered Success without storing it."""
+        real = os.path.realpath(path)
+        if not real.startswith(self._real_prefix):
+            return False
+        if real[len(self._real_prefix):].split(os.sep, 1)[0].startswith("."):
+            return False  # .incoming/ and other hidden places are not the served tree
+        return self._complete(Path(real), sop_instance_uid)
 
     def _absolute(self, path: str) -> Path:
         return self.storage_dir / path  # absolute paths stay absolute
@@ -269,11 +288,15 @@ class DuplicateGuard:
         stored_hash = ""
         entry = self.index.lookup(sop_instance_uid)
         if entry is not None:
-            previous = self._absolute(entry[0])
-            stored_hash = entry[1]
-            if not os.path.lexists(previous):  # removed behind our back: not a duplicate any more
+            known = self._absolute(entry[0])
+            if self.serves(known, sop_instance_uid):
+                previous, stored_hash = known, entry[1]
+            else:
+                # removed, cut, replaced or outside the tree served: the new
+                # copy is stored (a Success must mean a file in this tree)
                 self.index.forget(sop_instance_uid)
-                previous = None
+                log.warning("duplicate check: %s was known at %s, which is not a complete copy in %s; "
+                            "storing the copy received", sop_instance_uid, known, self.storage_dir)
         if previous is None:
             # free_path asks uid_at (a stat) about each candidate; remember the
             # answer for the one it returns instead of asking the disk again
@@ -285,6 +308,10 @@ class DuplicateGuard:
 
             path = free_path(target, sop_instance_uid, owner_of)
             if owners.get(path) is None:
+                return Resolution(_NEW, path, None)
+            if not self.serves(path, sop_instance_uid):
+                # a cut or unreadable file of this UID holds the name: the
+                # received copy replaces it
                 return Resolution(_NEW, path, None)
             # This very instance is on disk but was not in the index (cold or
             # partial warm-up): it is a duplicate all the same.

@@ -20,6 +20,7 @@ only built on request (``header_dataset``), never on the default path.
 from __future__ import annotations
 
 import mmap
+import stat
 import os
 import struct
 import zlib
@@ -50,6 +51,7 @@ __all__ = [
     "parse_head",
     "parse_file",
     "check_dataset_end",
+    "complete_copy",
     "header_dataset",
     "info_from_dataset",
     "read_file_meta",
@@ -484,6 +486,44 @@ def parse_file(
             finally:
                 view.release()
     return _parse_with_pydicom(path, transfer_syntax_uid)
+
+
+def complete_copy(path: str | os.PathLike[str], sop_instance_uid: str) -> bool:
+    """True if ``path`` is a regular file holding a whole Part-10 copy of the
+    instance ``sop_instance_uid``: preamble and file meta readable, the data
+    set's SOP Instance UID (else the meta's) equal to it, and the top-level
+    elements ending exactly at the file's last byte (``check_dataset_end``).
+
+    The duplicate check asks this before it answers Success for a copy it
+    drops (storage/duplicates.py): only a complete copy of that instance in
+    the served tree may stand for the one received. Runs only when the UID
+    is already known, so the mmap and scan cost nothing on the normal path.
+    """
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        with open(path, "rb") as fileobj:
+            size = os.fstat(fileobj.fileno()).st_size
+            if size < 132:
+                return False
+            with mmap.mmap(fileobj.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                view = memoryview(mapped)
+                try:
+                    offset, syntax = read_file_meta(view)
+                    with view[offset:] as dataset:
+                        info = parse_head(dataset, syntax, True)
+                        if info is None or (info.sop_instance_uid or "") != sop_instance_uid:
+                            return False
+
+                        def read_at(at: int, n: int) -> bytes:
+                            return bytes(dataset[at:at + n])
+
+                        check_dataset_end(dataset, len(dataset), syntax, read_at)
+                finally:
+                    view.release()
+    except (OSError, ValueError, MalformedDataset):
+        return False
+    return True
 
 
 def _parse_with_pydicom(path: str | os.PathLike[str], transfer_syntax_uid: str | None) -> InstanceInfo:
