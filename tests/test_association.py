@@ -541,6 +541,33 @@ def test_table_cells_match_ps38_table_9_10(cell, expected):
     assert A.TRANSITIONS[cell][0] == expected
 
 
+def test_the_table_alone_decides_the_next_state(monkeypatch):
+    """Every cell names a State, and after every transition the machine is
+    in the cell's state: actions never choose it (h11's rule). Checked by
+    recording each fired cell while driving the protocol's usual paths and
+    its error paths."""
+    assert all(isinstance(nxt, A.State) for _, nxt in A.TRANSITIONS.values())
+    assert A.TRANSITIONS[("Sta2", A.EVT6_UNACCEPTABLE)] == ("AE-6 reject", A.State.Sta13)
+    fired: list[tuple[object, object]] = []
+    original = Association._fire
+
+    def recording(self, event, payload, local):  # type: ignore[no-untyped-def]
+        before = self.state
+        original(self, event, payload, local)
+        cell = A.TRANSITIONS.get((before, event)) or A.TRANSITIONS.get((before, A.EVT19))
+        if cell is not None:
+            fired.append((self.state, cell[1]))
+
+    monkeypatch.setattr(Association, "_fire", recording)
+    old_version = RQ[:6] + b"\x00\x02" + RQ[8:]  # protocol version without bit 0: AE-6's reject branch
+    bad_command = RQ + pdata(pdv(1, b"\x00\x00\x00\x00\x04", command=True, last=True))
+    for stream in (VALID_STREAM, old_version, bad_command, RQ[:20] + b"\x00" * 4, RELEASE_RQ):
+        drive(stream, [])
+    states = {state for state, _ in fired}
+    assert {"Sta2", "Sta3", "Sta6", "Sta8", "Sta13"} <= states
+    assert all(state == nxt for state, nxt in fired)
+
+
 # ---- property: nothing escapes ----------------------------------------------------------------
 
 EVENT_TYPES = (AssociationRequested, CommandReceived, DatasetFragment, ReleaseRequested, ReleaseConfirmed, Aborted, ConnectionClosed)

@@ -9,9 +9,17 @@ run by the caller, who reads ``artim_running`` after each call and reports
 expiry with ``artim_expired``; ``closing`` tells it to close the transport.
 
 Every transition lives in ``TRANSITIONS``: (state, event) -> (action, next
-state), named as in the standard (``Sta6 + Evt10 -> DT-2``). A pair missing
-from the table is a state the standard does not allow; a received PDU there is
-treated like Evt19 (A-P-ABORT), a local call there raises ``LocalProtocolError``.
+state), named as in the standard (``Sta6 + Evt10 -> DT-2``), and the table
+alone decides the next state: actions do their work and never choose where
+the machine goes. Where the standard's action branches (AE-6: "if the
+A-ASSOCIATE-RQ is acceptable ... otherwise ..."), the branch is decided
+before the table is consulted and enters it as its own event
+(``Evt.Evt6_unacceptable``); a received PDU that cannot be decoded (a
+malformed A-ASSOCIATE-RQ, an undecodable command set) is Evt19. A pair
+missing from the table is a state the standard does not allow; a received
+PDU there is treated like Evt19 (A-P-ABORT), a local call there raises
+``LocalProtocolError``. The one shortcut, dataset fragments in Sta6, is
+checked against the table at import (``Sta6 + Evt10 -> DT-2 -> Sta6``).
 Sta4/Sta5 (requestor awaiting transport / A-ASSOCIATE-AC) are never entered by
 an acceptor and are left out.
 """
@@ -19,30 +27,69 @@ an acceptor and are left out.
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Callable
 from typing import Any
 
 from .._ext.framer import EV_COMMAND, EV_DATASET, FramingError, PDUFramer, decode_command
 from . import pdu as P
 
-# Events (PS3.8 Table 9-6)
-EVT3 = "Evt3"  # A-ASSOCIATE-AC PDU received
-EVT4 = "Evt4"  # A-ASSOCIATE-RJ PDU received
-EVT5 = "Evt5"  # transport connection indication
-EVT6 = "Evt6"  # A-ASSOCIATE-RQ PDU received
-EVT7 = "Evt7"  # A-ASSOCIATE response primitive (accept)
-EVT8 = "Evt8"  # A-ASSOCIATE response primitive (reject)
-EVT9 = "Evt9"  # P-DATA request primitive
-EVT10 = "Evt10"  # P-DATA-TF PDU received
-EVT11 = "Evt11"  # A-RELEASE request primitive
-EVT12 = "Evt12"  # A-RELEASE-RQ PDU received
-EVT13 = "Evt13"  # A-RELEASE-RP PDU received
-EVT14 = "Evt14"  # A-RELEASE response primitive
-EVT15 = "Evt15"  # A-ABORT request primitive
-EVT16 = "Evt16"  # A-ABORT PDU received
-EVT17 = "Evt17"  # transport connection closed
-EVT18 = "Evt18"  # ARTIM timer expired
-EVT19 = "Evt19"  # unrecognized or invalid PDU received
+class State(str, enum.Enum):
+    """The acceptor's states (PS3.8 Table 9-9). Members are named as their
+    values, so a state compares (and hashes) equal to its name: ``"Sta6"``."""
+
+    Sta1 = "Sta1"  # idle
+    Sta2 = "Sta2"  # transport open, awaiting A-ASSOCIATE-RQ (ARTIM running)
+    Sta3 = "Sta3"  # awaiting the local A-ASSOCIATE response primitive
+    Sta6 = "Sta6"  # association established, ready for data transfer
+    Sta7 = "Sta7"  # awaiting A-RELEASE-RP
+    Sta8 = "Sta8"  # awaiting the local A-RELEASE response primitive
+    Sta10 = "Sta10"  # release collision, acceptor: awaiting A-RELEASE-RP
+    Sta12 = "Sta12"  # release collision, acceptor: awaiting the local A-RELEASE response
+    Sta13 = "Sta13"  # awaiting transport close (ARTIM running)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Evt(str, enum.Enum):
+    """Events (PS3.8 Table 9-6); named as their values, like ``State``."""
+
+    Evt3 = "Evt3"  # A-ASSOCIATE-AC PDU received
+    Evt4 = "Evt4"  # A-ASSOCIATE-RJ PDU received
+    Evt5 = "Evt5"  # transport connection indication
+    Evt6 = "Evt6"  # A-ASSOCIATE-RQ PDU received (acceptable to the service provider)
+    # AE-6's "otherwise": an A-ASSOCIATE-RQ the service provider cannot
+    # accept (protocol version, application context). Its own event so that
+    # the table, not the action, decides the next state.
+    Evt6_unacceptable = "Evt6_unacceptable"
+    Evt7 = "Evt7"  # A-ASSOCIATE response primitive (accept)
+    Evt8 = "Evt8"  # A-ASSOCIATE response primitive (reject)
+    Evt9 = "Evt9"  # P-DATA request primitive
+    Evt10 = "Evt10"  # P-DATA-TF PDU received
+    Evt11 = "Evt11"  # A-RELEASE request primitive
+    Evt12 = "Evt12"  # A-RELEASE-RQ PDU received
+    Evt13 = "Evt13"  # A-RELEASE-RP PDU received
+    Evt14 = "Evt14"  # A-RELEASE response primitive
+    Evt15 = "Evt15"  # A-ABORT request primitive
+    Evt16 = "Evt16"  # A-ABORT PDU received
+    Evt17 = "Evt17"  # transport connection closed
+    Evt18 = "Evt18"  # ARTIM timer expired
+    Evt19 = "Evt19"  # unrecognized or invalid PDU received
+
+    def __str__(self) -> str:
+        return self.value
+
+
+EVT3, EVT4, EVT5, EVT6 = Evt.Evt3, Evt.Evt4, Evt.Evt5, Evt.Evt6
+EVT7, EVT8, EVT9, EVT10, EVT11 = Evt.Evt7, Evt.Evt8, Evt.Evt9, Evt.Evt10, Evt.Evt11
+EVT12, EVT13, EVT14, EVT15, EVT16 = Evt.Evt12, Evt.Evt13, Evt.Evt14, Evt.Evt15, Evt.Evt16
+EVT17, EVT18, EVT19 = Evt.Evt17, Evt.Evt18, Evt.Evt19
+EVT6_UNACCEPTABLE = Evt.Evt6_unacceptable
+
+# Every error a peer's bytes can cause is this one type (the framer's, with
+# the A-ABORT reason to send); pdu.PDUError is a subclass.
+RemoteProtocolError = FramingError
 
 _PDU_EVENTS = {
     P.A_ASSOCIATE_RQ: EVT6,
@@ -117,17 +164,18 @@ Event = AssociationRequested | CommandReceived | DatasetFragment | ReleaseReques
 _ANY_PDU_BUT = (EVT3, EVT4, EVT6, EVT10, EVT12, EVT13, EVT19)
 
 
-def _build_table() -> dict[tuple[str, str], tuple[str, str | None]]:
-    t: dict[tuple[str, str], tuple[str, str | None]] = {}
+def _build_table() -> dict[tuple[State, Evt], tuple[str, State]]:
+    t: dict[tuple[State, Evt], tuple[str, State]] = {}
 
-    def add(state: str, events: tuple[str, ...] | str, action: str, nxt: str | None) -> None:
-        for e in (events,) if isinstance(events, str) else events:
-            t[(state, e)] = (action, nxt)
+    def add(state: str, events: tuple[Evt, ...] | Evt, action: str, nxt: str) -> None:
+        for e in (events,) if isinstance(events, Evt) else events:
+            t[(State(state), e)] = (action, State(nxt))
 
     add("Sta1", EVT5, "AE-5", "Sta2")
     # Sta2: transport open, awaiting A-ASSOCIATE-RQ (ARTIM running)
     add("Sta2", (EVT3, EVT4, EVT10, EVT12, EVT13, EVT19), "AA-1", "Sta13")
-    add("Sta2", EVT6, "AE-6", None)
+    add("Sta2", EVT6, "AE-6", "Sta3")
+    add("Sta2", EVT6_UNACCEPTABLE, "AE-6 reject", "Sta13")
     add("Sta2", (EVT16, EVT18), "AA-2", "Sta1")
     add("Sta2", EVT17, "AA-5", "Sta1")
     # Not in Table 9-10: a local abort (idle timeout, shutdown) before any
@@ -174,21 +222,20 @@ def _build_table() -> dict[tuple[str, str], tuple[str, str | None]]:
 
 TRANSITIONS = _build_table()
 
-ABORT_REASONS = {
-    0: "reason not specified",
-    1: "unrecognized PDU",
-    2: "unexpected PDU",
-    4: "unrecognized PDU parameter",
-    5: "unexpected PDU parameter",
-    6: "invalid PDU parameter value",
-}
+# next_event() hands dataset fragments in Sta6 straight out: that is this cell.
+assert TRANSITIONS[(State.Sta6, Evt.Evt10)] == ("DT-2", State.Sta6)
+
+_STA1, _STA2, _STA6, _STA13 = State.Sta1, State.Sta2, State.Sta6, State.Sta13
+_ENDED = (State.Sta1, State.Sta13)
+_ESTABLISHED = frozenset((State.Sta6, State.Sta7, State.Sta8, State.Sta10, State.Sta12))
+_DATA_STATES = (State.Sta6, State.Sta7)  # where a received command set is acted on (DT-2, AR-6)
 
 
 class Association:
     """One association, acceptor side."""
 
     def __init__(self, max_pdu: int = 131072, max_other_pdu: int = 1 << 20) -> None:
-        self.state = "Sta1"
+        self.state = State.Sta1
         self.max_pdu = max_pdu
         self.framer = PDUFramer(max_pdu, max_other_pdu)
         self.request: P.AssociateRequest | None = None
@@ -201,7 +248,8 @@ class Association:
         # the bytes the current event carries (PDU or decode error)
         self._payload: Any = None
         self._actions: dict[str, Callable[[], str | None]] = {
-            "AE-5": self._ae5, "AE-6": self._ae6, "AE-7": self._ae7, "AE-8": self._ae8,
+            "AE-5": self._ae5, "AE-6": self._ae6, "AE-6 reject": self._ae6_reject,
+            "AE-7": self._ae7, "AE-8": self._ae8,
             "DT-1": self._dt1, "DT-2": self._dt2, "AR-1": self._ar1, "AR-2": self._ar2,
             "AR-3": self._ar3, "AR-4": self._ar4, "AR-5": self._ar5, "AR-6": self._dt2,
             "AR-7": self._dt1, "AR-8": self._ar8, "AR-10": self._ar10,
@@ -241,8 +289,8 @@ class Association:
         """The next event from received bytes, or None when more are needed."""
         if self._pending:
             return self._pending.pop(0)
-        while self.state != "Sta1":
-            if self.state == "Sta13":  # ending: what the peer still sends is ignored (AA-6)
+        while self.state is not _STA1:
+            if self.state is _STA13:  # ending: what the peer still sends is ignored (AA-6)
                 self.framer.discard()
                 break
             try:
@@ -254,26 +302,63 @@ class Association:
                 return None
             kind = item[0]
             if kind == EV_DATASET:
-                if self.state == "Sta6":  # the hot path: Sta6 + Evt10 -> DT-2
+                if self.state is _STA6:  # the hot path: Sta6 + Evt10 -> DT-2 (checked at import)
                     return DatasetFragment(item[1], item[2], item[3])  # type: ignore[misc]
                 self._fire(EVT10, item, local=False)
             elif kind == EV_COMMAND:
-                self._fire(EVT10, item, local=False)
+                self._command_received(item)
+            elif item[1] == P.A_ASSOCIATE_RQ and self.state is _STA2:
+                self._associate_rq_received(item[2])
             else:
                 self._fire(_PDU_EVENTS.get(item[1], EVT19), item[2], local=False)
             if self._pending:
                 return self._pending.pop(0)
         return self._pending.pop(0) if self._pending else None
 
+    def _command_received(self, item: Any) -> None:
+        """Evt10 with a command set; one that cannot be decoded, where it
+        would be acted on, is an invalid PDU (Evt19)."""
+        if self.state not in _DATA_STATES:
+            self._fire(EVT10, item, local=False)
+            return
+        try:
+            command = decode_command(item[2])
+        except ValueError as exc:
+            self._fire(EVT19, RemoteProtocolError(P.ABORT_INVALID_PARAMETER, f"undecodable command set: {exc}"),
+                       local=False)
+            return
+        self._fire(EVT10, CommandReceived(item[1], command), local=False)
+
+    def _associate_rq_received(self, pdu: bytes) -> None:
+        """Evt6 in Sta2, decided before the table (AE-6's branch): a
+        malformed request is Evt19, one the provider cannot accept
+        (protocol version, application context; PS3.8 9.3.2) is
+        Evt6_unacceptable, any other is Evt6."""
+        try:
+            request = P.decode_associate_rq(pdu)
+        except P.PDUError as exc:
+            self._fire(EVT19, RemoteProtocolError(exc.reason, f"malformed A-ASSOCIATE-RQ: {exc}"), local=False)
+            return
+        self.request = request
+        self.peer_max_pdu = request.max_pdu
+        if not request.protocol_version & 1:
+            rj = (P.RJ_PERMANENT, P.RJ_SOURCE_ACSE, P.RJ_ACSE_PROTOCOL_VERSION)
+        elif request.application_context != P.APPLICATION_CONTEXT:
+            rj = (P.RJ_PERMANENT, P.RJ_SOURCE_USER, P.RJ_USER_APP_CONTEXT_NOT_SUPPORTED)
+        else:
+            self._fire(EVT6, request, local=False)
+            return
+        self._fire(EVT6_UNACCEPTABLE, rj, local=False)
+
     def connection_lost(self) -> Event | None:
         """Evt17; returns the event to report (None if already reported)."""
-        if self.state == "Sta1":
+        if self.state is _STA1:
             return None
         self._fire(EVT17, None, local=False)
         return self._pending.pop(0) if self._pending else None
 
     def artim_expired(self) -> None:
-        if self.state in ("Sta2", "Sta13"):
+        if self.state is _STA2 or self.state is _STA13:
             self.abort_description = self.abort_description or "ARTIM timer expired"
             self._fire(EVT18, None, local=False)
 
@@ -301,18 +386,18 @@ class Association:
         self._fire(EVT14, None, local=True)
 
     def abort(self, reason: str = "aborted by the local user") -> None:
-        if self.state in ("Sta1", "Sta13"):
+        if self.state in _ENDED:
             return
         self.abort_description = reason
         self._fire(EVT15, None, local=True)
 
     @property
     def established(self) -> bool:
-        return self.state in ("Sta6", "Sta7", "Sta8", "Sta10", "Sta12")
+        return self.state in _ESTABLISHED
 
     # ---- the machine --------------------------------------------------------------
 
-    def _fire(self, event: str, payload: Any, local: bool) -> None:
+    def _fire(self, event: Evt, payload: Any, local: bool) -> None:
         entry = TRANSITIONS.get((self.state, event))
         if entry is None:
             if local:
@@ -321,11 +406,11 @@ class Association:
             entry = TRANSITIONS.get((self.state, EVT19))
             if entry is None:
                 return
-            payload = FramingError(P.ABORT_UNEXPECTED_PDU, f"{event} unexpected in {self.state}")
+            payload = RemoteProtocolError(P.ABORT_UNEXPECTED_PDU, f"{event} unexpected in {self.state}")
         action, nxt = entry
         self._payload = payload
-        decided = self._actions[action]()
-        self.state = decided or nxt or self.state
+        self._actions[action]()
+        self.state = nxt
 
     def _send_abort(self, source: int, reason: int) -> None:
         self._out.append(P.encode_abort(source, reason))
@@ -334,28 +419,14 @@ class Association:
     def _ae5(self) -> None:
         self.artim_running = True
 
-    def _ae6(self) -> str:
+    def _ae6(self) -> None:
+        """Acceptable A-ASSOCIATE-RQ: stop ARTIM, issue the indication."""
         self.artim_running = False
-        try:
-            request = P.decode_associate_rq(self._payload)
-        except P.PDUError as exc:
-            self.abort_description = f"malformed A-ASSOCIATE-RQ: {exc}"
-            self._send_abort(P.ABORT_SOURCE_PROVIDER, exc.reason)
-            self.artim_running = True
-            self._pending.append(Aborted(False, P.ABORT_SOURCE_PROVIDER, exc.reason, self.abort_description))
-            return "Sta13"
-        self.request = request
-        self.peer_max_pdu = request.max_pdu
-        if not request.protocol_version & 1:
-            self._payload = (P.RJ_PERMANENT, P.RJ_SOURCE_ACSE, P.RJ_ACSE_PROTOCOL_VERSION)
-            self._ae8()
-            return "Sta13"
-        if request.application_context != P.APPLICATION_CONTEXT:
-            self._payload = (P.RJ_PERMANENT, P.RJ_SOURCE_USER, P.RJ_USER_APP_CONTEXT_NOT_SUPPORTED)
-            self._ae8()
-            return "Sta13"
-        self._pending.append(AssociationRequested(request))
-        return "Sta3"
+        self._pending.append(AssociationRequested(self._payload))
+
+    def _ae6_reject(self) -> None:
+        """AE-6's other branch: stop ARTIM, send A-ASSOCIATE-RJ, start ARTIM."""
+        self._ae8()
 
     def _ae7(self) -> None:
         assert self.request is not None
@@ -370,17 +441,12 @@ class Association:
         context_id, command = self._payload
         self._out.append(P.encode_pdata(context_id, command, True, self.peer_max_pdu))
 
-    def _dt2(self) -> str | None:
+    def _dt2(self) -> None:
         item = self._payload
-        if item[0] == EV_COMMAND:
-            try:
-                command = decode_command(item[2])
-            except ValueError as exc:
-                return self._protocol_error(P.ABORT_INVALID_PARAMETER, f"undecodable command set: {exc}")
-            self._pending.append(CommandReceived(item[1], command))
+        if isinstance(item, CommandReceived):
+            self._pending.append(item)
         else:
             self._pending.append(DatasetFragment(item[1], item[2], item[3]))
-        return None
 
     # AR: release
     def _ar1(self) -> None:
@@ -427,7 +493,7 @@ class Association:
         if isinstance(self._payload, (bytes, bytearray)):  # A-ABORT received in Sta2
             source, reason = P.decode_abort(self._payload)
             self._pending.append(Aborted(True, source, reason, "aborted by peer"))
-        elif self.state == "Sta2":  # ARTIM expired: no A-ASSOCIATE-RQ in time
+        elif self.state is _STA2:  # ARTIM expired: no A-ASSOCIATE-RQ in time
             self._pending.append(Aborted(False, P.ABORT_SOURCE_PROVIDER, 0, self.abort_description))
         else:  # Sta13: ARTIM expired while waiting for the peer to close
             self._pending.append(ConnectionClosed(expected=True))
@@ -453,15 +519,11 @@ class Association:
     def _aa7(self) -> None:
         self._send_abort(P.ABORT_SOURCE_PROVIDER, P.ABORT_UNEXPECTED_PDU)
 
-    def _aa8(self) -> str:
+    def _aa8(self) -> None:
+        """Send A-P-ABORT, report it, start ARTIM (the table goes to Sta13)."""
         exc = self._payload if isinstance(self._payload, FramingError) else None
         reason = exc.reason if exc is not None else P.ABORT_UNEXPECTED_PDU
-        return self._protocol_error(reason, str(exc) if exc is not None else f"unexpected PDU in {self.state}")
-
-    def _protocol_error(self, reason: int, description: str) -> str:
-        """AA-8: send A-P-ABORT, report it, start ARTIM, go to Sta13."""
-        self.abort_description = description
+        self.abort_description = str(exc) if exc is not None else f"unexpected PDU in {self.state}"
         self._send_abort(P.ABORT_SOURCE_PROVIDER, reason)
         self.artim_running = True
-        self._pending.append(Aborted(False, P.ABORT_SOURCE_PROVIDER, reason, description))
-        return "Sta13"
+        self._pending.append(Aborted(False, P.ABORT_SOURCE_PROVIDER, reason, self.abort_description))

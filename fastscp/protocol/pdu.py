@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 
-from .._ext.framer import ABORT_INVALID_PARAMETER, ABORT_UNEXPECTED_PDU  # noqa: F401
+from .._ext.framer import ABORT_INVALID_PARAMETER, ABORT_UNEXPECTED_PDU, FramingError  # noqa: F401
 
 # PDU types (PS3.8 9.3.1)
 A_ASSOCIATE_RQ = 0x01
@@ -53,12 +53,13 @@ ABORT_SOURCE_USER = 0
 ABORT_SOURCE_PROVIDER = 2
 
 
-class PDUError(Exception):
-    """A PDU the peer sent is malformed; ``reason`` is the A-P-ABORT reason."""
+class PDUError(FramingError):
+    """A PDU the peer sent is malformed; ``reason`` is the A-P-ABORT reason.
+    A FramingError (``association.RemoteProtocolError``): every error a
+    peer's bytes cause is one type."""
 
     def __init__(self, message: str, reason: int = ABORT_INVALID_PARAMETER) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(reason, message)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
