@@ -2,7 +2,7 @@
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-EXTENSIONS = ["framer", "writer", "header"]
+EXTENSIONS = ["framer", "writer", "header", "sockio"]
 
 setup(
     ext_modules=cythonize(

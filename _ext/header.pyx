@@ -155,10 +155,7 @@ cdef class HeaderScanner:
     Build it once; ``scan`` is then called per dataset head.
     """
 
-    cdef uint32_t* _tags
-    cdef Py_ssize_t _ntags
-    cdef uint32_t _last
-    cdef readonly tuple tags
+    # attributes: header.pxd
 
     def __cinit__(self, tags):
         self._tags = NULL
@@ -191,7 +188,7 @@ cdef class HeaderScanner:
         if self._tags != NULL:
             PyMem_Free(self._tags)
 
-    cdef inline Py_ssize_t _index(self, uint32_t tag) noexcept nogil:
+    cdef Py_ssize_t _index(self, uint32_t tag) noexcept nogil:
         cdef Py_ssize_t lo = 0, hi = self._ntags - 1, mid
         while lo <= hi:
             mid = (lo + hi) >> 1

@@ -69,16 +69,7 @@ cdef int write_all(int fd, const unsigned char* data, Py_ssize_t length, off_t o
 
 
 cdef class InstanceFile:
-    cdef int _fd
-    cdef off_t _offset
-    cdef off_t _allocated
-    cdef off_t _extent
-    cdef bint _prealloc
-    cdef readonly Py_ssize_t prefix_size
-    cdef bytearray _head
-    cdef Py_ssize_t _head_len
-    cdef Py_ssize_t _head_limit
-    cdef bytes _prefix              # not written yet: goes out with the first fragment
+    # attributes: writer.pxd
 
     def __cinit__(self, int fd, bytes prefix, Py_ssize_t head_limit=16384, bint preallocate=True):
         self._fd = fd

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fastscp._ext.framer import recv_spin
+from fastscp._ext.sockio import recv_spin
 from fastscp.scu.commands import answers_to_the_caller
 from reliability import DatasetTemplate, check_tree, dataset_bytes
 from test_reliability_disk import InProcessServer

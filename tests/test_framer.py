@@ -22,7 +22,8 @@ from _pdu_fixtures import (
     pdv,
 )
 
-from fastscp._ext.framer import EV_COMMAND, EV_DATASET, EV_PDU, FramingError, PDUFramer, decode_command, tcp_quickack
+from fastscp._ext.framer import EV_COMMAND, EV_DATASET, EV_PDU, FramingError, PDUFramer, decode_command
+from fastscp._ext.sockio import tcp_quickack
 from fastscp.protocol.dimse import C_STORE_RQ, encode_request
 
 

@@ -1,6 +1,6 @@
 """Type stub for the compiled header scanner (_ext/header.pyx)."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 IMPLICIT_VR_LE: int
 EXPLICIT_VR_LE: int
@@ -17,3 +17,17 @@ class HeaderScanner:
     def scan(
         self, buffer: bytes | bytearray | memoryview, syntax: int = ...
     ) -> tuple[tuple[bytes | None, ...], int, int]: ...
+
+def decode_values_into(
+    fields: dict[str, object],
+    values: tuple[bytes | None, ...],
+    names: tuple[str, ...],
+    kinds: tuple[int, ...],
+    encoding: str,
+    encodings: list[str],
+    little: bool,
+    decode_code: Callable[[bytes], str],
+    decode_text: Callable[[bytes, list[str]], str],
+    decode_name: Callable[[bytes, list[str]], str],
+    decode_int: Callable[[bytes], int | None],
+) -> None: ...

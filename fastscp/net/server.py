@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .._ext.framer import recv_spin, tcp_quickack
+from .._ext.sockio import recv_spin, tcp_quickack
 from ..protocol.association import Association, CommandReceived, DatasetFragment
 
 log = logging.getLogger("fastscp.net")
