@@ -174,3 +174,20 @@ def test_a_storage_directory_that_cannot_be_made_is_one_clear_error(tmp_path: Pa
     assert rc == 1, out
     assert f"cannot start: Not a directory: {tmp_path / 'a-file' / 'store'}; not started" in out, out
     assert "Traceback" not in out, out
+
+
+def test_a_status_port_in_use_says_how_to_choose_another(start_server) -> None:  # type: ignore[no-untyped-def]
+    """The status page is not needed to receive: the server runs without it,
+    and its one ERROR line names the option that moves or turns it off."""
+    from test_scu import fastscp
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        srv = start_server("--status-port", str(port))
+        log = srv.log_once_it_says("fastscp listening on")
+    assert (f"ERROR   fastscp.monitor: status endpoint not started: cannot listen on 127.0.0.1:{port}: "
+            "Address already in use; receiving without a status page "
+            "(another port: --status-port N or status.port; none: --status-port 0)") in log, log
+    assert fastscp("echo", "127.0.0.1", str(srv.port), "--aec", srv.ae_title).returncode == 0
