@@ -5,9 +5,11 @@ service, the network (plain and TLS listeners), and SIGHUP reloads.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import os
+import shutil
 import sys
 import signal
 import socket
@@ -29,7 +31,7 @@ from .protocol.negotiation import VERIFICATION, AcceptPolicy
 from .scp import ReceptionObserver, ServerState, StoreSCPHandler
 from .storage.naming import make_naming
 from .storage.durability import WRITEBACK_FILESYSTEMS, GroupCommitter
-from .storage.store import Storage, StorageInUse, lock_directory
+from .storage.store import INCOMING, LOCK_FILE, Storage, StorageInUse, lock_directory
 
 log = logging.getLogger("fastscp")
 
@@ -136,11 +138,83 @@ def open_catalog(cfg: Config, state: ServerState) -> CatalogWriter | None:
         return None
 
 
+def _topmost_missing(path: str) -> str | None:
+    """The highest folder of ``path`` (itself included) that does not exist:
+    what ``os.makedirs(path)`` would create first. None when it exists."""
+    path = os.path.abspath(path)
+    top = None
+    while not os.path.lexists(path):
+        top = path
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return top
+
+
+@dataclasses.dataclass(frozen=True)
+class StartFootprint:
+    """What a start may create, taken before it touches anything: folders
+    that do not exist yet (each removed whole if the start fails: all they
+    hold was made by this start, no port being open) and, in folders that do
+    exist, the files and folders the start makes there (the index and its
+    journal, the lock file, ``.incoming/``). A start that fails removes only
+    these, so a folder or an index that was there before is never removed."""
+
+    trees: tuple[str, ...]
+    entries: tuple[str, ...]
+
+    @classmethod
+    def before_start(cls, cfg: Config) -> StartFootprint:
+        storage = os.path.abspath(cfg.storage.directory)
+        folders = [storage]
+        entries = [os.path.join(storage, LOCK_FILE), os.path.join(storage, INCOMING)]
+        if cfg.database.path:
+            db = os.path.abspath(cfg.database.path)
+            folders.append(os.path.dirname(db))
+            entries += [db, db + ".wal"]
+        trees: list[str] = []
+        for folder in folders:
+            top = _topmost_missing(folder)
+            if top is not None and not any(top == t or top.startswith(t + os.sep) for t in trees):
+                trees = [t for t in trees if not t.startswith(top + os.sep)] + [top]
+        inside = tuple(t + os.sep for t in trees)
+        return cls(tuple(trees), tuple(e for e in entries if not os.path.lexists(e) and not e.startswith(inside)))
+
+    def remove(self) -> list[str]:
+        """Remove what the start made; returns what was removed. A folder in
+        ``entries`` goes only when empty."""
+        removed: list[str] = []
+        for entry in self.entries:
+            try:
+                if os.path.isdir(entry) and not os.path.islink(entry):
+                    os.rmdir(entry)
+                else:
+                    os.unlink(entry)
+            except OSError:
+                continue
+            removed.append(entry)
+        for tree in self.trees:
+            if os.path.lexists(tree):
+                shutil.rmtree(tree, ignore_errors=True)
+                if not os.path.lexists(tree):
+                    removed.append(tree)
+        return removed
+
+
+def _remove_created(footprint: StartFootprint) -> None:
+    removed = footprint.remove()
+    if removed:
+        log.info("start-up failed: removed what it had created: %s", ", ".join(removed))
+
+
 class App:
-    def __init__(self, cfg: Config, config_path: str | None, overrides: Mapping[str, Any]) -> None:
+    def __init__(self, cfg: Config, config_path: str | None, overrides: Mapping[str, Any],
+                 footprint: StartFootprint | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.overrides = dict(overrides)
+        self.footprint = footprint
         # before anything touches the tree (the sweep of .incoming/, the
         # index's reconcile): another receiver may be using it
         self._lock = lock_directory(cfg.storage.directory)
@@ -173,6 +247,13 @@ class App:
         if self._lock >= 0:
             os.close(self._lock)
             self._lock = -1
+
+    def abandon(self) -> None:
+        """A start that failed: remove what it created (``StartFootprint``),
+        while the storage lock is still held, then give the lock up."""
+        if self.footprint is not None:
+            _remove_created(self.footprint)
+        self.unlock()
 
     async def start(self) -> list[str]:
         """Listen on the DICOM port(s); raises ListenError (a port in use,
@@ -239,7 +320,7 @@ class App:
             log.error("%s; not started", exc)
             await self.server.shutdown(0)  # a port opened before the one that failed
             await self._close_writers(loop)
-            self.unlock()
+            self.abandon()
             raise
         await monitor.start(listening)
         if self.pipeline.active:
@@ -307,15 +388,27 @@ def run_blocking(config_path: str | None, overrides: Mapping[str, Any]) -> None:
     logging_handle = configure_logging(lg.level, lg.format, lg.file, lg.max_bytes, lg.backup_count)
     log.info("configuration: %s", os.path.abspath(config_path) if config_path else "built-in defaults")
     try:
+        footprint = StartFootprint.before_start(cfg)
         try:
-            app = App(cfg, config_path, overrides)
-        except (StorageInUse, IndexRootMismatch) as exc:
+            app = App(cfg, config_path, overrides, footprint)
+        except IndexRootMismatch as exc:
+            # the storage folder (or the lock file in it) this start made is removed
+            log.error("%s; not started", exc)
+            _remove_created(footprint)
+            raise StartError(str(exc)) from None
+        except StorageInUse as exc:
             log.error("%s; not started", exc)
             raise StartError(str(exc)) from None
         except OSError as exc:  # the storage directory cannot be made or opened, say
             why = f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
             log.error("cannot start: %s; not started", why)
+            _remove_created(footprint)  # what makedirs made before it failed, say
             raise StartError(why) from None
+        except BaseException:
+            # a lock App took is held till the process ends: nobody else can
+            # start on what is removed meanwhile
+            _remove_created(footprint)
+            raise
         try:
             import uvloop
         except ImportError:
@@ -326,4 +419,4 @@ def run_blocking(config_path: str | None, overrides: Mapping[str, Any]) -> None:
         logging_handle.stop()
 
 
-__all__ = ["App", "ListenError", "StartError", "accept_policy", "build_state", "run_blocking", "load_access_policy"]
+__all__ = ["App", "ListenError", "StartError", "StartFootprint", "accept_policy", "build_state", "run_blocking", "load_access_policy"]

@@ -7,6 +7,10 @@ the dataclass schema below converts and checks each value. Missing keys take
 the dataclass defaults, so the merge order is defaults < file < overrides.
 Unknown keys, wrong types and impossible values raise ``ConfigError`` with
 the dotted key and the line (``config.yaml, line 3: server.port: ...``).
+The walk goes on past a bad value (the key keeps its default meanwhile), so
+one ``ConfigError`` carries every problem of the file in ``problems``, in
+file order; its own text is the first one's. A YAML syntax error or a
+duplicate key stops the parse at once.
 
 Scalars for string fields are taken as written, so ``ae_title: NO`` or
 ``ae_title: 1234`` stay strings instead of YAML 1.1 booleans and numbers.
@@ -28,7 +32,7 @@ import shlex
 import sys
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -64,15 +68,25 @@ Check = Callable[[Any], "str | None"]
 class ConfigError(ValueError):
     """A configuration problem, located: ``key`` is the dotted key
     ("server.port", "access.allowed_calling_aes[1].hosts[0]"), ``line`` the
-    1-based line in ``source`` (None for command-line overrides or defaults)."""
+    1-based line in ``source`` (None for command-line overrides or defaults).
+    ``problems`` is every problem found, this one first (``more`` gives the
+    others); the text of the error is this one's, with a count of the rest."""
 
     def __init__(self, message: str, key: str | None = None, line: int | None = None,
-                 source: str | None = None) -> None:
+                 source: str | None = None, more: Sequence[ConfigError] = ()) -> None:
         self.message = message
         self.key = key
         self.line = line
         self.source = source
-        super().__init__(self._format())
+        self.problems: tuple[ConfigError, ...] = (self, *more)
+        text = self._format()
+        if more:
+            text += f" (and {len(more)} more: `fastscp config check` lists them all)"
+        super().__init__(text)
+
+    def lines(self) -> list[str]:
+        """One located line per problem."""
+        return [p._format() for p in self.problems]
 
     def _format(self) -> str:
         where = self.source or "configuration"
@@ -347,16 +361,40 @@ class _Entry:
     key_line: int | None
 
 
+class _Invalid(Exception):
+    """A value that could not be built; its problems are already reported."""
+
+
+def _related(a: str, b: str) -> bool:
+    """One dotted key is the other or lies under it."""
+    return a == b or a.startswith((b + ".", b + "[")) or b.startswith((a + ".", a + "["))
+
+
 class _Context:
     def __init__(self, source: str) -> None:
         self.source = source
         self.lines: dict[str, int | None] = {}  # dotted key -> line it was written on
         self.overridden: set[str] = set()  # dotted keys set from the command line
+        self.problems: list[ConfigError] = []  # reported so far; the walk goes on
 
     def error(self, message: str, key: str, line: int | None) -> ConfigError:
         from_cli = line is None and any(
             key == o or key.startswith((o + ".", o + "[")) for o in self.overridden)
         return ConfigError(message, key, line, "command line" if from_cli else self.source)
+
+    def report(self, problem: ConfigError) -> None:
+        self.problems.append(problem)
+
+    def failed(self, key: str) -> bool:
+        """A problem was reported at ``key``, under it or above it."""
+        return any(p.key is not None and _related(p.key, key) for p in self.problems)
+
+    def raise_problems(self) -> None:
+        """Raise every problem reported, in file order (command line last)."""
+        if not self.problems:
+            return
+        first, *more = sorted(self.problems, key=lambda p: (p.line is None, p.line or 0))
+        raise ConfigError(first.message, first.key, first.line, first.source, more)
 
 
 _SCALAR_LOADER: yaml.SafeLoader | None = None
@@ -472,31 +510,7 @@ def _convert(tp: Any, node: _Node, key: str, ctx: _Context, meta: Mapping[str, A
     if dataclasses.is_dataclass(tp):
         return _convert_dataclass(tp, node, key, ctx)
     if origin is tuple:
-        (item_tp, _ellipsis) = typing.get_args(tp)
-        if isinstance(value, str) and scalar in ("csv", "argv"):
-            if scalar == "csv":
-                parts = [p.strip() for p in value.split(",") if p.strip()]
-            else:
-                try:
-                    parts = shlex.split(value)
-                except ValueError as exc:
-                    raise ctx.error(f"cannot split command {value!r}: {exc}", key, node.line) from None
-            items = [_Node(p, node.line, raw=p, override=node.override) for p in parts]
-        elif isinstance(value, list):
-            items = value
-        else:
-            raise wrong()
-        out = []
-        for i, item in enumerate(items):
-            item_key = f"{key}[{i}]"
-            converted = _convert(item_tp, item, item_key, ctx, {})
-            item_check = meta.get("item_check")
-            if item_check is not None:
-                message = item_check(converted)
-                if message:
-                    raise ctx.error(message, item_key, item.line)
-            out.append(converted)
-        return tuple(out)
+        return _convert_tuple(tp, node, value, key, ctx, meta)
     if origin is Literal:
         choices = typing.get_args(tp)
         text = node.raw if node.raw is not None else value
@@ -529,7 +543,61 @@ def _convert(tp: Any, node: _Node, key: str, ctx: _Context, meta: Mapping[str, A
     raise TypeError(f"unsupported schema type {tp!r} at {key}")
 
 
+def _convert_tuple(tp: Any, node: _Node, value: Any, key: str, ctx: _Context, meta: Mapping[str, Any]) -> Any:
+    """A list (or a string split as ``scalar`` says), item by item: every bad
+    item is reported; then the list as a whole is _Invalid."""
+    (item_tp, _ellipsis) = typing.get_args(tp)
+    scalar = meta.get("scalar")
+    if isinstance(value, str) and scalar in ("csv", "argv"):
+        if scalar == "csv":
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+        else:
+            try:
+                parts = shlex.split(value)
+            except ValueError as exc:
+                raise ctx.error(f"cannot split command {value!r}: {exc}", key, node.line) from None
+        items = [_Node(p, node.line, raw=p, override=node.override) for p in parts]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ctx.error(f"expected {_type_name(tp)}, got {_describe(value)}", key, node.line)
+    out = []
+    complete = True
+    item_check = meta.get("item_check")
+    for i, item in enumerate(items):
+        item_key = f"{key}[{i}]"
+        try:
+            converted = _convert(item_tp, item, item_key, ctx, {})
+            message = item_check(converted) if item_check is not None else None
+            if message:
+                raise ctx.error(message, item_key, item.line)
+        except ConfigError as problem:
+            ctx.report(problem)
+            complete = False
+        except _Invalid:
+            complete = False
+        else:
+            out.append(converted)
+    if not complete:
+        raise _Invalid
+    return tuple(out)
+
+
+def _convert_field(tp: Any, entry: _Entry, dotted: str, ctx: _Context, meta: Mapping[str, Any]) -> Any:
+    """One key's value, converted and checked."""
+    value = _convert(tp, entry.node, dotted, ctx, meta)
+    ctx.lines[dotted] = entry.key_line if entry.key_line is not None else entry.node.line
+    check = meta.get("check")
+    if check is not None:
+        message = check(value)
+        if message:
+            raise ctx.error(message, dotted, ctx.lines[dotted])
+    return value
+
+
 def _convert_dataclass(cls: Any, node: _Node, key: str, ctx: _Context) -> Any:
+    """A section. Every unknown, missing or bad key is reported; a bad key
+    keeps its default, and a section missing a required key is _Invalid."""
     entries = node.value
     if entries is None:  # "server:" with nothing under it
         entries = {}
@@ -545,23 +613,26 @@ def _convert_dataclass(cls: Any, node: _Node, key: str, ctx: _Context) -> Any:
             close = difflib.get_close_matches(name, list(fields), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             valid = ", ".join(fields)
-            raise ctx.error(f"unknown key{hint}; valid keys here: {valid}", _join(key, name), entry.key_line)
+            ctx.report(ctx.error(f"unknown key{hint}; valid keys here: {valid}", _join(key, name), entry.key_line))
     kwargs: dict[str, Any] = {}
+    complete = True
     for name, f in fields.items():
         dotted = _join(key, name)
+        required = f.default is dataclasses.MISSING
         if name not in entries:
-            if f.default is dataclasses.MISSING:
-                raise ctx.error(f"missing required key {name!r}", dotted, node.line)
+            if required:
+                ctx.report(ctx.error(f"missing required key {name!r}", dotted, node.line))
+                complete = False
             continue
-        entry = entries[name]
-        value = _convert(hints[name], entry.node, dotted, ctx, f.metadata)
-        ctx.lines[dotted] = entry.key_line if entry.key_line is not None else entry.node.line
-        check = f.metadata.get("check")
-        if check is not None:
-            message = check(value)
-            if message:
-                raise ctx.error(message, dotted, ctx.lines[dotted])
-        kwargs[name] = value
+        try:
+            kwargs[name] = _convert_field(hints[name], entries[name], dotted, ctx, f.metadata)
+        except ConfigError as problem:
+            ctx.report(problem)
+            complete = complete and not required
+        except _Invalid:
+            complete = complete and not required
+    if not complete:
+        raise _Invalid
     return cls(**kwargs)
 
 
@@ -576,33 +647,36 @@ def _join(prefix: str, name: str) -> str:
 def _cross_check(cfg: Config, ctx: _Context) -> None:
     """Rules that involve more than one key."""
 
-    def fail(message: str, key: str) -> None:
+    def fail(message: str, key: str, *uses: str) -> None:
+        # Not when a key the rule reads was bad: it holds its default, not what was written.
+        if any(ctx.failed(k) for k in (key, *uses)):
+            return
         # Point at the key if it was written, else at the closest parent.
         probe = key
         while probe and probe not in ctx.lines:
             probe = probe.rpartition(".")[0]
-        raise ctx.error(message, key, ctx.lines.get(probe))
+        ctx.report(ctx.error(message, key, ctx.lines.get(probe)))
 
     st = cfg.storage
     if st.naming == "template" and not st.template:
         fail("naming: template needs storage.template (e.g. '{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm')",
-             "storage.template")
+             "storage.template", "storage.naming")
     tls = cfg.server.tls
     if tls.enabled:
         for name in ("certificate", "key"):
             if not getattr(tls, name):
-                fail(f"TLS is enabled: server.tls.{name} is required", f"server.tls.{name}")
+                fail(f"TLS is enabled: server.tls.{name} is required", f"server.tls.{name}", "server.tls.enabled")
         if tls.require_client_certificate and not tls.ca_bundle:
             fail("require_client_certificate needs server.tls.ca_bundle to verify clients against",
-                 "server.tls.ca_bundle")
+                 "server.tls.ca_bundle", "server.tls.require_client_certificate", "server.tls.enabled")
         for name in ("certificate", "key", "ca_bundle"):
             path = getattr(tls, name)
             if path and not os.path.isfile(path):
                 fail(f"file not found: {path}", f"server.tls.{name}")
         if tls.port == cfg.server.port and tls.port != 0:
-            fail(f"the TLS port {tls.port} is the plain DICOM port too", "server.tls.port")
+            fail(f"the TLS port {tls.port} is the plain DICOM port too", "server.tls.port", "server.port")
     if cfg.status.port and cfg.status.port == cfg.server.port:
-        fail(f"port {cfg.status.port} is already the DICOM port", "status.port")
+        fail(f"port {cfg.status.port} is already the DICOM port", "status.port", "server.port")
 
 
 # --- entry points ----------------------------------------------------------------
@@ -644,8 +718,13 @@ def parse_config_text(text: str, source: str = "<string>",
                           None, root.line, source)
     if overrides:
         _graft(root, overrides, ctx)
-    cfg: Config = _convert_dataclass(Config, root, "", ctx)
+    try:
+        cfg: Config = _convert_dataclass(Config, root, "", ctx)
+    except _Invalid:  # not with this schema (no required key at the top), but never a bare _Invalid
+        ctx.raise_problems()
+        raise
     _cross_check(cfg, ctx)
+    ctx.raise_problems()
     return cfg
 
 
@@ -717,7 +796,10 @@ def _cmd_check(args: Any) -> int:
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"cannot set up TLS: {exc}", "server.tls", None, args.file) from None
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in exc.lines():
+            print(f"error: {line}", file=sys.stderr)
+        if len(exc.problems) > 1:
+            print(f"{len(exc.problems)} errors", file=sys.stderr)
         return 2
     sys.stdout.write(dump_config(cfg, args.format))
     return 0

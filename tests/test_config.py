@@ -383,6 +383,65 @@ def test_config_check_fails_with_the_message(tmp_path: Path, capsys: pytest.Capt
     assert f"{path}, line 2: server.port:" in captured.err
 
 
+MANY_ERRORS = """\
+server:
+  port: 70000
+  ae_titel: X
+  max_pdu: lots
+storage:
+  naming: hierarchicl
+  duplicates: reject
+accepted_sop_classes: [CT, NOPE, MR, ALSO_NOPE]
+access:
+  allowed_calling_aes:
+    - hosts: [10.0.0.1]
+    - ae_title: OK
+      hosts: ["300.1.1.1/99"]
+status:
+  port: [1]
+"""
+
+MANY_ERRORS_AT = [  # (line, key) of each problem, in file order
+    (2, "server.port"), (3, "server.ae_titel"), (4, "server.max_pdu"), (6, "storage.naming"),
+    (8, "accepted_sop_classes[1]"), (8, "accepted_sop_classes[3]"),
+    (11, "access.allowed_calling_aes[0].ae_title"), (13, "access.allowed_calling_aes[1].hosts[0]"),
+    (15, "status.port"),
+]
+
+
+def test_every_problem_of_a_file_is_reported_in_file_order() -> None:
+    err = error_of(MANY_ERRORS)
+    assert [(p.line, p.key) for p in err.problems] == MANY_ERRORS_AT
+    assert (err.line, err.key) == MANY_ERRORS_AT[0]  # the error itself is the first problem
+    assert str(err).startswith("test.yaml, line 2: server.port: 70000 is out of range")
+    assert str(err).endswith("(and 8 more: `fastscp config check` lists them all)")
+    assert "did you mean 'hierarchical'" in err.problems[3].message
+    assert "'ALSO_NOPE'" in err.problems[5].message
+
+
+def test_a_cross_key_rule_is_reported_with_other_errors_but_not_on_a_bad_key() -> None:
+    err = error_of("server:\n  port: x\nstorage:\n  naming: template\n")
+    assert [(p.line, p.key) for p in err.problems] == [(2, "server.port"), (3, "storage.template")]  # its section
+    # status.port is bad, so it holds its default 8042: no "already the DICOM port" about a value not written
+    err = error_of("server:\n  port: 8042\nstatus:\n  port: [1]\n")
+    assert [(p.line, p.key) for p in err.problems] == [(4, "status.port")]
+    err = error_of("server:\n  tls:\n    enabled: true\n")  # both missing files, not only the first
+    assert [p.key for p in err.problems] == ["server.tls.certificate", "server.tls.key"]
+
+
+def test_config_check_lists_every_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(MANY_ERRORS)
+    assert run_cli(["config", "check", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert [line.split(": ")[:2] for line in lines[:-1]] == \
+           [["error", f"{path}, line {n}"] for n, _key in MANY_ERRORS_AT]
+    assert [line.split(": ")[2] for line in lines[:-1]] == [key for _n, key in MANY_ERRORS_AT]
+    assert lines[-1] == "9 errors"
+
+
 def test_config_defaults_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(["config", "defaults"]) == 0
     assert parse_config_text(capsys.readouterr().out) == Config()

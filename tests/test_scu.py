@@ -95,7 +95,32 @@ def test_send_reports_failure_statuses_and_unsendable_files(start_server, tmp_pa
     assert again.returncode == 1
     assert "stored 0/2" in again.stdout
     assert "failure 0xCD01" in again.stdout and "failed: " + str(changed) in again.stderr
-    assert "not sent: 1" in again.stdout and str(mr) in again.stderr
+    assert "not sent: 1" in again.stdout
+    assert f"not sent: {mr}: no presentation context accepted for MR Image Storage" in again.stderr
+
+
+def test_send_of_a_refused_sop_class_names_it_and_does_not_retry(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A receiver that accepts no context of ours: say which SOP class and
+    transfer syntax it refused, as storescu does, and ask once only (the same
+    proposal would be refused again), not report an unreachable port."""
+    srv = start_server("--accept", "CT")
+    mr = tmp_path / "mr.dcm"
+    make_image(mr, 1, study=1, modality="MR")
+    res = fastscp("send", "127.0.0.1", str(srv.port), "--aec", srv.ae_title, "--aet", "SENDER", str(mr))
+    assert res.returncode == 1
+    refused = (f"no presentation context accepted by FASTSCP at 127.0.0.1:{srv.port} for MR Image Storage "
+               "(1.2.840.10008.5.1.4.1.1.4) in Explicit VR Little Endian (1.2.840.10008.1.2.1): "
+               "abstract syntax (SOP class) not supported")
+    assert res.stderr.count(refused) == 1, res.stderr
+    assert "closed or aborted" not in res.stderr
+    assert f"not sent: {mr}: no presentation context accepted for MR Image Storage" in res.stderr
+    assert "refused by the receiver: MR Image Storage" in res.stdout and "not sent: 1" in res.stdout
+    # One association was asked for. The receiver logs associations in the
+    # order they come; a later probe's line shows every earlier one is logged.
+    probe = fastscp("echo", "127.0.0.1", str(srv.port), "--aec", srv.ae_title, "--aet", "PROBE")
+    assert probe.returncode == 0, probe.stderr
+    log = srv.log_once_it_says("calling PROBE")
+    assert log.count("calling SENDER called FASTSCP, 0/1 contexts accepted") == 1, log
 
 
 def test_send_nothing_and_unreachable(tmp_path: Path) -> None:

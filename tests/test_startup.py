@@ -2,7 +2,9 @@
 exit code 1, not a traceback: a DICOM port that cannot be listened on, a
 TLS key or certificate that cannot be loaded, a storage directory another
 receiver holds. Nothing is left running (the index writer and the
-group-commit thread are stopped, so the process exits)."""
+group-commit thread are stopped, so the process exits), and nothing the
+failed start created is left on disk (a folder or index that was there
+before stays)."""
 
 from __future__ import annotations
 
@@ -41,6 +43,62 @@ def test_port_in_use_is_one_clear_error(tmp_path: Path, extra: tuple[str, ...]) 
     assert f"cannot listen for DICOM on 127.0.0.1 port {port}: Address already in use; not started" in out, out
     assert "Traceback" not in out, out
     assert "listening on" not in out, out
+    assert not (tmp_path / "store").exists() and not (tmp_path / "index.db").exists(), out
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root``, with a file's bytes (None for a folder)."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in root.rglob("*")}
+
+
+def test_a_failed_start_removes_the_folders_it_made_and_nothing_else(tmp_path: Path) -> None:
+    """Folders made for the storage and the index (parents included) go
+    with all the start put in them; what the user already had stays."""
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("the user's")
+    before = _tree(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        rc, out = _run(_serve_cmd(tmp_path, port, storage=tmp_path / "new" / "deeper" / "store",
+                                  index_db="dbdir/sub/pacs.db"), tmp_path)
+    assert rc == 1 and "Address already in use; not started" in out, out
+    assert _tree(tmp_path) == before, out
+    assert "start-up failed: removed what it had created: " in out, out
+
+
+def test_a_failed_start_keeps_a_storage_folder_and_index_that_were_there(tmp_path: Path) -> None:
+    """A start that fails on a tree and an index from an earlier run removes
+    neither, nor any file in them; in an empty folder that was there, it
+    removes the lock file, .incoming/ and the new index it made."""
+    store = tmp_path / "store"
+    port = free_port()
+    first = subprocess.Popen(_serve_cmd(tmp_path, port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, cwd=tmp_path)
+    try:
+        wait_for_port(port, first)  # type: ignore[arg-type]
+    finally:
+        first.terminate()
+        first.communicate(timeout=30)
+    assert (tmp_path / "index.db").is_file() and (store / ".incoming").is_dir()
+    (store / "a-study").mkdir()
+    (store / "a-study" / "image.dcm").write_bytes(b"kept")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        rc, out = _run(_serve_cmd(tmp_path, busy), tmp_path)
+        assert rc == 1 and "Address already in use; not started" in out, out
+        rc, out2 = _run(_serve_cmd(tmp_path, busy, storage=empty, index_db="new.db"), tmp_path)
+        assert rc == 1 and "Address already in use; not started" in out2, out2
+    assert (tmp_path / "index.db").is_file() and (store / ".incoming").is_dir(), out
+    assert (store / "a-study" / "image.dcm").read_bytes() == b"kept"
+    assert "removed" not in out, out
+    assert empty.is_dir() and list(empty.iterdir()) == [], out2
+    assert not (tmp_path / "new.db").exists(), out2
 
 
 def test_a_bind_name_that_does_not_resolve_says_so(tmp_path: Path) -> None:
@@ -107,6 +165,7 @@ def test_a_tls_key_that_does_not_match_is_one_clear_error(tmp_path: Path) -> Non
     assert rc == 1, out
     assert "cannot set up TLS from server.tls:" in out and "not started" in out, out
     assert "Traceback" not in out and "listening on" not in out, out
+    assert not (tmp_path / "store").exists() and not (tmp_path / "index.db").exists(), out
 
 
 def test_a_storage_directory_that_cannot_be_made_is_one_clear_error(tmp_path: Path) -> None:
@@ -115,3 +174,20 @@ def test_a_storage_directory_that_cannot_be_made_is_one_clear_error(tmp_path: Pa
     assert rc == 1, out
     assert f"cannot start: Not a directory: {tmp_path / 'a-file' / 'store'}; not started" in out, out
     assert "Traceback" not in out, out
+
+
+def test_a_status_port_in_use_says_how_to_choose_another(start_server) -> None:  # type: ignore[no-untyped-def]
+    """The status page is not needed to receive: the server runs without it,
+    and its one ERROR line names the option that moves or turns it off."""
+    from test_scu import fastscp
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        srv = start_server("--status-port", str(port))
+        log = srv.log_once_it_says("fastscp listening on")
+    assert (f"ERROR   fastscp.monitor: status endpoint not started: cannot listen on 127.0.0.1:{port}: "
+            "Address already in use; receiving without a status page "
+            "(another port: --status-port N or status.port; none: --status-port 0)") in log, log
+    assert fastscp("echo", "127.0.0.1", str(srv.port), "--aec", srv.ae_title).returncode == 0

@@ -164,17 +164,24 @@ def _text(values: dict[str, object], keyword: str) -> str:
 
 
 def _int(values: dict[str, object], keyword: str) -> int | None:
+    """An IS or US value as reception reads it: IS text through reception's
+    own parser (storage/header.py ``_decode_int``: first value, "2.0" is 2,
+    "1_0" and "2.5" are None), the text as written even where pydicom made
+    an IS of it; a number as it is."""
+    # the receiver's own IS parser: the two readers must agree
+    from ..storage.header import _decode_int
+
     value = values.get(keyword)
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         value = value[0] if len(value) else None  # type: ignore[arg-type, index]
+    text = getattr(value, "original_string", None)  # pydicom's IS keeps what was written
+    if isinstance(text, str):
+        value = text
     if isinstance(value, str):
-        value = value.split("\\")[0].strip()
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        return None
+        return _decode_int(value.encode("latin-1", "replace"))
+    if isinstance(value, int) and not isinstance(value, bool):  # US, as pydicom reads it
+        return int(value)
+    return None
 
 
 def read_header(path: str) -> InstanceInfo:

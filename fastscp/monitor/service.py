@@ -71,8 +71,10 @@ class MonitorService:
         try:
             host, port = await http.start(st.bind_address, st.port)
         except OSError as exc:
-            log.error("status endpoint not started: cannot listen on %s:%d: %s", st.bind_address, st.port,
-                      exc.strerror or exc)
+            why = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or exc  # not asyncio's text
+            log.error("status endpoint not started: cannot listen on %s:%d: %s; receiving without a status page "
+                      "(another port: --status-port N or status.port; none: --status-port 0)",
+                      st.bind_address, st.port, why)
             await http.close()
             return
         self.http = http

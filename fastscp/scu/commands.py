@@ -7,7 +7,10 @@ note. One presentation context is proposed per (SOP class, transfer syntax)
 pair (PS3.8 9.3.2.2; at most 128 per association, so a mix of more pairs is
 sent in several rounds). ``--parallel N`` opens N associations that take
 files from one queue. Files are sent as they are on disk
-(pynetdicom's chunked sending): no decoding, no re-encoding. A progress line
+(pynetdicom's chunked sending): no decoding, no re-encoding. A context the
+receiver refuses (PS3.8 9.3.3.2: result 1-4) is named once, SOP class and
+transfer syntax, and its files are not sent; it is not retried, since the
+same proposal would be refused again. A progress line
 (files, MB, MB/s, ETA) goes to stderr when it is a terminal; a summary of
 the C-STORE statuses ends the run. Exit status: 0 when every file was
 stored (success or warning), 1 when anything failed, 2 for usage errors.
@@ -109,6 +112,41 @@ def _tls_args(args: argparse.Namespace) -> tuple[Any, str] | None:
     return ctx, args.host
 
 
+_CONTEXT_RESULTS = {  # PS3.8 Table 9-18, Result/Reason of a presentation context
+    1: "user rejection",
+    2: "no reason given (provider rejection)",
+    3: "abstract syntax (SOP class) not supported",
+    4: "transfer syntax not supported",
+}
+
+
+def _uid_text(uid: str) -> str:
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return uid if name == uid else f"{name} ({uid})"
+
+
+def describe_pair(pair: tuple[str, str]) -> str:
+    """``MR Image Storage (1.2...4) in Explicit VR Little Endian (1.2...1)``"""
+    return f"{_uid_text(pair[0])} in {_uid_text(pair[1])}"
+
+
+def refused_pairs(assoc: Any) -> dict[tuple[str, str], str]:
+    """The (SOP class, transfer syntax) pairs the peer refused in its
+    A-ASSOCIATE-AC, each with the reason it gave. Our proposals carry one
+    transfer syntax each, so a context ID names one pair."""
+    requestor = getattr(assoc, "requestor", None)
+    proposed = {cx.context_id: cx for cx in getattr(requestor, "requested_contexts", None) or []}
+    out: dict[tuple[str, str], str] = {}
+    for cx in assoc.rejected_contexts:
+        rq = proposed.get(cx.context_id)
+        if rq is not None and rq.transfer_syntax:
+            out[(str(rq.abstract_syntax), str(rq.transfer_syntax[0]))] = \
+                _CONTEXT_RESULTS.get(cx.result, f"result {cx.result}")
+    return out
+
+
 def _why_not_established(assoc: Any, host: str, port: int, aec: str, tls: bool) -> str:
     if assoc.is_rejected:
         return (f"association rejected by {host}:{port}: check the called AE title ({aec}), "
@@ -175,6 +213,7 @@ class SendReport:
     associations: int = 0
     seconds: float = 0.0
     association_errors: set[str] = dataclasses.field(default_factory=set)  # each printed once
+    refused: dict[tuple[str, str], str] = dataclasses.field(default_factory=dict)  # (SOP class, TS) -> why
 
     @property
     def ok(self) -> bool:
@@ -290,7 +329,23 @@ def send_files(args: argparse.Namespace, files: list[_File], report: SendReport,
                 f = todo.get_nowait()
             except queue.Empty:
                 break
-            report.not_sent.append((f.path, "no association could be established"))
+            pair = (f.sop_class, f.transfer_syntax)
+            report.not_sent.append((f.path, _refused_text(pair, report.refused[pair]) if pair in report.refused
+                                    else "no association could be established"))
+
+
+def _refused_text(pair: tuple[str, str], why: str) -> str:
+    return f"no presentation context accepted for {describe_pair(pair)}: {why}"
+
+
+def _note_refusals(assoc: Any, args: argparse.Namespace, report: SendReport) -> None:
+    """Record and print (once per pair) the contexts ``assoc``'s peer refused.
+    Called with the report's lock held."""
+    for pair, why in refused_pairs(assoc).items():
+        if pair not in report.refused:
+            report.refused[pair] = why
+            print(f"error: no presentation context accepted by {args.aec} at {args.host}:{args.port} "
+                  f"for {describe_pair(pair)}: {why}", file=sys.stderr)
 
 
 def _worker(args: argparse.Namespace, tls: Any, pairs: list[tuple[str, str]], todo: "queue.SimpleQueue[_File]",
@@ -303,10 +358,17 @@ def _worker(args: argparse.Namespace, tls: Any, pairs: list[tuple[str, str]], to
     try:
         while True:
             if assoc is None or not assoc.is_established:
-                if failures_in_a_row >= 3:
+                with lock:  # a refused context would be refused again: do not ask twice
+                    all_refused = all(pair in report.refused for pair in pairs)
+                if all_refused or failures_in_a_row >= 3:
                     return
                 assoc = ae.associate(args.host, args.port, ae_title=args.aec, tls_args=tls, max_pdu=0)
+                with lock:
+                    _note_refusals(assoc, args, report)
+                    all_refused = all(pair in report.refused for pair in pairs)
                 if not assoc.is_established:
+                    if all_refused:  # pynetdicom aborts an association with no context accepted
+                        return
                     failures_in_a_row += 1
                     why = _why_not_established(assoc, args.host, args.port, args.aec, tls is not None)
                     with lock:
@@ -322,6 +384,14 @@ def _worker(args: argparse.Namespace, tls: Any, pairs: list[tuple[str, str]], to
                 f = todo.get_nowait()
             except queue.Empty:
                 return
+            pair = (f.sop_class, f.transfer_syntax)
+            with lock:
+                refused = report.refused.get(pair)
+                if refused is not None:
+                    report.not_sent.append((f.path, _refused_text(pair, refused)))
+            if refused is not None:
+                progress.add(f.size)
+                continue
             try:
                 status = assoc.send_c_store(f.path)
                 code = getattr(status, "Status", None)
@@ -394,6 +464,8 @@ def _print_summary(r: SendReport, total: int) -> None:
         print(f"  {kind} 0x{code:04X} ({_status_name(code)}): {n}")
     if r.not_sent:
         print(f"  not sent: {len(r.not_sent)}")
+    for pair in sorted(r.refused):
+        print(f"  refused by the receiver: {describe_pair(pair)}")
     if r.skipped:
         print(f"  skipped (not DICOM): {len(r.skipped)}")
     for path, code in r.failed[:20]:
