@@ -35,16 +35,24 @@ def fd_count(pid: int) -> int:
     return len(fd_targets(pid))
 
 
-def settled_fds(pid: int, quiet: float = 0.5) -> list[str]:
-    """fd_targets once the set has not changed for ``quiet`` seconds (the
-    readiness probe's connection, say, has been closed by the server)."""
-    last = fd_targets(pid)
-    while True:
-        time.sleep(quiet)
-        now = fd_targets(pid)
-        if now == last:
-            return now
-        last = now
+def settled_fds(pid: int) -> list[str]:
+    """fd_targets as they are once the server has no connection open, read
+    now, without waiting for anything: every socket is left out but the
+    listening TCP ones and those of other families (unix, netlink, UDP). A
+    connection the server has not closed yet (the readiness probe's, a peer
+    that just left, in whatever TCP state, even one a reset took out of
+    /proc/net/tcp) is not part of what it holds at rest."""
+    held: set[str] = set()
+    for table in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6", "unix", "netlink"):
+        try:
+            rows = [line.split() for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]]
+        except OSError:
+            continue
+        column = 6 if table == "unix" else 9  # where each table keeps the socket's inode
+        for row in rows:
+            if len(row) > column and (not table.startswith("tcp") or row[3] == "0A"):  # 0A: TCP_LISTEN
+                held.add(row[column])
+    return [fd for fd in fd_targets(pid) if not (target := fd.partition("->")[2]).startswith("socket:[") or target[8:-1] in held]
 
 
 def fd_targets(pid: int) -> list[str]:
