@@ -6,17 +6,20 @@ the tree check every test ends with ("nothing partial is ever visible").
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import pydicom
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
+import rawclient as rc
 from conftest import Server, dataset_bytes, dcmtk
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -32,16 +35,24 @@ def fd_count(pid: int) -> int:
     return len(fd_targets(pid))
 
 
-def settled_fds(pid: int, quiet: float = 0.5) -> list[str]:
-    """fd_targets once the set has not changed for ``quiet`` seconds (the
-    readiness probe's connection, say, has been closed by the server)."""
-    last = fd_targets(pid)
-    while True:
-        time.sleep(quiet)
-        now = fd_targets(pid)
-        if now == last:
-            return now
-        last = now
+def settled_fds(pid: int) -> list[str]:
+    """fd_targets as they are once the server has no connection open, read
+    now, without waiting for anything: every socket is left out but the
+    listening TCP ones and those of other families (unix, netlink, UDP). A
+    connection the server has not closed yet (the readiness probe's, a peer
+    that just left, in whatever TCP state, even one a reset took out of
+    /proc/net/tcp) is not part of what it holds at rest."""
+    held: set[str] = set()
+    for table in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6", "unix", "netlink"):
+        try:
+            rows = [line.split() for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]]
+        except OSError:
+            continue
+        column = 6 if table == "unix" else 9  # where each table keeps the socket's inode
+        for row in rows:
+            if len(row) > column and (not table.startswith("tcp") or row[3] == "0A"):  # 0A: TCP_LISTEN
+                held.add(row[column])
+    return [fd for fd in fd_targets(pid) if not (target := fd.partition("->")[2]).startswith("socket:[") or target[8:-1] in held]
 
 
 def fd_targets(pid: int) -> list[str]:
@@ -214,8 +225,151 @@ def server_log_clean(srv: Server) -> None:
     assert "internal error" not in text, text[-4000:]
 
 
+# ---- the fault generator (tests/test_reliability_faults.py) ----------------------------
+
+FAULT_PHASES = (
+    "connect", "negotiation", "after_rq", "associated", "mid_command_pdu", "between_pdus",
+    "mid_dataset_pdu", "between_dataset_pdus", "before_response", "after_response", "release",
+)
+FAULT_ENDINGS = ("abort", "reset", "close")
+# phases that stop inside a PDU: the cut PDU must stay unfinished whatever the ending sends
+CUT_PHASES = ("negotiation", "mid_command_pdu", "mid_dataset_pdu")
+
+T = TypeVar("T")
+
+
+class Chooser(Protocol):
+    """The part of random.Random the generator uses (hypothesis drives it too)."""
+
+    def choice(self, seq: Sequence[T]) -> T: ...
+    def randint(self, a: int, b: int) -> int: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Send:
+    data: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Expect:
+    """Read one PDU of this type (4: the C-STORE-RSP, which must say success)."""
+
+    pdu_type: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FaultPlan:
+    """What one faulty peer does: ``steps`` in order, then the ending."""
+
+    phase: str
+    how: str
+    steps: tuple[Send | Expect, ...]
+    complete: bool  # the whole dataset is among the bytes sent
+
+    def tail(self) -> bytes:
+        """The bytes the ending sends: an A-ABORT PDU, or nothing (RST, FIN)."""
+        return rc.ABORT if self.how == "abort" else b""
+
+    def wire(self) -> bytes:
+        """Every byte the peer sends, the ending included."""
+        return b"".join(s.data for s in self.steps if isinstance(s, Send)) + self.tail()
+
+
+def fault_fragments(rng: Chooser, payload: bytes) -> list[bytes]:
+    """A dataset cut into P-DATA PDUs of random sizes (1 byte .. 12 KB)."""
+    out = []
+    pos = 0
+    while pos < len(payload):
+        n = rng.choice([1, 7, 512, 4096, 12000, rng.randint(1, 12000)])
+        chunk = payload[pos:pos + n]
+        pos += len(chunk)
+        out.append(rc.pdata(1, chunk, command=False, last=pos >= len(payload)))
+    return out
+
+
+PDU_HEADER = 6
+
+
+def can_cut(pdu: bytes, tail: bytes) -> bool:
+    return len(pdu) - len(tail) - 1 >= (PDU_HEADER if tail else 1)
+
+
+def cut_short(rng: Chooser, pdu: bytes, tail: bytes) -> bytes:
+    """A proper prefix of ``pdu`` that ``tail`` (what the ending sends after
+    it) cannot turn into a PDU: more bytes are missing than the tail holds,
+    and with a tail the PDU header is whole, so its declared length stands.
+    (Cut 4 bytes short and followed by a 10-byte A-ABORT, a PDU is whole
+    again: the abort's first bytes finish it, and a last fragment cut so was
+    a complete dataset, rightly stored. Cut inside the header, the abort's
+    bytes become a new length.) The tail then lands inside the unfinished
+    PDU, as a receiver must read it, and the connection closes."""
+    assert can_cut(pdu, tail), f"a {len(pdu)}-byte PDU cannot be cut short of a {len(tail)}-byte ending"
+    return pdu[:rng.randint(PDU_HEADER if tail else 1, len(pdu) - len(tail) - 1)]
+
+
+def plan_fault(rng: Chooser, called_ae: str, uid: str, data: bytes,
+               phase: str | None = None, how: str | None = None) -> FaultPlan:
+    """One faulty peer storing ``data`` as ``uid``, ending at a random phase
+    in a random way (or the ones given). Pure: no socket, so the property
+    "an injected fault never sends a complete dataset" is checked offline
+    (tests/test_reliability_generator.py)."""
+    where: str = phase or rng.choice(FAULT_PHASES)
+    ending: str = how or rng.choice(FAULT_ENDINGS)
+    tail = rc.ABORT if ending == "abort" else b""
+    steps: list[Send | Expect] = []
+
+    def plan(complete: bool = False) -> FaultPlan:
+        return FaultPlan(where, ending, tuple(steps), complete)
+
+    rq = rc.associate_rq(called_ae, "FAULTY", [(1, rc.CT, [rc.EXPLICIT_LE])])
+    if where == "connect":
+        return plan()
+    if where == "negotiation":
+        steps.append(Send(cut_short(rng, rq, tail)))
+        return plan()
+    steps.append(Send(rq))
+    if where == "after_rq":
+        return plan()
+    steps.append(Expect(2))
+    if where == "associated":
+        return plan()
+    command = rc.pdata(1, rc.c_store_rq(1, rc.CT, uid), command=True, last=True)
+    if where == "mid_command_pdu":
+        steps.append(Send(cut_short(rng, command, tail)))
+        return plan()
+    steps.append(Send(command))
+    if where == "between_pdus":
+        return plan()
+    pdus = fault_fragments(rng, data)
+    if where == "mid_dataset_pdu":
+        # any PDU long enough to be cut short of the ending, the last one
+        # included: cut inside the last fragment is the case closest to a
+        # complete dataset (a 1-byte fragment is a 13-byte PDU, too short to
+        # be cut short of an A-ABORT with its header whole)
+        cuttable = [i for i, p in enumerate(pdus) if can_cut(p, tail)]
+        if cuttable:
+            k = rng.choice(cuttable)
+            steps.append(Send(b"".join(pdus[:k])))
+            steps.append(Send(cut_short(rng, pdus[k], tail)))
+            return plan()
+        where = "between_dataset_pdus"  # no PDU to cut: stop between two
+    if where == "between_dataset_pdus":
+        k = rng.randint(0, len(pdus) - 1)
+        steps.append(Send(b"".join(pdus[:k])))
+        return plan()
+    steps.append(Send(b"".join(pdus)))
+    if where == "before_response":
+        return plan(complete=True)
+    steps.append(Expect(4))
+    if where == "after_response":
+        return plan(complete=True)
+    steps.append(Send(rc.RELEASE_RQ))
+    return plan(complete=True)
+
+
 __all__ = [
     "CT", "MR", "EXPLICIT_LE", "IMPLICIT_LE", "DCMTK_ENV", "DatasetTemplate", "acknowledged", "check_tree",
+    "CUT_PHASES", "FAULT_ENDINGS", "FAULT_PHASES", "Chooser", "Expect", "FaultPlan", "Send", "can_cut", "cut_short", "fault_fragments", "plan_fault",
     "dataset_bytes", "encode", "fd_count", "fd_targets", "settled_fds", "incoming", "proc_status_kb", "server_log_clean", "store_responses",
     "storescu", "wait_until",
 ]

@@ -24,7 +24,12 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage", "--window-size=1400,1500")
 
 
-def browser():  # type: ignore[no-untyped-def]
+def browser(profile: Path, tmpdir: Path):  # type: ignore[no-untyped-def]
+    """Chromium under chromedriver, leaving nothing in /tmp: its profile is
+    ``profile`` and its TMPDIR ``tmpdir`` (chromium puts an
+    org.chromium.Chromium.* folder with its singleton socket in TMPDIR and
+    does not remove it when chromedriver ends it). A socket path must fit in
+    108 bytes: ``tmpdir`` must be short, or chromium exits at start."""
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not os.path.exists(path):
             pytest.fail(f"{path} is missing: apt-get install -y {package} (.ci/run installs it)")
@@ -35,11 +40,13 @@ def browser():  # type: ignore[no-untyped-def]
     opts.binary_location = CHROMIUM
     for flag in FLAGS:
         opts.add_argument(flag)
+    opts.add_argument(f"--user-data-dir={profile}")
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    env = {**os.environ, "TMPDIR": str(tmpdir)}
+    return webdriver.Chrome(service=Service(CHROMEDRIVER, env=env), options=opts)
 
 
-def test_dashboard_in_headless_chromium(start_server, tmp_path: Path) -> None:
+def test_dashboard_in_headless_chromium(start_server, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
     from selenium.webdriver.common.by import By
@@ -69,7 +76,7 @@ def test_dashboard_in_headless_chromium(start_server, tmp_path: Path) -> None:
     ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", srv.port, ae_title="FASTSCP")
     assert assoc.is_established
-    driver = browser()
+    driver = browser(tmp_path / "chromium-profile", tmp_path_factory.mktemp("chromium"))
     try:
         driver.get(f"http://127.0.0.1:{sport}/")
         wait = WebDriverWait(driver, 20)

@@ -12,6 +12,7 @@ import pytest
 
 import rawclient as rc
 from conftest import Server, dcmtk
+from reliability import wait_until
 
 pytestmark = pytest.mark.interop
 
@@ -23,8 +24,8 @@ def _partial_store(srv: Server, finish: str) -> None:
     # 3 of many dataset fragments: enough that a temp file exists
     for _ in range(3):
         sock.sendall(rc.pdata(1, b"\x08\x00\x16\x00UI\x1a\x00" + rc.CT.encode() + b"\0" + bytes(4000), command=False, last=False))
-    time.sleep(0.3)
-    assert srv.incoming(), "the dataset should be streaming into .incoming"
+    # the receiver says nothing when a C-STORE starts streaming: poll for its temp file
+    assert wait_until(lambda: bool(srv.incoming()), 20), "the dataset should be streaming into .incoming"
     if finish == "abort":
         sock.sendall(rc.ABORT)
         sock.close()
@@ -34,16 +35,17 @@ def _partial_store(srv: Server, finish: str) -> None:
         sock.close()
 
 
-def _wait_until_clean(srv: Server, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and srv.incoming():
-        time.sleep(0.05)
+def _wait_until_closed(srv: Server) -> None:
+    """Until the server logs the association's end record ("assoc ID
+    <outcome>: ..., N stored, ..."), which it writes after removing the
+    association's temp files and freeing its slot (scp.py ``_end``)."""
+    assert " stored, " in srv.log_once_it_says(" stored, ", timeout=30), srv.log_text()
 
 
 @pytest.mark.parametrize("finish", ["abort", "reset", "close"])
 def test_peer_gone_mid_dataset_leaves_nothing(server: Server, finish: str, tmp_path: Path) -> None:
     _partial_store(server, finish)
-    _wait_until_clean(server)
+    _wait_until_closed(server)
     assert not server.incoming(), "temp file left behind"
     assert not server.stored_files(), "a partial instance became visible"
     # the server still serves the next association
@@ -96,7 +98,7 @@ def test_association_limit_rejects_transiently(start_server) -> None:  # type: i
     first.sendall(rc.RELEASE_RQ)
     assert rc.read_pdu(first)[0] == 6
     first.close()
-    time.sleep(0.2)
+    _wait_until_closed(srv)  # its slot is free again
     assert subprocess.run([dcmtk("echoscu"), "-aec", srv.ae_title, "127.0.0.1", str(srv.port)]).returncode == 0
 
 

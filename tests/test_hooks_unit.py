@@ -3,6 +3,8 @@ without a server."""
 
 from __future__ import annotations
 
+import os
+import select
 import sys
 import threading
 import time
@@ -41,13 +43,22 @@ def test_nul_is_removed_from_values() -> None:
 
 def test_run_command_kills_the_whole_group_at_timeout(tmp_path: Path) -> None:
     pidfile = tmp_path / "child"
-    script = f"import subprocess,sys,time; p=subprocess.Popen(['sleep','60']); open({str(pidfile)!r},'w').write(str(p.pid)); time.sleep(60)"
+    # sh starts in milliseconds, so the child's pid is written long before the timeout even on a loaded machine
+    script = 'sleep 60 & echo $! > "$0"; wait'
     t0 = time.monotonic()
-    res = run_command([sys.executable, "-c", script], None, timeout=1.0)
+    res = run_command(["/bin/sh", "-c", script, str(pidfile)], None, timeout=2.0)
     assert res.timed_out and not res.ok
-    assert 0.9 <= time.monotonic() - t0 < 5
+    assert 1.9 <= time.monotonic() - t0 < 6
     child = int(pidfile.read_text())
-    time.sleep(0.2)
+    # the child's end is an event: its pidfd turns readable (a pid already reaped has none)
+    try:
+        pidfd = os.pidfd_open(child)
+    except ProcessLookupError:
+        return
+    try:
+        assert select.select([pidfd], [], [], 10)[0], f"the hook's child {child} outlived the timeout"
+    finally:
+        os.close(pidfd)
     status = Path(f"/proc/{child}/status")
     assert not status.exists() or "State:\tZ" in status.read_text()
 

@@ -5,7 +5,6 @@ hostile values."""
 from __future__ import annotations
 
 import os
-import tempfile
 import unicodedata
 from pathlib import Path, PurePosixPath
 
@@ -185,10 +184,23 @@ def _schemes(accounts_root: Path) -> dict[str, object]:
     }
 
 
-STORAGE_PARENT = Path(tempfile.mkdtemp(prefix="fastscp-naming-"))
-STORAGE = STORAGE_PARENT / "storage"
-(STORAGE / "Smith_John").mkdir(parents=True)
-SCHEMES = _schemes(STORAGE)
+SCHEME_NAMES = ("hierarchical", "flat", "date-based", "physician", "template")
+
+
+@pytest.fixture(scope="module")
+def storage_parent(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One storage tree for every example of every scheme (pytest's tmp dir,
+    not /tmp directly), and the folder around it, which must stay empty."""
+    parent = tmp_path_factory.mktemp("naming")
+    (parent / "storage" / "Smith_John").mkdir(parents=True)
+    return parent
+
+
+@pytest.fixture(scope="module")
+def schemes(storage_parent: Path) -> dict[str, object]:
+    built = _schemes(storage_parent / "storage")
+    assert tuple(built) == SCHEME_NAMES
+    return built
 
 
 def _assert_valid_component(part: str) -> None:
@@ -202,17 +214,19 @@ def _assert_valid_component(part: str) -> None:
     assert is_safe_component(part)
 
 
-@pytest.mark.parametrize("scheme_name", list(SCHEMES))
+@pytest.mark.parametrize("scheme_name", SCHEME_NAMES)
 @pytest.mark.filterwarnings("ignore:The value length")  # pydicom notes the 10 kB values; that is the point
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(info=hostile_infos())
-def test_every_scheme_stays_inside_storage(scheme_name: str, info: InstanceInfo):
-    rel = SCHEMES[scheme_name].relative_path(info)  # type: ignore[attr-defined]
+def test_every_scheme_stays_inside_storage(storage_parent: Path, schemes: dict[str, object], scheme_name: str,
+                                          info: InstanceInfo) -> None:
+    storage = storage_parent / "storage"
+    rel = schemes[scheme_name].relative_path(info)  # type: ignore[attr-defined]
     assert isinstance(rel, PurePosixPath) and not rel.is_absolute() and rel.parts
     for part in rel.parts:
         _assert_valid_component(part)
-    path = resolve_inside(STORAGE, rel, follow_symlinks=True)
-    base = os.path.realpath(STORAGE)
+    path = resolve_inside(storage, rel, follow_symlinks=True)
+    base = os.path.realpath(storage)
     assert os.path.commonpath([base, os.path.realpath(path)]) == base
     # and the filesystem really takes it, inside storage
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,6 +234,6 @@ def test_every_scheme_stays_inside_storage(scheme_name: str, info: InstanceInfo)
     assert os.path.realpath(path).startswith(base + os.sep)
 
 
-def test_hostile_values_never_left_anything_outside():
-    created = {p.name for p in STORAGE_PARENT.iterdir()}
+def test_hostile_values_never_left_anything_outside(storage_parent: Path) -> None:
+    created = {p.name for p in storage_parent.iterdir()}
     assert created == {"storage"}

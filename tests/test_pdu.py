@@ -90,7 +90,7 @@ def test_decode_hand_assembled_request():
 
 def test_uid_padding_is_stripped():
     pc = item(0x20, bytes((1, 0, 0, 0)) + item(0x30, VERIFICATION.encode() + b"\x00") + item(0x40, b"1.2.840.10008.1.2\x00"))
-    rq = P.decode_associate_rq(hand_rq(item(0x10, APP_CONTEXT.encode() + b"\x00"), pc))
+    rq = P.decode_associate_rq(hand_rq(item(0x10, APP_CONTEXT.encode() + b"\x00"), pc, USER_ITEM))
     assert rq.application_context == APP_CONTEXT
     assert rq.contexts[0].abstract_syntax == VERIFICATION and rq.contexts[0].transfer_syntaxes == (IMPLICIT_LE,)
 
@@ -107,6 +107,7 @@ def test_extended_negotiation_items_are_skipped():
         (hand_rq(APP_ITEM, PC_ITEM)[:73], "shorter"),
         (hand_rq(PC_ITEM), "application context"),
         (hand_rq(APP_ITEM), "presentation context"),
+        (hand_rq(APP_ITEM, PC_ITEM), "user information"),
         (hand_rq(APP_ITEM, item(0x20, bytes((2, 0, 0, 0)) + item(0x30, VERIFICATION.encode()))), "even"),
         (hand_rq(APP_ITEM, PC_ITEM, PC_ITEM), "repeated"),
         (hand_rq(APP_ITEM, item(0x20, b"\x01\x00")), "too short"),
@@ -119,7 +120,7 @@ def test_extended_negotiation_items_are_skipped():
         (hand_rq(APP_ITEM, PC_ITEM) + b"\x10\x00", "truncated item header"),
         (hand_rq(APP_ITEM, PC_ITEM) + b"\x10\x00\x00\x09abc", "runs past"),
     ],
-    ids=["short", "no-app-context", "no-context", "even-id", "repeated-id", "short-context", "bad-item", "bad-sub-item",
+    ids=["short", "no-app-context", "no-context", "no-user-information", "even-id", "repeated-id", "short-context", "bad-item", "bad-sub-item",
          "max-length-size", "async-size", "role-short", "role-uid-length", "item-header-cut", "item-past-end"],
 )
 def test_malformed_request(raw, words):
@@ -130,14 +131,37 @@ def test_malformed_request(raw, words):
 
 
 def test_every_truncation_of_a_request_is_a_pdu_error():
+    """Cut anywhere (the PDU length kept honest), a request is refused. Two of
+    the cuts fall between whole items, before the user information item: only
+    its absence is wrong there (PS3.8 9.3.2 requires it)."""
     raw = associate_rq(((1, VERIFICATION, (IMPLICIT_LE,)), (3, CT_IMAGE, (EXPLICIT_LE,))), async_ops=(2, 2), roles=((CT_IMAGE, True, False),))
+    P.decode_associate_rq(raw)  # whole, it decodes
+    accepted = []
     for cut in range(len(raw)):
         body = raw[:cut]
         fixed = body[:2] + struct.pack(">I", max(0, len(body) - 6)) + body[6:] if len(body) >= 6 else body
         try:
             P.decode_associate_rq(fixed)
-        except P.PDUError:
-            pass
+        except P.PDUError as exc:
+            assert exc.reason == P.ABORT_INVALID_PARAMETER, (cut, exc)
+        else:
+            accepted.append(cut)
+    assert accepted == [], f"truncated requests decoded without error at cuts {accepted} of {len(raw)}"
+
+
+def test_request_without_user_information_is_aborted():
+    """What the peer gets: an A-ABORT from the service provider, reason 6
+    (invalid PDU parameter value), as for every malformed request (PS3.8
+    Table 9-10: an invalid PDU in Sta2 is Evt19, AA-1)."""
+    from fastscp.protocol.association import Aborted, Association
+
+    assoc = Association()
+    assoc.connection_made()
+    [event] = assoc.feed(hand_rq(APP_ITEM, PC_ITEM))
+    assert isinstance(event, Aborted) and not event.by_peer and event.reason == 6
+    assert "user information" in event.description
+    assert assoc.data_to_send() == ABORT_BY_PROVIDER_6
+    assert assoc.state == "Sta13"
 
 
 # ---- A-ASSOCIATE-AC / RJ encoding ----------------------------------------------------------

@@ -8,6 +8,10 @@ whole time and must succeed every time. Afterwards: nothing partial in the
 tree, no temp file in .incoming/, the server process holds exactly the file
 descriptors it held before, and it still serves.
 
+Each faulty peer is planned by reliability.plan_fault, which no server is
+needed to check: tests/test_reliability_generator.py proves offline that a
+fault never sends a complete dataset unless it says so.
+
 RELIAB_FAULTS sets the number of faulty peers (default 300); RELIAB_SEED the
 random seed (default: random, printed on failure).
 """
@@ -27,12 +31,15 @@ import rawclient as rc
 from conftest import Server
 from reliability import (
     DatasetTemplate,
+    FaultPlan,
+    Send,
     acknowledged,
     check_tree,
     dataset_bytes,
     fd_count,
     fd_targets,
     incoming,
+    plan_fault,
     server_log_clean,
     settled_fds,
     storescu,
@@ -42,19 +49,14 @@ from reliability import (
 pytestmark = pytest.mark.interop
 
 FAULTS = int(os.environ.get("RELIAB_FAULTS", "300"))
-PHASES = [
-    "connect", "negotiation", "after_rq", "associated", "mid_command_pdu", "between_pdus",
-    "mid_dataset_pdu", "between_dataset_pdus", "before_response", "after_response", "release",
-]
-ENDINGS = ["abort", "reset", "close"]
 
 
-def _end(sock: socket.socket, how: str) -> None:
+def _end(sock: socket.socket, plan: FaultPlan) -> None:
     try:
-        if how == "abort":
-            sock.sendall(rc.ABORT)
+        if plan.how == "abort":
+            sock.sendall(plan.tail())
             sock.close()
-        elif how == "reset":
+        elif plan.how == "reset":
             rc.reset(sock)
         else:
             sock.close()
@@ -62,72 +64,32 @@ def _end(sock: socket.socket, how: str) -> None:
         sock.close()  # the server closed first: fine
 
 
-def _fragments(rng: random.Random, payload: bytes) -> list[bytes]:
-    """A dataset cut into P-DATA PDUs of random sizes (1 byte .. 12 KB)."""
-    out = []
-    pos = 0
-    while pos < len(payload):
-        n = rng.choice([1, 7, 512, 4096, 12000, rng.randint(1, 12000)])
-        chunk = payload[pos:pos + n]
-        pos += len(chunk)
-        out.append(rc.pdata(1, chunk, command=False, last=pos >= len(payload)))
-    return out
-
-
 class Fault:
-    def __init__(self, phase: str, how: str) -> None:
-        self.phase, self.how = phase, how
-        self.complete = False  # the whole dataset was sent
+    def __init__(self, plan: FaultPlan) -> None:
+        self.phase, self.how = plan.phase, plan.how
+        self.complete = plan.complete  # the whole dataset was sent
         self.acknowledged = False  # and a success C-STORE-RSP came back
 
 
 def one_fault(rng: random.Random, srv: Server, uid: str, data: bytes) -> Fault:
-    """One faulty peer, ending at a random phase in a random way."""
-    f = Fault(rng.choice(PHASES), rng.choice(ENDINGS))
-    phase = f.phase
+    """One faulty peer (reliability.plan_fault), ending at a random phase in a random way."""
+    plan = plan_fault(rng, srv.ae_title, uid, data)
+    f = Fault(plan)
     sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
     try:
-        rq = rc.associate_rq(srv.ae_title, "FAULTY", [(1, rc.CT, [rc.EXPLICIT_LE])])
-        if phase == "connect":
-            return f
-        if phase == "negotiation":
-            sock.sendall(rq[:rng.randint(1, len(rq) - 1)])
-            return f
-        sock.sendall(rq)
-        if phase == "after_rq":
-            return f
-        assert rc.read_pdu(sock)[0] == 2
-        if phase == "associated":
-            return f
-        command = rc.pdata(1, rc.c_store_rq(1, rc.CT, uid), command=True, last=True)
-        if phase == "mid_command_pdu":
-            sock.sendall(command[:rng.randint(1, len(command) - 1)])
-            return f
-        sock.sendall(command)
-        if phase == "between_pdus":
-            return f
-        pdus = _fragments(rng, data)
-        if phase in ("mid_dataset_pdu", "between_dataset_pdus"):
-            k = rng.randint(0, len(pdus) - 1)
-            sock.sendall(b"".join(pdus[:k]))
-            if phase == "mid_dataset_pdu":
-                sock.sendall(pdus[k][:rng.randint(1, len(pdus[k]) - 1)])
-            return f
-        sock.sendall(b"".join(pdus))
-        f.complete = True
-        if phase == "before_response":
-            return f
-        pdu_type, pdu = rc.read_pdu(sock)
-        assert pdu_type == 4
-        status = struct.unpack_from("<H", pdu, pdu.find(b"\x00\x00\x00\x09\x02\x00\x00\x00") + 8)[0]
-        assert status == 0, hex(status)
-        f.acknowledged = True
-        if phase == "after_response":
-            return f
-        sock.sendall(rc.RELEASE_RQ)
+        for step in plan.steps:
+            if isinstance(step, Send):
+                sock.sendall(step.data)
+                continue
+            pdu_type, pdu = rc.read_pdu(sock)
+            assert pdu_type == step.pdu_type, (plan.phase, pdu_type)
+            if pdu_type == 4:
+                status = struct.unpack_from("<H", pdu, pdu.find(b"\x00\x00\x00\x09\x02\x00\x00\x00") + 8)[0]
+                assert status == 0, hex(status)
+                f.acknowledged = True
         return f
     finally:
-        _end(sock, f.how)
+        _end(sock, plan)
 
 
 class HealthyTraffic(threading.Thread):

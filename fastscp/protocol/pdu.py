@@ -144,6 +144,7 @@ def decode_associate_rq(pdu: bytes) -> AssociateRequest:
     async_ops = None
     roles: list[RoleSelection] = []
     user_identity = None
+    user_information = False
     seen_ids: set[int] = set()
     for item_type, start, end in _items(pdu, 74, len(pdu), "A-ASSOCIATE-RQ"):
         if item_type == 0x10:
@@ -166,6 +167,7 @@ def decode_associate_rq(pdu: bytes) -> AssociateRequest:
                     raise PDUError(f"unexpected sub-item {sub_type:#04x} in a presentation context")
             contexts.append(PresentationContextProposal(context_id, abstract, tuple(transfers)))
         elif item_type == 0x50:
+            user_information = True
             for sub_type, s, e in _items(pdu, start, end, "user information"):
                 if sub_type == 0x51:
                     if e - s != 4:
@@ -197,6 +199,8 @@ def decode_associate_rq(pdu: bytes) -> AssociateRequest:
         raise PDUError("A-ASSOCIATE-RQ without an application context item")
     if not contexts:
         raise PDUError("A-ASSOCIATE-RQ without a presentation context")
+    if not user_information:  # PS3.8 9.3.2: one User Information item, always
+        raise PDUError("A-ASSOCIATE-RQ without a user information item")
     return AssociateRequest(
         protocol_version=version,
         called_ae=called,
