@@ -228,8 +228,10 @@ class StoreSCPHandler:
             current.writer = current.temp = None
             self._current = None
         if not self.counted:
-            if not self.ended:
+            if not self.ended:  # a rejected request was logged by _reject
                 self.ended = how
+                if how != "connection closed":  # a bare connect and close (a port probe): no line
+                    log.warning("connection %s from %s ended before an association: %s", self.id, self.peer, how)
             return
         self.counted = False
         self.server.active -= 1

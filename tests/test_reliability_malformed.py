@@ -124,3 +124,21 @@ def test_malformed_dataset_gets_failure_status_and_nothing_is_stored(malformed_s
     finally:
         sock.close()
     server_log_clean(srv)
+
+
+def test_a_malformed_association_request_gets_one_log_line(server) -> None:  # type: ignore[no-untyped-def]
+    """Bad input gets a protocol answer and one log line: an A-ASSOCIATE-RQ
+    without its User Information item (PS3.8 9.3.2) is aborted, and the
+    server says so once. A bare connect and close (a port probe) says nothing."""
+    rq = rc.associate_rq(server.ae_title, "MALFORMED", [(1, "1.2.840.10008.1.1", ["1.2.840.10008.1.2"])])
+    cut = rq.rindex(b"\x50\x00")  # the User Information item is last: leave it out
+    body = rq[6:cut]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"\x01\x00" + len(body).to_bytes(4, "big") + body)
+        assert rc.read_pdu(sock)[0] == 0x07  # A-ABORT
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(rq)
+        assert rc.read_pdu(sock)[0] == 0x02  # a well-formed request after it is accepted
+    text = server.log_once_it_says("malformed A-ASSOCIATE-RQ")
+    lines = [line for line in text.splitlines() if "ended before an association" in line]
+    assert len(lines) == 1 and "malformed A-ASSOCIATE-RQ" in lines[0] and "user information" in lines[0], lines
