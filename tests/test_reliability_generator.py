@@ -51,21 +51,13 @@ def receive(wire: bytes) -> tuple[list[Event], Association]:
     """The events fastscp's acceptor makes of ``wire``, accepting the association."""
     assoc = Association()
     assoc.connection_made()
-    events: list[Event] = []
-    view = memoryview(wire)
-    while view:
-        buf = assoc.get_buffer()
-        n = min(len(buf), len(view))
-        buf[:n] = view[:n]
-        assoc.buffer_updated(n)
-        view = view[n:]
-        while (ev := assoc.next_event()) is not None:
-            if isinstance(ev, DatasetFragment):  # the slice dies at the next read
-                ev = DatasetFragment(ev.context_id, memoryview(bytes(ev.data)), ev.last)
-            events.append(ev)
-            if isinstance(ev, AssociationRequested):
-                result = P.PresentationContextResult(1, P.RESULT_ACCEPTANCE, EXPLICIT_LE)
-                assoc.accept(P.AssociateAccept((result,), assoc.max_pdu, "1.2.826.0.1.3680043.10.1", "FASTSCP_TEST"))
+
+    def accept(ev: Event) -> None:
+        if isinstance(ev, AssociationRequested):
+            result = P.PresentationContextResult(1, P.RESULT_ACCEPTANCE, EXPLICIT_LE)
+            assoc.accept(P.AssociateAccept((result,), assoc.max_pdu, "1.2.826.0.1.3680043.10.1", "FASTSCP_TEST"))
+
+    events = assoc.feed(wire, respond=accept)
     return events, assoc
 
 

@@ -268,9 +268,11 @@ class Association:
     def buffer_updated(self, nbytes: int) -> None:
         self.framer.buffer_updated(nbytes)
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes, respond: Callable[[Event], None] | None = None) -> list[Event]:
         """Copy ``data`` in and return every event it completes (for tests and
-        callers without a BufferedProtocol)."""
+        callers without a BufferedProtocol). ``respond(event)``, if given, is
+        called as each event is taken, before the next: what a server does
+        (accept a request, say) before it reads on."""
         events: list[Event] = []
         view = memoryview(data)
         while view:
@@ -283,6 +285,8 @@ class Association:
                 if isinstance(ev, DatasetFragment):  # slices die at the next read
                     ev = DatasetFragment(ev.context_id, memoryview(bytes(ev.data)), ev.last)
                 events.append(ev)
+                if respond is not None:
+                    respond(ev)
         return events
 
     def next_event(self) -> Event | None:
