@@ -272,19 +272,30 @@ class _Proc:
     zombie: bool
 
 
-def _processes() -> dict[int, _Proc]:
-    """Every process of /proc: pid -> parent, group, session, zombie."""
-    out: dict[int, _Proc] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+def _stat(pid: int) -> _Proc | None:
+    """Parent, group, session and state of ``pid`` (None: gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) "
+    return _Proc(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0] == b"Z")
+
+
+def _children(pid: int) -> list[int]:
+    """The children of ``pid``, from each of its threads' children list."""
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
         try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                stat = fh.read()
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                out.extend(int(c) for c in fh.read().split())
         except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) "
-        out[int(name)] = _Proc(int(name), int(fields[1]), int(fields[2]), int(fields[3]), fields[0] == b"Z")
+            pass
     return out
 
 
@@ -296,23 +307,31 @@ def _has_mark(pid: int, mark: str) -> bool:
         return False
 
 
-def _run_members(leader: int, mark: str, procs: dict[int, _Proc]) -> set[int]:
-    """The processes one run started: in the leader's session or group, its
-    children, orphans re-parented to us that carry its mark, and every
-    descendant of those (the leader excluded: its Popen reaps it)."""
-    me = os.getpid()
-    found = {p.pid for p in procs.values() if p.pid not in (me, leader)
-             and (p.sid == leader or p.pgid == leader or p.ppid == leader
-                  or (p.ppid == me and not p.zombie and _has_mark(p.pid, mark)))}
-    children: dict[int, list[int]] = collections.defaultdict(list)
-    for p in procs.values():
-        children[p.ppid].append(p.pid)
-    todo = list(found)
+def _run_members(leader: int, mark: str, known: set[int]) -> dict[int, _Proc]:
+    """The processes one run started (the leader excluded: its Popen reaps
+    it): the leader's descendants, and our own children (orphans re-parented
+    to the subreaper) that are in the leader's session or group, carry the
+    run's mark or are ``known`` (killed before), with their descendants. A walk from
+    this process down, not a scan of every process."""
+    found: dict[int, _Proc] = {}
+    todo: list[int] = []
+    for pid in _children(os.getpid()):
+        if pid == leader:
+            todo.append(pid)
+            continue
+        p = _stat(pid)
+        if p is not None and (p.sid == leader or p.pgid == leader
+                              or pid in known  # killed already: dying, its environ may be gone
+                              or (not p.zombie and _has_mark(pid, mark))):
+            found[pid] = p
+            todo.append(pid)
     while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in found and child != me:
-                found.add(child)
-                todo.append(child)
+        for child in _children(todo.pop()):
+            if child not in found and child != leader:
+                p = _stat(child)
+                if p is not None:
+                    found[child] = p
+                    todo.append(child)
     return found
 
 
@@ -324,22 +343,18 @@ def _kill_leftovers(leader: int, mark: str, known: set[int], wait: float = 5.0) 
     me = os.getpid()
     deadline = time.monotonic() + wait
     while True:
-        try:
-            procs = _processes()
-        except OSError:
-            return
-        members = _run_members(leader, mark, procs) | (known & procs.keys())
+        members = _run_members(leader, mark, known)
         if not members:
             return
-        for pid in members:
-            if not procs[pid].zombie:
+        for pid, p in members.items():
+            if not p.zombie:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
             known.add(pid)
-        for pid in members:
-            if procs[pid].ppid == me:  # adopted (we are the subreaper): ours to reap
+        for pid, p in members.items():
+            if p.ppid == me:  # adopted (we are the subreaper): ours to reap
                 try:
                     os.waitpid(pid, os.WNOHANG)
                 except ChildProcessError:
