@@ -11,6 +11,7 @@ import logging
 import re
 import socket
 import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,13 @@ def test_terminal_view_shows_hostile_values_as_plain_text(tmp_path: Path) -> Non
     assert "[link=http://x]ae[/link]" in shown
     assert "DOE^JOHN\\n2099" in shown
     assert not any(line.lstrip(" │┃|").startswith("2099") for line in shown.splitlines())
+
+
+def test_client_commands_log_escaped_too() -> None:
+    """fastscp send/echo log through the same formatter (a remote SCP's
+    answer is a peer string as well)."""
+    code = ("import logging, sys; from fastscp.cli import _setup_logging; _setup_logging('info'); "
+            "logging.getLogger('fastscp.scu').warning('remote said %s', sys.argv[1])")
+    res = subprocess.run([sys.executable, "-c", code, EVIL_AE], check=True, capture_output=True, text=True, timeout=60)
+    assert_no_forged_line(res.stderr)
+    assert "remote said EVIL\\n2099 FAKE\\x1b[" in res.stderr
