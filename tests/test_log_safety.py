@@ -89,6 +89,11 @@ def test_association_log_lines_from_a_hostile_peer(start_server, tmp_path: Path)
                        "--log-file", str(tmp_path / "log.jsonl"))
     # accepted, with a hostile calling AE
     sock = rc.connect_and_associate(srv.port, calling=EVIL_AE)
+    # a C-STORE whose SOP Instance UID is hostile: refused, and nothing raw in the log
+    sock.sendall(rc.pdata(1, rc.c_store_rq(1, rc.CT, "1.2\n2099 FAKE UID\x1b[31m"), command=True, last=True))
+    sock.sendall(rc.pdata(1, b"\x08\x00\x16\x00\x02\x00\x00\x001\x00", command=False, last=True))
+    pdu_type, answer = rc.read_pdu(sock)
+    assert pdu_type == 4 and b"invalid Affected SOP Instance UID" in answer
     sock.sendall(rc.RELEASE_RQ)
     assert rc.read_pdu(sock)[0] == 6
     sock.close()
