@@ -313,7 +313,8 @@ class App:
 
             self.catalog.on_resume = resume_from_writer_thread
             self.state.observers.append(feed)
-        monitor = MonitorService(self.cfg, self.state, self.catalog)
+        monitor = MonitorService(self.cfg, self.state, self.catalog,
+                                 self.server.tls_refusals.counts if self.cfg.server.tls.enabled else None)
         try:
             listening = await self.start()
         except ListenError as exc:

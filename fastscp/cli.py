@@ -120,8 +120,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    """The client commands' console log: the serve log's text form, with a
+    peer's strings escaped the same way (monitor/logsetup.py)."""
+    from .monitor.logsetup import SafeTextFormatter
+
+    console = logging.StreamHandler()
+    console.setFormatter(SafeTextFormatter())
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[console])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -194,6 +194,12 @@ def _non_empty(value: Any) -> str | None:
     return "the list cannot be empty" if len(value) == 0 else None
 
 
+def _check_env_name(value: Any) -> str | None:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(value)):
+        return f"{value!r} is not an environment variable name"
+    return None
+
+
 def _check_template(value: Any) -> str | None:
     if value is not None and "{" not in value:
         return f"{value!r} has no {{placeholder}}: every instance would get the same path"
@@ -313,6 +319,9 @@ class HooksConfig:
     complete_on_release: bool = _f(False, "also complete a study when its association is released")
     timeout: float = _f(300.0, "seconds a hook may run before it is killed", check=_positive)
     workers: int = _f(2, "hooks run at the same time", check=_between(1, 256))
+    pass_env: tuple[str, ...] = _f(
+        (), "server environment variables hooks also get (besides PATH, HOME, USER, LOGNAME, LANG, LC_ALL, "
+        "LC_CTYPE, TZ, TMPDIR and FASTSCP_*)", item_check=_check_env_name, scalar="csv")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -44,8 +44,9 @@ RATE_WINDOW = 3  # samples behind a per-association "current rate"
 class Monitor(ReceptionObserver):
     def __init__(self, state: ServerState, *, low_free_space: int | None = None,
                  min_free_space: int | None = None, index_counters: Callable[[], Any] | None = None,
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None, tls_refusals: Mapping[str, int] | None = None) -> None:
         self.state = state
+        self.tls_refusals = tls_refusals  # refused TLS handshakes by reason (net.tls), None: no TLS port
         self.started_wall = time.time()
         self.started = time.monotonic()
         self.info = dict(info or {})  # ae_title, listening, storage_dir, index_db ...
@@ -318,5 +319,11 @@ class MetricsCollector(Collector):
                                     value=m.disk["free"])
             yield GaugeMetricFamily("fastscp_disk_total_bytes", "Size of the storage volume",
                                     value=m.disk["total"])
+        if m.tls_refusals is not None:
+            refused = CounterMetricFamily("fastscp_tls_handshakes_refused",
+                                          "TLS handshakes the server refused, by reason", labels=["reason"])
+            for reason, n in m.tls_refusals.items():
+                refused.add_metric([reason], n)
+            yield refused
         yield GaugeMetricFamily("fastscp_start_time_seconds", "Unix time the receiver started",
                                 value=m.started_wall)

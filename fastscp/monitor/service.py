@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ def local_url(host: str, port: int) -> str:
 
 
 class MonitorService:
-    def __init__(self, cfg: Config, state: ServerState, catalog: CatalogWriter | None) -> None:
+    def __init__(self, cfg: Config, state: ServerState, catalog: CatalogWriter | None,
+                 tls_refusals: Mapping[str, int] | None = None) -> None:
         self.cfg = cfg
         self.state = state
         self.catalog = catalog
@@ -51,7 +53,8 @@ class MonitorService:
             state, low_free_space=cfg.storage.low_free_space_warning, min_free_space=cfg.storage.min_free_space,
             index_counters=catalog.counters if catalog is not None else None,
             info={"ae_title": cfg.server.ae_title, "storage_dir": str(state.storage.directory),
-                  "index_db": index_db, "listening": []})
+                  "index_db": index_db, "listening": []},
+            tls_refusals=tls_refusals)
         state.observers.append(self.monitor)
         state.observers.append(ConnectionLog())
         self.http: StatusServer | None = None

@@ -1,5 +1,9 @@
 """``fastscp status``: the running receiver's /status in the terminal (rich).
 
+Every value shown is plain text with its non-printable characters escaped
+(see ``_add``): the document carries peer-supplied strings (AE titles,
+patient names, descriptions).
+
 Live mode redraws in place (``rich.live.Live``) every ``--interval``
 seconds until Ctrl-C; ``--once`` prints one snapshot and exits (plain text
 when stdout is not a terminal, so it can be piped and tested). Exit codes:
@@ -21,6 +25,7 @@ from rich.text import Text
 
 from ..catalog.stats import human_bytes
 from .client import EndpointError, resolve_endpoint
+from .logsetup import escape_nonprintable
 
 
 def _duration(s: float) -> str:
@@ -31,32 +36,39 @@ def _duration(s: float) -> str:
     return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{s:02d}"
 
 
+def _add(table: Table, *cells: str | Text) -> None:
+    """A row of plain text: a string's non-printable characters are escaped
+    (an AE title or patient name with a newline or an ESC sequence cannot
+    redraw the terminal) and square brackets are text, not rich markup."""
+    table.add_row(*(Text(escape_nonprintable(c)) if isinstance(c, str) else c for c in cells))
+
+
 def render(doc: dict[str, Any]) -> Group:
     """The whole view, from one /status document."""
     srv, tot, rates, storage = doc["server"], doc["totals"], doc["rates"], doc["storage"]
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
-    head.add_row("server", f"{srv.get('ae_title', '')} on {', '.join(srv.get('listening') or [])} "
+    _add(head, "server", f"{srv.get('ae_title', '')} on {', '.join(srv.get('listening') or [])} "
                            f"(pid {srv.get('pid')}, fastscp {srv.get('version')}), up {_duration(srv['uptime_s'])}")
     outcomes = ", ".join(f"{k} {v}" for k, v in tot["associations_by_outcome"].items() if v)
-    head.add_row("totals", f"{tot['associations']} associations ({outcomes or 'none ended'}), "
+    _add(head, "totals", f"{tot['associations']} associations ({outcomes or 'none ended'}), "
                            f"{tot['instances']} instances, {human_bytes(tot['bytes'])}, "
                            f"{tot['duplicates']} duplicates")
     failures = ", ".join(f"{k}: {v}" for k, v in tot["failures_by_status"].items())
     if failures:
-        head.add_row("failures", failures)
-    head.add_row("rate", f"{rates['instances_per_s']:.1f} instances/s, {human_bytes(rates['bytes_per_s'])}/s")
+        _add(head, "failures", failures)
+    _add(head, "rate", f"{rates['instances_per_s']:.1f} instances/s, {human_bytes(rates['bytes_per_s'])}/s")
     if storage.get("free") is not None:
         state = storage.get("state", "")
         style = {"low": "yellow", "full": "bold red"}.get(state, "green")
-        head.add_row("storage", Text.assemble(
-            f"{storage['directory']}: {human_bytes(storage['free'])} free of {human_bytes(storage['total'])} ",
+        _add(head, "storage", Text.assemble(
+            f"{escape_nonprintable(storage['directory'])}: {human_bytes(storage['free'])} free of {human_bytes(storage['total'])} ",
             (f"[{state}]", style)))
     queues = ", ".join(f"{k} {'-' if v is None else v}" for k, v in doc["queues"].items())
-    head.add_row("queues", queues)
+    _add(head, "queues", queues)
     for w in doc.get("warnings", []):
-        head.add_row(Text("warning", style="bold yellow"), Text(w, style="yellow"))
+        _add(head, Text("warning", style="bold yellow"), Text(escape_nonprintable(w), style="yellow"))
 
     active = Table(title=f"Active associations ({len(doc['active'])})", expand=True, title_justify="left")
     for col, just in (("id", "left"), ("peer", "left"), ("calling AE", "left"), ("called AE", "left"),
@@ -64,7 +76,7 @@ def render(doc: dict[str, Any]) -> Group:
                       ("rate", "right"), ("failed", "right")):
         active.add_column(col, justify=just)  # type: ignore[arg-type]
     for a in doc["active"]:
-        active.add_row(a["association_id"], a["peer"], a["calling_ae"], a["called_ae"], "yes" if a["tls"] else "no",
+        _add(active, a["association_id"], a["peer"], a["calling_ae"], a["called_ae"], "yes" if a["tls"] else "no",
                        _duration(a["age_s"]), str(a["instances"]), human_bytes(a["bytes"]),
                        f"{human_bytes(a['rate_bytes_per_s'])}/s", str(a["failed"]))
 
@@ -72,7 +84,7 @@ def render(doc: dict[str, Any]) -> Group:
     for col in ("patient", "study date", "modalities", "description", "from", "instances", "bytes"):
         studies.add_column(col, justify="right" if col in ("instances", "bytes") else "left")
     for s in doc["recent_studies"][:10]:
-        studies.add_row(s["patient_id"], s["study_date"], "/".join(s["modalities"]), s["description"],
+        _add(studies, s["patient_id"], s["study_date"], "/".join(s["modalities"]), s["description"],
                         s["calling_ae"], str(s["instances"]), human_bytes(s["bytes"]))
 
     ended = Table(title="Recent associations", expand=True, title_justify="left")
@@ -80,7 +92,7 @@ def render(doc: dict[str, Any]) -> Group:
         ended.add_column(col, justify="right" if col in ("instances", "bytes", "duration") else "left")
     for r in doc["recent_associations"][:8]:
         outcome = r["outcome"] + (f": {r['reason']}" if r["reason"] else "")
-        ended.add_row(r["association_id"], r["calling_ae"], r["peer"], outcome, str(r["instances"]),
+        _add(ended, r["association_id"], r["calling_ae"], r["peer"], outcome, str(r["instances"]),
                       human_bytes(r["bytes"]), f"{r['duration_s']:.2f} s")
     return Group(Panel(head, title="fastscp status", title_align="left"), active, studies, ended)
 

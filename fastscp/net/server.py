@@ -9,6 +9,11 @@ ARTIM (PS3.8 9.1.5) while the machine says it runs, and an idle timeout for
 established associations. ``serve`` stops on SIGINT/SIGTERM: it closes the
 listening socket, lets running associations finish within a grace period,
 then aborts what is left.
+
+On a TLS port the handshake is done here too (``TlsAccept``), not inside
+``create_server(ssl=...)``, which drops a failed handshake without a word: a
+refused one is counted and logged (``tls.HandshakeRefusals``), an accepted one
+becomes an ``AssociationProtocol``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 from .._ext.sockio import recv_spin, tcp_quickack
 from ..protocol.association import Association, CommandReceived, DatasetFragment
+from .tls import HandshakeRefusals
 
 log = logging.getLogger("fastscp.net")
 
@@ -238,6 +244,104 @@ class AssociationProtocol(asyncio.BufferedProtocol):
             self.transport.close()
 
 
+def _peer_text(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+
+
+class TlsAccept(asyncio.Protocol):
+    """A connection to a TLS port until its handshake is done. The handshake
+    runs through ``loop.start_tls``; a failure is reported to the server's
+    ``tls_refusals``, a success becomes an ``AssociationProtocol``.
+
+    Two hand-overs keep every byte in order. Before ``start_tls`` takes the
+    transport, uvloop may already have read the ClientHello (it starts
+    reading after ``connection_made`` even when that paused it): those bytes
+    (``hello``) are given to the TLS protocol right after its own
+    ``connection_made``, before the loop reads again. After the handshake,
+    application data decrypted before the association protocol exists (the
+    first PDU can come with the last handshake message) is kept (``early``)
+    and fed to it."""
+
+    def __init__(self, server: DicomServer, ctx: ssl.SSLContext) -> None:
+        self.server = server
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.tls_started = False
+        self.hello: list[bytes] = []  # raw bytes read before start_tls
+        self.early: list[bytes] = []  # decrypted bytes before the association protocol
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.pause_reading()  # type: ignore[attr-defined]  # enough on asyncio's own loop
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._handshake())
+        self.server.handshakes.add(task)
+        task.add_done_callback(self.server.handshakes.discard)
+        # FIFO: the task's first step (start_tls installs its protocol and
+        # queues that protocol's connection_made and the resume of reading)
+        # runs first; this callback then queues _give_hello behind those two,
+        # in the same pass, before the loop polls the socket again.
+        loop.call_soon(loop.call_soon, self._give_hello)
+
+    def data_received(self, data: bytes) -> None:
+        (self.early if self.tls_started else self.hello).append(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+    def _give_hello(self) -> None:
+        transport = self.transport
+        if not self.hello or transport is None or transport.is_closing():
+            return
+        tls_protocol = transport.get_protocol()
+        data, self.hello = b"".join(self.hello), []
+        if hasattr(tls_protocol, "get_buffer"):  # asyncio's and uvloop's are buffered
+            while data:
+                buf = tls_protocol.get_buffer(len(data))
+                n = min(len(buf), len(data))
+                buf[:n] = data[:n]
+                data = data[n:]
+                tls_protocol.buffer_updated(n)  # type: ignore[attr-defined]
+        else:
+            tls_protocol.data_received(data)  # type: ignore[attr-defined]
+
+    async def _handshake(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        loop = asyncio.get_running_loop()
+        peer = _peer_text(transport)
+        self.tls_started = True  # from here on, data_received gets decrypted bytes
+        try:
+            tls = await loop.start_tls(transport, self, self.ctx, server_side=True,
+                                       ssl_handshake_timeout=self.server.artim_timeout)
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
+        except Exception as exc:  # noqa: BLE001  # SSLError, OSError, TimeoutError: whatever the peer caused
+            transport.abort()
+            self.server.tls_refusals.refused(peer, exc)
+            return
+        if tls is None or self.lost or tls.is_closing():
+            return
+        app = AssociationProtocol(self.server)
+        app.connection_made(tls)
+        tls.set_protocol(app)
+        for data in self.early:
+            if tls.is_closing():
+                break
+            while data:
+                buf = app.get_buffer(len(data))
+                n = min(len(buf), len(data))
+                buf[:n] = data[:n]
+                data = data[n:]
+                app.buffer_updated(n)
+
+
 class DicomServer:
     def __init__(
         self,
@@ -259,13 +363,22 @@ class DicomServer:
         self.check_interval = min(t for t in (idle_timeout, dimse_timeout, 3600.0) if t)
         self.connections: set[AssociationProtocol] = set()
         self.paused = False
+        self.tls_refusals = HandshakeRefusals()
+        self.handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes under way
         self._servers: list[asyncio.base_events.Server] = []
         self._idle_event: asyncio.Event | None = None
 
     async def start(self, host: str | None, port: int, ssl_context: ssl.SSLContext | None = None) -> list[Any]:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: AssociationProtocol(self), host or None, port,
-                                          ssl=ssl_context, reuse_address=True, backlog=128)
+        if ssl_context is not None:
+            if self.tls_refusals.schedule is None:
+                self.tls_refusals.schedule = loop.call_later
+            ctx = ssl_context
+            server = await loop.create_server(lambda: TlsAccept(self, ctx), host or None, port,
+                                              reuse_address=True, backlog=128)
+        else:
+            server = await loop.create_server(lambda: AssociationProtocol(self), host or None, port,
+                                              reuse_address=True, backlog=128)
         self._servers.append(server)
         return [s.getsockname() for s in server.sockets]
 
@@ -289,6 +402,8 @@ class DicomServer:
     async def shutdown(self, grace: float) -> None:
         for server in self._servers:
             server.close()
+        for task in list(self.handshakes):  # not yet an association: nothing to finish
+            task.cancel()
         if self.connections:
             log.info("waiting up to %.0f s for %d association(s) to finish", grace, len(self.connections))
             self._idle_event = asyncio.Event()

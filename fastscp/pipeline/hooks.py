@@ -8,17 +8,30 @@ The same values are in the environment as ``FASTSCP_<NAME>``. ``{{``/``}}``
 are literal braces. Unknown placeholders are refused when the command is
 compiled, at start.
 
+What a hook gets is bounded and explicit: each value is cut to
+``MAX_VALUE_BYTES`` (a peer's 140 KB PatientName would otherwise overflow the
+kernel's limit on argv plus environment and no hook could start), and the
+environment is ``FASTSCP_*`` plus the few variables in ``BASE_ENV`` and the
+configured ``hooks.pass_env``, never the server's whole environment.
+
 ``HookRunner`` is a bounded pool of worker threads that run tasks (hooks,
-scan sheets) one at a time each. A command gets its own process group; when
-it outlives its timeout the whole group is killed. Exit status and the tail
-of its output are logged. The pool keeps the tasks not yet started, so a
-clean shutdown can persist them (see pipeline/service.py).
+scan sheets) one at a time each. A command gets its own session and process
+group. The receiver is a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``),
+so a descendant that left the group (``setsid``, a double fork) is adopted by
+the receiver instead of init. When the command ends or outlives its timeout,
+everything it started is killed and reaped: its group and session, its
+descendants, and adopted orphans that carry its run mark
+(``FASTSCP_HOOK_RUN`` in their environment). Exit status and the tail of its
+output are logged. The pool keeps the tasks not yet started, so a clean
+shutdown can persist them (see pipeline/service.py).
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import dataclasses
+import itertools
 import logging
 import os
 import re
@@ -54,15 +67,30 @@ STUDY_PLACEHOLDERS = (
 _FIELD = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 _OUTPUT_TAIL = 2000
 
+# Longest value (UTF-8 bytes) given to a hook, in argv and in the environment.
+# Linux refuses an exec whose single argument or "NAME=value" string passes
+# 128 KiB (MAX_ARG_STRLEN) or whose argv plus environment passes ARG_MAX, so a
+# peer's oversized attribute would make every hook fail ("Argument list too
+# long"). DICOM's own limits are far below (64 characters for PN/LO/UI per
+# value); 4096 still holds a whole PATH_MAX path.
+MAX_VALUE_BYTES = 4096
+# Variables a hook gets from the server's environment, when set; more are
+# named in hooks.pass_env. Everything else (tokens, credentials the service
+# was started with) stays out.
+BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+RUN_MARK = "FASTSCP_HOOK_RUN"
+
 
 class HookCommand:
     """An argv template, checked once: ``expand(values)`` gives the argv."""
 
-    def __init__(self, argv: Sequence[str], allowed: Sequence[str], what: str = "hook") -> None:
+    def __init__(self, argv: Sequence[str], allowed: Sequence[str], what: str = "hook",
+                 pass_env: Sequence[str] = ()) -> None:
         if not argv:
             raise ValueError(f"{what}: empty command")
         self.template = tuple(argv)
         self.what = what
+        self.pass_env = tuple(pass_env)
         for arg in self.template:
             for m in _FIELD.finditer(arg):
                 text = m.group(0)
@@ -86,13 +114,43 @@ class HookCommand:
 
         return [_FIELD.sub(sub, arg) for arg in self.template]
 
-    @staticmethod
-    def environment(values: Mapping[str, str], kind: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env["FASTSCP_HOOK"] = kind
-        for name, value in values.items():
-            env[f"FASTSCP_{name.upper()}"] = value
-        return env
+    def environment(self, values: Mapping[str, str], kind: str) -> dict[str, str]:
+        """The hook's whole environment: ``BASE_ENV`` and ``pass_env`` from
+        the server's own (when set), ``FASTSCP_HOOK`` and ``FASTSCP_<NAME>``."""
+        return hook_environment(values, kind, self.pass_env)
+
+    def prepare(self, values: Mapping[str, str], kind: str, label: str) -> tuple[list[str], dict[str, str]]:
+        """argv and environment for one run, every value bounded to
+        ``MAX_VALUE_BYTES`` (one warning names the values cut)."""
+        bounded, cut = bound_values(values)
+        if cut:
+            log.warning("%s for %s: %s cut to %d bytes", self.what, label,
+                        ", ".join(f"{name} ({size} bytes)" for name, size in cut), MAX_VALUE_BYTES)
+        return self.expand(bounded), self.environment(bounded, kind)
+
+
+def hook_environment(values: Mapping[str, str], kind: str, pass_env: Sequence[str] = ()) -> dict[str, str]:
+    env = {name: os.environ[name] for name in (*BASE_ENV, *pass_env) if name in os.environ}
+    env.setdefault("PATH", os.defpath)
+    env["FASTSCP_HOOK"] = kind
+    for name, value in values.items():
+        env[f"FASTSCP_{name.upper()}"] = value
+    return env
+
+
+def bound_values(values: Mapping[str, str]) -> tuple[dict[str, str], list[tuple[str, int]]]:
+    """``values`` with each cut to ``MAX_VALUE_BYTES`` of UTF-8 (at a
+    character boundary), and the (name, original size) of those cut."""
+    out: dict[str, str] = {}
+    cut: list[tuple[str, int]] = []
+    for name, value in values.items():
+        if len(value) > MAX_VALUE_BYTES // 4:  # 4 bytes per character at most: shorter ones fit
+            raw = value.encode("utf-8", "replace")
+            if len(raw) > MAX_VALUE_BYTES:
+                cut.append((name, len(raw)))
+                value = raw[:MAX_VALUE_BYTES].decode("utf-8", "ignore")
+        out[name] = value
+    return out, cut
 
 
 def clean_value(value: Any) -> str:
@@ -119,13 +177,20 @@ class CommandResult:
 
 def run_command(argv: list[str], env: Mapping[str, str] | None, timeout: float,
                 stdin: bytes | None = None, cancel: threading.Event | None = None) -> CommandResult:
-    """Run ``argv`` (no shell) in its own process group; kill the group at
-    ``timeout`` seconds or when ``cancel`` is set. Output (stdout and stderr
-    merged) is returned, bounded to its tail."""
+    """Run ``argv`` (no shell) in its own session and process group. At
+    ``timeout`` seconds or when ``cancel`` is set it is killed; when it ends
+    either way, every process it started is killed and reaped
+    (``_kill_leftovers``). Output (stdout and stderr merged) is returned,
+    bounded to its tail. ``env`` None: the server's environment (for the
+    receiver's own helpers, not for hooks)."""
+    become_subreaper()
+    mark = f"{os.getpid()}-{next(_RUNS)}"
+    run_env = dict(os.environ if env is None else env)
+    run_env[RUN_MARK] = mark
     t0 = time.monotonic()
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(env) if env else None,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=run_env,
                                 start_new_session=True, close_fds=True)
     except (OSError, ValueError) as exc:
         return CommandResult(argv, None, time.monotonic() - t0, "", error=str(exc))
@@ -149,11 +214,13 @@ def run_command(argv: list[str], env: Mapping[str, str] | None, timeout: float,
         except OSError:
             pass
     timed_out = False
+    started: set[int] = set()  # what the run started, once found
     deadline = t0 + timeout
     while True:
         step = min(0.25, deadline - time.monotonic())
         if step <= 0 or (cancel is not None and cancel.is_set()):
             timed_out = True
+            _kill_leftovers(proc.pid, mark, started, wait=0)  # the tree first, while its links hold
             _kill_group(proc)
             break
         try:
@@ -165,9 +232,138 @@ def run_command(argv: list[str], env: Mapping[str, str] | None, timeout: float,
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         pass
-    reader.join(timeout=2)  # a grandchild that left the group may still hold the pipe
+    _kill_leftovers(proc.pid, mark, started)
+    reader.join(timeout=2)
     output = b"".join(chunks).decode("utf-8", "replace")[-_OUTPUT_TAIL:]
     return CommandResult(argv, proc.returncode, time.monotonic() - t0, output, timed_out)
+
+
+_RUNS = itertools.count(1)
+_PR_SET_CHILD_SUBREAPER = 36
+_subreaper: bool | None = None
+_subreaper_lock = threading.Lock()
+
+
+def become_subreaper() -> bool:
+    """Make this process the child subreaper of its descendants (Linux
+    prctl), once: an orphaned hook descendant is then re-parented here, not to
+    init, and stays findable and reapable. False where it is not available."""
+    global _subreaper
+    with _subreaper_lock:
+        if _subreaper is None:
+            _subreaper = False
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                _subreaper = libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+            except (OSError, AttributeError):
+                pass
+            if not _subreaper:
+                log.warning("cannot become a child subreaper: a hook's process that leaves its session "
+                            "may outlive the hook")
+        return _subreaper
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Proc:
+    pid: int
+    ppid: int
+    pgid: int
+    sid: int
+    zombie: bool
+
+
+def _stat(pid: int) -> _Proc | None:
+    """Parent, group, session and state of ``pid`` (None: gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) "
+    return _Proc(pid, int(fields[1]), int(fields[2]), int(fields[3]), fields[0] == b"Z")
+
+
+def _children(pid: int) -> list[int]:
+    """The children of ``pid``, from each of its threads' children list."""
+    out: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                out.extend(int(c) for c in fh.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def _has_mark(pid: int, mark: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return f"{RUN_MARK}={mark}".encode() in fh.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _run_members(leader: int, mark: str, known: set[int]) -> dict[int, _Proc]:
+    """The processes one run started (the leader excluded: its Popen reaps
+    it): the leader's descendants, and our own children (orphans re-parented
+    to the subreaper) that are in the leader's session or group, carry the
+    run's mark or are ``known`` (killed before), with their descendants. A walk from
+    this process down, not a scan of every process."""
+    found: dict[int, _Proc] = {}
+    todo: list[int] = []
+    for pid in _children(os.getpid()):
+        if pid == leader:
+            todo.append(pid)
+            continue
+        p = _stat(pid)
+        if p is not None and (p.sid == leader or p.pgid == leader
+                              or pid in known  # killed already: dying, its environ may be gone
+                              or (not p.zombie and _has_mark(pid, mark))):
+            found[pid] = p
+            todo.append(pid)
+    while todo:
+        for child in _children(todo.pop()):
+            if child not in found and child != leader:
+                p = _stat(child)
+                if p is not None:
+                    found[child] = p
+                    todo.append(child)
+    return found
+
+
+def _kill_leftovers(leader: int, mark: str, known: set[int], wait: float = 5.0) -> None:
+    """Kill (SIGKILL) every process the run ``leader``/``mark`` started
+    (``known``: those found by an earlier call, updated) and reap those
+    re-parented to us, until none is left or ``wait`` seconds passed
+    (``wait`` 0: one pass). Without /proc (not Linux) this does nothing."""
+    me = os.getpid()
+    deadline = time.monotonic() + wait
+    while True:
+        members = _run_members(leader, mark, known)
+        if not members:
+            return
+        for pid, p in members.items():
+            if not p.zombie:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            known.add(pid)
+        for pid, p in members.items():
+            if p.ppid == me:  # adopted (we are the subreaper): ours to reap
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+        if time.monotonic() >= deadline:
+            if wait:
+                log.error("hook processes %s still there %.0f s after SIGKILL", sorted(members), wait)
+            return
+        time.sleep(0.01)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

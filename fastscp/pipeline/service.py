@@ -71,6 +71,7 @@ class PipelineSettings:
     workers: int = 2
     scan_sheets: bool = True
     scan_sheet_timeout: float = 300.0
+    pass_env: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: Any, storage_root: Path) -> "PipelineSettings":
@@ -78,7 +79,7 @@ class PipelineSettings:
         return cls(storage_root=Path(storage_root), on_instance=tuple(h.on_instance),
                    on_study_complete=tuple(h.on_study_complete), study_timeout=h.study_timeout,
                    complete_on_release=h.complete_on_release, hook_timeout=h.timeout, workers=h.workers,
-                   scan_sheets=bool(getattr(h, "scan_sheets", True)))
+                   scan_sheets=bool(getattr(h, "scan_sheets", True)), pass_env=tuple(h.pass_env))
 
     @property
     def tracks_studies(self) -> bool:
@@ -130,8 +131,8 @@ class InstanceHookTask(Task):
         cmd = self.pipeline.instance_hook
         if cmd is None:
             return
-        res = run_command(cmd.expand(self.values), HookCommand.environment(self.values, "instance"),
-                          self.pipeline.settings.hook_timeout, cancel=cancel)
+        argv, env = cmd.prepare(self.values, "instance", self.label)
+        res = run_command(argv, env, self.pipeline.settings.hook_timeout, cancel=cancel)
         log_result("on_instance", self.label, res, quiet_success=True)
         self.pipeline.counts["instance ok" if res.ok else "instance failed"] += 1
 
@@ -162,8 +163,8 @@ class StudyCompleteTask(Task):
         cmd = p.study_hook
         if cmd is not None and not cancel.is_set():
             values = study_values(rec, folder, sheet)
-            res = run_command(cmd.expand(values), HookCommand.environment(values, "study"),
-                              p.settings.hook_timeout, cancel=cancel)
+            argv, env = cmd.prepare(values, "study", self.label)
+            res = run_command(argv, env, p.settings.hook_timeout, cancel=cancel)
             log_result("on_study_complete", self.label, res)
             p.counts["study ok" if res.ok else "study failed"] += 1
         log.info("study %s complete (%s): %d instance(s) in %d series, folder %s", rec.study_uid, rec.reason,
@@ -180,9 +181,11 @@ class Pipeline(ReceptionObserver):
     def __init__(self, settings: PipelineSettings,
                  scan_sheet_listeners: Sequence[ScanSheetListener] = ()) -> None:
         self.settings = settings
-        self.instance_hook = (HookCommand(settings.on_instance, INSTANCE_PLACEHOLDERS, "hooks.on_instance")
+        self.instance_hook = (HookCommand(settings.on_instance, INSTANCE_PLACEHOLDERS, "hooks.on_instance",
+                                          settings.pass_env)
                               if settings.on_instance else None)
-        self.study_hook = (HookCommand(settings.on_study_complete, STUDY_PLACEHOLDERS, "hooks.on_study_complete")
+        self.study_hook = (HookCommand(settings.on_study_complete, STUDY_PLACEHOLDERS,
+                                       "hooks.on_study_complete", settings.pass_env)
                            if settings.on_study_complete else None)
         self.scan_sheet_listeners: list[ScanSheetListener] = list(scan_sheet_listeners)
         self.tracker = StudyTracker(settings.study_timeout, settings.complete_on_release)
