@@ -26,9 +26,9 @@ from .stats import PlotUnavailable, collect_stats, format_stats, plot_stats
 DEFAULT_INDEX_DB = "pacs.db"
 
 
-def _open_readonly(path: str) -> duckdb.DuckDBPyConnection:
+def _open_readonly(path: str, allowed_paths: tuple[str, ...] = ()) -> duckdb.DuckDBPyConnection:
     try:
-        return schema.connect(path, read_only=True)
+        return schema.connect(path, read_only=True, allowed_paths=allowed_paths)
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise RuntimeError(
@@ -46,7 +46,9 @@ def _cmd_query(args: argparse.Namespace) -> int:
     if routed is not None:
         return routed
     try:
-        conn = _open_readonly(args.index_db)
+        # locked down like the server's (schema.lock_down): the one file this
+        # SQL may write is the Parquet output asked for
+        conn = _open_readonly(args.index_db, (args.output,) if args.format == "parquet" else ())
     except (RuntimeError, FileNotFoundError, duckdb.Error) as exc:
         print(f"fastscp query: {exc}", file=sys.stderr)
         return 1
