@@ -22,7 +22,8 @@ TOKEN = "t0ken-for-tests"
 
 
 class LiveStatus:
-    def __init__(self, tmp_path: Path, limits: QueryLimits | None = None, rows: int = 5) -> None:
+    def __init__(self, tmp_path: Path, limits: QueryLimits | None = None, rows: int = 5,
+                 allowed_hosts: tuple[str, ...] = ()) -> None:
         self.db = tmp_path / "index.db"
         self.writer = CatalogWriter(self.db, flush_interval=0.05)
         for i in range(rows):
@@ -34,7 +35,8 @@ class LiveStatus:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server = StatusServer(self.monitor, self.writer, TOKEN, limits=limits or QueryLimits())
+        self.server = StatusServer(self.monitor, self.writer, TOKEN, limits=limits or QueryLimits(),
+                                   allowed_hosts=allowed_hosts)
         _, self.port = self.call(self.server.start("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.port}"
 

@@ -159,3 +159,218 @@ def test_the_lockdown_is_duckdbs_own_setting(live) -> None:  # type: ignore[no-u
     finally:
         cur.close()
     assert os.path.exists(live[1])
+
+
+# ---- who may ask: token, Host, Origin, Content-Type -----------------------------------
+
+import http.client  # noqa: E402
+import json  # noqa: E402
+import socket  # noqa: E402
+import stat  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from fastscp.monitor.http import QueryLimits  # noqa: E402
+from fastscp.monitor.service import status_token, token_path  # noqa: E402
+from status_support import TOKEN  # noqa: E402
+
+
+def _raw(port: int, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """One request with exactly these headers (http.client adds Host only
+    when asked to; we pass it ourselves)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for k, v in headers.items():
+            conn.putheader(k, v)
+        conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_index_data_needs_the_token_and_metrics_do_not(live) -> None:  # type: ignore[no-untyped-def]
+    srv = live[0]
+    host = {"Host": f"127.0.0.1:{srv.port}"}
+    body = json.dumps({"sql": "SELECT 1"}).encode()
+    for method, path in (("GET", "/"), ("GET", "/status"), ("GET", "/trend"), ("GET", "/stats"),
+                         ("POST", "/query")):
+        for auth in ({}, {"Authorization": "Bearer wrong"}, {"Cookie": f"fastscp-token-{srv.port}=wrong"}):
+            status, headers, _ = _raw(srv.port, method, path, {**host, **auth, "Content-Type": "application/json"},
+                                      body if method == "POST" else b"")
+            assert status == 401 and "Bearer" in headers["www-authenticate"], (method, path, auth)
+        status, _, _ = _raw(srv.port, method, path, {**host, "Authorization": f"Bearer {TOKEN}",
+                                                     "Content-Type": "application/json"},
+                            body if method == "POST" else b"")
+        assert status == 200, (method, path)
+    for path in ("/metrics", "/healthz"):  # open for scrapers, by choice (docs/security.md)
+        status, _, _ = _raw(srv.port, "GET", path, {"Host": "scraper.example:9"})
+        assert status == 200, path
+
+
+def test_dashboard_token_once_in_the_url_becomes_a_strict_cookie(live) -> None:  # type: ignore[no-untyped-def]
+    srv = live[0]
+    host = {"Host": f"localhost:{srv.port}"}
+    status, headers, _ = _raw(srv.port, "GET", f"/?token={TOKEN}", host)
+    assert status == 303 and headers["location"] == "/"
+    cookie = headers["set-cookie"]
+    assert cookie.startswith(f"fastscp-token-{srv.port}={TOKEN};")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    status, _, body = _raw(srv.port, "GET", "/status", {**host, "Cookie": cookie.split(";")[0]})
+    assert status == 200 and "totals" in json.loads(body)
+    status, _, _ = _raw(srv.port, "GET", "/?token=wrong", host)
+    assert status == 401
+
+
+@pytest.mark.parametrize("host, ok", [
+    ("127.0.0.1:{port}", True), ("localhost:{port}", True), ("[::1]:{port}", True), ("LOCALHOST", True),
+    ("10.1.2.3:{port}", True), ("pacs.example:{port}", True),  # in status.allowed_hosts
+    ("evil.example:{port}", False), ("127.0.0.1.evil.example", False), ("localhost.evil.example:{port}", False),
+    ("", False),
+])
+def test_host_header_guards_against_dns_rebinding(tmp_path: Path, host: str, ok: bool) -> None:
+    srv = LiveStatus(tmp_path, allowed_hosts=("pacs.example",))
+    try:
+        status, _, body = _raw(srv.port, "GET", "/status", {"Host": host.format(port=srv.port),
+                                                            "Authorization": f"Bearer {TOKEN}"})
+        assert (status == 200) == ok, (host, status, body)
+        if not ok:
+            assert status == 403 and json.loads(body)["kind"] == "host"
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("extra, status_wanted", [
+    ({"Origin": "http://evil.example"}, 403),
+    ({"Origin": "http://127.0.0.1:1"}, 403),  # another port is another origin
+    ({"Origin": "null"}, 403),
+    ({"Sec-Fetch-Site": "cross-site"}, 403),
+    ({"Sec-Fetch-Site": "same-site"}, 403),
+    ({"Content-Type": "text/plain"}, 415),
+    ({"Content-Type": "application/x-www-form-urlencoded"}, 415),
+    ({"Content-Type": "multipart/form-data; boundary=x"}, 415),
+    ({"Origin": "http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"}, 200),
+    ({}, 200),
+])
+def test_cross_site_and_non_json_posts_are_refused(live, extra: dict[str, str], status_wanted: int) -> None:  # type: ignore[no-untyped-def]
+    srv = live[0]
+    headers = {"Host": f"127.0.0.1:{srv.port}", "Cookie": f"fastscp-token-{srv.port}={TOKEN}",
+               "Content-Type": "application/json", **{k: v.format(port=srv.port) for k, v in extra.items()}}
+    before = srv.server.queries["run"]
+    status, _, body = _raw(srv.port, "POST", "/query", headers, b'{"sql": "SELECT 42"}')
+    assert status == status_wanted, body
+    assert srv.server.queries["run"] == before + (1 if status_wanted == 200 else 0)
+
+
+def test_generated_token_is_kept_private_and_stable(tmp_path: Path) -> None:
+    first = status_token(None, True, tmp_path)
+    path = token_path(tmp_path)
+    assert first and len(first) >= 32 and path.read_text().strip() == first
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert status_token(None, True, tmp_path) == first  # kept across restarts
+    path.chmod(0o644)
+    assert status_token(None, True, tmp_path) == first and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert status_token("configured", True, tmp_path) == "configured"
+    assert status_token(None, False, tmp_path) is None
+
+
+# ---- what a query may take: time, bytes, its client, the slots ---------------------------
+
+LONG = "SELECT sum(a.range * b.range) FROM range(1000000) a, range(1000000) b"
+
+
+def test_a_long_cross_join_is_interrupted_at_the_time_limit(tmp_path: Path) -> None:
+    srv = LiveStatus(tmp_path, limits=QueryLimits(timeout=1.0))
+    try:
+        t0 = time.monotonic()
+        status, doc = srv.query(LONG)
+        took = time.monotonic() - t0
+        assert status == 422 and doc["kind"] == "timeout" and "status.query_timeout" in doc["error"], doc
+        assert took < 10, took
+        assert srv.query("SELECT 1")[1]["rows"] == [[1]]  # the slot is free again
+        assert srv.server.queries["timeout"] == 1 and srv.server.queries_running == 0
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("fmt", ["json", "parquet"])
+def test_a_big_result_is_capped_with_a_clear_error(tmp_path: Path, fmt: str) -> None:
+    srv = LiveStatus(tmp_path, limits=QueryLimits(max_bytes=200_000))
+    try:
+        # random text: no encoding compresses it under the cap
+        status, doc = srv.query("SELECT md5(range::VARCHAR) || md5((range * 7)::VARCHAR) AS h FROM range(200000)",
+                                format=fmt)
+        assert status == 422 and doc["kind"] == "too_large", doc
+        assert "200000 bytes" in doc["error"] and "status.query_max_bytes" in doc["error"]
+        status, small = srv.query("SELECT range FROM range(10)", format=fmt)
+        assert status == 200
+        assert not list((tmp_path / "index.db.export").glob("*")) if (tmp_path / "index.db.export").exists() else True
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json", "parquet"])
+def test_every_cli_format_through_the_server_is_capped(tmp_path: Path, fmt: str) -> None:
+    srv = LiveStatus(tmp_path, limits=QueryLimits(max_bytes=100_000))
+    try:
+        out = tmp_path / "out"
+        r = subprocess.run([sys.executable, "-m", "fastscp.cli", "query",
+                            "SELECT md5(range::VARCHAR) AS h FROM range(100000)", "--format", fmt,
+                            "--output", str(out), "--url", srv.url, "--token", TOKEN],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and "larger than 100000 bytes" in r.stderr, r.stderr
+        assert not out.exists() or out.stat().st_size == 0
+    finally:
+        srv.close()
+
+
+def test_a_query_whose_client_goes_away_is_cancelled(tmp_path: Path) -> None:
+    srv = LiveStatus(tmp_path, limits=QueryLimits(timeout=120.0))
+    try:
+        body = json.dumps({"sql": LONG}).encode()
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.sendall(f"POST /query HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 20
+        while srv.server.queries_running == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        s.close()
+        while srv.server.queries_running:
+            assert time.monotonic() - t0 < 10, "the query kept running after its client left"
+            time.sleep(0.02)
+        assert srv.server.queries["client_gone"] == 1
+    finally:
+        srv.close()
+
+
+def test_more_queries_than_slots_are_refused_not_queued(tmp_path: Path) -> None:
+    import threading
+
+    srv = LiveStatus(tmp_path, limits=QueryLimits(timeout=60.0, concurrent=2))
+    results: list[tuple[int, object]] = []
+    threads = [threading.Thread(target=lambda: results.append(srv.query(LONG))) for _ in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while srv.server.queries_running < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        status, doc = srv.query("SELECT 1")
+        assert status == 503 and doc["kind"] == "busy", doc
+        t0 = time.monotonic()
+        status, _, body = srv.request("/trend")  # the trend has its own thread
+        assert status == 200 and time.monotonic() - t0 < 5
+        assert srv.request("/status")[0] == 200
+    finally:
+        srv.call(srv.server.close())  # interrupts the two: the threads end
+        for t in threads:
+            t.join(20)
+        srv.close()
+    assert [s for s, _ in results] == [503, 503]

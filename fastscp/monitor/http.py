@@ -6,6 +6,7 @@ connection, ``Connection: close``). Routes:
   GET  /          the dashboard (one self-contained HTML page, no network fetches)
   GET  /status    JSON snapshot (Monitor.snapshot)
   GET  /trend     instances and bytes per day and modality, from the catalog
+  GET  /stats     ?days=N: catalog.stats.collect_stats, for ``fastscp stats``
   POST /query     {"sql": ..., "max_rows": N, "format": "json"|"parquet"}: one
                   read-only statement through catalog.run_readonly_query
   GET  /metrics   Prometheus text exposition    (open: no token, any Host)
@@ -60,6 +61,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from ..catalog import CatalogWriter, ReadOnlyQueryError
 from ..catalog.query import _json_default, check_readonly, export_parquet
 from ..catalog.schema import export_dir
+from ..catalog.stats import collect_stats
 from .collector import MetricsCollector, Monitor
 
 log = logging.getLogger("fastscp.monitor")
@@ -333,7 +335,7 @@ class StatusServer:
             return 401, _json({"error": "missing or wrong token (see docs/security.md: the token is in "
                                         "<storage>/.status/token)"}), "application/json", \
                 {"WWW-Authenticate": 'Bearer realm="fastscp"'}
-        routes = {"/": "GET", "/status": "GET", "/trend": "GET", "/query": "POST"}
+        routes = {"/": "GET", "/status": "GET", "/trend": "GET", "/stats": "GET", "/query": "POST"}
         if path not in routes:
             raise HttpError(404, f"no such page: {path}")
         if method != routes[path]:
@@ -360,6 +362,15 @@ class StatusServer:
             if not 1 <= days <= 3660:
                 raise HttpError(400, "days must be between 1 and 3660")
             return 200, _json(await self._trend(days)), "application/json", {}
+        if path == "/stats":  # fastscp stats while this server holds the index
+            try:
+                days = int((query.get("days") or ["30"])[0])
+            except ValueError:
+                raise HttpError(400, "days must be a whole number") from None
+            if not 1 <= days <= 3660:
+                raise HttpError(400, "days must be between 1 and 3660")
+            loop = asyncio.get_running_loop()
+            return 200, _json(await loop.run_in_executor(self.pool, self._stats, days)), "application/json", {}
         ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if ctype != "application/json":
             raise HttpError(415, "POST /query needs Content-Type: application/json")
@@ -402,25 +413,18 @@ class StatusServer:
             await self._watch(job, work, reader)
             try:
                 result = work.result()
-            except QueryStopped:
+            except (QueryStopped, duckdb.Error) as exc:
+                if not job.reason:  # the SQL's own error
+                    if isinstance(exc, ReadOnlyQueryError):
+                        return 400, _json({"error": str(exc), "kind": "refused"}), "application/json", {}
+                    return 422, _json({"error": str(exc), "kind": "sql"}), "application/json", {}
+                self.queries[job.reason] = self.queries.get(job.reason, 0) + 1
                 if job.reason == "client_gone":
                     return 0, b"", "", {}
-                self.queries[job.reason] = self.queries.get(job.reason, 0) + 1
-                status, doc = _stopped_answer(job)
-                return status, _json(doc), "application/json", {}
-            except duckdb.InterruptException:
-                if job.reason == "client_gone":
-                    return 0, b"", "", {}
-                self.queries[job.reason] = self.queries.get(job.reason, 0) + 1
                 status, doc = _stopped_answer(job)
                 return status, _json(doc), "application/json", {}
             except ReadOnlyQueryError as exc:
                 return 400, _json({"error": str(exc), "kind": "refused"}), "application/json", {}
-            except duckdb.Error as exc:
-                if job.reason:
-                    status, doc = _stopped_answer(job)
-                    return status, _json(doc), "application/json", {}
-                return 422, _json({"error": str(exc), "kind": "sql"}), "application/json", {}
         finally:
             self._jobs.discard(job)
         if fmt == "parquet":
@@ -523,6 +527,14 @@ class StatusServer:
         result = await asyncio.get_running_loop().run_in_executor(self.pool, self._trend_rows, days)
         self._trend_cache[days] = (now, result)
         return result
+
+    def _stats(self, days: int) -> dict[str, Any]:
+        assert self.catalog is not None
+        cur = self.catalog.cursor()
+        try:
+            return collect_stats(cur, days=days).as_dict()
+        finally:
+            cur.close()
 
     def _trend_rows(self, days: int) -> dict[str, Any]:
         assert self.catalog is not None
