@@ -13,10 +13,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from test_catalog_support import make_info
+
 from fastscp.catalog import CatalogWriter
 from fastscp.monitor.collector import Monitor
 from fastscp.monitor.http import QueryLimits, StatusServer
-from test_catalog_support import make_info
 
 TOKEN = "t0ken-for-tests"
 

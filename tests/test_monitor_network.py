@@ -35,7 +35,9 @@ def get(url: str, token: str | None = None) -> bytes:
 
 
 def token_of(srv: Any) -> str:
-    """The token the server generated at its first start (docs/security.md)."""
+    """The token the server generated at its first start (docs/security.md),
+    once its status endpoint listens (it logs "status page at" then)."""
+    assert "status page at" in srv.log_once_it_says("status page at")
     return str((srv.storage / ".status" / "token").read_text().strip())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -20,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import dcmtk, free_port, make_image
 from test_dashboard_browser import browser
 
@@ -30,6 +30,9 @@ LONG = "SELECT sum(a.range * b.range) FROM range(1000000) a, range(1000000) b"
 
 
 def token_of(srv: Any) -> str:
+    """The server's generated token, once its status endpoint listens (it
+    logs "status page at" then)."""
+    assert "status page at" in srv.log_once_it_says("status page at")
     return str((srv.storage / ".status" / "token").read_text().strip())
 
 
@@ -40,7 +43,8 @@ def status(sport: int, token: str) -> dict[str, Any]:
 
 
 def fastscp(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fastscp.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "fastscp.cli", *args], check=False, capture_output=True, text=True,
+                          timeout=120)
 
 
 ATTACK = """<!doctype html><html><body><div id="out">running</div>
@@ -77,7 +81,7 @@ def test_a_page_on_another_origin_cannot_run_a_query(start_server, tmp_path: Pat
     page = ATTACK.replace("TARGET", target).encode()
 
     class Evil(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/html")
             self.send_header("Content-Length", str(len(page)))
@@ -167,7 +171,7 @@ def test_echo_answered_while_a_query_runs_and_sigterm_ends_it(start_server, tmp_
     for _ in range(3):
         t0 = time.monotonic()
         r = subprocess.run([dcmtk("echoscu"), "-aec", "FASTSCP", "-to", "5", "127.0.0.1", str(srv.port)],
-                           capture_output=True, text=True, timeout=30)
+                           check=False, capture_output=True, text=True, timeout=30)
         assert r.returncode == 0, r.stdout + r.stderr
         assert time.monotonic() - t0 < 3
     assert status(sport, token)["queries"]["running"] == 1  # it was running all along
@@ -183,6 +187,7 @@ def test_echo_answered_while_a_query_runs_and_sigterm_ends_it(start_server, tmp_
 def test_stats_goes_through_the_running_server(start_server, tmp_path: Path) -> None:
     sport = free_port()
     srv = start_server("--status-port", str(sport))
+    token_of(srv)  # its endpoint listens, and its discovery file is written
     files = []
     for i in range(6):
         p = tmp_path / f"s{i}.dcm"
@@ -226,8 +231,8 @@ def test_stats_goes_through_the_running_server(start_server, tmp_path: Path) -> 
 def test_status_says_it_fell_back_to_the_default_address(tmp_path: Path) -> None:
     port = free_port()
     r = subprocess.run([sys.executable, "-m", "fastscp.cli", "status", "--once", "--index-db",
-                        str(tmp_path / "mine.db")], capture_output=True, text=True, timeout=60,
-                       env={**__import__("os").environ, "FASTSCP_STATUS_URL": f"http://127.0.0.1:{port}"})
+                        str(tmp_path / "mine.db")], check=False, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "FASTSCP_STATUS_URL": f"http://127.0.0.1:{port}"})
     assert r.returncode == 1
     assert f"http://127.0.0.1:{port}" in r.stderr and "$FASTSCP_STATUS_URL" in r.stderr
     assert f"no server found for index {tmp_path / 'mine.db'}" in r.stderr

@@ -500,8 +500,14 @@ class StatusServer:
         cur = job.conn
         folder = export_dir(self.catalog.db_path)
         try:
-            folder.mkdir(mode=0o700, exist_ok=True)
-            fd, path = tempfile.mkstemp(prefix="query-", suffix=".parquet", dir=folder)
+            for attempt in range(3):  # another export may remove the empty folder in between
+                folder.mkdir(mode=0o700, exist_ok=True)
+                try:
+                    fd, path = tempfile.mkstemp(prefix="query-", suffix=".parquet", dir=folder)
+                    break
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
             os.close(fd)
             try:
                 job.file = path
