@@ -205,6 +205,10 @@ def test_index_data_needs_the_token_and_metrics_do_not(live) -> None:  # type: i
                                                      "Content-Type": "application/json"},
                             body if method == "POST" else b"")
         assert status == 200, (method, path)
+    # a person who opens the page without it is told how to get in
+    status, headers, page = _raw(srv.port, "GET", "/", host)
+    assert status == 401 and headers["content-type"].startswith("text/html")
+    assert b"fastscp status --browser-url" in page and TOKEN.encode() not in page
     for path in ("/metrics", "/healthz"):  # open for scrapers, by choice (docs/security.md)
         status, _, _ = _raw(srv.port, "GET", path, {"Host": "scraper.example:9"})
         assert status == 200, path

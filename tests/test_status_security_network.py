@@ -216,6 +216,8 @@ def test_stats_goes_through_the_running_server(start_server, tmp_path: Path) -> 
     r = fastscp("status", "--once", "--index-db", str(srv.index_db))
     assert r.returncode == 0 and f"showing the server at http://127.0.0.1:{sport}" in r.stderr
     assert "discovery file" in r.stderr
+    r = fastscp("status", "--browser-url", "--index-db", str(srv.index_db))
+    assert r.returncode == 0 and r.stdout == f"http://127.0.0.1:{sport}/?token={token_of(srv)}\n"
     # a query error names the user's SQL, not the plan-check wrapper
     r = fastscp("query", "SELECT nosuch FROM instances", "--index-db", str(srv.index_db))
     assert r.returncode == 1 and "nosuch" in r.stderr and "EXPLAIN" not in r.stderr, r.stderr

@@ -99,6 +99,15 @@ GROUP BY day, modality ORDER BY day, modality
 """
 
 
+LOGIN_PAGE = b"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>fastscp: token needed</title>
+</head><body><h1>fastscp status: token needed</h1>
+<p>This page shows index data, so it needs the server's token. On the server, run
+<code>fastscp status --browser-url</code> and open the address it prints once (the token then
+lives in a cookie), or add <code>?token=</code> and the contents of
+<code>&lt;storage&gt;/.status/token</code> to this address.</p></body></html>
+"""
+
+
 def dashboard_html() -> bytes:
     return importlib.resources.files(__package__).joinpath("dashboard.html").read_bytes()
 
@@ -331,6 +340,8 @@ class StatusServer:
             return 403, _json({"error": f"cross-site request refused ({why})", "kind": "origin"}), \
                 "application/json", {}
         given = self._given_token(headers, query)
+        if not self._authorized(given) and path == "/":  # a person in a browser: say how to get in
+            return 401, LOGIN_PAGE, "text/html; charset=utf-8", {"WWW-Authenticate": 'Bearer realm="fastscp"'}
         if not self._authorized(given):
             return 401, _json({"error": "missing or wrong token (see docs/security.md: the token is in "
                                         "<storage>/.status/token)"}), "application/json", \
