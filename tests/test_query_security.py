@@ -43,7 +43,17 @@ def _functions(kind: str) -> list[str]:
     return [r[0] for r in rows]
 
 
+def _pragmas() -> list[str]:
+    conn = duckdb.connect(config={"autoload_known_extensions": False, "autoinstall_known_extensions": False})
+    try:
+        return [r[0] for r in conn.execute("SELECT DISTINCT function_name FROM duckdb_functions() "
+                                           "WHERE function_type = 'pragma' ORDER BY 1").fetchall()]
+    finally:
+        conn.close()
+
+
 TABLE_FUNCTIONS = _functions("table")
+PRAGMAS = _pragmas()
 SCALAR_FUNCTIONS = [f for f in _functions("scalar") if f.isidentifier()]
 
 
@@ -103,6 +113,16 @@ def test_every_one_string_scalar_function_on_a_secret_path_reads_nothing(live) -
     assert len(SCALAR_FUNCTIONS) > 100
     for fn in SCALAR_FUNCTIONS:
         _assert_contained(srv, f"SELECT {fn}('{secret_file}')", secret, sink, before)
+
+
+def test_every_pragma_is_refused_and_changes_nothing(live) -> None:  # type: ignore[no-untyped-def]
+    srv, secret_file, secret, sink = live
+    before = _settings(srv)
+    assert len(PRAGMAS) > 10
+    for name in PRAGMAS:
+        for sql in (f"PRAGMA {name}", f"PRAGMA {name}('{sink}/x')", f"PRAGMA {name} = '{sink}/x'"):
+            status, doc = _assert_contained(srv, sql, secret, sink, before)
+            assert status in (400, 422), (sql, status, doc)
 
 
 REFUSED = [
