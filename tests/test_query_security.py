@@ -116,7 +116,7 @@ def test_every_one_string_scalar_function_on_a_secret_path_reads_nothing(live) -
 
 
 def test_every_pragma_is_refused_and_changes_nothing(live) -> None:  # type: ignore[no-untyped-def]
-    srv, secret_file, secret, sink = live
+    srv, _, secret, sink = live
     before = _settings(srv)
     assert len(PRAGMAS) > 10
     for name in PRAGMAS:
