@@ -308,7 +308,14 @@ class LoggingConfig:
 class StatusConfig:
     bind_address: str = _f("127.0.0.1", "status HTTP endpoint address", check=_check_bind)
     port: int = _f(8042, "status HTTP port; 0 = no status endpoint", check=_between(0, 65535, "TCP port"))
-    token: str | None = _f(None, "if set, requests need 'Authorization: Bearer <token>'")
+    token: str | None = _f(None, "requests for index data need 'Authorization: Bearer <token>'; "
+                                 "null = a token generated at first start, kept in <storage>/.status/token (0600)")
+    auth: bool = _f(True, "require the token; false = anyone who reaches the port reads the index")
+    allowed_hosts: tuple[str, ...] = _f((), "host names (besides localhost and IP addresses) accepted in the "
+                                             "Host header, against DNS rebinding; '*' = any")
+    query_timeout: float = _f(30.0, "seconds a /query may run before it is stopped", check=_positive)
+    query_max_bytes: int = _f(64 * 1024 * 1024, "largest /query result sent, in every format",
+                              check=_between(1024), scalar="size")
 
 
 @dataclass(frozen=True)

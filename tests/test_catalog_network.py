@@ -95,7 +95,9 @@ def test_locked_index_does_not_stop_reception(start_server, tmp_path: Path) -> N
         ds = make_image(image, 1, study=1)
         assert [r[1] for r in run_storescu(srv, [image])] == ["Success"]
         assert len(srv.stored_files()) == 1
-        doc = json.load(urllib.request.urlopen(f"http://127.0.0.1:{status_port}/status", timeout=10))
+        req = urllib.request.Request(f"http://127.0.0.1:{status_port}/status", headers={
+            "Authorization": "Bearer " + (srv.storage / ".status" / "token").read_text().strip()})
+        doc = json.load(urllib.request.urlopen(req, timeout=10))
         assert any("index unavailable" in w for w in doc["warnings"])
         assert "receiving WITHOUT indexing" in srv.log_text()
         assert srv.stop() == 0

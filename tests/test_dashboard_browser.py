@@ -78,7 +78,11 @@ def test_dashboard_in_headless_chromium(start_server, tmp_path: Path, tmp_path_f
     assert assoc.is_established
     driver = browser(tmp_path / "chromium-profile", tmp_path_factory.mktemp("chromium"))
     try:
-        driver.get(f"http://127.0.0.1:{sport}/")
+        # opened once with the token (as the start-up log says); the page
+        # then lives on its cookie, with the token gone from the address
+        token = (srv.storage / ".status" / "token").read_text().strip()
+        driver.get(f"http://127.0.0.1:{sport}/?token={token}")
+        assert "token" not in driver.current_url
         wait = WebDriverWait(driver, 20)
         row = wait.until(lambda d: [tr for tr in d.find_elements(By.CSS_SELECTOR, "#active tbody tr[data-id]")
                                     if "WATCHED" in tr.text])

@@ -34,8 +34,15 @@ def get(url: str, token: str | None = None) -> bytes:
         return bytes(resp.read())
 
 
-def status(port: int) -> dict[str, Any]:
-    return json.loads(get(f"http://127.0.0.1:{port}/status"))
+def token_of(srv: Any) -> str:
+    """The token the server generated at its first start (docs/security.md),
+    once its status endpoint listens (it logs "status page at" then)."""
+    assert "status page at" in srv.log_once_it_says("status page at")
+    return str((srv.storage / ".status" / "token").read_text().strip())
+
+
+def status(port: int, token: str) -> dict[str, Any]:
+    return json.loads(get(f"http://127.0.0.1:{port}/status", token))
 
 
 def metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -143,7 +150,7 @@ def test_status_and_metrics_during_two_association_flood(start_server, two_sende
         s.start()
 
     def both_at(count: int) -> dict[str, Any] | None:
-        doc = status(sport)
+        doc = status(sport, token_of(srv))
         by_ae = {a["calling_ae"]: a for a in doc["active"]}
         return doc if set(by_ae) == set(senders) and all(a["instances"] == count for a in by_ae.values()) else None
 
@@ -166,7 +173,7 @@ def test_status_and_metrics_during_two_association_flood(start_server, two_sende
         s.go_on.set()
     while True:  # at least one reading; both stay open until released, so each is listed in every one
         done = all(s.all_sent.is_set() for s in senders.values())
-        for a in status(sport)["active"]:
+        for a in status(sport, token_of(srv))["active"]:
             progress[a["calling_ae"]].append(a["instances"])
         if done:
             break
@@ -193,7 +200,7 @@ def test_status_and_metrics_during_two_association_flood(start_server, two_sende
             key = ("CT" if i % 2 else "MR", ae)
             expected[key] += 1
             expected_bytes[key] += len(dataset_bytes(f))
-    doc = wait_for(lambda: (d := status(sport))["active"] == [] and d)
+    doc = wait_for(lambda: (d := status(sport, token_of(srv)))["active"] == [] and d)
     assert doc["totals"]["instances"] == 160
     assert doc["totals"]["bytes"] == sum(expected_bytes.values())
     assert doc["totals"]["associations"] == 2
@@ -319,7 +326,7 @@ def test_rejected_association_is_logged_and_counted(start_server, two_senders, t
     r = subprocess.run([dcmtk("storescu"), "-aet", "SENDER_A", "-aec", "WRONGAE", "127.0.0.1", str(srv.port),
                         str(two_senders["SENDER_A"][0])], capture_output=True, text=True, timeout=60)
     assert r.returncode != 0
-    doc = wait_for(lambda: (d := status(sport))["totals"]["associations_by_outcome"]["rejected"] == 1 and d)
+    doc = wait_for(lambda: (d := status(sport, token_of(srv)))["totals"]["associations_by_outcome"]["rejected"] == 1 and d)
     assert doc["recent_associations"][0]["outcome"] == "rejected"
     assert "WRONGAE" in doc["recent_associations"][0]["reason"]
     assert metrics(sport)[("fastscp_associations_total", (("outcome", "rejected"),))] == 1

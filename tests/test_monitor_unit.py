@@ -191,7 +191,9 @@ async def _raw(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
 
 
 def _req(method: str, path: str, body: bytes = b"", headers: str = "") -> bytes:
-    return (f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n{headers}\r\n").encode() + body
+    ctype = "Content-Type: application/json\r\n" if method == "POST" and "content-type" not in headers.lower() else ""
+    return (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(body)}\r\n{ctype}{headers}"
+            "\r\n").encode() + body
 
 
 def test_status_server_routes_token_and_query(tmp_path: Path) -> None:

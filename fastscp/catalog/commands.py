@@ -3,32 +3,36 @@
 ``register(subparsers)`` adds them to the CLI's argparse subparsers; each sets
 ``func(args) -> exit code``. ``query`` and ``stats`` open the index file
 read-only; DuckDB lets only one process open a file for writing, so while a
-server runs ``query`` goes through that server's status endpoint (POST
-/query, see fastscp/monitor) and ``stats`` fails with a message saying so. Exit codes: 0 ok, 1 runtime
-error (database locked, missing, SQL error), 2 refused or unusable arguments.
+server runs they go through that server's status endpoint (POST /query and
+GET /stats, see fastscp/monitor). ``reindex`` writes, so while a server holds
+the index it refuses with one line saying to stop it. Exit codes: 0 ok, 1
+runtime error (database locked, missing, SQL error), 2 refused or unusable
+arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import orjson
 
 from . import schema
 from .query import ReadOnlyQueryError, export_parquet, format_table, run_readonly_query, to_json, write_csv
 from .reconcile import reconcile
-from .stats import PlotUnavailable, collect_stats, format_stats, plot_stats
+from .stats import CatalogStats, PlotUnavailable, collect_stats, format_stats, plot_stats
 
 DEFAULT_INDEX_DB = "pacs.db"
 
 
-def _open_readonly(path: str) -> duckdb.DuckDBPyConnection:
+def _open_readonly(path: str, allowed_paths: tuple[str, ...] = ()) -> duckdb.DuckDBPyConnection:
     try:
-        return schema.connect(path, read_only=True)
+        return schema.connect(path, read_only=True, allowed_paths=allowed_paths)
     except duckdb.IOException as exc:
         if "lock" in str(exc).lower():
             raise RuntimeError(
@@ -46,7 +50,9 @@ def _cmd_query(args: argparse.Namespace) -> int:
     if routed is not None:
         return routed
     try:
-        conn = _open_readonly(args.index_db)
+        # locked down like the server's (schema.lock_down): the one file this
+        # SQL may write is the Parquet output asked for
+        conn = _open_readonly(args.index_db, (args.output,) if args.format == "parquet" else ())
     except (RuntimeError, FileNotFoundError, duckdb.Error) as exc:
         print(f"fastscp query: {exc}", file=sys.stderr)
         return 1
@@ -109,7 +115,6 @@ def _query_through_server(args: argparse.Namespace) -> int | None:
         Path(args.output).write_bytes(raw)
         print(f"wrote {args.output} (through the server at {ep.url})", file=sys.stderr)
         return 0
-    import orjson
 
     doc = orjson.loads(raw)
     columns, rows = doc["columns"], [tuple(r) for r in doc["rows"]]
@@ -119,19 +124,58 @@ def _query_through_server(args: argparse.Namespace) -> int | None:
     return 0
 
 
-def _cmd_stats(args: argparse.Namespace) -> int:
+def _stats_through_server(args: argparse.Namespace) -> CatalogStats | int | None:
+    """The running server's GET /stats (it holds the index); the disk
+    figures are read here. None = no server holds this index."""
+    from ..monitor.client import EndpointError, server_for_index
+
+    ep = server_for_index(args.index_db, getattr(args, "url", None), getattr(args, "token", None))
+    if ep is None:
+        return None
     try:
-        conn = _open_readonly(args.index_db)
-    except (RuntimeError, FileNotFoundError, duckdb.Error) as exc:
-        print(f"fastscp stats: {exc}", file=sys.stderr)
+        doc = orjson.loads(ep.request(f"/stats?days={args.days}", timeout=60.0))
+    except EndpointError as exc:
+        print(f"fastscp stats: {ep.url}: {exc}", file=sys.stderr)
+        return 2 if exc.status in (400, 401) else 1
+    except OSError as exc:
+        print(f"fastscp stats: server at {ep.url} does not answer: {exc}", file=sys.stderr)
         return 1
+    st = CatalogStats(**{k: v for k, v in doc.items() if k in CatalogStats.__dataclass_fields__})
+    for name in ("per_day", "per_modality", "per_calling_ae"):
+        setattr(st, name, [tuple(r) for r in getattr(st, name)])
+    if args.storage_dir:
+        usage = shutil.disk_usage(args.storage_dir)
+        st.storage_dir = str(args.storage_dir)
+        st.disk_total, st.disk_used, st.disk_free = usage.total, usage.used, usage.free
+    return st
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    if args.days < 1:
+        print("fastscp stats: days must be at least 1", file=sys.stderr)
+        return 2
     try:
-        st = collect_stats(conn, days=args.days, storage_dir=args.storage_dir)
-    except (ValueError, OSError) as exc:
+        routed = _stats_through_server(args)
+    except OSError as exc:
         print(f"fastscp stats: {exc}", file=sys.stderr)
         return 2
-    finally:
-        conn.close()
+    if isinstance(routed, int):
+        return routed
+    if routed is not None:
+        st = routed
+    else:
+        try:
+            conn = _open_readonly(args.index_db)
+        except (RuntimeError, FileNotFoundError, duckdb.Error) as exc:
+            print(f"fastscp stats: {exc}", file=sys.stderr)
+            return 1
+        try:
+            st = collect_stats(conn, days=args.days, storage_dir=args.storage_dir)
+        except (ValueError, OSError) as exc:
+            print(f"fastscp stats: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            conn.close()
     if args.format == "json":
         sys.stdout.write(to_json(list(st.as_dict().keys()), [tuple(st.as_dict().values())]).decode())
     else:
@@ -148,9 +192,25 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 def _cmd_reindex(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
+    from ..monitor.client import discovered
+
+    held = discovered(args.index_db)
+    if held is not None:  # reindex writes: never through the server, never beside it
+        print(f"fastscp reindex: index {args.index_db} is held by a running fastscp server ({held.url}, "
+              f"{held.source}): stop it first (it reconciles the index with its storage at every start)",
+              file=sys.stderr)
+        return 1
     try:
         report = reconcile(args.storage_dir, args.index_db, workers=args.workers,
                            progress=None if args.progress else False, adopt_root=True)
+    except duckdb.IOException as exc:
+        if "lock" not in str(exc).lower():
+            print(f"fastscp reindex: {exc}", file=sys.stderr)
+            return 1
+        print(f"fastscp reindex: index {args.index_db} is open in another process (a running fastscp "
+              "server?): stop it first (a server reconciles the index with its storage at every start)",
+              file=sys.stderr)
+        return 1
     except (NotADirectoryError, RuntimeError, duckdb.Error) as exc:
         print(f"fastscp reindex: {exc}", file=sys.stderr)
         return 1
@@ -193,6 +253,9 @@ def register(subparsers: Any) -> None:
     s.add_argument("--plot", metavar="FILE.png", help="draw the per-day chart (needs fastscp[plot])")
     s.add_argument("--storage-dir", metavar="DIR", help="storage directory, for disk usage/free")
     s.add_argument("--format", choices=("text", "json"), default="text")
+    s.add_argument("--url", help="status endpoint of the running server to ask (default: the server holding "
+                                 "--index-db, found by its <index-db>.status.json)")
+    s.add_argument("--token", help="status endpoint token (default: $FASTSCP_STATUS_TOKEN or the discovery file)")
     _add_index_db(s)
     s.set_defaults(func=_cmd_stats)
 

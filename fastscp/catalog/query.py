@@ -14,8 +14,15 @@ enough for the odd ones:
 3. The statement runs inside a transaction that is always rolled back (and
    the CLI opens the database file read-only).
 
-Reading files through table functions (``read_csv('/etc/...')``) is a read
-and is not refused; the endpoint that forwards queries listens on localhost.
+What a statement can reach outside the index is not decided here: every
+connection to the index is locked down by DuckDB's own settings
+(``schema.lock_down``: no external access but the export directory, no
+extension loading, configuration locked), so ``read_text('/etc/passwd')``,
+``glob``, ``ATTACH``, ``enable_logging``, ``SET`` and ``INSTALL`` fail in
+DuckDB itself, whatever their name.
+
+Errors name the user's statement, never the ``EXPLAIN (FORMAT json)`` wrapper
+used for lock 2.
 """
 
 from __future__ import annotations
@@ -76,6 +83,32 @@ def _walk_plan(nodes: Any) -> list[str]:
     return names
 
 
+_PLAN_PREFIX = "EXPLAIN (FORMAT json) "
+
+
+def _without_wrapper(exc: duckdb.Error) -> duckdb.Error:
+    """The same error about the user's statement: DuckDB quotes the text it
+    was given (``LINE 1: EXPLAIN (FORMAT json) SELECT ...`` and a caret under
+    it), which here is the plan check's wrapper."""
+    lines = str(exc).split("\n")
+    out: list[str] = []
+    shift = 0
+    for line in lines:
+        m = re.match(r"^(LINE \d+: )", line)
+        if m and line[m.end():].startswith(_PLAN_PREFIX):
+            line = m.group(1) + line[m.end() + len(_PLAN_PREFIX):]
+            shift = len(_PLAN_PREFIX)
+        elif shift:  # the caret line under it
+            if set(line.strip()) == {"^"} and line[:shift].isspace():
+                line = line[shift:]
+            shift = 0
+        out.append(line.replace(_PLAN_PREFIX, ""))
+    try:
+        return type(exc)("\n".join(out))
+    except TypeError:
+        return exc
+
+
 def check_readonly(conn: duckdb.DuckDBPyConnection, sql: str) -> str:
     """Return the statement text if ``sql`` is one read-only statement, else
     raise ReadOnlyQueryError naming what was found."""
@@ -90,7 +123,10 @@ def check_readonly(conn: duckdb.DuckDBPyConnection, sql: str) -> str:
             raise _refuse(f"EXPLAIN of {inner_kind.name} statement")
     elif kind != duckdb.StatementType.SELECT:
         raise _refuse(f"{kind.name} statement")
-    plan_rows = conn.execute("EXPLAIN (FORMAT json) " + inner).fetchall()
+    try:
+        plan_rows = conn.execute(_PLAN_PREFIX + inner).fetchall()
+    except duckdb.Error as exc:
+        raise _without_wrapper(exc) from None
     for _kind, plan_json in plan_rows:
         for name in _walk_plan(orjson.loads(plan_json)):
             if _WRITING_OPERATORS.match(name):

@@ -20,7 +20,7 @@ computed from ``instances`` by the views, never stored twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import os
@@ -214,8 +214,11 @@ def migrate(conn: duckdb.DuckDBPyConnection, target: int = SCHEMA_VERSION) -> in
     return start
 
 
-def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open the index database, migrating it forward unless ``read_only``.
+def connect(path: str | Path, *, read_only: bool = False,
+            allowed_paths: Sequence[str | Path] = ()) -> duckdb.DuckDBPyConnection:
+    """Open the index database, migrating it forward unless ``read_only``,
+    locked down (``lock_down``): SQL on it reaches no file but the index, the
+    index's export directory and ``allowed_paths``.
 
     A read-only open of a database that is missing or older than this code
     fails with a message rather than writing to it.
@@ -224,7 +227,8 @@ def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConn
     if read_only:
         if not path.exists():
             raise FileNotFoundError(f"index database {path} does not exist")
-        conn = duckdb.connect(str(path), read_only=True)
+        conn = duckdb.connect(str(path), read_only=True, config=dict(LOCKED_OPEN_CONFIG))
+        lock_down(conn, path, allowed_paths)
         version = schema_version(conn)
         if version != SCHEMA_VERSION:
             conn.close()
@@ -235,10 +239,50 @@ def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConn
         return conn
     if path.parent != Path(""):
         path.parent.mkdir(parents=True, exist_ok=True)
-    conn = duckdb.connect(str(path), config={"threads": os.environ.get("FASTSCP_DUCKDB_THREADS", "1")})
+    conn = duckdb.connect(str(path), config={"threads": os.environ.get("FASTSCP_DUCKDB_THREADS", "1"),
+                                             **LOCKED_OPEN_CONFIG})
     try:
+        lock_down(conn, path, allowed_paths)
         migrate(conn)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+# ---- what SQL on the index may reach ---------------------------------------------------
+# The status endpoint runs people's SQL on a cursor of the index writer's
+# connection, so the whole DuckDB instance is locked down, by DuckDB's own
+# settings rather than a list of function names: no file, network or
+# extension access but the paths below, and no setting can change afterwards.
+
+# Given at open (they must hold before anything could load an extension).
+LOCKED_OPEN_CONFIG: dict[str, str | bool | int] = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
+
+
+def export_dir(path: str | Path) -> Path:
+    """The one directory the server's SQL may write to and read from:
+    ``<index>.export/``, where a Parquet result is written before it is sent
+    (DuckDB writes Parquet only to files). Made on first use, mode 0700."""
+    p = Path(path).resolve()
+    return p.with_name(p.name + ".export")
+
+
+def lock_down(conn: duckdb.DuckDBPyConnection, path: str | Path,
+              allowed_paths: Sequence[str | Path] = ()) -> None:
+    """``enable_external_access = false`` with ``allowed_directories`` =
+    the export directory and ``allowed_paths`` as given, then
+    ``lock_configuration = true``. The settings belong to the DuckDB instance:
+    a second connection to a file this process already has open shares the
+    locked instance (and its allowed paths), so there is nothing to do."""
+    row = conn.execute("SELECT current_setting('lock_configuration')").fetchone()
+    if row is not None and row[0]:
+        return
+    conn.execute("SET allowed_directories = ?", [[str(export_dir(path)) + os.sep]])
+    if allowed_paths:
+        conn.execute("SET allowed_paths = ?", [[str(Path(p).resolve()) for p in allowed_paths]])
+    conn.execute("SET enable_external_access = false")
+    conn.execute("SET lock_configuration = true")

@@ -3,9 +3,11 @@ query`` and ``fastscp status``), with the standard library's urllib.
 
 Which server: ``--url`` if given; else the discovery file the server writes
 next to its index (``<index db>.status.json``), if its process is alive; else
-the default local address ``http://127.0.0.1:8042``. The token comes from
-``--token``, the ``FASTSCP_STATUS_TOKEN`` environment variable, or the
-discovery file.
+``$FASTSCP_STATUS_URL``; else the default local address
+``http://127.0.0.1:8042``. ``Endpoint.source`` says which, so the tools can
+tell the user what they are showing. The token comes from ``--token``, the
+``FASTSCP_STATUS_TOKEN`` environment variable, or the discovery file (only
+for the URL that file names: a token is never sent to another server).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Endpoint:
     url: str
     token: str | None = None
     index_db: str | None = None  # the index the server holds, when known
+    source: str = ""  # where the URL came from, for the user
 
     def request(self, path: str, body: Any = None, timeout: float = 30.0) -> bytes:
         data = orjson.dumps(body) if body is not None else None
@@ -90,20 +93,32 @@ def discovered(index_db: str | os.PathLike[str] | None) -> Endpoint | None:
         return None
     if not _alive(pid):
         return None
-    return Endpoint(url, doc.get("token"), doc.get("index_db"))
+    return Endpoint(url, doc.get("token"), doc.get("index_db"), f"discovery file {path} (server pid {pid})")
+
+
+def _same_url(a: str, b: str) -> bool:
+    return a.rstrip("/").lower() == b.rstrip("/").lower()
 
 
 def resolve_endpoint(url: str | None, token: str | None, index_db: str | None) -> Endpoint:
-    """--url, else the discovery file of ``index_db``, else the default address."""
+    """--url, else the discovery file of ``index_db``, else $FASTSCP_STATUS_URL,
+    else the default address; ``source`` says which."""
     token = token or os.environ.get("FASTSCP_STATUS_TOKEN") or None
-    if url:
-        return Endpoint(url, token)
     found = discovered(index_db)
+    if url:
+        if token is None and found is not None and _same_url(found.url, url):
+            token = found.token
+        return Endpoint(url, token, found.index_db if found is not None and _same_url(found.url, url) else None,
+                        "--url")
     if found is not None:
         if token:
             found.token = token
         return found
-    return Endpoint(os.environ.get("FASTSCP_STATUS_URL") or DEFAULT_URL, token)
+    where = f"no server found for index {index_db} (no live {discovery_path(index_db)})" if index_db else ""
+    env = os.environ.get("FASTSCP_STATUS_URL")
+    if env:
+        return Endpoint(env, token, None, f"$FASTSCP_STATUS_URL; {where}" if where else "$FASTSCP_STATUS_URL")
+    return Endpoint(DEFAULT_URL, token, None, f"the default address; {where}" if where else "the default address")
 
 
 def server_for_index(index_db: str, url: str | None = None, token: str | None = None) -> Endpoint | None:

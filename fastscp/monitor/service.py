@@ -5,8 +5,9 @@ sampler, the status HTTP endpoint and the discovery file.
 ``start(listening)`` once they do and ``stop()`` at shutdown.
 
 The discovery file ``<index db>.status.json`` (mode 0600) tells local tools
-(``fastscp query``, ``fastscp status``) where this server's endpoint is and
-which index it holds, so they find a server on any port without flags.
+(``fastscp query``, ``fastscp status``) where this server's endpoint is, which
+index it holds and its token, so they find a server on any port without flags.
+The token is generated at first start (``status_token``, docs/security.md).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Mapping
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,44 @@ from ..scp import ServerState
 from .client import discovery_path
 from .collector import Monitor
 from .connlog import ConnectionLog
-from .http import StatusServer
+from .http import QueryLimits, StatusServer
 
 log = logging.getLogger("fastscp.monitor")
 
 DISK_EVERY = 2  # seconds between statvfs calls
+TOKEN_FILE = Path(".status") / "token"
+
+
+def token_path(storage_dir: str | os.PathLike[str]) -> Path:
+    """Where the generated status token is kept: ``<storage>/.status/token``."""
+    return Path(storage_dir) / TOKEN_FILE
+
+
+def status_token(configured: str | None, auth: bool, storage_dir: str | os.PathLike[str]) -> str | None:
+    """The token the endpoint requires: ``status.token`` if set, else the
+    one generated at first start and kept in ``token_path`` (mode 0600, in a
+    0700 directory, readable only by the service user); None with
+    ``status.auth: false``."""
+    if not auth:
+        return None
+    if configured:
+        return configured
+    path = token_path(storage_dir)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+            log.warning("%s was readable by others: made it 0600", path)
+        token = path.read_text().strip()
+        if token:
+            return token
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token
 
 
 def local_url(host: str, port: int) -> str:
@@ -58,6 +93,7 @@ class MonitorService:
         state.observers.append(self.monitor)
         state.observers.append(ConnectionLog())
         self.http: StatusServer | None = None
+        self.token: str | None = None
         self.url: str | None = None
         self._discovery: Path | None = None
         self._sampler: asyncio.Task[None] | None = None
@@ -70,7 +106,14 @@ class MonitorService:
         if not st.port:
             log.info("status endpoint off (status.port is 0)")
             return
-        http = StatusServer(self.monitor, self.catalog, st.token)
+        try:
+            self.token = status_token(st.token, st.auth, self.state.storage.directory)
+        except OSError as exc:
+            log.error("status endpoint not started: cannot keep its token in %s: %s",
+                      token_path(self.state.storage.directory), exc)
+            return
+        limits = QueryLimits(timeout=st.query_timeout, max_bytes=st.query_max_bytes)
+        http = StatusServer(self.monitor, self.catalog, self.token, limits=limits, allowed_hosts=st.allowed_hosts)
         try:
             host, port = await http.start(st.bind_address, st.port)
         except OSError as exc:
@@ -83,8 +126,14 @@ class MonitorService:
         self.http = http
         self.url = local_url(st.bind_address, port)
         self.monitor.info["status_url"] = self.url
-        log.info("status page at %s/ (JSON %s/status, Prometheus %s/metrics)%s", self.url, self.url, self.url,
-                 ", token required" if st.token else "")
+        if self.token:
+            log.info("status page at %s/ (JSON %s/status, Prometheus %s/metrics); index data needs the token in "
+                     "%s (open %s/?token=<token> once in a browser, or `fastscp status --browser-url`)",
+                     self.url, self.url, self.url, "status.token" if st.token else
+                     token_path(self.state.storage.directory), self.url)
+        else:
+            log.warning("status page at %s/ with NO token (status.auth: false): whoever reaches %s:%d reads "
+                        "the index", self.url, st.bind_address, port)
         self._write_discovery()
 
     async def stop(self) -> None:
@@ -104,7 +153,7 @@ class MonitorService:
             return
         path = discovery_path(index_db)
         doc: dict[str, Any] = {"url": self.url, "pid": os.getpid(), "index_db": index_db,
-                               "token": self.cfg.status.token}
+                               "token": self.token}
         tmp = path.with_name(path.name + ".tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

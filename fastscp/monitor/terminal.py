@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -105,14 +106,24 @@ def _cmd_status(args: argparse.Namespace) -> int:
     def fetch() -> dict[str, Any]:
         return ep.status(timeout=5.0)
 
+    if args.browser_url:
+        print(f"{ep.url.rstrip('/')}/" + (f"?token={ep.token}" if ep.token else ""))
+        print(f"fastscp status: {ep.url} (from {ep.source})", file=sys.stderr)
+        return 0
     try:
         doc = fetch()
     except EndpointError as exc:
-        print(f"fastscp status: {ep.url}: {exc}", file=sys.stderr)
+        print(f"fastscp status: {ep.url} (from {ep.source}): {exc}", file=sys.stderr)
         return 2 if exc.status == 401 else 1
     except OSError as exc:
-        print(f"fastscp status: no fastscp server answers at {ep.url} ({exc})", file=sys.stderr)
+        print(f"fastscp status: no fastscp server answers at {ep.url} (from {ep.source}): {exc}", file=sys.stderr)
         return 1
+    # which server this is, and why this one: it may not be the user's own
+    held = (doc.get("server") or {}).get("index_db")
+    note = ""
+    if held and args.index_db and ep.source != "--url" and Path(held).resolve() != Path(args.index_db).resolve():
+        note = f"; it holds index {held}, not {args.index_db}"
+    print(f"fastscp status: showing the server at {ep.url} (from {ep.source}){note}", file=sys.stderr)
     if args.once:
         console.print(render(doc))
         return 0
@@ -133,11 +144,14 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("status", help="live view of the running receiver",
                               description="Show the running receiver's status, refreshing in place. "
                                           "Finds the server holding --index-db by its discovery file, "
-                                          "else asks http://127.0.0.1:8042.")
+                                          "else asks $FASTSCP_STATUS_URL or http://127.0.0.1:8042, and "
+                                          "says on stderr which server it shows and why.")
     p.add_argument("--url", help="status endpoint, e.g. http://127.0.0.1:8042")
     p.add_argument("--token", help="endpoint token (default: $FASTSCP_STATUS_TOKEN or the discovery file)")
     p.add_argument("--index-db", default="pacs.db", metavar="FILE",
                    help="find the server holding this index (default pacs.db)")
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    p.add_argument("--browser-url", action="store_true",
+                   help="print the dashboard's address with its token (open it once in a browser) and exit")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     p.set_defaults(func=_cmd_status)
