@@ -70,7 +70,8 @@ async function attempt(name, init) {
 </script></body></html>"""
 
 
-def test_a_page_on_another_origin_cannot_run_a_query(start_server, tmp_path: Path) -> None:
+def test_a_page_on_another_origin_cannot_run_a_query(start_server, tmp_path: Path,
+                                                    tmp_path_factory: pytest.TempPathFactory) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -93,7 +94,7 @@ def test_a_page_on_another_origin_cannot_run_a_query(start_server, tmp_path: Pat
 
     evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Evil)
     threading.Thread(target=evil.serve_forever, daemon=True).start()
-    driver = browser()
+    driver = browser(tmp_path / "chromium-profile", tmp_path_factory.mktemp("chromium"))
     try:
         # the victim has opened the dashboard before: the browser holds its cookie
         driver.get(f"{target}/?token={token}")
@@ -118,7 +119,8 @@ def test_a_page_on_another_origin_cannot_run_a_query(start_server, tmp_path: Pat
     assert "Traceback" not in log
 
 
-def test_a_rebound_host_name_is_refused_in_chromium(start_server) -> None:
+def test_a_rebound_host_name_is_refused_in_chromium(start_server, tmp_path: Path,
+                                                    tmp_path_factory: pytest.TempPathFactory) -> None:
     from selenium import webdriver  # noqa: F401
     from selenium.webdriver.common.by import By
 
@@ -130,7 +132,7 @@ def test_a_rebound_host_name_is_refused_in_chromium(start_server) -> None:
     flags = tdb.FLAGS
     tdb.FLAGS = (*flags, "--host-resolver-rules=MAP rebound.test 127.0.0.1")
     try:
-        driver = browser()
+        driver = browser(tmp_path / "chromium-profile", tmp_path_factory.mktemp("chromium"))
     finally:
         tdb.FLAGS = flags
     try:
