@@ -20,11 +20,10 @@ computed from ``instances`` by the views, never stored twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import logging
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import duckdb
 
