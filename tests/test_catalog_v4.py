@@ -12,12 +12,12 @@ from pathlib import Path
 import duckdb
 import pytest
 from pydicom import dcmread
+from test_catalog_support import make_info, write_instance
 
 from fastscp.catalog import schema
 from fastscp.catalog.reconcile import read_header, reconcile
 from fastscp.catalog.rows import BatchWriter
 from fastscp.storage.header import parse_file
-from test_catalog_support import make_info, write_instance
 
 STUDY_A = "1.2.826.0.1.3680043.9.7.10"
 STUDY_B = "1.2.826.0.1.3680043.9.7.20"

@@ -39,6 +39,7 @@ from .matching import (
     build_sql,
     column_of,
     element_text,
+    gone_ids,
     parse_identifier,
 )
 from .model import (
@@ -126,17 +127,20 @@ def _run(conn: duckdb.DuckDBPyConnection, query: Query, identifier: Dataset,
            if entity in ENTITY_ID[level] and _needs(entity, wants)}
     if not columns:
         column_index(ENTITY_ID[level][level])
-    sql, params = build_sql(query, columns)
     charset = _Charset(identifier)
     level_text = level.name
     sent = 0
     try:
+        gone = gone_ids(conn, level) if level is not Level.IMAGE else []
+        gone_series = gone_ids(conn, Level.SERIES) if _needs(Level.STUDY, wants) else []
+        missing = _Missing(conn)
+        sql, params = build_sql(query, columns, gone)
         cursor = conn.execute(sql, params)
         while True:
             rows = cursor.fetchmany(fetch_size)
             if not rows:
                 return
-            derived = _derived(conn, rows, ids, wants)
+            derived = _derived(conn, rows, ids, wants, gone_series, missing)
             for row in rows:
                 if cancelled():
                     raise QueryCancelled("C-CANCEL received")
@@ -163,10 +167,32 @@ def _needs(entity: Level, wants: set[str]) -> bool:
 _Derived = dict[str, dict[object, object]]  # keyword -> entity id -> value
 
 
+class _Missing:
+    """Missing-instance counts per patient/study/series, read once per query
+    (one scan of the ``status`` column; usually nothing is missing)."""
+
+    def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
+        self.conn = conn
+        self.by: dict[str, dict[object, int]] = {}
+
+    def of(self, column: str) -> dict[object, int]:
+        found = self.by.get(column)
+        if found is None:
+            found = {r[0]: int(r[1]) for r in self.conn.execute(
+                f"SELECT {column}, count(*) FROM instances WHERE status <> 'present' GROUP BY 1").fetchall()}
+            self.by[column] = found
+        return found
+
+
 def _derived(conn: duckdb.DuckDBPyConnection, rows: Sequence[tuple[object, ...]],
-             ids: dict[Level, int], wants: set[str]) -> _Derived:
-    """The derived keys of a chunk of rows: one aggregate query per entity,
-    over present instances, with the chunk's identifiers as parameters."""
+             ids: dict[Level, int], wants: set[str], gone_series: list[str], missing: _Missing) -> _Derived:
+    """The derived keys of a chunk of rows, counting present instances only.
+
+    Counts of instances are ``count(*)`` by the indexed identifier (DuckDB
+    answers an IN list of constants from the ART index without reading other
+    columns) minus the entity's missing rows; series counts and modalities
+    come from the ``series`` table without the series that are all missing.
+    """
     out: _Derived = {}
     for entity, index in ids.items():
         keys = sorted({row[index] for row in rows if row[index] is not None}, key=str)
@@ -181,28 +207,32 @@ def _derived(conn: duckdb.DuckDBPyConnection, rows: Sequence[tuple[object, ...]]
             for name, position in zip(_PATIENT_COUNTS, (1, 2, 3)):
                 out[name] = {r[0]: r[position] for r in result}
         elif entity is Level.STUDY:
-            if wants.intersection(_STUDY_COUNTS):
+            if "NumberOfStudyRelatedInstances" in wants:
+                gone = missing.of("study_instance_uid")
+                out["NumberOfStudyRelatedInstances"] = {
+                    r[0]: int(r[1]) - gone.get(r[0], 0) for r in conn.execute(
+                        "SELECT x.study_instance_uid, count(*) FROM instances x "
+                        f"WHERE x.study_instance_uid IN ({marks}) GROUP BY 1", keys).fetchall()}
+            if "SOPClassesInStudy" in wants:
+                out["SOPClassesInStudy"] = {r[0]: r[1] for r in conn.execute(
+                    "SELECT x.study_instance_uid, list(DISTINCT x.sop_class_uid ORDER BY x.sop_class_uid) "
+                    f"FROM instances x WHERE x.status = 'present' AND x.study_instance_uid IN ({marks}) "
+                    "GROUP BY 1", keys).fetchall()}
+            if "ModalitiesInStudy" in wants or "NumberOfStudyRelatedSeries" in wants:
                 result = conn.execute(
-                    "SELECT x.study_instance_uid, count(DISTINCT x.series_instance_uid), count(*), "
-                    "list(DISTINCT x.sop_class_uid ORDER BY x.sop_class_uid) FROM instances x "
-                    f"WHERE x.status = 'present' AND x.study_instance_uid IN ({marks}) GROUP BY 1",
-                    keys).fetchall()
-                for name, position in zip(_STUDY_COUNTS, (1, 2, 3)):
-                    out[name] = {r[0]: r[position] for r in result}
-            if "ModalitiesInStudy" in wants:
-                result = conn.execute(
-                    "SELECT sx.study_instance_uid, list(DISTINCT sx.modality ORDER BY sx.modality) "
-                    "FROM series sx WHERE sx.modality <> '' "
-                    f"AND sx.study_instance_uid IN ({marks}) AND EXISTS (SELECT 1 FROM instances x "
-                    "WHERE x.series_instance_uid = sx.series_instance_uid AND x.status = 'present') "
-                    "GROUP BY 1", keys).fetchall()
-                out["ModalitiesInStudy"] = {r[0]: r[1] for r in result}
+                    "SELECT sx.study_instance_uid, count(*), "
+                    "list(DISTINCT sx.modality ORDER BY sx.modality) FILTER (WHERE sx.modality <> '') "
+                    f"FROM series sx WHERE sx.study_instance_uid IN ({marks}) "
+                    "AND NOT list_contains(?::VARCHAR[], sx.series_instance_uid) GROUP BY 1",
+                    [*keys, gone_series]).fetchall()
+                out["NumberOfStudyRelatedSeries"] = {r[0]: r[1] for r in result}
+                out["ModalitiesInStudy"] = {r[0]: r[2] for r in result}
         elif entity is Level.SERIES:
-            result = conn.execute(
-                "SELECT x.series_instance_uid, count(*) FROM instances x "
-                f"WHERE x.status = 'present' AND x.series_instance_uid IN ({marks}) GROUP BY 1",
-                keys).fetchall()
-            out["NumberOfSeriesRelatedInstances"] = {r[0]: r[1] for r in result}
+            gone = missing.of("series_instance_uid")
+            out["NumberOfSeriesRelatedInstances"] = {
+                r[0]: int(r[1]) - gone.get(r[0], 0) for r in conn.execute(
+                    "SELECT x.series_instance_uid, count(*) FROM instances x "
+                    f"WHERE x.series_instance_uid IN ({marks}) GROUP BY 1", keys).fetchall()}
     return out
 
 

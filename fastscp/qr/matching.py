@@ -40,7 +40,9 @@ Matching rules (PS3.4 C.2.2.2) and the choices this SCP makes:
   return keys only; a value given for them is not matched (optional keys
   the SCP does not match on, C.2.2.1.3... see docs/query-retrieve.md).
 - Only present instances count: a patient, study or series matches only
-  if at least one of its instances has ``status = 'present'``.
+  if at least one of its instances has ``status = 'present'`` (``gone_ids``).
+  A study row left with no instance row at all (every instance re-sent
+  under another Study Instance UID) still matches, with counts of 0.
 
 Hierarchical queries (C.4.1.2.1, the default): every level above the
 Query/Retrieve Level must have its unique key, with one value; other keys
@@ -57,6 +59,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import duckdb
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -185,25 +188,21 @@ def _unique_of(model: InformationModel, level: Level) -> Key:
 # ---- Query -> SQL --------------------------------------------------------------------------
 
 
-_PRESENT = "x.status = 'present'"
 FROM: dict[Level, str] = {
-    Level.PATIENT: (
-        "FROM patients p WHERE EXISTS (SELECT 1 FROM instances x "
-        f"WHERE x.patient_id = p.patient_id AND {_PRESENT})"),
-    Level.STUDY: (
-        "FROM studies st LEFT JOIN patients p ON p.patient_id = st.patient_id "
-        "WHERE EXISTS (SELECT 1 FROM instances x "
-        f"WHERE x.study_instance_uid = st.study_instance_uid AND {_PRESENT})"),
+    Level.PATIENT: "FROM patients p WHERE true",
+    Level.STUDY: "FROM studies st LEFT JOIN patients p ON p.patient_id = st.patient_id WHERE true",
     Level.SERIES: (
         "FROM series se JOIN studies st ON st.study_instance_uid = se.study_instance_uid "
-        "LEFT JOIN patients p ON p.patient_id = st.patient_id "
-        "WHERE EXISTS (SELECT 1 FROM instances x "
-        f"WHERE x.series_instance_uid = se.series_instance_uid AND {_PRESENT})"),
+        "LEFT JOIN patients p ON p.patient_id = st.patient_id WHERE true"),
     Level.IMAGE: (
         "FROM instances i LEFT JOIN series se ON se.series_instance_uid = i.series_instance_uid "
         "LEFT JOIN studies st ON st.study_instance_uid = i.study_instance_uid "
         "LEFT JOIN patients p ON p.patient_id = i.patient_id "
         "WHERE i.status = 'present'"),
+}
+# The instances column naming each entity (for ``gone``).
+INSTANCE_ID: dict[Level, str] = {
+    Level.PATIENT: "patient_id", Level.STUDY: "study_instance_uid", Level.SERIES: "series_instance_uid",
 }
 # Where each entity's identifier is read at each level (the indexed column).
 ENTITY_ID: dict[Level, dict[Level, str]] = {
@@ -216,6 +215,27 @@ ENTITY_ID: dict[Level, dict[Level, str]] = {
 }
 
 
+def gone_ids(conn: duckdb.DuckDBPyConnection, entity: Level) -> list[str]:
+    """Patients, studies or series whose instances are all missing.
+
+    Only present instances match (the files are what a retrieve sends), but
+    an ``EXISTS`` over ``instances`` per candidate row costs a scan of the
+    whole table (DuckDB joins by hashing, its indexes serve only constant
+    lookups). Missing rows are few: their entities are read first (one scan
+    of the ``status`` column), then those that still have a present
+    instance are taken out. The rest is what ``build_sql`` excludes.
+    """
+    column = INSTANCE_ID[entity]
+    candidates = [r[0] for r in conn.execute(
+        f"SELECT DISTINCT {column} FROM instances WHERE status <> 'present'").fetchall()]
+    if not candidates:
+        return []
+    still = {r[0] for r in conn.execute(
+        f"SELECT DISTINCT {column} FROM instances WHERE status = 'present' "
+        f"AND list_contains(?::VARCHAR[], {column})", [candidates]).fetchall()}
+    return sorted(c for c in candidates if c not in still)
+
+
 def column_of(key: Key, level: Level) -> str:
     """The SQL expression a key reads at a query level (identifiers from the
     level's own table, where they are indexed)."""
@@ -226,10 +246,15 @@ def column_of(key: Key, level: Level) -> str:
     return key.column
 
 
-def build_sql(query: Query, columns: Sequence[str]) -> tuple[str, list[object]]:
-    """``SELECT <columns> FROM <level> WHERE <present> AND <predicates>``."""
+def build_sql(query: Query, columns: Sequence[str], gone: Sequence[str] = ()) -> tuple[str, list[object]]:
+    """``SELECT <columns> FROM <level> WHERE <predicates>``; ``gone`` lists
+    the level's entities none of whose instances is present (``gone_ids``),
+    which never match."""
     where: list[str] = []
     params: list[object] = []
+    if gone and query.level is not Level.IMAGE:
+        where.append(f"NOT list_contains(?::VARCHAR[], {ENTITY_ID[query.level][query.level]})")
+        params.append(list(gone))
     for term in query.terms:
         if query.model.key_level(term.key) > query.level:
             continue  # an empty key below the level (check_query refused the others)
