@@ -36,7 +36,7 @@ from fastscp.qr import (
     UnableToProcess,
     find,
 )
-from fastscp.qr.matching import predicate_for
+from fastscp.qr.matching import Query, Term, build_sql, predicate_for
 from fastscp.qr.model import KEYS, Key, KeyType, Level, Match
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -243,6 +243,20 @@ def test_sql_in_values_matches_literally_and_raises_nothing(index: duckdb.DuckDB
     # the one study whose description *is* such a text is found by it, and only it
     assert studies(index, StudyDescription="' OR 1=1 --") == {S4}
     assert index.execute("SELECT count(*) FROM studies").fetchone() == (5,)
+
+
+_MARKED = {Match.DATE: "19990909-20000101", Match.TIME: "191919-", Match.INTEGER: "919191",
+           Match.DATETIME: "19991919-"}
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS if k.match is not Match.DERIVED], ids=lambda k: k.keyword)
+def test_values_never_reach_the_sql_text(key: Key) -> None:
+    value = _MARKED.get(key.match, "ZQX' OR 1=1 --*\\ZQY?")
+    query = Query(STUDY_ROOT, Level.IMAGE, (Term(key, value),))
+    sql, params = build_sql(query, ["i.sop_instance_uid"], gone=["ZQG' --"])
+    assert params  # the value is there, as parameters ...
+    for fragment in ("ZQX", "ZQY", "ZQG", "1999", "1919", "9191", "OR 1=1"):
+        assert fragment not in sql, (fragment, sql)  # ... and nowhere in the statement
 
 
 # ---- levels, models, hierarchy ------------------------------------------------------------------
