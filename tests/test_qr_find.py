@@ -36,7 +36,13 @@ from fastscp.qr import (
     UnableToProcess,
     find,
 )
-from fastscp.qr.matching import Query, Term, build_sql, predicate_for
+from fastscp.qr.matching import (
+    Query,
+    Term,
+    build_sql,
+    identifier_from_params,
+    predicate_for,
+)
 from fastscp.qr.model import KEYS, Key, KeyType, Level, Match
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -517,3 +523,18 @@ def test_wildcard_matching_agrees_with_dicom_semantics(scratch: duckdb.DuckDBPyC
     # and fnmatch agrees where it has no character classes of its own
     if "[" not in pattern:
         assert expected == sorted(s for s in stored if fnmatch.fnmatchcase(s, pattern))
+
+
+# ---- QIDO-RS style parameters on the same engine ----------------------------------------------------------
+
+
+def test_qido_parameters_map_onto_the_same_keys(index: duckdb.DuckDBPyConnection) -> None:
+    ds = identifier_from_params(Level.SERIES, {"Modality": "CT", "00100010": "smith*"},
+                                include=["SeriesInstanceUID", "NumberOfSeriesRelatedInstances"])
+    rows = run(index, ds, relational=True)
+    assert [(str(r.SeriesInstanceUID), r.NumberOfSeriesRelatedInstances) for r in rows] == [(f"{S4}.1", 1)]
+    ds = identifier_from_params(Level.STUDY, {"StudyDate": "20240101-", "ModalitiesInStudy": "CT\\MR"},
+                                include=["StudyInstanceUID"])
+    assert {str(r.StudyInstanceUID) for r in run(index, ds, relational=True)} == {S1, S4}
+    with pytest.raises(IdentifierError):
+        identifier_from_params(Level.STUDY, {"NoSuchAttribute": "1"})

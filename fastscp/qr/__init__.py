@@ -14,11 +14,11 @@ from .errors import (
     UnableToProcess,
 )
 from .find import find
-from .matching import Query, Term, build_sql, parse_identifier
+from .matching import Query, Term, build_sql, identifier_from_params, parse_identifier
 from .model import KEYS, InformationModel, Key, KeyType, Level, Match
 
 __all__ = [
     "KEYS", "IdentifierError", "InformationModel", "Key", "KeyType", "Level", "Match", "OutOfResources",
     "Query", "QueryCancelled", "QueryError", "Term", "UnableToProcess", "build_sql", "find",
-    "parse_identifier",
+    "identifier_from_params", "parse_identifier",
 ]

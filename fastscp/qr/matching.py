@@ -56,10 +56,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import duckdb
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -150,6 +151,44 @@ def parse_identifier(ds: Dataset, model: InformationModel, *, relational: bool =
     query = Query(model, level, tuple(terms))
     check_query(query, relational=relational)
     return query
+
+
+def identifier_from_params(level: Level, params: Mapping[str, str], include: Iterable[str] = ()) -> Dataset:
+    """A C-FIND identifier from DICOMweb QIDO-RS style parameters.
+
+    PS3.18 8.3.4: each matching parameter names an attribute by keyword
+    (``PatientName``) or tag (``00100010``) and carries the value in the
+    C-FIND matching syntax (``*``, ``?``, ranges, ``\\`` lists), so QIDO-RS
+    uses the same keys and rules: ``find(conn, identifier_from_params(...),
+    InformationModel.STUDY_ROOT, relational=True)`` (QIDO queries are
+    relational: ``/series?Modality=CT`` needs no Study Instance UID).
+    ``include`` names return keys (``includefield``) with no value. Raises
+    IdentifierError for an attribute name the dictionary does not know.
+    """
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level.name
+    for name, value in [*params.items(), *((name, "") for name in include)]:
+        tag = _tag_of(name)
+        if tag in ds and not value:
+            continue
+        vr = dictionary_VR(tag)
+        try:
+            ds.add_new(tag, vr, [] if vr == "SQ" else (value.split("\\") if "\\" in value else value) or None)
+        except (ValueError, TypeError) as exc:
+            raise IdentifierError(f"{name}: {exc}", offending=(tag,)) from None
+    return ds
+
+
+def _tag_of(name: str) -> int:
+    tag = tag_for_keyword(name)
+    if tag is None and len(name) == 8:
+        try:
+            tag = int(name, 16)
+        except ValueError:
+            tag = None
+    if tag is None or not dictionary_has_tag(tag):
+        raise IdentifierError(f"{name!r} is not a DICOM attribute keyword or tag")
+    return int(tag)
 
 
 def check_query(query: Query, *, relational: bool) -> None:
