@@ -2,7 +2,7 @@
 """The C-FIND query engine (fastscp/qr) against a real DuckDB index filled
 through the project's BatchWriter, with real pydicom identifiers.
 
-One rule per test where possible (PS3.4 C.2.2.2 matching, C.4.1.2 levels,
+One rule per test where possible (PS3.4 C.2.2.2 matching, C.4.1.3 levels,
 C.3.4 derived keys), plus streaming, cancel, limits, character sets, and
 values that look like SQL."""
 

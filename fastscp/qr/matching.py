@@ -5,7 +5,7 @@ Two steps, so that a DICOMweb QIDO-RS front end can use the second alone:
 1. ``parse_identifier(ds, model, relational)``: a pydicom Dataset (the
    C-FIND identifier, decoded with its Specific Character Set) becomes a
    ``Query``: the level, and one ``Term`` (key, value as text) per key the
-   identifier holds. Hierarchical rules are checked here (C.4.1.2.1).
+   identifier holds. Hierarchical rules are checked here (C.4.1.3.1).
 2. ``build_sql(query)``: the SELECT for the level, with one predicate per
    non-universal term. DICOM values only ever travel as ``?`` parameters;
    the SQL text is made of the key table's column names, fixed operators
@@ -38,17 +38,17 @@ Matching rules (PS3.4 C.2.2.2) and the choices this SCP makes:
 - ``ModalitiesInStudy`` matches studies having a series of a listed modality.
   Derived counts (Number of ... Related ...) and SOP Classes in Study are
   return keys only; a value given for them is not matched (optional keys
-  the SCP does not match on, C.2.2.1.3... see docs/query-retrieve.md).
+  the SCP does not match on; see docs/query-retrieve.md).
 - Only present instances count: a patient, study or series matches only
   if at least one of its instances has ``status = 'present'`` (``gone_ids``).
   A study row left with no instance row at all (every instance re-sent
   under another Study Instance UID) still matches, with counts of 0.
 
-Hierarchical queries (C.4.1.2.1, the default): every level above the
+Hierarchical queries (C.4.1.3.1, the baseline SCP behaviour): every level above the
 Query/Retrieve Level must have its unique key, with one value; other keys
 of levels above may only be empty (return keys); keys below the level may
-only be empty. Relational queries (C.4.1.2.2, when the SCU negotiated
-relational-queries in the extended negotiation of C.5.1.1.1) lift the first
+only be empty. Relational queries (C.4.1.3.2, when the SCU negotiated
+relational-queries in the extended negotiation, C.5.1) lift the first
 two rules: any key of the level and the levels above may match.
 """
 
@@ -203,7 +203,7 @@ def check_query(query: Query, *, relational: bool) -> None:
         if (key_level < level and not relational and term.value
                 and term.key is not _unique_of(model, key_level)):
             raise IdentifierError(f"{term.key.keyword} is not the unique key of the {key_level.name} "
-                                  "level: hierarchical query (C.4.1.2.1)", offending=(term.key.tag,))
+                                  "level: hierarchical query (C.4.1.3.1)", offending=(term.key.tag,))
     if relational:
         return
     for upper in model.levels:
@@ -213,7 +213,7 @@ def check_query(query: Query, *, relational: bool) -> None:
         found = present.get(unique.keyword)
         if found is None or not found.value:
             raise IdentifierError(f"hierarchical query at {level.name} level needs {unique.keyword} "
-                                  "(C.4.1.2.1)", offending=(unique.tag,))
+                                  "(C.4.1.3.1)", offending=(unique.tag,))
         if "\\" in found.value or (unique.match is not Match.UID and any(c in found.value for c in "*?")):
             raise IdentifierError(f"{unique.keyword} above the query level must be a single value",
                                   offending=(unique.tag,))
