@@ -538,3 +538,11 @@ def test_qido_parameters_map_onto_the_same_keys(index: duckdb.DuckDBPyConnection
     assert {str(r.StudyInstanceUID) for r in run(index, ds, relational=True)} == {S1, S4}
     with pytest.raises(IdentifierError):
         identifier_from_params(Level.STUDY, {"NoSuchAttribute": "1"})
+
+
+def test_derived_keys_between_fetches_do_not_disturb_the_streamed_result(index: duckdb.DuckDBPyConnection) -> None:
+    # more rows than one fetch, derived keys computed between fetches
+    rows = run(index, ident("STUDY", StudyInstanceUID="", NumberOfStudyRelatedInstances=None,
+                            ModalitiesInStudy=""), fetch_size=1)
+    got = {str(r.StudyInstanceUID): (int(r.NumberOfStudyRelatedInstances), str(r[0x00080061].value)) for r in rows}
+    assert got == {S1: (3, "['CT', 'SR']"), S2: (2, "MR"), S4: (1, "CT"), S5: (1, "MR")}

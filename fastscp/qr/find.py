@@ -130,17 +130,24 @@ def _run(conn: duckdb.DuckDBPyConnection, query: Query, identifier: Dataset,
     charset = _Charset(identifier)
     level_text = level.name
     sent = 0
+    # The streamed result stays on ``conn``; the queries run between its
+    # fetches go to a second cursor (a new execute on ``conn`` would replace
+    # the pending result).
+    aux: duckdb.DuckDBPyConnection | None = None
     try:
         gone = gone_ids(conn, level) if level is not Level.IMAGE else []
         gone_series = gone_ids(conn, Level.SERIES) if _needs(Level.STUDY, wants) else []
-        missing = _Missing(conn)
+        if ids:
+            aux = conn.cursor()
+        missing = _Missing(aux) if aux is not None else None
         sql, params = build_sql(query, columns, gone)
         cursor = conn.execute(sql, params)
         while True:
             rows = cursor.fetchmany(fetch_size)
             if not rows:
                 return
-            derived = _derived(conn, rows, ids, wants, gone_series, missing)
+            derived = (_derived(aux, rows, ids, wants, gone_series, missing)
+                       if aux is not None and missing is not None else {})
             for row in rows:
                 if cancelled():
                     raise QueryCancelled("C-CANCEL received")
@@ -152,6 +159,9 @@ def _run(conn: duckdb.DuckDBPyConnection, query: Query, identifier: Dataset,
         raise
     except duckdb.Error as exc:
         raise UnableToProcess(f"index query failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if aux is not None:
+            aux.close()
 
 
 def _needs(entity: Level, wants: set[str]) -> bool:
