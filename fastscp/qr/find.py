@@ -130,24 +130,29 @@ def _run(conn: duckdb.DuckDBPyConnection, query: Query, identifier: Dataset,
     charset = _Charset(identifier)
     level_text = level.name
     sent = 0
-    # The streamed result stays on ``conn``; the queries run between its
-    # fetches go to a second cursor (a new execute on ``conn`` would replace
-    # the pending result).
+    # The streamed result stays on ``conn``. The queries run between its
+    # fetches go to a second cursor, as a new execute on ``conn`` would drop
+    # the pending result; once a fetch came back short the result is
+    # exhausted and ``conn`` itself serves them (most queries: one fetch).
     aux: duckdb.DuckDBPyConnection | None = None
     try:
         gone = gone_ids(conn, level) if level is not Level.IMAGE else []
         gone_series = gone_ids(conn, Level.SERIES) if _needs(Level.STUDY, wants) else []
-        if ids:
-            aux = conn.cursor()
-        missing = _Missing(aux) if aux is not None else None
+        missing = _Missing()
         sql, params = build_sql(query, columns, gone)
         cursor = conn.execute(sql, params)
         while True:
             rows = cursor.fetchmany(fetch_size)
             if not rows:
                 return
-            derived = (_derived(aux, rows, ids, wants, gone_series, missing)
-                       if aux is not None and missing is not None else {})
+            derived: _Derived = {}
+            if ids:
+                side = conn
+                if len(rows) == fetch_size:  # more may follow: keep conn's result
+                    if aux is None:
+                        aux = conn.cursor()
+                    side = aux
+                derived = _derived(side, rows, ids, wants, gone_series, missing)
             for row in rows:
                 if cancelled():
                     raise QueryCancelled("C-CANCEL received")
@@ -181,14 +186,13 @@ class _Missing:
     """Missing-instance counts per patient/study/series, read once per query
     (one scan of the ``status`` column; usually nothing is missing)."""
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
-        self.conn = conn
+    def __init__(self) -> None:
         self.by: dict[str, dict[object, int]] = {}
 
-    def of(self, column: str) -> dict[object, int]:
+    def of(self, conn: duckdb.DuckDBPyConnection, column: str) -> dict[object, int]:
         found = self.by.get(column)
         if found is None:
-            found = {r[0]: int(r[1]) for r in self.conn.execute(
+            found = {r[0]: int(r[1]) for r in conn.execute(
                 f"SELECT {column}, count(*) FROM instances WHERE status <> 'present' GROUP BY 1").fetchall()}
             self.by[column] = found
         return found
@@ -218,7 +222,7 @@ def _derived(conn: duckdb.DuckDBPyConnection, rows: Sequence[tuple[object, ...]]
                 out[name] = {r[0]: r[position] for r in result}
         elif entity is Level.STUDY:
             if "NumberOfStudyRelatedInstances" in wants:
-                gone = missing.of("study_instance_uid")
+                gone = missing.of(conn, "study_instance_uid")
                 out["NumberOfStudyRelatedInstances"] = {
                     r[0]: int(r[1]) - gone.get(r[0], 0) for r in conn.execute(
                         "SELECT x.study_instance_uid, count(*) FROM instances x "
@@ -238,7 +242,7 @@ def _derived(conn: duckdb.DuckDBPyConnection, rows: Sequence[tuple[object, ...]]
                 out["NumberOfStudyRelatedSeries"] = {r[0]: r[1] for r in result}
                 out["ModalitiesInStudy"] = {r[0]: r[2] for r in result}
         elif entity is Level.SERIES:
-            gone = missing.of("series_instance_uid")
+            gone = missing.of(conn, "series_instance_uid")
             out["NumberOfSeriesRelatedInstances"] = {
                 r[0]: int(r[1]) - gone.get(r[0], 0) for r in conn.execute(
                     "SELECT x.series_instance_uid, count(*) FROM instances x "
