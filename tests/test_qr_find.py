@@ -546,3 +546,13 @@ def test_derived_keys_between_fetches_do_not_disturb_the_streamed_result(index: 
                             ModalitiesInStudy=""), fetch_size=1)
     got = {str(r.StudyInstanceUID): (int(r.NumberOfStudyRelatedInstances), str(r[0x00080061].value)) for r in rows}
     assert got == {S1: (3, "['CT', 'SR']"), S2: (2, "MR"), S4: (1, "CT"), S5: (1, "MR")}
+
+
+def test_index_with_nothing_missing(tmp_path: Path) -> None:
+    conn = schema.connect(tmp_path / "i.db")
+    BatchWriter(conn).write(_rows())
+    rows = run(conn, ident("STUDY", StudyInstanceUID="", NumberOfStudyRelatedInstances=None,
+                           NumberOfStudyRelatedSeries=None))
+    got = {str(r.StudyInstanceUID): (r.NumberOfStudyRelatedSeries, r.NumberOfStudyRelatedInstances) for r in rows}
+    assert got == {S1: (2, 4), S2: (1, 2), S3: (1, 1), S4: (1, 1), S5: (1, 1)}
+    conn.close()

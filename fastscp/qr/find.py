@@ -136,9 +136,13 @@ def _run(conn: duckdb.DuckDBPyConnection, query: Query, identifier: Dataset,
     # exhausted and ``conn`` itself serves them (most queries: one fetch).
     aux: duckdb.DuckDBPyConnection | None = None
     try:
-        gone = gone_ids(conn, level) if level is not Level.IMAGE else []
-        gone_series = gone_ids(conn, Level.SERIES) if _needs(Level.STUDY, wants) else []
-        missing = _Missing()
+        # one scan of the status column; when nothing is missing (the usual
+        # case) no entity is gone and no count needs correcting
+        row = conn.execute("SELECT count(*) FROM instances WHERE status <> 'present'").fetchone()
+        any_missing = bool(row and row[0])
+        gone = gone_ids(conn, level) if any_missing and level is not Level.IMAGE else []
+        gone_series = gone_ids(conn, Level.SERIES) if any_missing and _needs(Level.STUDY, wants) else []
+        missing = _Missing(any_missing)
         sql, params = build_sql(query, columns, gone)
         cursor = conn.execute(sql, params)
         while True:
@@ -186,10 +190,13 @@ class _Missing:
     """Missing-instance counts per patient/study/series, read once per query
     (one scan of the ``status`` column; usually nothing is missing)."""
 
-    def __init__(self) -> None:
+    def __init__(self, any_missing: bool) -> None:
+        self.any_missing = any_missing
         self.by: dict[str, dict[object, int]] = {}
 
     def of(self, conn: duckdb.DuckDBPyConnection, column: str) -> dict[object, int]:
+        if not self.any_missing:
+            return {}
         found = self.by.get(column)
         if found is None:
             found = {r[0]: int(r[1]) for r in conn.execute(
