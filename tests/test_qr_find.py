@@ -556,3 +556,21 @@ def test_index_with_nothing_missing(tmp_path: Path) -> None:
     got = {str(r.StudyInstanceUID): (r.NumberOfStudyRelatedSeries, r.NumberOfStudyRelatedInstances) for r in rows}
     assert got == {S1: (2, 4), S2: (1, 2), S3: (1, 1), S4: (1, 1), S5: (1, 1)}
     conn.close()
+
+
+def test_an_unreadable_value_in_an_attribute_the_index_does_not_hold_is_returned_empty(
+        index: duckdb.DuckDBPyConnection) -> None:
+    ds = ident("STUDY", StudyInstanceUID=S2)
+    # AcquisitionMatrix, US of 3 bytes: pydicom raises when it converts it
+    ds[0x00181310] = RawDataElement(Tag(0x00181310), "US", 3, b"\x01\x02\x03", 0, True, True)
+    ds[0x00191001] = RawDataElement(Tag(0x00191001), None, 2, b"\xff\xfe", 0, True, True)  # private, implicit VR
+    (row,) = run(index, ds)
+    assert row.get_item(0x00181310).value in (None, b"") and 0x00191001 in row
+
+
+def test_an_unreadable_value_in_a_key_is_a900(index: duckdb.DuckDBPyConnection) -> None:
+    ds = ident("IMAGE", StudyInstanceUID=S1, SeriesInstanceUID=f"{S1}.1")
+    ds[0x00280010] = RawDataElement(Tag(0x00280010), "US", 3, b"\x01\x02\x03", 0, True, True)  # Rows
+    with pytest.raises(IdentifierError) as err:
+        run(index, ds)
+    assert err.value.offending == (0x00280010,)

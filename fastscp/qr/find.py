@@ -111,13 +111,15 @@ def _run(conn: duckdb.DuckDBPyConnection, query: Query, identifier: Dataset,
         return columns.index(expression)
 
     wants: set[str] = set()
-    for element in identifier:
-        tag = int(element.tag)
+    for dicom_tag in identifier.keys():  # noqa: SIM118 (iterating a Dataset converts every value)
+        tag = int(dicom_tag)
         if tag in (SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL) or tag & 0xFFFF == 0:
             continue  # answered below / group lengths
         key = KEYS_BY_TAG.get(tag)
         if key is None or query.model.key_level(key) > level:
-            returns.append(_Return(tag, str(element.VR), None))
+            # not converted: an unreadable value in a key we do not match is no error
+            vr = identifier.get_item(dicom_tag).VR
+            returns.append(_Return(tag, str(vr) if vr else "UN", None))
             continue
         expression = column_of(key, level)
         returns.append(_Return(tag, key.vr, key, column_index(expression) if expression else -1))
@@ -138,8 +140,8 @@ def _run(conn: duckdb.DuckDBPyConnection, query: Query, identifier: Dataset,
     try:
         # one scan of the status column; when nothing is missing (the usual
         # case) no entity is gone and no count needs correcting
-        row = conn.execute("SELECT count(*) FROM instances WHERE status <> 'present'").fetchone()
-        any_missing = bool(row and row[0])
+        not_present = conn.execute("SELECT count(*) FROM instances WHERE status <> 'present'").fetchone()
+        any_missing = bool(not_present and not_present[0])
         gone = gone_ids(conn, level) if any_missing and level is not Level.IMAGE else []
         gone_series = gone_ids(conn, Level.SERIES) if any_missing and _needs(Level.STUDY, wants) else []
         missing = _Missing(any_missing)

@@ -63,6 +63,7 @@ import duckdb
 from pydicom.datadict import dictionary_has_tag, dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
 
 from .errors import IdentifierError
@@ -145,7 +146,7 @@ def parse_identifier(ds: Dataset, model: InformationModel, *, relational: bool =
             continue
         try:  # pydicom converts a raw element on access: "two" in an IS raises here
             value = element_text(ds[tag])
-        except (UnicodeError, ValueError, TypeError) as exc:
+        except (UnicodeError, ValueError, TypeError, OSError, BytesLengthException) as exc:
             raise IdentifierError(f"{key.keyword}: unreadable value ({exc})", offending=(key.tag,)) from None
         terms.append(Term(key, value))
     query = Query(model, level, tuple(terms))
