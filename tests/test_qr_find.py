@@ -369,7 +369,7 @@ def _wire(ds: Dataset) -> Dataset:
     buffer.is_little_endian, buffer.is_implicit_VR = True, True
     write_dataset(buffer, ds)  # encodes text with ds.SpecificCharacterSet
     back = read_dataset(BytesIO(buffer.getvalue()), is_implicit_VR=True, is_little_endian=True)
-    back.decode()
+    # no back.decode(): pydicom decodes each value with the set's charset on access
     return back
 
 
