@@ -246,7 +246,7 @@ def _derived(conn: duckdb.DuckDBPyConnection, rows: Sequence[tuple[object, ...]]
                     "SELECT sx.study_instance_uid, count(*), "
                     "list(DISTINCT sx.modality ORDER BY sx.modality) FILTER (WHERE sx.modality <> '') "
                     f"FROM series sx WHERE sx.study_instance_uid IN ({marks}) "
-                    "AND NOT list_contains(?::VARCHAR[], sx.series_instance_uid) GROUP BY 1",
+                    "AND sx.series_instance_uid NOT IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1",
                     [*keys, gone_series]).fetchall()
                 out["NumberOfStudyRelatedSeries"] = {r[0]: r[1] for r in result}
                 out["ModalitiesInStudy"] = {r[0]: r[2] for r in result}

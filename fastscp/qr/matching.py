@@ -261,19 +261,15 @@ def gone_ids(conn: duckdb.DuckDBPyConnection, entity: Level) -> list[str]:
     Only present instances match (the files are what a retrieve sends), but
     an ``EXISTS`` over ``instances`` per candidate row costs a scan of the
     whole table (DuckDB joins by hashing, its indexes serve only constant
-    lookups). Missing rows are few: their entities are read first (one scan
-    of the ``status`` column), then those that still have a present
-    instance are taken out. The rest is what ``build_sql`` excludes.
+    lookups). Only the entities that have a missing instance are grouped,
+    and those with no present one are returned: what ``build_sql``
+    excludes (``find`` calls this only when some row is not present).
     """
     column = INSTANCE_ID[entity]
-    candidates = [r[0] for r in conn.execute(
-        f"SELECT DISTINCT {column} FROM instances WHERE status <> 'present'").fetchall()]
-    if not candidates:
-        return []
-    still = {r[0] for r in conn.execute(
-        f"SELECT DISTINCT {column} FROM instances WHERE status = 'present' "
-        f"AND list_contains(?::VARCHAR[], {column})", [candidates]).fetchall()}
-    return sorted(c for c in candidates if c not in still)
+    return [r[0] for r in conn.execute(
+        f"SELECT {column} FROM instances WHERE {column} IN "
+        f"(SELECT {column} FROM instances WHERE status <> 'present' AND {column} IS NOT NULL) "
+        f"GROUP BY 1 HAVING bool_and(status <> 'present') ORDER BY 1").fetchall()]
 
 
 def column_of(key: Key, level: Level) -> str:
@@ -293,7 +289,8 @@ def build_sql(query: Query, columns: Sequence[str], gone: Sequence[str] = ()) ->
     where: list[str] = []
     params: list[object] = []
     if gone and query.level is not Level.IMAGE:
-        where.append(f"NOT list_contains(?::VARCHAR[], {ENTITY_ID[query.level][query.level]})")
+        # an anti join on the list (list_contains would cost rows x list)
+        where.append(f"{ENTITY_ID[query.level][query.level]} NOT IN (SELECT unnest(?::VARCHAR[]))")
         params.append(list(gone))
     for term in query.terms:
         if query.model.key_level(term.key) > query.level:
