@@ -23,8 +23,10 @@ Matching rules (PS3.4 C.2.2.2) and the choices this SCP makes:
   escaped, so it matches only itself. Not for UI, DA, TM, DT or numbers.
 - List of UID matching (C.2.2.2.2): a backslash-separated list in a UI key
   matches any of them (``IN``). Lists in other keys match any of their
-  values too (each value by the rules above): a convenience, as Orthanc and
-  dcm4chee do, e.g. ``ModalitiesInStudy=CT\\MR``.
+  values too (each value by the rules above), e.g.
+  ``ModalitiesInStudy=CT\\MR``: recent editions of PS3.4 define such
+  multiple value matching behind an extended negotiation; this SCP always
+  applies it.
 - Range matching (C.2.2.2.5): ``A-B``, ``-B``, ``A-`` for DA (stored as
   DATE), TM and DT (stored as text, compared as text without ``:``; a bound
   matches at its own precision, so ``-1015`` includes 10:15:59). A value
