@@ -34,6 +34,7 @@ class InstanceInfo:
     study_date: str = ""  # DICOM DA, "YYYYMMDD" or ""
     study_time: str = ""
     accession_number: str = ""
+    study_id: str = ""  # (0020,0010), SH: a Required key of C-FIND's STUDY level
     study_description: str = ""
     referring_physician: str = ""  # (0008,0090)
     requesting_physician: str = ""  # (0032,1032)

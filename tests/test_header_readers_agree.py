@@ -46,6 +46,7 @@ def _write(path: Path, transfer_syntax: str, numbers: tuple[str, str, str]) -> N
     ds.SeriesDescription, ds.BodyPartExamined, ds.ProtocolName = "t1 sag", "HEAD", "t1_se"
     ds.Manufacturer, ds.StationName, ds.InstitutionName = "ACME", "MR1", "Klinikum Süd"
     ds.EchoNumbers = "1\\2"
+    ds.StudyID = "Stüdie 7"  # SH in the data set's character set (schema v4)
     with warnings.catch_warnings():  # pydicom warns about IS values that are not integers: that is the point
         warnings.simplefilter("ignore")
         ds.SeriesNumber, ds.InstanceNumber, ds.NumberOfFrames = numbers
@@ -67,6 +68,7 @@ def test_reception_and_reconcile_read_a_file_alike(tmp_path: Path, transfer_synt
         on_disk = parse_file(path)
         reindexed = read_header(str(path))
     assert (received.series_number, received.instance_number, received.number_of_frames) == expected
+    assert received.study_id == "Stüdie 7"
     for name in HEADER_FIELDS:
         assert getattr(reindexed, name) == getattr(received, name), name
         assert getattr(on_disk, name) == getattr(received, name), name

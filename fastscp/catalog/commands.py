@@ -218,7 +218,8 @@ def _cmd_reindex(args: argparse.Namespace) -> int:
         f"reindex: {report.files_seen} files seen, {report.indexed} indexed "
         f"({report.files_per_second:.0f} files/s), {report.marked_missing} rows marked missing, "
         f"{report.restored} restored, {report.unreadable} unreadable, "
-        f"{report.conflicts} UID conflicts, {report.seconds:.1f} s"
+        f"{report.conflicts} UID conflicts, {report.backfilled} studies backfilled, "
+        f"{report.seconds:.1f} s"
     )
     for problem in report.problems:
         print(f"  {problem}", file=sys.stderr)

@@ -16,6 +16,11 @@
 A file whose SOP Instance UID already has a row pointing to another file that
 is present is a conflict: it is reported, not indexed (one row per UID).
 
+4. backfills columns a schema migration added to rows that predate it
+   (``_backfill``): studies written before schema v4 have ``study_id`` NULL;
+   one present file of each is re-read and only that column is set, so the
+   reception fields of the rows (AE titles, hashes, times) are kept.
+
 Paths are compared as strings: the storage directory is resolved
 (``Path.resolve()``) and the rows' paths are expected under it, which is how
 the receiver records them.
@@ -50,7 +55,7 @@ HEADER_TAGS = (
     "AccessionNumber", "Modality", "Manufacturer", "InstitutionName", "ReferringPhysicianName",
     "StationName", "StudyDescription", "SeriesDescription", "PatientName", "PatientID",
     "PatientBirthDate", "PatientSex", "BodyPartExamined", "EchoNumbers", "ProtocolName",
-    "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "InstanceNumber",
+    "StudyInstanceUID", "SeriesInstanceUID", "StudyID", "SeriesNumber", "InstanceNumber",
     "NumberOfFrames", "Rows", "Columns", "RequestingPhysician",
 )
 INLINE_LIMIT = 200  # below this many files a process pool costs more than it saves
@@ -65,6 +70,7 @@ class ReconcileReport:
     restored: int = 0  # rows marked missing whose file is back
     unreadable: int = 0  # not DICOM or header unreadable
     conflicts: int = 0  # same SOP Instance UID as another present file
+    backfilled: int = 0  # study rows from before schema v4 given their Study ID
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)  # the first few, for the log
 
@@ -204,6 +210,7 @@ def read_header(path: str) -> InstanceInfo:
         study_date=_text(v, "StudyDate"),
         study_time=_text(v, "StudyTime"),
         accession_number=_text(v, "AccessionNumber"),
+        study_id=_text(v, "StudyID"),
         study_description=_text(v, "StudyDescription"),
         referring_physician=_text(v, "ReferringPhysicianName"),
         requesting_physician=_text(v, "RequestingPhysician"),
@@ -352,8 +359,70 @@ def _reconcile(conn: duckdb.DuckDBPyConnection, root: Path, report: ReconcileRep
                ANTI JOIN instances i ON i.path = f.path ORDER BY f.path"""
         ).fetchall()
     ]
-    if not new_paths:
+    if new_paths:
+        _index_new(conn, new_paths, report, workers, progress, batch_size)
+    _backfill(conn, prefix, report, workers, progress)
+
+
+def _backfill(conn: duckdb.DuckDBPyConnection, prefix: str, report: ReconcileReport,
+              workers: int | None, progress: bool | None) -> None:
+    """Fill ``studies.study_id`` (schema v4) for study rows written before it.
+
+    NULL marks a row no v4 reader has seen (v4 writers store "" when the
+    attribute is absent). One present file per such study under the storage
+    root is read with ``read_header``, and only the column is updated: the
+    rows' other values, and the instances' reception fields, stay as they
+    are. A study whose files are all missing keeps NULL (C-FIND treats it as
+    an empty value) and is tried again by the next reconcile.
+    """
+    todo = conn.execute(
+        """SELECT s.study_instance_uid, min(i.path) FROM studies s
+           JOIN instances i USING (study_instance_uid)
+           WHERE s.study_id IS NULL AND i.status = 'present' AND starts_with(i.path, ?)
+           GROUP BY s.study_instance_uid ORDER BY 2""", [prefix],
+    ).fetchall()
+    if not todo:
         return
+    study_of_path = {path: uid for uid, path in todo}
+    found: list[tuple[str, str]] = []
+    bar = Progress(len(todo), "backfill", enabled=progress)
+    try:
+        for chunk in _parse_all(list(study_of_path), workers):
+            for item in chunk:
+                if isinstance(item, InstanceInfo):
+                    uid = study_of_path.get(item.path, "")
+                    if item.study_instance_uid == uid:
+                        found.append((uid, item.study_id))
+                    else:
+                        _note(report, f"backfill: {item.path} is not in study {uid} any more")
+                else:
+                    report.unreadable += 1
+                    _note(report, f"unreadable {item[0]}: {item[1]}")
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+    if not found:
+        return
+    conn.begin()
+    try:
+        conn.execute("CREATE OR REPLACE TEMP TABLE reconcile_backfill (uid VARCHAR, study_id VARCHAR)")
+        app = conn.appender("temp.reconcile_backfill")
+        app.append_rows(found)
+        app.flush()
+        del app
+        conn.execute(
+            """UPDATE studies SET study_id = b.study_id FROM temp.reconcile_backfill b
+               WHERE studies.study_instance_uid = b.uid AND studies.study_id IS NULL""")
+        conn.execute("DROP TABLE temp.reconcile_backfill")
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    report.backfilled = len(found)
+
+
+def _index_new(conn: duckdb.DuckDBPyConnection, new_paths: list[str], report: ReconcileReport,
+               workers: int | None, progress: bool | None, batch_size: int) -> None:
     bar = Progress(len(new_paths), "reindex", enabled=progress)
     writer = BatchWriter(conn)
     buffer: list[InstanceInfo] = []

@@ -108,7 +108,7 @@ def study_row(info: InstanceInfo, now: _dt.datetime) -> tuple:
     return (
         info.study_instance_uid, info.patient_id, dicom_date(info.study_date), info.study_time,
         info.accession_number, info.study_description, info.referring_physician,
-        info.requesting_physician, now,
+        info.requesting_physician, now, info.study_id,
     )
 
 

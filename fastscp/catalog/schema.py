@@ -20,19 +20,23 @@ computed from ``instances`` by the views, never stored twice.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import os
 import duckdb
 
-SCHEMA_VERSION = 3
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 4
 
 # Column order of each table as the writer appends rows (must match the DDL).
 PATIENT_COLUMNS = ("patient_id", "patient_name", "birth_date", "sex", "updated_at")
 STUDY_COLUMNS = (
     "study_instance_uid", "patient_id", "study_date", "study_time", "accession_number",
     "study_description", "referring_physician", "requesting_physician", "updated_at",
+    "study_id",  # v4
 )
 SERIES_COLUMNS = (
     "series_instance_uid", "study_instance_uid", "modality", "series_number",
@@ -171,7 +175,32 @@ def _v3(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute("ALTER TABLE catalog_meta ADD COLUMN storage_root VARCHAR")
 
 
-MIGRATIONS: tuple[Callable[[duckdb.DuckDBPyConnection], None], ...] = (_v1, _v2, _v3)
+def _v4(conn: duckdb.DuckDBPyConnection) -> None:
+    """Query/Retrieve (C-FIND, later QIDO-RS): Study ID (0020,0010), a
+    Required key at STUDY level (PS3.4 C.6.1.1.3, C.6.2.1.2) the index did
+    not hold, and the indexes the levels' lookups use.
+
+    ``studies.study_id`` is NULL for rows written before v4 and "" or the
+    value for rows written since: NULL is the backfill marker. The next
+    reconcile (``fastscp reindex``, or a server start) re-reads one present
+    file of each such study and fills it in (``reconcile._backfill``).
+    """
+    conn.execute("ALTER TABLE studies ADD COLUMN study_id VARCHAR")
+    # Point lookups of the C-FIND levels (DuckDB's ART indexes serve
+    # equality and IN-list filters; ranges use the row groups' zone maps).
+    conn.execute("CREATE INDEX studies_patient ON studies (patient_id)")
+    conn.execute("CREATE INDEX series_study ON series (study_instance_uid)")
+    conn.execute("CREATE INDEX instances_study ON instances (study_instance_uid)")
+    row = conn.execute("SELECT count(*) FROM studies").fetchone()
+    pending = int(row[0]) if row else 0
+    if pending:
+        log.warning(
+            "index schema v4: added studies.study_id (Study ID, a C-FIND key); the %d "
+            "existing studies have it NULL until the next reconcile re-reads one file of "
+            "each: run `fastscp reindex` (a server start does it too)", pending)
+
+
+MIGRATIONS: tuple[Callable[[duckdb.DuckDBPyConnection], None], ...] = (_v1, _v2, _v3, _v4)
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
 

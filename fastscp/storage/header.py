@@ -3,7 +3,7 @@
 The receiver keeps the first bytes of each C-STORE dataset (the bytes after
 the Part-10 file meta, in the negotiated transfer syntax). ``parse_head``
 runs the Cython scanner (_ext/header.pyx, PS3.5 section 7) over that head for
-the ~28 top-level attributes InstanceInfo carries, then decodes only those
+the ~29 top-level attributes InstanceInfo carries, then decodes only those
 values: UI/CS/DA/TM in the default repertoire, SH/LO/PN with the data set's
 (0008,0005) Specific Character Set through pydicom's charset machinery
 (PS3.5 6.1, including ISO 2022 code extensions), IS to int, US by the
@@ -99,6 +99,7 @@ _ATTRIBUTES: tuple[tuple[int, str, int], ...] = (
     (0x00181030, "protocol_name", _TEXT),
     (0x0020000D, "study_instance_uid", _UID),
     (0x0020000E, "series_instance_uid", _UID),
+    (0x00200010, "study_id", _TEXT),
     (0x00200011, "series_number", _INT),
     (0x00200013, "instance_number", _INT),
     (0x00280008, "number_of_frames", _INT),

@@ -1,0 +1,337 @@
+"""C-FIND over the catalog: one response identifier per matching row, streamed.
+
+``find(conn, identifier, model)`` is a generator: it parses the identifier
+(``matching.parse_identifier``), runs the level's parameterised SELECT and
+yields one pydicom Dataset per row as DuckDB hands them over
+(``fetchmany``), so the service module can send each Pending response while
+the rest is still being read. Between rows it calls ``cancelled()`` and
+stops with QueryCancelled (0xFE00) when the requester sent C-CANCEL.
+
+Each response holds exactly the keys the request held (PS3.4 C.4.1.1.3.2):
+their values from the index, the derived ones (Number of Patient/Study/
+Series Related ..., Modalities and SOP Classes in Study, PS3.4 C.3.4)
+computed per fetched chunk of rows with one aggregate query per entity,
+Retrieve AE Title (0008,0054) and Instance Availability (0008,0056) when
+asked, keys the index does not hold with no value (sequences as empty
+sequences), plus Query/Retrieve Level and, when needed, Specific Character
+Set: the request's if it can encode every text value of the response,
+otherwise ``ISO_IR 192`` (UTF-8).
+
+``conn`` is a DuckDB connection or cursor the caller gives this query alone
+(``CatalogWriter.cursor()`` while the server runs: its own MVCC snapshot).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import duckdb
+from pydicom.charset import convert_encodings
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+
+from .errors import OutOfResources, QueryCancelled, QueryError, UnableToProcess
+from .matching import (
+    ENTITY_ID,
+    Query,
+    build_sql,
+    column_of,
+    element_text,
+    gone_ids,
+    parse_identifier,
+)
+from .model import (
+    INSTANCE_AVAILABILITY,
+    KEYS_BY_TAG,
+    QUERY_RETRIEVE_LEVEL,
+    RETRIEVE_AE_TITLE,
+    SPECIFIC_CHARACTER_SET,
+    InformationModel,
+    Key,
+    Level,
+    Match,
+)
+
+FETCH_SIZE = 64  # rows per fetchmany, and per derived-count query
+
+_PATIENT_COUNTS = ("NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries",
+                   "NumberOfPatientRelatedInstances")
+_STUDY_COUNTS = ("NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "SOPClassesInStudy")
+_TEXT_VRS = frozenset({"PN", "SH", "LO", "ST", "LT", "UT", "UC"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Return:
+    """One element of the response: from a column, derived, or fixed."""
+
+    tag: int
+    vr: str
+    key: Key | None  # None: not a key of the index
+    column: int = -1  # index in the row; -1 if not read from it
+
+
+def _never() -> bool:
+    return False
+
+
+def find(
+    conn: duckdb.DuckDBPyConnection,
+    identifier: Dataset,
+    model: InformationModel,
+    *,
+    relational: bool = False,
+    cancelled: Callable[[], bool] = _never,
+    retrieve_ae_title: str = "",
+    max_matches: int | None = None,
+    fetch_size: int = FETCH_SIZE,
+) -> Iterator[Dataset]:
+    """Yield the response identifiers of a C-FIND request; see the module doc.
+
+    Raises IdentifierError (0xA900) for a bad identifier before the first
+    row, UnableToProcess (0xC001) if DuckDB fails, OutOfResources (0xA700)
+    when more than ``max_matches`` rows match (after yielding that many),
+    QueryCancelled (0xFE00) when ``cancelled()`` turns true.
+    """
+    query = parse_identifier(identifier, model, relational=relational)
+    return _run(conn, query, identifier, cancelled, retrieve_ae_title, max_matches, fetch_size)
+
+
+def _run(conn: duckdb.DuckDBPyConnection, query: Query, identifier: Dataset,
+         cancelled: Callable[[], bool], retrieve_ae_title: str, max_matches: int | None,
+         fetch_size: int) -> Iterator[Dataset]:
+    level = query.level
+    columns: list[str] = []
+    returns: list[_Return] = []
+
+    def column_index(expression: str) -> int:
+        if expression not in columns:
+            columns.append(expression)
+        return columns.index(expression)
+
+    wants: set[str] = set()
+    for dicom_tag in identifier.keys():  # noqa: SIM118 (iterating a Dataset converts every value)
+        tag = int(dicom_tag)
+        if tag in (SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL) or tag & 0xFFFF == 0:
+            continue  # answered below / group lengths
+        key = KEYS_BY_TAG.get(tag)
+        if key is None or query.model.key_level(key) > level:
+            # not converted: an unreadable value in a key we do not match is no error
+            vr = identifier.get_item(dicom_tag).VR
+            returns.append(_Return(tag, str(vr) if vr else "UN", None))
+            continue
+        expression = column_of(key, level)
+        returns.append(_Return(tag, key.vr, key, column_index(expression) if expression else -1))
+        if not expression:
+            wants.add(key.keyword)
+    ids = {entity: column_index(ENTITY_ID[level][entity]) for entity in Level
+           if entity in ENTITY_ID[level] and _needs(entity, wants)}
+    if not columns:
+        column_index(ENTITY_ID[level][level])
+    charset = _Charset(identifier)
+    level_text = level.name
+    sent = 0
+    # The streamed result stays on ``conn``. The queries run between its
+    # fetches go to a second cursor, as a new execute on ``conn`` would drop
+    # the pending result; once a fetch came back short the result is
+    # exhausted and ``conn`` itself serves them (most queries: one fetch).
+    aux: duckdb.DuckDBPyConnection | None = None
+    try:
+        # one scan of the status column; when nothing is missing (the usual
+        # case) no entity is gone and no count needs correcting
+        not_present = conn.execute("SELECT count(*) FROM instances WHERE status <> 'present'").fetchone()
+        any_missing = bool(not_present and not_present[0])
+        gone = gone_ids(conn, level) if any_missing and level is not Level.IMAGE else []
+        gone_series = gone_ids(conn, Level.SERIES) if any_missing and _needs(Level.STUDY, wants) else []
+        missing = _Missing(any_missing)
+        sql, params = build_sql(query, columns, gone)
+        cursor = conn.execute(sql, params)
+        while True:
+            rows = cursor.fetchmany(fetch_size)
+            if not rows:
+                return
+            derived: _Derived = {}
+            if ids:
+                side = conn
+                if len(rows) == fetch_size:  # more may follow: keep conn's result
+                    if aux is None:
+                        aux = conn.cursor()
+                    side = aux
+                derived = _derived(side, rows, ids, wants, gone_series, missing)
+            for row in rows:
+                if cancelled():
+                    raise QueryCancelled("C-CANCEL received")
+                if max_matches is not None and sent >= max_matches:
+                    raise OutOfResources(f"more than {max_matches} matches: narrow the query")
+                yield _response(row, returns, derived, ids, level_text, charset, retrieve_ae_title)
+                sent += 1
+    except QueryError:
+        raise
+    except duckdb.Error as exc:
+        raise UnableToProcess(f"index query failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if aux is not None:
+            aux.close()
+
+
+def _needs(entity: Level, wants: set[str]) -> bool:
+    if entity is Level.PATIENT:
+        return bool(wants.intersection(_PATIENT_COUNTS))
+    if entity is Level.STUDY:
+        return bool(wants.intersection(_STUDY_COUNTS)) or "ModalitiesInStudy" in wants
+    if entity is Level.SERIES:
+        return "NumberOfSeriesRelatedInstances" in wants
+    return False
+
+
+_Derived = dict[str, dict[object, object]]  # keyword -> entity id -> value
+
+
+class _Missing:
+    """Missing-instance counts per patient/study/series, read once per query
+    (one scan of the ``status`` column; usually nothing is missing)."""
+
+    def __init__(self, any_missing: bool) -> None:
+        self.any_missing = any_missing
+        self.by: dict[str, dict[object, int]] = {}
+
+    def of(self, conn: duckdb.DuckDBPyConnection, column: str) -> dict[object, int]:
+        if not self.any_missing:
+            return {}
+        found = self.by.get(column)
+        if found is None:
+            found = {r[0]: int(r[1]) for r in conn.execute(
+                f"SELECT {column}, count(*) FROM instances WHERE status <> 'present' GROUP BY 1").fetchall()}
+            self.by[column] = found
+        return found
+
+
+def _derived(conn: duckdb.DuckDBPyConnection, rows: Sequence[tuple[object, ...]],
+             ids: dict[Level, int], wants: set[str], gone_series: list[str], missing: _Missing) -> _Derived:
+    """The derived keys of a chunk of rows, counting present instances only.
+
+    Counts of instances are ``count(*)`` by the indexed identifier (DuckDB
+    answers an IN list of constants from the ART index without reading other
+    columns) minus the entity's missing rows; series counts and modalities
+    come from the ``series`` table without the series that are all missing.
+    """
+    out: _Derived = {}
+    for entity, index in ids.items():
+        keys = sorted({row[index] for row in rows if row[index] is not None}, key=str)
+        if not keys:
+            continue
+        marks = ", ".join("?" * len(keys))
+        if entity is Level.PATIENT:
+            result = conn.execute(
+                "SELECT x.patient_id, count(DISTINCT x.study_instance_uid), "
+                "count(DISTINCT x.series_instance_uid), count(*) FROM instances x "
+                f"WHERE x.status = 'present' AND x.patient_id IN ({marks}) GROUP BY 1", keys).fetchall()
+            for name, position in zip(_PATIENT_COUNTS, (1, 2, 3)):
+                out[name] = {r[0]: r[position] for r in result}
+        elif entity is Level.STUDY:
+            if "NumberOfStudyRelatedInstances" in wants:
+                gone = missing.of(conn, "study_instance_uid")
+                out["NumberOfStudyRelatedInstances"] = {
+                    r[0]: int(r[1]) - gone.get(r[0], 0) for r in conn.execute(
+                        "SELECT x.study_instance_uid, count(*) FROM instances x "
+                        f"WHERE x.study_instance_uid IN ({marks}) GROUP BY 1", keys).fetchall()}
+            if "SOPClassesInStudy" in wants:
+                out["SOPClassesInStudy"] = {r[0]: r[1] for r in conn.execute(
+                    "SELECT x.study_instance_uid, list(DISTINCT x.sop_class_uid ORDER BY x.sop_class_uid) "
+                    f"FROM instances x WHERE x.status = 'present' AND x.study_instance_uid IN ({marks}) "
+                    "GROUP BY 1", keys).fetchall()}
+            if "ModalitiesInStudy" in wants or "NumberOfStudyRelatedSeries" in wants:
+                result = conn.execute(
+                    "SELECT sx.study_instance_uid, count(*), "
+                    "list(DISTINCT sx.modality ORDER BY sx.modality) FILTER (WHERE sx.modality <> '') "
+                    f"FROM series sx WHERE sx.study_instance_uid IN ({marks}) "
+                    "AND sx.series_instance_uid NOT IN (SELECT unnest(?::VARCHAR[])) GROUP BY 1",
+                    [*keys, gone_series]).fetchall()
+                out["NumberOfStudyRelatedSeries"] = {r[0]: r[1] for r in result}
+                out["ModalitiesInStudy"] = {r[0]: r[2] for r in result}
+        elif entity is Level.SERIES:
+            gone = missing.of(conn, "series_instance_uid")
+            out["NumberOfSeriesRelatedInstances"] = {
+                r[0]: int(r[1]) - gone.get(r[0], 0) for r in conn.execute(
+                    "SELECT x.series_instance_uid, count(*) FROM instances x "
+                    f"WHERE x.series_instance_uid IN ({marks}) GROUP BY 1", keys).fetchall()}
+    return out
+
+
+def _response(row: tuple[object, ...], returns: list[_Return], derived: _Derived,
+              ids: dict[Level, int], level_text: str, charset: _Charset,
+              retrieve_ae_title: str) -> Dataset:
+    ds = Dataset()
+    texts: list[str] = []
+    for ret in returns:
+        key = ret.key
+        value: object = None
+        if key is None:
+            if ret.tag == RETRIEVE_AE_TITLE:
+                value = retrieve_ae_title or None
+            elif ret.tag == INSTANCE_AVAILABILITY:
+                value = "ONLINE"  # every present row is a file in the served tree
+            elif ret.vr == "SQ":
+                value = DicomSequence()
+        elif ret.column >= 0:
+            value = _dicom_value(row[ret.column])
+        else:
+            entity_id = row[ids[key.entity]] if key.entity in ids else None
+            found = derived.get(key.keyword, {}).get(entity_id)
+            if isinstance(found, list):
+                value = [str(v) for v in found] or None
+            elif found is None and key.match is Match.DERIVED and key.vr == "IS":
+                value = 0 if entity_id is not None else None
+            else:
+                value = found
+        if isinstance(value, str):
+            if ret.vr in _TEXT_VRS and not value.isascii():
+                texts.append(value)
+            if value == "":
+                value = None
+        ds.add_new(ret.tag, ret.vr, value)
+    ds.add_new(QUERY_RETRIEVE_LEVEL, "CS", level_text)
+    chosen = charset.for_values(texts)
+    if chosen:
+        ds.add_new(SPECIFIC_CHARACTER_SET, "CS", chosen)
+    return ds
+
+
+def _dicom_value(value: object) -> object:
+    if isinstance(value, _dt.date):
+        return value.strftime("%Y%m%d")
+    return value
+
+
+class _Charset:
+    """The response's Specific Character Set (see the module doc)."""
+
+    def __init__(self, identifier: Dataset) -> None:
+        element = identifier.get(SPECIFIC_CHARACTER_SET)
+        self.requested = element_text(element) if element is not None else ""
+        self.value: str | list[str] | None = None
+        self.codecs: list[str] = []
+        if self.requested:
+            terms = self.requested.split("\\")
+            self.value = terms if len(terms) > 1 else terms[0]
+            try:
+                self.codecs = convert_encodings(terms)
+            except (LookupError, ValueError):
+                self.codecs = []
+
+    def for_values(self, texts: list[str]) -> str | list[str] | None:
+        if not texts:
+            return self.value
+        if self.codecs and all(self._encodes(text) for text in texts):
+            return self.value
+        return "ISO_IR 192"
+
+    def _encodes(self, text: str) -> bool:
+        for codec in self.codecs:
+            try:
+                text.encode(codec)
+                return True
+            except (UnicodeError, LookupError):
+                continue
+        return False
