@@ -59,7 +59,7 @@ def build_storage(cfg: Config) -> Storage:
             options["accounts"] = list(s.accounts)
     naming = make_naming(s.naming, **options)
     return Storage(s.directory, naming=naming, min_free_space=s.min_free_space, duplicates=s.duplicates,
-                   durable=s.durability == "fsync")
+                   durable=s.durability == "fsync", max_incoming=s.max_incoming)
 
 
 def build_state(cfg: Config) -> ServerState:

@@ -248,7 +248,12 @@ class StorageConfig:
     durability: Literal["none", "fsync"] = _f("none", "fsync: success is answered only once the file is on disk")
     max_instance_size: int | None = _f(None, "largest dataset accepted (bytes, or 500MB, 2GiB); null = no limit",
                                        check=_between(1), scalar="size")
-    min_free_space: int | None = _f(None, "refuse new instances when the volume has less free space than this", check=_between(0), scalar="size")
+    min_free_space: int | None = _f(
+        None, "free space kept on the volume: instances that would cross it are refused (0xA700), also while "
+              "they stream in; null = 5% of the volume, at most 1 GiB; 0 = no reserve", check=_between(0), scalar="size")
+    max_incoming: int | None = _f(
+        4 * 1024**3, "bytes of unfinished instances in .incoming/ over all associations; past it an instance "
+                     "sharing that space is refused (0xA700); null = no bound", check=_between(1), scalar="size")
     low_free_space_warning: int | None = _f(None, "warn when free space drops below this", check=_between(0), scalar="size")
 
 
