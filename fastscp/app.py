@@ -208,7 +208,7 @@ class App:
             log.error("reload failed, keeping the running access lists: %s", exc)
             return
         self.state.access = access
-        self.state.limiter.set_limits(cfg.server.max_associations, cfg.server.max_associations_per_ae)
+        self.state.limiter.set_limits(*AssociationLimiter.limits(cfg))
         log.info("reloaded access lists (%d whitelist entries) and limits", len(cfg.access.allowed_calling_aes))
 
     async def run(self) -> None:

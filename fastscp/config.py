@@ -219,7 +219,10 @@ class ServerConfig:
     bind_address: str = _f("0.0.0.0", "address to listen on ('::' for IPv6)", check=_check_bind)
     max_associations: int = _f(10, "concurrent associations in total", check=_between(1, 100000))
     max_associations_per_ae: int | None = _f(
-        None, "concurrent associations per calling AE; null = no per-AE limit", check=_between(1, 100000))
+        None, "concurrent associations per calling AE title; null = half of max_associations (at least 1)",
+        check=_between(1, 100000))
+    reserved_for_new_ae: int = _f(
+        1, "association slots only a calling AE title holding none may take; 0 = none", check=_between(0, 100000))
     max_pdu: int = _f(131072, "largest PDU we receive, announced to peers (PS3.8 D.1)",
                       check=_between(4096, 0xFFFFFFFF, "bytes"))
     artim_timeout: float = _f(30.0, "ARTIM timer: seconds for a peer to send A-ASSOCIATE-RQ after connecting", check=_positive)
