@@ -145,7 +145,8 @@ class App:
             self.state.observers.append(self.pipeline)
         s = cfg.server
         self.server = DicomServer(lambda assoc, peer: StoreSCPHandler(self.state, assoc, peer), s.max_pdu,
-                                  s.artim_timeout, s.idle_timeout or 0.0, s.dimse_timeout or 0.0, s.busy_poll_us)
+                                  s.artim_timeout, s.idle_timeout or 0.0, s.dimse_timeout or 0.0, s.busy_poll_us,
+                                  s.min_transfer_rate, s.transfer_rate_window)
         self.catalog = open_catalog(cfg, self.state)
 
     async def _close_writers(self, loop: asyncio.AbstractEventLoop) -> tuple[GroupCommitter | None, bool]:

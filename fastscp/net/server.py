@@ -51,6 +51,11 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         self._consumed = 0
         self._artim: asyncio.TimerHandle | None = None
         self._idle: asyncio.TimerHandle | None = None
+        # the progress rule (server.min_rate over server.rate_window): bytes
+        # received by the framer when the current window started, or -1
+        self._rate: asyncio.TimerHandle | None = None
+        self._window_start = 0.0
+        self._window_bytes = -1
         self._spin_fd = -1  # plain TCP socket to poll after a read (server.busy_poll_us), -1: never
         self._spin_queued = False
 
@@ -86,6 +91,8 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         self.assoc.connection_made()
         self._after()
         self._arm_idle()
+        if self.server.min_rate:
+            self._arm_rate()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.assoc.get_buffer(sizehint)
@@ -170,7 +177,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         ev = self.assoc.connection_lost()
         if ev is not None:
             self.handler.handle(ev)
-        for timer in (self._artim, self._idle):
+        for timer in (self._artim, self._idle, self._rate):
             if timer is not None:
                 timer.cancel()
         self.server.connections.discard(self)
@@ -205,12 +212,15 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         while (ev := self.assoc.next_event()) is not None:
             self.handler.handle(ev)
 
+    def _busy(self) -> bool:
+        """A message (or a PDU) is half received."""
+        return self.assoc.framer.dataset_in_progress is not None or self.assoc.framer.buffered > 0
+
     def _timeout(self) -> tuple[float, str]:
         """The silence allowed now: dimse_timeout while a message is half
         received, else idle_timeout (0 = unlimited)."""
         srv = self.server
-        busy = self.assoc.framer.dataset_in_progress is not None or self.assoc.framer.buffered > 0
-        if busy and srv.dimse_timeout:
+        if self._busy() and srv.dimse_timeout:
             return srv.dimse_timeout, "DIMSE timeout"
         return srv.idle_timeout, "idle timeout"
 
@@ -230,6 +240,37 @@ class AssociationProtocol(asyncio.BufferedProtocol):
             return
         self._arm_idle()
 
+    def _arm_rate(self) -> None:
+        self._rate = asyncio.get_running_loop().call_later(self.server.rate_window / 4, self._rate_check)
+
+    def _rate_check(self) -> None:
+        """The progress rule, a quarter window apart: while a message is half
+        received, the bytes read over each window of server.rate_window
+        seconds must average server.min_rate a second, or the association
+        is aborted. The timers above see a PDU now and then as life; this
+        sees how much came. Not counted: time with no message under way (the
+        idle timeout's), and time our reading is paused (backpressure)."""
+        self._rate = None
+        if self.assoc.state in ("Sta1", "Sta13"):
+            return
+        srv = self.server
+        if not self._busy() or srv.paused:
+            self._window_bytes = -1
+        else:
+            now, received = time.monotonic(), self.assoc.framer.bytes_received
+            if self._window_bytes < 0:
+                self._window_start, self._window_bytes = now, received
+            elif now - self._window_start >= srv.rate_window:
+                got, seconds = received - self._window_bytes, now - self._window_start
+                if got < srv.min_rate * seconds:
+                    log.warning("association %s: %d bytes in %.1f s (%.0f bytes/s) of a message, below "
+                                "server.min_transfer_rate (%d bytes/s over server.transfer_rate_window): aborting",
+                                getattr(self.handler, "id", "?"), got, seconds, got / seconds, srv.min_rate)
+                    self.abort("transfer too slow")
+                    return
+                self._window_start, self._window_bytes = now, received
+        self._arm_rate()
+
     def abort(self, reason: str) -> None:
         self.assoc.abort(reason)
         self._drain_events()
@@ -247,8 +288,12 @@ class DicomServer:
         idle_timeout: float = 60.0,
         dimse_timeout: float = 0.0,
         busy_poll_us: int = 0,
+        min_rate: int = 0,
+        rate_window: float = 60.0,
     ) -> None:
         self.handler_factory = handler_factory
+        self.min_rate = min_rate  # bytes/s a half-received message must average over rate_window; 0 = no rule
+        self.rate_window = rate_window
         self.busy_poll_ns = int(busy_poll_us) * 1000
         self.polled_reads = 0  # reads that came from the poll after a read, not from the loop
         self.max_pdu = max_pdu
