@@ -23,7 +23,7 @@ from .access import AccessPolicy, AssociationLimiter, load_access_policy
 from .config import Config, ConfigError, load_config
 from .monitor.logsetup import configure_logging
 from .monitor.service import MonitorService
-from .net.server import DicomServer, serve_forever, stop_on_signals
+from .net.server import DicomServer, raise_open_files_limit, serve_forever, stop_on_signals
 from .pipeline.service import Pipeline, PipelineSettings
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
 from .scp import ReceptionObserver, ServerState, StoreSCPHandler
@@ -146,7 +146,7 @@ class App:
         s = cfg.server
         self.server = DicomServer(lambda assoc, peer: StoreSCPHandler(self.state, assoc, peer), s.max_pdu,
                                   s.artim_timeout, s.idle_timeout or 0.0, s.dimse_timeout or 0.0, s.busy_poll_us,
-                                  s.min_transfer_rate, s.transfer_rate_window)
+                                  s.min_transfer_rate, s.transfer_rate_window, s.max_unassociated)
         self.catalog = open_catalog(cfg, self.state)
 
     async def _close_writers(self, loop: asyncio.AbstractEventLoop) -> tuple[GroupCommitter | None, bool]:
@@ -301,6 +301,9 @@ def run_blocking(config_path: str | None, overrides: Mapping[str, Any]) -> None:
     lg = cfg.logging
     logging_handle = configure_logging(lg.level, lg.format, lg.file, lg.max_bytes, lg.backup_count)
     log.info("configuration: %s", os.path.abspath(config_path) if config_path else "built-in defaults")
+    before, after = raise_open_files_limit()
+    if after != before:
+        log.info("open files limit raised from %d to %d", before, after)
     try:
         try:
             app = App(cfg, config_path, overrides)

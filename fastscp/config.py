@@ -227,6 +227,9 @@ class ServerConfig:
         1024, "bytes/s a message being received must average over transfer_rate_window; 0 = no check",
         check=_between(0), scalar="size")
     transfer_rate_window: float = _f(60.0, "seconds over which min_transfer_rate is measured", check=_positive)
+    max_unassociated: int = _f(
+        64, "connections that have not yet sent A-ASSOCIATE-RQ; the oldest is closed for a new one",
+        check=_between(1, 100000))
     max_pdu: int = _f(131072, "largest PDU we receive, announced to peers (PS3.8 D.1)",
                       check=_between(4096, 0xFFFFFFFF, "bytes"))
     artim_timeout: float = _f(30.0, "ARTIM timer: seconds for a peer to send A-ASSOCIATE-RQ after connecting", check=_positive)

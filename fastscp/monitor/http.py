@@ -50,6 +50,9 @@ MAX_HEADER = 16 * 1024
 MAX_BODY = 1024 * 1024
 MAX_QUERY_ROWS = 1_000_000
 REQUEST_TIMEOUT = 10.0
+# connections served at once; one more is closed at once (issue 20: partial
+# requests must not take every file descriptor of the receiver)
+MAX_CONNECTIONS = 64
 TREND_CACHE_SECONDS = 10.0
 
 _REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
@@ -93,7 +96,7 @@ class StatusServer:
         self.requests = 0
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEADER)
+        self._server = await asyncio.start_server(self._serve_capped, host, port, limit=MAX_HEADER)
         sockname = self._server.sockets[0].getsockname()
         return sockname[0], int(sockname[1])
 
@@ -104,6 +107,19 @@ class StatusServer:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- one connection, one request --------------------------------------------------
+
+    _open = 0
+
+    async def _serve_capped(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """``_serve``, unless MAX_CONNECTIONS are open: then closed at once."""
+        if self._open >= MAX_CONNECTIONS:
+            writer.transport.abort()
+            return
+        self._open += 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._open -= 1
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -14,8 +14,10 @@ then aborts what is left.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
+import resource
 import signal
 import socket
 import ssl
@@ -86,6 +88,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         self.handler.tls = tls
         self.handler.flush = self._flush
         self.server.connections.add(self)
+        self.server.unassociated[self] = None
         if self.server.paused:
             transport.pause_reading()  # type: ignore[attr-defined]
         self.assoc.connection_made()
@@ -181,6 +184,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
             if timer is not None:
                 timer.cancel()
         self.server.connections.discard(self)
+        self.server.unassociated.pop(self, None)
         self.server.connection_closed()
 
     # ---- helpers --------------------------------------------------------------------
@@ -279,6 +283,48 @@ class AssociationProtocol(asyncio.BufferedProtocol):
             self.transport.close()
 
 
+# accept() errors that mean "no file descriptor or memory now": stop
+# accepting for a while (the pending connections wait in the backlog), as
+# asyncio's own loop does; uvloop instead closes the listening socket for good
+_ACCEPT_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_RETRY = 1.0  # seconds without accepting after such an error
+REPEAT_LOG_EVERY = 60.0  # seconds between two log lines about the same limit
+
+
+class _RateLimitedLog:
+    """One warning line now, then at most one per REPEAT_LOG_EVERY seconds,
+    which says how many were not logged."""
+
+    def __init__(self) -> None:
+        self.last = -1e9
+        self.suppressed = 0
+
+    def __call__(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self.last < REPEAT_LOG_EVERY:
+            self.suppressed += 1
+            return
+        more = f" ({self.suppressed} more since the last such line)" if self.suppressed else ""
+        log.warning(msg + more, *args)
+        self.last, self.suppressed = now, 0
+
+
+def raise_open_files_limit(want: int = 65536) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE towards the hard limit (at most
+    ``want``): connections, temp files, the index and hooks all take file
+    descriptors, and distributions start services with a soft limit of
+    1024. Returns (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(hard, want)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, target
+    return soft, soft
+
+
 class DicomServer:
     def __init__(
         self,
@@ -290,8 +336,16 @@ class DicomServer:
         busy_poll_us: int = 0,
         min_rate: int = 0,
         rate_window: float = 60.0,
+        max_unassociated: int = 64,
     ) -> None:
         self.handler_factory = handler_factory
+        # connections that may not have sent their A-ASSOCIATE-RQ yet, oldest
+        # first (pruned lazily in _make_room: nothing on the read path)
+        self.unassociated: dict[AssociationProtocol, None] = {}
+        self.max_unassociated = max_unassociated
+        self._handshaking = 0  # TLS connections accepted, handshake not done
+        self._log_emfile = _RateLimitedLog()
+        self._log_evicted = _RateLimitedLog()
         self.min_rate = min_rate  # bytes/s a half-received message must average over rate_window; 0 = no rule
         self.rate_window = rate_window
         self.busy_poll_ns = int(busy_poll_us) * 1000
@@ -304,15 +358,106 @@ class DicomServer:
         self.check_interval = min(t for t in (idle_timeout, dimse_timeout, 3600.0) if t)
         self.connections: set[AssociationProtocol] = set()
         self.paused = False
-        self._servers: list[asyncio.base_events.Server] = []
+        self._listeners: list[socket.socket] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._idle_event: asyncio.Event | None = None
 
     async def start(self, host: str | None, port: int, ssl_context: ssl.SSLContext | None = None) -> list[Any]:
+        """Listen on every address ``host`` stands for (None: all of them),
+        with our own accept loop: it backs off when file descriptors run
+        out, and closes the oldest connection that has not associated when
+        there are max_unassociated of them. Raises OSError."""
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: AssociationProtocol(self), host or None, port,
-                                          ssl=ssl_context, reuse_address=True, backlog=128)
-        self._servers.append(server)
-        return [s.getsockname() for s in server.sockets]
+        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        bound: list[socket.socket] = []
+        try:
+            for family, kind, proto, _, address in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                bound.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    sock.bind(address)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"error while attempting to bind on address {address!r}: "
+                                             f"{(exc.strerror or '').lower()}") from None
+                sock.listen(128)
+                sock.setblocking(False)
+        except BaseException:
+            for sock in bound:
+                sock.close()
+            raise
+        for sock in bound:
+            loop.add_reader(sock.fileno(), self._accept, sock, ssl_context)
+        self._listeners += bound
+        return [sock.getsockname() for sock in bound]
+
+    def _accept(self, listener: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(64):
+            if len(self._tasks) >= self.max_unassociated:
+                return  # those being set up first: the listener stays readable, so we are called again
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _ACCEPT_OUT_OF_RESOURCES:
+                    self._log_emfile("cannot accept DICOM connections: %s; trying again every %.0f s",
+                                     exc.strerror, ACCEPT_RETRY)
+                    loop.remove_reader(listener.fileno())
+                    loop.call_later(ACCEPT_RETRY, self._resume_accept, listener, ssl_context)
+                    # descriptors for whoever waits: silent connections go first, a quarter of them
+                    self._make_room(len(self.unassociated) * 3 // 4)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue  # that connection is gone; the next may not be
+                log.warning("accept failed on %s: %s", listener.getsockname(), exc)
+                return
+            conn.setblocking(False)
+            if ssl_context is None:
+                # connections accepted but not yet made (self._tasks) count too
+                self._make_room(self.max_unassociated - 1 - len(self._tasks))
+            elif self._handshaking >= self.max_unassociated:
+                self._log_evicted("%d TLS handshakes under way (server.max_unassociated): closing a new connection",
+                                  self._handshaking)
+                conn.close()
+                continue
+            task = loop.create_task(self._connect(conn, ssl_context))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _resume_accept(self, listener: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        if listener in self._listeners and listener.fileno() >= 0:
+            asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener, ssl_context)
+
+    async def _connect(self, conn: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        loop = asyncio.get_running_loop()
+        if ssl_context is not None:
+            self._handshaking += 1
+        try:
+            await loop.connect_accepted_socket(lambda: AssociationProtocol(self), conn, ssl=ssl_context)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:  # the transport closed the socket
+            log.debug("connection not set up: %s", exc)
+        finally:
+            if ssl_context is not None:
+                self._handshaking -= 1
+            if ssl_context is not None and self._handshaking < self.max_unassociated:
+                self._make_room(self.max_unassociated)
+
+    def _make_room(self, keep: int) -> None:
+        """Close the oldest connections that have not sent an A-ASSOCIATE-RQ
+        until at most ``keep`` remain (associated ones are only pruned from
+        the list)."""
+        pending = self.unassociated
+        while len(pending) > keep:
+            oldest = next(iter(pending))
+            del pending[oldest]
+            if oldest.assoc.state == "Sta2" and oldest.transport is not None:
+                self._log_evicted("%d connections have not sent an A-ASSOCIATE-RQ (server.max_unassociated, "
+                                  "or out of file descriptors): closing the oldest", keep + 1)
+                oldest.transport.abort()
 
     def pause_reading(self) -> None:
         """Stop reading from every association (backpressure), new ones included."""
@@ -331,9 +476,16 @@ class DicomServer:
         if self._idle_event is not None and not self.connections:
             self._idle_event.set()
 
+    def _close_listeners(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            if sock.fileno() >= 0:
+                loop.remove_reader(sock.fileno())
+                sock.close()
+        self._listeners = []
+
     async def shutdown(self, grace: float) -> None:
-        for server in self._servers:
-            server.close()
+        self._close_listeners()
         if self.connections:
             log.info("waiting up to %.0f s for %d association(s) to finish", grace, len(self.connections))
             self._idle_event = asyncio.Event()
@@ -342,8 +494,8 @@ class DicomServer:
             except asyncio.TimeoutError:
                 for conn in list(self.connections):
                     conn.abort("server shutting down")
-        for server in self._servers:
-            await server.wait_closed()
+        for task in list(self._tasks):  # connections still being set up
+            task.cancel()
 
 
 def stop_on_signals() -> asyncio.Event:
