@@ -5,8 +5,11 @@ association's framer buffer, ``buffer_updated`` feeds the sans-I/O machine,
 hands its events to the service handler, and writes what it has to send in
 one ``transport.write`` (TCP_NODELAY is set, so a response is never held
 back by Nagle/delayed-ACK interplay). Timers live here, not in protocol/:
-ARTIM (PS3.8 9.1.5) while the machine says it runs, and an idle timeout for
-established associations. ``serve`` stops on SIGINT/SIGTERM: it closes the
+ARTIM (PS3.8 9.1.5) while the machine says it runs, an idle timeout for
+established associations, and the progress rule (a minimum transfer rate
+while a message is half received). The accept loop is ours too: it caps the
+connections that have not associated yet and backs off when file
+descriptors run out. ``serve`` stops on SIGINT/SIGTERM: it closes the
 listening socket, lets running associations finish within a grace period,
 then aborts what is left.
 """
