@@ -134,6 +134,8 @@ def test_idle_status_connections_past_the_fd_limit_leave_room_for_echoscu(tmp_pa
         finally:
             for s in socks:
                 s.close()
+        # the receiver has seen them go (else /metrics could meet the cap)
+        assert wait_until(lambda: fd_count(proc.pid) <= before + 2, 15), (before, fd_count(proc.pid))
         with urllib.request.urlopen(f"http://127.0.0.1:{status_port}/metrics", timeout=10) as rsp:
             assert rsp.status == 200
         assert "Too many open files" not in log.read_text(errors="replace")
