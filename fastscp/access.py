@@ -9,7 +9,8 @@ reason (PS3.8 9.3.4, Table 9-21):
   (DICOM UL service-user), reason 7 (called-AE-title-not-recognized);
 - calling AE title not on the whitelist, or not from one of its hosts: result 1,
   source 1, reason 3 (calling-AE-title-not-recognized);
-- too many associations (``AssociationLimiter``): result 2
+- too many associations (``AssociationLimiter``: in total, for one calling AE
+  title, or into the slots kept for a calling AE holding none): result 2
   (rejected-transient), source 3 (service-provider, presentation related),
   reason 2 (local-limit-exceeded).
 
@@ -222,25 +223,43 @@ def load_access_policy(path: str | os.PathLike[str] | None, overrides: Mapping[s
 class AssociationLimiter:
     """Counts running associations, in total and per calling AE title.
 
+    Three limits, so that one peer cannot hold every slot: ``max_total``;
+    ``max_per_ae``, a calling AE title's share; and ``reserved_for_new``,
+    the last slots of the total, which only a calling AE title holding no
+    association may take (a newcomer still gets in when the others hold the
+    rest).
+
     ``acquire`` before accepting (after the access check), ``release`` exactly
     once when an accepted association ends, however it ends. Not thread-safe:
     call it from the event loop thread only. ``set_limits`` (reload) never
     drops running associations; it only affects new ones.
     """
 
-    def __init__(self, max_total: int, max_per_ae: int | None = None) -> None:
+    def __init__(self, max_total: int, max_per_ae: int | None = None, reserved_for_new: int = 0) -> None:
         self.max_total = max_total
         self.max_per_ae = max_per_ae
+        self.reserved_for_new = reserved_for_new
         self._total = 0
         self._per_ae: dict[str, int] = {}
 
+    @staticmethod
+    def limits(cfg: Config) -> tuple[int, int | None, int]:
+        """(max_total, max_per_ae, reserved_for_new) as configured; a per-AE
+        share left null is half the total (at least 1)."""
+        s = cfg.server
+        per_ae = s.max_associations_per_ae
+        if per_ae is None:
+            per_ae = max(1, s.max_associations // 2)
+        return s.max_associations, per_ae, s.reserved_for_new_ae
+
     @classmethod
     def from_config(cls, cfg: Config) -> AssociationLimiter:
-        return cls(cfg.server.max_associations, cfg.server.max_associations_per_ae)
+        return cls(*cls.limits(cfg))
 
-    def set_limits(self, max_total: int, max_per_ae: int | None) -> None:
+    def set_limits(self, max_total: int, max_per_ae: int | None, reserved_for_new: int = 0) -> None:
         self.max_total = max_total
         self.max_per_ae = max_per_ae
+        self.reserved_for_new = reserved_for_new
 
     def acquire(self, calling_ae: str) -> RejectReason | None:
         key = calling_ae.strip(" ")
@@ -251,6 +270,10 @@ class AssociationLimiter:
         if self.max_per_ae is not None and held >= self.max_per_ae:
             return LOCAL_LIMIT_EXCEEDED.with_detail(
                 f"{held} associations running for calling AE {key!r}, the limit is {self.max_per_ae}")
+        if held and self._total >= self.max_total - self.reserved_for_new:
+            return LOCAL_LIMIT_EXCEEDED.with_detail(
+                f"{self._total} associations running, the last {self.reserved_for_new} of {self.max_total} are kept "
+                f"for a calling AE holding none, and {key!r} holds {held}")
         self._total += 1
         self._per_ae[key] = held + 1
         return None

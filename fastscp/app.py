@@ -25,7 +25,7 @@ from .access import AccessPolicy, AssociationLimiter, load_access_policy
 from .config import Config, ConfigError, load_config
 from .monitor.logsetup import configure_logging
 from .monitor.service import MonitorService
-from .net.server import DicomServer, serve_forever, stop_on_signals
+from .net.server import DicomServer, raise_open_files_limit, serve_forever, stop_on_signals
 from .pipeline.service import Pipeline, PipelineSettings
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
 from .scp import ReceptionObserver, ServerState, StoreSCPHandler
@@ -61,7 +61,7 @@ def build_storage(cfg: Config) -> Storage:
             options["accounts"] = list(s.accounts)
     naming = make_naming(s.naming, **options)
     return Storage(s.directory, naming=naming, min_free_space=s.min_free_space, duplicates=s.duplicates,
-                   durable=s.durability == "fsync")
+                   durable=s.durability == "fsync", max_incoming=s.max_incoming)
 
 
 def build_state(cfg: Config) -> ServerState:
@@ -225,7 +225,8 @@ class App:
             self.state.observers.append(self.pipeline)
         s = cfg.server
         self.server = DicomServer(lambda assoc, peer: StoreSCPHandler(self.state, assoc, peer), s.max_pdu,
-                                  s.artim_timeout, s.idle_timeout or 0.0, s.dimse_timeout or 0.0, s.busy_poll_us)
+                                  s.artim_timeout, s.idle_timeout or 0.0, s.dimse_timeout or 0.0, s.busy_poll_us,
+                                  s.min_transfer_rate, s.transfer_rate_window, s.max_unassociated)
         self.catalog = open_catalog(cfg, self.state)
 
     async def _close_writers(self, loop: asyncio.AbstractEventLoop) -> tuple[GroupCommitter | None, bool]:
@@ -295,7 +296,7 @@ class App:
             log.error("reload failed, keeping the running access lists: %s", exc)
             return
         self.state.access = access
-        self.state.limiter.set_limits(cfg.server.max_associations, cfg.server.max_associations_per_ae)
+        self.state.limiter.set_limits(*AssociationLimiter.limits(cfg))
         log.info("reloaded access lists (%d whitelist entries) and limits", len(cfg.access.allowed_calling_aes))
 
     async def run(self) -> None:
@@ -388,6 +389,9 @@ def run_blocking(config_path: str | None, overrides: Mapping[str, Any]) -> None:
     lg = cfg.logging
     logging_handle = configure_logging(lg.level, lg.format, lg.file, lg.max_bytes, lg.backup_count)
     log.info("configuration: %s", os.path.abspath(config_path) if config_path else "built-in defaults")
+    before, after = raise_open_files_limit()
+    if after != before:
+        log.info("open files limit raised from %d to %d", before, after)
     try:
         footprint = StartFootprint.before_start(cfg)
         try:

@@ -239,7 +239,17 @@ class ServerConfig:
     bind_address: str = _f("0.0.0.0", "address to listen on ('::' for IPv6)", check=_check_bind)
     max_associations: int = _f(10, "concurrent associations in total", check=_between(1, 100000))
     max_associations_per_ae: int | None = _f(
-        None, "concurrent associations per calling AE; null = no per-AE limit", check=_between(1, 100000))
+        None, "concurrent associations per calling AE title; null = half of max_associations (at least 1)",
+        check=_between(1, 100000))
+    reserved_for_new_ae: int = _f(
+        1, "association slots only a calling AE title holding none may take; 0 = none", check=_between(0, 100000))
+    min_transfer_rate: int = _f(
+        1024, "bytes/s a message being received must average over transfer_rate_window; 0 = no check",
+        check=_between(0), scalar="size")
+    transfer_rate_window: float = _f(60.0, "seconds over which min_transfer_rate is measured", check=_positive)
+    max_unassociated: int = _f(
+        64, "connections that have not yet sent A-ASSOCIATE-RQ; the oldest is closed for a new one",
+        check=_between(1, 100000))
     max_pdu: int = _f(131072, "largest PDU we receive, announced to peers (PS3.8 D.1)",
                       check=_between(4096, 0xFFFFFFFF, "bytes"))
     artim_timeout: float = _f(30.0, "ARTIM timer: seconds for a peer to send A-ASSOCIATE-RQ after connecting", check=_positive)
@@ -268,7 +278,12 @@ class StorageConfig:
     durability: Literal["none", "fsync"] = _f("none", "fsync: success is answered only once the file is on disk")
     max_instance_size: int | None = _f(None, "largest dataset accepted (bytes, or 500MB, 2GiB); null = no limit",
                                        check=_between(1), scalar="size")
-    min_free_space: int | None = _f(None, "refuse new instances when the volume has less free space than this", check=_between(0), scalar="size")
+    min_free_space: int | None = _f(
+        None, "free space kept on the volume: instances that would cross it are refused (0xA700), also while "
+              "they stream in; null = 5% of the volume, at most 1 GiB; 0 = no reserve", check=_between(0), scalar="size")
+    max_incoming: int | None = _f(
+        4 * 1024**3, "bytes of unfinished instances in .incoming/ over all associations; past it an instance "
+                     "sharing that space is refused (0xA700); null = no bound", check=_between(1), scalar="size")
     low_free_space_warning: int | None = _f(None, "warn when free space drops below this", check=_between(0), scalar="size")
 
 

@@ -118,6 +118,10 @@ class _Store:
     dropped: InstanceInfo | None = None  # a duplicate the policy dropped: observers hear of it too
     finished: Any = None  # the placed file's writer, closed once the answer is out
     written_out: int = 0  # durable mode, one association: file bytes whose write-out has started
+    # dataset size past which the next fragment goes through _checkpoint
+    # (max_instance_size, the next in-flight accounting and reserve check)
+    check_at: int = 0
+    accounted: int = 0  # dataset bytes counted in Storage.incoming_bytes
 
 
 @dataclasses.dataclass(slots=True)
@@ -224,6 +228,7 @@ class StoreSCPHandler:
             self._spare = None
         current = self._current
         if isinstance(current, _Store):
+            self._release(current)
             Storage.discard(current.writer, current.temp)
             current.writer = current.temp = None
             self._current = None
@@ -287,9 +292,11 @@ class StoreSCPHandler:
         else:
             spare, self._spare = self._spare, None
             try:
-                st.writer, st.temp = self.server.storage.begin(st.sop_class_uid, st.sop_instance_uid, ts,
-                                                               self.calling_ae, spare)
+                storage = self.server.storage
+                st.writer, st.temp = storage.begin(st.sop_class_uid, st.sop_instance_uid, ts, self.calling_ae, spare)
                 st.hasher = new_content_hash()
+                limit = self.server.max_instance_size
+                st.check_at = storage.check_every if limit is None else min(storage.check_every, limit)
             except OSError as exc:
                 st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"cannot create file: {exc.strerror}"
                 log.error("assoc %s: cannot create a temp file: %s", self.id, exc)
@@ -305,18 +312,14 @@ class StoreSCPHandler:
                 st.respond()
             return
         assert isinstance(st, _Store)
-        if st.writer is not None:
-            limit = self.server.max_instance_size
-            if limit is not None and st.writer.dataset_size + len(ev.data) > limit:
-                Storage.discard(st.writer, st.temp)
-                st.writer = st.temp = None
-                st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"dataset larger than the {limit}-byte limit"
-                log.warning("assoc %s: refused %s: %s", self.id, st.sop_instance_uid, st.comment)
+        if st.writer is not None and st.writer.dataset_size + len(ev.data) > st.check_at:
+            self._checkpoint(st, st.writer.dataset_size + len(ev.data))
         if st.writer is not None:
             try:
                 st.writer.write(ev.data, ev.last)
                 st.hasher.update(ev.data)
             except OSError as exc:
+                self._release(st)
                 Storage.discard(st.writer, st.temp)
                 st.writer = st.temp = None
                 st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"write failed: {exc.strerror}"
@@ -330,8 +333,38 @@ class StoreSCPHandler:
                         self._start_write_out(st, committer)
         if ev.last:
             self._current = None
+            if st.accounted:
+                self._release(st)
             if st.writer is None or self._finish_store(st):
                 self._answer_store(st)
+
+    def _checkpoint(self, st: _Store, size: int) -> None:
+        """Every Storage.check_every bytes of a dataset (and at
+        max_instance_size): refuse it when it passes max_instance_size, or
+        when the storage says no (bytes in flight over every association,
+        the free-space reserve). A refused instance's temp file is removed
+        now; the rest of its dataset is received and dropped, then answered
+        0xA700."""
+        storage = self.server.storage
+        limit = self.server.max_instance_size
+        if limit is not None and size > limit:
+            why = f"dataset larger than the {limit}-byte limit"
+        else:
+            more, st.accounted = size - st.accounted, size
+            why = storage.take_incoming(more, size)
+            step = size + storage.check_every
+            st.check_at = step if limit is None else min(step, limit)
+        if why:
+            self._release(st)
+            Storage.discard(st.writer, st.temp)
+            st.writer = st.temp = None
+            st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, why
+            log.warning("assoc %s: refused %s after %d bytes: %s", self.id, st.sop_instance_uid, size, why)
+
+    def _release(self, st: _Store) -> None:
+        """Give back what ``_checkpoint`` counted in Storage.incoming_bytes."""
+        self.server.storage.release_incoming(st.accounted)
+        st.accounted = 0
 
     @staticmethod
     def _parse_early(st: _Store) -> None:

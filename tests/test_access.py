@@ -207,3 +207,20 @@ def test_limits_from_config_and_lowered_on_reload() -> None:
     limiter.set_limits(1, None)  # running ones stay, new ones wait
     assert limiter.total == 2
     assert limiter.acquire("C") == LOCAL_LIMIT_EXCEEDED
+
+
+def test_share_and_slot_kept_for_a_calling_ae_holding_none() -> None:
+    """The defaults' rule: half the total per calling AE, the last slot only
+    for a calling AE holding none."""
+    limiter = AssociationLimiter.from_config(parse_config_text("server:\n  max_associations: 4\n"))
+    assert (limiter.max_total, limiter.max_per_ae, limiter.reserved_for_new) == (4, 2, 1)
+    assert limiter.acquire("A") is None and limiter.acquire("A") is None
+    assert limiter.acquire("A") == LOCAL_LIMIT_EXCEEDED  # its share
+    assert limiter.acquire("B") is None  # 3 running: the last slot is kept
+    reason = limiter.acquire("B")
+    assert reason == LOCAL_LIMIT_EXCEEDED and "kept for a calling AE holding none" in reason.detail
+    assert limiter.acquire("C") is None  # a newcomer takes it
+    assert limiter.acquire("D") == LOCAL_LIMIT_EXCEEDED and limiter.total == 4
+    limiter.set_limits(*AssociationLimiter.limits(parse_config_text(
+        "server:\n  max_associations: 6\n  max_associations_per_ae: 6\n  reserved_for_new_ae: 0\n")))
+    assert limiter.acquire("A") is None and limiter.acquire("A") is None and limiter.total == 6

@@ -107,7 +107,8 @@ def test_slow_peers_cannot_keep_the_association_limit(start_server, where: str) 
     srv: Server = start_server("--max-associations", "3", "--idle-timeout", "3", "--dimse-timeout", "3")
     pid = srv.proc.pid
     fds_before = settled_fds(pid)
-    slow = [rc.connect_and_associate(srv.port, srv.ae_title) for _ in range(3)]
+    # three calling AE titles: each holds one slot, within its share (issue 20: one title gets half the total)
+    slow = [rc.connect_and_associate(srv.port, srv.ae_title, calling=f"SLOW{i}") for i in range(3)]
     uid, data = DatasetTemplate(20_000).instance(7)
     tricklers = []
     for sock in slow:

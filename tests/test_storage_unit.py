@@ -88,3 +88,37 @@ def test_a_refused_begin_removes_the_spare_it_was_given(tmp_path: Path) -> None:
     assert os.listdir(storage.incoming) == []
     with pytest.raises(OSError):
         os.fstat(spare[0])  # closed, not leaked
+
+
+class _FakeVolume:
+    """statvfs of a volume of ``size`` bytes with ``free`` free (4 KiB blocks)."""
+
+    def __init__(self, size: int, free: int) -> None:
+        self.size, self.free = size, free
+
+    def __call__(self, path: str) -> os.statvfs_result:
+        blocks, avail = self.size // 4096, self.free // 4096
+        return os.statvfs_result((4096, 4096, blocks, avail, avail, 0, 0, 0, 0, 255))
+
+
+def test_default_reserve_is_five_percent_of_the_volume_at_most_1_gib(tmp_path: Path) -> None:
+    small = Storage(tmp_path / "a", statvfs=_FakeVolume(100 * 2**20, 50 * 2**20))
+    assert small.min_free_space == 5 * 2**20
+    big = Storage(tmp_path / "b", statvfs=_FakeVolume(2**40, 2**39))
+    assert big.min_free_space == 2**30
+    assert Storage(tmp_path / "c", min_free_space=0, statvfs=_FakeVolume(2**40, 0)).min_free_space == 0
+
+
+def test_take_incoming_checks_the_reserve_afresh_and_the_bound_on_shared_bytes(tmp_path: Path) -> None:
+    volume = _FakeVolume(2**30, 200 * 2**20)
+    storage = Storage(tmp_path / "s", min_free_space=100 * 2**20, max_incoming=40 * 2**20, statvfs=volume)
+    step = storage.check_every
+    assert storage.take_incoming(step, step) == ""  # 200 MiB free, reserve + 16 MiB needed
+    volume.free = 100 * 2**20 + step - 4096  # the next 16 MiB would cross it: seen at once, no cache
+    assert "would cross the reserve" in storage.take_incoming(step, 2 * step)
+    storage.release_incoming(2 * step)
+    volume.free = 2**30
+    assert storage.take_incoming(3 * step, 3 * step) == ""  # alone: over max_incoming, still fine
+    assert "storage.max_incoming" in storage.take_incoming(step, step)  # another one shares it
+    storage.release_incoming(3 * step + step)
+    assert storage.incoming_bytes == 0

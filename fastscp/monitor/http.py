@@ -69,6 +69,9 @@ log = logging.getLogger("fastscp.monitor")
 MAX_HEADER = 16 * 1024
 MAX_BODY = 1024 * 1024
 REQUEST_TIMEOUT = 10.0
+# connections served at once; one more is closed at once (issue 20: partial
+# requests must not take every file descriptor of the receiver)
+MAX_CONNECTIONS = 64
 TREND_CACHE_SECONDS = 10.0
 FETCH_BATCH = 2048  # rows serialised at a time, between checks of the byte cap
 WATCH_EVERY = 0.1  # seconds between checks of a running query (deadline, Parquet size)
@@ -189,7 +192,7 @@ class StatusServer:
         self.queries = {"run": 0, "refused_busy": 0, "timeout": 0, "too_large": 0, "client_gone": 0}
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_HEADER)
+        self._server = await asyncio.start_server(self._serve_capped, host, port, limit=MAX_HEADER)
         sockname = self._server.sockets[0].getsockname()
         self._cookie = f"fastscp-token-{sockname[1]}"  # cookies ignore ports: one per server
         return sockname[0], int(sockname[1])
@@ -210,6 +213,19 @@ class StatusServer:
         return len(self._jobs)
 
     # ---- one connection, one request --------------------------------------------------
+
+    _open = 0
+
+    async def _serve_capped(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """``_serve``, unless MAX_CONNECTIONS are open: then closed at once."""
+        if self._open >= MAX_CONNECTIONS:
+            writer.transport.abort()
+            return
+        self._open += 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._open -= 1
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

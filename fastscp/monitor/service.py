@@ -85,7 +85,7 @@ class MonitorService:
         self.catalog = catalog
         index_db = str(Path(cfg.database.path).resolve()) if cfg.database.path else None
         self.monitor = Monitor(
-            state, low_free_space=cfg.storage.low_free_space_warning, min_free_space=cfg.storage.min_free_space,
+            state, low_free_space=cfg.storage.low_free_space_warning, min_free_space=state.storage.min_free_space or None,
             index_counters=catalog.counters if catalog is not None else None,
             info={"ae_title": cfg.server.ae_title, "storage_dir": str(state.storage.directory),
                   "index_db": index_db, "listening": []},

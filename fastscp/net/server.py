@@ -5,22 +5,28 @@ association's framer buffer, ``buffer_updated`` feeds the sans-I/O machine,
 hands its events to the service handler, and writes what it has to send in
 one ``transport.write`` (TCP_NODELAY is set, so a response is never held
 back by Nagle/delayed-ACK interplay). Timers live here, not in protocol/:
-ARTIM (PS3.8 9.1.5) while the machine says it runs, and an idle timeout for
-established associations. ``serve`` stops on SIGINT/SIGTERM: it closes the
+ARTIM (PS3.8 9.1.5) while the machine says it runs, an idle timeout for
+established associations, and the progress rule (a minimum transfer rate
+while a message is half received). The accept loop is ours too: it caps the
+connections that have not associated yet and backs off when file
+descriptors run out. ``serve`` stops on SIGINT/SIGTERM: it closes the
 listening socket, lets running associations finish within a grace period,
 then aborts what is left.
 
-On a TLS port the handshake is done here too (``TlsAccept``), not inside
-``create_server(ssl=...)``, which drops a failed handshake without a word: a
-refused one is counted and logged (``tls.HandshakeRefusals``), an accepted one
-becomes an ``AssociationProtocol``.
+On a TLS port the accept loop hands the socket to
+``connect_accepted_socket(ssl=...)``, which returns once the handshake is
+done (ARTIM bounds it) or raises: a refused handshake is counted and logged
+(``tls.HandshakeRefusals``), not dropped without a word as
+``create_server(ssl=...)`` does; an accepted one is an ``AssociationProtocol``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
+import resource
 import signal
 import socket
 import ssl
@@ -57,6 +63,11 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         self._consumed = 0
         self._artim: asyncio.TimerHandle | None = None
         self._idle: asyncio.TimerHandle | None = None
+        # the progress rule (server.min_rate over server.rate_window): bytes
+        # received by the framer when the current window started, or -1
+        self._rate: asyncio.TimerHandle | None = None
+        self._window_start = 0.0
+        self._window_bytes = -1
         self._spin_fd = -1  # plain TCP socket to poll after a read (server.busy_poll_us), -1: never
         self._spin_queued = False
 
@@ -87,11 +98,14 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         self.handler.tls = tls
         self.handler.flush = self._flush
         self.server.connections.add(self)
+        self.server.unassociated[self] = None
         if self.server.paused:
             transport.pause_reading()  # type: ignore[attr-defined]
         self.assoc.connection_made()
         self._after()
         self._arm_idle()
+        if self.server.min_rate:
+            self._arm_rate()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.assoc.get_buffer(sizehint)
@@ -176,10 +190,11 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         ev = self.assoc.connection_lost()
         if ev is not None:
             self.handler.handle(ev)
-        for timer in (self._artim, self._idle):
+        for timer in (self._artim, self._idle, self._rate):
             if timer is not None:
                 timer.cancel()
         self.server.connections.discard(self)
+        self.server.unassociated.pop(self, None)
         self.server.connection_closed()
 
     # ---- helpers --------------------------------------------------------------------
@@ -211,12 +226,15 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         while (ev := self.assoc.next_event()) is not None:
             self.handler.handle(ev)
 
+    def _busy(self) -> bool:
+        """A message (or a PDU) is half received."""
+        return self.assoc.framer.dataset_in_progress is not None or self.assoc.framer.buffered > 0
+
     def _timeout(self) -> tuple[float, str]:
         """The silence allowed now: dimse_timeout while a message is half
         received, else idle_timeout (0 = unlimited)."""
         srv = self.server
-        busy = self.assoc.framer.dataset_in_progress is not None or self.assoc.framer.buffered > 0
-        if busy and srv.dimse_timeout:
+        if self._busy() and srv.dimse_timeout:
             return srv.dimse_timeout, "DIMSE timeout"
         return srv.idle_timeout, "idle timeout"
 
@@ -236,6 +254,37 @@ class AssociationProtocol(asyncio.BufferedProtocol):
             return
         self._arm_idle()
 
+    def _arm_rate(self) -> None:
+        self._rate = asyncio.get_running_loop().call_later(self.server.rate_window / 4, self._rate_check)
+
+    def _rate_check(self) -> None:
+        """The progress rule, a quarter window apart: while a message is half
+        received, the bytes read over each window of server.rate_window
+        seconds must average server.min_rate a second, or the association
+        is aborted. The timers above see a PDU now and then as life; this
+        sees how much came. Not counted: time with no message under way (the
+        idle timeout's), and time our reading is paused (backpressure)."""
+        self._rate = None
+        if self.assoc.state in ("Sta1", "Sta13"):
+            return
+        srv = self.server
+        if not self._busy() or srv.paused:
+            self._window_bytes = -1
+        else:
+            now, received = time.monotonic(), self.assoc.framer.bytes_received
+            if self._window_bytes < 0:
+                self._window_start, self._window_bytes = now, received
+            elif now - self._window_start >= srv.rate_window:
+                got, seconds = received - self._window_bytes, now - self._window_start
+                if got < srv.min_rate * seconds:
+                    log.warning("association %s: %d bytes in %.1f s (%.0f bytes/s) of a message, below "
+                                "server.min_transfer_rate (%d bytes/s over server.transfer_rate_window): aborting",
+                                getattr(self.handler, "id", "?"), got, seconds, got / seconds, srv.min_rate)
+                    self.abort("transfer too slow")
+                    return
+                self._window_start, self._window_bytes = now, received
+        self._arm_rate()
+
     def abort(self, reason: str) -> None:
         self.assoc.abort(reason)
         self._drain_events()
@@ -244,102 +293,72 @@ class AssociationProtocol(asyncio.BufferedProtocol):
             self.transport.close()
 
 
-def _peer_text(transport: asyncio.BaseTransport) -> str:
-    peer = transport.get_extra_info("peername")
+async def _sends_something(loop: asyncio.AbstractEventLoop, conn: socket.socket, timeout: float) -> bool:
+    """Wait (at most ``timeout``: TimeoutError) until ``conn`` is readable;
+    False if the peer closed it without sending a byte. Nothing is read."""
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = conn.fileno()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await asyncio.wait_for(ready, timeout)
+    finally:
+        loop.remove_reader(fd)
+    try:
+        return bool(conn.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def _peer_text(sock: socket.socket) -> str:
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return "?"
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
-class TlsAccept(asyncio.Protocol):
-    """A connection to a TLS port until its handshake is done. The handshake
-    runs through ``loop.start_tls``; a failure is reported to the server's
-    ``tls_refusals``, a success becomes an ``AssociationProtocol``.
+# accept() errors that mean "no file descriptor or memory now": stop
+# accepting for a while (the pending connections wait in the backlog), as
+# asyncio's own loop does; uvloop instead closes the listening socket for good
+_ACCEPT_OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_RETRY = 1.0  # seconds without accepting after such an error
+REPEAT_LOG_EVERY = 60.0  # seconds between two log lines about the same limit
 
-    Two hand-overs keep every byte in order. Before ``start_tls`` takes the
-    transport, uvloop may already have read the ClientHello (it starts
-    reading after ``connection_made`` even when that paused it): those bytes
-    (``hello``) are given to the TLS protocol right after its own
-    ``connection_made``, before the loop reads again. After the handshake,
-    application data decrypted before the association protocol exists (the
-    first PDU can come with the last handshake message) is kept (``early``)
-    and fed to it."""
 
-    def __init__(self, server: DicomServer, ctx: ssl.SSLContext) -> None:
-        self.server = server
-        self.ctx = ctx
-        self.transport: asyncio.Transport | None = None
-        self.tls_started = False
-        self.hello: list[bytes] = []  # raw bytes read before start_tls
-        self.early: list[bytes] = []  # decrypted bytes before the association protocol
-        self.lost = False
+class _RateLimitedLog:
+    """One warning line now, then at most one per REPEAT_LOG_EVERY seconds,
+    which says how many were not logged."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        transport.pause_reading()  # type: ignore[attr-defined]  # enough on asyncio's own loop
-        loop = asyncio.get_running_loop()
-        task = loop.create_task(self._handshake())
-        self.server.handshakes.add(task)
-        task.add_done_callback(self.server.handshakes.discard)
-        # FIFO: the task's first step (start_tls installs its protocol and
-        # queues that protocol's connection_made and the resume of reading)
-        # runs first; this callback then queues _give_hello behind those two,
-        # in the same pass, before the loop polls the socket again.
-        loop.call_soon(loop.call_soon, self._give_hello)
+    def __init__(self) -> None:
+        self.last = -1e9
+        self.suppressed = 0
 
-    def data_received(self, data: bytes) -> None:
-        (self.early if self.tls_started else self.hello).append(data)
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-
-    def _give_hello(self) -> None:
-        transport = self.transport
-        if not self.hello or transport is None or transport.is_closing():
+    def __call__(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self.last < REPEAT_LOG_EVERY:
+            self.suppressed += 1
             return
-        tls_protocol = transport.get_protocol()
-        data, self.hello = b"".join(self.hello), []
-        if hasattr(tls_protocol, "get_buffer"):  # asyncio's and uvloop's are buffered
-            while data:
-                buf = tls_protocol.get_buffer(len(data))
-                n = min(len(buf), len(data))
-                buf[:n] = data[:n]
-                data = data[n:]
-                tls_protocol.buffer_updated(n)  # type: ignore[attr-defined]
-        else:
-            tls_protocol.data_received(data)  # type: ignore[attr-defined]
+        more = f" ({self.suppressed} more since the last such line)" if self.suppressed else ""
+        log.warning(msg + more, *args)
+        self.last, self.suppressed = now, 0
 
-    async def _handshake(self) -> None:
-        transport = self.transport
-        assert transport is not None
-        loop = asyncio.get_running_loop()
-        peer = _peer_text(transport)
-        self.tls_started = True  # from here on, data_received gets decrypted bytes
+
+def raise_open_files_limit(want: int = 65536) -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE towards the hard limit (at most
+    ``want``): connections, temp files, the index and hooks all take file
+    descriptors, and distributions start services with a soft limit of
+    1024. Returns (before, after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(hard, want)
+    if soft != resource.RLIM_INFINITY and soft < target:
         try:
-            tls = await loop.start_tls(transport, self, self.ctx, server_side=True,
-                                       ssl_handshake_timeout=self.server.artim_timeout)
-        except asyncio.CancelledError:
-            transport.abort()
-            raise
-        except Exception as exc:  # noqa: BLE001  # SSLError, OSError, TimeoutError: whatever the peer caused
-            transport.abort()
-            self.server.tls_refusals.refused(peer, exc)
-            return
-        if tls is None or self.lost or tls.is_closing():
-            return
-        app = AssociationProtocol(self.server)
-        app.connection_made(tls)
-        tls.set_protocol(app)
-        for data in self.early:
-            if tls.is_closing():
-                break
-            while data:
-                buf = app.get_buffer(len(data))
-                n = min(len(buf), len(data))
-                buf[:n] = data[:n]
-                data = data[n:]
-                app.buffer_updated(n)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, target
+    return soft, soft
 
 
 class DicomServer:
@@ -351,8 +370,20 @@ class DicomServer:
         idle_timeout: float = 60.0,
         dimse_timeout: float = 0.0,
         busy_poll_us: int = 0,
+        min_rate: int = 0,
+        rate_window: float = 60.0,
+        max_unassociated: int = 64,
     ) -> None:
         self.handler_factory = handler_factory
+        # connections that may not have sent their A-ASSOCIATE-RQ yet, oldest
+        # first (pruned lazily in _make_room: nothing on the read path)
+        self.unassociated: dict[AssociationProtocol, None] = {}
+        self.max_unassociated = max_unassociated
+        self._handshaking = 0  # TLS connections accepted, handshake not done
+        self._log_emfile = _RateLimitedLog()
+        self._log_evicted = _RateLimitedLog()
+        self.min_rate = min_rate  # bytes/s a half-received message must average over rate_window; 0 = no rule
+        self.rate_window = rate_window
         self.busy_poll_ns = int(busy_poll_us) * 1000
         self.polled_reads = 0  # reads that came from the poll after a read, not from the loop
         self.max_pdu = max_pdu
@@ -364,23 +395,118 @@ class DicomServer:
         self.connections: set[AssociationProtocol] = set()
         self.paused = False
         self.tls_refusals = HandshakeRefusals()
-        self.handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes under way
-        self._servers: list[asyncio.base_events.Server] = []
+        self._listeners: list[socket.socket] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self._idle_event: asyncio.Event | None = None
 
     async def start(self, host: str | None, port: int, ssl_context: ssl.SSLContext | None = None) -> list[Any]:
+        """Listen on every address ``host`` stands for (None: all of them),
+        with our own accept loop: it backs off when file descriptors run
+        out, and closes the oldest connection that has not associated when
+        there are max_unassociated of them. Raises OSError."""
         loop = asyncio.get_running_loop()
+        if ssl_context is not None and self.tls_refusals.schedule is None:
+            self.tls_refusals.schedule = loop.call_later
+        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        bound: list[socket.socket] = []
+        try:
+            for family, kind, proto, _, address in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                bound.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    sock.bind(address)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"error while attempting to bind on address {address!r}: "
+                                             f"{(exc.strerror or '').lower()}") from None
+                sock.listen(128)
+                sock.setblocking(False)
+        except BaseException:
+            for sock in bound:
+                sock.close()
+            raise
+        for sock in bound:
+            loop.add_reader(sock.fileno(), self._accept, sock, ssl_context)
+        self._listeners += bound
+        return [sock.getsockname() for sock in bound]
+
+    def _accept(self, listener: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(64):
+            if len(self._tasks) >= self.max_unassociated:
+                return  # those being set up first: the listener stays readable, so we are called again
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in _ACCEPT_OUT_OF_RESOURCES:
+                    self._log_emfile("cannot accept DICOM connections: %s; trying again every %.0f s",
+                                     exc.strerror, ACCEPT_RETRY)
+                    loop.remove_reader(listener.fileno())
+                    loop.call_later(ACCEPT_RETRY, self._resume_accept, listener, ssl_context)
+                    # descriptors for whoever waits: silent connections go first, a quarter of them
+                    self._make_room(len(self.unassociated) * 3 // 4)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue  # that connection is gone; the next may not be
+                log.warning("accept failed on %s: %s", listener.getsockname(), exc)
+                return
+            conn.setblocking(False)
+            if ssl_context is None:
+                # connections accepted but not yet made (self._tasks) count too
+                self._make_room(self.max_unassociated - 1 - len(self._tasks))
+            elif self._handshaking >= self.max_unassociated:
+                self._log_evicted("%d TLS handshakes under way (server.max_unassociated): closing a new connection",
+                                  self._handshaking)
+                conn.close()
+                continue
+            task = loop.create_task(self._connect(conn, ssl_context))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _resume_accept(self, listener: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        if listener in self._listeners and listener.fileno() >= 0:
+            asyncio.get_running_loop().add_reader(listener.fileno(), self._accept, listener, ssl_context)
+
+    async def _connect(self, conn: socket.socket, ssl_context: ssl.SSLContext | None) -> None:
+        loop = asyncio.get_running_loop()
+        peer = ""
         if ssl_context is not None:
-            if self.tls_refusals.schedule is None:
-                self.tls_refusals.schedule = loop.call_later
-            ctx = ssl_context
-            server = await loop.create_server(lambda: TlsAccept(self, ctx), host or None, port,
-                                              reuse_address=True, backlog=128)
-        else:
-            server = await loop.create_server(lambda: AssociationProtocol(self), host or None, port,
-                                              reuse_address=True, backlog=128)
-        self._servers.append(server)
-        return [s.getsockname() for s in server.sockets]
+            self._handshaking += 1
+            peer = _peer_text(conn)
+        try:
+            if ssl_context is not None and not await _sends_something(loop, conn, self.artim_timeout):
+                conn.close()  # connected and closed without a byte (a port check): no handshake was tried
+                return
+            # with TLS this returns once the handshake is done (ARTIM bounds it)
+            await loop.connect_accepted_socket(lambda: AssociationProtocol(self), conn, ssl=ssl_context,
+                                               ssl_handshake_timeout=self.artim_timeout if ssl_context else None)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, EOFError) as exc:  # the transport closed the socket
+            if ssl_context is not None:  # a refused handshake: one rate-limited line, counted in /metrics
+                self.tls_refusals.refused(peer, exc)
+            else:
+                log.debug("connection not set up: %s", exc)
+        finally:
+            if ssl_context is not None:
+                self._handshaking -= 1
+            if ssl_context is not None and self._handshaking < self.max_unassociated:
+                self._make_room(self.max_unassociated)
+
+    def _make_room(self, keep: int) -> None:
+        """Close the oldest connections that have not sent an A-ASSOCIATE-RQ
+        until at most ``keep`` remain (associated ones are only pruned from
+        the list)."""
+        pending = self.unassociated
+        while len(pending) > keep:
+            oldest = next(iter(pending))
+            del pending[oldest]
+            if oldest.assoc.state == "Sta2" and oldest.transport is not None:
+                self._log_evicted("%d connections have not sent an A-ASSOCIATE-RQ (server.max_unassociated, "
+                                  "or out of file descriptors): closing the oldest", keep + 1)
+                oldest.transport.abort()
 
     def pause_reading(self) -> None:
         """Stop reading from every association (backpressure), new ones included."""
@@ -399,11 +525,16 @@ class DicomServer:
         if self._idle_event is not None and not self.connections:
             self._idle_event.set()
 
+    def _close_listeners(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            if sock.fileno() >= 0:
+                loop.remove_reader(sock.fileno())
+                sock.close()
+        self._listeners = []
+
     async def shutdown(self, grace: float) -> None:
-        for server in self._servers:
-            server.close()
-        for task in list(self.handshakes):  # not yet an association: nothing to finish
-            task.cancel()
+        self._close_listeners()
         if self.connections:
             log.info("waiting up to %.0f s for %d association(s) to finish", grace, len(self.connections))
             self._idle_event = asyncio.Event()
@@ -412,8 +543,8 @@ class DicomServer:
             except asyncio.TimeoutError:
                 for conn in list(self.connections):
                     conn.abort("server shutting down")
-        for server in self._servers:
-            await server.wait_closed()
+        for task in list(self._tasks):  # connections still being set up
+            task.cancel()
 
 
 def stop_on_signals() -> asyncio.Event:

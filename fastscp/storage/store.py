@@ -16,6 +16,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .._ext.writer import InstanceFile, rename_noreplace
@@ -34,6 +35,13 @@ _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 _NO_PREALLOCATION = frozenset({"tmpfs", "ramfs"})
+
+# The free-space reserve when none is configured: 5% of the volume, at most 1 GiB.
+DEFAULT_RESERVE_SHARE = 0.05
+DEFAULT_RESERVE_CAP = 1024**3
+# How often a dataset being received is accounted and the reserve checked
+# again (one statvfs): every this many bytes of it, not per PDU.
+CHECK_EVERY = 16 * 1024 * 1024
 
 LOCK_FILE = ".fastscp.lock"
 
@@ -92,20 +100,32 @@ def filesystem_type(path: str | os.PathLike[str], mountinfo: str = "/proc/self/m
 
 class Storage:
     def __init__(self, directory: str | os.PathLike[str], naming: NamingScheme | None = None, head_limit: int = 16384,
-                 min_free_space: int | None = None, duplicates: str = "ignore", durable: bool = False) -> None:
+                 min_free_space: int | None = None, duplicates: str = "ignore", durable: bool = False,
+                 max_incoming: int | None = None, statvfs: Callable[[str], os.statvfs_result] = os.statvfs) -> None:
+        """``min_free_space``: None = the default reserve (DEFAULT_RESERVE_*),
+        0 = none. ``max_incoming``: None = no bound on unfinished bytes."""
         self.directory = Path(directory).resolve()
         # storage.durability: fsync -> the service answers through a GroupCommitter
         self.durable = durable
         self.committer: GroupCommitter | None = None
         self.guard = DuplicateGuard(self.directory, duplicates)
-        self.min_free_space = min_free_space
-        self._free_checked = 0.0
+        self._statvfs = statvfs
+        self._free_checked = -1e9
         self._free = 0
+        self.min_free_space = min_free_space or 0
+        self.max_incoming = max_incoming
+        self.check_every = CHECK_EVERY
+        # bytes of unfinished instances, as accounted every check_every bytes
+        # (``take_incoming``) by the associations receiving them
+        self.incoming_bytes = 0
         self.naming: NamingScheme = naming or FlatNaming()
         self.naming_needs_header = bool(getattr(self.naming, "needs_header", False))
         self.head_limit = head_limit
         self.incoming = self.directory / INCOMING
         self.incoming.mkdir(parents=True, exist_ok=True)
+        if min_free_space is None:
+            st = statvfs(str(self.directory))
+            self.min_free_space = min(int(st.f_blocks * st.f_frsize * DEFAULT_RESERVE_SHARE), DEFAULT_RESERVE_CAP)
         # fallocate() reserves unwritten extents on a disk filesystem (cheap,
         # keeps big instances contiguous) but must zero real pages on tmpfs
         # (measured: +0.33 s of CPU per 1000 x 0.5 MB), where it buys nothing.
@@ -148,7 +168,7 @@ class Storage:
         """A temp file with the Part-10 prefix written; raises OSError.
         ``spare`` (from ``open_temp``) is used instead of a new file; it is
         the caller's no more, whatever happens."""
-        if self.min_free_space is not None and self.free_space() < self.min_free_space:
+        if self.min_free_space and self.free_space() < self.min_free_space:
             if spare is not None:
                 self.drop_temp(spare)
             raise OSError(errno.ENOSPC, f"less than {self.min_free_space} bytes free (storage.min_free_space)")
@@ -227,11 +247,35 @@ class Storage:
             log.info("duplicate %s: %s -> %s", info.sop_instance_uid, decision.outcome.value, final)
         return decision.status, decision.comment, True
 
+    def take_incoming(self, more: int, own: int) -> str:
+        """An association receiving an instance has ``more`` bytes of it
+        (``own`` in all, accounted): count them, and say why the instance
+        must not go on ("" = it may). It may not when the unfinished bytes of
+        every association pass ``max_incoming`` and are not all its own (one
+        instance alone is bounded by the reserve only), or when the next
+        ``check_every`` bytes would take the volume below the reserve (a
+        fresh statvfs). The caller gives the bytes back (``release_incoming``)
+        whatever happens to the instance."""
+        self.incoming_bytes += more
+        bound = self.max_incoming
+        if bound is not None and self.incoming_bytes > bound and self.incoming_bytes > own:
+            return (f"{self.incoming_bytes} bytes of unfinished instances, more than storage.max_incoming "
+                    f"({bound})")
+        if self.min_free_space:
+            free = self.free_space(0.0)
+            if free < self.min_free_space + self.check_every:
+                return (f"{free} bytes free, the next {self.check_every} would cross the reserve of "
+                        f"{self.min_free_space} (storage.min_free_space)")
+        return ""
+
+    def release_incoming(self, accounted: int) -> None:
+        self.incoming_bytes -= accounted
+
     def free_space(self, max_age: float = 1.0) -> int:
         """Free bytes on the storage volume (statvfs at most every max_age s)."""
         now = time.monotonic()
         if now - self._free_checked > max_age:
-            st = os.statvfs(self.directory)
+            st = self._statvfs(str(self.directory))
             self._free = st.f_bavail * st.f_frsize
             self._free_checked = now
         return self._free
