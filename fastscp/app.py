@@ -13,14 +13,12 @@ import shutil
 import sys
 import signal
 import socket
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import duckdb
 
 from .catalog import CatalogWriter, IndexRootMismatch, iter_stored_instances, reconcile
-from .instance import InstanceInfo
 from .access import AccessPolicy, AssociationLimiter, load_access_policy
 from .config import Config, ConfigError, load_config
 from .monitor.logsetup import configure_logging
@@ -28,7 +26,8 @@ from .monitor.service import MonitorService
 from .net.server import DicomServer, raise_open_files_limit, serve_forever, stop_on_signals
 from .pipeline.service import Pipeline, PipelineSettings
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
-from .scp import ReceptionObserver, ServerState, StoreSCPHandler
+from .events import AssociationEnded, DuplicateReceived, InstanceStored, Observer
+from .scp import ServerState, StoreSCPHandler
 from .storage.naming import make_naming
 from .storage.durability import WRITEBACK_FILESYSTEMS, GroupCommitter
 from .storage.store import INCOMING, LOCK_FILE, Storage, StorageInUse, lock_directory
@@ -78,7 +77,7 @@ def build_state(cfg: Config) -> ServerState:
     )
 
 
-class CatalogFeed(ReceptionObserver):
+class CatalogFeed(Observer):
     """Queues every stored instance and every ended association for the
     DuckDB writer thread. Never waits for the database: when the writer's
     queue passes its high-water mark, every connection stops reading until
@@ -89,11 +88,11 @@ class CatalogFeed(ReceptionObserver):
         self.server = server
         self.paused = False
 
-    def instance_stored(self, handler: StoreSCPHandler, info: InstanceInfo) -> None:
-        self._queued(self.writer.enqueue(info))
+    def instance_stored(self, event: InstanceStored) -> None:
+        self._queued(self.writer.enqueue(event.info))
 
-    def duplicate_received(self, handler: StoreSCPHandler, info: InstanceInfo) -> None:
-        self._queued(self.writer.record_duplicate(info))
+    def duplicate_received(self, event: DuplicateReceived) -> None:
+        self._queued(self.writer.record_duplicate(event.info))
 
     def _queued(self, below_high_water: bool) -> None:
         if not below_high_water and not self.paused:
@@ -107,11 +106,10 @@ class CatalogFeed(ReceptionObserver):
             log.info("index writer caught up: resuming reception")
             self.server.resume_reading()
 
-    def association_ended(self, handler: StoreSCPHandler) -> None:
-        ended = time.time()
-        self.writer.record_association(handler.id, handler.peer, handler.calling_ae, handler.called_ae,
-                                       ended - (time.monotonic() - handler.started), ended,
-                                       handler.stored, handler.bytes, handler.ended)
+    def association_ended(self, event: AssociationEnded) -> None:
+        a, c = event.assoc, event.counts
+        self.writer.record_association(a.association_id, a.peer, a.calling_ae, a.called_ae, a.started_at,
+                                       event.ended_at, c.stored, c.bytes, event.outcome.value)
 
 
 def open_catalog(cfg: Config, state: ServerState) -> CatalogWriter | None:
@@ -314,7 +312,9 @@ class App:
 
             self.catalog.on_resume = resume_from_writer_thread
             self.state.observers.append(feed)
-        monitor = MonitorService(self.cfg, self.state, self.catalog,
+        storage = self.state.storage
+        monitor = MonitorService(self.cfg, self.state, storage.directory, storage.min_free_space,
+                                 self.state.observers, self.catalog,
                                  self.server.tls_refusals.counts if self.cfg.server.tls.enabled else None)
         try:
             listening = await self.start()

@@ -26,6 +26,18 @@ from collections.abc import Callable
 from typing import Any
 
 from .access import AccessPolicy, AssociationLimiter
+from .events import (
+    AssociationCounts,
+    AssociationEnded,
+    AssociationInfo,
+    AssociationOpened,
+    AssociationRejected,
+    DuplicateReceived,
+    InstanceStored,
+    Observer,
+    Outcome,
+    StoreAnswered,
+)
 from .instance import InstanceInfo
 from .protocol import dimse as D
 from .protocol import pdu as P
@@ -54,30 +66,6 @@ _ids = itertools.count(1)
 _RUN = f"{int(time.time()):x}"
 
 
-class ReceptionObserver:
-    """Told what happens, from the event loop thread; must not block (queue
-    work to a thread). Monitoring, the catalog and hooks subclass this and
-    override what they need; each method runs at most once per event."""
-
-    def association_rejected(self, handler: "StoreSCPHandler", why: str) -> None: ...
-
-    def association_started(self, handler: "StoreSCPHandler") -> None: ...
-
-    def association_ended(self, handler: "StoreSCPHandler") -> None: ...
-
-    def instance_stored(self, handler: "StoreSCPHandler", info: InstanceInfo) -> None: ...
-
-    def duplicate_received(self, handler: "StoreSCPHandler", info: InstanceInfo) -> None:
-        """A copy of an instance already in the tree that the duplicate
-        policy dropped (``info.duplicate`` says how: identical, ignored,
-        rejected); ``info.path`` is the copy kept, the reception fields are
-        this reception's."""
-
-    def store_answered(self, handler: "StoreSCPHandler", status: int, seconds: float) -> None:
-        """Every C-STORE answer (success or not); ``seconds`` from the
-        C-STORE-RQ command to the answer."""
-
-
 @dataclasses.dataclass
 class ServerState:
     """What every association shares: settings, storage, live counters."""
@@ -90,7 +78,7 @@ class ServerState:
     max_pdu: int = 131072
     max_instance_size: int | None = None
     index_error: str = ""  # why the index is not written, shown in status
-    observers: list[ReceptionObserver] = dataclasses.field(default_factory=list)
+    observers: list[Observer] = dataclasses.field(default_factory=list)
     active: int = 0
     associations_total: int = 0
     instances_total: int = 0
@@ -142,6 +130,9 @@ class StoreSCPHandler:
         self.calling_ae = ""
         self.called_ae = ""
         self.started = time.monotonic()
+        self.started_at = time.time()
+        self.info: AssociationInfo | None = None  # who, once accepted (events carry it)
+        self.outcome: Outcome | None = None
         self.counted = False
         self.stored = 0
         self.failed = 0
@@ -172,13 +163,33 @@ class StoreSCPHandler:
             self.on_request(ev.request)  # type: ignore[attr-defined]
         elif t is ReleaseRequested:
             self.assoc.release_response()
-            self._end("released")
+            self._end(Outcome.RELEASED, "")
         elif t is ReleaseConfirmed:
-            self._end("released")
+            self._end(Outcome.RELEASED, "")
         elif t is Aborted:
-            self._end(ev.description if not ev.by_peer or ev.description else "aborted by peer")  # type: ignore[attr-defined]
+            self._aborted(ev)  # type: ignore[arg-type]
         elif t is ConnectionClosed:
-            self._end("connection closed" if not ev.expected else self.ended or "closed")  # type: ignore[attr-defined]
+            if not ev.expected:  # type: ignore[attr-defined]
+                self._end(Outcome.DROPPED, "connection closed")
+            else:
+                self._end(self.outcome or Outcome.RELEASED, self.ended)
+
+    def _aborted(self, ev: Aborted) -> None:
+        if ev.by_peer:
+            self._end(Outcome.ABORTED_BY_PEER, ev.description or "aborted by peer")
+        elif ev.transport_closed:
+            self._end(Outcome.DROPPED, ev.description)
+        else:
+            self._end(Outcome.ABORTED, ev.description)
+
+    def _association_info(self, proposed: int) -> AssociationInfo:
+        return AssociationInfo(self.id, self.peer, self.calling_ae, self.called_ae, self.tls, proposed,
+                               len(self.contexts), self.started_at, self.started)
+
+    def counts(self) -> AssociationCounts:
+        """What this association did so far."""
+        return AssociationCounts(self.stored, self.duplicates, self.failed, self.bytes,
+                                 tuple(sorted(self.statuses.items())))
 
     # ---- association ----------------------------------------------------------------
 
@@ -205,8 +216,11 @@ class StoreSCPHandler:
         s.associations_total += 1
         self.counted = True
         self.proposed = len(request.contexts)
-        for observer in s.observers:
-            observer.association_started(self)
+        self.info = self._association_info(self.proposed)
+        if s.observers:
+            opened = AssociationOpened(self.info)
+            for observer in s.observers:
+                observer.association_opened(opened)
         log.info("assoc %s open: peer %s calling %s called %s, %d/%d contexts accepted, peer max PDU %d",
                  self.id, self.peer, request.calling_ae, request.called_ae, len(self.contexts),
                  len(request.contexts), request.max_pdu)
@@ -214,12 +228,16 @@ class StoreSCPHandler:
     def _reject(self, result: int, source: int, reason: int, why: str) -> None:
         self.assoc.reject(result, source, reason)
         self.ended = f"rejected: {why}"
+        self.outcome = Outcome.REJECTED
         log.warning("assoc %s rejected: peer %s calling %s called %s: %s",
                     self.id, self.peer, self.calling_ae, self.called_ae, why)
-        for observer in self.server.observers:
-            observer.association_rejected(self, why)
+        if self.server.observers:
+            rejected = AssociationRejected(self._association_info(len(self.assoc.request.contexts)
+                                                                  if self.assoc.request else 0), why)
+            for observer in self.server.observers:
+                observer.association_rejected(rejected)
 
-    def _end(self, how: str) -> None:
+    def _end(self, outcome: Outcome, how: str) -> None:
         if self._spare is not None:
             try:
                 Storage.drop_temp(self._spare)
@@ -234,20 +252,22 @@ class StoreSCPHandler:
             self._current = None
         if not self.counted:
             if not self.ended:  # a rejected request was logged by _reject
-                self.ended = how
-                if how != "connection closed":  # a bare connect and close (a port probe): no line
+                self.ended, self.outcome = how, outcome
+                if outcome is not Outcome.DROPPED:  # a bare connect and close (a port probe): no line
                     log.warning("connection %s from %s ended before an association: %s", self.id, self.peer, how)
             return
         self.counted = False
         self.server.active -= 1
         self.server.limiter.release(self.calling_ae)
-        self.ended = how
+        self.ended, self.outcome = how or outcome.value, outcome
         secs = time.monotonic() - self.started
-        for observer in self.server.observers:
-            observer.association_ended(self)
+        if self.server.observers and self.info is not None:
+            ended = AssociationEnded(self.info, outcome, how, time.time(), self.counts())
+            for observer in self.server.observers:
+                observer.association_ended(ended)
         log.info("assoc %s closed (%s): peer %s calling %s, %d stored, %d duplicates, %d failed, %.1f MB in %.2f s (%.1f MB/s)",
-                 self.id, how, self.peer, self.calling_ae, self.stored, self.duplicates, self.failed, self.bytes / 1e6, secs,
-                 self.bytes / 1e6 / secs if secs > 0 else 0.0)
+                 self.id, self.ended, self.peer, self.calling_ae, self.stored, self.duplicates, self.failed,
+                 self.bytes / 1e6, secs, self.bytes / 1e6 / secs if secs > 0 else 0.0)
 
     # ---- DIMSE ----------------------------------------------------------------------
 
@@ -564,16 +584,17 @@ class StoreSCPHandler:
             st.finished = None
         self._prepare_spare()
         observers = self.server.observers
-        if observers:
-            info = st.placed
-            dropped = st.dropped
-            seconds = time.monotonic() - st.started
+        if observers and self.info is not None:
+            assoc = self.info
+            stored = InstanceStored(assoc, st.placed) if st.placed is not None else None
+            dropped = DuplicateReceived(assoc, st.dropped) if st.dropped is not None else None
+            answered = StoreAnswered(assoc, st.status, time.monotonic() - st.started)
             for observer in observers:
-                if info is not None:
-                    observer.instance_stored(self, info)
+                if stored is not None:
+                    observer.instance_stored(stored)
                 elif dropped is not None:
-                    observer.duplicate_received(self, dropped)
-                observer.store_answered(self, st.status, seconds)
+                    observer.duplicate_received(dropped)
+                observer.store_answered(answered)
 
     def _prepare_spare(self) -> None:
         """Open the temp file the next C-STORE-RQ will stream into, now that

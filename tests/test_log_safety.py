@@ -20,9 +20,10 @@ import rawclient as rc
 from conftest import dcmtk, make_image
 from rich.console import Console
 from test_catalog_support import make_info
-from test_monitor_unit import handler, state
+from events_support import assoc_info
+from test_monitor_unit import monitor, state
 
-from fastscp.monitor.collector import Monitor
+from fastscp.events import AssociationOpened, AssociationRejected, InstanceStored
 from fastscp.monitor.logsetup import configure_logging, escape_nonprintable
 from fastscp.monitor.terminal import render
 
@@ -114,16 +115,16 @@ def test_association_log_lines_from_a_hostile_peer(start_server, tmp_path: Path)
 
 def test_terminal_view_shows_hostile_values_as_plain_text(tmp_path: Path) -> None:
     st = state(tmp_path)
-    mon = Monitor(st)
-    h = handler(1, EVIL_AE, called_ae=EVIL_CALLED, peer="127.0.0.1:4\x1b[1m")
+    mon = monitor(st)
+    a = assoc_info(1, EVIL_AE, called_ae=EVIL_CALLED, peer="127.0.0.1:4\x1b[1m")
     st.active += 1
-    mon.association_started(h)
+    mon.association_opened(AssociationOpened(a))
     info = make_info(1, calling_ae=EVIL_AE)
     info.patient_id = "[bold red]PID\x07"
     info.study_description = EVIL_NAME
-    mon.instance_stored(h, info)
-    ended = handler(2, "[link=http://x]ae[/link]", ended="rejected: called AE 'X\x1b[2J' is not ours")
-    mon.association_rejected(ended, "called AE 'X\x1b[2J' is not ours")
+    mon.instance_stored(InstanceStored(a, info))
+    mon.association_rejected(AssociationRejected(assoc_info(2, "[link=http://x]ae[/link]"),
+                                                 "called AE 'X\x1b[2J' is not ours"))
     doc: dict[str, Any] = mon.snapshot()
     out = io.StringIO()
     Console(file=out, width=400, force_terminal=False, color_system=None).print(render(doc))

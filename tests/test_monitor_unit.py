@@ -1,4 +1,4 @@
-"""Monitoring pieces without a network peer: ending classification, the
+"""Monitoring pieces without a network peer: the
 connection records and log formatting, the counters and their Prometheus
 form, the disk watermark, and the status HTTP server fed raw requests."""
 
@@ -18,42 +18,34 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fastscp.catalog import CatalogWriter
 from fastscp.monitor.collector import LATENCY_BUCKETS, Monitor
-from fastscp.monitor.connlog import ConnectionLog, classify_ending, end_record
+from fastscp.events import (
+    AssociationEnded,
+    AssociationOpened,
+    AssociationRejected,
+    InstanceStored,
+    Outcome,
+    StoreAnswered,
+)
+from fastscp.monitor.connlog import ConnectionLog, end_record
 from fastscp.monitor.http import StatusServer
 from fastscp.monitor.logsetup import configure_logging
+from events_support import assoc_info, counts
 from test_catalog_support import make_info
-
-
-def handler(i: int = 1, calling: str = "SCU1", **kw: Any) -> Any:
-    h = SimpleNamespace(id=f"run-{i}", peer=f"10.0.0.{i}:4000{i}", calling_ae=calling, called_ae="FASTSCP",
-                        started=time.monotonic() - 2.0, stored=0, failed=0, duplicates=0, bytes=0, statuses={},
-                        tls=False, proposed=3, contexts={1: ("a", "b"), 3: ("c", "d")}, ended="")
-    h.__dict__.update(kw)
-    return h
 
 
 def state(tmp_path: Path) -> Any:
     return SimpleNamespace(storage=SimpleNamespace(directory=tmp_path), active=0, associations_total=0,
-                           instances_total=0, bytes_total=0, observers=[])
+                           instances_total=0, bytes_total=0, observers=[], index_error="")
 
 
-@pytest.mark.parametrize("ended, outcome, reason", [
-    ("released", "released", ""),
-    ("rejected: called AE 'X' is not ours", "rejected", "called AE 'X' is not ours"),
-    ("aborted by peer (source 0, reason 0)", "aborted_by_peer", "aborted by peer (source 0, reason 0)"),
-    ("aborted by peer", "aborted_by_peer", "aborted by peer"),
-    ("connection closed by peer", "connection_dropped", "connection closed by peer"),
-    ("idle timeout: no data for 60 s", "aborted", "idle timeout: no data for 60 s"),
-    ("server shutting down", "aborted", "server shutting down"),
-])
-def test_classify_ending(ended: str, outcome: str, reason: str) -> None:
-    assert classify_ending(ended) == (outcome, reason)
+def monitor(st: Any, **kw: Any) -> Monitor:
+    return Monitor(st, st.storage.directory, **kw)
 
 
 def test_end_record_fields() -> None:
-    h = handler(stored=10, failed=2, duplicates=1, bytes=5_000_000, statuses={0xA700: 1, 0xC000: 1},
-                ended="released", tls=True)
-    r = end_record(h)
+    a = assoc_info(tls=True)
+    c = counts(stored=10, failed=2, duplicates=1, bytes=5_000_000, statuses=((0xA700, 1), (0xC000, 1)))
+    r = end_record(a, c, Outcome.RELEASED, "", time.time())
     assert r["event"] == "association_end" and r["outcome"] == "released"
     assert r["failures_by_status"] == {"0xA700": 1, "0xC000": 1}
     assert r["contexts_proposed"] == 3 and r["contexts_accepted"] == 2
@@ -70,11 +62,11 @@ def test_connection_log_json_file_text_console_and_rotation(tmp_path: Path) -> N
     try:
         clog = ConnectionLog()
         for i in range(12):
-            h = handler(i, stored=i, bytes=1000 * i)
-            clog.association_started(h)
-            h.ended = "released" if i % 3 else "aborted by peer (source 0, reason 0)"
-            clog.association_ended(h)
-        clog.association_rejected(handler(99, ended="rejected: nope"), "calling AE 'BAD' not allowed")
+            a = assoc_info(i)
+            clog.association_opened(AssociationOpened(a))
+            how = (Outcome.RELEASED, "") if i % 3 else (Outcome.ABORTED_BY_PEER, "aborted by peer (source 0, reason 0)")
+            clog.association_ended(AssociationEnded(a, *how, time.time(), counts(stored=i, bytes=1000 * i)))
+        clog.association_rejected(AssociationRejected(assoc_info(99), "calling AE 'BAD' not allowed"))
         # scp.py's own summary lines are dropped, other scp lines kept
         logging.getLogger("fastscp.scp").info("assoc %s open: peer %s", "x", "y")
         logging.getLogger("fastscp.scp").warning("assoc %s: refused %s", "x", "1.2.3")
@@ -100,34 +92,31 @@ def test_connection_log_json_file_text_console_and_rotation(tmp_path: Path) -> N
 
 def test_monitor_counts_and_prometheus(tmp_path: Path) -> None:
     st = state(tmp_path)
-    mon = Monitor(st, low_free_space=None)
-    a, b = handler(1, "A"), handler(2, "B")
-    for h in (a, b):
+    mon = monitor(st, low_free_space=None)
+    a, b = assoc_info(1, "A"), assoc_info(2, "B")
+    for x in (a, b):
         st.active += 1
         st.associations_total += 1
-        mon.association_started(h)
+        mon.association_opened(AssociationOpened(x))
     for i in range(6):
-        h = a if i < 4 else b
-        info = make_info(i, study=i % 2, modality="CT" if i % 3 else "MR", calling_ae=h.calling_ae)
+        x = a if i < 4 else b
+        info = make_info(i, study=i % 2, modality="CT" if i % 3 else "MR", calling_ae=x.calling_ae)
         info.dataset_size = 100 + i
-        h.stored += 1
-        h.bytes += info.dataset_size
         st.instances_total += 1
         st.bytes_total += info.dataset_size
-        mon.instance_stored(h, info)
-        mon.store_answered(h, 0, 0.001 * (i + 1))
-    mon.store_answered(b, 0xA700, 0.0005)
-    b.failed, b.statuses = 1, {0xA700: 1}
+        mon.instance_stored(InstanceStored(x, info))
+        mon.store_answered(StoreAnswered(x, 0, 0.001 * (i + 1)))
+    mon.store_answered(StoreAnswered(b, 0xA700, 0.0005))
     mon.tick()
     doc = mon.snapshot()
     assert [x["calling_ae"] for x in doc["active"]] == ["A", "B"]
     assert doc["active"][0]["instances"] == 4 and doc["active"][1]["bytes"] == 104 + 105
+    assert doc["active"][1]["failed"] == 1 and doc["active"][0]["contexts_accepted"] == 2
     assert doc["totals"]["failures_by_status"] == {"0xA700": 1}
     assert len(doc["recent_studies"]) == 2 and doc["recent_instances"][0]["sop_instance_uid"].endswith(".5")
 
     st.active -= 1
-    a.ended = "released"
-    mon.association_ended(a)
+    mon.association_ended(AssociationEnded(a, Outcome.RELEASED, "", time.time(), counts(stored=4, bytes=406)))
     fams = {f.name: f for f in text_string_to_metric_families(
         __import__("prometheus_client").generate_latest(_registry(mon)).decode())}
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in fams.values() for s in f.samples}
@@ -158,7 +147,7 @@ def _registry(mon: Monitor) -> Any:
 
 
 def test_disk_watermarks_log_once_per_change(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    mon = Monitor(state(tmp_path), low_free_space=10_000_000, min_free_space=1_000_000)
+    mon = monitor(state(tmp_path), low_free_space=10_000_000, min_free_space=1_000_000)
     caplog.set_level(logging.INFO, "fastscp.monitor")
     seq = [50_000_000, 9_000_000, 8_000_000, 500_000, 20_000_000]
     states = []
@@ -201,7 +190,7 @@ def test_status_server_routes_token_and_query(tmp_path: Path) -> None:
     for i in range(5):
         writer.enqueue(make_info(i, series=i % 2, modality="MR" if i % 2 else "CT", received_at=time.time()))
     assert writer.flush(10)
-    mon = Monitor(state(tmp_path), index_counters=writer.counters)
+    mon = monitor(state(tmp_path), index_counters=writer.counters)
 
     async def run() -> None:
         server = StatusServer(mon, writer, token="tok")

@@ -29,9 +29,21 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from .. import __version__
+from ..events import (
+    AssociationCounts,
+    AssociationEnded,
+    AssociationInfo,
+    AssociationOpened,
+    AssociationRejected,
+    DuplicateReceived,
+    InstanceStored,
+    Observer,
+    Outcome,
+    ServerTotals,
+    StoreAnswered,
+)
 from ..instance import InstanceInfo
-from ..scp import ReceptionObserver, ServerState, StoreSCPHandler
-from .connlog import OUTCOMES, REJECTED, classify_ending, status_key
+from .connlog import OUTCOMES, status_key
 
 log = logging.getLogger("fastscp.monitor")
 
@@ -41,11 +53,23 @@ HISTORY_SECONDS = 600  # throughput graph: the last 10 minutes, one sample per s
 RATE_WINDOW = 3  # samples behind a per-association "current rate"
 
 
-class Monitor(ReceptionObserver):
-    def __init__(self, state: ServerState, *, low_free_space: int | None = None,
+class _Live:
+    """An open association's counts, kept from its events."""
+
+    __slots__ = ("assoc", "stored", "bytes", "failed", "duplicates")
+
+    def __init__(self, assoc: AssociationInfo) -> None:
+        self.assoc = assoc
+        self.stored = self.bytes = self.failed = self.duplicates = 0
+
+
+class Monitor(Observer):
+    def __init__(self, state: ServerTotals, storage_dir: str | os.PathLike[str], *,
+                 low_free_space: int | None = None,
                  min_free_space: int | None = None, index_counters: Callable[[], Any] | None = None,
                  info: dict[str, Any] | None = None, tls_refusals: Mapping[str, int] | None = None) -> None:
         self.state = state
+        self.storage_dir = str(storage_dir)
         self.tls_refusals = tls_refusals  # refused TLS handshakes by reason (net.tls), None: no TLS port
         self.started_wall = time.time()
         self.started = time.monotonic()
@@ -56,7 +80,7 @@ class Monitor(ReceptionObserver):
         # other queues (hooks, ...) register a depth function here
         self.queues: dict[str, Callable[[], int]] = {}
 
-        self.active: dict[str, StoreSCPHandler] = {}
+        self.active: dict[str, _Live] = {}
         self.outcomes: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.received: dict[tuple[str, str], list[int]] = {}  # (modality, calling AE) -> [instances, bytes]
         self.failures: dict[str, int] = {}  # by status
@@ -74,30 +98,46 @@ class Monitor(ReceptionObserver):
 
     # ---- observer (event loop thread) ----------------------------------------------
 
-    def association_started(self, handler: StoreSCPHandler) -> None:
-        self.active[handler.id] = handler
-        self._samples[handler.id] = collections.deque([(time.monotonic(), 0, 0)], maxlen=RATE_WINDOW + 1)
+    def association_opened(self, event: AssociationOpened) -> None:
+        aid = event.assoc.association_id
+        self.active[aid] = _Live(event.assoc)
+        self._samples[aid] = collections.deque([(time.monotonic(), 0, 0)], maxlen=RATE_WINDOW + 1)
 
-    def association_rejected(self, handler: StoreSCPHandler, why: str) -> None:
-        self.outcomes[REJECTED] += 1
-        self.recent_associations.appendleft(self._ended_row(handler, REJECTED, why))
+    def association_rejected(self, event: AssociationRejected) -> None:
+        self.outcomes[Outcome.REJECTED.value] += 1
+        self.recent_associations.appendleft(
+            _ended_row(event.assoc, AssociationCounts(), Outcome.REJECTED, event.reason, time.time()))
 
-    def association_ended(self, handler: StoreSCPHandler) -> None:
-        self.active.pop(handler.id, None)
-        self._samples.pop(handler.id, None)
-        outcome, reason = classify_ending(handler.ended)
-        self.outcomes[outcome] += 1
-        self.duplicates += handler.duplicates
-        self.recent_associations.appendleft(self._ended_row(handler, outcome, reason))
+    def association_ended(self, event: AssociationEnded) -> None:
+        aid = event.assoc.association_id
+        self.active.pop(aid, None)
+        self._samples.pop(aid, None)
+        self.outcomes[event.outcome.value] += 1
+        self.duplicates += event.counts.duplicates
+        self.recent_associations.appendleft(
+            _ended_row(event.assoc, event.counts, event.outcome, event.reason, event.ended_at))
 
-    def instance_stored(self, handler: StoreSCPHandler, info: InstanceInfo) -> None:
-        key = (info.modality, handler.calling_ae)
+    def duplicate_received(self, event: DuplicateReceived) -> None:
+        live = self.active.get(event.assoc.association_id)
+        if live is not None:
+            live.duplicates += 1
+
+    def instance_stored(self, event: InstanceStored) -> None:
+        info = event.info
+        live = self.active.get(event.assoc.association_id)
+        if live is not None:
+            live.stored += 1
+            live.bytes += info.dataset_size
+            if info.duplicate:
+                live.duplicates += 1
+        calling_ae = event.assoc.calling_ae
+        key = (info.modality, calling_ae)
         counts = self.received.get(key)
         if counts is None:
             counts = self.received[key] = [0, 0]
         counts[0] += 1
         counts[1] += info.dataset_size
-        self.recent_instances.append((handler.id, info))  # made into a dict only when asked
+        self.recent_instances.append((event.assoc.association_id, info))  # made into a dict only when asked
         studies = self.recent_studies
         uid = info.study_instance_uid
         study = studies.get(uid)
@@ -105,7 +145,7 @@ class Monitor(ReceptionObserver):
             study = studies[uid] = {
                 "study_instance_uid": uid, "patient_id": info.patient_id, "patient_name": info.patient_name,
                 "study_date": info.study_date, "description": info.study_description, "modalities": [],
-                "calling_ae": handler.calling_ae, "instances": 0, "bytes": 0, "first": info.received_at,
+                "calling_ae": calling_ae, "instances": 0, "bytes": 0, "first": info.received_at,
             }
             if len(studies) > 20:
                 studies.popitem(last=False)
@@ -117,12 +157,16 @@ class Monitor(ReceptionObserver):
         if info.modality and info.modality not in study["modalities"]:
             study["modalities"].append(info.modality)
 
-    def store_answered(self, handler: StoreSCPHandler, status: int, seconds: float) -> None:
+    def store_answered(self, event: StoreAnswered) -> None:
+        seconds = event.seconds
         self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
-        if status != 0:
-            key = status_key(status)
+        if event.status != 0:
+            key = status_key(event.status)
             self.failures[key] = self.failures.get(key, 0) + 1
+            live = self.active.get(event.assoc.association_id)
+            if live is not None:
+                live.failed += 1
 
     # ---- the sampler -----------------------------------------------------------------
 
@@ -131,14 +175,14 @@ class Monitor(ReceptionObserver):
         now = time.monotonic()
         st = self.state
         self.history.append((time.time(), st.instances_total, st.bytes_total))
-        for hid, h in self.active.items():
-            samples = self._samples.get(hid)
+        for aid, live in self.active.items():
+            samples = self._samples.get(aid)
             if samples is not None:
-                samples.append((now, h.bytes, h.stored))
+                samples.append((now, live.bytes, live.stored))
 
     def disk_usage(self) -> dict[str, int]:
         """statvfs of the storage volume; run in a thread."""
-        u = shutil.disk_usage(self.state.storage.directory)
+        u = shutil.disk_usage(self.storage_dir)
         return {"total": u.total, "used": u.used, "free": u.free}
 
     def set_disk(self, usage: dict[str, int]) -> None:
@@ -153,7 +197,7 @@ class Monitor(ReceptionObserver):
             state = "ok"
         if state != self.disk_state:
             previous, self.disk_state = self.disk_state, state
-            directory = self.state.storage.directory
+            directory = self.storage_dir
             if state == "full":
                 log.error("storage %s: %s free, below storage.min_free_space (%s): new C-STOREs are refused "
                           "with 0xA700", directory, _mb(free), _mb(self.min_free_space or 0))
@@ -165,26 +209,20 @@ class Monitor(ReceptionObserver):
 
     # ---- reading ---------------------------------------------------------------------
 
-    def _ended_row(self, h: StoreSCPHandler, outcome: str, reason: str) -> dict[str, Any]:
-        age = time.monotonic() - h.started
-        return {"association_id": h.id, "peer": h.peer, "tls": h.tls, "calling_ae": h.calling_ae,
-                "called_ae": h.called_ae, "ended": time.time(), "duration_s": round(age, 3),
-                "instances": h.stored, "bytes": h.bytes, "failed": h.failed, "duplicates": h.duplicates,
-                "outcome": outcome, "reason": reason}
-
-    def _active_row(self, h: StoreSCPHandler, now: float) -> dict[str, Any]:
-        samples = self._samples.get(h.id)
+    def _active_row(self, live: _Live, now: float) -> dict[str, Any]:
+        a = live.assoc
+        samples = self._samples.get(a.association_id)
         rate_b = rate_i = 0.0
         if samples:
             t0, b0, i0 = samples[0]
             if now - t0 > 0.05:
-                rate_b = (h.bytes - b0) / (now - t0)
-                rate_i = (h.stored - i0) / (now - t0)
+                rate_b = (live.bytes - b0) / (now - t0)
+                rate_i = (live.stored - i0) / (now - t0)
         return {
-            "association_id": h.id, "peer": h.peer, "tls": h.tls, "calling_ae": h.calling_ae,
-            "called_ae": h.called_ae, "age_s": round(now - h.started, 3), "instances": h.stored,
-            "bytes": h.bytes, "failed": h.failed, "duplicates": h.duplicates,
-            "contexts_accepted": len(h.contexts), "contexts_proposed": h.proposed,
+            "association_id": a.association_id, "peer": a.peer, "tls": a.tls, "calling_ae": a.calling_ae,
+            "called_ae": a.called_ae, "age_s": round(now - a.started, 3), "instances": live.stored,
+            "bytes": live.bytes, "failed": live.failed, "duplicates": live.duplicates,
+            "contexts_accepted": a.contexts_accepted, "contexts_proposed": a.contexts_proposed,
             "rate_bytes_per_s": round(rate_b, 1), "rate_instances_per_s": round(rate_i, 2),
         }
 
@@ -237,7 +275,7 @@ class Monitor(ReceptionObserver):
                        "time": time.time()},
             "totals": {"associations": st.associations_total, "associations_by_outcome": dict(self.outcomes),
                        "active": st.active, "instances": st.instances_total, "bytes": st.bytes_total,
-                       "duplicates": self.duplicates + sum(h.duplicates for h in self.active.values()),
+                       "duplicates": self.duplicates + sum(live.duplicates for live in self.active.values()),
                        "failures_by_status": dict(self.failures)},
             "rates": {"instances_per_s": round(inst_rate, 2), "bytes_per_s": round(byte_rate, 1)},
             "active": [self._active_row(h, now) for h in self.active.values()],
@@ -246,12 +284,20 @@ class Monitor(ReceptionObserver):
             "recent_associations": list(self.recent_associations),
             "queues": queues,
             "index": index,
-            "storage": {"directory": str(st.storage.directory), **disk,
+            "storage": {"directory": self.storage_dir, **disk,
                         "min_free_space": self.min_free_space, "low_free_space_warning": self.low_free_space,
                         "state": self.disk_state},
             "warnings": warnings,
             "throughput": [[round(t, 3), i, b] for t, i, b in self.history],
         }
+
+
+def _ended_row(a: AssociationInfo, c: AssociationCounts, outcome: Outcome, reason: str,
+               ended_at: float) -> dict[str, Any]:
+    return {"association_id": a.association_id, "peer": a.peer, "tls": a.tls, "calling_ae": a.calling_ae,
+            "called_ae": a.called_ae, "ended": ended_at, "duration_s": round(max(ended_at - a.started_at, 0.0), 3),
+            "instances": c.stored, "bytes": c.bytes, "failed": c.failed, "duplicates": c.duplicates,
+            "outcome": outcome.value, "reason": reason}
 
 
 def _instance_row(association_id: str, info: InstanceInfo) -> dict[str, Any]:

@@ -5,8 +5,8 @@ association opens (or is rejected) and one record when it ends, on the
 ``fastscp.connections`` logger. Each log record carries the structured fields
 in ``record.fields``; the JSON formatter (logsetup.py) writes them as one
 JSON line, the text formatter writes the readable message. Nothing happens per
-instance or per fragment: the fields are read from the handler's own counters
-at the end, and the logging handlers run in a listener thread (QueueHandler),
+instance or per fragment: the fields come with the association's end event
+(``events.AssociationEnded``), and the logging handlers run in a listener thread (QueueHandler),
 so the event loop only builds a dict and appends it to a queue.
 """
 
@@ -16,30 +16,18 @@ import logging
 import time
 from typing import Any
 
-from ..scp import ReceptionObserver, StoreSCPHandler
+from ..events import AssociationCounts, AssociationEnded, AssociationInfo, AssociationOpened, AssociationRejected
+from ..events import Observer, Outcome
 
 log = logging.getLogger("fastscp.connections")
 
-# How an association ended, from the handler's ``ended`` text.
-RELEASED = "released"
-ABORTED_BY_PEER = "aborted_by_peer"
-ABORTED = "aborted"  # by us: protocol error, timeout, shutdown (reason given)
-DROPPED = "connection_dropped"  # transport closed without release or A-ABORT
-REJECTED = "rejected"
-OUTCOMES = (RELEASED, ABORTED_BY_PEER, ABORTED, DROPPED, REJECTED)
-
-
-def classify_ending(ended: str) -> tuple[str, str]:
-    """(outcome, reason) from ``StoreSCPHandler.ended``."""
-    if ended in ("released", "closed"):
-        return RELEASED, ""
-    if ended.startswith("rejected"):
-        return REJECTED, ended.partition(": ")[2]
-    if ended.startswith("aborted by peer"):
-        return ABORTED_BY_PEER, ended
-    if ended.startswith("connection closed"):
-        return DROPPED, ended
-    return ABORTED, ended
+# How an association ended: the values of events.Outcome, in its order.
+RELEASED = Outcome.RELEASED.value
+ABORTED_BY_PEER = Outcome.ABORTED_BY_PEER.value
+ABORTED = Outcome.ABORTED.value  # by us: protocol error, timeout, shutdown (reason given)
+DROPPED = Outcome.DROPPED.value  # transport closed without release or A-ABORT
+REJECTED = Outcome.REJECTED.value
+OUTCOMES = tuple(o.value for o in Outcome)
 
 
 def _iso(t: float) -> str:
@@ -50,45 +38,40 @@ def status_key(status: int) -> str:
     return f"0x{status:04X}"
 
 
-def _common(h: StoreSCPHandler) -> dict[str, Any]:
+def _common(a: AssociationInfo) -> dict[str, Any]:
     return {
-        "association_id": h.id,
-        "peer": h.peer,
-        "tls": h.tls,
-        "calling_ae": h.calling_ae,
-        "called_ae": h.called_ae,
+        "association_id": a.association_id,
+        "peer": a.peer,
+        "tls": a.tls,
+        "calling_ae": a.calling_ae,
+        "called_ae": a.called_ae,
     }
 
 
-def open_record(h: StoreSCPHandler) -> dict[str, Any]:
-    rec = {"event": "association_open", "time": _iso(time.time()), **_common(h),
-           "contexts_proposed": h.proposed, "contexts_accepted": len(h.contexts)}
-    return rec
+def open_record(a: AssociationInfo) -> dict[str, Any]:
+    return {"event": "association_open", "time": _iso(time.time()), **_common(a),
+            "contexts_proposed": a.contexts_proposed, "contexts_accepted": a.contexts_accepted}
 
 
-def end_record(h: StoreSCPHandler, rejected_why: str | None = None) -> dict[str, Any]:
-    now = time.time()
-    duration = max(time.monotonic() - h.started, 0.0)
-    if rejected_why is not None:
-        outcome, reason = REJECTED, rejected_why
-    else:
-        outcome, reason = classify_ending(h.ended)
+def end_record(a: AssociationInfo, counts: AssociationCounts, outcome: Outcome, reason: str,
+               ended_at: float) -> dict[str, Any]:
+    duration = max(ended_at - a.started_at, 0.0)
     return {
-        "event": "association_rejected" if outcome == REJECTED else "association_end",
-        "time": _iso(now),
-        "started": _iso(now - duration),
-        **_common(h),
-        "contexts_proposed": h.proposed,
-        "contexts_accepted": len(h.contexts),
-        "instances_stored": h.stored,
-        "duplicates": h.duplicates,
-        "failed": h.failed,
-        "failures_by_status": {status_key(s): n for s, n in sorted(h.statuses.items())},
-        "bytes": h.bytes,
+        "event": "association_rejected" if outcome is Outcome.REJECTED else "association_end",
+        "time": _iso(ended_at),
+        "started": _iso(a.started_at),
+        **_common(a),
+        "contexts_proposed": a.contexts_proposed,
+        "contexts_accepted": a.contexts_accepted,
+        "instances_stored": counts.stored,
+        "duplicates": counts.duplicates,
+        "failed": counts.failed,
+        "failures_by_status": {status_key(s): n for s, n in counts.statuses},
+        "bytes": counts.bytes,
         "duration_s": round(duration, 4),
-        "throughput_mb_s": round(h.bytes / 1e6 / duration, 3) if duration > 0 else 0.0,
-        "instances_per_s": round(h.stored / duration, 2) if duration > 0 else 0.0,
-        "outcome": outcome,
+        "throughput_mb_s": round(counts.bytes / 1e6 / duration, 3) if duration > 0 else 0.0,
+        "instances_per_s": round(counts.stored / duration, 2) if duration > 0 else 0.0,
+        "outcome": outcome.value,
         "reason": reason,
     }
 
@@ -97,24 +80,26 @@ def _tls(flag: bool) -> str:
     return "TLS" if flag else "no TLS"
 
 
-class ConnectionLog(ReceptionObserver):
+class ConnectionLog(Observer):
     """Writes the open/end records. Rejections are logged once, as an end
     record with outcome ``rejected`` (a rejected association never opens)."""
 
-    def association_started(self, handler: StoreSCPHandler) -> None:
-        r = open_record(handler)
+    def association_opened(self, event: AssociationOpened) -> None:
+        r = open_record(event.assoc)
         log.info("assoc %s open: peer %s, %s, calling %s called %s, %d/%d contexts accepted",
                  r["association_id"], r["peer"], _tls(r["tls"]), r["calling_ae"], r["called_ae"],
                  r["contexts_accepted"], r["contexts_proposed"], extra={"fields": r})
 
-    def association_rejected(self, handler: StoreSCPHandler, why: str) -> None:
-        r = end_record(handler, why)
+    def association_rejected(self, event: AssociationRejected) -> None:
+        why = event.reason
+        r = end_record(event.assoc, AssociationCounts(), Outcome.REJECTED, why, time.time())
         log.warning("assoc %s rejected: peer %s, %s, calling %s called %s: %s",
                     r["association_id"], r["peer"], _tls(r["tls"]), r["calling_ae"], r["called_ae"], why,
                     extra={"fields": r})
 
-    def association_ended(self, handler: StoreSCPHandler) -> None:
-        r = end_record(handler)
+    def association_ended(self, event: AssociationEnded) -> None:
+        r = end_record(event.assoc, event.counts, event.outcome, event.reason if event.outcome is not Outcome.RELEASED
+                       else "", event.ended_at)
         failures = ", ".join(f"{n}x {k}" for k, n in r["failures_by_status"].items())
         how = r["outcome"] + (f" ({r['reason']})" if r["reason"] else "")
         level = logging.INFO if r["outcome"] == RELEASED else logging.WARNING

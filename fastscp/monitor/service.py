@@ -25,7 +25,7 @@ import orjson
 
 from ..catalog import CatalogWriter
 from ..config import Config
-from ..scp import ServerState
+from ..events import Observer, ServerTotals
 from .client import discovery_path
 from .collector import Monitor
 from .connlog import ConnectionLog
@@ -78,20 +78,24 @@ def local_url(host: str, port: int) -> str:
 
 
 class MonitorService:
-    def __init__(self, cfg: Config, state: ServerState, catalog: CatalogWriter | None,
+    def __init__(self, cfg: Config, totals: ServerTotals, storage_dir: Path, min_free_space: int | None,
+                 observers: list[Observer], catalog: CatalogWriter | None,
                  tls_refusals: Mapping[str, int] | None = None) -> None:
+        """``totals``: the server's live totals; ``observers``: the list the
+        service tells its events to (the monitor and the connection log join it)."""
         self.cfg = cfg
-        self.state = state
+        self.storage_dir = storage_dir
         self.catalog = catalog
         index_db = str(Path(cfg.database.path).resolve()) if cfg.database.path else None
         self.monitor = Monitor(
-            state, low_free_space=cfg.storage.low_free_space_warning, min_free_space=state.storage.min_free_space or None,
+            totals, storage_dir, low_free_space=cfg.storage.low_free_space_warning,
+            min_free_space=min_free_space or None,
             index_counters=catalog.counters if catalog is not None else None,
-            info={"ae_title": cfg.server.ae_title, "storage_dir": str(state.storage.directory),
+            info={"ae_title": cfg.server.ae_title, "storage_dir": str(storage_dir),
                   "index_db": index_db, "listening": []},
             tls_refusals=tls_refusals)
-        state.observers.append(self.monitor)
-        state.observers.append(ConnectionLog())
+        observers.append(self.monitor)
+        observers.append(ConnectionLog())
         self.http: StatusServer | None = None
         self.token: str | None = None
         self.url: str | None = None
@@ -107,10 +111,10 @@ class MonitorService:
             log.info("status endpoint off (status.port is 0)")
             return
         try:
-            self.token = status_token(st.token, st.auth, self.state.storage.directory)
+            self.token = status_token(st.token, st.auth, self.storage_dir)
         except OSError as exc:
             log.error("status endpoint not started: cannot keep its token in %s: %s",
-                      token_path(self.state.storage.directory), exc)
+                      token_path(self.storage_dir), exc)
             return
         limits = QueryLimits(timeout=st.query_timeout, max_bytes=st.query_max_bytes)
         http = StatusServer(self.monitor, self.catalog, self.token, limits=limits, allowed_hosts=st.allowed_hosts)
@@ -130,7 +134,7 @@ class MonitorService:
             log.info("status page at %s/ (JSON %s/status, Prometheus %s/metrics); index data needs the token in "
                      "%s (open %s/?token=<token> once in a browser, or `fastscp status --browser-url`)",
                      self.url, self.url, self.url, "status.token" if st.token else
-                     token_path(self.state.storage.directory), self.url)
+                     token_path(self.storage_dir), self.url)
         else:
             log.warning("status page at %s/ with NO token (status.auth: false): whoever reaches %s:%d reads "
                         "the index", self.url, st.bind_address, port)

@@ -1,6 +1,6 @@
 """The after-reception pipeline: hooks, end-of-study detection, scan sheets.
 
-``Pipeline`` is a ``ReceptionObserver``. Its observer methods run on the
+``Pipeline`` is an ``events.Observer``. Its observer methods run on the
 event loop thread and only put a small event on a queue (no I/O, no locks
 held for long): C-STORE answers never wait for anything here. One pipeline
 thread owns the ``StudyTracker``; it turns events into tasks for the
@@ -36,7 +36,7 @@ from typing import Any
 import orjson
 
 from ..instance import InstanceInfo
-from ..scp import ReceptionObserver
+from ..events import AssociationEnded, InstanceStored, Observer, Outcome
 from .hooks import (
     INSTANCE_PLACEHOLDERS,
     STUDY_PLACEHOLDERS,
@@ -174,7 +174,7 @@ class StudyCompleteTask(Task):
         return {"kind": "study", "study": self.rec.to_json()}
 
 
-class Pipeline(ReceptionObserver):
+class Pipeline(Observer):
     """Observer + pipeline thread + hook pool. ``start()`` before serving,
     ``close(grace)`` after (from any thread but the event loop's)."""
 
@@ -205,11 +205,11 @@ class Pipeline(ReceptionObserver):
 
     # ---- observer (event loop thread: enqueue only) -----------------------------------
 
-    def instance_stored(self, handler: Any, info: InstanceInfo) -> None:
-        self._events.append(("instance", info, time.monotonic()))
+    def instance_stored(self, event: InstanceStored) -> None:
+        self._events.append(("instance", event.info, time.monotonic()))
 
-    def association_ended(self, handler: Any) -> None:
-        self._events.append(("ended", handler.id, handler.ended == "released"))
+    def association_ended(self, event: AssociationEnded) -> None:
+        self._events.append(("ended", event.assoc.association_id, event.outcome is Outcome.RELEASED))
         self._wake.set()
 
     # ---- lifecycle -------------------------------------------------------------------

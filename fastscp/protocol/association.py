@@ -148,6 +148,7 @@ class Aborted:
     source: int
     reason: int
     description: str
+    transport_closed: bool = False  # AA-4: the connection dropped with no A-ABORT
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -511,7 +512,7 @@ class Association:
     def _aa4(self) -> None:
         self.abort_description = "connection closed by peer"
         # no A-ABORT was received: the transport dropped (see ``Aborted``)
-        self._pending.append(Aborted(False, P.ABORT_SOURCE_PROVIDER, 0, self.abort_description))
+        self._pending.append(Aborted(False, P.ABORT_SOURCE_PROVIDER, 0, self.abort_description, transport_closed=True))
 
     def _aa5(self) -> None:
         self.artim_running = False
