@@ -51,6 +51,7 @@ from .protocol.association import (
     ReleaseConfirmed,
     ReleaseRequested,
 )
+from .protocol.commands import CCancelRequest, CEchoRequest, CStoreRequest, OtherRequest, parse_request
 from .protocol.negotiation import AcceptPolicy, negotiate
 from .storage.duplicates import new_content_hash
 from .storage.durability import GroupCommitter
@@ -280,27 +281,36 @@ class StoreSCPHandler:
         if context is None:
             self.assoc.abort(f"command on presentation context {ev.context_id}, which was not accepted")
             return
-        field = cmd.get(D.COMMAND_FIELD)
-        message_id = cmd.get(D.MESSAGE_ID, 0)
-        if field == D.C_STORE_RQ:
-            self._begin_store(ev.context_id, context, cmd)
-        elif field == D.C_ECHO_RQ:
-            self._respond(ev.context_id, D.encode_response(D.C_ECHO_RSP, message_id, D.SUCCESS, cmd.get(D.AFFECTED_SOP_CLASS, "")))
-        elif field == D.C_CANCEL_RQ:
-            pass  # nothing of ours can be cancelled
-        else:
-            rsp = D.encode_response((field or 0) | 0x8000, message_id, D.UNRECOGNIZED_OPERATION,
-                                    cmd.get(D.AFFECTED_SOP_CLASS, ""), error_comment="operation not supported")
-            if D.has_dataset(cmd):
-                self._current = _Drain(ev.context_id, lambda: self._respond(ev.context_id, rsp))
-            else:
-                self._respond(ev.context_id, rsp)
+        match parse_request(cmd):
+            case CStoreRequest() as store:
+                self._begin_store(ev.context_id, context, store)
+            case CEchoRequest() as echo:
+                self._echo(ev.context_id, echo)
+            case CCancelRequest():
+                pass  # nothing of ours can be cancelled
+            case OtherRequest() as other:
+                self._unrecognized(ev.context_id, other)
 
-    def _begin_store(self, context_id: int, context: tuple[str, str], cmd: dict[int, Any]) -> None:
+    def _echo(self, context_id: int, request: CEchoRequest) -> None:
+        """Verification (PS3.4 Annex A): Success, always."""
+        self._respond(context_id, D.encode_response(D.C_ECHO_RSP, request.message_id, D.SUCCESS,
+                                                    request.affected_sop_class_uid))
+
+    def _unrecognized(self, context_id: int, request: OtherRequest) -> None:
+        """0x0211 for a request no service of ours handles; its data set,
+        if any, is received and dropped first."""
+        rsp = D.encode_response(request.command_field | 0x8000, request.message_id, D.UNRECOGNIZED_OPERATION,
+                                request.affected_sop_class_uid, error_comment="operation not supported")
+        if request.has_dataset:
+            self._current = _Drain(context_id, lambda: self._respond(context_id, rsp))
+        else:
+            self._respond(context_id, rsp)
+
+    def _begin_store(self, context_id: int, context: tuple[str, str], request: CStoreRequest) -> None:
         abstract, ts = context
-        st = _Store(context_id, cmd.get(D.MESSAGE_ID, 0), cmd.get(D.AFFECTED_SOP_CLASS, ""),
-                    cmd.get(D.AFFECTED_SOP_INSTANCE, ""), ts, time.monotonic())
-        if not D.has_dataset(cmd):
+        st = _Store(context_id, request.message_id, request.affected_sop_class_uid,
+                    request.affected_sop_instance_uid, ts, time.monotonic())
+        if not request.has_dataset:
             st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "C-STORE-RQ without a dataset"
             self._answer_store(st)
             return
