@@ -32,7 +32,7 @@ class LiveStatus:
         assert self.writer.flush(10)
         st = SimpleNamespace(storage=SimpleNamespace(directory=tmp_path), active=0, associations_total=0,
                              instances_total=0, bytes_total=0, observers=[])
-        self.monitor = Monitor(st, index_counters=self.writer.counters)
+        self.monitor = Monitor(st, st.storage.directory, index_counters=self.writer.counters)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
