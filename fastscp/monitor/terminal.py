@@ -142,7 +142,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("status", help="live view of the running receiver",
                               description="Show the running receiver's status, refreshing in place. "
                                           "Finds the server holding --index-db by its discovery file, "
