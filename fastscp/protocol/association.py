@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from .._ext.framer import EV_COMMAND, EV_DATASET, FramingError, PDUFramer, decode_command
 from . import pdu as P
@@ -320,7 +320,7 @@ class Association:
                 return self._pending.pop(0)
         return self._pending.pop(0) if self._pending else None
 
-    def _command_received(self, item: Any) -> None:
+    def _command_received(self, item: tuple[Literal[2], int, bytes]) -> None:
         """Evt10 with a command set; one that cannot be decoded, where it
         would be acted on, is an invalid PDU (Evt19)."""
         if self.state not in _DATA_STATES:
