@@ -197,7 +197,8 @@ class AccessPolicy:
         """None to accept, else why to reject (with a detail for the log)."""
         if self.check_called_ae and self._called_norm(called_ae) != self._our_ae:
             return CALLED_AE_NOT_RECOGNIZED.with_detail(
-                f"called AE {called_ae.strip()!r} is not {self.ae_title!r} (calling AE {calling_ae.strip()!r}, peer {peer_ip})")
+                f"called AE {called_ae.strip()!r} is not {self.ae_title!r} "
+                f"(calling AE {calling_ae.strip()!r}, peer {peer_ip})")
         if not self.whitelist_enabled:
             return None
         address = parse_peer_ip(peer_ip)

@@ -9,7 +9,6 @@ import sys
 
 from . import __version__
 
-
 # flag -> dotted config key; a flag left out does not override the file
 _SERVE_FLAGS = {
     "port": "server.port",
@@ -63,15 +62,19 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duplicates", default=S, help="ignore (default) | reject | overwrite | keep-both")
     p.add_argument("--durability", default=S, help="none (default) | fsync")
     p.add_argument("--accept", default=S, help='accepted SOP classes, e.g. "CT,MR,US" (default all)')
-    p.add_argument("--transfer-syntaxes", default=S, help="accepted transfer syntaxes: all (default), uncompressed, lossless, ...")
+    p.add_argument("--transfer-syntaxes", default=S,
+                   help="accepted transfer syntaxes: all (default), uncompressed, lossless, ...")
     p.add_argument("--bind", default=S, help="address to listen on (default 0.0.0.0)")
     p.add_argument("--max-pdu", type=int, default=S, help="largest P-DATA PDU we accept and advertise (default 131072)")
     p.add_argument("--max-associations", type=int, default=S, help="concurrent associations (default 10)")
     p.add_argument("--no-called-ae-check", action="store_true", help="accept any called AE title")
-    p.add_argument("--artim-timeout", type=float, default=S, help="seconds to wait for A-ASSOCIATE-RQ / transport close (default 30)")
+    p.add_argument("--artim-timeout", type=float, default=S,
+                   help="seconds to wait for A-ASSOCIATE-RQ / transport close (default 30)")
     p.add_argument("--idle-timeout", type=float, default=S, help="abort an association silent this long (default 60)")
-    p.add_argument("--dimse-timeout", type=float, default=S, help="abort when a started message stalls this long (default 60)")
-    p.add_argument("--shutdown-grace", type=float, default=S, help="seconds running associations get on SIGTERM (default 10)")
+    p.add_argument("--dimse-timeout", type=float, default=S,
+                   help="abort when a started message stalls this long (default 60)")
+    p.add_argument("--shutdown-grace", type=float, default=S,
+                   help="seconds running associations get on SIGTERM (default 10)")
     p.add_argument("--busy-poll-us", type=int, default=S,
                    help="microseconds to poll after each read while one association is open (default 1000; 0 = never)")
     p.add_argument("--status-port", type=int, default=S, help="status HTTP port (default 8042, 0 = off)")
@@ -80,18 +83,23 @@ def _add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-file", default=S, metavar="FILE",
                    help="rotating log file, JSON lines (connection records and the rest)")
     p.add_argument("--exec-on-reception", default=S, metavar="COMMAND",
-                   help='run per stored instance, e.g. "/usr/local/bin/fwd {path} {calling_ae}" (split like a shell line, never run by one)')
+                   help='run per stored instance, e.g. "/usr/local/bin/fwd {path} {calling_ae}" '
+                        '(split like a shell line, never run by one)')
     p.add_argument("--exec-on-study", default=S, metavar="COMMAND",
                    help='run per completed study, e.g. "/usr/local/bin/done {study_dir} {study_uid}"')
-    p.add_argument("--study-timeout", type=float, default=S, help="seconds without a new instance before a study is complete (default 60)")
-    p.add_argument("--complete-on-release", action="store_true", help="also complete a study when its association is released")
-    p.add_argument("--hook-timeout", type=float, default=S, help="seconds a hook may run before it is killed (default 300)")
+    p.add_argument("--study-timeout", type=float, default=S,
+                   help="seconds without a new instance before a study is complete (default 60)")
+    p.add_argument("--complete-on-release", action="store_true",
+                   help="also complete a study when its association is released")
+    p.add_argument("--hook-timeout", type=float, default=S,
+                   help="seconds a hook may run before it is killed (default 300)")
     p.add_argument("--hook-workers", type=int, default=S, help="hooks run at the same time (default 2)")
     p.set_defaults(func=_serve)
 
 
 def serve_overrides(args: argparse.Namespace) -> dict[str, object]:
-    overrides: dict[str, object] = {key: getattr(args, flag) for flag, key in _SERVE_FLAGS.items() if hasattr(args, flag)}
+    overrides: dict[str, object] = {
+        key: getattr(args, flag) for flag, key in _SERVE_FLAGS.items() if hasattr(args, flag)}
     if getattr(args, "no_called_ae_check", False):
         overrides["server.check_called_ae"] = False
     if getattr(args, "complete_on_release", False):

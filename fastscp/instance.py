@@ -13,7 +13,10 @@ kept in DICOM form ("Family^Given").
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydicom import Dataset
 
 
 @dataclasses.dataclass(slots=True)
@@ -73,4 +76,4 @@ class InstanceInfo:
     # The parsed header (pydicom Dataset, stopped before pixel data) for
     # consumers that need attributes beyond the fields above (template naming).
     # Values are decoded lazily by pydicom; None when not available.
-    header: Any = dataclasses.field(default=None, repr=False, compare=False)
+    header: Dataset | None = dataclasses.field(default=None, repr=False, compare=False)

@@ -32,8 +32,8 @@ __all__ = [
     "expand_transfer_syntaxes",
     "is_valid_uid",
     "sop_class_name",
-    "storage_sop_classes",
     "storage_sop_class_uids",
+    "storage_sop_classes",
     "transfer_syntax_name",
 ]
 
@@ -97,7 +97,7 @@ _SHORTHANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     )),
     "RF": ("radio fluoroscopy", ("XRayRadiofluoroscopicImageStorage", "EnhancedXRFImageStorage")),
     "SC": ("secondary capture", _SC),
-    "OT": ("other (secondary capture and raw data)", _SC + ("RawDataStorage",)),
+    "OT": ("other (secondary capture and raw data)", (*_SC, "RawDataStorage")),
     "SR": ("structured reports", (_STORAGE_ROOT + "88.", "-KeyObjectSelectionDocumentStorage")),
     "KO": ("key object selection", ("KeyObjectSelectionDocumentStorage",)),
     "PR": ("presentation states", (_STORAGE_ROOT + "11.", _STORAGE_ROOT + "9.100.")),

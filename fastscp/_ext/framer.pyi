@@ -1,10 +1,11 @@
 """Type stub for the compiled PDU framer (_ext/framer.pyx)."""
 
-from typing import Any
+from typing import Any, Final, Literal
 
-EV_PDU: int
-EV_COMMAND: int
-EV_DATASET: int
+# the event kinds are literals, so that a test of item[0] narrows next_event()'s tuple
+EV_PDU: Final = 1
+EV_COMMAND: Final = 2
+EV_DATASET: Final = 3
 ABORT_UNRECOGNIZED_PDU: int
 ABORT_UNEXPECTED_PDU: int
 ABORT_INVALID_PARAMETER: int
@@ -26,6 +27,10 @@ class PDUFramer:
     def buffer_updated(self, nbytes: int) -> None: ...
     def discard(self) -> None: ...
     def feed(self, data: bytes | bytearray | memoryview) -> None: ...
-    def next_event(self) -> tuple[int, int, Any] | tuple[int, int, memoryview, bool] | None: ...
+    def next_event(
+        self,
+    ) -> (
+        tuple[Literal[1], int, bytes] | tuple[Literal[2], int, bytes] | tuple[Literal[3], int, memoryview, bool] | None
+    ): ...
 
 def decode_command(data: bytes | bytearray | memoryview) -> dict[int, Any]: ...

@@ -17,7 +17,7 @@ import logging
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import duckdb
 import orjson
@@ -75,7 +75,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 
 def _write_result(args: argparse.Namespace, columns: list[str], rows: list[Any]) -> None:
-    out: Any = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+    out: TextIO = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
     try:
         if args.format == "table":
             out.write(format_table(columns, rows))
@@ -231,7 +231,7 @@ def _add_index_db(p: argparse.ArgumentParser) -> None:
                    help=f"DuckDB index file (config database.path; default {DEFAULT_INDEX_DB})")
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``query``, ``stats`` and ``reindex`` to an argparse subparsers object."""
     q = subparsers.add_parser("query", help="run a read-only SQL query on the index",
                               description="Run one SELECT/WITH/DESCRIBE/SHOW/EXPLAIN statement "

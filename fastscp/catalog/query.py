@@ -194,7 +194,7 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], max_widt
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(
-            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)
+            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)
         ).rstrip()
 
     out = [line(columns), "  ".join("-" * w for w in widths)]
@@ -207,7 +207,8 @@ def write_csv(columns: Sequence[str], rows: Sequence[Sequence[Any]], fp: TextIO)
     writer = csv.writer(fp, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow(["" if v is None else (v.isoformat() if isinstance(v, (_dt.date, _dt.time)) else v) for v in row])
+        writer.writerow(
+            ["" if v is None else (v.isoformat() if isinstance(v, (_dt.date, _dt.time)) else v) for v in row])
 
 
 def _json_default(value: Any) -> Any:
@@ -222,7 +223,7 @@ def _json_default(value: Any) -> Any:
 
 def to_json(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
     """A JSON array of objects, one per row."""
-    records = [dict(zip(columns, row)) for row in rows]
+    records = [dict(zip(columns, row, strict=True)) for row in rows]
     return orjson.dumps(records, default=_json_default, option=orjson.OPT_INDENT_2 | orjson.OPT_NAIVE_UTC) + b"\n"
 
 

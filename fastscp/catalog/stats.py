@@ -148,12 +148,12 @@ def plot_stats(st: CatalogStats, path: str | Path) -> None:
     counts = [n for _, n, _ in st.per_day]
     mbytes = [b / 2**20 for _, _, b in st.per_day]
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    ax.bar(days, counts,  # type: ignore[arg-type]
+    ax.bar(days, counts,  # type: ignore[arg-type]  # stubs want float x; dates go through matplotlib's units
            color="#4C72B0", label="instances")
     ax.set_ylabel("instances per day")
     ax.set_title(f"fastscp: received per day (UTC), last {st.days} days")
     ax2 = ax.twinx()
-    ax2.plot(days, mbytes,  # type: ignore[arg-type]
+    ax2.plot(days, mbytes,  # type: ignore[arg-type]  # stubs want float x; dates go through matplotlib's units
               color="#DD8452", marker="o", label="MB")
     ax2.set_ylabel("MB per day")
     fig.autofmt_xdate()

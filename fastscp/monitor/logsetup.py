@@ -31,7 +31,7 @@ import queue
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -146,7 +146,7 @@ class LoggingHandle:
 
 def configure_logging(level: str = "info", fmt: str = "text", file: str | None = None,
                       max_bytes: int = 10 * 1024 * 1024, backup_count: int = 5,
-                      stream: Any = None) -> LoggingHandle:
+                      stream: TextIO | None = None) -> LoggingHandle:
     """Replace the root logger's handlers with the queue -> (console, file)
     pair. Returns the handle whose ``stop()`` flushes and closes them."""
     console = logging.StreamHandler(stream or sys.stderr)

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Console, Group, JustifyMethod
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
@@ -64,7 +64,8 @@ def render(doc: dict[str, Any]) -> Group:
         state = storage.get("state", "")
         style = {"low": "yellow", "full": "bold red"}.get(state, "green")
         _add(head, "storage", Text.assemble(
-            f"{escape_nonprintable(storage['directory'])}: {human_bytes(storage['free'])} free of {human_bytes(storage['total'])} ",
+            f"{escape_nonprintable(storage['directory'])}: {human_bytes(storage['free'])} free of "
+            f"{human_bytes(storage['total'])} ",
             (f"[{state}]", style)))
     queues = ", ".join(f"{k} {'-' if v is None else v}" for k, v in doc["queues"].items())
     _add(head, "queues", queues)
@@ -72,10 +73,11 @@ def render(doc: dict[str, Any]) -> Group:
         _add(head, Text("warning", style="bold yellow"), Text(escape_nonprintable(w), style="yellow"))
 
     active = Table(title=f"Active associations ({len(doc['active'])})", expand=True, title_justify="left")
-    for col, just in (("id", "left"), ("peer", "left"), ("calling AE", "left"), ("called AE", "left"),
-                      ("TLS", "left"), ("age", "right"), ("instances", "right"), ("bytes", "right"),
-                      ("rate", "right"), ("failed", "right")):
-        active.add_column(col, justify=just)  # type: ignore[arg-type]
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("id", "left"), ("peer", "left"), ("calling AE", "left"), ("called AE", "left"), ("TLS", "left"),
+        ("age", "right"), ("instances", "right"), ("bytes", "right"), ("rate", "right"), ("failed", "right"))
+    for col, just in columns:
+        active.add_column(col, justify=just)
     for a in doc["active"]:
         _add(active, a["association_id"], a["peer"], a["calling_ae"], a["called_ae"], "yes" if a["tls"] else "no",
                        _duration(a["age_s"]), str(a["instances"]), human_bytes(a["bytes"]),
@@ -140,7 +142,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser("status", help="live view of the running receiver",
                               description="Show the running receiver's status, refreshing in place. "
                                           "Finds the server holding --index-db by its discovery file, "

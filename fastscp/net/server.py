@@ -32,7 +32,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from .._ext.sockio import recv_spin, tcp_quickack
 from ..protocol.association import Association, CommandReceived, DatasetFragment
@@ -52,7 +52,7 @@ _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 
 
 class AssociationProtocol(asyncio.BufferedProtocol):
-    def __init__(self, server: "DicomServer") -> None:
+    def __init__(self, server: DicomServer) -> None:
         self.server = server
         self.assoc = Association(server.max_pdu)
         self.transport: asyncio.Transport | None = None
@@ -74,7 +74,8 @@ class AssociationProtocol(asyncio.BufferedProtocol):
     # ---- asyncio callbacks ----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # a stream connection's transport is a Transport (the protocol API types it as its base)
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         tls = transport.get_extra_info("ssl_object") is not None
         self._quickack: Callable[[], None] | None = None
@@ -100,7 +101,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         self.server.connections.add(self)
         self.server.unassociated[self] = None
         if self.server.paused:
-            transport.pause_reading()  # type: ignore[attr-defined]
+            self.transport.pause_reading()
         self.assoc.connection_made()
         self._after()
         self._arm_idle()
@@ -249,7 +250,8 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         idle = time.monotonic() - self.last_activity
         timeout, what = self._timeout()
         if timeout and idle >= timeout:
-            log.warning("association %s: no whole PDU for %.0f s: aborting (%s)", getattr(self.handler, "id", "?"), idle, what)
+            log.warning("association %s: no whole PDU for %.0f s: aborting (%s)",
+                        getattr(self.handler, "id", "?"), idle, what)
             self.abort(what)
             return
         self._arm_idle()
@@ -298,7 +300,11 @@ async def _sends_something(loop: asyncio.AbstractEventLoop, conn: socket.socket,
     False if the peer closed it without sending a byte. Nothing is read."""
     ready: asyncio.Future[None] = loop.create_future()
     fd = conn.fileno()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
     try:
         await asyncio.wait_for(ready, timeout)
     finally:
@@ -399,7 +405,8 @@ class DicomServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle_event: asyncio.Event | None = None
 
-    async def start(self, host: str | None, port: int, ssl_context: ssl.SSLContext | None = None) -> list[Any]:
+    async def start(self, host: str | None, port: int,
+                    ssl_context: ssl.SSLContext | None = None) -> list[tuple[str, int] | tuple[str, int, int, int]]:
         """Listen on every address ``host`` stands for (None: all of them),
         with our own accept loop: it backs off when file descriptors run
         out, and closes the oldest connection that has not associated when

@@ -26,7 +26,7 @@ import io
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +52,7 @@ class ConversionError(ValueError):
 
 # ---- DICOM -> picture ---------------------------------------------------------------
 
-def window_to_uint8(arr: "np.ndarray", center: float, width: float, function: str = "LINEAR") -> "np.ndarray":
+def window_to_uint8(arr: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
     """Map values to 0..255 through a VOI window (PS3.3 C.11.2.1.2 for
     LINEAR, C.11.2.1.3.1 LINEAR_EXACT, C.11.2.1.3.2 SIGMOID)."""
     import numpy as np
@@ -77,7 +77,7 @@ def _first_number(value: Any) -> float | None:
     if value is None or value == "":
         return None
     try:
-        if isinstance(value, (list, tuple)) or hasattr(value, "__getitem__") and not isinstance(value, (str, bytes)):
+        if isinstance(value, (list, tuple)) or (hasattr(value, "__getitem__") and not isinstance(value, (str, bytes))):
             value = value[0]
         f = float(value)
     except (TypeError, ValueError, IndexError):
@@ -85,7 +85,7 @@ def _first_number(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _window_from_dataset(ds: "Dataset", frame: int) -> tuple[float, float, str] | None:
+def _window_from_dataset(ds: Dataset, frame: int) -> tuple[float, float, str] | None:
     """Window Center/Width: the image's own, or the frame's VOI in the
     (per-frame, then shared) functional groups of an enhanced image."""
     sources: list[Any] = [ds]
@@ -104,7 +104,7 @@ def _window_from_dataset(ds: "Dataset", frame: int) -> tuple[float, float, str] 
     return None
 
 
-def _scale_to_uint8(arr: "np.ndarray", bits: int | None) -> "np.ndarray":
+def _scale_to_uint8(arr: np.ndarray, bits: int | None) -> np.ndarray:
     import numpy as np
 
     if arr.dtype == np.uint8:
@@ -113,8 +113,8 @@ def _scale_to_uint8(arr: "np.ndarray", bits: int | None) -> "np.ndarray":
     return np.clip(np.rint(arr.astype(np.float64) * 255.0 / top), 0, 255).astype(np.uint8)
 
 
-def dicom_to_image(src: "str | os.PathLike[str] | Dataset", frame: int | None = None,
-                   window: tuple[float, float] | None = None) -> "Image.Image":
+def dicom_to_image(src: str | os.PathLike[str] | Dataset, frame: int | None = None,
+                   window: tuple[float, float] | None = None) -> Image.Image:
     """One frame of a DICOM image as an 8-bit PIL image (L or RGB), ready to
     show. ``frame`` is 0-based (default: the middle frame); ``window`` is
     (center, width) in modality units and overrides the file's."""
@@ -161,7 +161,7 @@ def dicom_to_image(src: "str | os.PathLike[str] | Dataset", frame: int | None = 
     return Image.fromarray(out, "L")
 
 
-def _minmax(values: "np.ndarray") -> "np.ndarray":
+def _minmax(values: np.ndarray) -> np.ndarray:
     import numpy as np
 
     lo, hi = float(np.min(values)), float(np.max(values))
@@ -170,13 +170,13 @@ def _minmax(values: "np.ndarray") -> "np.ndarray":
     return np.clip(np.rint((values.astype(np.float64) - lo) * 255.0 / (hi - lo)), 0, 255).astype(np.uint8)
 
 
-def _jpeg_bytes(img: "Image.Image", quality: int) -> bytes:
+def _jpeg_bytes(img: Image.Image, quality: int) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=quality, optimize=True)
     return buf.getvalue()
 
 
-def to_jpeg(src: "str | os.PathLike[str] | Dataset", out: "str | os.PathLike[str] | None" = None,
+def to_jpeg(src: str | os.PathLike[str] | Dataset, out: str | os.PathLike[str] | None = None,
             frame: int | None = None, window: tuple[float, float] | None = None, quality: int = 90) -> bytes:
     """DICOM -> JPEG bytes (also written to ``out`` when given)."""
     data = _jpeg_bytes(dicom_to_image(src, frame, window), quality)
@@ -185,7 +185,7 @@ def to_jpeg(src: "str | os.PathLike[str] | Dataset", out: "str | os.PathLike[str
     return data
 
 
-def thumbnail_jpeg(src: "str | os.PathLike[str] | Dataset", size: int = 128, frame: int | None = None,
+def thumbnail_jpeg(src: str | os.PathLike[str] | Dataset, size: int = 128, frame: int | None = None,
                    quality: int = 85) -> bytes:
     """A JPEG at most ``size`` pixels on its longer side (aspect kept)."""
     from PIL import Image
@@ -259,16 +259,16 @@ def _photometric(info: dict[str, Any]) -> str:
     return "YBR_FULL" if len(set(info["sampling"])) == 1 else "YBR_FULL_422"
 
 
-def from_jpeg(jpeg: "str | os.PathLike[str]", out: "str | os.PathLike[str]", demographics: Mapping[str, Any],
-              study_uid: str | None = None, series_uid: str | None = None) -> "Dataset":
+def from_jpeg(jpeg: str | os.PathLike[str], out: str | os.PathLike[str], demographics: Mapping[str, Any],
+              study_uid: str | None = None, series_uid: str | None = None) -> Dataset:
     """Secondary Capture with the JPEG encapsulated as-is. ``demographics``
     maps DICOM keywords to values (PatientName, PatientID, StudyDescription
     ...); anything given overrides the defaults below."""
     import datetime
 
     from pydicom import Dataset
-    from pydicom.dataset import FileMetaDataset
     from pydicom.datadict import tag_for_keyword
+    from pydicom.dataset import FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, generate_uid
 
@@ -342,14 +342,15 @@ def from_jpeg(jpeg: "str | os.PathLike[str]", out: "str | os.PathLike[str]", dem
 
 # ---- command line -------------------------------------------------------------------
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("convert", help="DICOM <-> JPEG conversions and thumbnails")
     conv = p.add_subparsers(dest="conversion", required=True)
     q = conv.add_parser("to-jpeg", help="DICOM image -> JPEG (windowed, display-ready)")
     q.add_argument("file")
     q.add_argument("-o", "--output", help="output file (default: FILE with .jpg)")
     q.add_argument("--frame", type=int, help="frame number, 1-based (default: the middle frame)")
-    q.add_argument("--window", help="C,W: window center and width in modality units (default: the file's, else min/max)")
+    q.add_argument("--window",
+                   help="C,W: window center and width in modality units (default: the file's, else min/max)")
     q.add_argument("--quality", type=int, default=90)
     q.set_defaults(func=_to_jpeg_cmd)
     q = conv.add_parser("thumbnail", help="DICOM image -> JPEG thumbnail")
@@ -393,7 +394,7 @@ def _window_arg(value: str | None) -> tuple[float, float] | None:
     return c, w
 
 
-def _run(fn: Any) -> int:
+def _run(fn: Callable[[], object]) -> int:
     from pydicom.errors import InvalidDicomError
 
     try:
@@ -436,8 +437,8 @@ def _from_jpeg_cmd(args: argparse.Namespace) -> int:
             if not isinstance(loaded, dict):
                 raise ConversionError(f"{args.demographics}: want a JSON object of keyword -> value")
             demo.update(loaded)
-        for opt, key in (("patient_name", "PatientName"), ("patient_id", "PatientID"), ("birth_date", "PatientBirthDate"),
-                         ("sex", "PatientSex"), ("accession", "AccessionNumber"),
+        for opt, key in (("patient_name", "PatientName"), ("patient_id", "PatientID"),
+                         ("birth_date", "PatientBirthDate"), ("sex", "PatientSex"), ("accession", "AccessionNumber"),
                          ("study_description", "StudyDescription")):
             if getattr(args, opt) is not None:
                 demo[key] = getattr(args, opt)

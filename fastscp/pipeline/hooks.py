@@ -31,6 +31,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import dataclasses
+import io
 import itertools
 import logging
 import os
@@ -153,7 +154,7 @@ def bound_values(values: Mapping[str, str]) -> tuple[dict[str, str], list[tuple[
     return out, cut
 
 
-def clean_value(value: Any) -> str:
+def clean_value(value: object) -> str:
     """A DICOM value as a hook argument: text, without NUL (which no argv or
     environment can carry)."""
     if value is None:
@@ -198,8 +199,9 @@ def run_command(argv: list[str], env: Mapping[str, str] | None, timeout: float,
     kept = [0]
 
     def drain() -> None:  # read all output, keep the tail (a chatty hook cannot fill memory)
-        assert proc.stdout is not None
-        for chunk in iter(lambda: proc.stdout.read1(65536), b""):  # type: ignore[union-attr,attr-defined]
+        stdout = proc.stdout
+        assert isinstance(stdout, io.BufferedReader)  # stdout=PIPE with the default bufsize
+        for chunk in iter(lambda: stdout.read1(65536), b""):
             chunks.append(chunk)
             kept[0] += len(chunk)
             while kept[0] - len(chunks[0]) > _OUTPUT_TAIL * 4 and len(chunks) > 1:
@@ -208,9 +210,10 @@ def run_command(argv: list[str], env: Mapping[str, str] | None, timeout: float,
     reader = threading.Thread(target=drain, name="hook-output", daemon=True)
     reader.start()
     if stdin is not None:
+        assert proc.stdin is not None  # stdin=PIPE above
         try:
-            proc.stdin.write(stdin)  # type: ignore[union-attr]
-            proc.stdin.close()  # type: ignore[union-attr]
+            proc.stdin.write(stdin)
+            proc.stdin.close()
         except OSError:
             pass
     timed_out = False
@@ -381,7 +384,8 @@ def log_result(kind: str, label: str, res: CommandResult, quiet_success: bool = 
     if res.returncode is None and not res.timed_out:
         log.error("%s hook %s for %s could not start: %s", kind, name, label, res.error)
     elif res.timed_out:
-        log.error("%s hook %s for %s killed after %.1f s (timeout)%s", kind, name, label, res.seconds, _tail(res.output))
+        log.error("%s hook %s for %s killed after %.1f s (timeout)%s",
+                  kind, name, label, res.seconds, _tail(res.output))
     elif res.returncode != 0:
         log.warning("%s hook %s for %s exited with %s in %.2f s%s", kind, name, label, res.returncode, res.seconds,
                     _tail(res.output))
@@ -436,7 +440,8 @@ class HookRunner:
             if droppable and len(self._pending) >= self.max_pending:
                 self.dropped += 1
                 if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
-                    log.error("hook backlog full (%d waiting): %d instance hook(s) dropped", len(self._pending), self.dropped)
+                    log.error("hook backlog full (%d waiting): %d instance hook(s) dropped",
+                              len(self._pending), self.dropped)
                 return False
             self._pending.append(task)
             self._cond.notify()

@@ -154,13 +154,14 @@ def render_html(manifest: dict[str, Any], thumbs: list[bytes | None]) -> str:
             f'<td>{e(s["modality"])}</td><td class="count">{s["count"]}</td>'
             f'<td>{e(", ".join(s["echo_numbers"]))}</td><td>{e(s["protocol"])}</td></tr>')
     figures = []
-    for s, thumb in zip(m["series"], thumbs):
+    for s, thumb in zip(m["series"], thumbs, strict=True):
         label = f'{s["number"] if s["number"] is not None else "?"}: {s["description"] or s["modality"]} ({s["count"]})'
         if thumb is None:
             img = '<div class="noimg">no image</div>'
         else:
             img = f'<img alt="{e(label)}" src="data:image/jpeg;base64,{base64.b64encode(thumb).decode()}">'
-        figures.append(f'<figure data-series-uid="{e(s["series_uid"])}">{img}<figcaption>{e(label)}</figcaption></figure>')
+        figures.append(
+            f'<figure data-series-uid="{e(s["series_uid"])}">{img}<figcaption>{e(label)}</figcaption></figure>')
     made = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -183,7 +184,9 @@ footer{{margin-top:1.5em;font-size:.8em;color:#666}}
 {"".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in header)}
 </table>
 <table class="series-table">
-<thead><tr><th>Series</th><th>Description</th><th>Modality</th><th>Images</th><th>Echo numbers</th><th>Protocol</th></tr></thead>
+<thead><tr>
+<th>Series</th><th>Description</th><th>Modality</th><th>Images</th><th>Echo numbers</th><th>Protocol</th>
+</tr></thead>
 <tbody>
 {chr(10).join(rows)}
 </tbody></table>
@@ -233,18 +236,19 @@ def render_png(manifest: dict[str, Any], thumbs: list[bytes | None], thumb_size:
     for s in m["series"]:
         values = ["" if s["number"] is None else str(s["number"]), s["description"][:40], s["modality"],
                   str(s["count"]), ",".join(s["echo_numbers"])[:12], s["protocol"][:40]]
-        for (x, _t), v in zip(cols, values):
+        for (x, _t), v in zip(cols, values, strict=True):
             d.text((x, y), v, fill="black", font=font)
         y += 20
     y += 20
-    for i, (s, thumb) in enumerate(zip(m["series"], thumbs)):
+    for i, (s, thumb) in enumerate(zip(m["series"], thumbs, strict=True)):
         x0 = 20 + (i % per_row) * cell
         y0 = y + (i // per_row) * (cell + 20)
         d.rectangle((x0, y0, x0 + thumb_size, y0 + thumb_size), fill="black")
         if thumb is not None:
             t = Image.open(io.BytesIO(thumb)).convert("RGB")
             img.paste(t, (x0 + (thumb_size - t.width) // 2, y0 + (thumb_size - t.height) // 2))
-        label = f"{'' if s['number'] is None else s['number']}: {(s['description'] or s['modality'])[:18]} ({s['count']})"
+        number = "" if s["number"] is None else s["number"]
+        label = f"{number}: {(s['description'] or s['modality'])[:18]} ({s['count']})"
         d.text((x0, y0 + thumb_size + 4), label, fill="black", font=font)
     buf = io.BytesIO()
     img.save(buf, "PNG", optimize=True)
@@ -275,7 +279,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 # ---- command line -------------------------------------------------------------------
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("scan-sheet", help="write a study's scan sheet (HTML + PNG) into its folder")
     p.add_argument("target", help="a study folder, or a Study Instance UID to look up under the storage folder")
     p.add_argument("--study", help="with a folder holding several studies: which one")

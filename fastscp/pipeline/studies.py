@@ -113,7 +113,7 @@ class StudyRecord:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "StudyRecord":
+    def from_json(cls, d: dict[str, Any]) -> StudyRecord:
         d = dict(d)
         series = d.pop("series", [])
         d.pop("open_associations", None)

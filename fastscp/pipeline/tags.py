@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pydicom import Dataset
+    from pydicom.dataelem import DataElement
     from pydicom.tag import BaseTag
 
-__all__ = ["TagError", "parse_tag", "register", "set_values", "format_dataset"]
+__all__ = ["TagError", "format_dataset", "parse_tag", "register", "set_values"]
 
 
 class TagError(ValueError):
@@ -36,7 +37,7 @@ class TagError(ValueError):
 _HEX_TAG = re.compile(r"^\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?$")
 
 
-def parse_tag(text: str) -> "BaseTag":
+def parse_tag(text: str) -> BaseTag:
     from pydicom.datadict import tag_for_keyword
     from pydicom.tag import Tag
 
@@ -49,7 +50,7 @@ def parse_tag(text: str) -> "BaseTag":
     return Tag(tag)
 
 
-def _value_text(elem: Any, limit: int = 80) -> str:
+def _value_text(elem: DataElement, limit: int = 80) -> str:
     if elem.VR == "SQ":
         return f"<{len(elem.value)} item(s)>"
     if elem.tag == 0x7FE00010 or elem.VR in ("OB", "OW", "OD", "OF", "OL", "OV", "UN"):
@@ -64,29 +65,32 @@ def _value_text(elem: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def format_dataset(ds: "Dataset", tags: Sequence["BaseTag"] | None = None, indent: int = 0) -> Iterable[str]:
+def format_dataset(ds: Dataset, tags: Sequence[BaseTag] | None = None, indent: int = 0) -> Iterable[str]:
     """Lines ``(GGGG,EEEE) VR Keyword  value``; sequences are expanded."""
     pad = "  " * indent
     if tags is not None:
         for tag in tags:
             if tag in ds:
                 elem = ds[tag]
-                yield f"{pad}({tag.group:04X},{tag.element:04X}) {elem.VR:<2} {elem.keyword or '?':<32} {_value_text(elem)}"
+                yield (f"{pad}({tag.group:04X},{tag.element:04X}) {elem.VR:<2} {elem.keyword or '?':<32} "
+                       f"{_value_text(elem)}")
             else:
                 yield f"{pad}({tag.group:04X},{tag.element:04X}) -- (absent)"
         return
     if indent == 0 and getattr(ds, "file_meta", None):
         for elem in ds.file_meta:
-            yield f"({elem.tag.group:04X},{elem.tag.element:04X}) {elem.VR:<2} {elem.keyword or '?':<32} {_value_text(elem)}"
+            yield (f"({elem.tag.group:04X},{elem.tag.element:04X}) {elem.VR:<2} {elem.keyword or '?':<32} "
+                   f"{_value_text(elem)}")
     for elem in ds:
-        yield f"{pad}({elem.tag.group:04X},{elem.tag.element:04X}) {elem.VR:<2} {elem.keyword or elem.name:<32} {_value_text(elem)}"
+        yield (f"{pad}({elem.tag.group:04X},{elem.tag.element:04X}) {elem.VR:<2} {elem.keyword or elem.name:<32} "
+               f"{_value_text(elem)}")
         if elem.VR == "SQ":
             for i, item in enumerate(elem.value):
                 yield f"{pad}  item {i + 1}"
                 yield from format_dataset(item, None, indent + 2)
 
 
-def _json(ds: "Dataset", tags: Sequence["BaseTag"] | None) -> bytes:
+def _json(ds: Dataset, tags: Sequence[BaseTag] | None) -> bytes:
     import orjson
     from pydicom import Dataset
 
@@ -97,14 +101,14 @@ def _json(ds: "Dataset", tags: Sequence["BaseTag"] | None) -> bytes:
                 sub.add(ds[tag])
         ds = sub
 
-    def omit(elem: Any) -> str:
+    def omit(elem: DataElement) -> str:
         return "omitted:bulk-data"
 
     out = ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=omit)
     return orjson.dumps(out, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
 
-def set_values(ds: "Dataset", assignments: Sequence[str]) -> None:
+def set_values(ds: Dataset, assignments: Sequence[str]) -> None:
     """Apply ``KEYWORD=VALUE`` / ``GGGG,EEEE[:VR]=VALUE`` assignments."""
     from pydicom.datadict import dictionary_VR
 
@@ -149,7 +153,7 @@ def _convert(name: str, vr: str, parts: list[str]) -> list[Any]:
     return parts
 
 
-def _ensure_charset(ds: "Dataset", value: str) -> None:
+def _ensure_charset(ds: Dataset, value: str) -> None:
     """A non-ASCII value in a file not already UTF-8: decode every text
     value with the old character set, then switch the file to UTF-8."""
     current = ds.get("SpecificCharacterSet")
@@ -160,7 +164,7 @@ def _ensure_charset(ds: "Dataset", value: str) -> None:
     ds.SpecificCharacterSet = "ISO_IR 192"
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("tags", help="print a file's attributes, or set some (--set ... -o OUT)")
     p.add_argument("file")
     p.add_argument("tags", nargs="*", help="keywords or GGGG,EEEE (default: all)")

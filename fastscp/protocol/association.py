@@ -29,10 +29,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from .._ext.framer import EV_COMMAND, EV_DATASET, FramingError, PDUFramer, decode_command
 from . import pdu as P
+
 
 class State(str, enum.Enum):
     """The acceptor's states (PS3.8 Table 9-9). Members are named as their
@@ -158,7 +159,8 @@ class ConnectionClosed:
     expected: bool
 
 
-Event = AssociationRequested | CommandReceived | DatasetFragment | ReleaseRequested | ReleaseConfirmed | Aborted | ConnectionClosed
+Event = (AssociationRequested | CommandReceived | DatasetFragment | ReleaseRequested | ReleaseConfirmed | Aborted
+         | ConnectionClosed)
 
 # ---- the transition table ------------------------------------------------------
 
@@ -264,7 +266,7 @@ class Association:
         self._fire(EVT5, None, local=True)
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
-        return self.framer.get_buffer(sizehint)  # type: ignore[no-any-return]
+        return self.framer.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         self.framer.buffer_updated(nbytes)
@@ -305,12 +307,11 @@ class Association:
                 return self._pending.pop(0) if self._pending else None
             if item is None:
                 return None
-            kind = item[0]
-            if kind == EV_DATASET:
+            if item[0] == EV_DATASET:  # (item[0], not a local: it narrows the tuple's type)
                 if self.state is _STA6:  # the hot path: Sta6 + Evt10 -> DT-2 (checked at import)
-                    return DatasetFragment(item[1], item[2], item[3])  # type: ignore[misc]
+                    return DatasetFragment(item[1], item[2], item[3])
                 self._fire(EVT10, item, local=False)
-            elif kind == EV_COMMAND:
+            elif item[0] == EV_COMMAND:
                 self._command_received(item)
             elif item[1] == P.A_ASSOCIATE_RQ and self.state is _STA2:
                 self._associate_rq_received(item[2])
@@ -320,7 +321,7 @@ class Association:
                 return self._pending.pop(0)
         return self._pending.pop(0) if self._pending else None
 
-    def _command_received(self, item: Any) -> None:
+    def _command_received(self, item: tuple[Literal[2], int, bytes]) -> None:
         """Evt10 with a command set; one that cannot be decoded, where it
         would be acted on, is an invalid PDU (Evt19)."""
         if self.state not in _DATA_STATES:

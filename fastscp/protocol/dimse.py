@@ -48,7 +48,8 @@ WARNING_ELEMENTS_DISCARDED = 0xB006
 
 
 def has_dataset(command: dict[int, Any]) -> bool:
-    return command.get(DATA_SET_TYPE, NO_DATA_SET) != NO_DATA_SET
+    data_set_type: int = command.get(DATA_SET_TYPE, NO_DATA_SET)
+    return data_set_type != NO_DATA_SET
 
 
 def _element(tag: int, value: bytes) -> bytes:
@@ -101,9 +102,11 @@ def _uid_element(tag: int, uid: str) -> bytes:
     return _element(tag, _text(uid))
 
 
-def encode_request(command_field: int, message_id: int, sop_class_uid: str, sop_instance_uid: str = "", data_set: bool = False, priority: int = 0) -> bytes:
+def encode_request(command_field: int, message_id: int, sop_class_uid: str, sop_instance_uid: str = "",
+                   data_set: bool = False, priority: int = 0) -> bytes:
     """An encoded request command set (used by tests and client tools)."""
-    elements = [_element(AFFECTED_SOP_CLASS, _text(sop_class_uid)), _element(COMMAND_FIELD, _us(command_field)), _element(MESSAGE_ID, _us(message_id))]
+    elements = [_element(AFFECTED_SOP_CLASS, _text(sop_class_uid)), _element(COMMAND_FIELD, _us(command_field)),
+                _element(MESSAGE_ID, _us(message_id))]
     if command_field == C_STORE_RQ:
         elements.append(_element(PRIORITY, _us(priority)))
     elements.append(_element(DATA_SET_TYPE, _us(0x0000 if data_set else NO_DATA_SET)))

@@ -13,7 +13,10 @@ from __future__ import annotations
 import dataclasses
 import struct
 
-from .._ext.framer import ABORT_INVALID_PARAMETER, ABORT_UNEXPECTED_PDU, FramingError  # noqa: F401
+# re-exported (the ``X as X`` form): association.py names the abort reasons through this module
+from .._ext.framer import ABORT_INVALID_PARAMETER as ABORT_INVALID_PARAMETER
+from .._ext.framer import ABORT_UNEXPECTED_PDU as ABORT_UNEXPECTED_PDU
+from .._ext.framer import FramingError as FramingError
 
 # PDU types (PS3.8 9.3.1)
 A_ASSOCIATE_RQ = 0x01

@@ -111,7 +111,7 @@ def _run(conn: duckdb.DuckDBPyConnection, query: Query, identifier: Dataset,
         return columns.index(expression)
 
     wants: set[str] = set()
-    for dicom_tag in identifier.keys():  # noqa: SIM118 (iterating a Dataset converts every value)
+    for dicom_tag in identifier.keys():  # keys(): iterating a Dataset converts every value
         tag = int(dicom_tag)
         if tag in (SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL) or tag & 0xFFFF == 0:
             continue  # answered below / group lengths
@@ -227,7 +227,7 @@ def _derived(conn: duckdb.DuckDBPyConnection, rows: Sequence[tuple[object, ...]]
                 "SELECT x.patient_id, count(DISTINCT x.study_instance_uid), "
                 "count(DISTINCT x.series_instance_uid), count(*) FROM instances x "
                 f"WHERE x.status = 'present' AND x.patient_id IN ({marks}) GROUP BY 1", keys).fetchall()
-            for name, position in zip(_PATIENT_COUNTS, (1, 2, 3)):
+            for name, position in zip(_PATIENT_COUNTS, (1, 2, 3), strict=True):
                 out[name] = {r[0]: r[position] for r in result}
         elif entity is Level.STUDY:
             if "NumberOfStudyRelatedInstances" in wants:

@@ -142,7 +142,7 @@ def parse_identifier(ds: Dataset, model: InformationModel, *, relational: bool =
         raise IdentifierError(f"Query/Retrieve Level {element_text(level_element)!r} is not one of the "
                               f"{model.name} model", offending=(QUERY_RETRIEVE_LEVEL,))
     terms: list[Term] = []
-    for tag in ds.keys():  # noqa: SIM118 (iterating a Dataset yields elements, decoded)
+    for tag in ds.keys():  # keys(): iterating a Dataset yields elements, decoded
         key = KEYS_BY_TAG.get(int(tag))
         if key is None:
             continue

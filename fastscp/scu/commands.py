@@ -29,8 +29,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ssl
+
+    from pynetdicom import AE
+    from pynetdicom.association import Association
+    from pynetdicom.dimse import _QueueItem
+    from pynetdicom.presentation import PresentationContext
 
 __all__ = ["SendReport", "collect_files", "register", "send_files"]
 
@@ -52,7 +59,7 @@ def _peer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="show pynetdicom's log")
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("echo", help="send a C-ECHO (DICOM ping)")
     _peer_args(p)
     p.set_defaults(func=_echo)
@@ -72,7 +79,7 @@ def _quiet_pynetdicom(verbose: bool) -> None:
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
-def answers_to_the_caller(assoc: Any) -> None:
+def answers_to_the_caller(assoc: Association) -> None:
     """Let only the thread waiting in ``send_c_store``/``send_c_echo`` take DIMSE messages.
 
     pynetdicom's reactor thread polls the DIMSE queue (``get_msg(block=False)``)
@@ -85,16 +92,16 @@ def answers_to_the_caller(assoc: Any) -> None:
     nothing."""
     dimse = getattr(assoc, "dimse", None)
     get_msg = getattr(dimse, "get_msg", None)
-    if get_msg is None:
+    if dimse is None or get_msg is None:
         return
 
-    def caller_only(block: bool = False) -> Any:
+    def caller_only(block: bool = False) -> _QueueItem:
         return get_msg(block=True) if block else (None, None)
 
     dimse.get_msg = caller_only
 
 
-def _make_ae(args: argparse.Namespace) -> Any:
+def _make_ae(args: argparse.Namespace) -> AE:
     from pynetdicom import AE
 
     ae = AE(ae_title=args.aet)
@@ -103,7 +110,7 @@ def _make_ae(args: argparse.Namespace) -> Any:
     return ae
 
 
-def _tls_args(args: argparse.Namespace) -> tuple[Any, str] | None:
+def _tls_args(args: argparse.Namespace) -> tuple[ssl.SSLContext, str] | None:
     if not (args.tls or args.tls_ca or args.tls_cert):
         return None
     from ..net.tls import client_ssl_context
@@ -112,7 +119,7 @@ def _tls_args(args: argparse.Namespace) -> tuple[Any, str] | None:
     return ctx, args.host
 
 
-_CONTEXT_RESULTS = {  # PS3.8 Table 9-18, Result/Reason of a presentation context
+_CONTEXT_RESULTS: dict[int | None, str] = {  # PS3.8 Table 9-18, Result/Reason of a presentation context
     1: "user rejection",
     2: "no reason given (provider rejection)",
     3: "abstract syntax (SOP class) not supported",
@@ -132,12 +139,13 @@ def describe_pair(pair: tuple[str, str]) -> str:
     return f"{_uid_text(pair[0])} in {_uid_text(pair[1])}"
 
 
-def refused_pairs(assoc: Any) -> dict[tuple[str, str], str]:
+def refused_pairs(assoc: Association) -> dict[tuple[str, str], str]:
     """The (SOP class, transfer syntax) pairs the peer refused in its
     A-ASSOCIATE-AC, each with the reason it gave. Our proposals carry one
     transfer syntax each, so a context ID names one pair."""
     requestor = getattr(assoc, "requestor", None)
-    proposed = {cx.context_id: cx for cx in getattr(requestor, "requested_contexts", None) or []}
+    proposed: dict[int | None, PresentationContext] = {
+        cx.context_id: cx for cx in getattr(requestor, "requested_contexts", None) or []}
     out: dict[tuple[str, str], str] = {}
     for cx in assoc.rejected_contexts:
         rq = proposed.get(cx.context_id)
@@ -147,7 +155,7 @@ def refused_pairs(assoc: Any) -> dict[tuple[str, str], str]:
     return out
 
 
-def _why_not_established(assoc: Any, host: str, port: int, aec: str, tls: bool) -> str:
+def _why_not_established(assoc: Association, host: str, port: int, aec: str, tls: bool) -> str:
     if assoc.is_rejected:
         return (f"association rejected by {host}:{port}: check the called AE title ({aec}), "
                 "our calling AE title and the peer's access list")
@@ -164,7 +172,7 @@ def _why_not_established(assoc: Any, host: str, port: int, aec: str, tls: bool) 
 # ---- echo ---------------------------------------------------------------------------
 
 def _echo(args: argparse.Namespace) -> int:
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # sop_class makes its names at import
 
     _quiet_pynetdicom(args.verbose)
     try:
@@ -253,7 +261,7 @@ def _read_meta(path: str) -> _File:
 
 def _status_name(code: int) -> str:
     try:
-        from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, GENERAL_STATUS
+        from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS
 
         for table in (STORAGE_SERVICE_CLASS_STATUS, GENERAL_STATUS):
             if code in table:
@@ -338,7 +346,7 @@ def _refused_text(pair: tuple[str, str], why: str) -> str:
     return f"no presentation context accepted for {describe_pair(pair)}: {why}"
 
 
-def _note_refusals(assoc: Any, args: argparse.Namespace, report: SendReport) -> None:
+def _note_refusals(assoc: Association, args: argparse.Namespace, report: SendReport) -> None:
     """Record and print (once per pair) the contexts ``assoc``'s peer refused.
     Called with the report's lock held."""
     for pair, why in refused_pairs(assoc).items():
@@ -348,7 +356,8 @@ def _note_refusals(assoc: Any, args: argparse.Namespace, report: SendReport) -> 
                   f"for {describe_pair(pair)}: {why}", file=sys.stderr)
 
 
-def _worker(args: argparse.Namespace, tls: Any, pairs: list[tuple[str, str]], todo: "queue.SimpleQueue[_File]",
+def _worker(args: argparse.Namespace, tls: tuple[ssl.SSLContext, str] | None, pairs: list[tuple[str, str]],
+            todo: queue.SimpleQueue[_File],
             report: SendReport, progress: _Progress, lock: threading.Lock) -> None:
     ae = _make_ae(args)
     for sop_class, ts in pairs:

@@ -41,7 +41,6 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import xxhash
 
@@ -73,7 +72,7 @@ STATUS_DUPLICATE_REJECTED = 0xCD01
 REJECT_COMMENT = "Duplicate SOP Instance UID with other content; first copy kept"  # LO: <= 64 chars
 
 
-def new_content_hash() -> Any:
+def new_content_hash() -> xxhash.xxh3_128:
     """A fresh incremental hash for one dataset: ``update(chunk)`` per PDV
     fragment (accepts memoryview slices, releases the GIL above 2 KiB), then
     ``hexdigest()`` for ``InstanceInfo.content_hash``."""
@@ -139,7 +138,8 @@ _NEW = Decision(Outcome.STORED, STATUS_SUCCESS, Place.TARGET)
 _IDENTICAL = Decision(Outcome.IDENTICAL, STATUS_SUCCESS, Place.NOWHERE)
 _ON_CONFLICT: dict[DuplicatePolicy, Decision] = {
     DuplicatePolicy.IGNORE: Decision(Outcome.IGNORED, STATUS_SUCCESS, Place.NOWHERE),
-    DuplicatePolicy.REJECT: Decision(Outcome.REJECTED, STATUS_DUPLICATE_REJECTED, Place.NOWHERE, comment=REJECT_COMMENT),
+    DuplicatePolicy.REJECT: Decision(Outcome.REJECTED, STATUS_DUPLICATE_REJECTED, Place.NOWHERE,
+                                     comment=REJECT_COMMENT),
     DuplicatePolicy.OVERWRITE: Decision(Outcome.OVERWRITTEN, STATUS_SUCCESS, Place.TARGET, replaces_previous=True),
     DuplicatePolicy.KEEP_BOTH: Decision(Outcome.KEPT_BOTH, STATUS_SUCCESS, Place.VERSION),
 }
@@ -325,7 +325,7 @@ class DuplicateGuard:
             return Resolution(decision, versioned_path(previous), previous)
         return Resolution(decision, None, previous)
 
-    def stored(self, sop_instance_uid: str, path: Path, content_hash: str) -> None:
+    def stored(self, sop_instance_uid: str, path: str | os.PathLike[str], content_hash: str) -> None:
         """Record the copy now in place (after the rename). A ``keep-both``
         version is recorded too: later copies are compared with the newest."""
         text = os.fspath(path)

@@ -235,7 +235,7 @@ class GroupCommitter:
 
     @staticmethod
     def _deliver_each(callbacks: list[Callable[[OSError | None], None]], errors: list[OSError | None]) -> None:
-        for callback, error in zip(callbacks, errors):
+        for callback, error in zip(callbacks, errors, strict=True):
             try:
                 callback(error)
             except Exception:

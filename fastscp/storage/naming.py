@@ -28,12 +28,12 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import PurePosixPath
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..instance import InstanceInfo
-from .safepath import MAX_COMPONENT, UNKNOWN, bound_name, safe_choice, safe_component
+from .safepath import MAX_COMPONENT, bound_name, safe_choice, safe_component
 from .template import TemplateNaming
 from .values import int_or_none, parse_date, person_display, person_groups, received_date
 
@@ -122,7 +122,7 @@ class HierarchicalNaming(TextNaming):
 
     def __init__(self) -> None:
         # raw values -> series folder: the instances of a series share it
-        self._folders: dict[tuple[Any, ...], str] = {}
+        self._folders: dict[tuple[str | int | None, ...], str] = {}
 
     def relative_text(self, info: InstanceInfo) -> str:
         key = (info.patient_id, info.patient_name, info.study_date, info.accession_number,
@@ -351,7 +351,7 @@ class PhysicianNaming(TextNaming):
         )
 
 
-NAMING_SCHEMES: dict[str, type] = {
+NAMING_SCHEMES: dict[str, Callable[..., NamingScheme]] = {
     "hierarchical": HierarchicalNaming,
     "flat": FlatNaming,
     "date-based": DateBasedNaming,
@@ -361,7 +361,7 @@ NAMING_SCHEMES: dict[str, type] = {
 DEFAULT_NAMING = "hierarchical"
 
 
-def make_naming(name: str, **options: Any) -> NamingScheme:
+def make_naming(name: str, **options: object) -> NamingScheme:
     """The naming scheme called ``name`` (``storage.naming``), built with its
     options: ``date-based``: utc; ``physician``: accounts_root, accounts,
     guest, unknown, match_family_name; ``template``: pattern. ValueError for
@@ -377,4 +377,4 @@ def make_naming(name: str, **options: Any) -> NamingScheme:
         raise ValueError(
             f"naming scheme {name!r} got options {sorted(options)}; it accepts: {accepted}"
         ) from None
-    return scheme(**options)  # type: ignore[no-any-return]
+    return scheme(**options)

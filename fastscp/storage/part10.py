@@ -32,7 +32,8 @@ def _text(value: str) -> bytes:
     return raw + b" " if len(raw) % 2 else raw
 
 
-_IMPLEMENTATION = _short(0x0012, b"UI", _ui(IMPLEMENTATION_CLASS_UID)) + _short(0x0013, b"SH", _text(IMPLEMENTATION_VERSION_NAME))
+_IMPLEMENTATION = (_short(0x0012, b"UI", _ui(IMPLEMENTATION_CLASS_UID))
+                   + _short(0x0013, b"SH", _text(IMPLEMENTATION_VERSION_NAME)))
 
 
 def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str) -> bytes:

@@ -3,8 +3,8 @@
 ``begin`` opens a temp file under ``<storage>/.incoming/`` (same filesystem as
 the tree, so the final ``os.replace`` is atomic) and returns an
 ``InstanceFile`` that streams the dataset after the Part-10 prefix (its
-``finish`` trims the file to what was written); ``place`` names the instance (naming scheme, then ``resolve_inside``), applies the
-duplicate policy (``DuplicateGuard``) and renames it into place or drops it;
+``finish`` trims the file to what was written); ``place`` names the instance (naming scheme, then
+``resolve_inside``), applies the duplicate policy (``DuplicateGuard``) and renames it into place or drops it;
 ``discard`` removes the temp file. Nothing partial is ever visible in the tree: a file either is complete
 at its final path or does not exist there. ``.incoming/`` is swept at start.
 """
@@ -24,8 +24,8 @@ from ..instance import InstanceInfo
 from .duplicates import DuplicateGuard, Outcome
 from .durability import GroupCommitter
 from .naming import FlatNaming, NamingScheme, relative_text
-from .safepath import join_inside
 from .part10 import file_meta
+from .safepath import join_inside
 
 log = logging.getLogger("fastscp.storage")
 

@@ -192,7 +192,7 @@ _OPS: dict[str, Step] = {
 class _Placeholder:
     """One ``{...}``: fields tried in order, then its steps, then made safe."""
 
-    __slots__ = ("getters", "steps", "absent", "splits", "source")
+    __slots__ = ("absent", "getters", "source", "splits", "steps")
 
     def __init__(self, body: str) -> None:
         self.source = "{" + body + "}"
