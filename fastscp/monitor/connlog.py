@@ -16,8 +16,15 @@ import logging
 import time
 from typing import Any
 
-from ..events import AssociationCounts, AssociationEnded, AssociationInfo, AssociationOpened, AssociationRejected
-from ..events import Observer, Outcome
+from ..events import (
+    AssociationCounts,
+    AssociationEnded,
+    AssociationInfo,
+    AssociationOpened,
+    AssociationRejected,
+    Observer,
+    Outcome,
+)
 
 log = logging.getLogger("fastscp.connections")
 
