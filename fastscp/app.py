@@ -10,26 +10,26 @@ import gc
 import logging
 import os
 import shutil
-import sys
 import signal
 import socket
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import duckdb
 
-from .catalog import CatalogWriter, IndexRootMismatch, iter_stored_instances, reconcile
 from .access import AccessPolicy, AssociationLimiter, load_access_policy
+from .catalog import CatalogWriter, IndexRootMismatch, iter_stored_instances, reconcile
 from .config import Config, ConfigError, load_config
+from .events import AssociationEnded, DuplicateReceived, InstanceStored, Observer
 from .monitor.logsetup import configure_logging
 from .monitor.service import MonitorService
 from .net.server import DicomServer, raise_open_files_limit, serve_forever, stop_on_signals
 from .pipeline.service import Pipeline, PipelineSettings
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
-from .events import AssociationEnded, DuplicateReceived, InstanceStored, Observer
 from .scp import ServerState, StoreSCPHandler
-from .storage.naming import make_naming
 from .storage.durability import WRITEBACK_FILESYSTEMS, GroupCommitter
+from .storage.naming import make_naming
 from .storage.store import INCOMING, LOCK_FILE, Storage, StorageInUse, lock_directory
 
 log = logging.getLogger("fastscp")
@@ -424,4 +424,7 @@ def run_blocking(config_path: str | None, overrides: Mapping[str, Any]) -> None:
         logging_handle.stop()
 
 
-__all__ = ["App", "ListenError", "StartError", "StartFootprint", "accept_policy", "build_state", "run_blocking", "load_access_policy"]
+__all__ = [
+    "App", "ListenError", "StartError", "StartFootprint", "accept_policy", "build_state", "load_access_policy",
+    "run_blocking",
+]

@@ -48,6 +48,7 @@ from .protocol.association import (
     CommandReceived,
     ConnectionClosed,
     DatasetFragment,
+    Event,
     ReleaseConfirmed,
     ReleaseRequested,
 )
@@ -56,8 +57,8 @@ from .protocol.negotiation import AcceptPolicy, negotiate
 from .storage.duplicates import new_content_hash
 from .storage.durability import GroupCommitter
 from .storage.header import check_dataset_end, header_dataset, parse_file, parse_head
-from .storage.safepath import UnsafePathError
 from .storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from .storage.safepath import UnsafePathError
 from .storage.store import Storage
 
 log = logging.getLogger("fastscp.scp")
@@ -154,25 +155,26 @@ class StoreSCPHandler:
 
     # ---- dispatch -------------------------------------------------------------------
 
-    def handle(self, ev: object) -> None:
-        t = type(ev)
-        if t is DatasetFragment:
-            self.on_fragment(ev)  # type: ignore[arg-type]
-        elif t is CommandReceived:
-            self.on_command(ev)  # type: ignore[arg-type]
-        elif t is AssociationRequested:
-            self.on_request(ev.request)  # type: ignore[attr-defined]
-        elif t is ReleaseRequested:
-            self.assoc.release_response()
-            self._end(Outcome.RELEASED, "")
-        elif t is ReleaseConfirmed:
-            self._end(Outcome.RELEASED, "")
-        elif t is Aborted:
-            self._aborted(ev)  # type: ignore[arg-type]
-        elif t is ConnectionClosed:
-            if not ev.expected:  # type: ignore[attr-defined]
+    def handle(self, ev: Event) -> None:
+        """Every event of the association (the socket layer sends dataset
+        fragments and commands straight to on_fragment/on_command)."""
+        match ev:
+            case DatasetFragment():
+                self.on_fragment(ev)
+            case CommandReceived():
+                self.on_command(ev)
+            case AssociationRequested():
+                self.on_request(ev.request)
+            case ReleaseRequested():
+                self.assoc.release_response()
+                self._end(Outcome.RELEASED, "")
+            case ReleaseConfirmed():
+                self._end(Outcome.RELEASED, "")
+            case Aborted():
+                self._aborted(ev)
+            case ConnectionClosed(expected=False):
                 self._end(Outcome.DROPPED, "connection closed")
-            else:
+            case ConnectionClosed():
                 self._end(self.outcome or Outcome.RELEASED, self.ended)
 
     def _aborted(self, ev: Aborted) -> None:
@@ -266,7 +268,8 @@ class StoreSCPHandler:
             ended = AssociationEnded(self.info, outcome, how, time.time(), self.counts())
             for observer in self.server.observers:
                 observer.association_ended(ended)
-        log.info("assoc %s closed (%s): peer %s calling %s, %d stored, %d duplicates, %d failed, %.1f MB in %.2f s (%.1f MB/s)",
+        log.info("assoc %s closed (%s): peer %s calling %s, %d stored, %d duplicates, %d failed, "
+                 "%.1f MB in %.2f s (%.1f MB/s)",
                  self.id, self.ended, self.peer, self.calling_ae, self.stored, self.duplicates, self.failed,
                  self.bytes / 1e6, secs, self.bytes / 1e6 / secs if secs > 0 else 0.0)
 
@@ -435,6 +438,7 @@ class StoreSCPHandler:
         """Parse, check and place the instance; False when the answer is
         deferred to the group commit (durable mode)."""
         writer, temp = st.writer, st.temp
+        assert writer is not None and temp is not None  # made together in _begin_store; the caller checked
         st.writer = st.temp = None
         storage = self.server.storage
         try:
@@ -442,7 +446,7 @@ class StoreSCPHandler:
             try:
                 info = st.info or parse_head(writer.head, st.transfer_syntax_uid, writer.head_complete)
                 if info is None:
-                    info = parse_file(temp, writer.prefix_size, st.transfer_syntax_uid)  # type: ignore[arg-type]
+                    info = parse_file(temp, writer.prefix_size, st.transfer_syntax_uid)
             except Exception as exc:  # pydicom raises many kinds on bad input
                 st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "dataset header cannot be parsed"
                 log.warning("assoc %s: header of %s cannot be parsed: %s", self.id, st.sop_instance_uid, exc)
@@ -458,9 +462,11 @@ class StoreSCPHandler:
                 Storage.discard(writer, temp)
                 return True
             if info.sop_instance_uid != st.sop_instance_uid:
-                st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "SOP Instance UID in dataset differs from the command's"
+                st.status = D.ERROR_CANNOT_UNDERSTAND
+                st.comment = "SOP Instance UID in dataset differs from the command's"
             elif info.sop_class_uid and info.sop_class_uid != st.sop_class_uid:
-                st.status, st.comment = D.ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID in dataset differs from the command's"
+                st.status = D.ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS
+                st.comment = "SOP Class UID in dataset differs from the command's"
             if st.status != D.SUCCESS:
                 log.warning("assoc %s: refused %s: %s", self.id, st.sop_instance_uid, st.comment)
                 Storage.discard(writer, temp)
@@ -484,10 +490,11 @@ class StoreSCPHandler:
                 self._durable_alone(st, writer, temp, info, storage.committer)
                 return True
             self.deferred += 1
-            storage.committer.write_then(writer.fd, lambda err: self._durable_data_written(st, writer, temp, info, err))  # type: ignore[arg-type]
+            storage.committer.write_then(
+                writer.fd, lambda err: self._durable_data_written(st, writer, temp, info, err))
             return False
         st.finished = writer
-        self._place(st, temp, info)  # type: ignore[arg-type]
+        self._place(st, temp, info)
         return True
 
     def _store_error(self, st: _Store, exc: OSError, writer: Any, temp: str | None) -> None:

@@ -25,14 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "fastscp"
 
 NOT_YET_CLEAN = [
-    "fastscp/app.py",
     "fastscp/catalog/reconcile.py",
     "fastscp/catalog/rows.py",
     "fastscp/config.py",
-    "fastscp/monitor/collector.py",
-    "fastscp/monitor/service.py",
-    "fastscp/pipeline/service.py",
-    "fastscp/scp.py",
     "fastscp/storage/header.py",
 ]
 

@@ -56,7 +56,7 @@ RATE_WINDOW = 3  # samples behind a per-association "current rate"
 class _Live:
     """An open association's counts, kept from its events."""
 
-    __slots__ = ("assoc", "stored", "bytes", "failed", "duplicates")
+    __slots__ = ("assoc", "bytes", "duplicates", "failed", "stored")
 
     def __init__(self, assoc: AssociationInfo) -> None:
         self.assoc = assoc
@@ -340,7 +340,7 @@ class MetricsCollector(Collector):
         yield fail
         buckets: list[tuple[str, float]] = []
         running = 0
-        for bound, n in zip(LATENCY_BUCKETS, m.latency_counts):
+        for bound, n in zip(LATENCY_BUCKETS, m.latency_counts[:-1], strict=True):  # the last count is +Inf
             running += n
             buckets.append((repr(bound), running))
         running += m.latency_counts[-1]

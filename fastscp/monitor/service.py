@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,7 @@ class MonitorService:
         limits = QueryLimits(timeout=st.query_timeout, max_bytes=st.query_max_bytes)
         http = StatusServer(self.monitor, self.catalog, self.token, limits=limits, allowed_hosts=st.allowed_hosts)
         try:
-            host, port = await http.start(st.bind_address, st.port)
+            _, port = await http.start(st.bind_address, st.port)
         except OSError as exc:
             why = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or exc  # not asyncio's text
             log.error("status endpoint not started: cannot listen on %s:%d: %s; receiving without a status page "

@@ -35,8 +35,8 @@ from typing import Any
 
 import orjson
 
-from ..instance import InstanceInfo
 from ..events import AssociationEnded, InstanceStored, Observer, Outcome
+from ..instance import InstanceInfo
 from .hooks import (
     INSTANCE_PLACEHOLDERS,
     STUDY_PLACEHOLDERS,
@@ -51,7 +51,7 @@ from .studies import StudyRecord, StudyTracker, study_folder
 
 log = logging.getLogger("fastscp.pipeline")
 
-__all__ = ["Pipeline", "PipelineSettings", "ScanSheetListener", "PENDING_FILE"]
+__all__ = ["PENDING_FILE", "Pipeline", "PipelineSettings", "ScanSheetListener"]
 
 PENDING_FILE = Path(".pipeline") / "pending.json"
 POLL_INTERVAL = 0.2  # seconds between drains of the instance events
@@ -74,7 +74,7 @@ class PipelineSettings:
     pass_env: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, cfg: Any, storage_root: Path) -> "PipelineSettings":
+    def from_config(cls, cfg: Any, storage_root: Path) -> PipelineSettings:
         h = cfg.hooks
         return cls(storage_root=Path(storage_root), on_instance=tuple(h.on_instance),
                    on_study_complete=tuple(h.on_study_complete), study_timeout=h.study_timeout,
@@ -95,7 +95,8 @@ def instance_values(info: InstanceInfo, study_dir: str = "") -> dict[str, str]:
         "series_uid": c(info.series_instance_uid), "sop_uid": c(info.sop_instance_uid),
         "sop_class_uid": c(info.sop_class_uid), "transfer_syntax_uid": c(info.transfer_syntax_uid),
         "patient_id": c(info.patient_id), "patient_name": c(info.patient_name), "accession": c(info.accession_number),
-        "modality": c(info.modality), "series_number": c(info.series_number), "instance_number": c(info.instance_number),
+        "modality": c(info.modality), "series_number": c(info.series_number),
+        "instance_number": c(info.instance_number),
     }
 
 
@@ -122,7 +123,7 @@ def study_values(rec: StudyRecord, study_dir: Path, scan_sheet: str = "") -> dic
 
 
 class InstanceHookTask(Task):
-    def __init__(self, pipeline: "Pipeline", values: dict[str, str]) -> None:
+    def __init__(self, pipeline: Pipeline, values: dict[str, str]) -> None:
         self.pipeline = pipeline
         self.values = values
         self.label = f"instance {values.get('sop_uid', '')}"
@@ -141,7 +142,7 @@ class InstanceHookTask(Task):
 
 
 class StudyCompleteTask(Task):
-    def __init__(self, pipeline: "Pipeline", rec: StudyRecord) -> None:
+    def __init__(self, pipeline: Pipeline, rec: StudyRecord) -> None:
         self.pipeline = pipeline
         self.rec = rec
         self.label = f"study {rec.study_uid}"
