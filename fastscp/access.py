@@ -28,14 +28,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .config import Config
 
 __all__ = [
     "CALLED_AE_NOT_RECOGNIZED",
@@ -44,7 +39,6 @@ __all__ = [
     "AccessPolicy",
     "AssociationLimiter",
     "RejectReason",
-    "load_access_policy",
     "resolve_host",
 ]
 
@@ -182,17 +176,6 @@ class AccessPolicy:
         for problem in problems:
             log.warning("access list: %s (entry admits no host by that name)", problem)
 
-    @classmethod
-    def from_config(cls, cfg: Config, resolve: Callable[[str], Iterable[str]] = resolve_host) -> AccessPolicy:
-        return cls(
-            cfg.server.ae_title,
-            check_called_ae=cfg.server.check_called_ae,
-            called_ae_comparison=cfg.server.called_ae_comparison,
-            allowed=[(e.ae_title, e.hosts) for e in cfg.access.allowed_calling_aes],
-            calling_ae_comparison=cfg.access.calling_ae_comparison,
-            resolve=resolve,
-        )
-
     def check(self, calling_ae: str, called_ae: str, peer_ip: str) -> RejectReason | None:
         """None to accept, else why to reject (with a detail for the log)."""
         if self.check_called_ae and self._called_norm(called_ae) != self._our_ae:
@@ -210,15 +193,6 @@ class AccessPolicy:
         else:
             why = f"calling AE {calling_ae.strip()!r} is not on the whitelist (peer {peer_ip})"
         return CALLING_AE_NOT_RECOGNIZED.with_detail(why)
-
-
-def load_access_policy(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None = None,
-                       resolve: Callable[[str], Iterable[str]] = resolve_host) -> AccessPolicy:
-    """Reload helper (SIGHUP): read the configuration again and build a new
-    policy. Raises ConfigError; on error keep the policy you have."""
-    from .config import load_config
-
-    return AccessPolicy.from_config(load_config(path, overrides), resolve)
 
 
 class AssociationLimiter:
@@ -242,20 +216,6 @@ class AssociationLimiter:
         self.reserved_for_new = reserved_for_new
         self._total = 0
         self._per_ae: dict[str, int] = {}
-
-    @staticmethod
-    def limits(cfg: Config) -> tuple[int, int | None, int]:
-        """(max_total, max_per_ae, reserved_for_new) as configured; a per-AE
-        share left null is half the total (at least 1)."""
-        s = cfg.server
-        per_ae = s.max_associations_per_ae
-        if per_ae is None:
-            per_ae = max(1, s.max_associations // 2)
-        return s.max_associations, per_ae, s.reserved_for_new_ae
-
-    @classmethod
-    def from_config(cls, cfg: Config) -> AssociationLimiter:
-        return cls(*cls.limits(cfg))
 
     def set_limits(self, max_total: int, max_per_ae: int | None, reserved_for_new: int = 0) -> None:
         self.max_total = max_total

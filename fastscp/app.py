@@ -13,12 +13,12 @@ import shutil
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import duckdb
 
-from .access import AccessPolicy, AssociationLimiter, load_access_policy
+from .access import AccessPolicy, AssociationLimiter, resolve_host
 from .catalog import CatalogWriter, IndexRootMismatch, iter_stored_instances, reconcile
 from .config import Config, ConfigError, load_config
 from .events import AssociationEnded, DuplicateReceived, InstanceStored, Observer
@@ -63,6 +63,35 @@ def build_storage(cfg: Config) -> Storage:
                    durable=s.durability == "fsync", max_incoming=s.max_incoming)
 
 
+def access_policy(cfg: Config, resolve: Callable[[str], Iterable[str]] = resolve_host) -> AccessPolicy:
+    """The called-AE check and calling-AE whitelist as configured."""
+    return AccessPolicy(
+        cfg.server.ae_title,
+        check_called_ae=cfg.server.check_called_ae,
+        called_ae_comparison=cfg.server.called_ae_comparison,
+        allowed=[(e.ae_title, e.hosts) for e in cfg.access.allowed_calling_aes],
+        calling_ae_comparison=cfg.access.calling_ae_comparison,
+        resolve=resolve,
+    )
+
+
+def association_limits(cfg: Config) -> tuple[int, int | None, int]:
+    """(max_total, max_per_ae, reserved_for_new) as configured; a per-AE
+    share left null is half the total (at least 1)."""
+    s = cfg.server
+    per_ae = s.max_associations_per_ae
+    if per_ae is None:
+        per_ae = max(1, s.max_associations // 2)
+    return s.max_associations, per_ae, s.reserved_for_new_ae
+
+
+def load_access_policy(path: str | os.PathLike[str] | None, overrides: Mapping[str, Any] | None = None,
+                       resolve: Callable[[str], Iterable[str]] = resolve_host) -> AccessPolicy:
+    """Reload helper (SIGHUP): read the configuration again and build a new
+    policy. Raises ConfigError; on error keep the policy you have."""
+    return access_policy(load_config(path, overrides), resolve)
+
+
 def build_state(cfg: Config) -> ServerState:
     storage = build_storage(cfg)
     storage.sweep_incoming()
@@ -70,8 +99,8 @@ def build_state(cfg: Config) -> ServerState:
         ae_title=cfg.server.ae_title,
         storage=storage,
         policy=accept_policy(cfg),
-        access=AccessPolicy.from_config(cfg),
-        limiter=AssociationLimiter.from_config(cfg),
+        access=access_policy(cfg),
+        limiter=AssociationLimiter(*association_limits(cfg)),
         max_pdu=cfg.server.max_pdu,
         max_instance_size=cfg.storage.max_instance_size,
     )
@@ -289,12 +318,12 @@ class App:
         loop = asyncio.get_running_loop()
         try:
             cfg = await loop.run_in_executor(None, load_config, self.config_path, self.overrides)
-            access = await loop.run_in_executor(None, AccessPolicy.from_config, cfg)
+            access = await loop.run_in_executor(None, access_policy, cfg)
         except ConfigError as exc:
             log.error("reload failed, keeping the running access lists: %s", exc)
             return
         self.state.access = access
-        self.state.limiter.set_limits(*AssociationLimiter.limits(cfg))
+        self.state.limiter.set_limits(*association_limits(cfg))
         log.info("reloaded access lists (%d whitelist entries) and limits", len(cfg.access.allowed_calling_aes))
 
     async def run(self) -> None:
@@ -425,6 +454,7 @@ def run_blocking(config_path: str | None, overrides: Mapping[str, Any]) -> None:
 
 
 __all__ = [
-    "App", "ListenError", "StartError", "StartFootprint", "accept_policy", "build_state", "load_access_policy",
+    "App", "ListenError", "StartError", "StartFootprint", "accept_policy", "access_policy", "association_limits",
+    "build_state", "load_access_policy",
     "run_blocking",
 ]

@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastscp {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve_arguments(sub.add_parser("serve", help="run the receiver"))
-    from .catalog import register as register_catalog
+    from .cli_catalog import register as register_catalog
     from .config import register as register_config
     from .scu import commands as scu_commands
 

@@ -13,12 +13,16 @@ from fastscp.access import (
     LOCAL_LIMIT_EXCEEDED,
     AccessPolicy,
     AssociationLimiter,
-    load_access_policy,
     parse_peer_ip,
 )
-from fastscp.config import ConfigError, parse_config_text
+from fastscp.app import access_policy, association_limits, load_access_policy
+from fastscp.config import Config, ConfigError, parse_config_text
 
 HOSTS = {"ct1.example.org": ["10.1.2.3"], "dual.example.org": ["10.1.2.4", "2001:db8::4"]}
+
+
+def limiter_from(cfg: Config) -> AssociationLimiter:
+    return AssociationLimiter(*association_limits(cfg))
 
 
 def fake_resolve(name: str) -> Iterable[str]:
@@ -28,7 +32,7 @@ def fake_resolve(name: str) -> Iterable[str]:
 
 
 def policy(yaml_text: str) -> AccessPolicy:
-    return AccessPolicy.from_config(parse_config_text(yaml_text), resolve=fake_resolve)
+    return access_policy(parse_config_text(yaml_text), resolve=fake_resolve)
 
 
 WHITELIST = """\
@@ -144,7 +148,7 @@ def test_real_resolver_resolves_localhost() -> None:
     cfg = parse_config_text(
         "server: {ae_title: MY_PACS}\naccess:\n  allowed_calling_aes:\n"
         "    - {ae_title: LOCAL, hosts: [localhost]}\n")
-    p = AccessPolicy.from_config(cfg)
+    p = access_policy(cfg)
     assert p.check("LOCAL", "MY_PACS", "127.0.0.1") is None
     assert p.check("LOCAL", "MY_PACS", "192.0.2.1") == CALLING_AE_NOT_RECOGNIZED
 
@@ -199,7 +203,7 @@ def test_total_limit_and_release_accounting() -> None:
 
 
 def test_limits_from_config_and_lowered_on_reload() -> None:
-    limiter = AssociationLimiter.from_config(
+    limiter = limiter_from(
         parse_config_text("server:\n  max_associations: 3\n  max_associations_per_ae: 1\n"))
     assert limiter.acquire("A") is None
     assert limiter.acquire("A") == LOCAL_LIMIT_EXCEEDED
@@ -212,7 +216,7 @@ def test_limits_from_config_and_lowered_on_reload() -> None:
 def test_share_and_slot_kept_for_a_calling_ae_holding_none() -> None:
     """The defaults' rule: half the total per calling AE, the last slot only
     for a calling AE holding none."""
-    limiter = AssociationLimiter.from_config(parse_config_text("server:\n  max_associations: 4\n"))
+    limiter = limiter_from(parse_config_text("server:\n  max_associations: 4\n"))
     assert (limiter.max_total, limiter.max_per_ae, limiter.reserved_for_new) == (4, 2, 1)
     assert limiter.acquire("A") is None and limiter.acquire("A") is None
     assert limiter.acquire("A") == LOCAL_LIMIT_EXCEEDED  # its share
@@ -221,6 +225,6 @@ def test_share_and_slot_kept_for_a_calling_ae_holding_none() -> None:
     assert reason == LOCAL_LIMIT_EXCEEDED and "kept for a calling AE holding none" in reason.detail
     assert limiter.acquire("C") is None  # a newcomer takes it
     assert limiter.acquire("D") == LOCAL_LIMIT_EXCEEDED and limiter.total == 4
-    limiter.set_limits(*AssociationLimiter.limits(parse_config_text(
+    limiter.set_limits(*association_limits(parse_config_text(
         "server:\n  max_associations: 6\n  max_associations_per_ae: 6\n  reserved_for_new_ae: 0\n")))
     assert limiter.acquire("A") is None and limiter.acquire("A") is None and limiter.total == 6

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from fastscp.catalog import CatalogWriter, ReadOnlyQueryError, run_readonly_query, schema
-from fastscp.catalog.commands import main as catalog_main
+from fastscp.cli_catalog import main as catalog_main
 from test_catalog_support import make_info
 
 

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 
 from fastscp.catalog import IndexRootMismatch, iter_stored_instances, reconcile, schema
-from fastscp.catalog.commands import main as catalog_main
+from fastscp.cli_catalog import main as catalog_main
 from test_catalog_support import write_instance
 
 reconcile_module = importlib.import_module("fastscp.catalog.reconcile")

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from fastscp.catalog import CatalogWriter, collect_stats, schema
-from fastscp.catalog.commands import main as catalog_main
+from fastscp.cli_catalog import main as catalog_main
 from fastscp.catalog.stats import format_stats
 from test_catalog_support import make_info
 

@@ -1,7 +1,6 @@
 """DuckDB catalog: schema, the batched writer thread, reconcile/reindex,
 read-only queries and statistics. See docs/catalog.md."""
 
-from .commands import register
 from .query import ReadOnlyQueryError, check_readonly, run_readonly_query
 from .reconcile import ReconcileReport, iter_stored_instances, read_header, reconcile
 from .root import IndexRootMismatch
@@ -13,6 +12,6 @@ from .writer import CatalogWriter, WriterCounters
 __all__ = [
     "SCHEMA_VERSION", "AssociationRecord", "CatalogStats", "CatalogWriter", "IndexRootMismatch", "ReadOnlyQueryError",
     "ReconcileReport", "WriterCounters", "check_readonly", "collect_stats", "connect",
-    "iter_stored_instances", "migrate", "read_header", "reconcile", "register",
+    "iter_stored_instances", "migrate", "read_header", "reconcile",
     "run_readonly_query", "schema_version",
 ]

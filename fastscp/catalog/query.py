@@ -211,7 +211,7 @@ def write_csv(columns: Sequence[str], rows: Sequence[Sequence[Any]], fp: TextIO)
             ["" if v is None else (v.isoformat() if isinstance(v, (_dt.date, _dt.time)) else v) for v in row])
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     if isinstance(value, decimal.Decimal):
         return float(value)
     if isinstance(value, (uuid.UUID, _dt.timedelta)):
@@ -224,7 +224,7 @@ def _json_default(value: Any) -> Any:
 def to_json(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> bytes:
     """A JSON array of objects, one per row."""
     records = [dict(zip(columns, row, strict=True)) for row in rows]
-    return orjson.dumps(records, default=_json_default, option=orjson.OPT_INDENT_2 | orjson.OPT_NAIVE_UTC) + b"\n"
+    return orjson.dumps(records, default=json_default, option=orjson.OPT_INDENT_2 | orjson.OPT_NAIVE_UTC) + b"\n"
 
 
 def to_csv_text(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -59,7 +59,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from ..catalog import CatalogWriter, ReadOnlyQueryError
-from ..catalog.query import _json_default, check_readonly, export_parquet
+from ..catalog.query import check_readonly, export_parquet, json_default
 from ..catalog.schema import export_dir
 from ..catalog.stats import collect_stats
 from .collector import MetricsCollector, Monitor
@@ -122,7 +122,7 @@ class HttpError(Exception):
 
 
 def _json(obj: Any) -> bytes:
-    return orjson.dumps(obj, default=_json_default, option=orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(obj, default=json_default, option=orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS)
 
 
 class QueryStopped(Exception):

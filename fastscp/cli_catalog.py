@@ -1,5 +1,9 @@
 """The catalog's subcommands: ``query``, ``stats``, ``reindex``.
 
+Command-line wiring, so it sits beside cli.py, above both ``catalog/`` and
+``monitor/`` (it talks to a running server through monitor.client and to
+the index file through catalog/): imports point down.
+
 ``register(subparsers)`` adds them to the CLI's argparse subparsers; each sets
 ``func(args) -> exit code``. ``query`` and ``stats`` open the index file
 read-only; DuckDB lets only one process open a file for writing, so while a
@@ -22,10 +26,10 @@ from typing import Any, TextIO
 import duckdb
 import orjson
 
-from . import schema
-from .query import ReadOnlyQueryError, export_parquet, format_table, run_readonly_query, to_json, write_csv
-from .reconcile import reconcile
-from .stats import CatalogStats, PlotUnavailable, collect_stats, format_stats, plot_stats
+from .catalog import schema
+from .catalog.query import ReadOnlyQueryError, export_parquet, format_table, run_readonly_query, to_json, write_csv
+from .catalog.reconcile import reconcile
+from .catalog.stats import CatalogStats, PlotUnavailable, collect_stats, format_stats, plot_stats
 
 DEFAULT_INDEX_DB = "pacs.db"
 
@@ -94,7 +98,7 @@ def _write_result(args: argparse.Namespace, columns: list[str], rows: list[Any])
 # run_readonly_query on a cursor of its own connection. None = no server
 # answered for this index: open the file.
 def _query_through_server(args: argparse.Namespace) -> int | None:
-    from ..monitor.client import EndpointError, server_for_index
+    from .monitor.client import EndpointError, server_for_index
 
     ep = server_for_index(args.index_db, getattr(args, "url", None), getattr(args, "token", None))
     if ep is None:
@@ -127,7 +131,7 @@ def _query_through_server(args: argparse.Namespace) -> int | None:
 def _stats_through_server(args: argparse.Namespace) -> CatalogStats | int | None:
     """The running server's GET /stats (it holds the index); the disk
     figures are read here. None = no server holds this index."""
-    from ..monitor.client import EndpointError, server_for_index
+    from .monitor.client import EndpointError, server_for_index
 
     ep = server_for_index(args.index_db, getattr(args, "url", None), getattr(args, "token", None))
     if ep is None:
@@ -192,7 +196,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
 
 def _cmd_reindex(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
-    from ..monitor.client import discovered
+    from .monitor.client import discovered
 
     held = discovered(args.index_db)
     if held is not None:  # reindex writes: never through the server, never beside it
@@ -273,7 +277,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m fastscp.catalog.commands``) until the CLI wires these."""
+    """Stand-alone entry point (``python -m fastscp.cli_catalog``), as the tests call it."""
     parser = argparse.ArgumentParser(prog="fastscp")
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
