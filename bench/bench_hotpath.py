@@ -161,7 +161,7 @@ async def feed(stream: bytes, storage_dir: Path, max_pdu: int, read_size: int, o
         from fastscp.app import CatalogFeed, open_catalog
 
         writer = open_catalog(cfg, state)
-    server = DicomServer(lambda assoc, peer: StoreSCPHandler(state, assoc, peer), max_pdu,
+    server = DicomServer(lambda assoc, link: StoreSCPHandler(state, assoc, link), max_pdu,
                          idle_timeout=0, dimse_timeout=0)
     if writer is not None:
         state.observers.append(CatalogFeed(writer, server))

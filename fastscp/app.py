@@ -251,7 +251,7 @@ class App:
         if self.pipeline.active:
             self.state.observers.append(self.pipeline)
         s = cfg.server
-        self.server = DicomServer(lambda assoc, peer: StoreSCPHandler(self.state, assoc, peer), s.max_pdu,
+        self.server = DicomServer(lambda assoc, link: StoreSCPHandler(self.state, assoc, link), s.max_pdu,
                                   s.artim_timeout, s.idle_timeout or 0.0, s.dimse_timeout or 0.0, s.busy_poll_us,
                                   s.min_transfer_rate, s.transfer_rate_window, s.max_unassociated)
         self.catalog = open_catalog(cfg, self.state)

@@ -39,6 +39,7 @@ from .events import (
     StoreAnswered,
 )
 from .instance import InstanceInfo
+from .net.seam import Link
 from .protocol import dimse as D
 from .protocol import pdu as P
 from .protocol.association import (
@@ -123,10 +124,10 @@ class _Drain:
 
 
 class StoreSCPHandler:
-    def __init__(self, server: ServerState, assoc: Association, peer: str) -> None:
+    def __init__(self, server: ServerState, assoc: Association, link: Link) -> None:
         self.server = server
         self.assoc = assoc
-        self.peer = peer
+        self.peer = link.peer
         self.id = f"{_RUN}-{next(_ids)}"
         self.contexts: dict[int, tuple[str, str]] = {}
         self.calling_ae = ""
@@ -140,11 +141,11 @@ class StoreSCPHandler:
         self.failed = 0
         self.duplicates = 0
         self.statuses: dict[int, int] = {}  # non-success C-STORE statuses answered, by status
-        self.tls = False
+        self.tls = link.tls
         self.proposed = 0
-        # set by the socket layer: writes what the association has to send, for
-        # answers given outside a read (durable mode's deferred answers)
-        self.flush: Callable[[], None] = lambda: None
+        # writes what the association has to send, for answers given outside
+        # a read (durable mode's deferred answers)
+        self.flush: Callable[[], None] = link.flush
         # answers owed but deferred to another thread (durable mode's group
         # commit): the socket layer does not poll for the peer meanwhile
         self.deferred = 0

@@ -32,10 +32,11 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import cast
 
 from .._ext.sockio import recv_spin, tcp_quickack
 from ..protocol.association import Association, CommandReceived, DatasetFragment
+from .seam import Link, Service, ServiceFactory
 from .tls import HandshakeRefusals
 
 log = logging.getLogger("fastscp.net")
@@ -56,7 +57,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         self.server = server
         self.assoc = Association(server.max_pdu)
         self.transport: asyncio.Transport | None = None
-        self.handler: Any = None
+        self.handler: Service  # made in connection_made, with the connection's Link
         # progress = a whole PDU received, not any byte: a peer trickling
         # bytes must not hold its association (and a slot) forever
         self.last_activity = time.monotonic()
@@ -95,9 +96,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
                 self._spin_fd = sock.fileno()
         peer = transport.get_extra_info("peername")
         peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.handler = self.server.handler_factory(self.assoc, peer_text)
-        self.handler.tls = tls
-        self.handler.flush = self._flush
+        self.handler = self.server.handler_factory(self.assoc, Link(peer_text, tls, self._flush))
         self.server.connections.add(self)
         self.server.unassociated[self] = None
         if self.server.paused:
@@ -118,15 +117,14 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         next_event = assoc.next_event
         try:
             while (ev := next_event()) is not None:
-                t = type(ev)
-                if t is DatasetFragment:
+                if isinstance(ev, DatasetFragment):  # the per-PDV path first
                     handler.on_fragment(ev)
-                elif t is CommandReceived:
+                elif isinstance(ev, CommandReceived):
                     handler.on_command(ev)
                 else:
                     handler.handle(ev)
         except Exception:
-            log.exception("internal error on association %s; aborting it", getattr(handler, "id", "?"))
+            log.exception("internal error on association %s; aborting it", handler.id)
             self.abort("internal error")
             return
         framer = assoc.framer
@@ -251,7 +249,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         timeout, what = self._timeout()
         if timeout and idle >= timeout:
             log.warning("association %s: no whole PDU for %.0f s: aborting (%s)",
-                        getattr(self.handler, "id", "?"), idle, what)
+                        self.handler.id, idle, what)
             self.abort(what)
             return
         self._arm_idle()
@@ -281,7 +279,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
                 if got < srv.min_rate * seconds:
                     log.warning("association %s: %d bytes in %.1f s (%.0f bytes/s) of a message, below "
                                 "server.min_transfer_rate (%d bytes/s over server.transfer_rate_window): aborting",
-                                getattr(self.handler, "id", "?"), got, seconds, got / seconds, srv.min_rate)
+                                self.handler.id, got, seconds, got / seconds, srv.min_rate)
                     self.abort("transfer too slow")
                     return
                 self._window_start, self._window_bytes = now, received
@@ -370,7 +368,7 @@ def raise_open_files_limit(want: int = 65536) -> tuple[int, int]:
 class DicomServer:
     def __init__(
         self,
-        handler_factory: Callable[[Association, str], Any],
+        handler_factory: ServiceFactory,
         max_pdu: int = 131072,
         artim_timeout: float = 30.0,
         idle_timeout: float = 60.0,
