@@ -3,7 +3,9 @@
 How it works: the file is parsed with ``yaml.compose`` (nodes, not Python
 objects) so every value keeps its line number. Command-line overrides (dotted
 keys such as ``server.port``) are grafted onto that tree, then one walk over
-the dataclass schema below converts and checks each value. Missing keys take
+the dataclass schema below converts and checks each value: each kind of type
+(bool, int, size, float, str, Literal, ``X | None``, tuple, nested section)
+has its own small converter, found in ``_CONVERTERS``. Missing keys take
 the dataclass defaults, so the merge order is defaults < file < overrides.
 Unknown keys, wrong types and impossible values raise ``ConfigError`` with
 the dotted key and the line (``config.yaml, line 3: server.port: ...``).
@@ -34,9 +36,12 @@ import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import yaml
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "AccessConfig",
@@ -95,13 +100,27 @@ class ConfigError(ValueError):
         return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
 
 
+_Scalar = Literal["csv", "argv", "size"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """What a schema field asks of its value beyond its type (see ``_f``)."""
+
+    check: Check | None = None
+    item_check: Check | None = None
+    scalar: _Scalar | None = None
+
+
+_NO_RULES = _Rules()
+
+
 def _f(default: Any = dataclasses.MISSING, doc: str = "", *, check: Check | None = None,
-       item_check: Check | None = None, scalar: str | None = None) -> Any:
+       item_check: Check | None = None, scalar: _Scalar | None = None) -> Any:
     """A schema field. ``check`` validates the converted value, ``item_check``
     each element of a list; ``scalar`` says how a lone string becomes a list
     ("csv": split on commas, "argv": shlex split) or a number ("size")."""
-    meta = {"doc": doc, "check": check, "item_check": item_check, "scalar": scalar}
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata={"doc": doc, "rules": _Rules(check, item_check, scalar)})
 
 
 # --- value checks (return an error message or None) -------------------------
@@ -134,11 +153,13 @@ def check_ae_title(value: Any) -> str | None:
     if len(text) > 16:
         return f"{text!r} is longer than 16 characters (PS3.5 AE)"
     if not text.isascii() or any(c == "\\" or ord(c) < 32 or ord(c) == 127 for c in text):
-        return f"{text!r} has characters not allowed in an AE title (PS3.5 AE: ASCII, no backslash or control characters)"
+        return (f"{text!r} has characters not allowed in an AE title "
+                "(PS3.5 AE: ASCII, no backslash or control characters)")
     return None
 
 
-_HOSTNAME_RE = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$")
+_LABEL = r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$)({_LABEL})(\.{_LABEL})*\.?$")
 
 
 def check_host(value: Any) -> str | None:
@@ -252,16 +273,21 @@ class ServerConfig:
         check=_between(1, 100000))
     max_pdu: int = _f(131072, "largest PDU we receive, announced to peers (PS3.8 D.1)",
                       check=_between(4096, 0xFFFFFFFF, "bytes"))
-    artim_timeout: float = _f(30.0, "ARTIM timer: seconds for a peer to send A-ASSOCIATE-RQ after connecting", check=_positive)
+    artim_timeout: float = _f(30.0, "ARTIM timer: seconds for a peer to send A-ASSOCIATE-RQ after connecting",
+                              check=_positive)
     acse_timeout: float | None = _f(30.0, "seconds to wait for an association/release answer", check=_positive)
-    dimse_timeout: float | None = _f(60.0, "seconds to wait for the rest of a DIMSE message once started", check=_positive)
-    idle_timeout: float | None = _f(60.0, "seconds an association may stay silent before it is aborted", check=_positive)
+    dimse_timeout: float | None = _f(60.0, "seconds to wait for the rest of a DIMSE message once started",
+                                     check=_positive)
+    idle_timeout: float | None = _f(60.0, "seconds an association may stay silent before it is aborted",
+                                    check=_positive)
     check_called_ae: bool = _f(True, "reject associations not addressed to ae_title")
     called_ae_comparison: Literal["strict", "case-insensitive"] = _f(
         "strict", "strict: exact after trimming spaces; case-insensitive: also ignore case")
     shutdown_grace: float = _f(10.0, "seconds running associations get to finish on shutdown", check=_between(0, 86400))
-    busy_poll_us: int = _f(1000, "microseconds to poll the socket after each read before sleeping, while one association is open; 0 = never",
-                           check=_between(0, 10000, "microseconds"))
+    busy_poll_us: int = _f(
+        1000, "microseconds to poll the socket after each read before sleeping, while one association is open; "
+              "0 = never",
+        check=_between(0, 10000, "microseconds"))
     tls: TlsConfig = _f(TlsConfig(), "DICOM TLS (PS3.15 BCP 195 profile)")
 
 
@@ -271,8 +297,10 @@ class StorageConfig:
     naming: Literal["hierarchical", "flat", "date-based", "physician", "template"] = _f(
         "hierarchical", "file layout")
     template: str | None = _f(None, "path pattern for naming: template", check=_check_template)
-    accounts_root: str | None = _f(None, "folder holding the per-physician accounts for naming: physician (default: directory)")
-    accounts: tuple[str, ...] = _f((), "explicit account names for naming: physician (default: folders under accounts_root)")
+    accounts_root: str | None = _f(
+        None, "folder holding the per-physician accounts for naming: physician (default: directory)")
+    accounts: tuple[str, ...] = _f(
+        (), "explicit account names for naming: physician (default: folders under accounts_root)")
     duplicates: Literal["ignore", "reject", "overwrite", "keep-both"] = _f(
         "ignore", "what to do with a second instance of the same SOP Instance UID")
     durability: Literal["none", "fsync"] = _f("none", "fsync: success is answered only once the file is on disk")
@@ -280,24 +308,28 @@ class StorageConfig:
                                        check=_between(1), scalar="size")
     min_free_space: int | None = _f(
         None, "free space kept on the volume: instances that would cross it are refused (0xA700), also while "
-              "they stream in; null = 5% of the volume, at most 1 GiB; 0 = no reserve", check=_between(0), scalar="size")
+              "they stream in; null = 5% of the volume, at most 1 GiB; 0 = no reserve",
+        check=_between(0), scalar="size")
     max_incoming: int | None = _f(
         4 * 1024**3, "bytes of unfinished instances in .incoming/ over all associations; past it an instance "
                      "sharing that space is refused (0xA700); null = no bound", check=_between(1), scalar="size")
-    low_free_space_warning: int | None = _f(None, "warn when free space drops below this", check=_between(0), scalar="size")
+    low_free_space_warning: int | None = _f(None, "warn when free space drops below this",
+                                            check=_between(0), scalar="size")
 
 
 @dataclass(frozen=True)
 class DatabaseConfig:
     path: str | None = _f("./pacs.db", "DuckDB index file; null = no index")
-    wal_mode: bool = _f(True, "accepted for the guide; DuckDB always journals to <path>.wal (see docs/configuration.md)")
+    wal_mode: bool = _f(
+        True, "accepted for the guide; DuckDB always journals to <path>.wal (see docs/configuration.md)")
     batch_size: int = _f(5000, "rows per insert batch", check=_between(1, 1000000))
     flush_interval: float = _f(1.0, "seconds before a partial batch is written", check=_positive)
 
 
 @dataclass(frozen=True)
 class AccessEntry:
-    ae_title: str = _f(doc="calling AE title allowed to connect ('*' = any)", check=lambda v: None if v == "*" else check_ae_title(v))
+    ae_title: str = _f(doc="calling AE title allowed to connect ('*' = any)",
+                       check=lambda v: None if v == "*" else check_ae_title(v))
     hosts: tuple[str, ...] = _f((), "host names, IPs or CIDR networks it may connect from; empty = anywhere",
                                 item_check=check_host, scalar="csv")
 
@@ -380,7 +412,7 @@ class Config:
 
 @dataclass(slots=True)
 class _Node:
-    value: Any  # dict[str, _Entry] | list[_Node] | a scalar
+    value: object  # dict[str, _Entry] | list[_Node] | a scalar
     line: int | None
     raw: str | None = None  # scalar text as written (YAML), for string fields
     override: bool = False
@@ -419,6 +451,18 @@ class _Context:
     def failed(self, key: str) -> bool:
         """A problem was reported at ``key``, under it or above it."""
         return any(p.key is not None and _related(p.key, key) for p in self.problems)
+
+    def rule_broken(self, message: str, key: str, *uses: str) -> None:
+        """Report a rule between keys (``key`` and the keys it ``uses``) as
+        broken, unless one of them was bad: it holds its default, not what
+        was written. The problem points at ``key`` if it was written, else
+        at its closest written parent."""
+        if any(self.failed(k) for k in (key, *uses)):
+            return
+        probe = key
+        while probe and probe not in self.lines:
+            probe = probe.rpartition(".")[0]
+        self.report(self.error(message, key, self.lines.get(probe)))
 
     def raise_problems(self) -> None:
         """Raise every problem reported, in file order (command line last)."""
@@ -473,31 +517,42 @@ def _from_python(value: Any) -> _Node:
     return _Node(value, None, override=True)
 
 
-# --- conversion ----------------------------------------------------------------
+# --- conversion: one converter per kind of schema type -------------------------
+#
+# _convert finds the converter for a schema type in _CONVERTERS (keyed by the
+# type's typing origin, else the type itself; nested dataclasses apart) and
+# calls it with the node, its value and the dotted key. A converter returns the
+# value, raises ConfigError for its own problem, or raises _Invalid when the
+# problems inside it (list items, section keys) were already reported.
 
-_HINTS: dict[type, dict[str, Any]] = {}
+# A type from the schema's annotations: int, str | None, Literal[...], tuple[str, ...], a dataclass.
+_Schema = object
+_Converter = Callable[[_Schema, _Node, object, str, _Context, _Rules], object]
+_UNIONS = (typing.Union, types.UnionType)
+_HINTS: dict[type, dict[str, _Schema]] = {}
 
 
-def _hints(cls: type) -> dict[str, Any]:
+def _hints(cls: type) -> dict[str, _Schema]:
     if cls not in _HINTS:
         _HINTS[cls] = typing.get_type_hints(cls)
     return _HINTS[cls]
 
 
-def _type_name(tp: Any) -> str:
+def _type_name(tp: _Schema) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
         return "one of " + ", ".join(map(str, typing.get_args(tp)))
-    if origin in (typing.Union, types.UnionType):
+    if origin in _UNIONS:
         return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
         return "a list"
     if dataclasses.is_dataclass(tp):
         return "a mapping of keys"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+    names: dict[_Schema, str] = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    return names.get(tp, str(tp))
 
 
-def _describe(value: Any) -> str:
+def _describe(value: object) -> str:
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
@@ -507,164 +562,242 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
-def _convert(tp: Any, node: _Node, key: str, ctx: _Context, meta: Mapping[str, Any]) -> Any:
+def _wrong(tp: _Schema, value: object, key: str, line: int | None, ctx: _Context) -> ConfigError:
+    return ctx.error(f"expected {_type_name(tp)}, got {_describe(value)}", key, line)
+
+
+def _convert(tp: _Schema, node: _Node, key: str, ctx: _Context, rules: _Rules = _NO_RULES) -> object:
+    """``node`` as a value of ``tp``, checked against nothing but its type."""
     ctx.lines[key] = node.line
     value = node.value
+    if node.override and isinstance(value, str) and _reads_yaml(tp, rules):
+        value = _override_value(tp, value, key, node.line, ctx)
+    return _converter(tp, rules, key)(tp, node, value, key, ctx, rules)
+
+
+def _converter(tp: _Schema, rules: _Rules, key: str) -> _Converter:
+    if tp is int and rules.scalar == "size":
+        return _convert_size
     origin = typing.get_origin(tp)
-    scalar = meta.get("scalar")
-
-    def wrong() -> ConfigError:
-        return ctx.error(f"expected {_type_name(tp)}, got {_describe(value)}", key, node.line)
-
-    # A command-line string for a non-string field is read as YAML ("11113" -> 11113).
-    if node.override and isinstance(value, str) and tp is not str and origin is not Literal \
-            and scalar is None and not (origin in (typing.Union, types.UnionType) and str in typing.get_args(tp)):
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError:
-            parsed = value
-        if not isinstance(parsed, (dict, list)):
-            value = parsed
-        elif origin is not tuple:
-            raise wrong()
-        else:
-            node = _from_python(parsed)
-            value = node.value
-
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        if len(args) != 1:
-            raise TypeError(f"unsupported union {tp}")
-        return _convert(args[0], node, key, ctx, meta)
+    found = _CONVERTERS.get(tp if origin is None else origin)
+    if found is not None:
+        return found
     if dataclasses.is_dataclass(tp):
-        return _convert_dataclass(tp, node, key, ctx)
-    if origin is tuple:
-        return _convert_tuple(tp, node, value, key, ctx, meta)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        text = node.raw if node.raw is not None else value
-        if isinstance(text, str) and text in choices:
-            return text
-        close = difflib.get_close_matches(str(text), [str(c) for c in choices], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ctx.error(f"{text!r} is not one of: {', '.join(choices)}{hint}", key, node.line)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise wrong()
-    if tp is int:
-        if isinstance(value, str) and scalar == "size":
-            try:
-                return parse_size(value)
-            except ValueError as exc:
-                raise ctx.error(str(exc), key, node.line) from None
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise wrong()
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise wrong()
-    if tp is str:
-        if isinstance(value, (dict, list)) or value is None:
-            raise wrong()
-        return node.raw if node.raw is not None else str(value)
+        return _convert_section
     raise TypeError(f"unsupported schema type {tp!r} at {key}")
 
 
-def _convert_tuple(tp: Any, node: _Node, value: Any, key: str, ctx: _Context, meta: Mapping[str, Any]) -> Any:
-    """A list (or a string split as ``scalar`` says), item by item: every bad
-    item is reported; then the list as a whole is _Invalid."""
-    (item_tp, _ellipsis) = typing.get_args(tp)
-    scalar = meta.get("scalar")
-    if isinstance(value, str) and scalar in ("csv", "argv"):
-        if scalar == "csv":
-            parts = [p.strip() for p in value.split(",") if p.strip()]
-        else:
-            try:
-                parts = shlex.split(value)
-            except ValueError as exc:
-                raise ctx.error(f"cannot split command {value!r}: {exc}", key, node.line) from None
-        items = [_Node(p, node.line, raw=p, override=node.override) for p in parts]
-    elif isinstance(value, list):
-        items = value
-    else:
-        raise ctx.error(f"expected {_type_name(tp)}, got {_describe(value)}", key, node.line)
-    out = []
+def _reads_yaml(tp: _Schema, rules: _Rules) -> bool:
+    """Whether a command-line string for this type is read as YAML: not for a
+    string (or string-or-null), a choice, nor a field with its own ``scalar``."""
+    origin = typing.get_origin(tp)
+    if tp is str or origin is Literal or rules.scalar is not None:
+        return False
+    return not (origin in _UNIONS and str in typing.get_args(tp))
+
+
+def _override_value(tp: _Schema, text: str, key: str, line: int | None, ctx: _Context) -> object:
+    """A command-line string read as YAML ("11113" -> 11113); a mapping or a
+    list only where a list is expected."""
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if not isinstance(parsed, (dict, list)):
+        return parsed
+    if typing.get_origin(tp) is not tuple:
+        raise _wrong(tp, text, key, line, ctx)
+    return _from_python(parsed).value
+
+
+def _convert_union(tp: _Schema, node: _Node, value: object, key: str, ctx: _Context, rules: _Rules) -> object:
+    """``X | None``: null, else an X from the same node."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if value is None:
+        return None
+    if len(args) != 1:
+        raise TypeError(f"unsupported union {tp}")
+    return _convert(args[0], node, key, ctx, rules)
+
+
+def _convert_section(tp: _Schema, node: _Node, value: object, key: str, ctx: _Context, rules: _Rules) -> object:
+    """A nested dataclass, from the node as written (a bare scalar may fill _SCALAR_FIELD)."""
+    assert isinstance(tp, type) and dataclasses.is_dataclass(tp)
+    return _convert_dataclass(tp, node, key, ctx)
+
+
+def _convert_literal(tp: _Schema, node: _Node, value: object, key: str, ctx: _Context, rules: _Rules) -> object:
+    """One of fixed strings, as written; a near miss gets a "did you mean"."""
+    choices = typing.get_args(tp)
+    text = node.raw if node.raw is not None else value
+    if isinstance(text, str) and text in choices:
+        return text
+    close = difflib.get_close_matches(str(text), [str(c) for c in choices], n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ctx.error(f"{text!r} is not one of: {', '.join(choices)}{hint}", key, node.line)
+
+
+def _convert_bool(tp: _Schema, node: _Node, value: object, key: str, ctx: _Context, rules: _Rules) -> object:
+    if isinstance(value, bool):
+        return value
+    raise _wrong(tp, value, key, node.line, ctx)
+
+
+def _convert_int(tp: _Schema, node: _Node, value: object, key: str, ctx: _Context, rules: _Rules) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _wrong(tp, value, key, node.line, ctx)
+
+
+def _convert_size(tp: _Schema, node: _Node, value: object, key: str, ctx: _Context, rules: _Rules) -> object:
+    """A number of bytes: an integer, or a string such as "500MB" or "2 GiB"."""
+    if not isinstance(value, str):
+        return _convert_int(tp, node, value, key, ctx, rules)
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise ctx.error(str(exc), key, node.line) from None
+
+
+def _convert_float(tp: _Schema, node: _Node, value: object, key: str, ctx: _Context, rules: _Rules) -> object:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise _wrong(tp, value, key, node.line, ctx)
+
+
+def _convert_str(tp: _Schema, node: _Node, value: object, key: str, ctx: _Context, rules: _Rules) -> object:
+    """Any scalar but null, as written in the file (``NO`` and ``1234`` stay strings)."""
+    if isinstance(value, (dict, list)) or value is None:
+        raise _wrong(tp, value, key, node.line, ctx)
+    return node.raw if node.raw is not None else str(value)
+
+
+def _convert_tuple(tp: _Schema, node: _Node, value: object, key: str, ctx: _Context, rules: _Rules) -> object:
+    """A list (or a string split as ``rules.scalar`` says), item by item: every
+    bad item is reported; then the list as a whole is _Invalid."""
+    item_tp = typing.get_args(tp)[0]
+    out: list[object] = []
     complete = True
-    item_check = meta.get("item_check")
-    for i, item in enumerate(items):
-        item_key = f"{key}[{i}]"
+    for i, item in enumerate(_list_items(tp, node, value, key, ctx, rules.scalar)):
         try:
-            converted = _convert(item_tp, item, item_key, ctx, {})
-            message = item_check(converted) if item_check is not None else None
-            if message:
-                raise ctx.error(message, item_key, item.line)
+            out.append(_convert_item(item_tp, item, f"{key}[{i}]", ctx, rules.item_check))
         except ConfigError as problem:
             ctx.report(problem)
             complete = False
         except _Invalid:
             complete = False
-        else:
-            out.append(converted)
     if not complete:
         raise _Invalid
     return tuple(out)
 
 
-def _convert_field(tp: Any, entry: _Entry, dotted: str, ctx: _Context, meta: Mapping[str, Any]) -> Any:
-    """One key's value, converted and checked."""
-    value = _convert(tp, entry.node, dotted, ctx, meta)
-    ctx.lines[dotted] = entry.key_line if entry.key_line is not None else entry.node.line
-    check = meta.get("check")
-    if check is not None:
-        message = check(value)
-        if message:
-            raise ctx.error(message, dotted, ctx.lines[dotted])
-    return value
+def _list_items(tp: _Schema, node: _Node, value: object, key: str, ctx: _Context,
+                scalar: _Scalar | None) -> list[_Node]:
+    if isinstance(value, list):
+        return value
+    if not isinstance(value, str) or scalar not in ("csv", "argv"):
+        raise _wrong(tp, value, key, node.line, ctx)
+    if scalar == "csv":
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+    else:
+        try:
+            parts = shlex.split(value)
+        except ValueError as exc:
+            raise ctx.error(f"cannot split command {value!r}: {exc}", key, node.line) from None
+    return [_Node(p, node.line, raw=p, override=node.override) for p in parts]
 
 
-def _convert_dataclass(cls: Any, node: _Node, key: str, ctx: _Context) -> Any:
+def _convert_item(tp: _Schema, item: _Node, key: str, ctx: _Context, check: Check | None) -> object:
+    converted = _convert(tp, item, key, ctx)
+    message = check(converted) if check is not None else None
+    if message:
+        raise ctx.error(message, key, item.line)
+    return converted
+
+
+_CONVERTERS: dict[_Schema, _Converter] = {
+    typing.Union: _convert_union,
+    types.UnionType: _convert_union,
+    tuple: _convert_tuple,
+    Literal: _convert_literal,
+    bool: _convert_bool,
+    int: _convert_int,
+    float: _convert_float,
+    str: _convert_str,
+}
+
+
+# --- sections: dataclasses, key by key ------------------------------------------
+
+_Section = TypeVar("_Section", bound="DataclassInstance")
+
+
+def _convert_dataclass(cls: type[_Section], node: _Node, key: str, ctx: _Context) -> _Section:
     """A section. Every unknown, missing or bad key is reported; a bad key
     keeps its default, and a section missing a required key is _Invalid."""
+    entries = _section_entries(cls, node, key, ctx)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    _report_unknown_keys(fields, entries, key, ctx)
+    hints = _hints(cls)
+    kwargs: dict[str, object] = {}
+    complete = True
+    for name, f in fields.items():
+        try:
+            value = _field_value(f, hints[name], entries.get(name), _join(key, name), node.line, ctx)
+        except _Invalid:
+            complete = complete and f.default is not dataclasses.MISSING
+            continue
+        if value is not _ABSENT:
+            kwargs[name] = value
+    if not complete:
+        raise _Invalid
+    return cls(**kwargs)
+
+
+def _section_entries(cls: type, node: _Node, key: str, ctx: _Context) -> dict[str, _Entry]:
     entries = node.value
     if entries is None:  # "server:" with nothing under it
-        entries = {}
+        return {}
     scalar_field = _SCALAR_FIELD.get(cls)
     if scalar_field and isinstance(entries, (str, int)):  # "- MODALITY1" for {ae_title: MODALITY1}
-        entries = {scalar_field: _Entry(node, node.line)}
+        return {scalar_field: _Entry(node, node.line)}
     if not isinstance(entries, dict):
         raise ctx.error(f"expected a mapping of keys, got {_describe(entries)}", key or "(top level)", node.line)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = _hints(cls)
+    return entries
+
+
+def _report_unknown_keys(fields: Mapping[str, object], entries: Mapping[str, _Entry], key: str,
+                         ctx: _Context) -> None:
     for name, entry in entries.items():
         if name not in fields:
             close = difflib.get_close_matches(name, list(fields), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             valid = ", ".join(fields)
             ctx.report(ctx.error(f"unknown key{hint}; valid keys here: {valid}", _join(key, name), entry.key_line))
-    kwargs: dict[str, Any] = {}
-    complete = True
-    for name, f in fields.items():
-        dotted = _join(key, name)
-        required = f.default is dataclasses.MISSING
-        if name not in entries:
-            if required:
-                ctx.report(ctx.error(f"missing required key {name!r}", dotted, node.line))
-                complete = False
-            continue
-        try:
-            kwargs[name] = _convert_field(hints[name], entries[name], dotted, ctx, f.metadata)
-        except ConfigError as problem:
-            ctx.report(problem)
-            complete = complete and not required
-        except _Invalid:
-            complete = complete and not required
-    if not complete:
-        raise _Invalid
-    return cls(**kwargs)
+
+
+_ABSENT = object()  # a key not written: the dataclass default applies
+
+
+def _field_value(f: dataclasses.Field[object], tp: _Schema, entry: _Entry | None, dotted: str,
+                 section_line: int | None, ctx: _Context) -> object:
+    """One key's value, converted and checked; _ABSENT if not written, _Invalid if bad."""
+    if entry is None:
+        if f.default is dataclasses.MISSING:
+            ctx.report(ctx.error(f"missing required key {f.name!r}", dotted, section_line))
+            raise _Invalid
+        return _ABSENT
+    rules: _Rules = f.metadata["rules"]
+    try:
+        value = _convert(tp, entry.node, dotted, ctx, rules)
+        ctx.lines[dotted] = entry.key_line if entry.key_line is not None else entry.node.line
+        message = rules.check(value) if rules.check is not None else None
+        if message:
+            raise ctx.error(message, dotted, ctx.lines[dotted])
+    except ConfigError as problem:
+        ctx.report(problem)
+        raise _Invalid from None
+    return value
 
 
 # Classes that may be written as a bare scalar, filling this one field.
@@ -675,39 +808,35 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+# --- rules between keys ------------------------------------------------------------
+
 def _cross_check(cfg: Config, ctx: _Context) -> None:
     """Rules that involve more than one key."""
-
-    def fail(message: str, key: str, *uses: str) -> None:
-        # Not when a key the rule reads was bad: it holds its default, not what was written.
-        if any(ctx.failed(k) for k in (key, *uses)):
-            return
-        # Point at the key if it was written, else at the closest parent.
-        probe = key
-        while probe and probe not in ctx.lines:
-            probe = probe.rpartition(".")[0]
-        ctx.report(ctx.error(message, key, ctx.lines.get(probe)))
-
     st = cfg.storage
     if st.naming == "template" and not st.template:
-        fail("naming: template needs storage.template (e.g. '{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm')",
-             "storage.template", "storage.naming")
-    tls = cfg.server.tls
-    if tls.enabled:
-        for name in ("certificate", "key"):
-            if not getattr(tls, name):
-                fail(f"TLS is enabled: server.tls.{name} is required", f"server.tls.{name}", "server.tls.enabled")
-        if tls.require_client_certificate and not tls.ca_bundle:
-            fail("require_client_certificate needs server.tls.ca_bundle to verify clients against",
-                 "server.tls.ca_bundle", "server.tls.require_client_certificate", "server.tls.enabled")
-        for name in ("certificate", "key", "ca_bundle"):
-            path = getattr(tls, name)
-            if path and not os.path.isfile(path):
-                fail(f"file not found: {path}", f"server.tls.{name}")
-        if tls.port == cfg.server.port and tls.port != 0:
-            fail(f"the TLS port {tls.port} is the plain DICOM port too", "server.tls.port", "server.port")
+        ctx.rule_broken("naming: template needs storage.template "
+                        "(e.g. '{PatientID}/{StudyInstanceUID}/{SOPInstanceUID}.dcm')",
+                        "storage.template", "storage.naming")
+    if cfg.server.tls.enabled:
+        _check_tls(cfg.server.tls, cfg.server.port, ctx)
     if cfg.status.port and cfg.status.port == cfg.server.port:
-        fail(f"port {cfg.status.port} is already the DICOM port", "status.port", "server.port")
+        ctx.rule_broken(f"port {cfg.status.port} is already the DICOM port", "status.port", "server.port")
+
+
+def _check_tls(tls: TlsConfig, dicom_port: int, ctx: _Context) -> None:
+    for name in ("certificate", "key"):
+        if not getattr(tls, name):
+            ctx.rule_broken(f"TLS is enabled: server.tls.{name} is required",
+                            f"server.tls.{name}", "server.tls.enabled")
+    if tls.require_client_certificate and not tls.ca_bundle:
+        ctx.rule_broken("require_client_certificate needs server.tls.ca_bundle to verify clients against",
+                        "server.tls.ca_bundle", "server.tls.require_client_certificate", "server.tls.enabled")
+    for name in ("certificate", "key", "ca_bundle"):
+        path = getattr(tls, name)
+        if path and not os.path.isfile(path):
+            ctx.rule_broken(f"file not found: {path}", f"server.tls.{name}")
+    if tls.port == dicom_port and tls.port != 0:
+        ctx.rule_broken(f"the TLS port {tls.port} is the plain DICOM port too", "server.tls.port", "server.port")
 
 
 # --- entry points ----------------------------------------------------------------
