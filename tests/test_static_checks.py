@@ -27,7 +27,6 @@ PACKAGE = "fastscp"
 NOT_YET_CLEAN = [
     "fastscp/catalog/reconcile.py",
     "fastscp/catalog/rows.py",
-    "fastscp/config.py",
     "fastscp/storage/header.py",
 ]
 
