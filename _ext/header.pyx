@@ -96,6 +96,11 @@ cdef inline bint _has_long_length(uint8_t a, uint8_t b) noexcept nogil:
     return False
 
 
+# The same set for Python callers, derived from the C test above (one definition).
+LONG_LENGTH_VRS = frozenset(bytes((a, b)) for a in range(0x41, 0x5B) for b in range(0x41, 0x5B)
+                            if _has_long_length(a, b))
+
+
 cdef inline bint _may_be_undefined(uint8_t a, uint8_t b) noexcept nogil:
     # PS3.5 7.1.2: only OB OD OF OL OV OW SQ UN may have undefined length.
     if a == 0x4F:

@@ -11,6 +11,8 @@ END: int
 PAST_LAST: int
 PIXEL_DATA: int
 
+LONG_LENGTH_VRS: frozenset[bytes]
+
 class HeaderScanner:
     tags: tuple[int, ...]
     def __init__(self, tags: Iterable[int]) -> None: ...

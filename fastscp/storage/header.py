@@ -38,6 +38,7 @@ from .._ext.header import (
     EXPLICIT_VR_BE,
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
+    LONG_LENGTH_VRS,
     PAST_LAST,
     PIXEL_DATA,
     TRUNCATED,
@@ -315,9 +316,6 @@ def parse_head(
     raise MalformedDataset(f"data set ends inside the element at offset {offset}")
 
 
-_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
-
-
 def check_dataset_end(
     head: bytes | bytearray | memoryview,
     dataset_size: int,
@@ -368,7 +366,7 @@ def check_dataset_end(
             size, vr = 8, b""
         else:
             vr = raw[4:6]
-            if vr in _LONG_VRS:
+            if vr in LONG_LENGTH_VRS:
                 if len(raw) < 12:
                     raise MalformedDataset(f"data set ends inside an element header at offset {pos}")
                 (length,) = struct.unpack_from(endian + "I", raw, 8)
@@ -431,7 +429,7 @@ def read_file_meta(data: bytes | bytearray | memoryview) -> tuple[int, str]:
     while end - pos >= 8 and view[pos] == 0x02 and view[pos + 1] == 0x00:
         element = int.from_bytes(view[pos + 2 : pos + 4], "little")
         vr = bytes(view[pos + 4 : pos + 6])
-        if vr in _LONG_LENGTH_VRS:
+        if vr in LONG_LENGTH_VRS:
             if end - pos < 12:
                 break
             length, start = int.from_bytes(view[pos + 8 : pos + 12], "little"), pos + 12
@@ -445,11 +443,6 @@ def read_file_meta(data: bytes | bytearray | memoryview) -> tuple[int, str]:
     else:
         return pos, uid
     raise MalformedDataset("file meta information is truncated")
-
-
-_LONG_LENGTH_VRS = frozenset(
-    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
-)
 
 
 def parse_file(
