@@ -25,6 +25,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Literal
 
@@ -48,12 +49,14 @@ from .._ext.header import (
 from ..instance import InstanceInfo
 
 __all__ = [
+    "FileMeta",
     "MalformedDataset",
     "parse_head",
     "parse_file",
     "check_dataset_end",
     "complete_copy",
     "header_dataset",
+    "file_meta",
     "info_from_dataset",
     "read_file_meta",
     "scan_syntax",
@@ -413,19 +416,26 @@ def header_dataset(head: bytes | bytearray | memoryview, transfer_syntax_uid: st
     )
 
 
-def read_file_meta(data: bytes | bytearray | memoryview) -> tuple[int, str]:
-    """(dataset offset, transfer syntax UID) of a Part-10 file's bytes.
+@dataclass(frozen=True, slots=True)
+class FileMeta:
+    """What the reader takes from a Part-10 file meta (group 0002)."""
 
-    Expects the 128-byte preamble and "DICM" (PS3.10 7.1). The file meta
-    elements (group 0002, explicit VR little endian) are walked rather than
-    trusting (0002,0000), as writers get the group length wrong; the data set
-    starts at the first element of another group. Raises MalformedDataset if
-    there is no such header or it is cut short.
-    """
+    dataset_offset: int  # where the data set starts
+    transfer_syntax_uid: str  # (0002,0010)
+    sop_class_uid: str  # (0002,0002) Media Storage SOP Class UID
+    sop_instance_uid: str  # (0002,0003) Media Storage SOP Instance UID
+
+
+_META_UIDS = {0x0002: 1, 0x0003: 2, 0x0010: 0}
+
+
+def file_meta(data: bytes | bytearray | memoryview) -> FileMeta:
+    """The file meta of a Part-10 file's bytes (see ``read_file_meta``)."""
     if len(data) < 132 or bytes(data[128:132]) != b"DICM":
         raise MalformedDataset("no DICOM preamble and prefix")
     view = memoryview(data)
-    pos, end, uid = 132, len(data), ""
+    pos, end = 132, len(data)
+    uids = ["", "", ""]
     while end - pos >= 8 and view[pos] == 0x02 and view[pos + 1] == 0x00:
         element = int.from_bytes(view[pos + 2 : pos + 4], "little")
         vr = bytes(view[pos + 4 : pos + 6])
@@ -437,12 +447,26 @@ def read_file_meta(data: bytes | bytearray | memoryview) -> tuple[int, str]:
             length, start = int.from_bytes(view[pos + 6 : pos + 8], "little"), pos + 8
         if length > end - start:
             raise MalformedDataset(f"file meta element (0002,{element:04X}) runs past the end")
-        if element == 0x0010:
-            uid = bytes(view[start : start + length]).decode("latin-1").strip(" \0")
+        slot = _META_UIDS.get(element)
+        if slot is not None:
+            uids[slot] = bytes(view[start : start + length]).decode("latin-1").strip(" \0")
         pos = start + length
     else:
-        return pos, uid
+        return FileMeta(pos, uids[0], uids[1], uids[2])
     raise MalformedDataset("file meta information is truncated")
+
+
+def read_file_meta(data: bytes | bytearray | memoryview) -> tuple[int, str]:
+    """(dataset offset, transfer syntax UID) of a Part-10 file's bytes.
+
+    Expects the 128-byte preamble and "DICM" (PS3.10 7.1). The file meta
+    elements (group 0002, explicit VR little endian) are walked rather than
+    trusting (0002,0000), as writers get the group length wrong; the data set
+    starts at the first element of another group. Raises MalformedDataset if
+    there is no such header or it is cut short.
+    """
+    meta = file_meta(data)
+    return meta.dataset_offset, meta.transfer_syntax_uid
 
 
 def parse_file(
@@ -450,15 +474,19 @@ def parse_file(
     dataset_offset: int | None = None,
     transfer_syntax_uid: str | None = None,
 ) -> InstanceInfo:
-    """InstanceInfo from a stored file, for when the head was not enough.
+    """InstanceInfo from a stored file: the one reader for files, used by
+    reception when the head was not enough and by reconcile/reindex.
 
     ``dataset_offset``/``transfer_syntax_uid`` default to what the file meta
-    says. The file is memory-mapped and scanned like a complete head (only
-    the pages up to the last wanted attribute are touched); a deflated data
-    set is inflated until the attributes are found. If the scanner finds the
-    encoding malformed, pydicom reads the file instead (it tolerates more),
-    and MalformedDataset is raised only if that fails too.
+    says; when the meta is read, a data set without SOP Class/Instance UID
+    takes the meta's Media Storage SOP Class/Instance UID. The file is
+    memory-mapped and scanned like a complete head (only the pages up to the
+    last wanted attribute are touched); a deflated data set is inflated until
+    the attributes are found. If the scanner finds the encoding malformed,
+    pydicom reads the file instead (it tolerates more; ``header`` is then
+    its Dataset), and MalformedDataset is raised only if that fails too.
     """
+    meta: FileMeta | None = None
     with open(path, "rb") as fileobj:
         size = os.fstat(fileobj.fileno()).st_size
         if size == 0:
@@ -467,19 +495,24 @@ def parse_file(
             view = memoryview(mapped)
             try:
                 if dataset_offset is None or transfer_syntax_uid is None:
-                    meta_offset, meta_syntax = read_file_meta(view)
-                    dataset_offset = meta_offset if dataset_offset is None else dataset_offset
-                    transfer_syntax_uid = transfer_syntax_uid or meta_syntax
+                    meta = file_meta(view)
+                    dataset_offset = meta.dataset_offset if dataset_offset is None else dataset_offset
+                    transfer_syntax_uid = transfer_syntax_uid or meta.transfer_syntax_uid
                 with view[dataset_offset:] as dataset:
                     try:
                         info = parse_head(dataset, transfer_syntax_uid, True)
                     except MalformedDataset:
                         info = None  # complete input never gives None: this is the fallback
-                if info is not None:
-                    return info
             finally:
                 view.release()
-    return _parse_with_pydicom(path, transfer_syntax_uid)
+    if info is None:
+        info = _parse_with_pydicom(path, transfer_syntax_uid)
+    if meta is not None:
+        if not info.sop_class_uid:
+            info.sop_class_uid = meta.sop_class_uid
+        if not info.sop_instance_uid:
+            info.sop_instance_uid = meta.sop_instance_uid
+    return info
 
 
 def complete_copy(path: str | os.PathLike[str], sop_instance_uid: str) -> bool:
