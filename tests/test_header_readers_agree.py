@@ -14,12 +14,16 @@ import dataclasses
 import warnings
 from pathlib import Path
 
-import pytest
 import pydicom
-from pydicom.multival import MultiValue
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
+import pytest
 from conftest import dataset_bytes, make_image
+from pydicom.multival import MultiValue
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
 from fastscp.catalog.reconcile import read_header
 from fastscp.instance import InstanceInfo
 from fastscp.storage.header import parse_file, parse_head

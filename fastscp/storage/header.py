@@ -20,14 +20,13 @@ only built on request (``header_dataset``), never on the default path.
 from __future__ import annotations
 
 import mmap
-import stat
 import os
-import struct
+import stat
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Literal
+from typing import Any
 
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.dataset import Dataset
@@ -39,25 +38,25 @@ from .._ext.header import (
     EXPLICIT_VR_BE,
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
-    LONG_LENGTH_VRS,
     PAST_LAST,
     PIXEL_DATA,
     TRUNCATED,
     HeaderScanner,
     decode_values_into,
+    walk_to_end,
 )
 from ..instance import InstanceInfo
 
 __all__ = [
     "FileMeta",
     "MalformedDataset",
-    "parse_head",
-    "parse_file",
     "check_dataset_end",
     "complete_copy",
-    "header_dataset",
     "file_meta",
+    "header_dataset",
     "info_from_dataset",
+    "parse_file",
+    "parse_head",
     "read_file_meta",
     "scan_syntax",
 ]
@@ -331,9 +330,10 @@ def check_dataset_end(
     ``parse_head`` settles once it has the attributes it wants, so a dataset
     cut inside its pixel data (or anything after the header) would pass it.
     The C scanner walks the head to pixel data or the end; the few elements
-    from there on (usually just pixel data) are checked from their headers,
-    read with ``read_at(offset, n)`` (offsets within the dataset) when they
-    lie past the head. Encapsulated pixel data is walked item by item; other
+    from there on (usually just pixel data) are checked from their headers
+    (``walk_to_end``, the same C element cursor), read with
+    ``read_at(offset, n)`` (offsets within the dataset) when they lie past
+    the head. Encapsulated pixel data is walked item by item; other
     undefined-length elements after pixel data are not followed (accepted).
     Deflated datasets are not checked here (their inflated size is unknown).
     Also raises if the first element's VR encoding (explicit or implicit)
@@ -350,51 +350,10 @@ def check_dataset_end(
     _, status, pos = _scan(_HEADER_SPAN, head, syntax)
     if status == END and len(head) == dataset_size:
         return
-    little = syntax != EXPLICIT_VR_BE
-    implicit = syntax == IMPLICIT_VR_LE
-    endian = "<" if little else ">"
-
-    def read(offset: int, n: int) -> bytes:
-        if offset + n <= len(head):
-            return bytes(head[offset:offset + n])
-        return read_at(offset, n)
-
-    while pos < dataset_size:
-        if dataset_size - pos < 8:
-            raise MalformedDataset(f"data set ends inside an element header at offset {pos}")
-        raw = read(pos, 12 if dataset_size - pos >= 12 else 8)
-        group, elem = struct.unpack_from(endian + "HH", raw)
-        if implicit:
-            (length,) = struct.unpack_from(endian + "I", raw, 4)
-            size, vr = 8, b""
-        else:
-            vr = raw[4:6]
-            if vr in LONG_LENGTH_VRS:
-                if len(raw) < 12:
-                    raise MalformedDataset(f"data set ends inside an element header at offset {pos}")
-                (length,) = struct.unpack_from(endian + "I", raw, 8)
-                size = 12
-            else:
-                (length,) = struct.unpack_from(endian + "H", raw, 6)
-                size = 8
-        pos += size
-        if length == 0xFFFFFFFF:
-            if (group, elem) not in ((0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)):
-                return  # an undefined-length sequence after pixel data: not followed
-            while True:  # encapsulated fragments up to the sequence delimiter
-                if dataset_size - pos < 8:
-                    raise MalformedDataset(f"encapsulated pixel data ends inside an item at offset {pos}")
-                item_group, item_elem, item_len = struct.unpack(endian + "HHI", read(pos, 8))
-                pos += 8
-                if (item_group, item_elem) == (0xFFFE, 0xE0DD):
-                    break
-                if (item_group, item_elem) != (0xFFFE, 0xE000) or item_len == 0xFFFFFFFF:
-                    raise MalformedDataset(f"bad item in encapsulated pixel data at offset {pos - 8}")
-                pos += item_len
-            continue
-        pos += length
-    if pos != dataset_size:
-        raise MalformedDataset(f"the last element runs {pos - dataset_size} bytes past the end of the data set")
+    try:  # the rest (usually just pixel data) element by element: _ext/header.pyx
+        walk_to_end(head, pos, dataset_size, syntax, read_at)
+    except ValueError as exc:
+        raise MalformedDataset(str(exc)) from None
 
 
 def header_dataset(head: bytes | bytearray | memoryview, transfer_syntax_uid: str) -> Dataset:
@@ -426,44 +385,33 @@ class FileMeta:
     sop_instance_uid: str  # (0002,0003) Media Storage SOP Instance UID
 
 
-_META_UIDS = {0x0002: 1, 0x0003: 2, 0x0010: 0}
+# (0002,0002) Media Storage SOP Class UID, (0002,0003) its Instance UID, (0002,0010) Transfer Syntax UID
+_FILE_META = HeaderScanner((0x00020002, 0x00020003, 0x00020010), group=0x0002)
 
 
 def file_meta(data: bytes | bytearray | memoryview) -> FileMeta:
     """The file meta of a Part-10 file's bytes (see ``read_file_meta``)."""
     if len(data) < 132 or bytes(data[128:132]) != b"DICM":
         raise MalformedDataset("no DICOM preamble and prefix")
-    view = memoryview(data)
-    pos, end = 132, len(data)
-    uids = ["", "", ""]
-    while end - pos >= 8 and view[pos] == 0x02 and view[pos + 1] == 0x00:
-        element = int.from_bytes(view[pos + 2 : pos + 4], "little")
-        vr = bytes(view[pos + 4 : pos + 6])
-        if vr in LONG_LENGTH_VRS:
-            if end - pos < 12:
-                break
-            length, start = int.from_bytes(view[pos + 8 : pos + 12], "little"), pos + 12
-        else:
-            length, start = int.from_bytes(view[pos + 6 : pos + 8], "little"), pos + 8
-        if length > end - start:
-            raise MalformedDataset(f"file meta element (0002,{element:04X}) runs past the end")
-        slot = _META_UIDS.get(element)
-        if slot is not None:
-            uids[slot] = bytes(view[start : start + length]).decode("latin-1").strip(" \0")
-        pos = start + length
-    else:
-        return FileMeta(pos, uids[0], uids[1], uids[2])
-    raise MalformedDataset("file meta information is truncated")
+    with memoryview(data)[132:] as rest:
+        values, status, offset = _scan(_FILE_META, rest, EXPLICIT_VR_LE)
+    if status == TRUNCATED and len(data) - 132 - offset >= 8:  # a shorter tail cannot hold an element: the meta ended
+        raise MalformedDataset(f"file meta information is truncated (element at offset {132 + offset})")
+    sop_class, sop_instance, syntax = (
+        value.decode("latin-1").strip(" \0") if value is not None else "" for value in values)
+    return FileMeta(132 + offset, syntax, sop_class, sop_instance)
 
 
 def read_file_meta(data: bytes | bytearray | memoryview) -> tuple[int, str]:
     """(dataset offset, transfer syntax UID) of a Part-10 file's bytes.
 
     Expects the 128-byte preamble and "DICM" (PS3.10 7.1). The file meta
-    elements (group 0002, explicit VR little endian) are walked rather than
-    trusting (0002,0000), as writers get the group length wrong; the data set
-    starts at the first element of another group. Raises MalformedDataset if
-    there is no such header or it is cut short.
+    elements (group 0002, explicit VR little endian) are walked by the C
+    scanner rather than trusting (0002,0000), as writers get the group length
+    wrong; the data set starts at the first element of another group. Like
+    the scanner, the walk reads a file meta written in implicit VR (the first
+    element decides). Raises MalformedDataset if there is no such header or
+    it is cut short.
     """
     meta = file_meta(data)
     return meta.dataset_offset, meta.transfer_syntax_uid
