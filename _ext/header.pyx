@@ -29,12 +29,20 @@ decides explicit vs implicit VR; an explicit VR element whose VR bytes are not
 two capital letters is read as implicit VR. Everything else that does not fit
 is a ValueError; the scanner never reads outside the buffer, and every step
 moves forward at least 8 bytes, so it always ends.
+
+This is the one element walker of the package. The element cursor (the
+decoding of one element header, ``_read_header``, and its helpers) is
+declared inline in fastscp/_ext/header.pxd for other Cython modules; the
+scanner, ``walk_to_end`` (the rest of a received data set after its head,
+for the end-of-data-set check) and the file meta walk (a HeaderScanner with
+``group=0x0002``) all use it.
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.string cimport memcpy
 
 IMPLICIT_VR_LE = 0
 EXPLICIT_VR_LE = 1
@@ -63,81 +71,9 @@ cdef uint32_t FLOAT_PIXEL_DATA = 0x7FE00008
 cdef uint32_t PIXEL_DATA_TAG = 0x7FE00010
 
 
-cdef inline uint16_t _u16(const uint8_t* p, bint little) noexcept nogil:
-    if little:
-        return <uint16_t>(p[0] | (p[1] << 8))
-    return <uint16_t>((p[0] << 8) | p[1])
-
-
-cdef inline uint32_t _u32(const uint8_t* p, bint little) noexcept nogil:
-    if little:
-        return (<uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16)
-                | (<uint32_t>p[3] << 24))
-    return ((<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8)
-            | <uint32_t>p[3])
-
-
-cdef inline uint32_t _tag(const uint8_t* p, bint little) noexcept nogil:
-    return (<uint32_t>_u16(p, little) << 16) | _u16(p + 2, little)
-
-
-cdef inline bint _is_vr(const uint8_t* p) noexcept nogil:
-    return 0x41 <= p[0] <= 0x5A and 0x41 <= p[1] <= 0x5A
-
-
-cdef inline bint _has_long_length(uint8_t a, uint8_t b) noexcept nogil:
-    # PS3.5 Table 7.1-1: VRs with reserved bytes and a 32-bit length.
-    if a == 0x4F:  # O: OB OD OF OL OV OW
-        return b in (0x42, 0x44, 0x46, 0x4C, 0x56, 0x57)
-    if a == 0x53:  # S: SQ SV
-        return b == 0x51 or b == 0x56
-    if a == 0x55:  # U: UC UN UR UT UV
-        return b in (0x43, 0x4E, 0x52, 0x54, 0x56)
-    return False
-
-
-cdef inline bint _may_be_undefined(uint8_t a, uint8_t b) noexcept nogil:
-    # PS3.5 7.1.2: only OB OD OF OL OV OW SQ UN may have undefined length.
-    if a == 0x4F:
-        return b in (0x42, 0x44, 0x46, 0x4C, 0x56, 0x57)
-    return (a == 0x53 and b == 0x51) or (a == 0x55 and b == 0x4E)
-
-
-cdef struct _Header:
-    uint32_t tag
-    uint32_t length
-    Py_ssize_t size      # bytes of tag + VR + length fields
-    bint implicit        # this element was read as implicit VR
-    uint8_t vr0
-    uint8_t vr1
-
-
-cdef inline bint _read_header(const uint8_t* buf, Py_ssize_t pos, Py_ssize_t end,
-                              bint little, bint implicit, _Header* h) noexcept nogil:
-    """Decode the element header at pos; False if the buffer ends inside it."""
-    cdef const uint8_t* p = buf + pos
-    if end - pos < 8:
-        return False
-    h.tag = _tag(p, little)
-    if implicit or not _is_vr(p + 4):
-        h.implicit = True
-        h.vr0 = 0
-        h.vr1 = 0
-        h.length = _u32(p + 4, little)
-        h.size = 8
-        return True
-    h.implicit = False
-    h.vr0 = p[4]
-    h.vr1 = p[5]
-    if _has_long_length(p[4], p[5]):
-        if end - pos < 12:
-            return False
-        h.length = _u32(p + 8, little)
-        h.size = 12
-    else:
-        h.length = _u16(p + 6, little)
-        h.size = 8
-    return True
+# The same set for Python callers, derived from the C test above (one definition).
+LONG_LENGTH_VRS = frozenset(bytes((a, b)) for a in range(0x41, 0x5B) for b in range(0x41, 0x5B)
+                            if _has_long_length(a, b))
 
 
 cdef inline bint _item_is_implicit(const uint8_t* buf, Py_ssize_t pos, Py_ssize_t end,
@@ -152,16 +88,19 @@ cdef inline bint _item_is_implicit(const uint8_t* buf, Py_ssize_t pos, Py_ssize_
 cdef class HeaderScanner:
     """Scanner for a fixed, sorted set of top-level tags (all below (7FE0,0008)).
 
-    Build it once; ``scan`` is then called per dataset head.
+    Build it once; ``scan`` is then called per dataset head. With ``group``
+    (e.g. 2, the file meta), the walk covers that group only: it stops, with
+    PAST_LAST, at the first top-level tag of another group, and the tags
+    must lie in the group.
     """
 
     # attributes: header.pxd
 
-    def __cinit__(self, tags):
+    def __cinit__(self, tags, group=None):
         self._tags = NULL
         self._ntags = 0
 
-    def __init__(self, tags):
+    def __init__(self, tags, group=None):
         cdef Py_ssize_t i
         cdef tuple tup = tuple(tags)
         for i in range(len(tup)):
@@ -172,6 +111,10 @@ cdef class HeaderScanner:
                 raise ValueError(f"tag {t:#010x} is an item or delimiter tag")
             if i and tup[i - 1] >= t:
                 raise ValueError("tags must be sorted ascending without duplicates")
+            if group is not None and (<uint32_t>t >> 16) != group:
+                raise ValueError(f"tag {t:#010x} is not in group {group:#06x}")
+        if group is not None and not 0 <= group < 0x7FE0:
+            raise ValueError(f"group {group!r} is not an int below 0x7FE0")
         self.tags = tup
         if self._tags != NULL:
             PyMem_Free(self._tags)
@@ -183,6 +126,10 @@ cdef class HeaderScanner:
         self._ntags = len(tup)
         # No tags: walk to pixel data or the end (used to find the header span).
         self._last = self._tags[self._ntags - 1] if self._ntags else UNDEFINED
+        self._first = 0
+        if group is not None:
+            self._first = <uint32_t>group << 16
+            self._last = self._first | 0xFFFF
 
     def __dealloc__(self):
         if self._tags != NULL:
@@ -264,9 +211,9 @@ cdef class HeaderScanner:
                 tag = _tag(buf + pos, little)
                 if tag == PIXEL_DATA_TAG or tag == FLOAT_PIXEL_DATA or tag == FLOAT_PIXEL_DATA + 1:
                     return _PIXEL_DATA
-                if (tag >> 16) == 0xFFFE:
+                if (tag >> 16) == 0xFFFE and self._first == 0:
                     raise ValueError(f"item or delimiter tag ({tag >> 16:04X},{tag & 0xFFFF:04X}) at top level, offset {pos}")
-                if tag > self._last:
+                if tag > self._last or tag < self._first:
                     return _PAST_LAST
                 if not _read_header(buf, pos, end, little, level_implicit[0], &h):
                     return _TRUNCATED
@@ -348,6 +295,77 @@ cdef class HeaderScanner:
                 return _TRUNCATED
             else:
                 pos += h.length
+
+
+# ---- the end of a data set ------------------------------------------------
+
+
+cdef const uint8_t* _bytes_at(const uint8_t* head, Py_ssize_t head_len, Py_ssize_t pos, Py_ssize_t n,
+                              read_at, uint8_t* out) except NULL:
+    """n bytes at pos: in the head if it holds them, else copied from read_at(pos, n)."""
+    cdef bytes data
+    if pos + n <= head_len:
+        return head + pos
+    data = read_at(pos, n)
+    if len(data) < n:
+        raise ValueError(f"data set ends inside an element header at offset {pos}")
+    memcpy(out, <const char*>data, n)
+    return out
+
+
+def walk_to_end(head, Py_ssize_t pos, Py_ssize_t size, int syntax, read_at):
+    """Walk top-level elements from ``pos`` (the start of one) to ``size``,
+    the data set's length; raise ValueError unless the last one ends exactly
+    there.
+
+    For the part of a received data set after the scanned head (usually
+    just pixel data): defined lengths are jumped over; encapsulated pixel
+    data ((7FE0,0008/0009/0010) of undefined length, PS3.5 A.4) is walked
+    item by item to its sequence delimiter; another undefined-length element
+    ends the walk (accepted, not followed). Element headers come from
+    ``head`` (bytes-like, the data set's first bytes) when it holds them,
+    else from ``read_at(offset, n)``.
+    """
+    cdef Py_buffer view
+    cdef uint8_t tmp[12]
+    cdef const uint8_t* p
+    cdef Py_ssize_t n
+    cdef bint little = syntax != EXPLICIT_VR_BE, implicit = syntax == IMPLICIT_VR_LE
+    cdef uint32_t tag, length
+    cdef _Header h
+    if syntax != IMPLICIT_VR_LE and syntax != EXPLICIT_VR_LE and syntax != EXPLICIT_VR_BE:
+        raise ValueError(f"unknown syntax {syntax}")
+    PyObject_GetBuffer(head, &view, PyBUF_SIMPLE)
+    try:
+        while pos < size:
+            if size - pos < 8:
+                raise ValueError(f"data set ends inside an element header at offset {pos}")
+            n = 12 if size - pos >= 12 else 8
+            p = _bytes_at(<const uint8_t*>view.buf, view.len, pos, n, read_at, tmp)
+            if not _read_header(p, 0, n, little, implicit, &h):
+                raise ValueError(f"data set ends inside an element header at offset {pos}")
+            pos += h.size
+            if h.length != UNDEFINED:
+                pos += h.length
+                continue
+            if h.tag != PIXEL_DATA_TAG and h.tag != FLOAT_PIXEL_DATA and h.tag != FLOAT_PIXEL_DATA + 1:
+                return  # an undefined-length sequence after pixel data: not followed
+            while True:  # encapsulated fragments up to the sequence delimiter
+                if size - pos < 8:
+                    raise ValueError(f"encapsulated pixel data ends inside an item at offset {pos}")
+                p = _bytes_at(<const uint8_t*>view.buf, view.len, pos, 8, read_at, tmp)
+                tag = _tag(p, little)
+                length = _u32(p + 4, little)
+                pos += 8
+                if tag == SEQUENCE_DELIMITER:
+                    break
+                if tag != ITEM_TAG or length == UNDEFINED:
+                    raise ValueError(f"bad item in encapsulated pixel data at offset {pos - 8}")
+                pos += length
+        if pos != size:
+            raise ValueError(f"the last element runs {pos - size} bytes past the end of the data set")
+    finally:
+        PyBuffer_Release(&view)
 
 
 # ---- value decoding, the common cases -------------------------------------

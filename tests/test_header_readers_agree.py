@@ -1,11 +1,12 @@
-"""The receiver's header reader (storage/header.py: ``parse_head`` on the
-bytes as they arrive, ``parse_file`` on a stored file) and the one reconcile
-and reindex use (catalog/reconcile.py ``read_header``, through pydicom) must
-give the same InstanceInfo for the same file, or an index rebuilt by
-``fastscp reindex`` differs from the one written during reception. Until
-the two are one reader, this checks them against each other on files with
-values senders really write: IS numbers as "2.0", padded, signed, several
-values, and ones that are not integers."""
+"""One header reader for reception and reindex: storage/header.py
+``parse_head`` on the bytes as they arrive, ``parse_file`` on a stored file,
+and catalog/reconcile.py ``read_header`` (``parse_file`` plus the file's
+path, size and mtime) must give the same InstanceInfo for the same file, or
+an index rebuilt by ``fastscp reindex`` differs from the one written during
+reception. Each field is also checked against pydicom's view of the file
+(text as pydicom decodes it, multi-values joined by backslash), and the IS
+numbers against what reception makes of values senders really write: "2.0",
+padded, signed, several values, and ones that are not integers."""
 
 from __future__ import annotations
 
@@ -13,10 +14,16 @@ import dataclasses
 import warnings
 from pathlib import Path
 
+import pydicom
 import pytest
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
 from conftest import dataset_bytes, make_image
+from pydicom.multival import MultiValue
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
 from fastscp.catalog.reconcile import read_header
 from fastscp.instance import InstanceInfo
 from fastscp.storage.header import parse_file, parse_head
@@ -25,6 +32,30 @@ from fastscp.storage.header import parse_file, parse_head
 RECEPTION_ONLY = {"calling_ae", "called_ae", "peer", "association_id", "received_at", "dataset_size",
                   "file_size", "path", "content_hash", "duplicate", "header"}
 HEADER_FIELDS = [f.name for f in dataclasses.fields(InstanceInfo) if f.name not in RECEPTION_ONLY]
+
+# InstanceInfo field -> pydicom keyword, for the fields read as text (the IS numbers and US are checked apart)
+TEXT_KEYWORDS = {
+    "specific_character_set": "SpecificCharacterSet", "sop_class_uid": "SOPClassUID",
+    "sop_instance_uid": "SOPInstanceUID", "study_date": "StudyDate", "study_time": "StudyTime",
+    "accession_number": "AccessionNumber", "modality": "Modality", "manufacturer": "Manufacturer",
+    "institution_name": "InstitutionName", "referring_physician": "ReferringPhysicianName",
+    "station_name": "StationName", "study_description": "StudyDescription",
+    "series_description": "SeriesDescription", "patient_name": "PatientName", "patient_id": "PatientID",
+    "patient_birth_date": "PatientBirthDate", "patient_sex": "PatientSex",
+    "body_part_examined": "BodyPartExamined", "echo_numbers": "EchoNumbers", "protocol_name": "ProtocolName",
+    "study_instance_uid": "StudyInstanceUID", "series_instance_uid": "SeriesInstanceUID",
+    "study_id": "StudyID", "requesting_physician": "RequestingPhysician",
+}
+
+
+def _pydicom_text(ds: pydicom.Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue):
+        return "\\".join(str(v).strip() for v in value)
+    return str(value).strip()
+
 
 # (SeriesNumber, InstanceNumber, NumberOfFrames) as written, and what reception makes of them
 IS_CASES = [
@@ -72,3 +103,33 @@ def test_reception_and_reconcile_read_a_file_alike(tmp_path: Path, transfer_synt
     for name in HEADER_FIELDS:
         assert getattr(reindexed, name) == getattr(received, name), name
         assert getattr(on_disk, name) == getattr(received, name), name
+    assert (reindexed.path, reindexed.file_size, reindexed.header) == (str(path), path.stat().st_size, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        pydicom_view = {name: _pydicom_text(ds, keyword) for name, keyword in TEXT_KEYWORDS.items()}
+    assert {name: getattr(received, name) for name in TEXT_KEYWORDS} == pydicom_view
+    assert (received.rows, received.columns) == (ds.Rows, ds.Columns)
+    assert received.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID == transfer_syntax
+
+
+def test_reindex_takes_the_sop_uids_from_the_file_meta_when_the_data_set_lacks_them(tmp_path: Path) -> None:
+    path = tmp_path / "image.dcm"
+    ds = make_image(path, 1, study=1, modality="MR", size=8)
+    del ds.SOPInstanceUID, ds.SOPClassUID
+    ds.save_as(path, enforce_file_format=True)
+    info = read_header(str(path))
+    assert (info.sop_class_uid, info.sop_instance_uid) == (
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID)
+    assert info.sop_instance_uid
+
+
+def test_reindex_refuses_a_file_without_any_sop_instance_uid(tmp_path: Path) -> None:
+    path = tmp_path / "image.dcm"
+    ds = make_image(path, 1, study=1, modality="MR", size=8)
+    del ds.SOPInstanceUID
+    del ds.file_meta.MediaStorageSOPInstanceUID
+    ds.preamble = b"\0" * 128  # a Part-10 file, only without the UID
+    ds.save_as(path, enforce_file_format=False)
+    with pytest.raises(ValueError, match="no SOP Instance UID"):
+        read_header(str(path))

@@ -16,6 +16,7 @@ from fastscp._ext.header import (
     EXPLICIT_VR_BE,
     EXPLICIT_VR_LE,
     IMPLICIT_VR_LE,
+    LONG_LENGTH_VRS,
     PAST_LAST,
     PIXEL_DATA,
     TRUNCATED,
@@ -290,3 +291,11 @@ def test_bad_tag_sets(tags: tuple[object, ...]) -> None:
 def test_bad_syntax() -> None:
     with pytest.raises(ValueError):
         HeaderScanner(()).scan(b"", 7)
+
+
+def test_long_length_vrs_are_ps35_table_7_1_1() -> None:
+    # The one set of VRs with reserved bytes and a 32-bit length (the scanner's
+    # C test, exposed to Python); pydicom's writer uses the same table.
+    from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+    assert LONG_LENGTH_VRS == frozenset(str(vr).encode() for vr in EXPLICIT_VR_LENGTH_32)

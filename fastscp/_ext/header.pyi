@@ -11,12 +11,22 @@ END: int
 PAST_LAST: int
 PIXEL_DATA: int
 
+LONG_LENGTH_VRS: frozenset[bytes]
+
 class HeaderScanner:
     tags: tuple[int, ...]
-    def __init__(self, tags: Iterable[int]) -> None: ...
+    def __init__(self, tags: Iterable[int], group: int | None = None) -> None: ...
     def scan(
         self, buffer: bytes | bytearray | memoryview, syntax: int = ...
     ) -> tuple[tuple[bytes | None, ...], int, int]: ...
+
+def walk_to_end(
+    head: bytes | bytearray | memoryview,
+    pos: int,
+    size: int,
+    syntax: int,
+    read_at: Callable[[int, int], bytes],
+) -> None: ...
 
 def decode_values_into(
     fields: dict[str, object],

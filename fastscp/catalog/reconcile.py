@@ -7,8 +7,8 @@
 2. in SQL: rows under the storage directory whose file is not there are
    marked ``status='missing'``; rows marked missing whose file is back are
    marked present again; files with no row are the ones to index;
-3. parses those files' headers (pydicom ``dcmread(stop_before_pixels=True,
-   specific_tags=...)``) in a process pool, in chunks, with a progress bar,
+3. parses those files' headers with the receiver's reader (``read_header``:
+   storage/header.py ``parse_file``) in a process pool, in chunks, with a progress bar,
    and upserts the rows in batches through the writer's ``BatchWriter``
    (``source='reindex'``, ``received_at`` = file mtime, ``content_hash`` = ""
    since hashing every file would read every pixel).
@@ -29,6 +29,7 @@ the receiver records them.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -42,6 +43,7 @@ from typing import TextIO
 import duckdb
 
 from ..instance import InstanceInfo
+from ..storage.header import parse_file
 from ..storage.layout import RECEIVER_FILES
 from . import schema
 from .root import bind_root, under_root_prefix
@@ -49,15 +51,6 @@ from .rows import BatchWriter, utc_timestamp
 
 log = logging.getLogger(__name__)
 
-# Tags read from each file's header: exactly what InstanceInfo holds.
-HEADER_TAGS = (
-    "SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "StudyDate", "StudyTime",
-    "AccessionNumber", "Modality", "Manufacturer", "InstitutionName", "ReferringPhysicianName",
-    "StationName", "StudyDescription", "SeriesDescription", "PatientName", "PatientID",
-    "PatientBirthDate", "PatientSex", "BodyPartExamined", "EchoNumbers", "ProtocolName",
-    "StudyInstanceUID", "SeriesInstanceUID", "StudyID", "SeriesNumber", "InstanceNumber",
-    "NumberOfFrames", "Rows", "Columns", "RequestingPhysician",
-)
 INLINE_LIMIT = 200  # below this many files a process pool costs more than it saves
 CHUNK = 128
 
@@ -126,113 +119,18 @@ class Progress:
 # ---- header parsing (runs in worker processes) -----------------------------------------
 
 
-_HEADER_TAG_NUMBERS: list[tuple[str, int]] = []
-_ASCII_VRS = frozenset({"UI", "CS", "DA", "TM", "DT", "IS", "DS", "AE", "AS"})
-
-
-def _header_values(path: str) -> tuple[dict[str, object], object]:
-    """Keyword -> value for HEADER_TAGS present in the file, and its file meta.
-
-    Values of VRs that are ASCII by definition are decoded straight from the
-    raw bytes (pydicom's per-element conversion costs about as much as the
-    whole read); person names and other text go through pydicom so the
-    Specific Character Set is honoured.
-    """
-    import pydicom  # imported here: workers import it once, the parent only if needed
-
-    global _HEADER_TAG_NUMBERS
-    if not _HEADER_TAG_NUMBERS:
-        from pydicom.datadict import tag_for_keyword
-
-        _HEADER_TAG_NUMBERS = [(k, int(tag_for_keyword(k))) for k in HEADER_TAGS]  # type: ignore[arg-type]
-    ds = pydicom.dcmread(path, stop_before_pixels=True,
-                         specific_tags=[t for _, t in _HEADER_TAG_NUMBERS])
-    values: dict[str, object] = {}
-    for keyword, tag in _HEADER_TAG_NUMBERS:
-        raw = ds.get_item(tag)
-        if raw is None:
-            continue
-        raw_value = getattr(raw, "value", None)
-        if isinstance(raw_value, bytes) and getattr(raw, "VR", None) in _ASCII_VRS:
-            values[keyword] = raw_value.decode("ascii", "replace").strip(" \x00")
-        else:
-            values[keyword] = ds[tag].value
-    return values, ds.file_meta
-
-
-def _text(values: dict[str, object], keyword: str) -> str:
-    value = values.get(keyword)
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value).strip()  # type: ignore[attr-defined]
-    return str(value).strip()
-
-
-def _int(values: dict[str, object], keyword: str) -> int | None:
-    """An IS or US value as reception reads it: IS text through reception's
-    own parser (storage/header.py ``_decode_int``: first value, "2.0" is 2,
-    "1_0" and "2.5" are None), the text as written even where pydicom made
-    an IS of it; a number as it is."""
-    # the receiver's own IS parser: the two readers must agree
-    from ..storage.header import _decode_int
-
-    value = values.get(keyword)
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        value = value[0] if len(value) else None  # type: ignore[arg-type, index]
-    text = getattr(value, "original_string", None)  # pydicom's IS keeps what was written
-    if isinstance(text, str):
-        value = text
-    if isinstance(value, str):
-        return _decode_int(value.encode("latin-1", "replace"))
-    if isinstance(value, int) and not isinstance(value, bool):  # US, as pydicom reads it
-        return int(value)
-    return None
-
-
 def read_header(path: str) -> InstanceInfo:
-    """InstanceInfo from a stored Part-10 file (reception fields left empty
-    except path, file size and received_at = mtime). Raises on unreadable files."""
+    """InstanceInfo from a stored Part-10 file, read by the receiver's own
+    reader (storage/header.py ``parse_file``), so a rebuilt index holds what
+    reception wrote. Reception fields are left empty except path, file size
+    and received_at = mtime. Raises on unreadable files and on files without
+    a SOP Instance UID (in the data set or the file meta)."""
     st = os.stat(path)
-    v, meta = _header_values(path)
-    sop_uid = _text(v, "SOPInstanceUID") or str(getattr(meta, "MediaStorageSOPInstanceUID", ""))
-    if not sop_uid:
+    info = parse_file(path)
+    if not info.sop_instance_uid:
         raise ValueError("no SOP Instance UID")
-    return InstanceInfo(
-        sop_class_uid=_text(v, "SOPClassUID") or str(getattr(meta, "MediaStorageSOPClassUID", "")),
-        sop_instance_uid=sop_uid,
-        transfer_syntax_uid=str(getattr(meta, "TransferSyntaxUID", "")),
-        patient_id=_text(v, "PatientID"),
-        patient_name=_text(v, "PatientName"),
-        patient_birth_date=_text(v, "PatientBirthDate"),
-        patient_sex=_text(v, "PatientSex"),
-        study_instance_uid=_text(v, "StudyInstanceUID"),
-        study_date=_text(v, "StudyDate"),
-        study_time=_text(v, "StudyTime"),
-        accession_number=_text(v, "AccessionNumber"),
-        study_id=_text(v, "StudyID"),
-        study_description=_text(v, "StudyDescription"),
-        referring_physician=_text(v, "ReferringPhysicianName"),
-        requesting_physician=_text(v, "RequestingPhysician"),
-        series_instance_uid=_text(v, "SeriesInstanceUID"),
-        modality=_text(v, "Modality"),
-        series_number=_int(v, "SeriesNumber"),
-        series_description=_text(v, "SeriesDescription"),
-        body_part_examined=_text(v, "BodyPartExamined"),
-        protocol_name=_text(v, "ProtocolName"),
-        manufacturer=_text(v, "Manufacturer"),
-        station_name=_text(v, "StationName"),
-        institution_name=_text(v, "InstitutionName"),
-        instance_number=_int(v, "InstanceNumber"),
-        echo_numbers=_text(v, "EchoNumbers"),
-        rows=_int(v, "Rows"),
-        columns=_int(v, "Columns"),
-        number_of_frames=_int(v, "NumberOfFrames"),
-        specific_character_set=_text(v, "SpecificCharacterSet"),
-        received_at=st.st_mtime,
-        file_size=st.st_size,
-        path=path,
-    )
+    # header: pydicom's Dataset when parse_file fell back to it; not sent back from the workers
+    return dataclasses.replace(info, header=None, received_at=st.st_mtime, file_size=st.st_size, path=path)
 
 
 def _read_chunk(paths: Sequence[str]) -> list[InstanceInfo | tuple[str, str]]:

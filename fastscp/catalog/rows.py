@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import duckdb
 
 from ..instance import InstanceInfo
+from ..storage.values import parse_da
 
 _UTC = _dt.timezone.utc
 
@@ -77,17 +78,6 @@ def utc_timestamp(epoch: float | None) -> _dt.datetime | None:
     return _dt.datetime.fromtimestamp(epoch, _UTC).replace(tzinfo=None)
 
 
-def dicom_date(value: str) -> _dt.date | None:
-    """DICOM DA ("YYYYMMDD", or the old "YYYY.MM.DD") -> date; None if absent or malformed."""
-    text = value.strip().replace(".", "")
-    if len(text) != 8 or not text.isdigit():
-        return None
-    try:
-        return _dt.date(int(text[:4]), int(text[4:6]), int(text[6:8]))
-    except ValueError:
-        return None
-
-
 def instance_row(info: InstanceInfo, source: str, received: _dt.datetime | None) -> tuple:
     return (
         info.sop_instance_uid, info.sop_class_uid, info.series_instance_uid,
@@ -100,13 +90,13 @@ def instance_row(info: InstanceInfo, source: str, received: _dt.datetime | None)
 
 
 def patient_row(info: InstanceInfo, now: _dt.datetime) -> tuple:
-    return (info.patient_id, info.patient_name, dicom_date(info.patient_birth_date),
+    return (info.patient_id, info.patient_name, parse_da(info.patient_birth_date),
             info.patient_sex, now)
 
 
 def study_row(info: InstanceInfo, now: _dt.datetime) -> tuple:
     return (
-        info.study_instance_uid, info.patient_id, dicom_date(info.study_date), info.study_time,
+        info.study_instance_uid, info.patient_id, parse_da(info.study_date), info.study_time,
         info.accession_number, info.study_description, info.referring_physician,
         info.requesting_physician, now, info.study_id,
     )

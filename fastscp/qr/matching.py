@@ -68,6 +68,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
 
+from ..storage.values import parse_da
 from .errors import IdentifierError
 from .model import (
     KEYS_BY_TAG,
@@ -408,12 +409,9 @@ def _integer(key: Key, value: str) -> int:
 
 
 def _date(key: Key, text: str) -> _dt.date:
-    digits = text.replace(".", "")  # the old ACR-NEMA form YYYY.MM.DD
-    if len(digits) == 8 and digits.isdigit():
-        try:
-            return _dt.date(int(digits[:4]), int(digits[4:6]), int(digits[6:]))
-        except ValueError:
-            pass
+    date = parse_da(text)  # YYYYMMDD, or the old ACR-NEMA form YYYY.MM.DD
+    if date is not None:
+        return date
     raise IdentifierError(f"{key.keyword}: {text!r} is not a date (YYYYMMDD)", offending=(key.tag,))
 
 

@@ -20,13 +20,13 @@ only built on request (``header_dataset``), never on the default path.
 from __future__ import annotations
 
 import mmap
-import stat
 import os
-import struct
+import stat
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Literal
+from typing import Any
 
 from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.dataset import Dataset
@@ -43,17 +43,20 @@ from .._ext.header import (
     TRUNCATED,
     HeaderScanner,
     decode_values_into,
+    walk_to_end,
 )
 from ..instance import InstanceInfo
 
 __all__ = [
+    "FileMeta",
     "MalformedDataset",
-    "parse_head",
-    "parse_file",
     "check_dataset_end",
     "complete_copy",
+    "file_meta",
     "header_dataset",
     "info_from_dataset",
+    "parse_file",
+    "parse_head",
     "read_file_meta",
     "scan_syntax",
 ]
@@ -315,9 +318,6 @@ def parse_head(
     raise MalformedDataset(f"data set ends inside the element at offset {offset}")
 
 
-_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"))
-
-
 def check_dataset_end(
     head: bytes | bytearray | memoryview,
     dataset_size: int,
@@ -330,9 +330,10 @@ def check_dataset_end(
     ``parse_head`` settles once it has the attributes it wants, so a dataset
     cut inside its pixel data (or anything after the header) would pass it.
     The C scanner walks the head to pixel data or the end; the few elements
-    from there on (usually just pixel data) are checked from their headers,
-    read with ``read_at(offset, n)`` (offsets within the dataset) when they
-    lie past the head. Encapsulated pixel data is walked item by item; other
+    from there on (usually just pixel data) are checked from their headers
+    (``walk_to_end``, the same C element cursor), read with
+    ``read_at(offset, n)`` (offsets within the dataset) when they lie past
+    the head. Encapsulated pixel data is walked item by item; other
     undefined-length elements after pixel data are not followed (accepted).
     Deflated datasets are not checked here (their inflated size is unknown).
     Also raises if the first element's VR encoding (explicit or implicit)
@@ -349,51 +350,10 @@ def check_dataset_end(
     _, status, pos = _scan(_HEADER_SPAN, head, syntax)
     if status == END and len(head) == dataset_size:
         return
-    little = syntax != EXPLICIT_VR_BE
-    implicit = syntax == IMPLICIT_VR_LE
-    endian = "<" if little else ">"
-
-    def read(offset: int, n: int) -> bytes:
-        if offset + n <= len(head):
-            return bytes(head[offset:offset + n])
-        return read_at(offset, n)
-
-    while pos < dataset_size:
-        if dataset_size - pos < 8:
-            raise MalformedDataset(f"data set ends inside an element header at offset {pos}")
-        raw = read(pos, 12 if dataset_size - pos >= 12 else 8)
-        group, elem = struct.unpack_from(endian + "HH", raw)
-        if implicit:
-            (length,) = struct.unpack_from(endian + "I", raw, 4)
-            size, vr = 8, b""
-        else:
-            vr = raw[4:6]
-            if vr in _LONG_VRS:
-                if len(raw) < 12:
-                    raise MalformedDataset(f"data set ends inside an element header at offset {pos}")
-                (length,) = struct.unpack_from(endian + "I", raw, 8)
-                size = 12
-            else:
-                (length,) = struct.unpack_from(endian + "H", raw, 6)
-                size = 8
-        pos += size
-        if length == 0xFFFFFFFF:
-            if (group, elem) not in ((0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)):
-                return  # an undefined-length sequence after pixel data: not followed
-            while True:  # encapsulated fragments up to the sequence delimiter
-                if dataset_size - pos < 8:
-                    raise MalformedDataset(f"encapsulated pixel data ends inside an item at offset {pos}")
-                item_group, item_elem, item_len = struct.unpack(endian + "HHI", read(pos, 8))
-                pos += 8
-                if (item_group, item_elem) == (0xFFFE, 0xE0DD):
-                    break
-                if (item_group, item_elem) != (0xFFFE, 0xE000) or item_len == 0xFFFFFFFF:
-                    raise MalformedDataset(f"bad item in encapsulated pixel data at offset {pos - 8}")
-                pos += item_len
-            continue
-        pos += length
-    if pos != dataset_size:
-        raise MalformedDataset(f"the last element runs {pos - dataset_size} bytes past the end of the data set")
+    try:  # the rest (usually just pixel data) element by element: _ext/header.pyx
+        walk_to_end(head, pos, dataset_size, syntax, read_at)
+    except ValueError as exc:
+        raise MalformedDataset(str(exc)) from None
 
 
 def header_dataset(head: bytes | bytearray | memoryview, transfer_syntax_uid: str) -> Dataset:
@@ -415,41 +375,46 @@ def header_dataset(head: bytes | bytearray | memoryview, transfer_syntax_uid: st
     )
 
 
+@dataclass(frozen=True, slots=True)
+class FileMeta:
+    """What the reader takes from a Part-10 file meta (group 0002)."""
+
+    dataset_offset: int  # where the data set starts
+    transfer_syntax_uid: str  # (0002,0010)
+    sop_class_uid: str  # (0002,0002) Media Storage SOP Class UID
+    sop_instance_uid: str  # (0002,0003) Media Storage SOP Instance UID
+
+
+# (0002,0002) Media Storage SOP Class UID, (0002,0003) its Instance UID, (0002,0010) Transfer Syntax UID
+_FILE_META = HeaderScanner((0x00020002, 0x00020003, 0x00020010), group=0x0002)
+
+
+def file_meta(data: bytes | bytearray | memoryview) -> FileMeta:
+    """The file meta of a Part-10 file's bytes (see ``read_file_meta``)."""
+    if len(data) < 132 or bytes(data[128:132]) != b"DICM":
+        raise MalformedDataset("no DICOM preamble and prefix")
+    with memoryview(data)[132:] as rest:
+        values, status, offset = _scan(_FILE_META, rest, EXPLICIT_VR_LE)
+    if status == TRUNCATED and len(data) - 132 - offset >= 8:  # a shorter tail cannot hold an element: the meta ended
+        raise MalformedDataset(f"file meta information is truncated (element at offset {132 + offset})")
+    sop_class, sop_instance, syntax = (
+        value.decode("latin-1").strip(" \0") if value is not None else "" for value in values)
+    return FileMeta(132 + offset, syntax, sop_class, sop_instance)
+
+
 def read_file_meta(data: bytes | bytearray | memoryview) -> tuple[int, str]:
     """(dataset offset, transfer syntax UID) of a Part-10 file's bytes.
 
     Expects the 128-byte preamble and "DICM" (PS3.10 7.1). The file meta
-    elements (group 0002, explicit VR little endian) are walked rather than
-    trusting (0002,0000), as writers get the group length wrong; the data set
-    starts at the first element of another group. Raises MalformedDataset if
-    there is no such header or it is cut short.
+    elements (group 0002, explicit VR little endian) are walked by the C
+    scanner rather than trusting (0002,0000), as writers get the group length
+    wrong; the data set starts at the first element of another group. Like
+    the scanner, the walk reads a file meta written in implicit VR (the first
+    element decides). Raises MalformedDataset if there is no such header or
+    it is cut short.
     """
-    if len(data) < 132 or bytes(data[128:132]) != b"DICM":
-        raise MalformedDataset("no DICOM preamble and prefix")
-    view = memoryview(data)
-    pos, end, uid = 132, len(data), ""
-    while end - pos >= 8 and view[pos] == 0x02 and view[pos + 1] == 0x00:
-        element = int.from_bytes(view[pos + 2 : pos + 4], "little")
-        vr = bytes(view[pos + 4 : pos + 6])
-        if vr in _LONG_LENGTH_VRS:
-            if end - pos < 12:
-                break
-            length, start = int.from_bytes(view[pos + 8 : pos + 12], "little"), pos + 12
-        else:
-            length, start = int.from_bytes(view[pos + 6 : pos + 8], "little"), pos + 8
-        if length > end - start:
-            raise MalformedDataset(f"file meta element (0002,{element:04X}) runs past the end")
-        if element == 0x0010:
-            uid = bytes(view[start : start + length]).decode("latin-1").strip(" \0")
-        pos = start + length
-    else:
-        return pos, uid
-    raise MalformedDataset("file meta information is truncated")
-
-
-_LONG_LENGTH_VRS = frozenset(
-    (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
-)
+    meta = file_meta(data)
+    return meta.dataset_offset, meta.transfer_syntax_uid
 
 
 def parse_file(
@@ -457,15 +422,19 @@ def parse_file(
     dataset_offset: int | None = None,
     transfer_syntax_uid: str | None = None,
 ) -> InstanceInfo:
-    """InstanceInfo from a stored file, for when the head was not enough.
+    """InstanceInfo from a stored file: the one reader for files, used by
+    reception when the head was not enough and by reconcile/reindex.
 
     ``dataset_offset``/``transfer_syntax_uid`` default to what the file meta
-    says. The file is memory-mapped and scanned like a complete head (only
-    the pages up to the last wanted attribute are touched); a deflated data
-    set is inflated until the attributes are found. If the scanner finds the
-    encoding malformed, pydicom reads the file instead (it tolerates more),
-    and MalformedDataset is raised only if that fails too.
+    says; when the meta is read, a data set without SOP Class/Instance UID
+    takes the meta's Media Storage SOP Class/Instance UID. The file is
+    memory-mapped and scanned like a complete head (only the pages up to the
+    last wanted attribute are touched); a deflated data set is inflated until
+    the attributes are found. If the scanner finds the encoding malformed,
+    pydicom reads the file instead (it tolerates more; ``header`` is then
+    its Dataset), and MalformedDataset is raised only if that fails too.
     """
+    meta: FileMeta | None = None
     with open(path, "rb") as fileobj:
         size = os.fstat(fileobj.fileno()).st_size
         if size == 0:
@@ -474,19 +443,24 @@ def parse_file(
             view = memoryview(mapped)
             try:
                 if dataset_offset is None or transfer_syntax_uid is None:
-                    meta_offset, meta_syntax = read_file_meta(view)
-                    dataset_offset = meta_offset if dataset_offset is None else dataset_offset
-                    transfer_syntax_uid = transfer_syntax_uid or meta_syntax
+                    meta = file_meta(view)
+                    dataset_offset = meta.dataset_offset if dataset_offset is None else dataset_offset
+                    transfer_syntax_uid = transfer_syntax_uid or meta.transfer_syntax_uid
                 with view[dataset_offset:] as dataset:
                     try:
                         info = parse_head(dataset, transfer_syntax_uid, True)
                     except MalformedDataset:
                         info = None  # complete input never gives None: this is the fallback
-                if info is not None:
-                    return info
             finally:
                 view.release()
-    return _parse_with_pydicom(path, transfer_syntax_uid)
+    if info is None:
+        info = _parse_with_pydicom(path, transfer_syntax_uid)
+    if meta is not None:
+        if not info.sop_class_uid:
+            info.sop_class_uid = meta.sop_class_uid
+        if not info.sop_instance_uid:
+            info.sop_instance_uid = meta.sop_instance_uid
+    return info
 
 
 def complete_copy(path: str | os.PathLike[str], sop_instance_uid: str) -> bool:

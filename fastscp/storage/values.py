@@ -22,6 +22,7 @@ __all__ = [
     "first_value",
     "header_text",
     "int_or_none",
+    "parse_da",
     "parse_date",
     "parse_datetime",
     "person_display",
@@ -77,19 +78,29 @@ def person_display(name: str) -> str:
     return "=".join("_".join(parts) for parts in person_groups(name))
 
 
-def parse_date(text: str) -> _dt.date | None:
-    """A DA value (``YYYYMMDD``, or legacy ``YYYY.MM.DD``) as a date; None if
-    absent or not a real calendar date. A DT value gives its date part."""
+def parse_da(text: str) -> _dt.date | None:
+    """A DA value as a date: ``YYYYMMDD`` or the legacy ``YYYY.MM.DD``,
+    surrounding spaces allowed; None if absent, of another form, or not a
+    real calendar date. The one DA parser: the catalog's date columns, C-FIND
+    date keys and the naming schemes (``parse_date``) all go through it."""
     value = text.strip()
     if len(value) == 10 and value[4] == "." and value[7] == ".":
         value = value[:4] + value[5:7] + value[8:]
-    value = value[:8]
     if len(value) != 8 or not value.isdigit():
         return None
     try:
         return _dt.date(int(value[:4]), int(value[4:6]), int(value[6:8]))
     except ValueError:
         return None
+
+
+def parse_date(text: str) -> _dt.date | None:
+    """Like ``parse_da``, but lenient for naming: a DT value (or anything
+    that starts with a DA) gives its date part."""
+    value = text.strip()
+    if len(value) == 10 and value[4] == "." and value[7] == ".":
+        return parse_da(value)
+    return parse_da(value[:8])
 
 
 def parse_datetime(text: str) -> _dt.datetime | None:
