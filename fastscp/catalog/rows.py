@@ -28,6 +28,9 @@ _UTC = _dt.timezone.utc
 # calls of 100 rows, 1.3 ms. The flush and the commit let other threads run.
 APPEND_CHUNK = 100
 
+# One table row as the appender takes it: the columns of schema.*_COLUMNS, in order.
+Row = tuple[object, ...]
+
 
 @dataclass(slots=True, frozen=True)
 class AssociationRecord:
@@ -78,7 +81,7 @@ def utc_timestamp(epoch: float | None) -> _dt.datetime | None:
     return _dt.datetime.fromtimestamp(epoch, _UTC).replace(tzinfo=None)
 
 
-def instance_row(info: InstanceInfo, source: str, received: _dt.datetime | None) -> tuple:
+def instance_row(info: InstanceInfo, source: str, received: _dt.datetime | None) -> Row:
     return (
         info.sop_instance_uid, info.sop_class_uid, info.series_instance_uid,
         info.study_instance_uid, info.patient_id, info.instance_number, info.echo_numbers,
@@ -89,12 +92,12 @@ def instance_row(info: InstanceInfo, source: str, received: _dt.datetime | None)
     )
 
 
-def patient_row(info: InstanceInfo, now: _dt.datetime) -> tuple:
+def patient_row(info: InstanceInfo, now: _dt.datetime) -> Row:
     return (info.patient_id, info.patient_name, parse_da(info.patient_birth_date),
             info.patient_sex, now)
 
 
-def study_row(info: InstanceInfo, now: _dt.datetime) -> tuple:
+def study_row(info: InstanceInfo, now: _dt.datetime) -> Row:
     return (
         info.study_instance_uid, info.patient_id, parse_da(info.study_date), info.study_time,
         info.accession_number, info.study_description, info.referring_physician,
@@ -102,7 +105,7 @@ def study_row(info: InstanceInfo, now: _dt.datetime) -> tuple:
     )
 
 
-def series_row(info: InstanceInfo, now: _dt.datetime) -> tuple:
+def series_row(info: InstanceInfo, now: _dt.datetime) -> Row:
     return (
         info.series_instance_uid, info.study_instance_uid, info.modality, info.series_number,
         info.series_description, info.body_part_examined, info.protocol_name,
@@ -110,7 +113,7 @@ def series_row(info: InstanceInfo, now: _dt.datetime) -> tuple:
     )
 
 
-def association_row(rec: AssociationRecord) -> tuple:
+def association_row(rec: AssociationRecord) -> Row:
     return (
         rec.association_id, rec.peer, rec.calling_ae, rec.called_ae,
         utc_timestamp(rec.started_at), utc_timestamp(rec.ended_at), rec.instances,
@@ -146,10 +149,10 @@ class BatchWriter:
         """Upsert one batch in one transaction; on error nothing is written
         and the exception propagates (the caller keeps the batch to retry)."""
         now = _dt.datetime.now(_UTC).replace(tzinfo=None)
-        inst: dict[str, tuple] = {}
-        patients: dict[str, tuple] = {}
-        studies: dict[str, tuple] = {}
-        series: dict[str, tuple] = {}
+        inst: dict[str, Row] = {}
+        patients: dict[str, Row] = {}
+        studies: dict[str, Row] = {}
+        series: dict[str, Row] = {}
         for info in instances:
             inst[info.sop_instance_uid] = instance_row(info, source, utc_timestamp(info.received_at))
             patients[info.patient_id] = patient_row(info, now)
@@ -158,7 +161,7 @@ class BatchWriter:
             if info.series_instance_uid:
                 series[info.series_instance_uid] = series_row(info, now)
         assoc = {rec.association_id: association_row(rec) for rec in associations}
-        work: list[tuple[str, Iterable[tuple]]] = [
+        work: list[tuple[str, Iterable[Row]]] = [
             ("patients", patients.values()), ("studies", studies.values()),
             ("series", series.values()), ("instances", inst.values()),
             ("associations", assoc.values()),
