@@ -121,6 +121,17 @@ class HttpError(Exception):
         self.status = status
 
 
+def _days(query: dict[str, list[str]]) -> int:
+    """The ``days`` parameter of /trend and /stats: 1 to 3660, default 30."""
+    try:
+        days = int((query.get("days") or ["30"])[0])
+    except ValueError:
+        raise HttpError(400, "days must be a whole number") from None
+    if not 1 <= days <= 3660:
+        raise HttpError(400, "days must be between 1 and 3660")
+    return days
+
+
 def _json(obj: Any) -> bytes:
     return orjson.dumps(obj, default=json_default, option=orjson.OPT_NAIVE_UTC | orjson.OPT_NON_STR_KEYS)
 
@@ -382,20 +393,9 @@ class StatusServer:
         if self.catalog is None:
             raise HttpError(503, "this server runs without an index (database.path is null)")
         if path == "/trend":
-            try:
-                days = int((query.get("days") or ["30"])[0])
-            except ValueError:
-                raise HttpError(400, "days must be a whole number") from None
-            if not 1 <= days <= 3660:
-                raise HttpError(400, "days must be between 1 and 3660")
-            return 200, _json(await self._trend(days)), "application/json", {}
+            return 200, _json(await self._trend(_days(query))), "application/json", {}
         if path == "/stats":  # fastscp stats while this server holds the index
-            try:
-                days = int((query.get("days") or ["30"])[0])
-            except ValueError:
-                raise HttpError(400, "days must be a whole number") from None
-            if not 1 <= days <= 3660:
-                raise HttpError(400, "days must be between 1 and 3660")
+            days = _days(query)
             loop = asyncio.get_running_loop()
             return 200, _json(await loop.run_in_executor(self.pool, self._stats, days)), "application/json", {}
         ctype = headers.get("content-type", "").split(";", 1)[0].strip().lower()
