@@ -466,7 +466,8 @@ def parse_file(
 def complete_copy(path: str | os.PathLike[str], sop_instance_uid: str) -> bool:
     """True if ``path`` is a regular file holding a whole Part-10 copy of the
     instance ``sop_instance_uid``: preamble and file meta readable, the data
-    set's SOP Instance UID (else the meta's) equal to it, and the top-level
+    set's own SOP Instance UID equal to it (a data set without one is not
+    taken for a copy, whatever its file meta says), and the top-level
     elements ending exactly at the file's last byte (``check_dataset_end``).
 
     The duplicate check asks this before it answers Success for a copy it
