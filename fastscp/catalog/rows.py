@@ -44,7 +44,7 @@ class AssociationRecord:
     ended_at: float
     instances: int
     bytes: int
-    outcome: str  # "released", "aborted", "rejected", "timeout", ...
+    outcome: str  # an events.Outcome value: released, aborted_by_peer, aborted, connection_dropped
 
 
 @dataclass(slots=True, frozen=True)
