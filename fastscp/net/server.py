@@ -94,8 +94,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
                     pass
             if self.server.busy_poll_ns > 0 and not tls:
                 self._spin_fd = sock.fileno()
-        peer = transport.get_extra_info("peername")
-        peer_text = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        peer_text = _address_text(transport.get_extra_info("peername"))
         self.handler = self.server.handler_factory(self.assoc, Link(peer_text, tls, self._flush))
         self.server.connections.add(self)
         self.server.unassociated[self] = None
@@ -315,12 +314,16 @@ async def _sends_something(loop: asyncio.AbstractEventLoop, conn: socket.socket,
         return False
 
 
+def _address_text(address: object) -> str:
+    """``ip:port`` of a socket address (an IPv6 tuple's flow info dropped)."""
+    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+
+
 def _peer_text(sock: socket.socket) -> str:
     try:
-        peer = sock.getpeername()
+        return _address_text(sock.getpeername())
     except OSError:
         return "?"
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
 
 # accept() errors that mean "no file descriptor or memory now": stop
