@@ -66,16 +66,12 @@ def bind_root(conn: duckdb.DuckDBPyConnection, root: Path, *, db_name: str, adop
         [prefix],
     ).fetchone()
     n_outside, first_outside = (int(outside[0]), outside[1]) if outside else (0, None)
-    if not adopt:
-        if recorded is not None:
-            raise IndexRootMismatch(
-                f"index {db_name} describes {recorded}, not {text}: pass --index-db for this tree, "
-                f"or run `fastscp reindex --storage-dir {text} --index-db {db_name}` to re-describe it")
-        if n_outside:
-            raise IndexRootMismatch(
-                f"index {db_name} lists {n_outside} present file(s) outside {text} (such as "
-                f"{first_outside}): pass --index-db for this tree, or run "
-                f"`fastscp reindex --storage-dir {text} --index-db {db_name}` to re-describe it")
+    if not adopt and (recorded is not None or n_outside):
+        what = (f"describes {recorded}, not {text}" if recorded is not None else
+                f"lists {n_outside} present file(s) outside {text} (such as {first_outside})")
+        raise IndexRootMismatch(
+            f"index {db_name} {what}: pass --index-db for this tree, "
+            f"or run `fastscp reindex --storage-dir {text} --index-db {db_name}` to re-describe it")
     conn.begin()
     try:
         if n_outside:
