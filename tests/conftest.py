@@ -141,8 +141,10 @@ def dataset_bytes(path: str | os.PathLike[str]) -> bytes:
     return raw[fh.tell():]
 
 
-def make_image(path: Path, index: int, study: int, modality: str = "CT", size: int = 64, series: int = 1) -> pydicom.Dataset:
-    """A small synthetic image, explicit VR little endian, with unique UIDs."""
+def make_image(path: Path, index: int, study: int, modality: str = "CT", size: int = 64, series: int = 1,
+               patient_name: str | None = None) -> pydicom.Dataset:
+    """A small synthetic image, explicit VR little endian, with unique UIDs;
+    ``patient_name``, if given, in UTF-8 (ISO_IR 192)."""
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -170,6 +172,9 @@ def make_image(path: Path, index: int, study: int, modality: str = "CT", size: i
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.PixelData = os.urandom(size * size * 2)
+    if patient_name is not None:
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.PatientName = patient_name
     ds.save_as(path, enforce_file_format=True)
     return ds
 

@@ -162,10 +162,7 @@ def test_no_process_a_hook_started_outlives_it(tmp_path: Path, mode: str) -> Non
 
 def test_a_huge_patient_name_over_the_network(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = tmp_path / "big.dcm"
-    ds = make_image(src, 1, study=4)
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.PatientName = HUGE_NAME
-    ds.save_as(src, enforce_file_format=True)
+    make_image(src, 1, study=4, patient_name=HUGE_NAME)
     hook, out = env_hook(tmp_path)
     os.environ["FASTSCP_TEST_SECRET"] = "must-not-leak"
     try:

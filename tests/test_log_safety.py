@@ -81,10 +81,7 @@ def test_text_console_escapes_messages_and_tracebacks(tmp_path: Path) -> None:
 
 def test_association_log_lines_from_a_hostile_peer(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = tmp_path / "evil.dcm"
-    ds = make_image(src, 1, study=3)
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.PatientName = EVIL_NAME
-    ds.save_as(src, enforce_file_format=True)
+    make_image(src, 1, study=3, patient_name=EVIL_NAME)
     # the hook prints the patient name: its output is quoted in the log
     srv = start_server("--exec-on-reception", "printf %s {patient_name}", "--log-level", "debug",
                        "--log-file", str(tmp_path / "log.jsonl"))
