@@ -42,7 +42,7 @@ from fastscp.app import build_state  # noqa: E402
 from fastscp.config import load_config  # noqa: E402
 from fastscp.net.server import DicomServer  # noqa: E402
 from fastscp.protocol import dimse as D  # noqa: E402
-from fastscp.scp import StoreSCPHandler  # noqa: E402
+from fastscp.services.dispatcher import Dispatcher  # noqa: E402
 
 AE = "FASTSCP"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -161,7 +161,7 @@ async def feed(stream: bytes, storage_dir: Path, max_pdu: int, read_size: int, o
         from fastscp.app import CatalogFeed, open_catalog
 
         writer = open_catalog(cfg, state)
-    server = DicomServer(lambda assoc, link: StoreSCPHandler(state, assoc, link), max_pdu,
+    server = DicomServer(lambda assoc, link: Dispatcher(state, assoc, link), max_pdu,
                          idle_timeout=0, dimse_timeout=0)
     if writer is not None:
         state.observers.append(CatalogFeed(writer, server))

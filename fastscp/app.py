@@ -27,7 +27,8 @@ from .monitor.service import MonitorService
 from .net.server import DicomServer, raise_open_files_limit, serve_forever, stop_on_signals
 from .pipeline.service import Pipeline, PipelineSettings
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
-from .scp import ServerState, StoreSCPHandler
+from .services.dispatcher import Dispatcher
+from .services.session import ServerState
 from .storage.durability import WRITEBACK_FILESYSTEMS, GroupCommitter
 from .storage.naming import make_naming
 from .storage.store import INCOMING, LOCK_FILE, Storage, StorageInUse, lock_directory
@@ -251,7 +252,7 @@ class App:
         if self.pipeline.active:
             self.state.observers.append(self.pipeline)
         s = cfg.server
-        self.server = DicomServer(lambda assoc, link: StoreSCPHandler(self.state, assoc, link), s.max_pdu,
+        self.server = DicomServer(lambda assoc, link: Dispatcher(self.state, assoc, link), s.max_pdu,
                                   s.artim_timeout, s.idle_timeout or 0.0, s.dimse_timeout or 0.0, s.busy_poll_us,
                                   s.min_transfer_rate, s.transfer_rate_window, s.max_unassociated)
         self.catalog = open_catalog(cfg, self.state)

@@ -1,6 +1,6 @@
 """What the receiver tells its observers: frozen events, and the observer base.
 
-A leaf module (it imports only ``instance``): the service (scp.py) makes the
+A leaf module (it imports only ``instance``): the service layer (services/) makes the
 events; monitoring, the catalog feed and the pipeline receive them and never
 hold the service's objects. An event is made once and handed to every
 observer in turn, on the event loop thread; an observer must not block
@@ -132,7 +132,7 @@ class Observer:
 
 
 class ServerTotals(Protocol):
-    """What monitoring reads of the server as a whole (``scp.ServerState``
+    """What monitoring reads of the server as a whole (``services.session.ServerState``
     has these): live totals, not a handler."""
 
     active: int

@@ -202,7 +202,7 @@ def incoming(storage: Path) -> list[str]:
 
 def incoming_while_open(storage: Path, associations: int = 1) -> list[str]:
     """What .incoming holds beyond the spares of open associations: each may
-    keep one empty temp file opened ahead for its next C-STORE (scp.py
+    keep one empty temp file opened ahead for its next C-STORE (services/storage.py
     ``_prepare_spare``). A temp file with any byte in it (every used one has
     at least the Part-10 prefix), or more empty ones than associations, is
     a leftover."""

@@ -38,7 +38,7 @@ def _partial_store(srv: Server, finish: str) -> None:
 def _wait_until_closed(srv: Server) -> None:
     """Until the server logs the association's end record ("assoc ID
     <outcome>: ..., N stored, ..."), which it writes after removing the
-    association's temp files and freeing its slot (scp.py ``_end``)."""
+    association's temp files and freeing its slot (services/dispatcher.py ``_end``)."""
     assert " stored, " in srv.log_once_it_says(" stored, ", timeout=30), srv.log_text()
 
 

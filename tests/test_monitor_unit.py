@@ -67,7 +67,7 @@ def test_connection_log_json_file_text_console_and_rotation(tmp_path: Path) -> N
             how = (Outcome.RELEASED, "") if i % 3 else (Outcome.ABORTED_BY_PEER, "aborted by peer (source 0, reason 0)")
             clog.association_ended(AssociationEnded(a, *how, time.time(), counts(stored=i, bytes=1000 * i)))
         clog.association_rejected(AssociationRejected(assoc_info(99), "calling AE 'BAD' not allowed"))
-        # scp.py's own summary lines are dropped, other scp lines kept
+        # the dispatcher's own summary lines are dropped, other scp lines kept
         logging.getLogger("fastscp.scp").info("assoc %s open: peer %s", "x", "y")
         logging.getLogger("fastscp.scp").warning("assoc %s: refused %s", "x", "1.2.3")
     finally:

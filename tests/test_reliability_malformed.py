@@ -81,7 +81,7 @@ def _cases() -> list[tuple[str, int, int, str, bytes, int]]:
     add("explicit VR bytes on an implicit context", 3, 0xC000, CT, lambda k: SMALL.instance(k)[1])
     add("command class differs from the context's", 1, 0x0122, MR, lambda k: SMALL_MR.instance(k)[1])
     # several PDVs: the header is parsed once the head is full, before the
-    # last fragment (scp.py _parse_early); the answer must be the same
+    # last fragment (services/storage.py _parse_early); the answer must be the same
     add("length runs past the end (large)", 1, 0xC000, CT,
         lambda k: _patch_length(LARGE.instance(k)[1], PATIENT_NAME, 0xFFF0))
     add("instance UID differs from the command's (large)", 1, 0xC000, CT, lambda k: LARGE.instance(k + 5000)[1])

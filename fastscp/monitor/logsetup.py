@@ -124,7 +124,7 @@ _PLAIN = logging.Formatter()
 
 
 class DropServiceSummaries(logging.Filter):
-    """Drops scp.py's association summary lines (the connection log has them)."""
+    """Drops the dispatcher's association summary lines (logger fastscp.scp) (the connection log has them)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.name == "fastscp.scp" and isinstance(record.msg, str)

@@ -2,7 +2,7 @@
 
 A leaf of types, no I/O: ``net/server.py`` makes a ``Link`` per connection
 and hands it, with the connection's ``Association``, to the service factory;
-the service (``scp.StoreSCPHandler``) is a ``Service``. Nothing is set on
+the service (``services.dispatcher.Dispatcher``) is a ``Service``. Nothing is set on
 the service from outside afterwards, and the socket layer reads nothing of
 it but what ``Service`` declares.
 """
@@ -27,6 +27,9 @@ class Link:
     # write what the association has to send now: for answers given outside
     # a read (durable mode's answers from the group-commit thread)
     flush: Callable[[], None]
+    # run a callback on the event loop from any thread (then flush): how a
+    # service's worker thread (a C-FIND's query, a C-MOVE's sends) answers
+    call_soon_threadsafe: Callable[[Callable[[], None]], None]
 
 
 class Service(Protocol):

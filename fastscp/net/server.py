@@ -77,6 +77,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream connection's transport is a Transport (the protocol API types it as its base)
         self.transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
         sock = transport.get_extra_info("socket")
         tls = transport.get_extra_info("ssl_object") is not None
         self._quickack: Callable[[], None] | None = None
@@ -95,7 +96,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
             if self.server.busy_poll_ns > 0 and not tls:
                 self._spin_fd = sock.fileno()
         peer_text = _address_text(transport.get_extra_info("peername"))
-        self.handler = self.server.handler_factory(self.assoc, Link(peer_text, tls, self._flush))
+        self.handler = self.server.handler_factory(self.assoc, Link(peer_text, tls, self._flush, self._call_soon))
         self.server.connections.add(self)
         self.server.unassociated[self] = None
         if self.server.paused:
@@ -146,6 +147,19 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         peer's next message is due now, so the poll starts again."""
         self._after()
         self._queue_spin()
+
+    def _call_soon(self, callback: Callable[[], None]) -> None:
+        """Run a service's callback on the loop, from any thread, then write
+        out what it sent."""
+        def run() -> None:
+            try:
+                callback()
+            except Exception:
+                log.exception("internal error on association %s; aborting it", self.handler.id)
+                self.abort("internal error")
+                return
+            self._flush()
+        self._loop.call_soon_threadsafe(run)
 
     def _queue_spin(self) -> None:
         if self._spin_fd >= 0 and not self._spin_queued and self._may_spin():
@@ -244,6 +258,8 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         self._idle = None
         if self.assoc.state in ("Sta1", "Sta13"):
             return
+        if self.handler.deferred:  # we owe the peer an answer: its silence is ours
+            self.last_activity = time.monotonic()
         idle = time.monotonic() - self.last_activity
         timeout, what = self._timeout()
         if timeout and idle >= timeout:

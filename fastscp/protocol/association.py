@@ -381,9 +381,12 @@ class Association:
     def reject(self, result: int, source: int, reason: int) -> None:
         self._fire(EVT8, (result, source, reason), local=True)
 
-    def send_command(self, context_id: int, command: bytes) -> None:
-        """Send a command set with no dataset (all an SCP ever sends)."""
-        self._fire(EVT9, (context_id, command), local=True)
+    def send_command(self, context_id: int, command: bytes, dataset: bytes | memoryview | None = None) -> None:
+        """Send a message (P-DATA request primitive, PS3.8 9.3.5): its
+        command set, then its data set if it has one (a C-FIND's pending
+        identifier, a C-GET's C-STORE-RQ, an N-EVENT-REPORT), each cut into
+        PDUs no larger than the peer's maximum."""
+        self._fire(EVT9, (context_id, command, dataset), local=True)
 
     def request_release(self) -> None:
         self._fire(EVT11, None, local=True)
@@ -444,8 +447,10 @@ class Association:
 
     # DT: data transfer
     def _dt1(self) -> None:
-        context_id, command = self._payload
+        context_id, command, dataset = self._payload
         self._out.append(P.encode_pdata(context_id, command, True, self.peer_max_pdu))
+        if dataset is not None:
+            self._out.append(P.encode_pdata(context_id, dataset, False, self.peer_max_pdu))
 
     def _dt2(self) -> None:
         item = self._payload

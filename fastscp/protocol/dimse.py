@@ -21,17 +21,37 @@ C_STORE_RSP = 0x8001
 C_ECHO_RQ = 0x0030
 C_ECHO_RSP = 0x8030
 C_CANCEL_RQ = 0x0FFF
+C_GET_RQ = 0x0010
+C_GET_RSP = 0x8010
+C_FIND_RQ = 0x0020
+C_FIND_RSP = 0x8020
+C_MOVE_RQ = 0x0021
+C_MOVE_RSP = 0x8021
+N_EVENT_REPORT_RQ = 0x0100
+N_EVENT_REPORT_RSP = 0x8100
+N_ACTION_RQ = 0x0130
+N_ACTION_RSP = 0x8130
+RESPONSE_BIT = 0x8000
 
 # Tags
 AFFECTED_SOP_CLASS = 0x00000002
 COMMAND_FIELD = 0x00000100
 MESSAGE_ID = 0x00000110
+REQUESTED_SOP_CLASS = 0x00000003
 MESSAGE_ID_RESPONDED = 0x00000120
+MOVE_DESTINATION = 0x00000600
 PRIORITY = 0x00000700
 DATA_SET_TYPE = 0x00000800
 STATUS = 0x00000900
 ERROR_COMMENT = 0x00000902
 AFFECTED_SOP_INSTANCE = 0x00001000
+REQUESTED_SOP_INSTANCE = 0x00001001
+EVENT_TYPE_ID = 0x00001002
+ACTION_TYPE_ID = 0x00001008
+REMAINING_SUBOPERATIONS = 0x00001020
+COMPLETED_SUBOPERATIONS = 0x00001021
+FAILED_SUBOPERATIONS = 0x00001022
+WARNING_SUBOPERATIONS = 0x00001023
 MOVE_ORIGINATOR_AE = 0x00001030
 MOVE_ORIGINATOR_ID = 0x00001031
 
@@ -39,6 +59,8 @@ NO_DATA_SET = 0x0101
 
 # Statuses (PS3.7 C, PS3.4 B.2.3)
 SUCCESS = 0x0000
+PENDING = 0xFF00
+CANCEL = 0xFE00
 REFUSED_OUT_OF_RESOURCES = 0xA700
 ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 ERROR_CANNOT_UNDERSTAND = 0xC000
@@ -114,3 +136,32 @@ def encode_request(command_field: int, message_id: int, sop_class_uid: str, sop_
         elements.append(_element(AFFECTED_SOP_INSTANCE, _text(sop_instance_uid)))
     body = b"".join(elements)
     return _element(0x00000000, struct.pack("<I", len(body))) + body
+
+
+# The VR of each command element we encode (PS3.7 E.1): US, UI, AE or LO.
+_COMMAND_VR = {
+    AFFECTED_SOP_CLASS: "UI", REQUESTED_SOP_CLASS: "UI", COMMAND_FIELD: "US", MESSAGE_ID: "US",
+    MESSAGE_ID_RESPONDED: "US", MOVE_DESTINATION: "AE", PRIORITY: "US", DATA_SET_TYPE: "US", STATUS: "US",
+    ERROR_COMMENT: "LO", AFFECTED_SOP_INSTANCE: "UI", REQUESTED_SOP_INSTANCE: "UI", EVENT_TYPE_ID: "US",
+    ACTION_TYPE_ID: "US", REMAINING_SUBOPERATIONS: "US", COMPLETED_SUBOPERATIONS: "US",
+    FAILED_SUBOPERATIONS: "US", WARNING_SUBOPERATIONS: "US", MOVE_ORIGINATOR_AE: "AE", MOVE_ORIGINATOR_ID: "US",
+}
+
+
+def encode_command(fields: dict[int, int | str], has_data_set: bool) -> bytes:
+    """Any command set (PS3.7 E.1) from {tag: value}: group length first,
+    elements in tag order, Command Data Set Type from ``has_data_set``.
+    Empty strings are left out. Raises KeyError for a tag it has no VR for."""
+    items = dict(fields)
+    items[DATA_SET_TYPE] = 0x0000 if has_data_set else NO_DATA_SET
+    parts = []
+    for tag in sorted(items):
+        value = items[tag]
+        vr = _COMMAND_VR[tag]
+        if vr == "US":
+            assert isinstance(value, int)
+            parts.append(_element(tag, _us(value)))
+        elif isinstance(value, str) and value:
+            parts.append(_element(tag, _text(value) if vr == "UI" else _lo(value)))
+    body = b"".join(parts)
+    return _GROUP_LENGTH.pack(0, 0, 4, len(body)) + body

@@ -276,7 +276,7 @@ def decode_abort(pdu: bytes | bytearray) -> tuple[int, int]:
     return ABORT_SOURCE_PROVIDER, 0
 
 
-def encode_pdata(context_id: int, payload: bytes, command: bool, max_pdu: int) -> bytes:
+def encode_pdata(context_id: int, payload: bytes | memoryview, command: bool, max_pdu: int) -> bytes:
     """P-DATA-TF PDUs carrying ``payload`` as one message, fragmented so no PDU
     exceeds the peer's maximum (0 = unlimited). Returned as one bytes object
     so the caller writes it at once."""

@@ -1,7 +1,6 @@
-"""The Storage SCP service: turns association events into storage calls and
-DIMSE answers (PS3.4 Annex A Verification, Annex B Storage; PS3.7 9.1.1, 9.1.5).
+"""The Storage service (PS3.4 Annex B): C-STORE requests of one association.
 
-One ``StoreSCPHandler`` per association. The C-STORE path:
+The C-STORE path:
 
   command (C-STORE-RQ) -> Storage.begin: temp file, Part-10 prefix
   each dataset PDV     -> InstanceFile.write(memoryview) (no copies); once
@@ -12,80 +11,36 @@ One ``StoreSCPHandler`` per association. The C-STORE path:
 
 Any failure before the rename removes the temp file and answers with a
 failure status; an association that ends mid-dataset leaves nothing behind.
+``StoreService`` is made by the dispatcher for its association and sees the
+association only through ``Session``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import mmap
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
-from .access import AccessPolicy, AssociationLimiter
-from .events import (
-    AssociationCounts,
-    AssociationEnded,
-    AssociationInfo,
-    AssociationOpened,
-    AssociationRejected,
-    DuplicateReceived,
-    InstanceStored,
-    Observer,
-    Outcome,
-    StoreAnswered,
-)
-from .instance import InstanceInfo
-from .net.seam import Link
-from .protocol import dimse as D
-from .protocol import pdu as P
-from .protocol.association import (
-    Aborted,
-    Association,
-    AssociationRequested,
-    CommandReceived,
-    ConnectionClosed,
-    DatasetFragment,
-    Event,
-    ReleaseConfirmed,
-    ReleaseRequested,
-)
-from .protocol.commands import CCancelRequest, CEchoRequest, CStoreRequest, OtherRequest, parse_request
-from .protocol.negotiation import AcceptPolicy, negotiate
-from .storage.duplicates import new_content_hash
-from .storage.durability import GroupCommitter
-from .storage.header import check_dataset_end, header_dataset, parse_file, parse_head
-from .storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from .storage.safepath import UnsafePathError
-from .storage.store import Storage
+from ..events import AssociationCounts, DuplicateReceived, InstanceStored, StoreAnswered
+from ..instance import InstanceInfo
+from ..protocol import dimse as D
+from ..protocol.association import DatasetFragment
+from ..protocol.commands import CStoreRequest
+from ..storage.duplicates import new_content_hash
+from ..storage.durability import GroupCommitter
+from ..storage.header import check_dataset_end, header_dataset, parse_file, parse_head
+from ..storage.safepath import UnsafePathError
+from ..storage.store import Storage
+from .session import ServerState, Session
 
 log = logging.getLogger("fastscp.scp")
 
 _PAGE_MASK = ~(mmap.PAGESIZE - 1)
-_ids = itertools.count(1)
-_RUN = f"{int(time.time()):x}"
 
-
-@dataclasses.dataclass
-class ServerState:
-    """What every association shares: settings, storage, live counters."""
-
-    ae_title: str
-    storage: Storage
-    policy: AcceptPolicy
-    access: AccessPolicy
-    limiter: AssociationLimiter
-    max_pdu: int = 131072
-    max_instance_size: int | None = None
-    index_error: str = ""  # why the index is not written, shown in status
-    observers: list[Observer] = dataclasses.field(default_factory=list)
-    active: int = 0
-    associations_total: int = 0
-    instances_total: int = 0
-    bytes_total: int = 0
+__all__ = ["StoreService"]
 
 
 @dataclasses.dataclass(slots=True)
@@ -115,210 +70,50 @@ class _Store:
     accounted: int = 0  # dataset bytes counted in Storage.incoming_bytes
 
 
-@dataclasses.dataclass(slots=True)
-class _Drain:
-    """A request whose dataset we receive and drop before answering."""
+class StoreService:
+    """The C-STORE requests of one association, one at a time."""
 
-    context_id: int
-    respond: Callable[[], None]
-
-
-class StoreSCPHandler:
-    def __init__(self, server: ServerState, assoc: Association, link: Link) -> None:
-        self.server = server
-        self.assoc = assoc
-        self.peer = link.peer
-        self.id = f"{_RUN}-{next(_ids)}"
-        self.contexts: dict[int, tuple[str, str]] = {}
-        self.calling_ae = ""
-        self.called_ae = ""
-        self.started = time.monotonic()
-        self.started_at = time.time()
-        self.info: AssociationInfo | None = None  # who, once accepted (events carry it)
-        self.outcome: Outcome | None = None
-        self.counted = False
+    def __init__(self, session: Session) -> None:
+        self.session = session
         self.stored = 0
         self.failed = 0
         self.duplicates = 0
-        self.statuses: dict[int, int] = {}  # non-success C-STORE statuses answered, by status
-        self.tls = link.tls
-        self.proposed = 0
-        # writes what the association has to send, for answers given outside
-        # a read (durable mode's deferred answers)
-        self.flush: Callable[[], None] = link.flush
-        # answers owed but deferred to another thread (durable mode's group
-        # commit): the socket layer does not poll for the peer meanwhile
-        self.deferred = 0
         self.bytes = 0
-        self.ended = ""
-        self._current: _Store | _Drain | None = None
+        self.statuses: dict[int, int] = {}  # non-success C-STORE statuses answered, by status
         self._spare: tuple[int, str] | None = None  # the next C-STORE's temp file, opened ahead
 
-    # ---- dispatch -------------------------------------------------------------------
-
-    def handle(self, ev: Event) -> None:
-        """Every event of the association (the socket layer sends dataset
-        fragments and commands straight to on_fragment/on_command)."""
-        match ev:
-            case DatasetFragment():
-                self.on_fragment(ev)
-            case CommandReceived():
-                self.on_command(ev)
-            case AssociationRequested():
-                self.on_request(ev.request)
-            case ReleaseRequested():
-                self.assoc.release_response()
-                self._end(Outcome.RELEASED, "")
-            case ReleaseConfirmed():
-                self._end(Outcome.RELEASED, "")
-            case Aborted():
-                self._aborted(ev)
-            case ConnectionClosed(expected=False):
-                self._end(Outcome.DROPPED, "connection closed")
-            case ConnectionClosed():
-                self._end(self.outcome or Outcome.RELEASED, self.ended)
-
-    def _aborted(self, ev: Aborted) -> None:
-        if ev.by_peer:
-            self._end(Outcome.ABORTED_BY_PEER, ev.description or "aborted by peer")
-        elif ev.transport_closed:
-            self._end(Outcome.DROPPED, ev.description)
-        else:
-            self._end(Outcome.ABORTED, ev.description)
-
-    def _association_info(self, proposed: int) -> AssociationInfo:
-        return AssociationInfo(self.id, self.peer, self.calling_ae, self.called_ae, self.tls, proposed,
-                               len(self.contexts), self.started_at, self.started)
+    @property
+    def server(self) -> ServerState:
+        return self.session.server
 
     def counts(self) -> AssociationCounts:
-        """What this association did so far."""
+        """What this association stored so far."""
         return AssociationCounts(self.stored, self.duplicates, self.failed, self.bytes,
                                  tuple(sorted(self.statuses.items())))
 
-    # ---- association ----------------------------------------------------------------
-
-    def on_request(self, request: P.AssociateRequest) -> None:
-        s = self.server
-        self.calling_ae, self.called_ae = request.calling_ae, request.called_ae
-        refusal = s.access.check(request.calling_ae, request.called_ae, self.peer.rpartition(":")[0])
-        if refusal is None:
-            refusal = s.limiter.acquire(request.calling_ae)
-        if refusal is not None:
-            self._reject(refusal.result, refusal.source, refusal.reason, refusal.detail or refusal.description)
-            return
-        negotiated = negotiate(request, s.policy)
-        self.contexts = {r.context_id: (r.abstract_syntax, r.transfer_syntax) for r in negotiated.accepted.values()}
-        self.assoc.accept(P.AssociateAccept(
-            results=negotiated.results,
-            max_pdu=s.max_pdu,
-            implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
-            roles=negotiated.roles,
-            async_ops=negotiated.async_ops,
-        ))
-        s.active += 1
-        s.associations_total += 1
-        self.counted = True
-        self.proposed = len(request.contexts)
-        self.info = self._association_info(self.proposed)
-        if s.observers:
-            opened = AssociationOpened(self.info)
-            for observer in s.observers:
-                observer.association_opened(opened)
-        log.info("assoc %s open: peer %s calling %s called %s, %d/%d contexts accepted, peer max PDU %d",
-                 self.id, self.peer, request.calling_ae, request.called_ae, len(self.contexts),
-                 len(request.contexts), request.max_pdu)
-
-    def _reject(self, result: int, source: int, reason: int, why: str) -> None:
-        self.assoc.reject(result, source, reason)
-        self.ended = f"rejected: {why}"
-        self.outcome = Outcome.REJECTED
-        log.warning("assoc %s rejected: peer %s calling %s called %s: %s",
-                    self.id, self.peer, self.calling_ae, self.called_ae, why)
-        if self.server.observers:
-            rejected = AssociationRejected(self._association_info(len(self.assoc.request.contexts)
-                                                                  if self.assoc.request else 0), why)
-            for observer in self.server.observers:
-                observer.association_rejected(rejected)
-
-    def _end(self, outcome: Outcome, how: str) -> None:
+    def close(self, current: _Store | None) -> None:
+        """The association ended: remove the spare temp file and whatever
+        the C-STORE under way (if any) had written."""
         if self._spare is not None:
             try:
                 Storage.drop_temp(self._spare)
             except OSError as exc:
-                log.warning("assoc %s: cannot remove an unused temp file: %s", self.id, exc)
+                log.warning("assoc %s: cannot remove an unused temp file: %s", self.session.id, exc)
             self._spare = None
-        current = self._current
-        if isinstance(current, _Store):
+        if current is not None:
             self._release(current)
             Storage.discard(current.writer, current.temp)
             current.writer = current.temp = None
-            self._current = None
-        if not self.counted:
-            if not self.ended:  # a rejected request was logged by _reject
-                self.ended, self.outcome = how, outcome
-                if outcome is not Outcome.DROPPED:  # a bare connect and close (a port probe): no line
-                    log.warning("connection %s from %s ended before an association: %s", self.id, self.peer, how)
-            return
-        self.counted = False
-        self.server.active -= 1
-        self.server.limiter.release(self.calling_ae)
-        self.ended, self.outcome = how or outcome.value, outcome
-        secs = time.monotonic() - self.started
-        if self.server.observers and self.info is not None:
-            ended = AssociationEnded(self.info, outcome, how, time.time(), self.counts())
-            for observer in self.server.observers:
-                observer.association_ended(ended)
-        log.info("assoc %s closed (%s): peer %s calling %s, %d stored, %d duplicates, %d failed, "
-                 "%.1f MB in %.2f s (%.1f MB/s)",
-                 self.id, self.ended, self.peer, self.calling_ae, self.stored, self.duplicates, self.failed,
-                 self.bytes / 1e6, secs, self.bytes / 1e6 / secs if secs > 0 else 0.0)
 
-    # ---- DIMSE ----------------------------------------------------------------------
-
-    def on_command(self, ev: CommandReceived) -> None:
-        cmd = ev.command
-        if self._current is not None:
-            self.assoc.abort("a new command arrived before the previous dataset ended")
-            return
-        context = self.contexts.get(ev.context_id)
-        if context is None:
-            self.assoc.abort(f"command on presentation context {ev.context_id}, which was not accepted")
-            return
-        match parse_request(cmd):
-            case CStoreRequest() as store:
-                self._begin_store(ev.context_id, context, store)
-            case CEchoRequest() as echo:
-                self._echo(ev.context_id, echo)
-            case CCancelRequest():
-                pass  # nothing of ours can be cancelled
-            case OtherRequest() as other:
-                self._unrecognized(ev.context_id, other)
-
-    def _echo(self, context_id: int, request: CEchoRequest) -> None:
-        """Verification (PS3.4 Annex A): Success, always."""
-        self._respond(context_id, D.encode_response(D.C_ECHO_RSP, request.message_id, D.SUCCESS,
-                                                    request.affected_sop_class_uid))
-
-    def _unrecognized(self, context_id: int, request: OtherRequest) -> None:
-        """0x0211 for a request no service of ours handles; its data set,
-        if any, is received and dropped first."""
-        rsp = D.encode_response(request.command_field | 0x8000, request.message_id, D.UNRECOGNIZED_OPERATION,
-                                request.affected_sop_class_uid, error_comment="operation not supported")
-        if request.has_dataset:
-            self._current = _Drain(context_id, lambda: self._respond(context_id, rsp))
-        else:
-            self._respond(context_id, rsp)
-
-    def _begin_store(self, context_id: int, context: tuple[str, str], request: CStoreRequest) -> None:
+    def begin(self, context_id: int, context: tuple[str, str], request: CStoreRequest) -> _Store | None:
+        """Start a C-STORE; the store its fragments go to (None: answered already)."""
         abstract, ts = context
         st = _Store(context_id, request.message_id, request.affected_sop_class_uid,
                     request.affected_sop_instance_uid, ts, time.monotonic())
         if not request.has_dataset:
             st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "C-STORE-RQ without a dataset"
             self._answer_store(st)
-            return
-        self._current = st
+            return None
         if st.sop_class_uid != abstract:
             st.status, st.comment = D.SOP_CLASS_NOT_SUPPORTED, "SOP class differs from the presentation context's"
         elif not _valid_uid(st.sop_instance_uid):
@@ -327,25 +122,19 @@ class StoreSCPHandler:
             spare, self._spare = self._spare, None
             try:
                 storage = self.server.storage
-                st.writer, st.temp = storage.begin(st.sop_class_uid, st.sop_instance_uid, ts, self.calling_ae, spare)
+                st.writer, st.temp = storage.begin(st.sop_class_uid, st.sop_instance_uid, ts,
+                                                   self.session.calling_ae, spare)
                 st.hasher = new_content_hash()
                 limit = self.server.max_instance_size
                 st.check_at = storage.check_every if limit is None else min(storage.check_every, limit)
             except OSError as exc:
                 st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"cannot create file: {exc.strerror}"
-                log.error("assoc %s: cannot create a temp file: %s", self.id, exc)
+                log.error("assoc %s: cannot create a temp file: %s", self.session.id, exc)
+        return st
 
-    def on_fragment(self, ev: DatasetFragment) -> None:
-        st = self._current
-        if st is None or st.context_id != ev.context_id:
-            self.assoc.abort("dataset fragment without a request expecting one")
-            return
-        if type(st) is _Drain:
-            if ev.last:
-                self._current = None
-                st.respond()
-            return
-        assert isinstance(st, _Store)
+    def fragment(self, st: _Store, ev: DatasetFragment) -> None:
+        """One PDV of the data set ``st`` receives (the dispatcher checked
+        its context and forgets ``st`` after the last)."""
         if st.writer is not None and st.writer.dataset_size + len(ev.data) > st.check_at:
             self._checkpoint(st, st.writer.dataset_size + len(ev.data))
         if st.writer is not None:
@@ -357,7 +146,7 @@ class StoreSCPHandler:
                 Storage.discard(st.writer, st.temp)
                 st.writer = st.temp = None
                 st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"write failed: {exc.strerror}"
-                log.error("assoc %s: writing %s failed: %s", self.id, st.sop_instance_uid, exc)
+                log.error("assoc %s: writing %s failed: %s", self.session.id, st.sop_instance_uid, exc)
             else:
                 if not ev.last:
                     if not st.parsed and st.writer.dataset_size > self.server.storage.head_limit:
@@ -366,7 +155,6 @@ class StoreSCPHandler:
                     if committer is not None and self._durable_on_loop(committer):
                         self._start_write_out(st, committer)
         if ev.last:
-            self._current = None
             if st.accounted:
                 self._release(st)
             if st.writer is None or self._finish_store(st):
@@ -393,7 +181,7 @@ class StoreSCPHandler:
             Storage.discard(st.writer, st.temp)
             st.writer = st.temp = None
             st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, why
-            log.warning("assoc %s: refused %s after %d bytes: %s", self.id, st.sop_instance_uid, size, why)
+            log.warning("assoc %s: refused %s after %d bytes: %s", self.session.id, st.sop_instance_uid, size, why)
 
     def _release(self, st: _Store) -> None:
         """Give back what ``_checkpoint`` counted in Storage.incoming_bytes."""
@@ -450,7 +238,7 @@ class StoreSCPHandler:
                     info = parse_file(temp, writer.prefix_size, st.transfer_syntax_uid)
             except Exception as exc:  # pydicom raises many kinds on bad input
                 st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "dataset header cannot be parsed"
-                log.warning("assoc %s: header of %s cannot be parsed: %s", self.id, st.sop_instance_uid, exc)
+                log.warning("assoc %s: header of %s cannot be parsed: %s", self.session.id, st.sop_instance_uid, exc)
                 Storage.discard(writer, temp)
                 return True
             try:
@@ -459,7 +247,7 @@ class StoreSCPHandler:
                                   lambda offset, n: os.pread(fd, n, prefix + offset))
             except Exception as exc:  # MalformedDataset, or a short read
                 st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "data set truncated or element lengths wrong"
-                log.warning("assoc %s: refused %s: %s", self.id, st.sop_instance_uid, exc)
+                log.warning("assoc %s: refused %s: %s", self.session.id, st.sop_instance_uid, exc)
                 Storage.discard(writer, temp)
                 return True
             if info.sop_instance_uid != st.sop_instance_uid:
@@ -469,14 +257,14 @@ class StoreSCPHandler:
                 st.status = D.ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS
                 st.comment = "SOP Class UID in dataset differs from the command's"
             if st.status != D.SUCCESS:
-                log.warning("assoc %s: refused %s: %s", self.id, st.sop_instance_uid, st.comment)
+                log.warning("assoc %s: refused %s: %s", self.session.id, st.sop_instance_uid, st.comment)
                 Storage.discard(writer, temp)
                 return True
             info.sop_class_uid = st.sop_class_uid
-            info.calling_ae = self.calling_ae
-            info.called_ae = self.called_ae
-            info.peer = self.peer
-            info.association_id = self.id
+            info.calling_ae = self.session.calling_ae
+            info.called_ae = self.session.called_ae
+            info.peer = self.session.peer
+            info.association_id = self.session.id
             info.received_at = time.time()
             info.dataset_size = writer.dataset_size
             info.content_hash = st.hasher.hexdigest()
@@ -490,7 +278,7 @@ class StoreSCPHandler:
             if self._durable_on_loop(storage.committer):
                 self._durable_alone(st, writer, temp, info, storage.committer)
                 return True
-            self.deferred += 1
+            self.session.owe_answer(1)
             storage.committer.write_then(
                 writer.fd, lambda err: self._durable_data_written(st, writer, temp, info, err))
             return False
@@ -500,7 +288,7 @@ class StoreSCPHandler:
 
     def _store_error(self, st: _Store, exc: OSError, writer: Any, temp: str | None) -> None:
         st.status, st.comment = D.REFUSED_OUT_OF_RESOURCES, f"cannot store: {exc.strerror}"
-        log.error("assoc %s: storing %s failed: %s", self.id, st.sop_instance_uid, exc)
+        log.error("assoc %s: storing %s failed: %s", self.session.id, st.sop_instance_uid, exc)
         Storage.discard(writer, temp)
 
     def _place(self, st: _Store, temp: str, info: InstanceInfo) -> bool:
@@ -511,7 +299,7 @@ class StoreSCPHandler:
             st.status, st.comment, placed = self.server.storage.place(temp, info)
         except UnsafePathError as exc:
             st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "attribute values give no safe file name"
-            log.error("assoc %s: no safe path for %s: %s", self.id, st.sop_instance_uid, exc)
+            log.error("assoc %s: no safe path for %s: %s", self.session.id, st.sop_instance_uid, exc)
             Storage.discard(None, temp)
             return False
         except OSError as exc:
@@ -519,7 +307,7 @@ class StoreSCPHandler:
             return False
         if info.duplicate:
             self.duplicates += 1
-            log.info("assoc %s: duplicate %s %s", self.id, info.sop_instance_uid, info.duplicate)
+            log.info("assoc %s: duplicate %s %s", self.session.id, info.sop_instance_uid, info.duplicate)
         if not placed:
             if info.duplicate:
                 st.dropped = info
@@ -545,10 +333,9 @@ class StoreSCPHandler:
                 committer.sync_then(lambda err2: self._durable_placed(st, err2))
                 return
         except Exception:  # as in a read: the association cannot go on
-            self.deferred -= 1
-            log.exception("internal error on association %s; aborting it", self.id)
-            self.assoc.abort("internal error")
-            self.flush()
+            self.session.owe_answer(-1)
+            log.exception("internal error on association %s; aborting it", self.session.id)
+            self.session.abort("internal error")
             return
         self._answer_deferred(st)
 
@@ -584,7 +371,7 @@ class StoreSCPHandler:
     def _answer_deferred(self, st: _Store) -> None:
         """The answer the group commit held back (``_answer_store`` writes
         it through ``flush``, which sees nothing owed any more)."""
-        self.deferred -= 1
+        self.session.owe_answer(-1)
         self._answer_store(st)
 
     def _answer_store(self, st: _Store) -> None:
@@ -593,17 +380,17 @@ class StoreSCPHandler:
             self.statuses[st.status] = self.statuses.get(st.status, 0) + 1
         self._respond(st.context_id, D.encode_response(D.C_STORE_RSP, st.message_id, st.status, st.sop_class_uid,
                                                        st.sop_instance_uid, st.comment))
-        # The answer goes out first: the sender prepares its next instance
-        # while the file is closed, the next temp file opened and the
-        # observers (index queue, statistics, pipeline) run.
-        self.flush()
+        # The answer went out first (``Session.send`` writes it now): the
+        # sender prepares its next instance while the file is closed, the
+        # next temp file opened and the observers (index queue, statistics,
+        # pipeline) run.
         if st.finished is not None:
             st.finished.close()
             st.finished = None
         self._prepare_spare()
         observers = self.server.observers
-        if observers and self.info is not None:
-            assoc = self.info
+        assoc = self.session.info
+        if observers and assoc is not None:
             stored = InstanceStored(assoc, st.placed) if st.placed is not None else None
             dropped = DuplicateReceived(assoc, st.dropped) if st.dropped is not None else None
             answered = StoreAnswered(assoc, st.status, time.monotonic() - st.started)
@@ -618,15 +405,15 @@ class StoreSCPHandler:
         """Open the temp file the next C-STORE-RQ will stream into, now that
         the answer is out: the open leaves the sender's critical path. A
         failure is left for that request to meet (and answer)."""
-        if self._spare is None and self.assoc.established:
+        if self._spare is None and self.session.established:
             try:
                 self._spare = self.server.storage.open_temp()
             except OSError:
                 pass
 
     def _respond(self, context_id: int, command: bytes) -> None:
-        if self.assoc.established:
-            self.assoc.send_command(context_id, command)
+        if self.session.established:
+            self.session.send(context_id, command)
 
 
 def _valid_uid(uid: str) -> bool:
