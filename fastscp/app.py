@@ -28,7 +28,7 @@ from .net.server import DicomServer, raise_open_files_limit, serve_forever, stop
 from .pipeline.service import Pipeline, PipelineSettings
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
 from .services.dispatcher import Dispatcher
-from .services.session import ServerState
+from .services.session import RemoteAE, ServerState
 from .storage.durability import WRITEBACK_FILESYSTEMS, GroupCommitter
 from .storage.naming import make_naming
 from .storage.store import INCOMING, LOCK_FILE, Storage, StorageInUse, lock_directory
@@ -104,6 +104,7 @@ def build_state(cfg: Config) -> ServerState:
         limiter=AssociationLimiter(*association_limits(cfg)),
         max_pdu=cfg.server.max_pdu,
         max_instance_size=cfg.storage.max_instance_size,
+        remote_aes={r.ae_title: RemoteAE(r.ae_title, r.host, r.port, r.tls) for r in cfg.remote_aes},
     )
 
 
@@ -256,6 +257,7 @@ class App:
                                   s.artim_timeout, s.idle_timeout or 0.0, s.dimse_timeout or 0.0, s.busy_poll_us,
                                   s.min_transfer_rate, s.transfer_rate_window, s.max_unassociated)
         self.catalog = open_catalog(cfg, self.state)
+        self.state.catalog = self.catalog  # the query services read through it
 
     async def _close_writers(self, loop: asyncio.AbstractEventLoop) -> tuple[GroupCommitter | None, bool]:
         """Close the group commit and the index writer, off the loop: the

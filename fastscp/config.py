@@ -51,6 +51,7 @@ __all__ = [
     "DatabaseConfig",
     "HooksConfig",
     "LoggingConfig",
+    "RemoteAE",
     "ServerConfig",
     "StatusConfig",
     "StorageConfig",
@@ -335,6 +336,14 @@ class AccessEntry:
 
 
 @dataclass(frozen=True)
+class RemoteAE:
+    ae_title: str = _f(doc="the remote application entity's AE title", check=check_ae_title)
+    host: str = _f(doc="its host name or IP address", check=check_host)
+    port: int = _f(104, "its DICOM port", check=_between(1, 65535, "TCP port"))
+    tls: bool = _f(False, "connect to it with DICOM TLS (server.tls's CA bundle and certificate are used)")
+
+
+@dataclass(frozen=True)
 class AccessConfig:
     allowed_calling_aes: tuple[AccessEntry, ...] = _f(
         (), "calling AE whitelist; empty = every calling AE is accepted")
@@ -394,6 +403,8 @@ class Config:
     logging: LoggingConfig = _f(LoggingConfig(), "logs")
     status: StatusConfig = _f(StatusConfig(), "live status endpoint")
     hooks: HooksConfig = _f(HooksConfig(), "commands run after reception")
+    remote_aes: tuple[RemoteAE, ...] = _f(
+        (), "AEs we connect to: C-MOVE destinations and Storage Commitment requesters (by AE title)")
 
     def sop_class_uids(self) -> frozenset[str]:
         """The accepted storage SOP class UIDs (expanded)."""

@@ -31,7 +31,18 @@ from ..storage.store import Storage
 if TYPE_CHECKING:
     from ..catalog import CatalogWriter
 
-__all__ = ["Operation", "ServerState", "ServiceModule", "Session"]
+__all__ = ["Operation", "RemoteAE", "ServerState", "ServiceModule", "Session"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RemoteAE:
+    """An application entity we open associations to (``remote_aes`` in the
+    configuration): a C-MOVE destination, a Storage Commitment requester."""
+
+    ae_title: str
+    host: str
+    port: int
+    tls: bool = False
 
 
 class Operation(Protocol):
@@ -129,6 +140,8 @@ class ServerState:
     catalog: CatalogWriter | None = None
     # service modules beyond Verification and Storage, by request type
     services: Mapping[type, ServiceModule] = dataclasses.field(default_factory=dict)
+    # AEs we connect to, by AE title (C-MOVE destinations, commitment reports)
+    remote_aes: Mapping[str, RemoteAE] = dataclasses.field(default_factory=dict)
     # the largest request data set (identifier, action list) held in memory
     max_request_dataset: int = 1 << 20
     active: int = 0
