@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve_arguments(sub.add_parser("serve", help="run the receiver"))
     from .cli_catalog import register as register_catalog
-    from .config import register as register_config
+    from .cli_config import register as register_config
     from .scu import commands as scu_commands
 
     scu_commands.register(sub)

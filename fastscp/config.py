@@ -31,7 +31,6 @@ import ipaddress
 import os
 import re
 import shlex
-import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -61,7 +60,6 @@ __all__ = [
     "load_config",
     "parse_config_text",
     "parse_set_overrides",
-    "register",
 ]
 
 NAMING_SCHEMES = ("hierarchical", "flat", "date-based", "physician", "template")
@@ -951,48 +949,3 @@ def dump_config(cfg: Config, fmt: Literal["yaml", "json"] = "yaml") -> str:
 
         return json.dumps(data, indent=2) + "\n"
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
-
-
-# --- command line: `fastscp config check FILE` -----------------------------------
-
-def _cmd_check(args: Any) -> int:
-    try:
-        overrides = parse_set_overrides(getattr(args, "set", None) or [])
-        cfg = load_config(args.file, overrides)
-        if cfg.server.tls.enabled:
-            from .net.tls import server_ssl_context
-
-            try:
-                server_ssl_context(cfg.server.tls)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"cannot set up TLS: {exc}", "server.tls", None, args.file) from None
-    except ConfigError as exc:
-        for line in exc.lines():
-            print(f"error: {line}", file=sys.stderr)
-        if len(exc.problems) > 1:
-            print(f"{len(exc.problems)} errors", file=sys.stderr)
-        return 2
-    sys.stdout.write(dump_config(cfg, args.format))
-    return 0
-
-
-def _cmd_defaults(args: Any) -> int:
-    sys.stdout.write(dump_config(Config(), args.format))
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    """Add ``config check FILE`` and ``config defaults`` to an argparse
-    subparsers object; each sets ``func(args) -> exit status``."""
-    parser = subparsers.add_parser("config", help="validate and show configuration files")
-    sub = parser.add_subparsers(dest="config_command", metavar="COMMAND")
-    sub.required = True
-    check = sub.add_parser("check", help="validate FILE and print the effective configuration")
-    check.add_argument("file", metavar="FILE")
-    check.add_argument("--format", choices=("yaml", "json"), default="yaml")
-    check.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a key, e.g. --set server.port=11113 (repeatable)")
-    check.set_defaults(func=_cmd_check)
-    defaults = sub.add_parser("defaults", help="print the built-in defaults")
-    defaults.add_argument("--format", choices=("yaml", "json"), default="yaml")
-    defaults.set_defaults(func=_cmd_defaults)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fastscp.cli_config import register
 from fastscp.config import (
     AccessEntry,
     Config,
@@ -19,7 +20,6 @@ from fastscp.config import (
     load_config,
     parse_config_text,
     parse_size,
-    register,
 )
 
 REPO = Path(__file__).resolve().parent.parent
