@@ -184,3 +184,20 @@ def test_imports_stay_cheap() -> None:
         "assert 'pydicom' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_generated_tables_are_what_the_libraries_say() -> None:
+    """fastscp/_uid_tables.py (``all``, read without importing pydicom or
+    pynetdicom) equals what the installed libraries give; regenerate it with
+    uid_tables_source() when they change."""
+    from pathlib import Path
+
+    import fastscp
+    from fastscp.sopclasses import uid_tables_source
+
+    table = Path(fastscp.__file__).parent / "_uid_tables.py"
+    assert table.read_text() == uid_tables_source(), "regenerate fastscp/_uid_tables.py (see uid_tables_source)"
+    assert expand_accept("all") == {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts} | {
+        uid for uid in expand_accept("all") if uid not in {str(cx.abstract_syntax) for cx in
+                                                          AllStoragePresentationContexts}}
+    assert {str(cx.abstract_syntax) for cx in AllStoragePresentationContexts} <= expand_accept("all")

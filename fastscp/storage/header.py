@@ -26,12 +26,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
-
-from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
-from pydicom.valuerep import TEXT_VR_DELIMS
+from typing import TYPE_CHECKING, Any
 
 from .._ext.header import (
     END,
@@ -46,6 +41,14 @@ from .._ext.header import (
     walk_to_end,
 )
 from ..instance import InstanceInfo
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+# pydicom (with numpy and its pixel plugins, about 30 MB of a process) is
+# imported only where it is needed: a character set outside _CODECS, ISO
+# 2022 escapes, a header Dataset for template naming, the lenient file
+# parse. A receiver of ordinary images never loads it.
 
 __all__ = [
     "FileMeta",
@@ -184,13 +187,28 @@ def _scan(
 _ENCODINGS_CACHE: dict[bytes, list[str]] = {}
 _DEFAULT_ENCODINGS = ["iso8859"]
 
+# Specific Character Set (0008,0005) single values without code extensions
+# (PS3.3 C.12.1.1.2, Table C.12-2) and the Python codec of each: the same
+# codecs pydicom's convert_encodings gives (tests/test_header_parse.py
+# checks every entry against it).
+_CODECS = {
+    "": "iso8859", "ISO_IR 6": "iso8859", "ISO_IR 100": "latin_1", "ISO_IR 101": "iso8859_2",
+    "ISO_IR 109": "iso8859_3", "ISO_IR 110": "iso8859_4", "ISO_IR 126": "iso_ir_126", "ISO_IR 127": "iso_ir_127",
+    "ISO_IR 138": "iso_ir_138", "ISO_IR 144": "iso_ir_144", "ISO_IR 148": "iso_ir_148", "ISO_IR 166": "iso_ir_166",
+    "ISO_IR 13": "shift_jis", "ISO_IR 192": "UTF8", "GB18030": "GB18030", "GBK": "GBK",
+}
+
 
 def _charset(raw: bytes) -> tuple[str, list[str]]:
     """(Specific Character Set as text, Python codecs) for the raw value."""
     terms = [term.strip(" \0") for term in raw.decode("latin-1").split("\\")]
     text = "\\".join(terms)
     encodings = _ENCODINGS_CACHE.get(raw)
+    if encodings is None and len(terms) == 1 and terms[0] in _CODECS:
+        encodings = [_CODECS[terms[0]]]
     if encodings is None:
+        from pydicom.charset import convert_encodings
+
         try:
             encodings = convert_encodings(terms if len(terms) > 1 else terms[0])
         except (ValueError, LookupError):  # e.g. a NUL inside a term: codec lookup fails
@@ -204,6 +222,9 @@ def _charset(raw: bytes) -> tuple[str, list[str]]:
 def _decode_text(raw: bytes, encodings: list[str]) -> str:
     """SH/LO/PN value in the data set's character set, each value stripped."""
     if b"\x1b" in raw:  # ISO 2022 code extensions: pydicom switches codecs
+        from pydicom.charset import decode_bytes
+        from pydicom.valuerep import TEXT_VR_DELIMS
+
         try:
             text = decode_bytes(raw, encodings, TEXT_VR_DELIMS)
         except (ValueError, LookupError):  # pydicom's strict mode, or odd escapes
@@ -368,6 +389,8 @@ def header_dataset(head: bytes | bytearray | memoryview, transfer_syntax_uid: st
     if deflated:
         data, _ = _inflate(head)
     _, _, offset = _scan(_HEADER_SPAN, data, syntax)
+    from pydicom.filereader import read_dataset
+
     return read_dataset(
         BytesIO(bytes(data[:offset])),
         is_implicit_VR=syntax == IMPLICIT_VR_LE,

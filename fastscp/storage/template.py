@@ -35,8 +35,6 @@ import time
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
-
 from ..instance import InstanceInfo
 from .safepath import UNKNOWN, bound_name, names_something, safe_component, split_ext
 from .values import first_value, header_text, int_or_none, parse_datetime
@@ -126,6 +124,8 @@ def _header_getter(tag: int) -> Getter:
 
 
 def _field_getter(name: str) -> Getter:
+    from pydicom.datadict import keyword_for_tag, tag_for_keyword  # a template names DICOM keywords
+
     if name in _RECEPTION:
         return _RECEPTION[name]
     if _HEX_TAG.fullmatch(name):

@@ -15,9 +15,6 @@ import functools
 import time
 from typing import Any
 
-from pydicom.multival import MultiValue
-from pydicom.sequence import Sequence
-
 __all__ = [
     "first_value",
     "header_text",
@@ -160,6 +157,9 @@ def header_text(value: Any) -> str:
         return value.strip()
     if isinstance(value, (bytes, bytearray, memoryview)):
         return ""
+    from pydicom.multival import MultiValue  # a pydicom value: pydicom is loaded
+    from pydicom.sequence import Sequence
+
     if isinstance(value, Sequence):
         return ""
     if isinstance(value, (MultiValue, list, tuple)):
