@@ -29,9 +29,10 @@ from ..instance import InstanceInfo
 from ..protocol import dimse as D
 from ..protocol.association import DatasetFragment
 from ..protocol.commands import CStoreRequest
-from ..storage.duplicates import new_content_hash
+from ..storage.duplicates import Outcome, new_content_hash
 from ..storage.durability import GroupCommitter
 from ..storage.header import check_dataset_end, header_dataset, parse_file, parse_head
+from ..storage.incoming import Refusal
 from ..storage.safepath import UnsafePathError
 from ..storage.store import Storage
 from .session import ServerState, Session
@@ -40,7 +41,28 @@ log = logging.getLogger("fastscp.scp")
 
 _PAGE_MASK = ~(mmap.PAGESIZE - 1)
 
-__all__ = ["StoreService"]
+__all__ = ["ANSWERS", "StoreService"]
+
+# What storage did or found (storage/: a duplicate outcome, a refusal) ->
+# the C-STORE-RSP status and Error Comment: the one place they meet DIMSE.
+# Failures of the disk are answered Out of Resources (0xA700) with the
+# system's message, where they happen. 0xCD01 for a rejected duplicate:
+# storage/duplicates.py says why that code.
+DUPLICATE_REJECTED = 0xCD01
+ANSWERS: dict[Outcome | Refusal, tuple[int, str]] = {
+    Outcome.STORED: (D.SUCCESS, ""),
+    Outcome.IDENTICAL: (D.SUCCESS, ""),
+    Outcome.IGNORED: (D.SUCCESS, ""),
+    Outcome.OVERWRITTEN: (D.SUCCESS, ""),
+    Outcome.KEPT_BOTH: (D.SUCCESS, ""),
+    Outcome.REJECTED: (DUPLICATE_REJECTED, "Duplicate SOP Instance UID with other content; first copy kept"),
+    Refusal.HEADER_UNREADABLE: (D.ERROR_CANNOT_UNDERSTAND, "dataset header cannot be parsed"),
+    Refusal.DATASET_TRUNCATED: (D.ERROR_CANNOT_UNDERSTAND, "data set truncated or element lengths wrong"),
+    Refusal.INSTANCE_UID_DIFFERS: (D.ERROR_CANNOT_UNDERSTAND, "SOP Instance UID in dataset differs from the command's"),
+    Refusal.CLASS_UID_DIFFERS: (D.ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                                "SOP Class UID in dataset differs from the command's"),
+    Refusal.UNSAFE_PATH: (D.ERROR_CANNOT_UNDERSTAND, "attribute values give no safe file name"),
+}
 
 
 @dataclasses.dataclass(slots=True)
@@ -237,7 +259,7 @@ class StoreService:
                 if info is None:
                     info = parse_file(temp, writer.prefix_size, st.transfer_syntax_uid)
             except Exception as exc:  # pydicom raises many kinds on bad input
-                st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "dataset header cannot be parsed"
+                st.status, st.comment = ANSWERS[Refusal.HEADER_UNREADABLE]
                 log.warning("assoc %s: header of %s cannot be parsed: %s", self.session.id, st.sop_instance_uid, exc)
                 Storage.discard(writer, temp)
                 return True
@@ -246,31 +268,24 @@ class StoreService:
                 check_dataset_end(writer.head, writer.dataset_size, st.transfer_syntax_uid,
                                   lambda offset, n: os.pread(fd, n, prefix + offset))
             except Exception as exc:  # MalformedDataset, or a short read
-                st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "data set truncated or element lengths wrong"
+                st.status, st.comment = ANSWERS[Refusal.DATASET_TRUNCATED]
                 log.warning("assoc %s: refused %s: %s", self.session.id, st.sop_instance_uid, exc)
                 Storage.discard(writer, temp)
                 return True
             if info.sop_instance_uid != st.sop_instance_uid:
-                st.status = D.ERROR_CANNOT_UNDERSTAND
-                st.comment = "SOP Instance UID in dataset differs from the command's"
+                st.status, st.comment = ANSWERS[Refusal.INSTANCE_UID_DIFFERS]
             elif info.sop_class_uid and info.sop_class_uid != st.sop_class_uid:
-                st.status = D.ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS
-                st.comment = "SOP Class UID in dataset differs from the command's"
+                st.status, st.comment = ANSWERS[Refusal.CLASS_UID_DIFFERS]
             if st.status != D.SUCCESS:
                 log.warning("assoc %s: refused %s: %s", self.session.id, st.sop_instance_uid, st.comment)
                 Storage.discard(writer, temp)
                 return True
-            info.sop_class_uid = st.sop_class_uid
-            info.calling_ae = self.session.calling_ae
-            info.called_ae = self.session.called_ae
-            info.peer = self.session.peer
-            info.association_id = self.session.id
-            info.received_at = time.time()
-            info.dataset_size = writer.dataset_size
-            info.content_hash = st.hasher.hexdigest()
-            info.file_size = file_size
-            if storage.naming_needs_header:
-                info.header = header_dataset(writer.head, st.transfer_syntax_uid)
+            info = info.received(
+                sop_class_uid=st.sop_class_uid, calling_ae=self.session.calling_ae,
+                called_ae=self.session.called_ae, peer=self.session.peer, association_id=self.session.id,
+                received_at=time.time(), dataset_size=writer.dataset_size, file_size=file_size,
+                content_hash=st.hasher.hexdigest(),
+                header=header_dataset(writer.head, st.transfer_syntax_uid) if storage.naming_needs_header else None)
         except OSError as exc:
             self._store_error(st, exc, writer, temp)
             return True
@@ -291,24 +306,26 @@ class StoreService:
         log.error("assoc %s: storing %s failed: %s", self.session.id, st.sop_instance_uid, exc)
         Storage.discard(writer, temp)
 
-    def _place(self, st: _Store, temp: str, info: InstanceInfo) -> bool:
+    def _place(self, st: _Store, temp: str, received: InstanceInfo) -> bool:
         """Rename into place and count it (observers hear of it after the
         answer). False when nothing was placed (failure, or a duplicate the
         policy dropped)."""
         try:
-            st.status, st.comment, placed = self.server.storage.place(temp, info)
+            placement = self.server.storage.place(temp, received)
         except UnsafePathError as exc:
-            st.status, st.comment = D.ERROR_CANNOT_UNDERSTAND, "attribute values give no safe file name"
+            st.status, st.comment = ANSWERS[Refusal.UNSAFE_PATH]
             log.error("assoc %s: no safe path for %s: %s", self.session.id, st.sop_instance_uid, exc)
             Storage.discard(None, temp)
             return False
         except OSError as exc:
             self._store_error(st, exc, None, temp)
             return False
+        st.status, st.comment = ANSWERS[placement.outcome]
+        info = received.placed(placement.path, placement.duplicate)
         if info.duplicate:
             self.duplicates += 1
             log.info("assoc %s: duplicate %s %s", self.session.id, info.sop_instance_uid, info.duplicate)
-        if not placed:
+        if not placement.placed:
             if info.duplicate:
                 st.dropped = info
             return False

@@ -24,7 +24,7 @@ import os
 import stat
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from typing import Any
 
@@ -277,7 +277,8 @@ def _decode_values(
     # The loop is Cython (_ext/header.pyx); rare cases call back the decoders above.
     decode_values_into(fields, values, _NAMES, _KINDS, encodings[0], encodings, little,
                        _decode_code, _decode_text, _decode_name, _decode_int)
-    return InstanceInfo(transfer_syntax_uid=transfer_syntax_uid, **fields)
+    fields["transfer_syntax_uid"] = transfer_syntax_uid
+    return InstanceInfo.from_fields(fields)
 
 
 # ---- public API -----------------------------------------------------------
@@ -455,11 +456,9 @@ def parse_file(
                 view.release()
     if info is None:
         info = _parse_with_pydicom(path, transfer_syntax_uid)
-    if meta is not None:
-        if not info.sop_class_uid:
-            info.sop_class_uid = meta.sop_class_uid
-        if not info.sop_instance_uid:
-            info.sop_instance_uid = meta.sop_instance_uid
+    if meta is not None and not (info.sop_class_uid and info.sop_instance_uid):
+        info = replace(info, sop_class_uid=info.sop_class_uid or meta.sop_class_uid,
+                       sop_instance_uid=info.sop_instance_uid or meta.sop_instance_uid)
     return info
 
 

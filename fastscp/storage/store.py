@@ -4,13 +4,15 @@
 the tree, so the final ``os.replace`` is atomic) and returns an
 ``InstanceFile`` that streams the dataset after the Part-10 prefix (its
 ``finish`` trims the file to what was written); ``place`` names the instance (naming scheme, then
-``resolve_inside``), applies the duplicate policy (``DuplicateGuard``) and renames it into place or drops it;
+``resolve_inside``), applies the duplicate policy (``DuplicateGuard``) and renames it into place or drops it,
+and says what it did (a frozen ``Placement``, no DIMSE status: the service maps it);
 ``discard`` removes the temp file. Nothing partial is ever visible in the tree: a file either is complete
 at its final path or does not exist there. ``.incoming/`` is swept at start.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import logging
@@ -44,6 +46,23 @@ DEFAULT_RESERVE_CAP = 1024**3
 CHECK_EVERY = 16 * 1024 * 1024
 
 LOCK_FILE = ".fastscp.lock"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Placement:
+    """What ``Storage.place`` did with a received instance (the service maps
+    ``outcome`` to its answer). ``path`` is the file that holds the instance
+    in the tree: the received copy when ``placed``, else the copy kept (""
+    if none)."""
+
+    outcome: Outcome  # STORED for a new instance, else the duplicate policy's
+    path: str
+    placed: bool  # the received file was renamed into the tree (else it was removed)
+
+    @property
+    def duplicate(self) -> str:
+        """``InstanceInfo.duplicate``: "" for a new instance, else the outcome's name."""
+        return self.outcome.label
 
 
 class StorageInUse(Exception):
@@ -182,14 +201,13 @@ class Storage:
             raise
         return writer, temp
 
-    def place(self, temp: str, info: InstanceInfo) -> tuple[int, str, bool]:
+    def place(self, temp: str, received: InstanceInfo) -> Placement:
         """Rename the finished temp file into place or drop it, as the
-        duplicate policy says. Fills info.path (for a dropped duplicate: the
-        copy kept) and info.duplicate; returns (status, error comment, whether
-        the file was placed). Raises OSError (temp file kept: the caller
-        discards it) and UnsafePathError."""
-        target = join_inside(self._base, relative_text(self.naming, info))
-        uid = info.sop_instance_uid
+        duplicate policy says; what was done (``received`` is not changed).
+        Raises OSError (temp file kept: the caller discards it) and
+        UnsafePathError."""
+        target = join_inside(self._base, relative_text(self.naming, received))
+        uid = received.sop_instance_uid
         if self._noreplace and self.guard.index.lookup(uid) is None:
             parent = os.path.dirname(target)
             if parent not in self._known_dirs:
@@ -215,37 +233,32 @@ class Storage:
                 log.info("renameat2(RENAME_NOREPLACE) not supported on %s (%s): checking before renaming",
                          self._base, exc.strerror)
             else:
-                self.guard.stored(uid, target, info.content_hash)
-                info.path = target
-                info.duplicate = ""
-                return 0, "", True
-        return self._place_checked(temp, info, Path(target))
+                self.guard.stored(uid, target, received.content_hash)
+                return Placement(Outcome.STORED, target, True)
+        return self._place_checked(temp, received, Path(target))
 
-    def _place_checked(self, temp: str, info: InstanceInfo, target: Path) -> tuple[int, str, bool]:
+    def _place_checked(self, temp: str, received: InstanceInfo, target: Path) -> Placement:
         """The duplicate guard's way: the UID is known, or the target is taken."""
-        res = self.guard.resolve(info.sop_instance_uid, info.content_hash, target)
-        decision = res.decision
-        info.duplicate = decision.outcome.label
+        res = self.guard.resolve(received.sop_instance_uid, received.content_hash, target)
+        outcome = res.decision.outcome
         if res.path is None:
             os.unlink(temp)
-            info.path = str(res.previous or "")
-            return decision.status, decision.comment, False
+            return Placement(outcome, str(res.previous or ""), False)
         final = str(res.path)
         parent = os.path.dirname(final)
         if parent not in self._known_dirs:
             os.makedirs(parent, exist_ok=True)
             self._known_dirs.add(parent)
         os.replace(temp, final)
-        if decision.replaces_previous and res.previous is not None and str(res.previous) != final:
+        if res.decision.replaces_previous and res.previous is not None and str(res.previous) != final:
             try:
                 os.unlink(res.previous)
             except FileNotFoundError:
                 pass
-        self.guard.stored(info.sop_instance_uid, res.path, info.content_hash)
-        info.path = final
-        if decision.outcome is not Outcome.STORED:
-            log.info("duplicate %s: %s -> %s", info.sop_instance_uid, decision.outcome.value, final)
-        return decision.status, decision.comment, True
+        self.guard.stored(received.sop_instance_uid, res.path, received.content_hash)
+        if outcome is not Outcome.STORED:
+            log.info("duplicate %s: %s -> %s", received.sop_instance_uid, outcome.value, final)
+        return Placement(outcome, final, True)
 
     def take_incoming(self, more: int, own: int) -> str:
         """An association receiving an instance has ``more`` bytes of it
