@@ -23,7 +23,7 @@ frozen class sets each field through ``object.__setattr__`` (about 4 us, and
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -91,17 +91,23 @@ class InstanceInfo:
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, object]) -> InstanceInfo:
-        """The instance with ``fields`` (names of fields; the three UIDs are
+        """The instance with ``fields`` (by field name; the three UIDs are
         required) and every other field at its default: the header parser's
-        constructor. Raises TypeError for a name that is no field."""
-        if not _REQUIRED <= fields.keys() <= _FIELDS:
-            raise TypeError(f"InstanceInfo fields unknown: {sorted(fields.keys() - _FIELDS)}, "
-                            f"missing: {sorted(_REQUIRED - fields.keys())}")
+        constructor. The names are not checked here (the parser's are, once,
+        by ``check_field_names``)."""
         info = object.__new__(cls)
         values = info.__dict__
         values.update(_DEFAULTS)
         values.update(fields)
         return info
+
+    @staticmethod
+    def check_field_names(names: Iterable[str]) -> None:
+        """Raise TypeError unless ``names`` are fields that, with the three
+        UIDs, make a whole ``from_fields`` argument."""
+        given = set(names) | _REQUIRED
+        if not given <= _FIELDS:
+            raise TypeError(f"not InstanceInfo fields: {sorted(given - _FIELDS)}")
 
     def received(self, *, sop_class_uid: str, calling_ae: str, called_ae: str, peer: str, association_id: str,
                  received_at: float, dataset_size: int, file_size: int, content_hash: str,
@@ -110,9 +116,16 @@ class InstanceInfo:
         info = object.__new__(type(self))
         values = info.__dict__
         values.update(self.__dict__)
-        values.update(sop_class_uid=sop_class_uid, calling_ae=calling_ae, called_ae=called_ae, peer=peer,
-                      association_id=association_id, received_at=received_at, dataset_size=dataset_size,
-                      file_size=file_size, content_hash=content_hash, header=header)
+        values["sop_class_uid"] = sop_class_uid
+        values["calling_ae"] = calling_ae
+        values["called_ae"] = called_ae
+        values["peer"] = peer
+        values["association_id"] = association_id
+        values["received_at"] = received_at
+        values["dataset_size"] = dataset_size
+        values["file_size"] = file_size
+        values["content_hash"] = content_hash
+        values["header"] = header
         return info
 
     def placed(self, path: str, duplicate: str) -> InstanceInfo:

@@ -14,7 +14,7 @@ from fastscp.instance import InstanceInfo
 from fastscp.protocol import dimse as D
 from fastscp.services.storage import ANSWERS
 from fastscp.storage.duplicates import Outcome, file_content_hash
-from fastscp.storage.incoming import Refusal
+from fastscp.storage.incoming import Reception, Refusal, Refused
 from fastscp.storage.store import Placement, Storage
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -36,11 +36,9 @@ def test_instance_info_is_frozen_and_its_steps_make_new_values() -> None:
                                            content_hash="ab")
     assert placed == dataclasses.replace(received, path="/store/1.dcm", duplicate="overwritten")
     assert (parsed.calling_ae, received.path, received.duplicate) == ("", "", "")  # each step left its input alone
-    with pytest.raises(TypeError, match="unknown: \\['colour'\\]"):
-        InstanceInfo.from_fields({"sop_class_uid": CT, "sop_instance_uid": "1", "transfer_syntax_uid": "1",
-                                  "colour": "red"})
-    with pytest.raises(TypeError, match="missing: \\['transfer_syntax_uid'\\]"):
-        InstanceInfo.from_fields({"sop_class_uid": CT, "sop_instance_uid": "1"})
+    InstanceInfo.check_field_names(["patient_id", "specific_character_set", "sop_class_uid"])
+    with pytest.raises(TypeError, match="\\['colour'\\]"):
+        InstanceInfo.check_field_names(["patient_id", "colour"])
 
 
 def test_every_storage_outcome_has_an_answer() -> None:
@@ -82,3 +80,41 @@ def test_place_says_what_it_did_and_leaves_the_received_instance_alone(
     assert dropped.duplicate == outcome.value
     assert (other.path, other.duplicate) == ("", "")
     assert not Path(temp).exists() and list(storage.incoming.iterdir()) == []
+
+
+def test_an_incoming_instance_finishes_into_the_received_instance(tmp_path: Path) -> None:
+    storage = Storage(tmp_path / "store", min_free_space=0)
+    source = tmp_path / "a.dcm"
+    ds = make_image(source, 1, study=1)
+    raw = source.read_bytes()
+    dataset = raw[144 + int.from_bytes(raw[140:144], "little"):]
+    reception = Reception("SCU", "FASTSCP", "127.0.0.1:9", "a-7")
+
+    incoming = storage.begin(CT, str(ds.SOPInstanceUID), EXPLICIT_LE, "SCU")
+    incoming.write(dataset[:100], False)
+    incoming.write(dataset[100:], True)
+    received = incoming.finish(reception)
+    assert (received.sop_instance_uid, received.patient_id) == (str(ds.SOPInstanceUID), str(ds.PatientID))
+    assert (received.calling_ae, received.called_ae, received.peer, received.association_id) == (
+        "SCU", "FASTSCP", "127.0.0.1:9", "a-7")
+    assert received.dataset_size == len(dataset) and received.content_hash == file_content_hash(source)
+    assert received.file_size == Path(incoming.temp).stat().st_size
+    assert (received.path, received.duplicate) == ("", "")  # placing it is Storage.place's
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        received.calling_ae = "OTHER"  # type: ignore[misc]
+    incoming.abort()
+    assert list(storage.incoming.iterdir()) == []
+
+    wrong = storage.begin(CT, "1.2.3.4", EXPLICIT_LE, "SCU")  # the command names another instance
+    wrong.write(dataset, True)
+    with pytest.raises(Refused) as refused:
+        wrong.finish(reception)
+    assert refused.value.refusal is Refusal.INSTANCE_UID_DIFFERS
+    wrong.abort()
+    cut = storage.begin(CT, str(ds.SOPInstanceUID), EXPLICIT_LE, "SCU")
+    cut.write(dataset[:-3], True)  # the pixel data ends short
+    with pytest.raises(Refused) as refused:
+        cut.finish(reception)
+    assert refused.value.refusal is Refusal.DATASET_TRUNCATED
+    cut.abort()
+    assert list(storage.incoming.iterdir()) == []

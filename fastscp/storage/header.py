@@ -261,6 +261,7 @@ def _decode_int(raw: bytes) -> int | None:
 _NAMES: tuple[str, ...] = tuple(name for _, name, _ in _ATTRIBUTES[1:])
 _KINDS: tuple[int, ...] = tuple(kind for _, _, kind in _ATTRIBUTES[1:])
 assert (_CODE, _TEXT, _NAME, _INT, _INTS) == (1, 2, 3, 4, 5)  # the kinds _ext/header.pyx knows
+InstanceInfo.check_field_names(_NAMES)  # what _decode_values hands InstanceInfo.from_fields
 
 
 def _decode_values(

@@ -2,12 +2,15 @@
 
 ``begin`` opens a temp file under ``<storage>/.incoming/`` (same filesystem as
 the tree, so the final ``os.replace`` is atomic) and returns an
-``InstanceFile`` that streams the dataset after the Part-10 prefix (its
-``finish`` trims the file to what was written); ``place`` names the instance (naming scheme, then
-``resolve_inside``), applies the duplicate policy (``DuplicateGuard``) and renames it into place or drops it,
-and says what it did (a frozen ``Placement``, no DIMSE status: the service maps it);
-``discard`` removes the temp file. Nothing partial is ever visible in the tree: a file either is complete
-at its final path or does not exist there. ``.incoming/`` is swept at start.
+``IncomingInstance`` (storage/incoming.py) that streams the dataset after the
+Part-10 prefix and, once finished, gives the received ``InstanceInfo``
+(its ``abort`` removes the temp file); ``durability`` picks how it is made
+durable (storage/durability.py); ``place`` names the instance (naming
+scheme, then ``resolve_inside``), applies the duplicate policy
+(``DuplicateGuard``), renames it into place or drops it, and says what it
+did (a frozen ``Placement``, no DIMSE status: the service maps it). Nothing
+partial is ever visible in the tree: a file either is complete at its final
+path or does not exist there. ``.incoming/`` is swept at start.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from pathlib import Path
 from .._ext.writer import InstanceFile, rename_noreplace
 from ..instance import InstanceInfo
 from .duplicates import DuplicateGuard, Outcome
-from .durability import GroupCommitter
+from .durability import NO_SYNC, Durability, GroupCommit, GroupCommitter, SyncOnLoop
+from .incoming import IncomingInstance
 from .naming import FlatNaming, NamingScheme, relative_text
 from .part10 import file_meta
 from .safepath import join_inside
@@ -124,9 +128,11 @@ class Storage:
         """``min_free_space``: None = the default reserve (DEFAULT_RESERVE_*),
         0 = none. ``max_incoming``: None = no bound on unfinished bytes."""
         self.directory = Path(directory).resolve()
-        # storage.durability: fsync -> the service answers through a GroupCommitter
+        # storage.durability: fsync -> the app sets ``committer``, and
+        # ``durability`` picks a strategy that syncs through it
         self.durable = durable
-        self.committer: GroupCommitter | None = None
+        self._committer: GroupCommitter | None = None
+        self._strategies: tuple[SyncOnLoop, GroupCommit] | None = None
         self.guard = DuplicateGuard(self.directory, duplicates)
         self._statvfs = statvfs
         self._free_checked = -1e9
@@ -180,13 +186,17 @@ class Storage:
     def drop_temp(spare: tuple[int, str]) -> None:
         """Close and remove a temp file from ``open_temp`` that was not used."""
         os.close(spare[0])
-        Storage.discard(None, spare[1])
+        try:
+            os.unlink(spare[1])
+        except FileNotFoundError:
+            pass
 
     def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str,
-              spare: tuple[int, str] | None = None) -> tuple[InstanceFile, str]:
-        """A temp file with the Part-10 prefix written; raises OSError.
-        ``spare`` (from ``open_temp``) is used instead of a new file; it is
-        the caller's no more, whatever happens."""
+              spare: tuple[int, str] | None = None) -> IncomingInstance:
+        """An incoming instance: a temp file with the Part-10 prefix to come
+        (written with the first fragment); raises OSError. ``spare`` (from
+        ``open_temp``) is used instead of a new file; it is the caller's no
+        more, whatever happens."""
         if self.min_free_space and self.free_space() < self.min_free_space:
             if spare is not None:
                 self.drop_temp(spare)
@@ -199,7 +209,34 @@ class Storage:
             os.close(fd)
             os.unlink(temp)
             raise
-        return writer, temp
+        return IncomingInstance(writer, temp, sop_class_uid, sop_instance_uid, transfer_syntax_uid, self.head_limit,
+                                self.naming_needs_header)
+
+    @property
+    def committer(self) -> GroupCommitter | None:
+        """The group committer of ``storage.durability: fsync`` (set by the
+        app once its loop runs; None without durability, and from the
+        start of shutdown: what is then in flight through it is answered
+        a failure)."""
+        return self._committer
+
+    @committer.setter
+    def committer(self, committer: GroupCommitter | None) -> None:
+        if self._strategies is not None:
+            self._strategies[1].retire()
+        self._committer = committer
+        self._strategies = None if committer is None else (SyncOnLoop(committer), GroupCommit(committer))
+
+    def durability(self, associations: int) -> Durability:
+        """The strategy that makes an instance durable now, ``associations``
+        being open (durability.py): on the event loop for the only one while
+        the disk is quick, else through the group commit thread."""
+        strategies = self._strategies
+        if strategies is None:
+            return NO_SYNC
+        on_loop, group = strategies
+        assert self._committer is not None  # set together
+        return on_loop if associations == 1 and self._committer.inline_ok() else group
 
     def place(self, temp: str, received: InstanceInfo) -> Placement:
         """Rename the finished temp file into place or drop it, as the
@@ -293,12 +330,3 @@ class Storage:
             self._free_checked = now
         return self._free
 
-    @staticmethod
-    def discard(writer: InstanceFile | None, temp: str | None) -> None:
-        if writer is not None:
-            writer.close()
-        if temp:
-            try:
-                os.unlink(temp)
-            except FileNotFoundError:
-                pass
