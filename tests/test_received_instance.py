@@ -66,18 +66,17 @@ def test_place_says_what_it_did_and_leaves_the_received_instance_alone(
     digest = file_content_hash(source) or ""
     temp, received = _arrive(storage, source, uid, digest)
     first = storage.place(temp, received)
-    assert first == Placement(Outcome.STORED, str(storage.directory / f"{uid}.dcm"), True)
-    assert first.duplicate == "" and (received.path, received.duplicate) == ("", "")
+    assert first == Placement(Outcome.STORED, str(storage.directory / f"{uid}.dcm"), True, "")
+    assert (received.path, received.duplicate) == ("", "")
     assert Path(first.path).read_bytes() == source.read_bytes()
 
     temp, again = _arrive(storage, source, uid, digest)  # the same content again
-    assert storage.place(temp, again) == Placement(Outcome.IDENTICAL, first.path, False)
+    assert storage.place(temp, again) == Placement(Outcome.IDENTICAL, first.path, False, "identical")
     assert not Path(temp).exists()
 
     temp, other = _arrive(storage, source, uid, "0" * 32)  # the same UID, other content
     dropped = storage.place(temp, other)
-    assert dropped == Placement(outcome, first.path, False)  # the path is the copy kept
-    assert dropped.duplicate == outcome.value
+    assert dropped == Placement(outcome, first.path, False, outcome.value)  # the path is the copy kept
     assert (other.path, other.duplicate) == ("", "")
     assert not Path(temp).exists() and list(storage.incoming.iterdir()) == []
 

@@ -95,6 +95,7 @@ class StoreService:
 
     def __init__(self, session: Session) -> None:
         self.session = session
+        self.server: ServerState = session.server  # the same for the association's life
         self.stored = 0
         self.failed = 0
         self.duplicates = 0
@@ -102,10 +103,6 @@ class StoreService:
         self.statuses: dict[int, int] = {}  # non-success C-STORE statuses answered, by status
         self._spare: tuple[int, str] | None = None  # the next C-STORE's temp file, opened ahead
         self._reception: Reception | None = None  # who sends, once the first C-STORE comes
-
-    @property
-    def server(self) -> ServerState:
-        return self.session.server
 
     def counts(self) -> AssociationCounts:
         """What this association stored so far."""
@@ -154,8 +151,8 @@ class StoreService:
         """One PDV of the data set ``st`` receives (the dispatcher checked
         its context and forgets ``st`` after the last)."""
         incoming = st.incoming
-        if incoming is not None and incoming.dataset_size + len(ev.data) > st.check_at:
-            self._checkpoint(st, incoming.dataset_size + len(ev.data))
+        if incoming is not None and incoming.writer.dataset_size + len(ev.data) > st.check_at:
+            self._checkpoint(st, incoming.writer.dataset_size + len(ev.data))
             incoming = st.incoming
         if incoming is not None:
             try:
@@ -167,7 +164,8 @@ class StoreService:
                 log.error("assoc %s: writing %s failed: %s", self.session.id, st.sop_instance_uid, exc)
             else:
                 if not ev.last:
-                    self.server.storage.durability(self.server.active).receiving(incoming)
+                    server = self.server
+                    server.storage.durability(server.active).receiving(incoming)
         if ev.last:
             if st.accounted:
                 self._release(st)
@@ -234,7 +232,8 @@ class StoreService:
             self._answer_store(st)
             return
         st.incoming, st.finished = None, incoming
-        durability = self.server.storage.durability(self.server.active)
+        server = self.server
+        durability = server.storage.durability(server.active)
         if durability.deferred:
             session.owe_answer(1)
         durability.commit(incoming, lambda: self._place(st, incoming, received, durability),

@@ -62,11 +62,7 @@ class Placement:
     outcome: Outcome  # STORED for a new instance, else the duplicate policy's
     path: str
     placed: bool  # the received file was renamed into the tree (else it was removed)
-
-    @property
-    def duplicate(self) -> str:
-        """``InstanceInfo.duplicate``: "" for a new instance, else the outcome's name."""
-        return self.outcome.label
+    duplicate: str  # InstanceInfo.duplicate: "" for a new instance, else the outcome's name (Outcome.label)
 
 
 class StorageInUse(Exception):
@@ -271,7 +267,7 @@ class Storage:
                          self._base, exc.strerror)
             else:
                 self.guard.stored(uid, target, received.content_hash)
-                return Placement(Outcome.STORED, target, True)
+                return Placement(Outcome.STORED, target, True, "")
         return self._place_checked(temp, received, Path(target))
 
     def _place_checked(self, temp: str, received: InstanceInfo, target: Path) -> Placement:
@@ -280,7 +276,7 @@ class Storage:
         outcome = res.decision.outcome
         if res.path is None:
             os.unlink(temp)
-            return Placement(outcome, str(res.previous or ""), False)
+            return Placement(outcome, str(res.previous or ""), False, outcome.label)
         final = str(res.path)
         parent = os.path.dirname(final)
         if parent not in self._known_dirs:
@@ -295,7 +291,7 @@ class Storage:
         self.guard.stored(received.sop_instance_uid, res.path, received.content_hash)
         if outcome is not Outcome.STORED:
             log.info("duplicate %s: %s -> %s", received.sop_instance_uid, outcome.value, final)
-        return Placement(outcome, final, True)
+        return Placement(outcome, final, True, outcome.label)
 
     def take_incoming(self, more: int, own: int) -> str:
         """An association receiving an instance has ``more`` bytes of it
