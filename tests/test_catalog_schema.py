@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import duckdb
 import pytest
 
@@ -44,8 +45,7 @@ def test_v1_data_migrates_to_current(tmp_path):
 
     # The writer works on the migrated file and upserts over the v1 row.
     with CatalogWriter(db) as w:
-        info = make_info(5)
-        info.sop_instance_uid = "1.2.3"
+        info = dataclasses.replace(make_info(5), sop_instance_uid="1.2.3")
         w.enqueue(info)
     conn = duckdb.connect(str(db), read_only=True)
     assert conn.execute("SELECT count(*), max(path) FROM instances").fetchone() == (1, info.path)

@@ -6,6 +6,7 @@ study and sets only ``study_id``, keeping the reception fields of the rows."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -36,12 +37,10 @@ def _file(root: Path, name: str, sop: str, study: str, study_id: str | None) -> 
 
 def test_new_rows_carry_study_id(tmp_path: Path) -> None:
     conn = schema.connect(tmp_path / "i.db")
-    info = make_info(1)
-    info.study_id = "S42"
+    info = dataclasses.replace(make_info(1), study_id="S42")
     BatchWriter(conn).write([info])
     assert conn.execute("SELECT study_id FROM studies").fetchall() == [("S42",)]
-    info2 = make_info(2)
-    info2.study_instance_uid = "9.9.9"
+    info2 = dataclasses.replace(make_info(2), study_instance_uid="9.9.9")
     BatchWriter(conn).write([info2])  # absent attribute: "", not NULL (NULL means "not read yet")
     assert conn.execute("SELECT study_id FROM studies WHERE study_instance_uid = '9.9.9'").fetchall() == [("",)]
     conn.close()

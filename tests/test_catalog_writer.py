@@ -3,6 +3,7 @@ backpressure; upsert semantics; reads from another thread while writing."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -106,8 +107,7 @@ def test_same_sop_instance_twice_keeps_the_last_reception(tmp_path):
     db = tmp_path / "i.db"
     with CatalogWriter(db, batch_size=10_000, flush_interval=3600) as w:
         first = make_info(1, path="/s/a.dcm")
-        second = make_info(1, path="/s/b.dcm")
-        second.duplicate = "overwritten"
+        second = dataclasses.replace(make_info(1, path="/s/b.dcm"), duplicate="overwritten")
         w.enqueue(first)
         w.enqueue(second)  # same batch
         w.flush(10)
@@ -265,10 +265,8 @@ def test_a_dropped_re_send_updates_the_row_and_a_later_stored_copy_supersedes_it
     copy in the tree (path, hash) stays. In one batch, a stored copy that
     follows the dropped one wins."""
     db = tmp_path / "i.db"
-    first = make_info(0)
-    first.calling_ae, first.path, first.content_hash = "FIRST", "/x/1.dcm", "aa"
-    dropped = make_info(0)
-    dropped.calling_ae, dropped.path, dropped.duplicate = "AGAIN", "/x/1.dcm", "ignored"
+    first = dataclasses.replace(make_info(0), calling_ae="FIRST", path="/x/1.dcm", content_hash="aa")
+    dropped = dataclasses.replace(make_info(0), calling_ae="AGAIN", path="/x/1.dcm", duplicate="ignored")
     with CatalogWriter(db, batch_size=100, flush_interval=0.05) as w:
         w.enqueue(first)
         w.record_duplicate(dropped)
@@ -276,11 +274,9 @@ def test_a_dropped_re_send_updates_the_row_and_a_later_stored_copy_supersedes_it
         row = w.cursor().execute("SELECT calling_ae, duplicate, path, content_hash FROM instances").fetchall()
         assert row == [("AGAIN", "ignored", "/x/1.dcm", "aa")]
 
-        again = make_info(0)
-        again.calling_ae, again.duplicate = "AGAIN", "identical"
-        overwrite = make_info(0)
-        overwrite.calling_ae, overwrite.path, overwrite.content_hash, overwrite.duplicate = \
-            "FIXER", "/x/1b.dcm", "bb", "overwritten"
+        again = dataclasses.replace(make_info(0), calling_ae="AGAIN", duplicate="identical")
+        overwrite = dataclasses.replace(make_info(0), calling_ae="FIXER", path="/x/1b.dcm", content_hash="bb",
+                                        duplicate="overwritten")
         w.record_duplicate(again)
         w.enqueue(overwrite)
         assert w.flush(10)

@@ -4,8 +4,8 @@ sync, answer), a failed write-out or a failed sync must never be answered
 Success, and a write-out failure must leave nothing in the tree.
 
 Both ways an instance takes are covered: on the event loop when its
-association is the only one open (``_durable_alone``), and through the group
-commit thread when another association is open (the deferred answer).
+association is the only one open (``durability.SyncOnLoop``), and through the group
+commit thread when another association is open (``durability.GroupCommit``, the deferred answer).
 """
 
 from __future__ import annotations

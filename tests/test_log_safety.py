@@ -5,6 +5,7 @@ drive the terminal. The JSON forms escape by JSON itself."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -116,9 +117,8 @@ def test_terminal_view_shows_hostile_values_as_plain_text(tmp_path: Path) -> Non
     a = assoc_info(1, EVIL_AE, called_ae=EVIL_CALLED, peer="127.0.0.1:4\x1b[1m")
     st.active += 1
     mon.association_opened(AssociationOpened(a))
-    info = make_info(1, calling_ae=EVIL_AE)
-    info.patient_id = "[bold red]PID\x07"
-    info.study_description = EVIL_NAME
+    info = dataclasses.replace(make_info(1, calling_ae=EVIL_AE), patient_id="[bold red]PID\x07",
+                               study_description=EVIL_NAME)
     mon.instance_stored(InstanceStored(a, info))
     mon.association_rejected(AssociationRejected(assoc_info(2, "[link=http://x]ae[/link]"),
                                                  "called AE 'X\x1b[2J' is not ours"))

@@ -4,6 +4,7 @@ form, the disk watermark, and the status HTTP server fed raw requests."""
 
 from __future__ import annotations
 
+import dataclasses
 import asyncio
 import io
 import json
@@ -100,8 +101,8 @@ def test_monitor_counts_and_prometheus(tmp_path: Path) -> None:
         mon.association_opened(AssociationOpened(x))
     for i in range(6):
         x = a if i < 4 else b
-        info = make_info(i, study=i % 2, modality="CT" if i % 3 else "MR", calling_ae=x.calling_ae)
-        info.dataset_size = 100 + i
+        info = dataclasses.replace(make_info(i, study=i % 2, modality="CT" if i % 3 else "MR",
+                                             calling_ae=x.calling_ae), dataset_size=100 + i)
         st.instances_total += 1
         st.bytes_total += info.dataset_size
         mon.instance_stored(InstanceStored(x, info))

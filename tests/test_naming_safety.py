@@ -4,6 +4,7 @@ hostile values."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import unicodedata
 from pathlib import Path, PurePosixPath
@@ -156,17 +157,14 @@ INT_FIELDS = ["series_number", "instance_number"]
 
 @st.composite
 def hostile_infos(draw: st.DrawFn) -> InstanceInfo:
-    info = InstanceInfo(sop_class_uid="1.2.840.10008.5.1.4.1.1.7", sop_instance_uid="1", transfer_syntax_uid="1.2")
-    for name in TEXT_FIELDS:
-        setattr(info, name, draw(hostile_text))
-    for name in INT_FIELDS:
-        setattr(info, name, draw(hostile_int))
-    info.received_at = draw(st.floats(0, 4e9))
+    fields: dict[str, object] = {name: draw(hostile_text) for name in TEXT_FIELDS}
+    fields.update({name: draw(hostile_int) for name in INT_FIELDS})
+    fields["received_at"] = draw(st.floats(0, 4e9))
     header = pydicom.Dataset()
     header.InstitutionAddress = draw(hostile_text)
     header.ImageComments = draw(hostile_text)
-    info.header = header
-    return info
+    info = InstanceInfo(sop_class_uid="1.2.840.10008.5.1.4.1.1.7", sop_instance_uid="1", transfer_syntax_uid="1.2")
+    return dataclasses.replace(info, header=header, **fields)
 
 
 def _schemes(accounts_root: Path) -> dict[str, object]:

@@ -26,6 +26,8 @@ import pytest
 
 from conftest import Server, free_port, make_image
 from fastscp.scu.commands import answers_to_the_caller
+from fastscp.storage.incoming import IncomingInstance
+from fastscp.storage.store import Placement
 from reliability import DatasetTemplate, acknowledged, check_tree, dataset_bytes, incoming, server_log_clean, store_responses, storescu
 
 pytestmark = pytest.mark.interop
@@ -193,16 +195,17 @@ def test_injected_enospc_answers_a700_and_leaves_nothing(tmp_path: Path, monkeyp
     real_begin, real_place = storage.begin, storage.place
     created: list[str] = []
 
-    def begin(*args: object) -> tuple[object, str]:
+    def begin(*args: object) -> IncomingInstance:
         if where == "begin":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        writer, temp = real_begin(*args)  # type: ignore[arg-type]
-        created.append(temp)
+        instance = real_begin(*args)  # type: ignore[arg-type]
+        created.append(instance.temp)
         if "write" in where or where == "finish":
-            writer = FailingWriter(writer, {"first write": 1, "second write": 2}.get(where, 1 << 30), where == "finish")
-        return writer, temp
+            instance.writer = FailingWriter(  # type: ignore[assignment]  # a wrapper, not an InstanceFile
+                instance.writer, {"first write": 1, "second write": 2}.get(where, 1 << 30), where == "finish")
+        return instance
 
-    def no_space(*args: object) -> tuple[int, str, bool]:
+    def no_space(*args: object) -> Placement:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     try:

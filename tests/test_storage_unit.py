@@ -71,11 +71,11 @@ def test_begin_streams_into_the_spare_temp_file_it_is_given(tmp_path: Path) -> N
     storage = Storage(tmp_path / "store")
     spare = storage.open_temp()
     assert Path(spare[1]).parent == storage.incoming and Path(spare[1]).exists()
-    writer, temp = storage.begin(CT, "1.2.3", EXPLICIT_LE, "SENDER", spare)
-    assert (writer.fd, temp) == spare  # no second file was opened
-    assert os.listdir(storage.incoming) == [Path(temp).name]
-    writer.write(b"\x08\x00\x18\x00UI\x06\x001.2.3\x00", True)
-    Storage.discard(writer, temp)
+    incoming = storage.begin(CT, "1.2.3", EXPLICIT_LE, "SENDER", spare)
+    assert (incoming.writer.fd, incoming.temp) == spare  # no second file was opened
+    assert os.listdir(storage.incoming) == [Path(incoming.temp).name]
+    incoming.write(b"\x08\x00\x18\x00UI\x06\x001.2.3\x00", True)
+    incoming.abort()
     assert os.listdir(storage.incoming) == []
 
 

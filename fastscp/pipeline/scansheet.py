@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import datetime
 import html
 import io
@@ -82,7 +83,7 @@ def records_from_files(paths: Iterable[Path]) -> tuple[dict[str, StudyRecord], i
         except Exception:
             skipped += 1
             continue
-        info.path = str(Path(path).resolve())
+        info = dataclasses.replace(info, path=str(Path(path).resolve()))
         rec = studies.get(info.study_instance_uid)
         if rec is None:
             rec = studies[info.study_instance_uid] = StudyRecord(info.study_instance_uid)

@@ -24,7 +24,7 @@ import os
 import stat
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
@@ -282,6 +282,7 @@ def _decode_int(raw: bytes) -> int | None:
 _NAMES: tuple[str, ...] = tuple(name for _, name, _ in _ATTRIBUTES[1:])
 _KINDS: tuple[int, ...] = tuple(kind for _, _, kind in _ATTRIBUTES[1:])
 assert (_CODE, _TEXT, _NAME, _INT, _INTS) == (1, 2, 3, 4, 5)  # the kinds _ext/header.pyx knows
+InstanceInfo.check_field_names(_NAMES)  # what _decode_values hands InstanceInfo.from_fields
 
 
 def _decode_values(
@@ -298,7 +299,8 @@ def _decode_values(
     # The loop is Cython (_ext/header.pyx); rare cases call back the decoders above.
     decode_values_into(fields, values, _NAMES, _KINDS, encodings[0], encodings, little,
                        _decode_code, _decode_text, _decode_name, _decode_int)
-    return InstanceInfo(transfer_syntax_uid=transfer_syntax_uid, **fields)
+    fields["transfer_syntax_uid"] = transfer_syntax_uid
+    return InstanceInfo.from_fields(fields)
 
 
 # ---- public API -----------------------------------------------------------
@@ -478,11 +480,9 @@ def parse_file(
                 view.release()
     if info is None:
         info = _parse_with_pydicom(path, transfer_syntax_uid)
-    if meta is not None:
-        if not info.sop_class_uid:
-            info.sop_class_uid = meta.sop_class_uid
-        if not info.sop_instance_uid:
-            info.sop_instance_uid = meta.sop_instance_uid
+    if meta is not None and not (info.sop_class_uid and info.sop_instance_uid):
+        info = replace(info, sop_class_uid=info.sop_class_uid or meta.sop_class_uid,
+                       sop_instance_uid=info.sop_instance_uid or meta.sop_instance_uid)
     return info
 
 

@@ -2,15 +2,20 @@
 
 ``begin`` opens a temp file under ``<storage>/.incoming/`` (same filesystem as
 the tree, so the final ``os.replace`` is atomic) and returns an
-``InstanceFile`` that streams the dataset after the Part-10 prefix (its
-``finish`` trims the file to what was written); ``place`` names the instance (naming scheme, then
-``resolve_inside``), applies the duplicate policy (``DuplicateGuard``) and renames it into place or drops it;
-``discard`` removes the temp file. Nothing partial is ever visible in the tree: a file either is complete
-at its final path or does not exist there. ``.incoming/`` is swept at start.
+``IncomingInstance`` (storage/incoming.py) that streams the dataset after the
+Part-10 prefix and, once finished, gives the received ``InstanceInfo``
+(its ``abort`` removes the temp file); ``durability`` picks how it is made
+durable (storage/durability.py); ``place`` names the instance (naming
+scheme, then ``resolve_inside``), applies the duplicate policy
+(``DuplicateGuard``), renames it into place or drops it, and says what it
+did (a frozen ``Placement``, no DIMSE status: the service maps it). Nothing
+partial is ever visible in the tree: a file either is complete at its final
+path or does not exist there. ``.incoming/`` is swept at start.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import logging
@@ -22,7 +27,8 @@ from pathlib import Path
 from .._ext.writer import InstanceFile, rename_noreplace
 from ..instance import InstanceInfo
 from .duplicates import DuplicateGuard, Outcome
-from .durability import GroupCommitter
+from .durability import NO_SYNC, Durability, GroupCommit, GroupCommitter, SyncOnLoop
+from .incoming import IncomingInstance
 from .naming import FlatNaming, NamingScheme, relative_text
 from .part10 import file_meta
 from .safepath import join_inside
@@ -44,6 +50,19 @@ DEFAULT_RESERVE_CAP = 1024**3
 CHECK_EVERY = 16 * 1024 * 1024
 
 LOCK_FILE = ".fastscp.lock"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Placement:
+    """What ``Storage.place`` did with a received instance (the service maps
+    ``outcome`` to its answer). ``path`` is the file that holds the instance
+    in the tree: the received copy when ``placed``, else the copy kept (""
+    if none)."""
+
+    outcome: Outcome  # STORED for a new instance, else the duplicate policy's
+    path: str
+    placed: bool  # the received file was renamed into the tree (else it was removed)
+    duplicate: str  # InstanceInfo.duplicate: "" for a new instance, else the outcome's name (Outcome.label)
 
 
 class StorageInUse(Exception):
@@ -105,9 +124,11 @@ class Storage:
         """``min_free_space``: None = the default reserve (DEFAULT_RESERVE_*),
         0 = none. ``max_incoming``: None = no bound on unfinished bytes."""
         self.directory = Path(directory).resolve()
-        # storage.durability: fsync -> the service answers through a GroupCommitter
+        # storage.durability: fsync -> the app sets ``committer``, and
+        # ``durability`` picks a strategy that syncs through it
         self.durable = durable
-        self.committer: GroupCommitter | None = None
+        self._committer: GroupCommitter | None = None
+        self._strategies: tuple[SyncOnLoop, GroupCommit] | None = None
         self.guard = DuplicateGuard(self.directory, duplicates)
         self._statvfs = statvfs
         self._free_checked = -1e9
@@ -161,13 +182,17 @@ class Storage:
     def drop_temp(spare: tuple[int, str]) -> None:
         """Close and remove a temp file from ``open_temp`` that was not used."""
         os.close(spare[0])
-        Storage.discard(None, spare[1])
+        try:
+            os.unlink(spare[1])
+        except FileNotFoundError:
+            pass
 
     def begin(self, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str,
-              spare: tuple[int, str] | None = None) -> tuple[InstanceFile, str]:
-        """A temp file with the Part-10 prefix written; raises OSError.
-        ``spare`` (from ``open_temp``) is used instead of a new file; it is
-        the caller's no more, whatever happens."""
+              spare: tuple[int, str] | None = None) -> IncomingInstance:
+        """An incoming instance: a temp file with the Part-10 prefix to come
+        (written with the first fragment); raises OSError. ``spare`` (from
+        ``open_temp``) is used instead of a new file; it is the caller's no
+        more, whatever happens."""
         if self.min_free_space and self.free_space() < self.min_free_space:
             if spare is not None:
                 self.drop_temp(spare)
@@ -180,16 +205,42 @@ class Storage:
             os.close(fd)
             os.unlink(temp)
             raise
-        return writer, temp
+        return IncomingInstance(writer, temp, sop_class_uid, sop_instance_uid, transfer_syntax_uid, self.head_limit,
+                                self.naming_needs_header)
 
-    def place(self, temp: str, info: InstanceInfo) -> tuple[int, str, bool]:
+    @property
+    def committer(self) -> GroupCommitter | None:
+        """The group committer of ``storage.durability: fsync`` (set by the
+        app once its loop runs; None without durability, and from the
+        start of shutdown: what is then in flight through it is answered
+        a failure)."""
+        return self._committer
+
+    @committer.setter
+    def committer(self, committer: GroupCommitter | None) -> None:
+        if self._strategies is not None:
+            self._strategies[1].retire()
+        self._committer = committer
+        self._strategies = None if committer is None else (SyncOnLoop(committer), GroupCommit(committer))
+
+    def durability(self, associations: int) -> Durability:
+        """The strategy that makes an instance durable now, ``associations``
+        being open (durability.py): on the event loop for the only one while
+        the disk is quick, else through the group commit thread."""
+        strategies = self._strategies
+        if strategies is None:
+            return NO_SYNC
+        on_loop, group = strategies
+        assert self._committer is not None  # set together
+        return on_loop if associations == 1 and self._committer.inline_ok() else group
+
+    def place(self, temp: str, received: InstanceInfo) -> Placement:
         """Rename the finished temp file into place or drop it, as the
-        duplicate policy says. Fills info.path (for a dropped duplicate: the
-        copy kept) and info.duplicate; returns (status, error comment, whether
-        the file was placed). Raises OSError (temp file kept: the caller
-        discards it) and UnsafePathError."""
-        target = join_inside(self._base, relative_text(self.naming, info))
-        uid = info.sop_instance_uid
+        duplicate policy says; what was done (``received`` is not changed).
+        Raises OSError (temp file kept: the caller discards it) and
+        UnsafePathError."""
+        target = join_inside(self._base, relative_text(self.naming, received))
+        uid = received.sop_instance_uid
         if self._noreplace and self.guard.index.lookup(uid) is None:
             parent = os.path.dirname(target)
             if parent not in self._known_dirs:
@@ -215,37 +266,32 @@ class Storage:
                 log.info("renameat2(RENAME_NOREPLACE) not supported on %s (%s): checking before renaming",
                          self._base, exc.strerror)
             else:
-                self.guard.stored(uid, target, info.content_hash)
-                info.path = target
-                info.duplicate = ""
-                return 0, "", True
-        return self._place_checked(temp, info, Path(target))
+                self.guard.stored(uid, target, received.content_hash)
+                return Placement(Outcome.STORED, target, True, "")
+        return self._place_checked(temp, received, Path(target))
 
-    def _place_checked(self, temp: str, info: InstanceInfo, target: Path) -> tuple[int, str, bool]:
+    def _place_checked(self, temp: str, received: InstanceInfo, target: Path) -> Placement:
         """The duplicate guard's way: the UID is known, or the target is taken."""
-        res = self.guard.resolve(info.sop_instance_uid, info.content_hash, target)
-        decision = res.decision
-        info.duplicate = decision.outcome.label
+        res = self.guard.resolve(received.sop_instance_uid, received.content_hash, target)
+        outcome = res.decision.outcome
         if res.path is None:
             os.unlink(temp)
-            info.path = str(res.previous or "")
-            return decision.status, decision.comment, False
+            return Placement(outcome, str(res.previous or ""), False, outcome.label)
         final = str(res.path)
         parent = os.path.dirname(final)
         if parent not in self._known_dirs:
             os.makedirs(parent, exist_ok=True)
             self._known_dirs.add(parent)
         os.replace(temp, final)
-        if decision.replaces_previous and res.previous is not None and str(res.previous) != final:
+        if res.decision.replaces_previous and res.previous is not None and str(res.previous) != final:
             try:
                 os.unlink(res.previous)
             except FileNotFoundError:
                 pass
-        self.guard.stored(info.sop_instance_uid, res.path, info.content_hash)
-        info.path = final
-        if decision.outcome is not Outcome.STORED:
-            log.info("duplicate %s: %s -> %s", info.sop_instance_uid, decision.outcome.value, final)
-        return decision.status, decision.comment, True
+        self.guard.stored(received.sop_instance_uid, res.path, received.content_hash)
+        if outcome is not Outcome.STORED:
+            log.info("duplicate %s: %s -> %s", received.sop_instance_uid, outcome.value, final)
+        return Placement(outcome, final, True, outcome.label)
 
     def take_incoming(self, more: int, own: int) -> str:
         """An association receiving an instance has ``more`` bytes of it
@@ -280,12 +326,3 @@ class Storage:
             self._free_checked = now
         return self._free
 
-    @staticmethod
-    def discard(writer: InstanceFile | None, temp: str | None) -> None:
-        if writer is not None:
-            writer.close()
-        if temp:
-            try:
-                os.unlink(temp)
-            except FileNotFoundError:
-                pass
