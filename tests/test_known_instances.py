@@ -207,3 +207,14 @@ def test_an_indexed_instance_re_sent_to_another_path_is_a_duplicate(indexed, pol
     assert res.previous == Path(infos[0].path)
     same = guard.resolve("1.2.3", infos[0].content_hash, root / "elsewhere" / "1.dcm")
     assert same.decision.outcome is Outcome.IDENTICAL
+
+
+def test_a_full_filter_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    known = IndexedInstances(tmp_path, UidFilter(3), lambda uid: None)
+    with caplog.at_level("WARNING", logger="fastscp.storage"):
+        for i in range(3):
+            known.record(f"1.{i}", f"{i}.dcm", "h")
+        assert "is full" not in caplog.text
+        for i in range(3, 6):
+            known.record(f"1.{i}", f"{i}.dcm", "h")
+    assert caplog.text.count("is full") == 1

@@ -27,7 +27,7 @@ from .root import under_root_prefix
 
 __all__ = ["FILL_CHUNK", "IndexConfirm", "count_instances", "fill_filter"]
 
-FILL_CHUNK = 1 << 20  # rows per read: 16 MB of hash halves
+FILL_CHUNK = 1 << 18  # rows per read: 4 MB of hash halves (1 << 20 left 20 MB more in the heap)
 
 
 def count_instances(conn: duckdb.DuckDBPyConnection) -> int:

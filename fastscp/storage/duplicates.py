@@ -297,7 +297,12 @@ class IndexedInstances:
     def record(self, uid: str, path: str, content_hash: str) -> None:
         with self._lock:
             self._recent[uid] = (path, content_hash)
-        self.filter.add(uid)
+        f = self.filter
+        f.add(uid)
+        if f.added == f.capacity + 1:
+            log.warning("duplicate check: its filter, sized at start for %d instances, is full: more new instances "
+                        "will cost an index query (about %.1f%% now); the next start sizes it for the index then",
+                        f.capacity, 100 * f.expected_false_positive_rate())
 
     def forget(self, uid: str) -> None:
         with self._lock:
