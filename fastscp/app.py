@@ -167,7 +167,7 @@ def open_catalog(cfg: Config, state: ServerState) -> CatalogWriter | None:
             rows = count_instances(conn)
         finally:
             conn.close()
-        confirm = IndexConfirm(writer.cursor(), storage.directory)
+        confirm = IndexConfirm(writer.cursor, storage.directory)
         known = IndexedInstances(storage.directory, UidFilter.for_rows(rows), confirm, confirm.close)
     except IndexRootMismatch:
         if writer is not None:

@@ -95,7 +95,7 @@ def indexed(tmp_path: Path) -> tuple[Path, duckdb.DuckDBPyConnection, list]:  # 
 
 def _known(root: Path, conn: duckdb.DuckDBPyConnection, calls: list[str] | None = None,
            capacity: int = 1000) -> IndexedInstances:
-    confirm = IndexConfirm(conn.cursor(), root)
+    confirm = IndexConfirm(conn.cursor, root)
 
     def counted(uid: str) -> tuple[str, str] | None:
         if calls is not None:
@@ -176,7 +176,7 @@ def test_the_writer_hands_written_rows_to_the_duplicate_check(tmp_path: Path) ->
     root = (tmp_path / "store").resolve()
     writer = CatalogWriter(tmp_path / "w.db", batch_size=10, flush_interval=0.05)
     try:
-        confirm = IndexConfirm(writer.cursor(), root)
+        confirm = IndexConfirm(writer.cursor, root)
         known = IndexedInstances(root, UidFilter(100), confirm, confirm.close)
         known.mark_ready()
         writer.on_written = lambda infos: known.written([(i.sop_instance_uid, i.path) for i in infos])
@@ -218,3 +218,24 @@ def test_a_full_filter_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureF
         for i in range(3, 6):
             known.record(f"1.{i}", f"{i}.dcm", "h")
     assert caplog.text.count("is full") == 1
+
+
+def test_a_failing_index_is_logged_once_and_its_cursor_replaced(indexed, caplog) -> None:  # type: ignore[no-untyped-def]
+    root, conn, infos = indexed
+    cursors: list[duckdb.DuckDBPyConnection] = []
+
+    def cursor() -> duckdb.DuckDBPyConnection:
+        cursors.append(conn.cursor())
+        return cursors[-1]
+
+    confirm = IndexConfirm(cursor, root)
+    known = IndexedInstances(root, UidFilter(1000), confirm, confirm.close)
+    assert known.lookup("1.2.3") == (infos[0].path, infos[0].content_hash)
+    cursors[0].close()  # as when the writer reopened its database: the old cursor fails
+    assert known.lookup("1.2.3") == (infos[0].path, infos[0].content_hash)  # a new cursor answered
+    assert len(cursors) == 2 and known.confirm_errors == 0
+    conn.close()  # now the index itself is gone
+    with caplog.at_level("WARNING", logger="fastscp.storage"):
+        assert known.lookup("1.2.3") is None and known.lookup("1.2.4") is None
+    assert known.confirm_errors == 2
+    assert caplog.text.count("cannot ask the index") == 1

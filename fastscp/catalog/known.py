@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -56,24 +57,41 @@ def fill_filter(conn: duckdb.DuckDBPyConnection, uid_filter: UidFilter, chunk: i
 
 class IndexConfirm:
     """``confirm(uid)``: (path, content hash) of the present row of ``uid``
-    under the storage root, or None. Uses its own cursor; call it from one
-    thread (the event loop)."""
+    under the storage root, or None. Holds one cursor from ``cursor()`` (the
+    writer's ``cursor``); call it from one thread (the event loop). A cursor
+    that fails (the writer reopened its database after a fatal error) is
+    replaced once per call before the error is raised."""
 
-    def __init__(self, cursor: duckdb.DuckDBPyConnection, root: str | os.PathLike[str]) -> None:
-        self._cursor = cursor
+    def __init__(self, cursor: Callable[[], duckdb.DuckDBPyConnection], root: str | os.PathLike[str]) -> None:
+        self._new_cursor = cursor
+        self._cursor: duckdb.DuckDBPyConnection | None = None
         self._prefix = under_root_prefix(Path(root).resolve())
         self.seconds = 0.0  # spent in queries, for the record
+
+    def _query(self, uid: str) -> tuple[str, str] | None:
+        if self._cursor is None:
+            self._cursor = self._new_cursor()
+        row = self._cursor.execute(
+            "SELECT path, coalesce(content_hash, '') FROM instances "
+            "WHERE sop_instance_uid = ? AND status = 'present' AND starts_with(path, ?)",
+            [uid, self._prefix]).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def __call__(self, uid: str) -> tuple[str, str] | None:
         t0 = time.perf_counter()
         try:
-            row = self._cursor.execute(
-                "SELECT path, coalesce(content_hash, '') FROM instances "
-                "WHERE sop_instance_uid = ? AND status = 'present' AND starts_with(path, ?)",
-                [uid, self._prefix]).fetchone()
+            try:
+                return self._query(uid)
+            except duckdb.Error:
+                self.close()
+                return self._query(uid)
         finally:
             self.seconds += time.perf_counter() - t0
-        return None if row is None else (str(row[0]), str(row[1]))
 
     def close(self) -> None:
-        self._cursor.close()
+        cursor, self._cursor = self._cursor, None
+        if cursor is not None:
+            try:
+                cursor.close()
+            except duckdb.Error:
+                pass

@@ -259,6 +259,7 @@ class IndexedInstances:
         self.confirmed = 0  # index queries made
         self.unconfirmed = 0  # of which found nothing: filter false positives (or not ready)
         self.confirm_errors = 0
+        self._failing = False
 
     @property
     def ready(self) -> bool:
@@ -287,9 +288,14 @@ class IndexedInstances:
             found = self._confirm(uid)
         except Exception as exc:  # the index is unreadable: the disk checks still apply
             self.confirm_errors += 1
-            log.error("duplicate check: cannot ask the index about %s (%s: %s); "
-                      "checking the target path only", uid, type(exc).__name__, exc)
+            if not self._failing:  # one line per outage, not one per instance
+                self._failing = True
+                log.error("duplicate check: cannot ask the index about %s (%s: %s); until it answers again, "
+                          "a re-send is found only at the path its naming gives", uid, type(exc).__name__, exc)
             return None
+        if self._failing:
+            self._failing = False
+            log.warning("duplicate check: the index answers again (%d queries failed so far)", self.confirm_errors)
         if found is None:
             self.unconfirmed += 1
         return found
