@@ -394,8 +394,14 @@ def _parse_all(paths: list[str], workers: int | None) -> Iterator[list[InstanceI
     ctx = multiprocessing.get_context(method)
     with cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
         futures = [pool.submit(_read_chunk, chunk) for chunk in chunks]
-        for fut in cf.as_completed(futures):
-            yield fut.result()
+        try:
+            for fut in cf.as_completed(futures):
+                yield fut.result()
+        finally:
+            # stopped early (ReconcileStopped, an error, Ctrl-C): the pool's
+            # exit would otherwise wait for every chunk still queued
+            for fut in futures:
+                fut.cancel()
 
 
 def _write_new(conn: duckdb.DuckDBPyConnection, writer: BatchWriter,
