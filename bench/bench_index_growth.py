@@ -21,6 +21,11 @@ are not on this disk (no N files to make here), which reconcile walks past.
 figures then include.
 
     python bench/bench_index_growth.py --sizes 0,1000000,10000000 [--work-dir DIR] [--files 1000] [--json out.json]
+    python bench/bench_index_growth.py --compare-map 2000000   # the old map beside the filter
+
+``--compare-map N`` loads, each in a fresh interpreter, the duplicate map the
+versions before the filter warmed at start and the filter, from one index of
+N present rows, and prints the PSS each added.
 
 Figures depend on the machine: give it with them.
 """
@@ -221,6 +226,57 @@ def measure(work: Path, rows: int, files: int, status: str, timeout: float) -> R
                pss_end / 1024, peak / 1024, index_mb)
 
 
+# One structure in a fresh interpreter: PSS before and after loading it from the index.
+_STRUCTURE = r"""
+import sys, time
+from pathlib import Path
+def pss():
+    with open('/proc/self/smaps_rollup') as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith('Pss:')) / 1024
+from fastscp.catalog import CatalogWriter, iter_stored_instances
+from fastscp.catalog.known import count_instances, fill_filter
+from fastscp.storage.duplicates import SeenInstances
+from fastscp.storage.uidfilter import UidFilter
+import numpy  # noqa: F401  (imported by serve anyway: not counted)
+db, root, kind = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+writer = CatalogWriter(db)
+conn = writer.cursor()
+before, t0 = pss(), time.perf_counter()
+if kind == "map":
+    held = SeenInstances()
+    n = held.warm(iter_stored_instances(conn, root))
+else:
+    held = UidFilter.for_rows(count_instances(conn))
+    n = fill_filter(conn, held)
+print(n, time.perf_counter() - t0, pss() - before)
+conn.close()
+writer.close()
+"""
+
+
+def compare_structures(work: Path, rows: int) -> list[dict[str, float | int | str]]:
+    """The duplicate map of the versions before the filter (``SeenInstances``
+    warmed from the index) and the filter (``fill_filter``), each loaded in a
+    fresh interpreter from one index of ``rows`` present rows."""
+    case = work / f"compare{rows}"
+    shutil.rmtree(case, ignore_errors=True)
+    storage = (case / "store").resolve()
+    storage.mkdir(parents=True)
+    db = case / "index.db"
+    build_index(db, storage, rows, "present")
+    out: list[dict[str, float | int | str]] = []
+    try:
+        for kind in ("filter", "map"):
+            done = subprocess.run([sys.executable, "-c", _STRUCTURE, str(db), str(storage), kind], check=True,
+                                  capture_output=True, text=True, cwd=case)
+            n, seconds, grown = done.stdout.split()
+            out.append({"structure": kind, "rows": int(n), "seconds": float(seconds), "pss_mb": float(grown),
+                        "bytes_per_instance": float(grown) * 2**20 / max(int(n), 1)})
+    finally:
+        shutil.rmtree(case, ignore_errors=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="0,1000000", help="comma-separated index sizes (rows)")
@@ -229,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", default="", help="where indexes and trees go (default: a temp dir, removed)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each step")
     ap.add_argument("--json", default="", help="write the results here too")
+    ap.add_argument("--compare-map", type=int, default=0, metavar="N",
+                    help="instead: the memory of the old duplicate map and of the filter for N present rows")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     tmp = None
@@ -239,6 +297,19 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="fastscp-index-growth-")
         work = Path(tmp.name)
     runs: list[Run] = []
+    if args.compare_map:
+        try:
+            compared = compare_structures(work, args.compare_map)
+        finally:
+            if tmp is not None:
+                tmp.cleanup()
+        print(f"{'structure':>9} {'rows':>10} {'load s':>7} {'PSS MB':>8} {'B/inst':>7}")
+        for c in compared:
+            print(f"{c['structure']:>9} {c['rows']:>10} {c['seconds']:>7.1f} {c['pss_mb']:>8.1f} "
+                  f"{c['bytes_per_instance']:>7.1f}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"cpus": os.cpu_count(), "compared": compared}, indent=2))
+        return 0
     try:
         print(f"{'rows':>10} {'files':>6} {'listen s':>8} {'PSS listen':>10} {'ready s':>7} {'PSS ready':>9} "
               f"{'reconciled s':>12} {'PSS end':>8} {'PSS peak':>8} {'B/inst':>7}", flush=True)

@@ -26,3 +26,13 @@ def test_index_growth_bench_runs_on_a_tiny_index(tmp_path: Path) -> None:
         assert 0 < r["pss_listen_mb"] <= r["pss_peak_mb"]
         assert r["index_mb"] > 0
     assert not list((tmp_path / "work").iterdir())  # each case's tree and index removed
+
+
+def test_index_growth_bench_compares_the_old_map_with_the_filter(tmp_path: Path) -> None:
+    out = tmp_path / "compared.json"
+    assert bench_index_growth.main(["--compare-map", "500", "--work-dir", str(tmp_path / "work"),
+                                    "--json", str(out)]) == 0
+    compared = json.loads(out.read_text())["compared"]
+    assert [(c["structure"], c["rows"]) for c in compared] == [("filter", 500), ("map", 500)]
+    assert all(c["pss_mb"] >= 0 and c["seconds"] > 0 for c in compared)
+    assert not list((tmp_path / "work").iterdir())
