@@ -79,6 +79,18 @@ def test_reconcile_while_receiving_leaves_this_runs_rows_and_files_to_the_receiv
     conn.close()
 
 
+def test_a_file_stamped_a_clock_tick_before_since_is_still_the_receivers(tmp_path: Path) -> None:
+    """File times come from the kernel's coarse clock, which lags time.time()."""
+    root = (tmp_path / "store").resolve()
+    since = time.time()
+    path = write_instance(root / "new" / "1.dcm", "1.2.826.0.1.3680043.9.65.1")
+    os.utime(path, (since - 0.01, since - 0.01))  # written after since, stamped a tick "before"
+    conn = schema.connect(tmp_path / "i.db")
+    report = reconcile(root, conn, workers=1, progress=False, live=WhileReceiving(since))
+    assert report.left_to_receiver == 1 and report.indexed == 0
+    conn.close()
+
+
 def test_reconcile_without_live_indexes_every_file_as_before(tmp_path: Path) -> None:
     root = (tmp_path / "store").resolve()
     write_instance(root / "a" / "1.dcm", "1.2.826.0.1.3680043.9.61.1")

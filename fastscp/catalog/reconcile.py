@@ -62,6 +62,11 @@ from .rows import BatchWriter, utc_timestamp
 log = logging.getLogger(__name__)
 
 INLINE_LIMIT = 200  # below this many files a process pool costs more than it saves
+# File times come from the kernel's coarse clock, up to a tick behind
+# time.time(): a file written just after ``WhileReceiving.since`` may carry an
+# mtime just before it. The receiver's own start takes far longer than this,
+# so no file of an earlier run is this close to ``since``.
+MTIME_SLACK = 0.05
 CHUNK = 128
 
 
@@ -364,7 +369,7 @@ def _index_new(conn: duckdb.DuckDBPyConnection, new_paths: list[str], report: Re
                 live.check()
             for item in chunk:
                 if isinstance(item, InstanceInfo):
-                    if live is not None and item.received_at >= live.since:
+                    if live is not None and item.received_at >= live.since - MTIME_SLACK:
                         report.left_to_receiver += 1  # stored by this run: the receiver indexes it
                     else:
                         buffer.append(item)
