@@ -23,12 +23,13 @@ is present is a conflict: it is reported, not indexed (one row per UID).
 
 ``fastscp serve`` runs it in a thread after the port opened, while instances
 arrive (``WhileReceiving``): rows and files this run made (received at or
-after ``since``, file mtime at or after it) are the receiver's, which indexes
-them itself: such a row is never marked missing (its file may have come after
-the walk passed its folder), such a file is not parsed, and a file whose UID
-this run stored elsewhere is a conflict, reported, not indexed. The UIDs
-reconcile indexes are handed to the duplicate check (``indexed``), and
-``stop`` ends it between chunks (``ReconcileStopped``) when the server stops.
+after ``since``; file mtime at or after it, less ``MTIME_SLACK``) are the
+receiver's, which indexes them itself: such a row is never marked missing
+(its file may have come after the walk passed its folder), such a file is
+not parsed, and a file whose UID this run stored elsewhere is a conflict,
+reported, not indexed. The UIDs reconcile indexes are handed to the
+duplicate check (``indexed``), and ``stop`` ends it between chunks
+(``ReconcileStopped``) when the server stops.
 
 Paths are compared as strings: the storage directory is resolved
 (``Path.resolve()``) and the rows' paths are expected under it, which is how
