@@ -13,15 +13,20 @@ import shutil
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import duckdb
 
 from .access import AccessPolicy, AssociationLimiter, resolve_host
-from .catalog import CatalogWriter, IndexRootMismatch, iter_stored_instances, reconcile
+from .catalog import CatalogWriter, IndexRootMismatch
+from .catalog.known import IndexConfirm, count_instances
+from .catalog.root import bind_root
+from .catalog.startup import IndexStartup
 from .config import Config, ConfigError, load_config
 from .events import AssociationEnded, DuplicateReceived, InstanceStored, Observer
+from .instance import InstanceInfo
 from .monitor.logsetup import configure_logging
 from .monitor.service import MonitorService
 from .net.server import DicomServer, raise_open_files_limit, serve_forever, stop_on_signals
@@ -29,9 +34,11 @@ from .pipeline.service import Pipeline, PipelineSettings
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
 from .services.dispatcher import Dispatcher
 from .services.session import RemoteAE, ServerState
+from .storage.duplicates import IndexedInstances
 from .storage.durability import WRITEBACK_FILESYSTEMS, GroupCommitter
 from .storage.naming import make_naming
 from .storage.store import INCOMING, LOCK_FILE, Storage, StorageInUse, lock_directory
+from .storage.uidfilter import UidFilter
 
 log = logging.getLogger("fastscp")
 
@@ -144,27 +151,48 @@ class CatalogFeed(Observer):
 
 
 def open_catalog(cfg: Config, state: ServerState) -> CatalogWriter | None:
-    """Reconcile the index with the storage tree, warm the duplicate map from
-    it, and start the writer thread. None when no index is configured."""
+    """Open the index (schema migration), check that it describes the storage
+    tree, size the duplicate check's filter from its row count, and start
+    the writer thread. None when no index is configured. The filter is
+    filled and the tree reconciled after the port opened (``IndexStartup``):
+    nothing here grows with the archive."""
     db = cfg.database
     if not db.path:
         return None
     storage = state.storage
+    writer: CatalogWriter | None = None
     try:
-        report = reconcile(storage.directory, db.path, progress=False)
-        log.info("index %s reconciled with %s in %.1f s: %d files, %d indexed, %d marked missing, %d unreadable",
-                 db.path, storage.directory, report.seconds, report.files_seen, report.indexed,
-                 report.marked_missing, report.unreadable)
-        warmed = storage.guard.index.warm(iter_stored_instances(db.path, storage.directory))
-        log.info("duplicate check warmed with %d instances", warmed)
-        return CatalogWriter(db.path, batch_size=db.batch_size, flush_interval=db.flush_interval)
+        writer = CatalogWriter(db.path, batch_size=db.batch_size, flush_interval=db.flush_interval)
+        conn = writer.cursor()
+        try:
+            bind_root(conn, storage.directory, db_name=str(db.path))
+            rows = count_instances(conn)
+        finally:
+            conn.close()
+        confirm = IndexConfirm(writer.cursor, storage.directory)
+        known = IndexedInstances(storage.directory, UidFilter.for_rows(rows), confirm, confirm.close)
+    except IndexRootMismatch:
+        if writer is not None:
+            writer.close()
+        raise
     except (duckdb.Error, OSError, RuntimeError) as exc:
+        if writer is not None:
+            writer.close()
         # Storage must not depend on the index: receive without it. Files on
         # disk are indexed by the next start's reconcile (or fastscp reindex).
         state.index_error = f"{type(exc).__name__}: {exc}"
         log.error("index %s unavailable (%s): receiving WITHOUT indexing; the next start or "
                   "`fastscp reindex` will index what arrives meanwhile", db.path, state.index_error)
         return None
+
+    def written(infos: list[InstanceInfo]) -> None:
+        known.written([(info.sop_instance_uid, info.path) for info in infos])
+
+    writer.on_written = written
+    storage.guard.index = known
+    log.info("index %s: %d instances; duplicate check filter of %.1f MB, filled after the port opens",
+             db.path, rows, known.filter.nbytes / 1e6)
+    return writer
 
 
 def _topmost_missing(path: str) -> str | None:
@@ -258,6 +286,9 @@ class App:
                                   s.min_transfer_rate, s.transfer_rate_window, s.max_unassociated)
         self.catalog = open_catalog(cfg, self.state)
         self.state.catalog = self.catalog  # the query services read through it
+        self.index_startup: IndexStartup | None = None  # fills the duplicate filter, reconciles: after listening
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def _close_writers(self, loop: asyncio.AbstractEventLoop) -> tuple[GroupCommitter | None, bool]:
         """Close the group commit and the index writer, off the loop: the
@@ -265,10 +296,15 @@ class App:
         committer (so answer no success). Returns the closed committer (None
         without durability) and whether the index writer wrote every row."""
         storage = self.state.storage
+        if self.index_startup is not None and not self.index_startup.done.is_set():
+            log.info("stopping the index start-up (filter fill, reconcile) before it finished")
+            await loop.run_in_executor(None, self.index_startup.stop, 30.0)
         committer, storage.committer = storage.committer, None
         if committer is not None:
             await loop.run_in_executor(None, committer.close)
         all_indexed = True
+        if isinstance(storage.guard.index, IndexedInstances):
+            storage.guard.index.close()
         if self.catalog is not None:
             all_indexed = await loop.run_in_executor(None, self.catalog.close)
         return committer, all_indexed
@@ -329,9 +365,18 @@ class App:
         self.state.limiter.set_limits(*association_limits(cfg))
         log.info("reloaded access lists (%d whitelist entries) and limits", len(cfg.access.allowed_calling_aes))
 
+    def request_stop(self) -> None:
+        """Stop as SIGTERM does; callable from any thread once ``run`` started."""
+        if self._loop is not None and self._stop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:  # the loop is closed: run() has ended
+                pass
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         stop = stop_on_signals()
+        self._loop, self._stop = loop, stop
         storage = self.state.storage
         if storage.durable:
             storage.committer = GroupCommitter(storage.directory, loop,
@@ -348,6 +393,9 @@ class App:
         monitor = MonitorService(self.cfg, self.state, storage.directory, storage.min_free_space,
                                  self.state.observers, self.catalog,
                                  self.server.tls_refusals.counts if self.cfg.server.tls.enabled else None)
+        # no instance of this run was received before this: rows and files
+        # at or after it are the receiver's, not reconcile's to judge
+        since = time.time()
         try:
             listening = await self.start()
         except ListenError as exc:
@@ -356,6 +404,11 @@ class App:
             await self._close_writers(loop)
             self.abandon()
             raise
+        known = storage.guard.index
+        if self.catalog is not None and isinstance(known, IndexedInstances):
+            self.index_startup = IndexStartup(self.catalog, known, storage.directory, since,
+                                              str(self.cfg.database.path))
+            self.index_startup.start()
         await monitor.start(listening)
         if self.pipeline.active:
             self.pipeline.start()  # also resumes work kept by the last clean stop
@@ -366,7 +419,7 @@ class App:
         cfg = self.cfg
 
         # Start-up left hundreds of thousands of long-lived objects (pydicom and
-        # pynetdicom dictionaries, the duplicate map): move them out of the
+        # pynetdicom dictionaries): move them out of the
         # cyclic collector's reach, and collect young objects less often. The
         # receive path makes little cyclic garbage (reference counting frees
         # it), yet full collections over those objects took more than half of

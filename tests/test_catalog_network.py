@@ -64,8 +64,9 @@ def test_sigkill_mid_flood_then_reconcile(start_server, synthetic_corpus: list[P
     # restart on the same storage and index: reconcile runs at start
     again = start_server("--storage-dir", str(srv.storage), "--index-db", str(srv.index_db))
     assert not srv.incoming()  # same storage directory: leftovers swept at start
+    # reconcile runs in the background once the port is open
+    assert "reconciled" in again.log_once_it_says("reconciled", timeout=60)
     assert again.stop() == 0
-    assert "reconciled" in again.log_text()
     present = {r[0] for r in _rows(srv.index_db, "SELECT path FROM instances WHERE status = 'present'")}
     assert present == {str(p) for p in srv.stored_files()}
     for path in present:
@@ -105,6 +106,7 @@ def test_locked_index_does_not_stop_reception(start_server, tmp_path: Path) -> N
         release.set()
         holder.join(30)
     again = start_server("--storage-dir", str(srv.storage), "--index-db", str(db))
+    assert "reconciled" in again.log_once_it_says("reconciled", timeout=60)  # in the background, after listening
     assert again.stop() == 0
     assert _rows(db, "SELECT sop_instance_uid FROM instances") == [(str(ds.SOPInstanceUID),)]
 

@@ -21,6 +21,16 @@ is present is a conflict: it is reported, not indexed (one row per UID).
    one present file of each is re-read and only that column is set, so the
    reception fields of the rows (AE titles, hashes, times) are kept.
 
+``fastscp serve`` runs it in a thread after the port opened, while instances
+arrive (``WhileReceiving``): rows and files this run made (received at or
+after ``since``; file mtime at or after it, less ``MTIME_SLACK``) are the
+receiver's, which indexes them itself: such a row is never marked missing
+(its file may have come after the walk passed its folder), such a file is
+not parsed, and a file whose UID this run stored elsewhere is a conflict,
+reported, not indexed. The UIDs reconcile indexes are handed to the
+duplicate check (``indexed``), and ``stop`` ends it between chunks
+(``ReconcileStopped``) when the server stops.
+
 Paths are compared as strings: the storage directory is resolved
 (``Path.resolve()``) and the rows' paths are expected under it, which is how
 the receiver records them.
@@ -34,8 +44,9 @@ import logging
 import multiprocessing
 import os
 import sys
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -52,6 +63,11 @@ from .rows import BatchWriter, utc_timestamp
 log = logging.getLogger(__name__)
 
 INLINE_LIMIT = 200  # below this many files a process pool costs more than it saves
+# File times come from the kernel's coarse clock, up to a tick behind
+# time.time(): a file written just after ``WhileReceiving.since`` may carry an
+# mtime just before it. The receiver's own start takes far longer than this,
+# so no file of an earlier run is this close to ``since``.
+MTIME_SLACK = 0.05
 CHUNK = 128
 
 
@@ -64,12 +80,31 @@ class ReconcileReport:
     unreadable: int = 0  # not DICOM or header unreadable
     conflicts: int = 0  # same SOP Instance UID as another present file
     backfilled: int = 0  # study rows from before schema v4 given their Study ID
+    left_to_receiver: int = 0  # files stored since the receiver listens: it indexes them
     seconds: float = 0.0
     problems: list[str] = field(default_factory=list)  # the first few, for the log
 
     @property
     def files_per_second(self) -> float:
         return self.indexed / self.seconds if self.seconds > 0 else 0.0
+
+
+class ReconcileStopped(Exception):
+    """``WhileReceiving.stop`` was set: reconcile ended before it was done."""
+
+
+@dataclass(frozen=True, slots=True)
+class WhileReceiving:
+    """Reconcile in the background of a receiver that listens since ``since``
+    (epoch seconds); see the module doc."""
+
+    since: float
+    indexed: Callable[[list[str]], None] = lambda uids: None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def check(self) -> None:
+        if self.stop.is_set():
+            raise ReconcileStopped("the receiver is stopping")
 
 
 class Progress:
@@ -181,6 +216,7 @@ def reconcile(
     progress: bool | None = None,
     batch_size: int = 1000,
     adopt_root: bool = False,
+    live: WhileReceiving | None = None,
 ) -> ReconcileReport:
     """Make the index agree with the files under ``storage_dir``; see the module doc.
 
@@ -196,7 +232,7 @@ def reconcile(
     report = ReconcileReport()
     try:
         bind_root(conn, root, db_name="the index" if not own else str(db), adopt=adopt_root)
-        _reconcile(conn, root, report, workers, progress, batch_size)
+        _reconcile(conn, root, report, workers, progress, batch_size, live)
     finally:
         try:
             conn.execute("DROP TABLE IF EXISTS temp.reconcile_files")
@@ -215,7 +251,7 @@ def _note(report: ReconcileReport, text: str) -> None:
 
 
 def _reconcile(conn: duckdb.DuckDBPyConnection, root: Path, report: ReconcileReport,
-               workers: int | None, progress: bool | None, batch_size: int) -> None:
+               workers: int | None, progress: bool | None, batch_size: int, live: WhileReceiving | None) -> None:
     prefix = under_root_prefix(root)
     conn.execute("CREATE OR REPLACE TEMP TABLE reconcile_files (path VARCHAR)")
     app = conn.appender("temp.reconcile_files")
@@ -224,6 +260,8 @@ def _reconcile(conn: duckdb.DuckDBPyConnection, root: Path, report: ReconcileRep
         pending.append((path,))
         report.files_seen += 1
         if len(pending) >= 10_000:
+            if live is not None:
+                live.check()
             app.append_rows(pending)
             app.flush()
             pending.clear()
@@ -232,13 +270,15 @@ def _reconcile(conn: duckdb.DuckDBPyConnection, root: Path, report: ReconcileRep
     del app
 
     now = utc_timestamp(time.time())
+    # rows of this run: their file may have come after the walk passed its folder
+    older = "" if live is None else "AND (received_at IS NULL OR received_at < ?)"
     conn.begin()
     try:
         missing = conn.execute(
-            """UPDATE instances SET status = 'missing', missing_since = ?
-               WHERE status = 'present' AND starts_with(path, ?)
+            f"""UPDATE instances SET status = 'missing', missing_since = ?
+               WHERE status = 'present' AND starts_with(path, ?) {older}
                  AND path NOT IN (SELECT path FROM temp.reconcile_files)""",
-            [now, prefix],
+            [now, prefix] + ([] if live is None else [utc_timestamp(live.since)]),
         ).fetchone()
         restored = conn.execute(
             """UPDATE instances SET status = 'present', missing_since = NULL
@@ -258,7 +298,7 @@ def _reconcile(conn: duckdb.DuckDBPyConnection, root: Path, report: ReconcileRep
         ).fetchall()
     ]
     if new_paths:
-        _index_new(conn, new_paths, report, workers, progress, batch_size)
+        _index_new(conn, new_paths, report, workers, progress, batch_size, live)
     _backfill(conn, prefix, report, workers, progress)
 
 
@@ -320,24 +360,29 @@ def _backfill(conn: duckdb.DuckDBPyConnection, prefix: str, report: ReconcileRep
 
 
 def _index_new(conn: duckdb.DuckDBPyConnection, new_paths: list[str], report: ReconcileReport,
-               workers: int | None, progress: bool | None, batch_size: int) -> None:
+               workers: int | None, progress: bool | None, batch_size: int, live: WhileReceiving | None) -> None:
     bar = Progress(len(new_paths), "reindex", enabled=progress)
     writer = BatchWriter(conn)
     buffer: list[InstanceInfo] = []
     try:
         for chunk in _parse_all(new_paths, workers):
+            if live is not None:
+                live.check()
             for item in chunk:
                 if isinstance(item, InstanceInfo):
-                    buffer.append(item)
+                    if live is not None and item.received_at >= live.since - MTIME_SLACK:
+                        report.left_to_receiver += 1  # stored by this run: the receiver indexes it
+                    else:
+                        buffer.append(item)
                 else:
                     report.unreadable += 1
                     _note(report, f"unreadable {item[0]}: {item[1]}")
             bar.update(len(chunk))
             if len(buffer) >= batch_size:
-                _write_new(conn, writer, buffer, report)
+                _write_new(conn, writer, buffer, report, live)
                 buffer = []
         if buffer:
-            _write_new(conn, writer, buffer, report)
+            _write_new(conn, writer, buffer, report, live)
     finally:
         bar.close()
 
@@ -355,12 +400,18 @@ def _parse_all(paths: list[str], workers: int | None) -> Iterator[list[InstanceI
     ctx = multiprocessing.get_context(method)
     with cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
         futures = [pool.submit(_read_chunk, chunk) for chunk in chunks]
-        for fut in cf.as_completed(futures):
-            yield fut.result()
+        try:
+            for fut in cf.as_completed(futures):
+                yield fut.result()
+        finally:
+            # stopped early (ReconcileStopped, an error, Ctrl-C): the pool's
+            # exit would otherwise wait for every chunk still queued
+            for fut in futures:
+                fut.cancel()
 
 
 def _write_new(conn: duckdb.DuckDBPyConnection, writer: BatchWriter,
-               infos: list[InstanceInfo], report: ReconcileReport) -> None:
+               infos: list[InstanceInfo], report: ReconcileReport, live: WhileReceiving | None = None) -> None:
     """Upsert parsed files, leaving out UID conflicts with present files."""
     by_uid: dict[str, InstanceInfo] = {}
     for info in infos:
@@ -374,20 +425,28 @@ def _write_new(conn: duckdb.DuckDBPyConnection, writer: BatchWriter,
     app = conn.appender("temp.reconcile_uids")
     app.append_rows([(u,) for u in by_uid])
     app.flush()
+    # present rows of the same UIDs at files present: those found by the
+    # walk, and (while receiving) those this run stored since
+    this_run = "" if live is None else "OR i.received_at >= ?"
     taken = conn.execute(
-        """SELECT i.sop_instance_uid, i.path FROM instances i
+        f"""SELECT i.sop_instance_uid, i.path FROM instances i
            JOIN temp.reconcile_uids u ON u.uid = i.sop_instance_uid
            WHERE i.status = 'present'
-             AND i.path IN (SELECT path FROM temp.reconcile_files)"""
+             AND (i.path IN (SELECT path FROM temp.reconcile_files) {this_run})""",
+        [] if live is None else [utc_timestamp(live.since)],
     ).fetchall()
     for uid, other in taken:
         info = by_uid.pop(uid)
+        if other == info.path:
+            continue  # the receiver's writer indexed this very file meanwhile
         report.conflicts += 1
         _note(report, f"conflict: {info.path} has the SOP Instance UID of {other}")
     conn.execute("DROP TABLE temp.reconcile_uids")
     if by_uid:
         writer.write(list(by_uid.values()), source="reindex")
         report.indexed += len(by_uid)
+        if live is not None:
+            live.indexed(list(by_uid))
 
 
 # ---- warm-up ----------------------------------------------------------------------------------

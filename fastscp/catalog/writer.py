@@ -26,6 +26,11 @@ runs in the writer thread, so an asyncio server passes something like
 the mark are still accepted: once reading is paused, at most one in-flight
 instance per association can arrive, so memory stays bounded.
 
+``on_written``, when set, is called in the writer thread after each batch is
+committed with the instances it wrote: the duplicate check
+(storage/duplicates.py ``IndexedInstances.written``) lets the index answer
+for them from then on.
+
 Errors: a failed batch is rolled back, logged, counted, and retried with
 exponential backoff (the connection is reopened after a failure that leaves
 it unusable). ``close()`` stops taking rows, writes everything left and
@@ -103,6 +108,7 @@ class CatalogWriter:
         self.high_water = high_water
         self.low_water = high_water // 2 if low_water is None else low_water
         self.on_resume = on_resume
+        self.on_written: Callable[[list[InstanceInfo]], None] | None = None
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self._connect = connect or (lambda: schema.connect(self.db_path))
@@ -309,6 +315,11 @@ class CatalogWriter:
             self.associations_written += len(assocs)
             self.batches_written += 1
             self._retry_rows = 0
+            if self.on_written is not None and instances:
+                try:
+                    self.on_written(instances)
+                except Exception:
+                    log.exception("catalog: on_written callback failed")
             with self._done:
                 self._items_done += len(items)
                 self._done.notify_all()

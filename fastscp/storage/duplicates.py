@@ -1,8 +1,14 @@
 """Duplicate instances: detection and the ``storage.duplicates`` policy.
 
 An instance is a duplicate when its SOP Instance UID is already stored.
-Detection costs one dict lookup: ``SeenInstances`` maps every stored UID to
-(relative path, content hash) and is warmed from the catalog at start. The
+Which UIDs are stored is asked of the guard's ``index`` (``KnownInstances``):
+``SeenInstances``, a dict of what this process stored, when no index is
+configured; ``IndexedInstances`` with an index: a Bloom filter
+(``uidfilter.UidFilter``, about 1.5 bytes per instance) that answers "new"
+for almost every new UID, backed by the index (one query on a filter hit)
+and a dict of this process's stores that the index does not have yet. The
+memory it takes does not grow by more than the filter's bits with the
+archive. The
 content hash is XXH3-128 (the ``xxhash`` package) of the dataset bytes exactly
 as received (no file meta, no re-encoding), fed incrementally while the
 dataset streams in (``new_content_hash``), so comparing two copies costs
@@ -38,14 +44,17 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import xxhash
 
 from .header import complete_copy
 from .safepath import free_path, versioned_path
+from .uidfilter import UidFilter
 
 log = logging.getLogger("fastscp.storage")
 
@@ -57,6 +66,8 @@ __all__ = [
     "Decision",
     "DuplicateGuard",
     "DuplicatePolicy",
+    "IndexedInstances",
+    "KnownInstances",
     "Outcome",
     "Resolution",
     "SeenInstances",
@@ -157,12 +168,34 @@ def decide(policy: DuplicatePolicy, seen: bool, same_content: bool) -> Decision:
     return _ON_CONFLICT[policy]
 
 
+class KnownInstances(Protocol):
+    """What the duplicate guard asks and tells about stored instances. Paths
+    are relative to the storage directory or absolute (``DuplicateGuard``
+    resolves them)."""
+
+    def lookup(self, uid: str) -> tuple[str, str] | None:
+        """(path, content hash) of the stored copy of ``uid``, None if none is known."""
+        ...
+
+    def record(self, uid: str, path: str, content_hash: str) -> None:
+        """The copy of ``uid`` now stored at ``path``."""
+        ...
+
+    def forget(self, uid: str) -> None:
+        """The copy known for ``uid`` is not one (removed, cut): do not offer it again."""
+        ...
+
+    def __contains__(self, uid: object) -> bool: ...
+
+
 class SeenInstances:
     """SOP Instance UID -> (path, content hash) of the stored copy; O(1).
 
     Paths are kept as given (the catalog stores them relative to the storage
-    directory; ``DuplicateGuard`` resolves them). One entry costs about 400
-    bytes of memory with typical UIDs and hierarchical paths."""
+    directory; ``DuplicateGuard`` resolves them). One entry costs about 230
+    bytes of memory with typical UIDs and hierarchical paths: the guard's
+    index when no index database is configured, which then holds what this
+    process stored."""
 
     __slots__ = ("_entries",)
 
@@ -194,6 +227,115 @@ class SeenInstances:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class IndexedInstances:
+    """The known instances of an archive with an index database, in memory
+    that does not grow with it.
+
+    ``lookup(uid)`` asks, in order: the UIDs this process stored that the
+    index has not confirmed yet (``recent``, a dict emptied by ``written``,
+    which the index writer calls after each batch); the Bloom ``filter`` of
+    every UID known, which says "new" for almost every new UID (no further
+    cost); and, on a filter hit, ``confirm(uid)``, which queries the index
+    (``catalog.known.IndexConfirm``). Until the filter holds the whole index
+    (``mark_ready``, once it is built in the background after the port
+    opened), every lookup that ``recent`` does not answer is confirmed.
+
+    ``record``/``forget``/``lookup`` run on the event loop; ``written`` in the
+    writer thread; the filter is filled from another thread: the dict is
+    changed under a lock."""
+
+    def __init__(self, storage_dir: str | os.PathLike[str], uid_filter: UidFilter,
+                 confirm: Callable[[str], tuple[str, str] | None],
+                 close: Callable[[], None] | None = None) -> None:
+        self.filter = uid_filter
+        self._confirm = confirm
+        self._close = close
+        self._base = os.path.join(os.fspath(storage_dir), "")
+        self._recent: dict[str, tuple[str, str]] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.confirmed = 0  # index queries made
+        self.unconfirmed = 0  # of which found nothing: filter false positives (or not ready)
+        self.confirm_errors = 0
+        self._failing = False
+
+    @property
+    def ready(self) -> bool:
+        """Whether the filter holds every UID of the index."""
+        return self._ready.is_set()
+
+    def mark_ready(self) -> None:
+        self._ready.set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    @property
+    def pending(self) -> int:
+        """Stores of this process the index writer has not confirmed yet."""
+        return len(self._recent)
+
+    def lookup(self, uid: str) -> tuple[str, str] | None:
+        entry = self._recent.get(uid)
+        if entry is not None:
+            return entry
+        if self._ready.is_set() and uid not in self.filter:
+            return None
+        self.confirmed += 1
+        try:
+            found = self._confirm(uid)
+        except Exception as exc:  # the index is unreadable: the disk checks still apply
+            self.confirm_errors += 1
+            if not self._failing:  # one line per outage, not one per instance
+                self._failing = True
+                log.error("duplicate check: cannot ask the index about %s (%s: %s); until it answers again, "
+                          "a re-send is found only at the path its naming gives", uid, type(exc).__name__, exc)
+            return None
+        if self._failing:
+            self._failing = False
+            log.warning("duplicate check: the index answers again (%d queries failed so far)", self.confirm_errors)
+        if found is None:
+            self.unconfirmed += 1
+        return found
+
+    def record(self, uid: str, path: str, content_hash: str) -> None:
+        with self._lock:
+            self._recent[uid] = (path, content_hash)
+        f = self.filter
+        f.add(uid)
+        if f.added == f.capacity + 1:
+            log.warning("duplicate check: its filter, sized at start for %d instances, is full: more new instances "
+                        "will cost an index query (about %.1f%% now); the next start sizes it for the index then",
+                        f.capacity, 100 * f.expected_false_positive_rate())
+
+    def forget(self, uid: str) -> None:
+        with self._lock:
+            self._recent.pop(uid, None)
+
+    def written(self, rows: Iterable[tuple[str, str]]) -> None:
+        """The index now holds (uid, absolute path) rows: what ``recent``
+        holds for them with the same path is the index's to answer now."""
+        base = self._base
+        with self._lock:
+            recent = self._recent
+            for uid, path in rows:
+                entry = recent.get(uid)
+                if entry is None:
+                    continue
+                relative = path[len(base):] if path.startswith(base) else path
+                if entry[0] == relative or entry[0] == path:
+                    del recent[uid]
+
+    def __contains__(self, uid: object) -> bool:
+        return isinstance(uid, str) and self.lookup(uid) is not None
+
+    def close(self) -> None:
+        """Release what ``confirm`` holds (the index cursor); at shutdown."""
+        if self._close is not None:
+            self._close()
+            self._close = None
 
 
 def uid_in_file(path: Path) -> str | None:
@@ -242,17 +384,18 @@ class Resolution:
 
 
 class DuplicateGuard:
-    """The duplicate policy applied with the in-memory index and the disk.
+    """The duplicate policy applied with the known instances (``index``) and the disk.
 
     ``resolve()`` before the final rename, ``stored()`` after it. Not
-    thread-safe by itself: call both from the event loop (each is a dict
-    lookup and, only when a path is taken, a stat or a header read)."""
+    thread-safe by itself: call both from the event loop (each is a lookup
+    in ``index``: a dict or filter test, an index query on a filter hit; and,
+    only when a path is taken, a stat or a header read)."""
 
     def __init__(
         self,
         storage_dir: Path,
         policy: DuplicatePolicy | str = DEFAULT_DUPLICATE_POLICY,
-        index: SeenInstances | None = None,
+        index: KnownInstances | None = None,
         uid_at: Callable[[Path], str | None] = uid_in_file,
         stored_hash: Callable[[Path], str | None] = file_content_hash,
         complete: Callable[[Path, str], bool] = complete_copy,
@@ -261,7 +404,7 @@ class DuplicateGuard:
         self._base_prefix = os.path.join(os.fspath(self.storage_dir), "")  # "<dir>/", for stored()
         self._real_prefix = os.path.join(os.path.realpath(self.storage_dir), "")
         self.policy = DuplicatePolicy.parse(policy)
-        self.index = SeenInstances() if index is None else index
+        self.index: KnownInstances = SeenInstances() if index is None else index
         self._uid_at = uid_at
         self._stored_hash = stored_hash
         self._complete = complete
@@ -313,8 +456,8 @@ class DuplicateGuard:
                 # a cut or unreadable file of this UID holds the name: the
                 # received copy replaces it
                 return Resolution(_NEW, path, None)
-            # This very instance is on disk but was not in the index (cold or
-            # partial warm-up): it is a duplicate all the same.
+            # This very instance is on disk but not in the index (not indexed
+            # yet: reconcile runs after the port opened): a duplicate all the same.
             previous = path
             stored_hash = self._stored_hash(path) or ""
         same = bool(content_hash) and content_hash == stored_hash
