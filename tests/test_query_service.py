@@ -5,6 +5,8 @@ only with an index configured. The network side is tests/test_query_network.py."
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from _pdu_fixtures import IMPLICIT_LE, VERIFICATION, associate_rq
 from pydicom.dataset import Dataset
@@ -66,6 +68,13 @@ def test_wrong_encoding_and_bad_deflate_are_malformed() -> None:
     deflated = encode_identifier(_identifier(), "1.2.840.10008.1.2.1.99")
     with pytest.raises(MalformedIdentifier, match="cut"):
         decode_identifier(deflated[: len(deflated) // 2], "1.2.840.10008.1.2.1.99")
+
+
+def test_unknown_vr_is_malformed() -> None:
+    """pydicom reads an unknown explicit VR and fails only on access: refused at decoding."""
+    raw = struct.pack("<HH", 0x0008, 0x0052) + b"ZZ" + struct.pack("<H", 6) + b"STUDY "
+    with pytest.raises(MalformedIdentifier, match="unknown VR 'ZZ'"):
+        decode_identifier(raw, "1.2.840.10008.1.2.1")
 
 
 def test_extended_negotiation_answer() -> None:

@@ -53,6 +53,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
+from pydicom.valuerep import VR
 
 from ..protocol import dimse as D
 from ..protocol.commands import CFindRequest, Request
@@ -87,6 +88,7 @@ WORKERS = 4  # queries run at once; more wait for a worker
 WINDOW = 32  # encoded responses handed to the event loop and not yet sent
 MAX_INFLATED = 1 << 24  # a deflated identifier inflating past this is refused
 
+_VRS = frozenset(vr.value for vr in VR)
 # attributes of an identifier the response answers that are not index keys
 _ANSWERED = frozenset({SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL, RETRIEVE_AE_TITLE, INSTANCE_AVAILABILITY})
 
@@ -127,8 +129,16 @@ def decode_identifier(data: bytes, transfer_syntax: str) -> Dataset:
         check_dataset_end(data, len(data), syntax, lambda offset, n: data[offset:offset + n])
     except MalformedDataset as exc:
         raise MalformedIdentifier(str(exc)) from None
-    return read_dataset(BytesIO(data), is_implicit_VR=syntax == IMPLICIT_VR_LITTLE_ENDIAN,
-                        is_little_endian=syntax != EXPLICIT_VR_BIG_ENDIAN)
+    try:
+        ds = read_dataset(BytesIO(data), is_implicit_VR=syntax == IMPLICIT_VR_LITTLE_ENDIAN,
+                          is_little_endian=syntax != EXPLICIT_VR_BIG_ENDIAN)
+    except Exception as exc:  # whatever pydicom raises on bytes the walk let through: not decodable
+        raise MalformedIdentifier(f"{type(exc).__name__}: {exc}") from None
+    for tag in ds.keys():  # values are converted later, by the engine; a VR no one knows never converts
+        vr = ds.get_item(tag).VR
+        if vr is not None and vr not in _VRS:
+            raise MalformedIdentifier(f"unknown VR {vr!r} in {tag}")
+    return ds
 
 
 def encode_identifier(ds: Dataset, transfer_syntax: str) -> bytes:
