@@ -1,5 +1,5 @@
 """C-FIND over the network: fastscp's C-FIND SCP against dcmtk's dcmqrscp
-on the same files, STUDY-level queries a viewer sends.
+and Orthanc on the same files, STUDY-level queries a viewer sends.
 
 Generates ``--instances`` small CT/MR files in ``--studies`` studies (two
 series each, two studies per patient, study dates spread over two years),
@@ -11,8 +11,12 @@ then:
 - dcmqrscp: its index is built by ``dcmqridx`` over the same files, one
   storage area ``QRSCP ... RW (500, 1024mb) ANY`` (dcmqrscp caps a storage
   area at 500 studies, so ``--studies`` stays at most 500); forking per
-  association, its default. Every process (servers, findscu) runs with
-  TCP_NODELAY=1, which dcmtk reads from the environment.
+  association, its default;
+- Orthanc (Debian's package): its SQLite index, filled by storescu
+  (DicomThreadsCount 4, DicomAlwaysAllowFind).
+
+Every process (servers, findscu) runs with TCP_NODELAY=1, which dcmtk reads
+from the environment.
 
 Two query kinds, Study Root, STUDY level, asking the same return keys
 (names, date, time, accession, Study ID, description, Modalities in Study,
@@ -27,7 +31,7 @@ Each is timed two ways: ``--queries`` queries on one held association
 per query: what a script pays). The matches of every query are compared
 with the studies the generated data holds for it; a server that answers
 otherwise is named in a note. Prints p50/p90/p99
-per server, kind and way, the ratio dcmqrscp/fastscp of the medians, the
+per server, kind and way, the ratio of each peer's median to fastscp's, the
 machine and the load average.
 
     python bench/bench_cfind_dimse.py --instances 10000 --studies 500 --queries 200 --processes 40
@@ -36,6 +40,7 @@ machine and the load average.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
@@ -56,7 +61,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from receivers import dcmtk_tool, free_port
+from receivers import dcmtk_tool, free_port, orthanc_exe
 
 STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 SOP = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
@@ -178,6 +183,12 @@ def held(server: Server, queries: list[Dataset]) -> tuple[list[float], list[int]
     assoc = ae.associate("127.0.0.1", server.port, ae_title=server.ae_title)
     if not assoc.is_established:
         raise RuntimeError(f"{server.name}: association refused")
+    # pynetdicom leaves Nagle on: its request's data set PDU would wait for the
+    # ACK of its command PDU, which a server that delays ACKs holds 40 ms
+    sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+    if sock is None:
+        raise RuntimeError("pynetdicom's socket is not reachable to set TCP_NODELAY")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     times: list[float] = []
     matches: list[int] = []
     try:
@@ -275,6 +286,26 @@ def main() -> int:
         servers.append(Server("dcmqrscp", "QRSCP", qport, [dcmtk_tool("dcmqrscp"), "-c", str(cfg)],
                               work / "dcmqrscp.log"))
 
+        # Orthanc: its SQLite index, filled by storescu (a Success means stored and indexed)
+        oport = free_port()
+        (work / "orthanc-index").mkdir()
+        ocfg = work / "orthanc.json"
+        ocfg.write_text(json.dumps({
+            "Name": "bench-cfind", "StorageDirectory": str(work / "orthanc-storage"),
+            "IndexDirectory": str(work / "orthanc-index"), "StorageCompression": False, "DicomAet": "ORTHANC",
+            "DicomPort": oport, "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": True, "DicomAlwaysAllowFind": True, "DicomThreadsCount": 4,
+            "HttpServerEnabled": True, "HttpPort": free_port(), "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "Plugins": [], "SaveJobs": False}))
+        orthanc = Server("orthanc", "ORTHANC", oport, [orthanc_exe(), str(ocfg)], work / "orthanc.log")
+        servers.append(orthanc)
+        t0 = time.perf_counter()
+        sent = subprocess.run([dcmtk_tool("storescu"), "-aec", "ORTHANC", "+sd", "+r", "127.0.0.1", str(oport),
+                               str(files)], capture_output=True, timeout=3600, env=NODELAY)
+        if sent.returncode != 0:
+            raise RuntimeError(f"storescu to Orthanc failed: {sent.stderr.decode()[-500:]}")
+        print(f"orthanc: stored and indexed in {time.perf_counter() - t0:.1f} s (storescu)")
+
         rng = random.Random(args.seed + 1)
 
         def by_patient(n: int) -> list[tuple[Dataset, int]]:
@@ -321,8 +352,9 @@ def main() -> int:
                     print(f"| {kind} | {way} | {name} | {len(ms)} | {percentile(ms, 0.5):.1f} ms | "
                           f"{percentile(ms, 0.9):.1f} ms | {percentile(ms, 0.99):.1f} ms | "
                           f"{statistics.mean(matches):.1f} |")
-                ratio = statistics.median(results["dcmqrscp"][0]) / statistics.median(results["fastscp"][0])
-                ratios.append(f"{kind}, {way}: dcmqrscp p50 / fastscp p50 = {ratio:.2f}")
+                for name in ("dcmqrscp", "orthanc"):
+                    ratio = statistics.median(results[name][0]) / statistics.median(results["fastscp"][0])
+                    ratios.append(f"{kind}, {way}: {name} p50 / fastscp p50 = {ratio:.2f}")
         print("\n".join(ratios + notes))
         print(f"load average after: {os.getloadavg()[0]:.1f}")
     finally:

@@ -26,9 +26,9 @@ def test_bench_cfind_dimse_runs_both_servers(tmp_path: Path, capsys: pytest.Capt
     assert bench_cfind_dimse.main() == 0
     out = capsys.readouterr().out
     assert "data: 200 instances, 20 studies, 10 patients" in out
-    rows = re.findall(r"^\| (by PatientID|StudyDate[^|]*) \| ([^|]+) \| (fastscp|dcmqrscp) \| (\d+) \|", out, re.M)
-    assert len(rows) == 8  # 2 kinds x 2 ways x 2 servers
+    rows = re.findall(r"^\| (by PatientID|StudyDate[^|]*) \| ([^|]+) \| (fastscp|dcmqrscp|orthanc) \| (\d+) \|", out, re.M)
+    assert len(rows) == 12  # 2 kinds x 2 ways x 3 servers
     # every PatientID query finds that patient's two studies on both servers
-    assert len(re.findall(r"^\| by PatientID .*\| 2\.0 \|$", out, re.M)) == 4
+    assert len(re.findall(r"^\| by PatientID .*\| 2\.0 \|$", out, re.M)) == 6
     assert "fastscp, " not in out  # no note: fastscp returned what the data holds, every query
-    assert len(re.findall(r"dcmqrscp p50 / fastscp p50 = [0-9.]+", out)) == 4
+    assert len(re.findall(r"(dcmqrscp|orthanc) p50 / fastscp p50 = [0-9.]+", out)) == 8
