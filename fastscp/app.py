@@ -44,7 +44,7 @@ def accept_policy(cfg: Config) -> AcceptPolicy:
     With an index configured, also the C-FIND SOP classes, with their
     extended negotiation (relational queries) answered."""
     accepted = cfg.sop_class_uids() | {VERIFICATION}
-    extended = {}
+    extended: dict[str, Callable[[bytes], bytes | None]] = {}
     if cfg.database.path:
         accepted |= FIND_SOP_CLASSES
         extended = dict.fromkeys(FIND_SOP_CLASSES, answer_extended_negotiation)
