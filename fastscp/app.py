@@ -31,9 +31,11 @@ from .monitor.logsetup import configure_logging
 from .monitor.service import MonitorService
 from .net.server import DicomServer, raise_open_files_limit, serve_forever, stop_on_signals
 from .pipeline.service import Pipeline, PipelineSettings
+from .protocol.commands import CFindRequest
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
 from .services.dispatcher import Dispatcher
-from .services.session import RemoteAE, ServerState
+from .services.query import FIND_SOP_CLASSES, QueryService, answer_extended_negotiation
+from .services.session import RemoteAE, ServerState, ServiceModule
 from .storage.duplicates import IndexedInstances
 from .storage.durability import WRITEBACK_FILESYSTEMS, GroupCommitter
 from .storage.naming import make_naming
@@ -45,16 +47,23 @@ log = logging.getLogger("fastscp")
 
 def accept_policy(cfg: Config) -> AcceptPolicy:
     """Negotiation policy: the configured storage SOP classes and Verification,
-    the configured transfer syntaxes; optionally SOP classes nobody knows."""
+    the configured transfer syntaxes; optionally SOP classes nobody knows.
+    With an index configured, also the C-FIND SOP classes, with their
+    extended negotiation (relational queries) answered."""
     accepted = cfg.sop_class_uids() | {VERIFICATION}
+    extended: dict[str, Callable[[bytes], bytes | None]] = {}
+    if cfg.database.path:
+        accepted |= FIND_SOP_CLASSES
+        extended = dict.fromkeys(FIND_SOP_CLASSES, answer_extended_negotiation)
     if cfg.accept_unknown_sop_classes:
         from pydicom._uid_dict import UID_dictionary
 
         def ok(uid: str) -> bool:
             return uid in accepted or uid not in UID_dictionary
 
-        return AcceptPolicy(abstract_syntax_ok=ok, transfer_syntaxes=cfg.transfer_syntax_uids())
-    return AcceptPolicy(abstract_syntax_ok=accepted.__contains__, transfer_syntaxes=cfg.transfer_syntax_uids())
+        return AcceptPolicy(abstract_syntax_ok=ok, transfer_syntaxes=cfg.transfer_syntax_uids(), extended=extended)
+    return AcceptPolicy(abstract_syntax_ok=accepted.__contains__, transfer_syntaxes=cfg.transfer_syntax_uids(),
+                        extended=extended)
 
 
 def build_storage(cfg: Config) -> Storage:
@@ -103,6 +112,9 @@ def load_access_policy(path: str | os.PathLike[str] | None, overrides: Mapping[s
 def build_state(cfg: Config) -> ServerState:
     storage = build_storage(cfg)
     storage.sweep_incoming()
+    services: dict[type, ServiceModule] = {}
+    if cfg.database.path:  # C-FIND reads the index (ServerState.catalog, set once it is open)
+        services[CFindRequest] = QueryService()
     return ServerState(
         ae_title=cfg.server.ae_title,
         storage=storage,
@@ -112,6 +124,7 @@ def build_state(cfg: Config) -> ServerState:
         max_pdu=cfg.server.max_pdu,
         max_instance_size=cfg.storage.max_instance_size,
         remote_aes={r.ae_title: RemoteAE(r.ae_title, r.host, r.port, r.tls) for r in cfg.remote_aes},
+        services=services,
     )
 
 

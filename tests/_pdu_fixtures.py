@@ -20,6 +20,7 @@ from pynetdicom.pdu_primitives import (
     ImplementationVersionNameNotification,
     MaximumLengthNotification,
     SCP_SCU_RoleSelectionNegotiation,
+    SOPClassExtendedNegotiation,
     UserIdentityNegotiation,
 )
 from pynetdicom.presentation import build_context
@@ -56,10 +57,12 @@ def associate_rq(
     roles: Sequence[tuple[str, bool, bool]] = (),
     user_identity: tuple[int, bytes] | None = None,
     protocol_version: int = 1,
+    extended: Sequence[tuple[str, bytes]] = (),
 ) -> bytes:
     """An A-ASSOCIATE-RQ PDU encoded by pynetdicom. ``contexts`` are
     (context ID, abstract syntax, transfer syntaxes in order of preference);
-    ``roles`` are (SOP class UID, SCU role, SCP role)."""
+    ``roles`` are (SOP class UID, SCU role, SCP role); ``extended`` are SOP
+    Class Extended Negotiation sub-items (SOP class UID, application info)."""
     primitive = A_ASSOCIATE()
     primitive.application_context_name = app_context
     primitive.calling_ae_title = calling
@@ -92,6 +95,11 @@ def associate_rq(
         role.scu_role = scu
         role.scp_role = scp
         user.append(role)
+    for uid, info in extended:
+        ext = SOPClassExtendedNegotiation()
+        ext.sop_class_uid = uid
+        ext.service_class_application_information = info
+        user.append(ext)
     if user_identity is not None:
         ident = UserIdentityNegotiation()
         ident.user_identity_type, ident.primary_field = user_identity
@@ -165,4 +173,5 @@ def read_ac(raw: bytes) -> dict:
         "implementation_version_name": user.implementation_version_name,
         "roles": {uid: (item.scu_role, item.scp_role) for uid, item in user.role_selection.items()},
         "async_ops": None if window is None else (window.maximum_number_operations_invoked, window.maximum_number_operations_performed),
+        "extended": {item.sop_class_uid: item.app_info for item in user.ext_neg},
     }

@@ -98,3 +98,37 @@ def test_policy_is_asked_per_abstract_syntax():
     got = results(associate_rq(((1, CT_IMAGE, (IMPLICIT_LE,)), (3, MR_IMAGE, (IMPLICIT_LE,)))), policy)
     assert asked == [CT_IMAGE, MR_IMAGE]
     assert got == {1: (3, ""), 3: (0, IMPLICIT_LE)}
+
+
+FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
+PATIENT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"
+
+
+def test_extended_negotiation_answered_only_for_accepted_classes_with_an_answer():
+    """PS3.7 D.3.3.5: a sub-item goes back only for a SOP class the policy
+    answers and whose context was accepted; the answer is the policy's."""
+    seen: list[bytes] = []
+
+    def answer(info: bytes) -> bytes | None:
+        seen.append(info)
+        return b"\x01" + bytes(len(info) - 1)
+
+    served = SERVED | {FIND}
+    policy = AcceptPolicy(abstract_syntax_ok=served.__contains__, transfer_syntaxes=frozenset({IMPLICIT_LE}),
+                          extended={FIND: answer, PATIENT_FIND: answer})
+    rq = P.decode_associate_rq(associate_rq(
+        ((1, FIND, (IMPLICIT_LE,)), (3, PATIENT_FIND, (IMPLICIT_LE,)), (5, CT_IMAGE, (IMPLICIT_LE,))),
+        extended=((FIND, b"\x01\x01\x00"), (PATIENT_FIND, b"\x01"), (CT_IMAGE, b"\x01"))))
+    n = negotiate(rq, policy)
+    # PATIENT_FIND is not served (rejected context): no answer; CT has no answer function
+    assert n.extended == (P.ExtendedNegotiation(FIND, b"\x01\x00\x00"),)
+    assert seen == [b"\x01\x01\x00"]
+
+
+def test_no_extended_negotiation_without_a_proposal_or_when_the_answer_is_none():
+    served = SERVED | {FIND}
+    policy = AcceptPolicy(abstract_syntax_ok=served.__contains__, transfer_syntaxes=frozenset({IMPLICIT_LE}),
+                          extended={FIND: lambda info: None})
+    assert negotiate(P.decode_associate_rq(associate_rq(((1, FIND, (IMPLICIT_LE,)),))), policy).extended == ()
+    rq = P.decode_associate_rq(associate_rq(((1, FIND, (IMPLICIT_LE,)),), extended=((FIND, b"\x01"),)))
+    assert negotiate(rq, policy).extended == ()

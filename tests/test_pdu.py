@@ -95,10 +95,24 @@ def test_uid_padding_is_stripped():
     assert rq.contexts[0].abstract_syntax == VERIFICATION and rq.contexts[0].transfer_syntaxes == (IMPLICIT_LE,)
 
 
-def test_extended_negotiation_items_are_skipped():
+def test_sop_class_extended_negotiation_is_decoded():
+    """PS3.7 D.3.3.5: type 56H, UID length, UID, service class application information."""
     ext = item(0x56, struct.pack(">H", len(CT_IMAGE)) + CT_IMAGE.encode() + b"\x01")
     rq = P.decode_associate_rq(hand_rq(APP_ITEM, PC_ITEM, item(0x50, item(0x51, struct.pack(">I", 100)) + ext)))
     assert rq.max_pdu == 100
+    assert rq.extended == (P.ExtendedNegotiation(CT_IMAGE, b"\x01"),)
+
+
+def test_extended_negotiation_from_pynetdicom():
+    find = "1.2.840.10008.5.1.4.1.2.2.1"
+    rq = P.decode_associate_rq(associate_rq(((1, find, (IMPLICIT_LE,)),), extended=((find, b"\x01\x00\x01"),)))
+    assert rq.extended == (P.ExtendedNegotiation(find, b"\x01\x00\x01"),)
+
+
+@pytest.mark.parametrize("value", [b"\x00", struct.pack(">H", 40) + b"1.2.3"])
+def test_malformed_extended_negotiation_is_refused(value):
+    with pytest.raises(P.PDUError, match="extended negotiation"):
+        P.decode_associate_rq(hand_rq(APP_ITEM, PC_ITEM, item(0x50, item(0x56, value))))
 
 
 @pytest.mark.parametrize(
@@ -182,6 +196,7 @@ def test_accept_read_back_by_pynetdicom():
         implementation_version_name="FASTSCP_010",
         roles=(P.RoleSelection(CT_IMAGE, True, False),),
         async_ops=(1, 1),
+        extended=(P.ExtendedNegotiation(CT_IMAGE, b"\x01\x00"),),
     )
     raw = P.encode_associate_ac(rq, accept)
     assert raw[0] == 0x02 and struct.unpack_from(">I", raw, 2)[0] == len(raw) - 6
@@ -195,14 +210,15 @@ def test_accept_read_back_by_pynetdicom():
     assert ac["implementation_version_name"] == "FASTSCP_010"
     assert ac["roles"] == {CT_IMAGE: (True, False)}
     assert ac["async_ops"] == (1, 1)
+    assert ac["extended"] == {CT_IMAGE: b"\x01\x00"}
 
 
 def test_accept_without_optional_items():
     rq = P.decode_associate_rq(associate_rq())
     raw = P.encode_associate_ac(rq, P.AssociateAccept((P.PresentationContextResult(1, 0, IMPLICIT_LE),), 0, "1.2.3", "V"))
     ac = read_ac(raw)
-    assert ac["max_pdu"] == 0 and ac["roles"] == {} and ac["async_ops"] is None
-    assert b"\x53\x00" not in raw[74:] and b"\x54\x00" not in raw[74:]
+    assert ac["max_pdu"] == 0 and ac["roles"] == {} and ac["async_ops"] is None and ac["extended"] == {}
+    assert b"\x53\x00" not in raw[74:] and b"\x54\x00" not in raw[74:] and b"\x56\x00" not in raw[74:]
 
 
 @pytest.mark.parametrize("result, source, reason", [(1, 1, 1), (1, 1, 2), (1, 2, 2), (2, 3, 1), (2, 3, 2), (1, 1, 7)])

@@ -43,6 +43,7 @@ MOVE_DESTINATION = 0x00000600
 PRIORITY = 0x00000700
 DATA_SET_TYPE = 0x00000800
 STATUS = 0x00000900
+OFFENDING_ELEMENT = 0x00000901
 ERROR_COMMENT = 0x00000902
 AFFECTED_SOP_INSTANCE = 0x00001000
 REQUESTED_SOP_INSTANCE = 0x00001001
@@ -145,13 +146,15 @@ _COMMAND_VR = {
     ERROR_COMMENT: "LO", AFFECTED_SOP_INSTANCE: "UI", REQUESTED_SOP_INSTANCE: "UI", EVENT_TYPE_ID: "US",
     ACTION_TYPE_ID: "US", REMAINING_SUBOPERATIONS: "US", COMPLETED_SUBOPERATIONS: "US",
     FAILED_SUBOPERATIONS: "US", WARNING_SUBOPERATIONS: "US", MOVE_ORIGINATOR_AE: "AE", MOVE_ORIGINATOR_ID: "US",
+    OFFENDING_ELEMENT: "AT",
 }
 
 
-def encode_command(fields: dict[int, int | str], has_data_set: bool) -> bytes:
+def encode_command(fields: dict[int, int | str | tuple[int, ...]], has_data_set: bool) -> bytes:
     """Any command set (PS3.7 E.1) from {tag: value}: group length first,
     elements in tag order, Command Data Set Type from ``has_data_set``.
-    Empty strings are left out. Raises KeyError for a tag it has no VR for."""
+    An AT element (Offending Element) takes a tuple of tags. Empty strings
+    and tuples are left out. Raises KeyError for a tag it has no VR for."""
     items = dict(fields)
     items[DATA_SET_TYPE] = 0x0000 if has_data_set else NO_DATA_SET
     parts = []
@@ -161,6 +164,10 @@ def encode_command(fields: dict[int, int | str], has_data_set: bool) -> bytes:
         if vr == "US":
             assert isinstance(value, int)
             parts.append(_element(tag, _us(value)))
+        elif vr == "AT":
+            assert isinstance(value, tuple)
+            if value:
+                parts.append(_element(tag, b"".join(struct.pack("<HH", t >> 16, t & 0xFFFF) for t in value)))
         elif isinstance(value, str) and value:
             parts.append(_element(tag, _text(value) if vr == "UI" else _lo(value)))
     body = b"".join(parts)

@@ -7,13 +7,18 @@ SCP/SCU role selection is answered only for SOP classes that proposed it:
 we act as SCP only, so the requestor may keep the SCU role and never gets
 ours; a proposal in which the requestor would not be SCU is rejected (1).
 An asynchronous operations window, if proposed, is answered 1/1 (no
-asynchronous operations), which the standard allows.
+asynchronous operations), which the standard allows. A SOP Class Extended
+Negotiation sub-item (PS3.7 D.3.3.5) is answered only for a SOP class the
+policy has an answer function for and whose context was accepted; the
+function gets the proposed application information and returns ours (None:
+no sub-item goes back, which D.3.3.5 allows and the requestor reads as no
+extended behaviour).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from .pdu import (
     RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED,
@@ -21,6 +26,7 @@ from .pdu import (
     RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED,
     RESULT_USER_REJECTION,
     AssociateRequest,
+    ExtendedNegotiation,
     PresentationContextResult,
     RoleSelection,
 )
@@ -34,6 +40,8 @@ class AcceptPolicy:
 
     abstract_syntax_ok: Callable[[str], bool]
     transfer_syntaxes: frozenset[str]
+    # SOP class UID -> proposed application information -> ours (or None)
+    extended: Mapping[str, Callable[[bytes], bytes | None]] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -41,6 +49,7 @@ class Negotiated:
     results: tuple[PresentationContextResult, ...]
     roles: tuple[RoleSelection, ...]
     async_ops: tuple[int, int] | None
+    extended: tuple[ExtendedNegotiation, ...] = ()
 
     @property
     def accepted(self) -> dict[int, PresentationContextResult]:
@@ -62,4 +71,20 @@ def negotiate(request: AssociateRequest, policy: AcceptPolicy) -> Negotiated:
         results.append(PresentationContextResult(ctx.context_id, result, ts, ctx.abstract_syntax))
     roles = tuple(RoleSelection(r.sop_class_uid, r.scu_role, False) for r in request.roles)
     async_ops = (1, 1) if request.async_ops is not None else None
-    return Negotiated(tuple(results), roles, async_ops)
+    return Negotiated(tuple(results), roles, async_ops, _extended(request, policy, results))
+
+
+def _extended(request: AssociateRequest, policy: AcceptPolicy,
+              results: list[PresentationContextResult]) -> tuple[ExtendedNegotiation, ...]:
+    if not request.extended or not policy.extended:
+        return ()
+    accepted = {r.abstract_syntax for r in results if r.result == RESULT_ACCEPTANCE}
+    answers: dict[str, ExtendedNegotiation] = {}
+    for item in request.extended:
+        answer = policy.extended.get(item.sop_class_uid)
+        if answer is None or item.sop_class_uid not in accepted or item.sop_class_uid in answers:
+            continue  # one answer per SOP class: the first proposal
+        info = answer(item.info)
+        if info is not None:
+            answers[item.sop_class_uid] = ExtendedNegotiation(item.sop_class_uid, info)
+    return tuple(answers.values())

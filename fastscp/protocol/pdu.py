@@ -2,7 +2,8 @@
 
 PS3.8 section 9.3 (PDU structure) and Annex D (user information sub-items:
 D.3.3.1 maximum length, D.3.3.2 implementation identification, D.3.3.3
-asynchronous operations window, D.3.3.4 SCP/SCU role selection). P-DATA-TF
+asynchronous operations window, D.3.3.4 SCP/SCU role selection, D.3.3.5
+SOP class extended negotiation). P-DATA-TF
 PDUs are never decoded here: the Cython framer walks them in place.
 
 Decoding raises ``PDUError`` with the A-ABORT reason code to send.
@@ -80,6 +81,18 @@ class RoleSelection:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ExtendedNegotiation:
+    """SOP Class Extended Negotiation sub-item (PS3.7 D.3.3.5): the Service
+    Class Application Information of one SOP class, bytes whose meaning the
+    service class defines (PS3.4 C.5.1 for Query/Retrieve: byte 1 is
+    relational-queries). In a request it is what the requestor proposes, in
+    the answer what the acceptor agrees to."""
+
+    sop_class_uid: str
+    info: bytes
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class AssociateRequest:
     protocol_version: int
     called_ae: str
@@ -92,6 +105,7 @@ class AssociateRequest:
     async_ops: tuple[int, int] | None = None  # (max invoked, max performed)
     roles: tuple[RoleSelection, ...] = ()
     user_identity: bytes | None = None
+    extended: tuple[ExtendedNegotiation, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -110,6 +124,7 @@ class AssociateAccept:
     implementation_version_name: str
     roles: tuple[RoleSelection, ...] = ()
     async_ops: tuple[int, int] | None = None
+    extended: tuple[ExtendedNegotiation, ...] = ()
 
 
 def _uid(raw: bytes) -> str:
@@ -146,6 +161,7 @@ def decode_associate_rq(pdu: bytes) -> AssociateRequest:
     impl_uid = impl_version = ""
     async_ops = None
     roles: list[RoleSelection] = []
+    extended: list[ExtendedNegotiation] = []
     user_identity = None
     user_information = False
     seen_ids: set[int] = set()
@@ -192,10 +208,18 @@ def decode_associate_rq(pdu: bytes) -> AssociateRequest:
                         raise PDUError("role selection sub-item length mismatch")
                     uid = _uid(pdu[s + 2 : s + 2 + uid_len])
                     roles.append(RoleSelection(uid, bool(pdu[e - 2]), bool(pdu[e - 1])))
+                elif sub_type == 0x56:
+                    if e - s < 2:
+                        raise PDUError("SOP class extended negotiation sub-item too short")
+                    (uid_len,) = struct.unpack_from(">H", pdu, s)
+                    if s + 2 + uid_len > e:
+                        raise PDUError("SOP class extended negotiation sub-item length mismatch")
+                    extended.append(ExtendedNegotiation(_uid(pdu[s + 2 : s + 2 + uid_len]),
+                                                        bytes(pdu[s + 2 + uid_len : e])))
                 elif sub_type == 0x58:
                     user_identity = pdu[s:e]
-                # 0x56 SOP class extended, 0x57 common extended negotiation:
-                # optional, and we answer nothing for them (PS3.7 D.3.3.5-6).
+                # 0x57 SOP class common extended negotiation: optional, and
+                # we answer nothing for it (PS3.7 D.3.3.6).
         else:
             raise PDUError(f"unexpected item {item_type:#04x} in A-ASSOCIATE-RQ")
     if not app_context:
@@ -216,6 +240,7 @@ def decode_associate_rq(pdu: bytes) -> AssociateRequest:
         async_ops=async_ops,
         roles=tuple(roles),
         user_identity=user_identity,
+        extended=tuple(extended),
     )
 
 
@@ -249,6 +274,9 @@ def encode_associate_ac(request: AssociateRequest, accept: AssociateAccept) -> b
         uid = role.sop_class_uid.encode()
         user.append(_item(0x54, struct.pack(">H", len(uid)) + uid + bytes((role.scu_role, role.scp_role))))
     user.append(_item(0x55, accept.implementation_version_name.encode()))
+    for ext in accept.extended:  # PS3.7 D.3.3.5: only for the SOP classes whose proposal we agree to
+        uid = ext.sop_class_uid.encode()
+        user.append(_item(0x56, struct.pack(">H", len(uid)) + uid + ext.info))
     body.append(_item(0x50, b"".join(user)))
     return _pdu(A_ASSOCIATE_AC, b"".join(body))
 

@@ -112,6 +112,7 @@ class Dispatcher:
         self.id = f"{_RUN}-{next(_ids)}"
         self._contexts: dict[int, tuple[str, str]] = {}
         self._scp_roles: frozenset[str] = frozenset()
+        self._extended: dict[str, bytes] = {}
         self.calling_ae = ""
         self.called_ae = ""
         self.started = time.monotonic()
@@ -154,6 +155,9 @@ class Dispatcher:
 
     def requestor_scp(self, sop_class_uid: str) -> bool:
         return sop_class_uid in self._scp_roles
+
+    def extended_negotiation(self, sop_class_uid: str) -> bytes:
+        return self._extended.get(sop_class_uid, b"")
 
     def send(self, context_id: int, command: bytes, dataset: bytes | memoryview | None = None) -> None:
         if self.assoc.established:
@@ -237,6 +241,7 @@ class Dispatcher:
         self._contexts = {r.context_id: (r.abstract_syntax, r.transfer_syntax)
                           for r in decision.accepted.values()}
         self._scp_roles = frozenset(r.sop_class_uid for r in decision.roles if r.scp_role)
+        self._extended = {e.sop_class_uid: e.info for e in decision.extended}
         self.assoc.accept(P.AssociateAccept(
             results=decision.results,
             max_pdu=s.max_pdu,
@@ -244,6 +249,7 @@ class Dispatcher:
             implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             roles=decision.roles,
             async_ops=decision.async_ops,
+            extended=decision.extended,
         ))
         s.active += 1
         s.associations_total += 1

@@ -87,6 +87,11 @@ class Session(Protocol):
         selection (PS3.7 D.3.3.4), so we may send it C-STORE requests on this
         association: what a C-GET's sub-operations need."""
 
+    def extended_negotiation(self, sop_class_uid: str) -> bytes:
+        """The SOP Class Extended Negotiation we answered for this SOP class
+        (PS3.7 D.3.3.5: what was agreed, e.g. relational queries, PS3.4
+        C.5.1); b"" when none was proposed or answered."""
+
     def send(self, context_id: int, command: bytes, dataset: bytes | memoryview | None = None) -> None:
         """Send a message and write it out now."""
 
