@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import gc
 import logging
 import os
@@ -25,10 +26,13 @@ from .events import AssociationEnded, DuplicateReceived, InstanceStored, Observe
 from .monitor.logsetup import configure_logging
 from .monitor.service import MonitorService
 from .net.server import DicomServer, raise_open_files_limit, serve_forever, stop_on_signals
+from .net.tls import client_ssl_context
 from .pipeline.service import Pipeline, PipelineSettings
+from .protocol.commands import CGetRequest, CMoveRequest
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
+from .services import retrieve
 from .services.dispatcher import Dispatcher
-from .services.session import RemoteAE, ServerState
+from .services.session import RemoteAE, ServerState, ServiceModule
 from .storage.durability import WRITEBACK_FILESYSTEMS, GroupCommitter
 from .storage.naming import make_naming
 from .storage.store import INCOMING, LOCK_FILE, Storage, StorageInUse, lock_directory
@@ -36,18 +40,30 @@ from .storage.store import INCOMING, LOCK_FILE, Storage, StorageInUse, lock_dire
 log = logging.getLogger("fastscp")
 
 
-def accept_policy(cfg: Config) -> AcceptPolicy:
+def accept_policy(cfg: Config, services: Mapping[type, ServiceModule] | None = None) -> AcceptPolicy:
     """Negotiation policy: the configured storage SOP classes and Verification,
-    the configured transfer syntaxes; optionally SOP classes nobody knows."""
-    accepted = cfg.sop_class_uids() | {VERIFICATION}
+    the configured transfer syntaxes; optionally SOP classes nobody knows;
+    the SOP classes of the registered ``services``. With C-GET served, a
+    requestor may take the SCP role for the storage SOP classes (PS3.7
+    D.3.3.4: C-GET's sub-operations are C-STOREs to it)."""
+    storage = cfg.sop_class_uids()
+    extra = frozenset().union(*(m.sop_classes for m in (services or {}).values()))
+    accepted = storage | {VERIFICATION} | extra
+    storage_ok: Callable[[str], bool] = storage.__contains__
+    ok: Callable[[str], bool] = accepted.__contains__
     if cfg.accept_unknown_sop_classes:
         from pydicom._uid_dict import UID_dictionary
 
         def ok(uid: str) -> bool:
             return uid in accepted or uid not in UID_dictionary
 
-        return AcceptPolicy(abstract_syntax_ok=ok, transfer_syntaxes=cfg.transfer_syntax_uids())
-    return AcceptPolicy(abstract_syntax_ok=accepted.__contains__, transfer_syntaxes=cfg.transfer_syntax_uids())
+        def storage_ok(uid: str) -> bool:
+            return uid in storage or uid not in UID_dictionary
+
+    policy = AcceptPolicy(abstract_syntax_ok=ok, transfer_syntaxes=cfg.transfer_syntax_uids())
+    if services and CGetRequest in services:
+        policy = dataclasses.replace(policy, scp_role_ok=storage_ok)
+    return policy
 
 
 def build_storage(cfg: Config) -> Storage:
@@ -93,13 +109,24 @@ def load_access_policy(path: str | os.PathLike[str] | None, overrides: Mapping[s
     return access_policy(load_config(path, overrides), resolve)
 
 
+def retrieve_services(cfg: Config) -> dict[type, ServiceModule]:
+    """C-MOVE and C-GET (services/retrieve.py): served only with an index."""
+    if not cfg.database.path:
+        return {}
+    tls = cfg.server.tls
+    tls_context = functools.partial(client_ssl_context, tls.ca_bundle, tls.certificate, tls.key)
+    return dict(retrieve.services(tls_context))
+
+
 def build_state(cfg: Config) -> ServerState:
     storage = build_storage(cfg)
     storage.sweep_incoming()
+    services = retrieve_services(cfg)
     return ServerState(
         ae_title=cfg.server.ae_title,
         storage=storage,
-        policy=accept_policy(cfg),
+        policy=accept_policy(cfg, services),
+        services=services,
         access=access_policy(cfg),
         limiter=AssociationLimiter(*association_limits(cfg)),
         max_pdu=cfg.server.max_pdu,
@@ -258,6 +285,10 @@ class App:
                                   s.min_transfer_rate, s.transfer_rate_window, s.max_unassociated)
         self.catalog = open_catalog(cfg, self.state)
         self.state.catalog = self.catalog  # the query services read through it
+        if self.catalog is None and self.state.services:  # no index to retrieve from: not negotiated
+            self.state.services = {t: m for t, m in self.state.services.items()
+                                   if t not in (CMoveRequest, CGetRequest)}
+            self.state.policy = accept_policy(cfg, self.state.services)
 
     async def _close_writers(self, loop: asyncio.AbstractEventLoop) -> tuple[GroupCommitter | None, bool]:
         """Close the group commit and the index writer, off the loop: the
