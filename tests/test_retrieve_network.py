@@ -9,8 +9,11 @@ when a test asks. One test stores through C-STORE first and restarts.
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -473,3 +476,51 @@ def test_retrieve_not_negotiated_without_an_index(start_server, tmp_path: Path) 
         assert {str(c.abstract_syntax) for c in assoc.accepted_contexts} == {CTImageStorage}
     finally:
         assoc.release()
+
+
+# ---- Orthanc as the C-MOVE SCU -----------------------------------------------------------------
+
+
+def _orthanc_exe() -> str:
+    for path in (shutil.which("Orthanc"), "/usr/sbin/Orthanc"):
+        if path and Path(path).exists():
+            return path
+    pytest.fail("Orthanc is not installed (Debian package orthanc; .ci/run installs it)")
+
+
+def _http(port: int, path: str, body: object | None = None) -> object:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+                                     method="GET" if body is None else "POST")
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        return json.loads(answer.read() or b"null")
+
+
+def test_orthanc_moves_a_study_to_itself(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Orthanc's /modalities/{id}/move: Orthanc asks fastscp to C-MOVE a study to Orthanc."""
+    archive = fill(tmp_path / "store0", count=8)
+    dicom_port, http_port = free_port(), free_port()
+    srv = start_server("--config", config(tmp_path, {"ORTHANC": dicom_port}))
+    work = tmp_path / "orthanc"
+    (work / "index").mkdir(parents=True)
+    (work / "orthanc.json").write_text(json.dumps({
+        "Name": "retrieve-test", "StorageDirectory": str(work / "storage"), "IndexDirectory": str(work / "index"),
+        "DicomAet": "ORTHANC", "DicomPort": dicom_port, "HttpPort": http_port, "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
+        "Plugins": [], "SaveJobs": False,
+        "DicomModalities": {"fastscp": [srv.ae_title, "127.0.0.1", srv.port]},
+    }))
+    orthanc = subprocess.Popen([_orthanc_exe(), str(work / "orthanc.json")], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(http_port, orthanc, timeout=60)
+        study = archive.study_uids()[0]
+        _http(http_port, "/modalities/fastscp/move",
+              {"Level": "Study", "Resources": [{"StudyInstanceUID": study}], "TargetAet": "ORTHANC"})
+        instances = _http(http_port, "/instances?expand")
+        assert isinstance(instances, list)
+        got = {str(i["MainDicomTags"]["SOPInstanceUID"]) for i in instances}
+        assert got == archive.of_study(study)
+    finally:
+        orthanc.terminate()
+        orthanc.wait(60)
