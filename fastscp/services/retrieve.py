@@ -8,11 +8,11 @@ instance, transfer syntax. Each becomes one C-STORE sub-operation that sends
 the file's data set exactly as stored (no decoding, no transcoding):
 
 - C-MOVE (``MoveService``): on a new association to the Move Destination,
-  looked up in ``remote_aes`` (an AE title not listed: 0xA801). pynetdicom is
-  the sending side, in a worker thread, proposing one presentation context
-  per (SOP class, stored transfer syntax) and streaming each file from disk
-  (its chunked sending); the C-STORE-RQs carry Move Originator AE Title and
-  Message ID (PS3.7 9.3.1.1).
+  looked up in ``remote_aes`` (an AE title not listed: 0xA801), opened from
+  a worker thread by ``store_scu.StoreAssociation`` (the project's own PDU
+  code: one presentation context per (SOP class, stored transfer syntax),
+  each file streamed from disk one PDU per write, TCP_NODELAY); the
+  C-STORE-RQs carry Move Originator AE Title and Message ID (PS3.7 9.3.1.1).
 - C-GET (``GetService``): on the requesting association itself, on an
   accepted context of the instance's SOP class whose transfer syntax is the
   stored one and for which the requestor took the SCP role (PS3.7 D.3.3.4);
@@ -40,14 +40,12 @@ import dataclasses
 import logging
 import os
 import queue
-import socket
 import ssl
-import struct
 import threading
 import zlib
 from collections.abc import Callable, Sequence
 from io import BytesIO
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import duckdb
 from pydicom.dataset import Dataset
@@ -63,12 +61,10 @@ from ..qr.errors import IdentifierError
 from ..qr.matching import element_text
 from ..qr.model import KEYS_BY_TAG, QUERY_RETRIEVE_LEVEL, UNIQUE_KEY, InformationModel, Key, Level
 from .session import RemoteAE, Session
-
-if TYPE_CHECKING:
-    from pynetdicom.association import Association
+from .store_scu import AssociationLost, StoreAssociation, dataset_offset
 
 __all__ = [
-    "GetService", "MoveService", "RetrieveStatus", "StoredInstance", "dataset_offset", "select_instances",
+    "GetService", "MoveService", "RetrieveStatus", "StoredInstance", "select_instances",
 ]
 
 log = logging.getLogger("fastscp.scp")
@@ -185,33 +181,6 @@ def select_instances(conn: duckdb.DuckDBPyConnection, identifier: Dataset, model
 
 
 # ---- the stored file -------------------------------------------------------------------------
-
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
-
-
-def dataset_offset(head: bytes | memoryview) -> int:
-    """Where the data set starts in a Part-10 file (PS3.10 7.1): after the
-    128-byte preamble, ``DICM`` and the File Meta group (0002), whose
-    elements are walked (explicit VR little endian), not trusted from its
-    group length. ValueError if ``head`` is not a Part-10 file's start."""
-    if len(head) < 132 or bytes(head[128:132]) != b"DICM":
-        raise ValueError("not a DICOM Part-10 file (no DICM prefix)")
-    pos = 132
-    while pos + 8 <= len(head):
-        group = struct.unpack_from("<H", head, pos)[0]
-        if group != 0x0002:
-            return pos
-        vr = bytes(head[pos + 4:pos + 6])
-        if vr in _LONG_VRS:
-            if pos + 12 > len(head):
-                break
-            pos += 12 + struct.unpack_from("<I", head, pos + 8)[0]
-        else:
-            pos += 8 + struct.unpack_from("<H", head, pos + 6)[0]
-    if pos == len(head):
-        return pos  # a file of meta only: an empty data set
-    raise ValueError("file meta information runs past the end of the file")
-
 
 def read_dataset_bytes(path: str) -> memoryview:
     """A stored file's data set, byte for byte (read whole; see the docs for
@@ -542,18 +511,14 @@ class MoveService(_RetrieveService):
 
 
 class _MoveSender:
-    """The C-STORE SCU side of a C-MOVE: pynetdicom, in the worker thread.
-
-    One association proposes up to 128 (SOP class, transfer syntax) pairs,
-    one context each; a retrieve with more pairs opens one association per
-    128, in the order its instances come."""
+    """The C-STORE SCU side of a C-MOVE (``store_scu.StoreAssociation``, in
+    the worker thread). One association proposes up to 128 (SOP class,
+    transfer syntax) pairs, one context each; a retrieve with more pairs
+    opens one association per 128, in the order its instances come."""
 
     def __init__(self, op: _Retrieval, remote: RemoteAE, ae_title: str,
                  tls_context: Callable[[], ssl.SSLContext] | None, timeout: float,
                  instances: Sequence[StoredInstance]) -> None:
-        import pynetdicom._config as pconfig
-
-        pconfig.STORE_SEND_CHUNKED_DATASET = True  # stream each file as it is on disk
         self.op = op
         self.remote = remote
         self.ae_title = ae_title
@@ -563,48 +528,28 @@ class _MoveSender:
         self.rounds = [pairs[n:n + MAX_CONTEXTS] for n in range(0, len(pairs), MAX_CONTEXTS)]
         self.round_of = {pair: n for n, chunk in enumerate(self.rounds) for pair in chunk}
         self.current = -1
-        self.assoc: Association | None = None
-        self.refusals: dict[tuple[str, str], str] = {}
+        self.assoc: StoreAssociation | None = None
         self.lost = ""  # why the association cannot carry more sub-operations
 
     def _open(self, n: int) -> None:
-        from pynetdicom import AE
-
-        from ..scu.commands import answers_to_the_caller, refused_pairs
-
         self.close()
-        self.current, self.lost, self.refusals = n, "", {}
+        self.current, self.lost = n, ""
         where = f"{self.remote.ae_title} at {self.remote.host}:{self.remote.port}"
-        if not log.isEnabledFor(logging.DEBUG):  # our own line says what went wrong
-            logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
-        ae = AE(ae_title=self.ae_title)
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = self.timeout
-        for sop_class, ts in self.rounds[n]:
-            ae.add_requested_context(sop_class, ts)
         tls = None
         if self.remote.tls:
             if self.tls_context is None:
-                self.lost = f"{self.remote.ae_title} asks for TLS and server.tls has no client settings"
+                self.lost = f"{where} asks for TLS and server.tls has no client settings"
                 return
-            tls = (self.tls_context(), self.remote.host)
+            try:
+                tls = self.tls_context()
+            except (OSError, ssl.SSLError) as exc:
+                self.lost = f"TLS client settings for {where} unusable: {exc}"
+                return
         try:
-            assoc = ae.associate(self.remote.host, self.remote.port, ae_title=self.remote.ae_title,
-                                 tls_args=tls, max_pdu=0)
-        except (OSError, RuntimeError, ValueError, ssl.SSLError) as exc:
+            self.assoc = StoreAssociation(self.remote.host, self.remote.port, self.ae_title, self.remote.ae_title,
+                                          self.rounds[n], self.timeout, tls)
+        except AssociationLost as exc:
             self.lost = f"could not associate with {where}: {exc}"
-            return
-        self.refusals = {pair: f"{self.remote.ae_title} refused {pair[0]} in {pair[1]}: {why}"
-                         for pair, why in refused_pairs(assoc).items()}
-        if not assoc.is_established:
-            how = ("association rejected" if assoc.is_rejected
-                   else "no connection, or the association was aborted")
-            self.lost = f"could not associate with {where}: {how}"
-            if self.refusals and len(self.refusals) == len(self.rounds[n]):
-                self.lost = ""  # pynetdicom aborts when no context was accepted: say why per pair
-            return
-        answers_to_the_caller(assoc)
-        _no_delay(assoc)
-        self.assoc = assoc
 
     def refused(self, instance: StoredInstance) -> str:
         pair = (instance.sop_class_uid, instance.transfer_syntax_uid)
@@ -613,39 +558,30 @@ class _MoveSender:
             self._open(n)
         if self.lost:
             return self.lost
-        return self.refusals.get(pair, "")
+        assert self.assoc is not None
+        why = self.assoc.refused.get(pair)
+        return f"{self.remote.ae_title} refused {pair[0]} in {pair[1]}: {why}" if why else ""
 
     def store(self, instance: StoredInstance) -> tuple[int | None, str]:
         assoc = self.assoc
-        if assoc is None or not assoc.is_established:
-            self.lost = self.lost or f"association with {self.remote.ae_title} lost"
-            return None, self.lost
+        if assoc is None:
+            return None, self.lost or f"association with {self.remote.ae_title} lost"
         assert isinstance(self.op.request, CMoveRequest)
         try:
-            answer = assoc.send_c_store(instance.path, originator_aet=self.op.session.calling_ae,
-                                        originator_id=self.op.request.message_id)
-        except (OSError, ValueError, AttributeError, RuntimeError) as exc:
-            return None, f"cannot send {os.path.basename(instance.path)}: {exc}"
-        status = getattr(answer, "Status", None)
-        if status is None:
-            self.lost = f"association with {self.remote.ae_title} lost (no C-STORE response)"
+            return assoc.store(instance.path, instance.sop_class_uid, instance.sop_instance_uid,
+                               instance.transfer_syntax_uid, self.op.session.calling_ae,
+                               self.op.request.message_id, self.op.request.priority)
+        except (OSError, ValueError) as exc:  # nothing was sent
+            return None, f"cannot read {os.path.basename(instance.path)}: {exc}"
+        except AssociationLost as exc:
+            self.lost = str(exc)
+            self.assoc = None
             return None, self.lost
-        return int(status), ""
 
     def close(self) -> None:
         assoc, self.assoc = self.assoc, None
-        if assoc is not None and assoc.is_established:
+        if assoc is not None:
             assoc.release()
-
-
-def _no_delay(assoc: Association) -> None:
-    """TCP_NODELAY on pynetdicom's socket: it writes a message's command and
-    data set PDUs separately, and with Nagle on the second waits for the
-    ACK the receiver delays (about 90 ms a sub-operation to dcmtk storescp,
-    measured: bench/bench_retrieve.py)."""
-    sock = getattr(getattr(getattr(assoc, "dul", None), "socket", None), "socket", None)
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 # ---- C-GET -----------------------------------------------------------------------------------
