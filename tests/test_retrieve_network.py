@@ -524,3 +524,56 @@ def test_orthanc_moves_a_study_to_itself(start_server, tmp_path: Path) -> None: 
     finally:
         orthanc.terminate()
         orthanc.wait(60)
+
+
+# ---- the requestor vanishes mid-way ------------------------------------------------------------
+
+
+def _echo_ok(srv: Server) -> bool:
+    return subprocess.run([dcmtk("echoscu"), "-aec", srv.ae_title, "127.0.0.1", str(srv.port)],
+                          capture_output=True, timeout=60).returncode == 0
+
+
+def test_get_requestor_aborts_mid_way(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    archive = fill(tmp_path / "store0", count=8, studies=1)
+    srv = start_server()
+    getter = Getter(srv, hold_at=2)
+    # daemon: pynetdicom's generator waits for its DIMSE timeout after the abort
+    thread = threading.Thread(target=lambda: getter.get(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0])),
+                              daemon=True)
+    thread.start()
+    assert getter.reached.wait(30)
+    getter.assoc.abort()
+    getter.release.set()
+    log = srv.log_once_it_says("ended during the retrieve")
+    assert "C-GET: association" in log and "2 of 8 sub-operations done" in log
+    assert _echo_ok(srv)  # still serving
+    assert "Traceback" not in srv.log_text()
+
+
+def test_move_requestor_aborts_mid_way(start_server, destinations, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dest = Destination(hold_at=2)
+    destinations.append(dest)
+    archive = fill(tmp_path / "store0", count=8, studies=1)
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}))
+    ae = AE(ae_title="MOVER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title)
+    assert assoc.is_established
+
+    def run() -> None:
+        for _ in assoc.send_c_move(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]), "DEST",
+                                   StudyRootQueryRetrieveInformationModelMove):
+            pass
+
+    thread = threading.Thread(target=run, daemon=True)  # (as above)
+    thread.start()
+    assert dest.reached.wait(30)
+    assoc.abort()
+    assert "aborted_by_peer" in srv.log_once_it_says("aborted_by_peer")  # the server saw the abort ...
+    dest.release.set()  # ... before the sub-operation under way ends
+    log = srv.log_once_it_says("ended during the retrieve")
+    assert "2 of 8 sub-operations done" in log
+    assert len(dest.received) == 2  # nothing sent after the requestor went away
+    assert _echo_ok(srv)
+    assert "Traceback" not in srv.log_text()

@@ -345,8 +345,6 @@ class _Retrieval:
                 status: int | None = None
                 if not why:
                     status, why = sender.store(instance)
-                if self.ended.is_set():
-                    break
                 done += 1
                 if status is None or (status != D.SUCCESS and status not in _STORE_WARNINGS):
                     failed += 1
@@ -356,7 +354,7 @@ class _Retrieval:
                     completed += 1
                 else:
                     warning += 1
-                if done < total:
+                if done < total and not self.ended.is_set():
                     self.respond(D.PENDING, RetrieveStatus(total - done, completed, failed, warning, ()))
         finally:
             sender.close()
