@@ -371,7 +371,7 @@ def test_getscu_study_byte_identical(start_server, tmp_path: Path) -> None:  # t
 class Getter:
     """pynetdicom C-GET SCU taking the SCP role for CT and MR (PS3.7 D.3.3.4)."""
 
-    def __init__(self, srv: Server, hold_at: int = 0, roles: bool = True) -> None:
+    def __init__(self, srv: Server, hold_at: int = 0, roles: bool = True, ct_syntax: str = EXPLICIT_LE) -> None:
         self.received: dict[str, bytes] = {}
         self.hold_at = hold_at
         self.reached = threading.Event()
@@ -379,8 +379,8 @@ class Getter:
         ae = AE(ae_title="GETTER")
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
         ae.add_requested_context(PatientRootQueryRetrieveInformationModelGet)
-        for sop_class in (CTImageStorage, MRImageStorage):
-            ae.add_requested_context(sop_class, [EXPLICIT_LE])
+        ae.add_requested_context(CTImageStorage, [ct_syntax])
+        ae.add_requested_context(MRImageStorage, [EXPLICIT_LE])
         ext = [build_role(c, scp_role=True) for c in (CTImageStorage, MRImageStorage)] if roles else []
         self.assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title, ext_neg=ext,
                                   evt_handlers=[(evt.EVT_C_STORE, self._store)])
@@ -428,6 +428,23 @@ def test_get_without_scp_role_fails_with_the_list(start_server, tmp_path: Path) 
         status, _, ident = responses[-1]
         assert status == 0xA702 and failed_list(ident) == set(archive.by_uid)
         assert not getter.received
+    finally:
+        getter.assoc.release()
+
+
+def test_get_stored_syntax_not_negotiated_fails_with_a_warning(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    archive = fill(tmp_path / "store0", count=9, studies=1)  # stored explicit VR LE
+    srv = start_server()
+    getter = Getter(srv, ct_syntax=IMPLICIT_LE)  # CT only in implicit VR: no transcoding, those fail
+    try:
+        responses = getter.get(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]))
+        status, final, ident = responses[-1]
+        ct = {u for u, d in archive.by_uid.items() if d.Modality == "CT"}
+        assert status == 0xB000 and counts(final) == (None, 9 - len(ct), len(ct), 0)
+        assert failed_list(ident) == ct
+        assert set(getter.received) == set(archive.by_uid) - ct
+        log = srv.log_once_it_says("sub-operations failed")
+        assert f"{len(ct)} x no accepted context with the SCP role for 1.2.840.10008.5.1.4.1.1.2" in log
     finally:
         getter.assoc.release()
 
