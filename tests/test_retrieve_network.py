@@ -594,3 +594,60 @@ def test_move_requestor_aborts_mid_way(start_server, destinations, tmp_path: Pat
     assert len(dest.received) == 2  # nothing sent after the requestor went away
     assert _echo_ok(srv)
     assert "Traceback" not in srv.log_text()
+
+
+# ---- C-MOVE to a DICOM TLS destination ---------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=cwd)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_move_to_a_tls_destination(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """remote_aes tls: true: the sub-operations go over DICOM TLS to dcmtk
+    storescp +tls, our side presenting server.tls's certificate and trusting
+    its CA bundle (dcmtk verifies the client certificate by default)."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=retrieve test CA", cwd=pki)
+    for who in ("srv", "dest"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{who}.key", "-out", f"{who}.csr",
+                 "-subj", f"/CN={who}", cwd=pki)
+        _openssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{who}.pem", "-days", "2", cwd=pki)
+    out = tmp_path / "dest"
+    out.mkdir()
+    dest_port, tls_port = free_port(), free_port()
+    dest = subprocess.Popen([dcmtk("storescp"), "+tls", str(pki / "dest.key"), str(pki / "dest.pem"),
+                             "+cf", str(pki / "ca.pem"), "--bit-preserving", "-aet", "DEST", "-od", str(out),
+                             str(dest_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(dest_port, dest)
+        archive = fill(tmp_path / "store0", count=4, studies=1)
+        cfg = tmp_path / "tls.yaml"
+        cfg.write_text(f"""\
+server:
+  tls:
+    enabled: true
+    port: {tls_port}
+    certificate: {pki / 'srv.pem'}
+    key: {pki / 'srv.key'}
+    ca_bundle: {pki / 'ca.pem'}
+remote_aes:
+  - ae_title: DEST
+    host: 127.0.0.1
+    port: {dest_port}
+    tls: true
+""")
+        srv = start_server("--config", str(cfg))
+        responses = move(srv, "DEST", identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]))
+        assert responses[-1][0] == 0x0000, srv.log_text()[-2000:]
+        received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in out.iterdir()}
+        assert set(received) == set(archive.by_uid)
+        stored = stored_by_uid(srv)
+        assert all(dataset_bytes(received[u]) == dataset_bytes(stored[u]) for u in received)
+    finally:
+        dest.terminate()
+        dest.wait()
