@@ -109,6 +109,14 @@ AETable END
 """)
 
 
+def peak_rss(pid: int) -> int:
+    """The process's peak resident set size in bytes (Linux VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def clear(directory: Path) -> None:
     for p in directory.iterdir():
         p.unlink()
@@ -181,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[tuple[str, str], list[float]] = {}
         with running([tool["storescp"], "-aet", "DEST", "-od", str(dest), str(dest_port)], dest_port,
                      work / "storescp.log"), \
-                running(fastscp, fast_port, work / "fastscp.log"), running(qrscp, qr_port, work / "dcmqrscp.log"):
+                running(fastscp, fast_port, work / "fastscp.log") as fast_proc, \
+                running(qrscp, qr_port, work / "dcmqrscp.log"):
+            rss_start = peak_rss(fast_proc.pid)
             for mode in args.modes.split(","):
                 target = dest if mode == "move" else got
                 for aec, port in servers.values():  # warm-up
@@ -189,10 +199,13 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.runs):
                     for name, (aec, port) in servers.items():
                         results.setdefault((name, mode), []).append(timed(commands(mode, aec, port), target, n))
+            rss_end = peak_rss(fast_proc.pid)
     load = os.getloadavg()[0]
     print(f"\n{n} x {corpus.total_bytes / n / 1e3:.0f} KB ({args.kind}), {len(patients)} patient(s), one SCU "
           f"run per patient, {args.runs} runs each, "
           f"{platform.node()} {os.cpu_count()} CPUs, {platform.python_version()}, load average {load:.1f}\n")
+    print(f"fastscp peak RSS (VmHWM): {rss_start / 1e6:.0f} MB once started and indexed, "
+          f"{rss_end / 1e6:.0f} MB after the runs\n")
     print("| mode | server | median s | min s | max s | instances/s |")
     print("| --- | --- | --- | --- | --- | --- |")
     for (name, mode), times in results.items():
