@@ -266,6 +266,11 @@ class _Retrieval:
         self.cancelled = threading.Event()
         self.ended = threading.Event()  # the association ended: stop without answering
         self.wakeups: list[Callable[[], None]] = []  # called on cancel(): unblock a wait
+        # C-GET: a Pending response waits for the next C-STORE-RQ, so both
+        # go out in one trip to the event loop (and the final response
+        # takes it along if no sub-operation follows)
+        self.hold_pending = False
+        self.held: list[Callable[[], None]] = []
 
     # Operation
     def cancel(self) -> None:
@@ -314,16 +319,27 @@ class _Retrieval:
         data = encode_identifier(identifier, self.transfer_syntax) if identifier is not None else None
         command = D.encode_command(fields, data is not None)
         session, cid, message_id = self.session, self.context_id, self.request.message_id
+        held, self.held = self.held, []
 
         def send() -> None:
+            for earlier in held:
+                earlier()
             session.send(cid, command, data)
             if final:
                 session.operation_ended(message_id)
 
+        if self.hold_pending and not final:
+            self.held = [send]  # goes out with the next sub-operation's request (C-GET)
+            return
         try:
             session.call_soon(send)
         except RuntimeError:  # the loop is closed: the server stopped
             pass
+
+    def take_held(self) -> list[Callable[[], None]]:
+        """The Pending response held for the next message (worker side)."""
+        held, self.held = self.held, []
+        return held
 
     def fail(self, status: int, comment: str) -> None:
         self.respond(status, RetrieveStatus(0, 0, 0, 0, ()), comment=comment, final=True)
@@ -627,6 +643,7 @@ class _GetSender:
         self.timeout = timeout
         self.answers: queue.SimpleQueue[DimseResponse | None] = queue.SimpleQueue()
         op.wakeups.append(self._wake)
+        op.hold_pending = True
 
     def _wake(self) -> None:
         if self.op.ended.is_set():
@@ -645,8 +662,11 @@ class _GetSender:
         except (OSError, ValueError) as exc:
             return None, f"cannot read {os.path.basename(instance.path)}: {exc}"
         op, session, answers = self.op, self.op.session, self.answers
+        held = op.take_held()
 
         def send() -> None:
+            for pending in held:  # the Pending response of the sub-operation before
+                pending()
             if not session.established:
                 answers.put(None)
                 return
