@@ -115,7 +115,7 @@ def retrieve_services(cfg: Config) -> dict[type, ServiceModule]:
         return {}
     tls = cfg.server.tls
     tls_context = functools.partial(client_ssl_context, tls.ca_bundle, tls.certificate, tls.key)
-    return dict(retrieve.services(tls_context))
+    return dict(retrieve.services(tls_context, cfg.server.dimse_timeout))
 
 
 def build_state(cfg: Config) -> ServerState:

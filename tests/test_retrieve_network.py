@@ -651,3 +651,23 @@ remote_aes:
     finally:
         dest.terminate()
         dest.wait()
+
+
+def test_get_requestor_that_never_answers_is_aborted(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A C-GET requestor that takes a C-STORE-RQ and never answers: after
+    server.dimse_timeout the association is aborted, the server serves on."""
+    archive = fill(tmp_path / "store0", count=4, studies=1)
+    srv = start_server("--dimse-timeout", "1.5")
+    getter = Getter(srv, hold_at=1)
+    thread = threading.Thread(target=lambda: getter.get(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0])),
+                              daemon=True)
+    thread.start()
+    try:
+        assert getter.reached.wait(30)
+        said = "no C-STORE response in 1.5 s: aborting the association"
+        log = srv.log_once_it_says(said, "ended during the retrieve")
+        assert said in log
+        assert "1 of 4 sub-operations done" in log
+        assert _echo_ok(srv)
+    finally:
+        getter.release.set()

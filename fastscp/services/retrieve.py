@@ -484,6 +484,9 @@ class _RetrieveService:
             op.run(instances, self.sender(op, instances))
         except _Stopped:
             log.warning("%s (assoc %s): stopped: the association or the server ended", op.what, op.session.id)
+        except Exception:  # a bug must not leave the operation open (it holds the idle timeout)
+            log.exception("%s (assoc %s): failed (0x%04X)", op.what, op.session.id, UNABLE_TO_PROCESS)
+            op.fail(UNABLE_TO_PROCESS, "internal error")
 
 
 # ---- C-MOVE ----------------------------------------------------------------------------------
@@ -686,9 +689,12 @@ class _GetSender:
         try:
             answer = answers.get(timeout=self.timeout)
         except queue.Empty:
-            why = f"no C-STORE response in {self.timeout:.0f} s"
+            why = f"no C-STORE response in {self.timeout:g} s"
             log.warning("C-GET (assoc %s): %s: aborting the association", session.id, why)
-            session.call_soon(lambda: session.abort(f"C-GET sub-operation: {why}"))
+            try:
+                session.call_soon(lambda: session.abort(f"C-GET sub-operation: {why}"))
+            except RuntimeError:
+                pass
             op.ended.set()
             return None, why
         if answer is None:
@@ -700,6 +706,11 @@ class _GetSender:
         pass
 
 
-def services(tls_context: Callable[[], ssl.SSLContext] | None = None) -> dict[type, MoveService | GetService]:
-    """The retrieve modules by request type, for ``ServerState.services``."""
-    return {CMoveRequest: MoveService(tls_context=tls_context), CGetRequest: GetService()}
+def services(tls_context: Callable[[], ssl.SSLContext] | None = None,
+             timeout: float | None = None) -> dict[type, MoveService | GetService]:
+    """The retrieve modules by request type, for ``ServerState.services``;
+    ``timeout`` (``server.dimse_timeout``; None: 120 s) bounds the wait for
+    a C-STORE-RSP and each socket operation of a C-MOVE's association."""
+    wait = timeout or RESPONSE_TIMEOUT
+    return {CMoveRequest: MoveService(tls_context=tls_context, timeout=wait),
+            CGetRequest: GetService(response_timeout=wait)}
