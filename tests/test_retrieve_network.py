@@ -671,3 +671,20 @@ def test_get_requestor_that_never_answers_is_aborted(start_server, tmp_path: Pat
         assert _echo_ok(srv)
     finally:
         getter.release.set()
+
+
+def test_movescu_as_its_own_destination(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The usual movescu set-up: -aem names movescu itself, which takes the
+    sub-operations on its own port (--port) while the C-MOVE is open."""
+    archive = fill(tmp_path / "store0", count=6, studies=1)
+    port = free_port()
+    srv = start_server("--config", config(tmp_path, {"MOVESCU": port}))
+    out = tmp_path / "got"
+    out.mkdir()
+    result = subprocess.run([dcmtk("movescu"), "-v", "-S", "-aet", "MOVESCU", "-aec", srv.ae_title, "-aem", "MOVESCU",
+                             "--port", str(port), "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+                             "-k", f"StudyInstanceUID={archive.study_uids()[0]}", "127.0.0.1", str(srv.port)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in out.iterdir()}
+    assert received == set(archive.by_uid)
