@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import gc
 import logging
 import os
@@ -30,11 +31,12 @@ from .instance import InstanceInfo
 from .monitor.logsetup import configure_logging
 from .monitor.service import MonitorService
 from .net.server import DicomServer, raise_open_files_limit, serve_forever, stop_on_signals
+from .net.tls import client_ssl_context
 from .pipeline.service import Pipeline, PipelineSettings
-from .protocol.commands import CFindRequest
+from .protocol.commands import CFindRequest, CGetRequest, CMoveRequest
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
+from .services import registry
 from .services.dispatcher import Dispatcher
-from .services.query import FIND_SOP_CLASSES, QueryService, answer_extended_negotiation
 from .services.session import RemoteAE, ServerState, ServiceModule
 from .storage.duplicates import IndexedInstances
 from .storage.durability import WRITEBACK_FILESYSTEMS, GroupCommitter
@@ -45,25 +47,32 @@ from .storage.uidfilter import UidFilter
 log = logging.getLogger("fastscp")
 
 
-def accept_policy(cfg: Config) -> AcceptPolicy:
+def accept_policy(cfg: Config, services: Mapping[type, ServiceModule] | None = None) -> AcceptPolicy:
     """Negotiation policy: the configured storage SOP classes and Verification,
-    the configured transfer syntaxes; optionally SOP classes nobody knows.
-    With an index configured, also the C-FIND SOP classes, with their
-    extended negotiation (relational queries) answered."""
-    accepted = cfg.sop_class_uids() | {VERIFICATION}
-    extended: dict[str, Callable[[bytes], bytes | None]] = {}
-    if cfg.database.path:
-        accepted |= FIND_SOP_CLASSES
-        extended = dict.fromkeys(FIND_SOP_CLASSES, answer_extended_negotiation)
+    the configured transfer syntaxes; optionally SOP classes nobody knows;
+    the SOP classes of the registered ``services``, with the FIND classes'
+    extended negotiation (relational queries) answered. With C-GET served, a
+    requestor may take the SCP role for the storage SOP classes (PS3.7
+    D.3.3.4: C-GET's sub-operations are C-STOREs to it)."""
+    storage = cfg.sop_class_uids()
+    extra = frozenset().union(*(m.sop_classes for m in (services or {}).values()))
+    accepted = storage | {VERIFICATION} | extra
+    extended = dict.fromkeys(registry.FIND_SOP_CLASSES & extra, registry.answer_relational)
+    storage_ok: Callable[[str], bool] = storage.__contains__
+    ok: Callable[[str], bool] = accepted.__contains__
     if cfg.accept_unknown_sop_classes:
         from pydicom._uid_dict import UID_dictionary
 
         def ok(uid: str) -> bool:
             return uid in accepted or uid not in UID_dictionary
 
-        return AcceptPolicy(abstract_syntax_ok=ok, transfer_syntaxes=cfg.transfer_syntax_uids(), extended=extended)
-    return AcceptPolicy(abstract_syntax_ok=accepted.__contains__, transfer_syntaxes=cfg.transfer_syntax_uids(),
-                        extended=extended)
+        def storage_ok(uid: str) -> bool:
+            return uid in storage or uid not in UID_dictionary
+
+    policy = AcceptPolicy(abstract_syntax_ok=ok, transfer_syntaxes=cfg.transfer_syntax_uids(), extended=extended)
+    if services and CGetRequest in services:
+        policy = dataclasses.replace(policy, scp_role_ok=storage_ok)
+    return policy
 
 
 def build_storage(cfg: Config) -> Storage:
@@ -109,22 +118,28 @@ def load_access_policy(path: str | os.PathLike[str] | None, overrides: Mapping[s
     return access_policy(load_config(path, overrides), resolve)
 
 
+def service_modules(cfg: Config) -> dict[type, ServiceModule]:
+    """C-FIND, C-MOVE and C-GET (services/registry.py): served only with an
+    index, each module loaded at its first request."""
+    tls = cfg.server.tls
+    tls_context = functools.partial(client_ssl_context, tls.ca_bundle, tls.certificate, tls.key)
+    return registry.modules(bool(cfg.database.path), tls_context, cfg.server.dimse_timeout)
+
+
 def build_state(cfg: Config) -> ServerState:
     storage = build_storage(cfg)
     storage.sweep_incoming()
-    services: dict[type, ServiceModule] = {}
-    if cfg.database.path:  # C-FIND reads the index (ServerState.catalog, set once it is open)
-        services[CFindRequest] = QueryService()
+    services = service_modules(cfg)
     return ServerState(
         ae_title=cfg.server.ae_title,
         storage=storage,
-        policy=accept_policy(cfg),
+        policy=accept_policy(cfg, services),
+        services=services,
         access=access_policy(cfg),
         limiter=AssociationLimiter(*association_limits(cfg)),
         max_pdu=cfg.server.max_pdu,
         max_instance_size=cfg.storage.max_instance_size,
         remote_aes={r.ae_title: RemoteAE(r.ae_title, r.host, r.port, r.tls) for r in cfg.remote_aes},
-        services=services,
     )
 
 
@@ -302,6 +317,10 @@ class App:
         self.index_startup: IndexStartup | None = None  # fills the duplicate filter, reconciles: after listening
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        if self.catalog is None and self.state.services:  # no index to retrieve from: not negotiated
+            self.state.services = {t: m for t, m in self.state.services.items()
+                                   if t not in (CFindRequest, CMoveRequest, CGetRequest)}
+            self.state.policy = accept_policy(cfg, self.state.services)
 
     async def _close_writers(self, loop: asyncio.AbstractEventLoop) -> tuple[GroupCommitter | None, bool]:
         """Close the group commit and the index writer, off the loop: the

@@ -132,3 +132,31 @@ def test_no_extended_negotiation_without_a_proposal_or_when_the_answer_is_none()
     assert negotiate(P.decode_associate_rq(associate_rq(((1, FIND, (IMPLICIT_LE,)),))), policy).extended == ()
     rq = P.decode_associate_rq(associate_rq(((1, FIND, (IMPLICIT_LE,)),), extended=((FIND, b"\x01"),)))
     assert negotiate(rq, policy).extended == ()
+# ---- C-GET: the requestor takes the SCP role of storage SOP classes (PS3.7 D.3.3.4) ----
+
+GET_POLICY = AcceptPolicy(abstract_syntax_ok=SERVED.__contains__, transfer_syntaxes=POLICY.transfer_syntaxes,
+                          scp_role_ok={CT_IMAGE, MR_IMAGE}.__contains__)
+
+
+def test_scp_role_granted_where_the_policy_allows_it():
+    n = negotiate(P.decode_associate_rq(associate_rq(
+        ((1, CT_IMAGE, (EXPLICIT_LE,)), (3, MR_IMAGE, (IMPLICIT_LE,))),
+        roles=((CT_IMAGE, False, True), (MR_IMAGE, True, True)))), GET_POLICY)
+    assert {r.context_id: (r.result, r.transfer_syntax) for r in n.results} == {1: (0, EXPLICIT_LE), 3: (0, IMPLICIT_LE)}
+    # what was proposed is answered: SCP granted, SCU as proposed
+    assert n.roles == (P.RoleSelection(CT_IMAGE, False, True), P.RoleSelection(MR_IMAGE, True, True))
+
+
+def test_scp_role_refused_outside_the_policy():
+    n = negotiate(P.decode_associate_rq(associate_rq(
+        ((1, VERIFICATION, (IMPLICIT_LE,)), (3, CT_IMAGE, (IMPLICIT_LE,))),
+        roles=((VERIFICATION, False, True), (CT_IMAGE, False, True)))), GET_POLICY)
+    assert {r.context_id: r.result for r in n.results} == {1: P.RESULT_USER_REJECTION, 3: P.RESULT_ACCEPTANCE}
+    assert n.roles == (P.RoleSelection(VERIFICATION, False, False), P.RoleSelection(CT_IMAGE, False, True))
+
+
+def test_scp_role_granted_does_not_accept_an_unserved_sop_class():
+    n = negotiate(P.decode_associate_rq(associate_rq(((1, "1.2.3.4", (IMPLICIT_LE,)),), roles=(("1.2.3.4", False, True),))),
+                  AcceptPolicy(abstract_syntax_ok=SERVED.__contains__, transfer_syntaxes=POLICY.transfer_syntaxes,
+                               scp_role_ok=lambda uid: True))
+    assert n.results[0].result == P.RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED

@@ -11,17 +11,17 @@ import pytest
 from _pdu_fixtures import IMPLICIT_LE, VERIFICATION, associate_rq
 from pydicom.dataset import Dataset
 
-from fastscp.app import accept_policy, build_state
+from fastscp.app import accept_policy, build_state, service_modules
 from fastscp.config import load_config
 from fastscp.protocol import pdu as P
 from fastscp.protocol.commands import CFindRequest
 from fastscp.protocol.negotiation import negotiate
 from fastscp.qr import InformationModel
+from fastscp.services.registry import Deferred, answer_relational
 from fastscp.services.query import (
     FIND_SOP_CLASSES,
     MalformedIdentifier,
     QueryService,
-    answer_extended_negotiation,
     decode_identifier,
     encode_identifier,
     unsupported_keys,
@@ -80,10 +80,10 @@ def test_unknown_vr_is_malformed() -> None:
 def test_extended_negotiation_answer() -> None:
     """PS3.4 C.5.1.1: byte 1 relational-queries agreed when proposed; the
     other bytes (not supported) answered 0; nothing for an empty proposal."""
-    assert answer_extended_negotiation(b"\x01") == b"\x01"
-    assert answer_extended_negotiation(b"\x01\x01\x01\x01") == b"\x01\x00\x00\x00"
-    assert answer_extended_negotiation(b"\x00\x01") == b"\x00\x00"
-    assert answer_extended_negotiation(b"") is None
+    assert answer_relational(b"\x01") == b"\x01"
+    assert answer_relational(b"\x01\x01\x01\x01") == b"\x01\x00\x00\x00"
+    assert answer_relational(b"\x00\x01") == b"\x00\x00"
+    assert answer_relational(b"") is None
 
 
 def test_unsupported_keys() -> None:
@@ -108,7 +108,7 @@ def _accepted(policy_config: dict[str, object]) -> set[str]:
     cfg = load_config(None, policy_config)
     rq = P.decode_associate_rq(associate_rq(tuple(
         (2 * n + 1, uid, (IMPLICIT_LE,)) for n, uid in enumerate([VERIFICATION, *sorted(FIND_SOP_CLASSES)]))))
-    n = negotiate(rq, accept_policy(cfg))
+    n = negotiate(rq, accept_policy(cfg, service_modules(cfg)))
     return {r.abstract_syntax for r in n.accepted.values()}
 
 
@@ -120,6 +120,8 @@ def test_find_classes_are_negotiated_only_with_an_index() -> None:
 def test_build_state_registers_the_query_service_only_with_an_index(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with_index = build_state(load_config(None, {"storage.directory": str(tmp_path / "a"),
                                                 "database.path": str(tmp_path / "a.db")}))
-    assert isinstance(with_index.services[CFindRequest], QueryService)
+    find = with_index.services[CFindRequest]
+    assert isinstance(find, Deferred) and find.sop_classes == FIND_SOP_CLASSES  # loaded at its first request
+    assert isinstance(find.group.module(CFindRequest), QueryService)
     without = build_state(load_config(None, {"storage.directory": str(tmp_path / "b"), "database.path": None}))
     assert CFindRequest not in without.services

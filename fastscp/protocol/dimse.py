@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import Mapping
 from typing import Any
 
 from .._ext.framer import decode_command  # noqa: F401  (re-exported)
@@ -150,7 +151,7 @@ _COMMAND_VR = {
 }
 
 
-def encode_command(fields: dict[int, int | str | tuple[int, ...]], has_data_set: bool) -> bytes:
+def encode_command(fields: Mapping[int, int | str | tuple[int, ...]], has_data_set: bool) -> bytes:
     """Any command set (PS3.7 E.1) from {tag: value}: group length first,
     elements in tag order, Command Data Set Type from ``has_data_set``.
     An AT element (Offending Element) takes a tuple of tags. Empty strings

@@ -3,9 +3,13 @@
 For each proposed context: reject it if its abstract syntax is not one we
 serve (result 3), else accept the FIRST proposed transfer syntax we accept
 (the requestor lists them in its order of preference), else reject it (4).
-SCP/SCU role selection is answered only for SOP classes that proposed it:
-we act as SCP only, so the requestor may keep the SCU role and never gets
-ours; a proposal in which the requestor would not be SCU is rejected (1).
+SCP/SCU role selection is answered only for SOP classes that proposed it
+(PS3.7 D.3.3.4): the requestor may keep the SCU role it proposes. The SCP
+role it proposes is granted only for the SOP classes ``scp_role_ok``
+accepts (the storage SOP classes, when C-GET is served: its sub-operations
+are C-STOREs from us to the requestor on its own association); otherwise
+it is refused, and a context left with no role for the requestor is
+rejected (1).
 An asynchronous operations window, if proposed, is answered 1/1 (no
 asynchronous operations), which the standard allows. A SOP Class Extended
 Negotiation sub-item (PS3.7 D.3.3.5) is answered only for a SOP class the
@@ -42,6 +46,8 @@ class AcceptPolicy:
     transfer_syntaxes: frozenset[str]
     # SOP class UID -> proposed application information -> ours (or None)
     extended: Mapping[str, Callable[[bytes], bytes | None]] = dataclasses.field(default_factory=dict)
+    # SOP classes for which the requestor may take the SCP role (C-GET's storage classes)
+    scp_role_ok: Callable[[str], bool] = dataclasses.field(default=lambda uid: False)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -63,13 +69,14 @@ def negotiate(request: AssociateRequest, policy: AcceptPolicy) -> Negotiated:
         role = proposed_roles.get(ctx.abstract_syntax)
         if not policy.abstract_syntax_ok(ctx.abstract_syntax):
             result, ts = RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED, ""
-        elif role is not None and not role.scu_role:
+        elif role is not None and not role.scu_role and not (role.scp_role and policy.scp_role_ok(role.sop_class_uid)):
             result, ts = RESULT_USER_REJECTION, ""
         else:
             ts = next((t for t in ctx.transfer_syntaxes if t in policy.transfer_syntaxes), "")
             result = RESULT_ACCEPTANCE if ts else RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED
         results.append(PresentationContextResult(ctx.context_id, result, ts, ctx.abstract_syntax))
-    roles = tuple(RoleSelection(r.sop_class_uid, r.scu_role, False) for r in request.roles)
+    roles = tuple(RoleSelection(r.sop_class_uid, r.scu_role, r.scp_role and policy.scp_role_ok(r.sop_class_uid))
+                  for r in request.roles)
     async_ops = (1, 1) if request.async_ops is not None else None
     return Negotiated(tuple(results), roles, async_ops, _extended(request, policy, results))
 

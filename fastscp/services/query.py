@@ -32,7 +32,7 @@ classes only then. For each C-FIND-RQ:
 
 Relational queries (PS3.4 C.4.1.3.2) are run only for a requestor that
 proposed them in SOP Class Extended Negotiation (PS3.4 C.5.1, PS3.7
-D.3.3.5) and got our agreement (``answer_extended_negotiation``); others are
+D.3.3.5) and got our agreement (``registry.answer_relational``); others are
 hierarchical (C.4.1.3.1).
 """
 
@@ -78,7 +78,7 @@ from .session import Session
 
 log = logging.getLogger("fastscp.scp")
 
-__all__ = ["FIND_SOP_CLASSES", "QueryService", "answer_extended_negotiation", "decode_identifier",
+__all__ = ["FIND_SOP_CLASSES", "QueryService", "decode_identifier",
            "encode_identifier", "unsupported_keys"]
 
 FIND_SOP_CLASSES = frozenset(model.find_uid for model in InformationModel)
@@ -91,18 +91,6 @@ MAX_INFLATED = 1 << 24  # a deflated identifier inflating past this is refused
 _VRS = frozenset(vr.value for vr in VR)
 # attributes of an identifier the response answers that are not index keys
 _ANSWERED = frozenset({SPECIFIC_CHARACTER_SET, QUERY_RETRIEVE_LEVEL, RETRIEVE_AE_TITLE, INSTANCE_AVAILABILITY})
-
-
-def answer_extended_negotiation(info: bytes) -> bytes | None:
-    """Our SOP Class Extended Negotiation answer for a FIND SOP class (PS3.4
-    C.5.1.1, PS3.7 D.3.3.5): byte 1, relational-queries, is agreed to when
-    proposed (1); every other byte the requestor proposed (combined date and
-    time range matching, fuzzy semantic matching of person names, timezone
-    query adjustment, ...) is answered 0, not supported. Nothing is answered
-    for an empty proposal."""
-    if not info:
-        return None
-    return bytes((1 if info[0] == 1 else 0,)) + bytes(len(info) - 1)
 
 
 class MalformedIdentifier(ValueError):

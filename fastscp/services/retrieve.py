@@ -1,0 +1,716 @@
+"""C-MOVE and C-GET SCP (PS3.4 C.4.2, C.4.3) over the index and the stored files.
+
+A retrieve request names instances by the unique keys of its Query/Retrieve
+Level (``select_instances``: Patient ID, Study/Series/SOP Instance UIDs, as
+one value or a list of UIDs, PS3.4 C.4.2.2.1) and the index lists the
+matching instances present in the served tree: path, SOP class, SOP
+instance, transfer syntax. Each becomes one C-STORE sub-operation that sends
+the file's data set exactly as stored (no decoding, no transcoding):
+
+- C-MOVE (``MoveService``): on a new association to the Move Destination,
+  looked up in ``remote_aes`` (an AE title not listed: 0xA801), opened from
+  a worker thread by ``store_scu.StoreAssociation`` (the project's own PDU
+  code: one presentation context per (SOP class, stored transfer syntax),
+  each file streamed from disk one PDU per write, TCP_NODELAY); the
+  C-STORE-RQs carry Move Originator AE Title and Message ID (PS3.7 9.3.1.1).
+- C-GET (``GetService``): on the requesting association itself, on an
+  accepted context of the instance's SOP class whose transfer syntax is the
+  stored one and for which the requestor took the SCP role (PS3.7 D.3.3.4);
+  one sub-operation at a time, each C-STORE-RSP awaited before the next.
+
+A sub-operation whose SOP class and transfer syntax the receiver did not
+accept fails (transcoding is not done) and so does one whose file cannot be
+read. After each sub-operation a Pending response carries the Remaining,
+Completed, Failed and Warning counts; the final response is Success, 0xB000
+(some failed or warned), 0xA702 (all failed) or 0xFE00 (C-CANCEL: counts,
+with Remaining the sub-operations not started), with the Failed SOP Instance
+UID List (0008,0058) in its identifier when a sub-operation failed (PS3.4
+C.4.2.1.4, C.4.2.3.1, C.4.3.1.3). See docs/query-retrieve.md.
+
+Threads: ``start`` runs on the event loop and starts one worker thread per
+request; the worker reads the index (its own cursor) and the files, and
+reaches the association only through ``session.call_soon``.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import queue
+import ssl
+import threading
+import zlib
+from collections.abc import Callable, Sequence
+from io import BytesIO
+from typing import Protocol, TypeVar
+
+import duckdb
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from ..catalog.root import under_root_prefix
+from ..protocol import dimse as D
+from ..protocol.commands import CGetRequest, CMoveRequest, DimseResponse, Request
+from ..qr.errors import IdentifierError
+from ..qr.matching import element_text
+from ..qr.model import KEYS_BY_TAG, QUERY_RETRIEVE_LEVEL, UNIQUE_KEY, InformationModel, Key, Level
+from .session import RemoteAE, Session
+from .store_scu import AssociationLost, StoreAssociation, dataset_offset
+
+__all__ = [
+    "GetService", "MoveService", "RetrieveStatus", "StoredInstance", "select_instances",
+]
+
+log = logging.getLogger("fastscp.scp")
+
+# Retrieve statuses (PS3.4 C.4.2.1.5 Table C.4-2, C.4.3.1.4 Table C.4-3)
+SUB_OPERATIONS_WARNING = 0xB000
+REFUSED_NO_MATCHES_COUNT = 0xA701
+REFUSED_SUB_OPERATIONS = 0xA702
+MOVE_DESTINATION_UNKNOWN = 0xA801
+IDENTIFIER_DOES_NOT_MATCH = 0xA900
+UNABLE_TO_PROCESS = 0xC001
+FAILED_SOP_INSTANCE_UID_LIST = 0x00080058
+
+# C-STORE statuses that count as a warning sub-operation (PS3.4 B.2.3)
+_STORE_WARNINGS = frozenset({0x0001, 0xB000, 0xB006, 0xB007})
+MAX_CONTEXTS = 128  # presentation context IDs are the odd numbers 1..255 (PS3.8 9.3.2.2)
+RESPONSE_TIMEOUT = 120.0  # seconds a C-GET waits for a C-STORE-RSP before aborting
+
+# The instances column holding each level's unique key (PS3.4 C.6.1.1, C.6.2.1)
+_COLUMN: dict[Level, str] = {
+    Level.PATIENT: "patient_id", Level.STUDY: "study_instance_uid",
+    Level.SERIES: "series_instance_uid", Level.IMAGE: "sop_instance_uid",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredInstance:
+    """One instance a retrieve sends, as the index holds it."""
+
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RetrieveStatus:
+    """A retrieve's counts of sub-operations and the failed SOP Instance UIDs."""
+
+    remaining: int
+    completed: int
+    failed: int
+    warning: int
+    failed_uids: tuple[str, ...]
+
+
+# ---- which instances -------------------------------------------------------------------------
+
+
+def retrieve_keys(identifier: Dataset, model: InformationModel) -> tuple[Level, dict[Level, list[str]]]:
+    """The Query/Retrieve Level and the unique keys' values of a C-MOVE/C-GET
+    identifier, by level; IdentifierError (0xA900) for a missing or unknown
+    level, a level the model does not have, a missing unique key at the
+    level, or a key below the level given a value.
+
+    Baseline retrieve (PS3.4 C.4.2.2.1) has the requester give the unique key
+    of every level above (one value) and of the level itself (one value, or
+    a list of UIDs at STUDY, SERIES, IMAGE). This SCP requires only the
+    level's own: UIDs name their entity alone, and the keys above, when
+    given, narrow the match. Keys that are not unique keys are ignored.
+    """
+    element = identifier.get(QUERY_RETRIEVE_LEVEL)
+    if element is None:
+        raise IdentifierError("no Query/Retrieve Level (0008,0052)", offending=(QUERY_RETRIEVE_LEVEL,))
+    level = Level.parse(element_text(element))
+    if level is None or level not in model.levels:
+        raise IdentifierError(f"Query/Retrieve Level {element_text(element)!r} is not one of the "
+                              f"{model.name} model", offending=(QUERY_RETRIEVE_LEVEL,))
+    values: dict[Level, list[str]] = {}
+    for tag in identifier.keys():
+        key: Key | None = KEYS_BY_TAG.get(int(tag))
+        if key is None:
+            continue
+        key_level = model.key_level(key)
+        if key is not UNIQUE_KEY[key_level]:
+            continue  # not a unique key in this model (Patient ID in Study Root): not matched
+        try:
+            text = element_text(identifier[tag])
+        except (UnicodeError, ValueError, TypeError) as exc:
+            raise IdentifierError(f"{key.keyword}: unreadable value ({exc})", offending=(key.tag,)) from None
+        listed = [v.strip(" \0") for v in text.split("\\") if v.strip(" \0")]
+        if key_level > level:
+            if listed:
+                raise IdentifierError(f"{key.keyword} is a {key_level.name} key, below the {level.name} "
+                                      "level", offending=(key.tag,))
+            continue
+        if listed:
+            values[key_level] = listed
+    unique = UNIQUE_KEY[level]
+    if level not in values:
+        raise IdentifierError(f"a {level.name} level retrieve needs {unique.keyword} (C.4.2.2.1)",
+                              offending=(unique.tag,))
+    if level is Level.PATIENT and len(values[level]) > 1:
+        raise IdentifierError("a PATIENT level retrieve takes one Patient ID (C.4.2.2.1)", offending=(unique.tag,))
+    return level, values
+
+
+def select_instances(conn: duckdb.DuckDBPyConnection, identifier: Dataset, model: InformationModel,
+                     root: str | os.PathLike[str]) -> list[StoredInstance]:
+    """The instances a C-MOVE/C-GET identifier names that are present in the
+    tree under ``root``, in study, series, instance number order.
+    Raises IdentifierError; DuckDB errors pass through."""
+    _, values = retrieve_keys(identifier, model)
+    where = ["status = 'present'", "starts_with(path, ?)"]
+    params: list[object] = [under_root_prefix(root)]
+    for level, uids in sorted(values.items()):
+        # a fixed fragment with one placeholder per value: values never enter the SQL text
+        where.append(f"{_COLUMN[level]} IN ({', '.join('?' * len(uids))})")
+        params.extend(uids)
+    sql = ("SELECT path, sop_class_uid, sop_instance_uid, transfer_syntax_uid FROM instances WHERE "
+           + " AND ".join(where)
+           + " ORDER BY study_instance_uid, series_instance_uid, instance_number NULLS LAST, sop_instance_uid")
+    return [StoredInstance(*row) for row in conn.execute(sql, params).fetchall()]
+
+
+# ---- the stored file -------------------------------------------------------------------------
+
+def read_dataset_bytes(path: str) -> memoryview:
+    """A stored file's data set, byte for byte (read whole; see the docs for
+    very large files). OSError/ValueError when it cannot be read."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    return memoryview(raw)[dataset_offset(raw):]
+
+
+# ---- identifiers in and out ------------------------------------------------------------------
+
+
+def decode_identifier(data: bytes, transfer_syntax: str) -> Dataset:
+    """The request's identifier, decoded in its context's transfer syntax."""
+    ts = UID(transfer_syntax)
+    if ts == DeflatedExplicitVRLittleEndian:
+        data = zlib.decompress(data, -15)
+    ds = read_dataset(BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
+    return ds
+
+
+def encode_identifier(ds: Dataset, transfer_syntax: str) -> bytes:
+    ts = UID(transfer_syntax)
+    fp = DicomBytesIO()
+    fp.is_implicit_VR = ts.is_implicit_VR
+    fp.is_little_endian = ts.is_little_endian
+    write_dataset(fp, ds)
+    raw = fp.getvalue()
+    if ts == DeflatedExplicitVRLittleEndian:
+        compressor = zlib.compressobj(wbits=-15)
+        raw = compressor.compress(raw) + compressor.flush()
+    return raw
+
+
+def _failed_list(uids: Sequence[str], implicit: bool) -> Dataset:
+    """Failed SOP Instance UID List (0008,0058); in explicit VR its value is
+    at most 65534 bytes (a 16-bit length), so a longer list is cut there."""
+    ds = Dataset()
+    kept: list[str] = []
+    size = 0
+    for uid in uids:
+        size += len(uid) + 1
+        if not implicit and size > 65534:
+            break
+        kept.append(uid)
+    ds.FailedSOPInstanceUIDList = kept
+    return ds
+
+
+# ---- one retrieve ----------------------------------------------------------------------------
+
+
+class _Sender(Protocol):
+    """The sending side of a retrieve's sub-operations."""
+
+    def refused(self, instance: StoredInstance) -> str:
+        """Why ``instance`` cannot be sent on what was negotiated ("" if it can)."""
+
+    def store(self, instance: StoredInstance) -> tuple[int | None, str]:
+        """One C-STORE sub-operation: (status, "") or (None, why it failed)."""
+
+    def close(self) -> None: ...
+
+
+class _Stopped(Exception):
+    """The association ended (or the loop stopped): no answer can go out."""
+
+
+_T = TypeVar("_T")
+
+
+class _Retrieval:
+    """One C-MOVE or C-GET in its worker thread (an ``Operation``)."""
+
+    def __init__(self, session: Session, context_id: int, request: CMoveRequest | CGetRequest,
+                 response_field: int, transfer_syntax: str, what: str) -> None:
+        self.session = session
+        self.context_id = context_id
+        self.request = request
+        self.response_field = response_field
+        self.transfer_syntax = transfer_syntax
+        self.what = what  # for log lines: "C-MOVE to X", "C-GET"
+        self.cancelled = threading.Event()
+        self.ended = threading.Event()  # the association ended: stop without answering
+        self.wakeups: list[Callable[[], None]] = []  # called on cancel(): unblock a wait
+        # C-GET: a Pending response waits for the next C-STORE-RQ, so both
+        # go out in one trip to the event loop (and the final response
+        # takes it along if no sub-operation follows)
+        self.hold_pending = False
+        self.held: list[Callable[[], None]] = []
+
+    # Operation
+    def cancel(self) -> None:
+        self.cancelled.set()
+        if not self.session.established:
+            self.ended.set()
+        else:
+            log.info("%s (assoc %s, message %d): C-CANCEL received", self.what, self.session.id,
+                     self.request.message_id)
+        for wake in list(self.wakeups):
+            wake()
+
+    # ---- talking to the association from the worker ----------------------------------------
+
+    def on_loop(self, fn: Callable[[], _T], timeout: float = 60.0) -> _T:
+        """Run ``fn`` on the event loop and return its result (worker side)."""
+        future: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the worker, which re-raises it
+                future.set_exception(exc)
+
+        try:
+            self.session.call_soon(run)
+            return future.result(timeout)
+        except (RuntimeError, concurrent.futures.TimeoutError):  # loop closed or not turning
+            raise _Stopped() from None
+
+    def respond(self, status: int, counts: RetrieveStatus | None, identifier: Dataset | None = None,
+                comment: str = "", final: bool = False) -> None:
+        fields: dict[int, int | str] = {
+            D.AFFECTED_SOP_CLASS: self.request.affected_sop_class_uid, D.COMMAND_FIELD: self.response_field,
+            D.MESSAGE_ID_RESPONDED: self.request.message_id, D.STATUS: status,
+        }
+        if counts is not None:
+            # Remaining only while pending or after a cancel (PS3.4 C.4.2.1.6)
+            if status in (D.PENDING, D.CANCEL):
+                fields[D.REMAINING_SUBOPERATIONS] = min(counts.remaining, 0xFFFF)
+            fields[D.COMPLETED_SUBOPERATIONS] = min(counts.completed, 0xFFFF)
+            fields[D.FAILED_SUBOPERATIONS] = min(counts.failed, 0xFFFF)
+            fields[D.WARNING_SUBOPERATIONS] = min(counts.warning, 0xFFFF)
+        if comment:
+            fields[D.ERROR_COMMENT] = comment[:64]
+        data = encode_identifier(identifier, self.transfer_syntax) if identifier is not None else None
+        command = D.encode_command(fields, data is not None)
+        session, cid, message_id = self.session, self.context_id, self.request.message_id
+        held, self.held = self.held, []
+
+        def send() -> None:
+            for earlier in held:
+                earlier()
+            session.send(cid, command, data)
+            if final:
+                session.operation_ended(message_id)
+
+        if self.hold_pending and not final:
+            self.held = [send]  # goes out with the next sub-operation's request (C-GET)
+            return
+        try:
+            session.call_soon(send)
+        except RuntimeError:  # the loop is closed: the server stopped
+            pass
+
+    def take_held(self) -> list[Callable[[], None]]:
+        """The Pending response held for the next message (worker side)."""
+        held, self.held = self.held, []
+        return held
+
+    def fail(self, status: int, comment: str) -> None:
+        self.respond(status, RetrieveStatus(0, 0, 0, 0, ()), comment=comment, final=True)
+
+    # ---- the sub-operations ------------------------------------------------------------------
+
+    def run(self, instances: Sequence[StoredInstance], sender: _Sender) -> None:
+        """Send each instance through ``sender``; Pending after each, then the final response."""
+        total = len(instances)
+        completed = failed = warning = 0
+        failed_uids: list[str] = []
+        reasons: collections.Counter[str] = collections.Counter()
+        done = 0
+        try:
+            for instance in instances:
+                if self.cancelled.is_set() or self.ended.is_set():
+                    break
+                why = sender.refused(instance)
+                status: int | None = None
+                if not why:
+                    status, why = sender.store(instance)
+                done += 1
+                if status is None or (status != D.SUCCESS and status not in _STORE_WARNINGS):
+                    failed += 1
+                    failed_uids.append(instance.sop_instance_uid)
+                    reasons[why or f"status 0x{status or 0:04X}"] += 1
+                elif status == D.SUCCESS:
+                    completed += 1
+                else:
+                    warning += 1
+                if done < total and not self.ended.is_set():
+                    self.respond(D.PENDING, RetrieveStatus(total - done, completed, failed, warning, ()))
+        finally:
+            sender.close()
+        if self.ended.is_set():
+            log.warning("%s: association %s ended during the retrieve: %d of %d sub-operations done",
+                        self.what, self.session.id, done, total)
+            return
+        counts = RetrieveStatus(total - done, completed, failed, warning, tuple(failed_uids))
+        implicit = UID(self.transfer_syntax).is_implicit_VR
+        if self.cancelled.is_set() and done < total:
+            status = D.CANCEL
+            identifier: Dataset | None = _failed_list(failed_uids, implicit)
+        elif failed and failed == total:
+            status, identifier = REFUSED_SUB_OPERATIONS, _failed_list(failed_uids, implicit)
+        elif failed or warning:
+            status = SUB_OPERATIONS_WARNING
+            identifier = _failed_list(failed_uids, implicit) if failed else None
+        else:
+            status, identifier = D.SUCCESS, None
+        if failed:
+            top = "; ".join(f"{n} x {why}" for why, n in reasons.most_common(3))
+            log.warning("%s (assoc %s, message %d): %d of %d sub-operations failed: %s", self.what,
+                        self.session.id, self.request.message_id, failed, total, top)
+        log.info("%s (assoc %s, message %d): %d instances: %d completed, %d warning, %d failed, %d not "
+                 "started (status 0x%04X)", self.what, self.session.id, self.request.message_id, total,
+                 completed, warning, failed, total - done, status)
+        self.respond(status, counts, identifier, final=True)
+
+
+# ---- the services ----------------------------------------------------------------------------
+
+
+class _RetrieveService:
+    """What C-MOVE and C-GET share: checks, the identifier, the query, the thread."""
+
+    response_field = 0
+
+    def __init__(self, models: Sequence[InformationModel]) -> None:
+        self.models = {self.uid_of(m): m for m in models}
+        self.sop_classes = frozenset(self.models)
+
+    @staticmethod
+    def uid_of(model: InformationModel) -> str:
+        raise NotImplementedError
+
+    def start(self, session: Session, context_id: int, request: Request, dataset: bytes | None) -> None:
+        assert isinstance(request, (CMoveRequest, CGetRequest))
+        context = session.context(context_id)
+        model = self.models.get(request.affected_sop_class_uid)
+        ts = context[1] if context is not None else ""
+        op = _Retrieval(session, context_id, request, self.response_field, ts, self.describe(request))
+        session.operation_started(request.message_id, op)
+        if model is None or context is None or context[0] != request.affected_sop_class_uid:
+            log.warning("%s (assoc %s): SOP class %s is not a retrieve SOP class of its context", op.what,
+                        session.id, request.affected_sop_class_uid)
+            op.fail(D.SOP_CLASS_NOT_SUPPORTED, "not a retrieve SOP class of this context")
+            return
+        catalog = session.server.catalog
+        if catalog is None:
+            log.warning("%s (assoc %s): no index: refused 0x%04X", op.what, session.id, UNABLE_TO_PROCESS)
+            op.fail(UNABLE_TO_PROCESS, "no index to retrieve from")
+            return
+        if dataset is None:
+            log.warning("%s (assoc %s): no identifier: refused 0xA900", op.what, session.id)
+            op.fail(IDENTIFIER_DOES_NOT_MATCH, "no identifier")
+            return
+        if not self.accept(session, op):
+            return
+        root = str(session.server.storage.directory)
+        threading.Thread(target=self._work, args=(op, model, dataset, catalog.cursor, root),
+                         name=f"retrieve-{session.id}-{request.message_id}", daemon=True).start()
+
+    def describe(self, request: CMoveRequest | CGetRequest) -> str:
+        raise NotImplementedError
+
+    def accept(self, session: Session, op: _Retrieval) -> bool:
+        """Checks on the event loop before the worker starts; False: answered."""
+        return True
+
+    def sender(self, op: _Retrieval, instances: Sequence[StoredInstance]) -> _Sender:
+        raise NotImplementedError
+
+    def _work(self, op: _Retrieval, model: InformationModel, dataset: bytes,
+              cursor: Callable[[], duckdb.DuckDBPyConnection], root: str) -> None:
+        try:
+            try:
+                identifier = decode_identifier(dataset, op.transfer_syntax)
+                conn = cursor()
+                try:
+                    instances = select_instances(conn, identifier, model, root)
+                finally:
+                    conn.close()
+            except IdentifierError as exc:
+                log.warning("%s (assoc %s): identifier refused (0xA900): %s", op.what, op.session.id, exc.message)
+                op.fail(IDENTIFIER_DOES_NOT_MATCH, exc.comment)
+                return
+            except duckdb.Error as exc:
+                log.error("%s (assoc %s): index query failed (0x%04X): %s", op.what, op.session.id,
+                          UNABLE_TO_PROCESS, exc)
+                op.fail(UNABLE_TO_PROCESS, "index query failed")
+                return
+            except Exception as exc:  # an identifier pydicom cannot decode
+                log.warning("%s (assoc %s): identifier unreadable (0xA900): %s", op.what, op.session.id, exc)
+                op.fail(IDENTIFIER_DOES_NOT_MATCH, "identifier cannot be decoded")
+                return
+            if not instances:
+                op.respond(D.SUCCESS, RetrieveStatus(0, 0, 0, 0, ()), final=True)
+                log.info("%s (assoc %s, message %d): no instance matches", op.what, op.session.id,
+                         op.request.message_id)
+                return
+            op.run(instances, self.sender(op, instances))
+        except _Stopped:
+            log.warning("%s (assoc %s): stopped: the association or the server ended", op.what, op.session.id)
+        except Exception:  # a bug must not leave the operation open (it holds the idle timeout)
+            log.exception("%s (assoc %s): failed (0x%04X)", op.what, op.session.id, UNABLE_TO_PROCESS)
+            op.fail(UNABLE_TO_PROCESS, "internal error")
+
+
+# ---- C-MOVE ----------------------------------------------------------------------------------
+
+
+class MoveService(_RetrieveService):
+    """C-MOVE SCP: Patient Root and Study Root MOVE (PS3.4 C.4.2)."""
+
+    response_field = D.C_MOVE_RSP
+
+    def __init__(self, models: Sequence[InformationModel] = tuple(InformationModel),
+                 tls_context: Callable[[], ssl.SSLContext] | None = None, timeout: float = 30.0) -> None:
+        super().__init__(models)
+        self.tls_context = tls_context
+        self.timeout = timeout
+
+    @staticmethod
+    def uid_of(model: InformationModel) -> str:
+        return model.move_uid
+
+    def describe(self, request: CMoveRequest | CGetRequest) -> str:
+        assert isinstance(request, CMoveRequest)
+        return f"C-MOVE to {request.move_destination.strip() or '(none)'}"
+
+    def accept(self, session: Session, op: _Retrieval) -> bool:
+        assert isinstance(op.request, CMoveRequest)
+        destination = op.request.move_destination.strip(" \0")
+        if destination not in session.server.remote_aes:
+            log.warning("%s (assoc %s, calling %s): move destination %r is not in remote_aes: refused 0xA801",
+                        op.what, session.id, session.calling_ae, destination)
+            op.fail(MOVE_DESTINATION_UNKNOWN, "move destination unknown")
+            return False
+        return True
+
+    def sender(self, op: _Retrieval, instances: Sequence[StoredInstance]) -> _Sender:
+        assert isinstance(op.request, CMoveRequest)
+        remote = op.session.server.remote_aes[op.request.move_destination.strip(" \0")]
+        return _MoveSender(op, remote, op.session.server.ae_title, self.tls_context, self.timeout, instances)
+
+
+class _MoveSender:
+    """The C-STORE SCU side of a C-MOVE (``store_scu.StoreAssociation``, in
+    the worker thread). One association proposes up to 128 (SOP class,
+    transfer syntax) pairs, one context each; a retrieve with more pairs
+    opens one association per 128, in the order its instances come."""
+
+    def __init__(self, op: _Retrieval, remote: RemoteAE, ae_title: str,
+                 tls_context: Callable[[], ssl.SSLContext] | None, timeout: float,
+                 instances: Sequence[StoredInstance]) -> None:
+        self.op = op
+        self.remote = remote
+        self.ae_title = ae_title
+        self.tls_context = tls_context
+        self.timeout = timeout
+        pairs = sorted({(i.sop_class_uid, i.transfer_syntax_uid) for i in instances})
+        self.rounds = [pairs[n:n + MAX_CONTEXTS] for n in range(0, len(pairs), MAX_CONTEXTS)]
+        self.round_of = {pair: n for n, chunk in enumerate(self.rounds) for pair in chunk}
+        self.current = -1
+        self.assoc: StoreAssociation | None = None
+        self.lost = ""  # why the association cannot carry more sub-operations
+
+    def _open(self, n: int) -> None:
+        self.close()
+        self.current, self.lost = n, ""
+        where = f"{self.remote.ae_title} at {self.remote.host}:{self.remote.port}"
+        tls = None
+        if self.remote.tls:
+            if self.tls_context is None:
+                self.lost = f"{where} asks for TLS and server.tls has no client settings"
+                return
+            try:
+                tls = self.tls_context()
+            except (OSError, ssl.SSLError) as exc:
+                self.lost = f"TLS client settings for {where} unusable: {exc}"
+                return
+        try:
+            self.assoc = StoreAssociation(self.remote.host, self.remote.port, self.ae_title, self.remote.ae_title,
+                                          self.rounds[n], self.timeout, tls)
+        except AssociationLost as exc:
+            self.lost = f"could not associate with {where}: {exc}"
+
+    def refused(self, instance: StoredInstance) -> str:
+        pair = (instance.sop_class_uid, instance.transfer_syntax_uid)
+        n = self.round_of[pair]
+        if n != self.current:
+            self._open(n)
+        if self.lost:
+            return self.lost
+        assert self.assoc is not None
+        why = self.assoc.refused.get(pair)
+        return f"{self.remote.ae_title} refused {pair[0]} in {pair[1]}: {why}" if why else ""
+
+    def store(self, instance: StoredInstance) -> tuple[int | None, str]:
+        assoc = self.assoc
+        if assoc is None:
+            return None, self.lost or f"association with {self.remote.ae_title} lost"
+        assert isinstance(self.op.request, CMoveRequest)
+        try:
+            return assoc.store(instance.path, instance.sop_class_uid, instance.sop_instance_uid,
+                               instance.transfer_syntax_uid, self.op.session.calling_ae,
+                               self.op.request.message_id, self.op.request.priority)
+        except (OSError, ValueError) as exc:  # nothing was sent
+            return None, f"cannot read {os.path.basename(instance.path)}: {exc}"
+        except AssociationLost as exc:
+            self.lost = str(exc)
+            self.assoc = None
+            return None, self.lost
+
+    def close(self) -> None:
+        assoc, self.assoc = self.assoc, None
+        if assoc is not None:
+            assoc.release()
+
+
+# ---- C-GET -----------------------------------------------------------------------------------
+
+
+class GetService(_RetrieveService):
+    """C-GET SCP: Patient Root and Study Root GET (PS3.4 C.4.3)."""
+
+    response_field = D.C_GET_RSP
+
+    def __init__(self, models: Sequence[InformationModel] = tuple(InformationModel),
+                 response_timeout: float = RESPONSE_TIMEOUT) -> None:
+        super().__init__(models)
+        self.response_timeout = response_timeout
+
+    @staticmethod
+    def uid_of(model: InformationModel) -> str:
+        return model.get_uid
+
+    def describe(self, request: CMoveRequest | CGetRequest) -> str:
+        return "C-GET"
+
+    def sender(self, op: _Retrieval, instances: Sequence[StoredInstance]) -> _Sender:
+        sop_classes = sorted({i.sop_class_uid for i in instances})
+        session = op.session
+
+        def contexts() -> dict[tuple[str, str], int]:
+            out: dict[tuple[str, str], int] = {}
+            for sop_class in sop_classes:
+                if session.requestor_scp(sop_class):
+                    for cid, ts in sorted(session.contexts_for(sop_class).items()):
+                        out.setdefault((sop_class, ts), cid)
+            return out
+
+        return _GetSender(op, op.on_loop(contexts), self.response_timeout)
+
+
+class _GetSender:
+    """The C-STORE SCU side of a C-GET: C-STORE-RQs on the requesting
+    association, one at a time (each C-STORE-RSP awaited)."""
+
+    def __init__(self, op: _Retrieval, contexts: dict[tuple[str, str], int], timeout: float) -> None:
+        self.op = op
+        self.contexts = contexts
+        self.timeout = timeout
+        self.answers: queue.SimpleQueue[DimseResponse | None] = queue.SimpleQueue()
+        op.wakeups.append(self._wake)
+        op.hold_pending = True
+
+    def _wake(self) -> None:
+        if self.op.ended.is_set():
+            self.answers.put(None)
+
+    def refused(self, instance: StoredInstance) -> str:
+        if (instance.sop_class_uid, instance.transfer_syntax_uid) in self.contexts:
+            return ""
+        return (f"no accepted context with the SCP role for {instance.sop_class_uid} in "
+                f"{instance.transfer_syntax_uid}")
+
+    def store(self, instance: StoredInstance) -> tuple[int | None, str]:
+        context_id = self.contexts[(instance.sop_class_uid, instance.transfer_syntax_uid)]
+        try:
+            data = read_dataset_bytes(instance.path)
+        except (OSError, ValueError) as exc:
+            return None, f"cannot read {os.path.basename(instance.path)}: {exc}"
+        op, session, answers = self.op, self.op.session, self.answers
+        held = op.take_held()
+
+        def send() -> None:
+            for pending in held:  # the Pending response of the sub-operation before
+                pending()
+            if not session.established:
+                answers.put(None)
+                return
+            message_id = session.next_message_id()
+            command = D.encode_command({
+                D.AFFECTED_SOP_CLASS: instance.sop_class_uid, D.COMMAND_FIELD: D.C_STORE_RQ,
+                D.MESSAGE_ID: message_id, D.PRIORITY: op.request.priority,
+                D.AFFECTED_SOP_INSTANCE: instance.sop_instance_uid,
+            }, True)
+            session.expect_response(message_id, answers.put)
+            session.send(context_id, command, data)
+
+        try:
+            session.call_soon(send)
+        except RuntimeError:
+            raise _Stopped() from None
+        try:
+            answer = answers.get(timeout=self.timeout)
+        except queue.Empty:
+            why = f"no C-STORE response in {self.timeout:g} s"
+            log.warning("C-GET (assoc %s): %s: aborting the association", session.id, why)
+            try:
+                session.call_soon(lambda: session.abort(f"C-GET sub-operation: {why}"))
+            except RuntimeError:
+                pass
+            op.ended.set()
+            return None, why
+        if answer is None:
+            op.ended.set()
+            return None, "association ended"
+        return answer.status, (answer.error_comment or "")
+
+    def close(self) -> None:
+        pass
+
+
+def services(tls_context: Callable[[], ssl.SSLContext] | None = None,
+             timeout: float | None = None) -> dict[type, MoveService | GetService]:
+    """The retrieve modules by request type, for ``ServerState.services``;
+    ``timeout`` (``server.dimse_timeout``; None: 120 s) bounds the wait for
+    a C-STORE-RSP and each socket operation of a C-MOVE's association."""
+    wait = timeout or RESPONSE_TIMEOUT
+    return {CMoveRequest: MoveService(tls_context=tls_context, timeout=wait),
+            CGetRequest: GetService(response_timeout=wait)}

@@ -1,0 +1,690 @@
+"""C-MOVE and C-GET SCP (services/retrieve.py) with real clients: dcmtk
+movescu (into a real dcmtk storescp) and getscu, pynetdicom as SCU and as
+move destination, including C-CANCEL mid-way and an unknown destination.
+
+The archive is a storage tree filled before the server starts: the start's
+reconcile indexes it before the port opens, so the index holds every file
+when a test asks. One test stores through C-STORE first and restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import Server, dataset_bytes, dcmtk, free_port, make_image, wait_for_port
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    MRImageStorage,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+from pynetdicom.status import code_to_category
+
+pytestmark = pytest.mark.interop
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+IMPLICIT_LE = "1.2.840.10008.1.2"
+
+
+@dataclass
+class Archive:
+    files: list[Path]  # the images, as made (the server's tree holds copies)
+    by_uid: dict[str, Dataset] = field(default_factory=dict)
+
+    def study_uids(self) -> list[str]:
+        return sorted({str(ds.StudyInstanceUID) for ds in self.by_uid.values()})
+
+    def of_study(self, uid: str) -> set[str]:
+        return {k for k, ds in self.by_uid.items() if ds.StudyInstanceUID == uid}
+
+
+def fill(tree: Path, count: int = 12, studies: int = 2) -> Archive:
+    """``count`` CT/MR images over ``studies`` studies, put in ``tree``."""
+    tree.mkdir(parents=True, exist_ok=True)
+    archive = Archive([])
+    for i in range(count):
+        path = tree / f"img{i:04d}.dcm"
+        ds = make_image(path, i, study=i % studies, modality="CT" if i % 3 else "MR", size=16)
+        archive.files.append(path)
+        archive.by_uid[str(ds.SOPInstanceUID)] = ds
+    return archive
+
+
+def config(tmp_path: Path, destinations: dict[str, int]) -> str:
+    lines = ["remote_aes:"]
+    for ae_title, port in destinations.items():
+        lines += [f"  - ae_title: {ae_title}", "    host: 127.0.0.1", f"    port: {port}"]
+    path = tmp_path / "fastscp.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def stored_by_uid(srv: Server) -> dict[str, Path]:
+    return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in srv.stored_files()}
+
+
+# ---- destinations ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def storescp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """dcmtk storescp, bit-preserving, as the move destination DEST."""
+    out = tmp_path / "dest"
+    out.mkdir()
+    port = free_port()
+    proc = subprocess.Popen([dcmtk("storescp"), "--bit-preserving", "-aet", "DEST", "-od", str(out), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, proc)
+    yield port, out
+    proc.terminate()
+    proc.wait()
+
+
+class Destination:
+    """A pynetdicom Storage SCP: what it received, byte for byte, and the
+    Move Originator fields of each C-STORE-RQ. ``hold_at``: the sub-operation
+    (1-based) whose answer waits for ``release``."""
+
+    def __init__(self, sop_classes: tuple[str, ...] = (CTImageStorage, MRImageStorage),
+                 transfer_syntaxes: tuple[str, ...] = (EXPLICIT_LE, IMPLICIT_LE), hold_at: int = 0) -> None:
+        self.received: dict[str, bytes] = {}
+        self.originators: list[tuple[str, int]] = []
+        self.hold_at = hold_at
+        self.reached = threading.Event()
+        self.release = threading.Event()
+        self.ae = AE(ae_title="DEST")
+        for sop_class in sop_classes:
+            self.ae.add_supported_context(sop_class, list(transfer_syntaxes))
+        self.port = free_port()
+        self.server = self.ae.start_server(("127.0.0.1", self.port), block=False,
+                                           evt_handlers=[(evt.EVT_C_STORE, self._store)])
+
+    def _store(self, event: evt.Event) -> int:
+        rq = event.request
+        self.originators.append((str(rq.MoveOriginatorApplicationEntityTitle or ""),
+                                 int(rq.MoveOriginatorMessageID or 0)))
+        self.received[str(rq.AffectedSOPInstanceUID)] = bytes(rq.DataSet.getvalue())
+        if len(self.received) == self.hold_at:
+            self.reached.set()
+            assert self.release.wait(30)
+        return 0x0000
+
+    def stop(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+
+
+@pytest.fixture
+def destinations() -> Iterator[list[Destination]]:
+    made: list[Destination] = []
+    yield made
+    for d in made:
+        d.stop()
+
+
+# ---- SCU helpers -------------------------------------------------------------------------------
+
+
+def identifier(level: str, **keys: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def move(srv: Server, destination: str, query: Dataset,
+         model: str = StudyRootQueryRetrieveInformationModelMove) -> list[tuple[int, Dataset, Dataset | None]]:
+    """pynetdicom C-MOVE: every response as (status, status dataset, identifier)."""
+    ae = AE(ae_title="MOVER")
+    ae.add_requested_context(model)
+    assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title)
+    assert assoc.is_established
+    try:
+        return [(int(status.Status), status, ident) for status, ident in assoc.send_c_move(query, destination, model)]
+    finally:
+        assoc.release()
+
+
+def counts(status: Dataset) -> tuple[int | None, int, int, int]:
+    remaining = status.get("NumberOfRemainingSuboperations")
+    return (None if remaining is None else int(remaining), int(status.NumberOfCompletedSuboperations),
+            int(status.NumberOfFailedSuboperations), int(status.NumberOfWarningSuboperations))
+
+
+def failed_list(ident: Dataset | None) -> set[str]:
+    if ident is None or "FailedSOPInstanceUIDList" not in ident:
+        return set()
+    value = ident.FailedSOPInstanceUIDList
+    return {str(v) for v in (value if isinstance(value, pydicom.multival.MultiValue) else [value]) if v}
+
+
+# ---- C-MOVE ------------------------------------------------------------------------------------
+
+
+def test_movescu_study_into_storescp_byte_identical(start_server, storescp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port, out = storescp
+    archive = fill(tmp_path / "store0")
+    srv = start_server("--config", config(tmp_path, {"DEST": port}))
+    study = archive.study_uids()[0]
+    result = subprocess.run([dcmtk("movescu"), "-v", "-S", "-aet", "MOVER", "-aec", srv.ae_title, "-aem", "DEST",
+                             "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+                             "127.0.0.1", str(srv.port)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Received Final Move Response (Success)" in result.stdout + result.stderr
+    received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in out.iterdir()}
+    assert set(received) == archive.of_study(study)
+    stored = stored_by_uid(srv)
+    for uid, path in received.items():
+        assert dataset_bytes(path) == dataset_bytes(stored[uid]), f"{uid}: the data set sent differs from the file"
+
+
+def test_move_series_and_image_levels_patient_root(start_server, destinations, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dest = Destination()
+    destinations.append(dest)
+    archive = fill(tmp_path / "store0")
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}))
+    ds = next(iter(archive.by_uid.values()))
+    series = {k for k, d in archive.by_uid.items() if d.SeriesInstanceUID == ds.SeriesInstanceUID}
+    query = identifier("SERIES", PatientID=str(ds.PatientID), StudyInstanceUID=str(ds.StudyInstanceUID),
+                       SeriesInstanceUID=str(ds.SeriesInstanceUID))
+    responses = move(srv, "DEST", query, PatientRootQueryRetrieveInformationModelMove)
+    assert responses[-1][0] == 0x0000 and counts(responses[-1][1]) == (None, len(series), 0, 0)
+    assert set(dest.received) == series
+    # pending after every sub-operation but the last, Remaining counting down
+    assert [counts(r[1]) for r in responses[:-1]] == [(len(series) - n, n, 0, 0) for n in range(1, len(series))]
+    # Move Originator AE Title and Message ID on every sub-operation (PS3.7 9.3.1.1)
+    assert set(dest.originators) == {("MOVER", 1)}
+    stored = stored_by_uid(srv)
+    assert all(dest.received[uid] == dataset_bytes(stored[uid]) for uid in series)
+    # IMAGE level, a list of two UIDs (list of UID matching); PATIENT level by Patient ID
+    two = sorted(archive.by_uid)[:2]
+    dest.received.clear()
+    responses = move(srv, "DEST", identifier("IMAGE", SOPInstanceUID="\\".join(two)))
+    assert responses[-1][0] == 0x0000 and set(dest.received) == set(two)
+    dest.received.clear()
+    patient = {k for k, d in archive.by_uid.items() if d.PatientID == ds.PatientID}
+    responses = move(srv, "DEST", identifier("PATIENT", PatientID=str(ds.PatientID)),
+                     PatientRootQueryRetrieveInformationModelMove)
+    assert responses[-1][0] == 0x0000 and set(dest.received) == patient
+
+
+def test_unknown_destination_is_0xA801_with_one_log_line(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    archive = fill(tmp_path / "store0", count=3)
+    srv = start_server("--config", config(tmp_path, {"DEST": free_port()}))
+    responses = move(srv, "NOWHERE", identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]))
+    assert [r[0] for r in responses] == [0xA801]
+    log = srv.log_once_it_says("'NOWHERE' is not in remote_aes")
+    assert log.count("'NOWHERE' is not in remote_aes") == 1
+
+
+def test_refused_sop_class_fails_its_sub_operations_with_a_warning(start_server, destinations, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dest = Destination(sop_classes=(CTImageStorage,))  # MR refused by the destination
+    destinations.append(dest)
+    archive = fill(tmp_path / "store0")
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}))
+    study = archive.study_uids()[0]
+    uids = archive.of_study(study)
+    mr = {u for u in uids if archive.by_uid[u].Modality == "MR"}
+    assert mr and mr != uids
+    responses = move(srv, "DEST", identifier("STUDY", StudyInstanceUID=study))
+    status, final, ident = responses[-1]
+    assert status == 0xB000
+    assert counts(final) == (None, len(uids) - len(mr), len(mr), 0)
+    assert failed_list(ident) == mr
+    assert set(dest.received) == uids - mr
+    # nothing it accepts: every sub-operation fails, 0xA702, all listed
+    only_mr = Destination(sop_classes=(MRImageStorage,), transfer_syntaxes=("1.2.840.10008.1.2.2",))
+    destinations.append(only_mr)
+    srv.stop()
+    srv2 = Server(srv.storage, tmp_path / "server-b.log", ["--config", config(tmp_path, {"DEST": only_mr.port})])
+    try:
+        responses = move(srv2, "DEST", identifier("STUDY", StudyInstanceUID=study))
+        status, final, ident = responses[-1]
+        assert status == 0xA702
+        assert counts(final) == (None, 0, len(uids), 0)
+        assert failed_list(ident) == uids
+    finally:
+        srv2.stop()
+
+
+def test_unreachable_destination_fails_every_sub_operation(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    archive = fill(tmp_path / "store0", count=4)
+    srv = start_server("--config", config(tmp_path, {"DEST": free_port()}))  # nobody listens there
+    study = archive.study_uids()[0]
+    responses = move(srv, "DEST", identifier("STUDY", StudyInstanceUID=study))
+    status, _, ident = responses[-1]
+    assert status == 0xA702 and failed_list(ident) == archive.of_study(study)
+    assert "could not associate with DEST" in srv.log_once_it_says("could not associate with DEST")
+
+
+def test_move_cancel_mid_way(start_server, destinations, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dest = Destination(hold_at=2)
+    destinations.append(dest)
+    archive = fill(tmp_path / "store0", count=10, studies=1)
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}))
+    ae = AE(ae_title="MOVER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title)
+    assert assoc.is_established
+    responses: list[tuple[int, Dataset, Dataset | None]] = []
+
+    def run() -> None:
+        for status, ident in assoc.send_c_move(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]), "DEST",
+                                               StudyRootQueryRetrieveInformationModelMove, msg_id=7):
+            responses.append((int(status.Status), status, ident))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert dest.reached.wait(30)  # the second sub-operation is being answered
+    context_id = assoc.accepted_contexts[0].context_id
+    assoc.send_c_cancel(7, context_id)
+    srv.log_once_it_says("C-CANCEL")
+    dest.release.set()
+    thread.join(60)
+    assoc.release()
+    status, final, ident = responses[-1]
+    assert status == 0xFE00
+    assert counts(final) == (8, 2, 0, 0)  # Remaining: the sub-operations not started
+    assert failed_list(ident) == set()
+    assert len(dest.received) == 2
+
+
+def test_stored_by_cstore_then_moved(start_server, destinations, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The whole path: storescu stores, the index takes the rows, C-MOVE sends the files."""
+    dest = Destination()
+    destinations.append(dest)
+    source = fill(tmp_path / "source", count=6, studies=1)
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}))
+    out = subprocess.run([dcmtk("storescu"), "-aec", srv.ae_title, "127.0.0.1", str(srv.port), *map(str, source.files)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert srv.stop() == 0  # a clean stop writes every row
+    srv2 = Server(srv.storage, tmp_path / "server-b.log", ["--config", config(tmp_path, {"DEST": dest.port})])
+    try:
+        responses = move(srv2, "DEST", identifier("STUDY", StudyInstanceUID=source.study_uids()[0]))
+        assert responses[-1][0] == 0x0000
+        assert set(dest.received) == set(source.by_uid)
+        stored = stored_by_uid(srv2)
+        assert all(dest.received[u] == dataset_bytes(stored[u]) for u in stored)
+    finally:
+        srv2.stop()
+
+
+def test_missing_file_and_bad_identifiers(start_server, destinations, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dest = Destination()
+    destinations.append(dest)
+    archive = fill(tmp_path / "store0", count=6, studies=1)
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}))
+    study = archive.study_uids()[0]
+    # no unique key at the level, a key below the level, an unknown level: 0xA900
+    assert [r[0] for r in move(srv, "DEST", identifier("STUDY", PatientID="P000"))] == [0xA900]
+    assert [r[0] for r in move(srv, "DEST", identifier("STUDY", StudyInstanceUID=study,
+                                                       SOPInstanceUID="1.2.3"))] == [0xA900]
+    assert [r[0] for r in move(srv, "DEST", identifier("FRAME", StudyInstanceUID=study))] == [0xA900]
+    # nothing matches: Success with no sub-operation
+    responses = move(srv, "DEST", identifier("STUDY", StudyInstanceUID="1.2.3.4"))
+    assert [r[0] for r in responses] == [0x0000] and counts(responses[0][1]) == (None, 0, 0, 0)
+    # a file removed behind the index's back: that sub-operation fails, the rest go
+    victim = sorted(stored_by_uid(srv).items())[0]
+    victim[1].unlink()
+    responses = move(srv, "DEST", identifier("STUDY", StudyInstanceUID=study))
+    status, _, ident = responses[-1]
+    assert status == 0xB000 and failed_list(ident) == {victim[0]}
+    assert set(dest.received) == archive.of_study(study) - {victim[0]}
+
+
+# ---- C-GET -------------------------------------------------------------------------------------
+
+
+def test_getscu_study_byte_identical(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    archive = fill(tmp_path / "store0")
+    srv = start_server()
+    out = tmp_path / "got"
+    out.mkdir()
+    study = archive.study_uids()[1]
+    result = subprocess.run([dcmtk("getscu"), "-v", "-S", "-aet", "GETTER", "-aec", srv.ae_title, "-od", str(out),
+                             "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+                             "127.0.0.1", str(srv.port)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in out.iterdir()}
+    assert set(received) == archive.of_study(study)
+    stored = stored_by_uid(srv)
+    for uid, path in received.items():
+        assert dataset_bytes(path) == dataset_bytes(stored[uid])
+
+
+class Getter:
+    """pynetdicom C-GET SCU taking the SCP role for CT and MR (PS3.7 D.3.3.4)."""
+
+    def __init__(self, srv: Server, hold_at: int = 0, roles: bool = True, ct_syntax: str = EXPLICIT_LE) -> None:
+        self.received: dict[str, bytes] = {}
+        self.hold_at = hold_at
+        self.reached = threading.Event()
+        self.release = threading.Event()
+        ae = AE(ae_title="GETTER")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(PatientRootQueryRetrieveInformationModelGet)
+        ae.add_requested_context(CTImageStorage, [ct_syntax])
+        ae.add_requested_context(MRImageStorage, [EXPLICIT_LE])
+        ext = [build_role(c, scp_role=True) for c in (CTImageStorage, MRImageStorage)] if roles else []
+        self.assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title, ext_neg=ext,
+                                  evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        assert self.assoc.is_established
+
+    def _store(self, event: evt.Event) -> int:
+        self.received[str(event.request.AffectedSOPInstanceUID)] = bytes(event.request.DataSet.getvalue())
+        if len(self.received) == self.hold_at:
+            self.reached.set()
+            assert self.release.wait(30)
+        return 0x0000
+
+    def get(self, query: Dataset, msg_id: int = 1) -> list[tuple[int, Dataset, Dataset | None]]:
+        return [(int(s.Status), s, i) for s, i in self.assoc.send_c_get(
+            query, StudyRootQueryRetrieveInformationModelGet, msg_id=msg_id)]
+
+
+def test_pynetdicom_get_byte_identical_and_roles(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    archive = fill(tmp_path / "store0")
+    srv = start_server()
+    getter = Getter(srv)
+    try:
+        # the SCP role was granted for the storage classes
+        roles = {str(r.sop_class_uid): (r.scu_role, r.scp_role) for r in getter.assoc.acceptor.user_information
+                 if isinstance(r, SCP_SCU_RoleSelectionNegotiation)}
+        assert roles == {CTImageStorage: (False, True), MRImageStorage: (False, True)}
+        study = archive.study_uids()[0]
+        responses = getter.get(identifier("STUDY", StudyInstanceUID=study))
+        n = len(archive.of_study(study))
+        assert responses[-1][0] == 0x0000 and counts(responses[-1][1]) == (None, n, 0, 0)
+        assert [counts(r[1]) for r in responses[:-1]] == [(n - k, k, 0, 0) for k in range(1, n)]
+        assert set(getter.received) == archive.of_study(study)
+        stored = stored_by_uid(srv)
+        assert all(getter.received[u] == dataset_bytes(stored[u]) for u in getter.received)
+    finally:
+        getter.assoc.release()
+
+
+def test_get_without_scp_role_fails_with_the_list(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    archive = fill(tmp_path / "store0", count=4, studies=1)
+    srv = start_server()
+    getter = Getter(srv, roles=False)  # storage contexts proposed, but no SCP role taken
+    try:
+        responses = getter.get(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]))
+        status, _, ident = responses[-1]
+        assert status == 0xA702 and failed_list(ident) == set(archive.by_uid)
+        assert not getter.received
+    finally:
+        getter.assoc.release()
+
+
+def test_get_stored_syntax_not_negotiated_fails_with_a_warning(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    archive = fill(tmp_path / "store0", count=9, studies=1)  # stored explicit VR LE
+    srv = start_server()
+    getter = Getter(srv, ct_syntax=IMPLICIT_LE)  # CT only in implicit VR: no transcoding, those fail
+    try:
+        responses = getter.get(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]))
+        status, final, ident = responses[-1]
+        ct = {u for u, d in archive.by_uid.items() if d.Modality == "CT"}
+        assert status == 0xB000 and counts(final) == (None, 9 - len(ct), len(ct), 0)
+        assert failed_list(ident) == ct
+        assert set(getter.received) == set(archive.by_uid) - ct
+        log = srv.log_once_it_says("sub-operations failed")
+        assert f"{len(ct)} x no accepted context with the SCP role for 1.2.840.10008.5.1.4.1.1.2" in log
+    finally:
+        getter.assoc.release()
+
+
+def test_get_cancel_mid_way(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    archive = fill(tmp_path / "store0", count=9, studies=1)
+    srv = start_server()
+    getter = Getter(srv, hold_at=3)
+    responses: list[tuple[int, Dataset, Dataset | None]] = []
+    thread = threading.Thread(target=lambda: responses.extend(
+        getter.get(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]), msg_id=5)))
+    thread.start()
+    try:
+        assert getter.reached.wait(30)
+        context_id = next(c.context_id for c in getter.assoc.accepted_contexts
+                          if c.abstract_syntax == StudyRootQueryRetrieveInformationModelGet)
+        getter.assoc.send_c_cancel(5, context_id)
+        srv.log_once_it_says("C-CANCEL")
+        getter.release.set()
+        thread.join(60)
+        status, final, _ = responses[-1]
+        assert status == 0xFE00, [hex(r[0]) for r in responses]
+        assert counts(final) == (6, 3, 0, 0)
+        assert len(getter.received) == 3
+        # the association still serves: a second C-GET of one image
+        one = sorted(archive.by_uid)[0]
+        getter.hold_at = 0
+        again = getter.get(identifier("IMAGE", StudyInstanceUID=archive.study_uids()[0],
+                                      SeriesInstanceUID=str(archive.by_uid[one].SeriesInstanceUID),
+                                      SOPInstanceUID=one), msg_id=6)
+        assert again[-1][0] == 0x0000 and code_to_category(again[-1][0]) == "Success"
+    finally:
+        getter.release.set()
+        getter.assoc.release()
+
+
+def test_retrieve_not_negotiated_without_an_index(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    srv = start_server("--index-db", "")
+    ae = AE(ae_title="MOVER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title)
+    try:
+        assert assoc.is_established
+        assert {str(c.abstract_syntax) for c in assoc.accepted_contexts} == {CTImageStorage}
+    finally:
+        assoc.release()
+
+
+# ---- Orthanc as the C-MOVE SCU -----------------------------------------------------------------
+
+
+def _orthanc_exe() -> str:
+    for path in (shutil.which("Orthanc"), "/usr/sbin/Orthanc"):
+        if path and Path(path).exists():
+            return path
+    pytest.fail("Orthanc is not installed (Debian package orthanc; .ci/run installs it)")
+
+
+def _http(port: int, path: str, body: object | None = None) -> object:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
+                                     method="GET" if body is None else "POST")
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        return json.loads(answer.read() or b"null")
+
+
+def test_orthanc_moves_a_study_to_itself(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Orthanc's /modalities/{id}/move: Orthanc asks fastscp to C-MOVE a study to Orthanc."""
+    archive = fill(tmp_path / "store0", count=8)
+    dicom_port, http_port = free_port(), free_port()
+    srv = start_server("--config", config(tmp_path, {"ORTHANC": dicom_port}))
+    work = tmp_path / "orthanc"
+    (work / "index").mkdir(parents=True)
+    (work / "orthanc.json").write_text(json.dumps({
+        "Name": "retrieve-test", "StorageDirectory": str(work / "storage"), "IndexDirectory": str(work / "index"),
+        "DicomAet": "ORTHANC", "DicomPort": dicom_port, "HttpPort": http_port, "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False, "DicomAlwaysAllowStore": True, "DicomCheckCalledAet": False,
+        "Plugins": [], "SaveJobs": False,
+        "DicomModalities": {"fastscp": [srv.ae_title, "127.0.0.1", srv.port]},
+    }))
+    orthanc = subprocess.Popen([_orthanc_exe(), str(work / "orthanc.json")], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(http_port, orthanc, timeout=60)
+        study = archive.study_uids()[0]
+        _http(http_port, "/modalities/fastscp/move",
+              {"Level": "Study", "Resources": [{"StudyInstanceUID": study}], "TargetAet": "ORTHANC"})
+        instances = _http(http_port, "/instances?expand")
+        assert isinstance(instances, list)
+        got = {str(i["MainDicomTags"]["SOPInstanceUID"]) for i in instances}
+        assert got == archive.of_study(study)
+    finally:
+        orthanc.terminate()
+        orthanc.wait(60)
+
+
+# ---- the requestor vanishes mid-way ------------------------------------------------------------
+
+
+def _echo_ok(srv: Server) -> bool:
+    return subprocess.run([dcmtk("echoscu"), "-aec", srv.ae_title, "127.0.0.1", str(srv.port)],
+                          capture_output=True, timeout=60).returncode == 0
+
+
+def test_get_requestor_aborts_mid_way(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    archive = fill(tmp_path / "store0", count=8, studies=1)
+    srv = start_server()
+    getter = Getter(srv, hold_at=2)
+    # daemon: pynetdicom's generator waits for its DIMSE timeout after the abort
+    thread = threading.Thread(target=lambda: getter.get(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0])),
+                              daemon=True)
+    thread.start()
+    assert getter.reached.wait(30)
+    getter.assoc.abort()
+    getter.release.set()
+    log = srv.log_once_it_says("ended during the retrieve")
+    assert "C-GET: association" in log and "2 of 8 sub-operations done" in log
+    assert _echo_ok(srv)  # still serving
+    assert "Traceback" not in srv.log_text()
+
+
+def test_move_requestor_aborts_mid_way(start_server, destinations, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dest = Destination(hold_at=2)
+    destinations.append(dest)
+    archive = fill(tmp_path / "store0", count=8, studies=1)
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}))
+    ae = AE(ae_title="MOVER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title)
+    assert assoc.is_established
+
+    def run() -> None:
+        for _ in assoc.send_c_move(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]), "DEST",
+                                   StudyRootQueryRetrieveInformationModelMove):
+            pass
+
+    thread = threading.Thread(target=run, daemon=True)  # (as above)
+    thread.start()
+    assert dest.reached.wait(30)
+    assoc.abort()
+    assert "aborted_by_peer" in srv.log_once_it_says("aborted_by_peer")  # the server saw the abort ...
+    dest.release.set()  # ... before the sub-operation under way ends
+    log = srv.log_once_it_says("ended during the retrieve")
+    assert "2 of 8 sub-operations done" in log
+    assert len(dest.received) == 2  # nothing sent after the requestor went away
+    assert _echo_ok(srv)
+    assert "Traceback" not in srv.log_text()
+
+
+# ---- C-MOVE to a DICOM TLS destination ---------------------------------------------------------
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=cwd)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_move_to_a_tls_destination(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """remote_aes tls: true: the sub-operations go over DICOM TLS to dcmtk
+    storescp +tls, our side presenting server.tls's certificate and trusting
+    its CA bundle (dcmtk verifies the client certificate by default)."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=retrieve test CA", cwd=pki)
+    for who in ("srv", "dest"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{who}.key", "-out", f"{who}.csr",
+                 "-subj", f"/CN={who}", cwd=pki)
+        _openssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{who}.pem", "-days", "2", cwd=pki)
+    out = tmp_path / "dest"
+    out.mkdir()
+    dest_port, tls_port = free_port(), free_port()
+    dest = subprocess.Popen([dcmtk("storescp"), "+tls", str(pki / "dest.key"), str(pki / "dest.pem"),
+                             "+cf", str(pki / "ca.pem"), "--bit-preserving", "-aet", "DEST", "-od", str(out),
+                             str(dest_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(dest_port, dest)
+        archive = fill(tmp_path / "store0", count=4, studies=1)
+        cfg = tmp_path / "tls.yaml"
+        cfg.write_text(f"""\
+server:
+  tls:
+    enabled: true
+    port: {tls_port}
+    certificate: {pki / 'srv.pem'}
+    key: {pki / 'srv.key'}
+    ca_bundle: {pki / 'ca.pem'}
+remote_aes:
+  - ae_title: DEST
+    host: 127.0.0.1
+    port: {dest_port}
+    tls: true
+""")
+        srv = start_server("--config", str(cfg))
+        responses = move(srv, "DEST", identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]))
+        assert responses[-1][0] == 0x0000, srv.log_text()[-2000:]
+        received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in out.iterdir()}
+        assert set(received) == set(archive.by_uid)
+        stored = stored_by_uid(srv)
+        assert all(dataset_bytes(received[u]) == dataset_bytes(stored[u]) for u in received)
+    finally:
+        dest.terminate()
+        dest.wait()
+
+
+def test_get_requestor_that_never_answers_is_aborted(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A C-GET requestor that takes a C-STORE-RQ and never answers: after
+    server.dimse_timeout the association is aborted, the server serves on."""
+    archive = fill(tmp_path / "store0", count=4, studies=1)
+    srv = start_server("--dimse-timeout", "1.5")
+    getter = Getter(srv, hold_at=1)
+    thread = threading.Thread(target=lambda: getter.get(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0])),
+                              daemon=True)
+    thread.start()
+    try:
+        assert getter.reached.wait(30)
+        said = "no C-STORE response in 1.5 s: aborting the association"
+        log = srv.log_once_it_says(said, "ended during the retrieve")
+        assert said in log
+        assert "1 of 4 sub-operations done" in log
+        assert _echo_ok(srv)
+    finally:
+        getter.release.set()
+
+
+def test_movescu_as_its_own_destination(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The usual movescu set-up: -aem names movescu itself, which takes the
+    sub-operations on its own port (--port) while the C-MOVE is open."""
+    archive = fill(tmp_path / "store0", count=6, studies=1)
+    port = free_port()
+    srv = start_server("--config", config(tmp_path, {"MOVESCU": port}))
+    out = tmp_path / "got"
+    out.mkdir()
+    result = subprocess.run([dcmtk("movescu"), "-v", "-S", "-aet", "MOVESCU", "-aec", srv.ae_title, "-aem", "MOVESCU",
+                             "--port", str(port), "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+                             "-k", f"StudyInstanceUID={archive.study_uids()[0]}", "127.0.0.1", str(srv.port)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in out.iterdir()}
+    assert received == set(archive.by_uid)

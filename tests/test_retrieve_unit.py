@@ -1,0 +1,101 @@
+"""Pieces of C-MOVE/C-GET without a network: where a file's data set
+starts (store_scu.dataset_offset) and which identifiers name instances
+(retrieve.retrieve_keys, select_instances on a real DuckDB index)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from conftest import make_image
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.filereader import _read_file_meta_info, read_preamble
+
+from fastscp.catalog import reconcile
+from fastscp.catalog.schema import connect
+from fastscp.qr import IdentifierError, InformationModel, Level
+from fastscp.services.retrieve import retrieve_keys, select_instances
+from fastscp.services.store_scu import dataset_offset
+
+
+def _pydicom_offset(raw: bytes) -> int:
+    fh = io.BytesIO(raw)
+    read_preamble(fh, False)
+    _read_file_meta_info(fh)
+    return fh.tell()
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtplan.dcm", "MR_small_RLE.dcm",
+                                  "image_dfl.dcm", "MR_small_bigendian.dcm"])
+def test_dataset_offset_agrees_with_pydicom(name: str) -> None:
+    path = get_testdata_file(name)
+    assert isinstance(path, str)
+    raw = Path(path).read_bytes()
+    assert dataset_offset(raw) == _pydicom_offset(raw)
+
+
+def test_dataset_offset_refuses_what_is_not_part10() -> None:
+    with pytest.raises(ValueError, match="DICM"):
+        dataset_offset(b"\0" * 200)
+    raw = Path(str(get_testdata_file("CT_small.dcm"))).read_bytes()
+    with pytest.raises(ValueError, match="past"):
+        dataset_offset(raw[:150])  # cut inside the meta group
+
+
+def _ident(level: str, **keys: str) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def test_retrieve_keys_levels_and_lists() -> None:
+    study = InformationModel.STUDY_ROOT
+    level, values = retrieve_keys(_ident("SERIES", StudyInstanceUID="1.2", SeriesInstanceUID="1.2.3\\1.2.4",
+                                         PatientName="X*", Modality="CT"), study)
+    assert level is Level.SERIES and values == {Level.STUDY: ["1.2"], Level.SERIES: ["1.2.3", "1.2.4"]}
+    # Patient ID is not a unique key in Study Root: ignored there
+    assert retrieve_keys(_ident("STUDY", PatientID="P1", StudyInstanceUID="1.2"), study)[1] == {Level.STUDY: ["1.2"]}
+    patient = InformationModel.PATIENT_ROOT
+    assert retrieve_keys(_ident("PATIENT", PatientID="P1"), patient)[1] == {Level.PATIENT: ["P1"]}
+
+
+@pytest.mark.parametrize("ident, model", [
+    (_ident("STUDY"), InformationModel.STUDY_ROOT),                                   # no unique key at the level
+    (_ident("STUDY", StudyInstanceUID=""), InformationModel.STUDY_ROOT),              # empty unique key
+    (_ident("PATIENT", PatientID="P1"), InformationModel.STUDY_ROOT),                 # no PATIENT level in Study Root
+    (_ident("PATIENT", PatientID="P1\\P2"), InformationModel.PATIENT_ROOT),           # one Patient ID only
+    (_ident("STUDY", StudyInstanceUID="1.2", SOPInstanceUID="1.2.3"), InformationModel.STUDY_ROOT),  # key below
+    (Dataset(), InformationModel.STUDY_ROOT),                                         # no level at all
+])
+def test_retrieve_keys_refusals(ident: Dataset, model: InformationModel) -> None:
+    with pytest.raises(IdentifierError) as exc:
+        retrieve_keys(ident, model)
+    assert exc.value.status == 0xA900
+
+
+def test_select_only_present_rows_under_the_root(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    made = [make_image(tree / f"i{n}.dcm", n, study=0) for n in range(4)]
+    db = tmp_path / "index.db"
+    reconcile(tree, db, progress=False)
+    study = str(made[0].StudyInstanceUID)
+    with connect(db) as conn:
+        got = select_instances(conn, _ident("STUDY", StudyInstanceUID=study), InformationModel.STUDY_ROOT, tree)
+        assert sorted(i.sop_instance_uid for i in got) == sorted(str(d.SOPInstanceUID) for d in made)
+        assert {i.transfer_syntax_uid for i in got} == {"1.2.840.10008.1.2.1"}
+        assert [i.sop_instance_uid for i in got] == [str(d.SOPInstanceUID) for d in made]  # instance number order
+        # a row marked missing is not sent; nor is a tree the index does not describe
+        conn.execute("UPDATE instances SET status = 'missing' WHERE sop_instance_uid = ?",
+                     [str(made[1].SOPInstanceUID)])
+        got = select_instances(conn, _ident("STUDY", StudyInstanceUID=study), InformationModel.STUDY_ROOT, tree)
+        assert str(made[1].SOPInstanceUID) not in {i.sop_instance_uid for i in got} and len(got) == 3
+        assert select_instances(conn, _ident("STUDY", StudyInstanceUID=study), InformationModel.STUDY_ROOT,
+                                tmp_path / "elsewhere") == []
+        # SQL-looking values are matched literally
+        assert select_instances(conn, _ident("STUDY", StudyInstanceUID="1' OR '1'='1"),
+                                InformationModel.STUDY_ROOT, tree) == []
