@@ -149,99 +149,149 @@ def _items(data: bytes, start: int, end: int, what: str) -> list[tuple[int, int,
 
 
 def decode_associate_rq(pdu: bytes) -> AssociateRequest:
-    """Decode a whole A-ASSOCIATE-RQ PDU (header included)."""
+    """Decode a whole A-ASSOCIATE-RQ PDU (header included, PS3.8 9.3.2):
+    its fixed fields, then its items: one Application Context (0x10), the
+    Presentation Contexts (0x20, ``_presentation_context``) and one User
+    Information item (0x50, ``_user_information``). Raises PDUError for
+    anything PS3.8 does not allow there."""
     if len(pdu) < 74 or pdu[0] != A_ASSOCIATE_RQ:
         raise PDUError("A-ASSOCIATE-RQ shorter than its fixed fields")
-    (version,) = struct.unpack_from(">H", pdu, 6)
-    called = pdu[10:26].decode("ascii", "replace").strip(" \x00")
-    calling = pdu[26:42].decode("ascii", "replace").strip(" \x00")
     app_context = ""
     contexts: list[PresentationContextProposal] = []
-    max_pdu = 0
-    impl_uid = impl_version = ""
-    async_ops = None
-    roles: list[RoleSelection] = []
-    extended: list[ExtendedNegotiation] = []
-    user_identity = None
-    user_information = False
-    seen_ids: set[int] = set()
+    user: _UserInformation | None = None
     for item_type, start, end in _items(pdu, 74, len(pdu), "A-ASSOCIATE-RQ"):
         if item_type == 0x10:
             app_context = _uid(pdu[start:end])
         elif item_type == 0x20:
-            if end - start < 4:
-                raise PDUError("presentation context item too short")
-            context_id = pdu[start]
-            if context_id % 2 == 0 or context_id in seen_ids:
-                raise PDUError(f"presentation context ID {context_id} is even or repeated")
-            seen_ids.add(context_id)
-            abstract = ""
-            transfers: list[str] = []
-            for sub_type, s, e in _items(pdu, start + 4, end, "presentation context"):
-                if sub_type == 0x30:
-                    abstract = _uid(pdu[s:e])
-                elif sub_type == 0x40:
-                    transfers.append(_uid(pdu[s:e]))
-                else:
-                    raise PDUError(f"unexpected sub-item {sub_type:#04x} in a presentation context")
-            contexts.append(PresentationContextProposal(context_id, abstract, tuple(transfers)))
+            contexts.append(_presentation_context(pdu, start, end, contexts))
         elif item_type == 0x50:
-            user_information = True
-            for sub_type, s, e in _items(pdu, start, end, "user information"):
-                if sub_type == 0x51:
-                    if e - s != 4:
-                        raise PDUError("maximum length sub-item is not 4 bytes")
-                    (max_pdu,) = struct.unpack_from(">I", pdu, s)
-                elif sub_type == 0x52:
-                    impl_uid = _uid(pdu[s:e])
-                elif sub_type == 0x55:
-                    impl_version = pdu[s:e].decode("ascii", "replace").strip()
-                elif sub_type == 0x53:
-                    if e - s != 4:
-                        raise PDUError("asynchronous operations window sub-item is not 4 bytes")
-                    async_ops = struct.unpack_from(">HH", pdu, s)
-                elif sub_type == 0x54:
-                    if e - s < 4:
-                        raise PDUError("role selection sub-item too short")
-                    (uid_len,) = struct.unpack_from(">H", pdu, s)
-                    if s + 2 + uid_len + 2 != e:
-                        raise PDUError("role selection sub-item length mismatch")
-                    uid = _uid(pdu[s + 2 : s + 2 + uid_len])
-                    roles.append(RoleSelection(uid, bool(pdu[e - 2]), bool(pdu[e - 1])))
-                elif sub_type == 0x56:
-                    if e - s < 2:
-                        raise PDUError("SOP class extended negotiation sub-item too short")
-                    (uid_len,) = struct.unpack_from(">H", pdu, s)
-                    if s + 2 + uid_len > e:
-                        raise PDUError("SOP class extended negotiation sub-item length mismatch")
-                    extended.append(ExtendedNegotiation(_uid(pdu[s + 2 : s + 2 + uid_len]),
-                                                        bytes(pdu[s + 2 + uid_len : e])))
-                elif sub_type == 0x58:
-                    user_identity = pdu[s:e]
-                # 0x57 SOP class common extended negotiation: optional, and
-                # we answer nothing for it (PS3.7 D.3.3.6).
+            user = _user_information(pdu, start, end)
         else:
             raise PDUError(f"unexpected item {item_type:#04x} in A-ASSOCIATE-RQ")
     if not app_context:
         raise PDUError("A-ASSOCIATE-RQ without an application context item")
     if not contexts:
         raise PDUError("A-ASSOCIATE-RQ without a presentation context")
-    if not user_information:  # PS3.8 9.3.2: one User Information item, always
+    if user is None:  # PS3.8 9.3.2: one User Information item, always
         raise PDUError("A-ASSOCIATE-RQ without a user information item")
     return AssociateRequest(
-        protocol_version=version,
-        called_ae=called,
-        calling_ae=calling,
+        protocol_version=struct.unpack_from(">H", pdu, 6)[0],
+        called_ae=pdu[10:26].decode("ascii", "replace").strip(" \x00"),
+        calling_ae=pdu[26:42].decode("ascii", "replace").strip(" \x00"),
         application_context=app_context,
         contexts=tuple(contexts),
-        max_pdu=max_pdu,
-        implementation_class_uid=impl_uid,
-        implementation_version_name=impl_version,
-        async_ops=async_ops,
-        roles=tuple(roles),
-        user_identity=user_identity,
-        extended=tuple(extended),
+        max_pdu=user.max_pdu,
+        implementation_class_uid=user.implementation_class_uid,
+        implementation_version_name=user.implementation_version_name,
+        async_ops=user.async_ops,
+        roles=tuple(user.roles),
+        user_identity=user.user_identity,
+        extended=tuple(user.extended),
     )
+
+
+def _presentation_context(pdu: bytes, start: int, end: int,
+                          before: list[PresentationContextProposal]) -> PresentationContextProposal:
+    """A Presentation Context item (PS3.8 9.3.2.2): an odd ID not used
+    before, one Abstract Syntax sub-item (0x30), Transfer Syntax sub-items
+    (0x40)."""
+    if end - start < 4:
+        raise PDUError("presentation context item too short")
+    context_id = pdu[start]
+    if context_id % 2 == 0 or any(c.context_id == context_id for c in before):
+        raise PDUError(f"presentation context ID {context_id} is even or repeated")
+    abstract = ""
+    transfers: list[str] = []
+    for sub_type, s, e in _items(pdu, start + 4, end, "presentation context"):
+        if sub_type == 0x30:
+            abstract = _uid(pdu[s:e])
+        elif sub_type == 0x40:
+            transfers.append(_uid(pdu[s:e]))
+        else:
+            raise PDUError(f"unexpected sub-item {sub_type:#04x} in a presentation context")
+    return PresentationContextProposal(context_id, abstract, tuple(transfers))
+
+
+@dataclasses.dataclass(slots=True)
+class _UserInformation:
+    """What a User Information item's sub-items said (PS3.7 D.3.3, PS3.8 D.1)."""
+
+    max_pdu: int = 0
+    implementation_class_uid: str = ""
+    implementation_version_name: str = ""
+    async_ops: tuple[int, int] | None = None
+    roles: list[RoleSelection] = dataclasses.field(default_factory=list)
+    extended: list[ExtendedNegotiation] = dataclasses.field(default_factory=list)
+    user_identity: bytes | None = None
+
+
+def _user_information(pdu: bytes, start: int, end: int) -> _UserInformation:
+    """The sub-items of a User Information item, each by its reader in
+    ``_USER_SUB_ITEMS``; one without a reader (0x57, SOP Class Common
+    Extended Negotiation, PS3.7 D.3.3.6: optional, answered with nothing)
+    is skipped."""
+    user = _UserInformation()
+    for sub_type, s, e in _items(pdu, start, end, "user information"):
+        read = _USER_SUB_ITEMS.get(sub_type)
+        if read is not None:
+            read(user, pdu, s, e)
+    return user
+
+
+def _max_length(user: _UserInformation, pdu: bytes, s: int, e: int) -> None:
+    """Maximum Length (PS3.8 D.1)."""
+    if e - s != 4:
+        raise PDUError("maximum length sub-item is not 4 bytes")
+    user.max_pdu = struct.unpack_from(">I", pdu, s)[0]
+
+
+def _implementation_class(user: _UserInformation, pdu: bytes, s: int, e: int) -> None:
+    """Implementation Class UID (PS3.7 D.3.3.2)."""
+    user.implementation_class_uid = _uid(pdu[s:e])
+
+
+def _implementation_version(user: _UserInformation, pdu: bytes, s: int, e: int) -> None:
+    """Implementation Version Name (PS3.7 D.3.3.2)."""
+    user.implementation_version_name = pdu[s:e].decode("ascii", "replace").strip()
+
+
+def _async_window(user: _UserInformation, pdu: bytes, s: int, e: int) -> None:
+    """Asynchronous Operations Window (PS3.7 D.3.3.3)."""
+    if e - s != 4:
+        raise PDUError("asynchronous operations window sub-item is not 4 bytes")
+    invoked, performed = struct.unpack_from(">HH", pdu, s)
+    user.async_ops = (invoked, performed)
+
+
+def _role_selection(user: _UserInformation, pdu: bytes, s: int, e: int) -> None:
+    """SCP/SCU Role Selection (PS3.7 D.3.3.4)."""
+    if e - s < 4:
+        raise PDUError("role selection sub-item too short")
+    (uid_len,) = struct.unpack_from(">H", pdu, s)
+    if s + 2 + uid_len + 2 != e:
+        raise PDUError("role selection sub-item length mismatch")
+    user.roles.append(RoleSelection(_uid(pdu[s + 2 : s + 2 + uid_len]), bool(pdu[e - 2]), bool(pdu[e - 1])))
+
+
+def _sop_class_extended(user: _UserInformation, pdu: bytes, s: int, e: int) -> None:
+    """SOP Class Extended Negotiation (PS3.7 D.3.3.5)."""
+    if e - s < 2:
+        raise PDUError("SOP class extended negotiation sub-item too short")
+    (uid_len,) = struct.unpack_from(">H", pdu, s)
+    if s + 2 + uid_len > e:
+        raise PDUError("SOP class extended negotiation sub-item length mismatch")
+    user.extended.append(ExtendedNegotiation(_uid(pdu[s + 2 : s + 2 + uid_len]), bytes(pdu[s + 2 + uid_len : e])))
+
+
+def _user_identity(user: _UserInformation, pdu: bytes, s: int, e: int) -> None:
+    """User Identity Negotiation (PS3.7 D.3.3.7), kept as received."""
+    user.user_identity = pdu[s:e]
+
+
+_USER_SUB_ITEMS = {
+    0x51: _max_length, 0x52: _implementation_class, 0x53: _async_window, 0x54: _role_selection,
+    0x55: _implementation_version, 0x56: _sop_class_extended, 0x58: _user_identity,
+}
 
 
 def _item(item_type: int, value: bytes) -> bytes:
