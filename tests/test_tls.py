@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from fastscp.config import TlsConfig, load_config, register
+from fastscp.cli_config import register
+from fastscp.config import TlsConfig, load_config
 from fastscp.net.tls import BCP195_TLS12_CIPHERS, client_ssl_context, server_ssl_context
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
