@@ -688,3 +688,28 @@ def test_movescu_as_its_own_destination(start_server, tmp_path: Path) -> None:  
     assert result.returncode == 0, result.stdout + result.stderr
     received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in out.iterdir()}
     assert received == set(archive.by_uid)
+
+
+def test_move_and_get_files_larger_than_a_read_byte_identical(start_server, storescp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """1.3 MB images: many PDUs per file (storescp's and getscu's maximum is
+    16 KB) and more than one 1 MiB read per file in the C-MOVE sender."""
+    port, out = storescp
+    tree = tmp_path / "store0"
+    tree.mkdir()
+    made = [make_image(tree / f"big{n}.dcm", n, study=7, size=800) for n in range(3)]
+    srv = start_server("--config", config(tmp_path, {"DEST": port}))
+    study = str(made[0].StudyInstanceUID)
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(srv.port)]
+    moved = subprocess.run([dcmtk("movescu"), "-S", "-aet", "MOVER", "-aec", srv.ae_title, "-aem", "DEST", *keys],
+                           capture_output=True, text=True, timeout=120)
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    got = tmp_path / "got"
+    got.mkdir()
+    fetched = subprocess.run([dcmtk("getscu"), "-S", "-aet", "GETTER", "-aec", srv.ae_title, "-od", str(got), *keys],
+                             capture_output=True, text=True, timeout=120)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    stored = stored_by_uid(srv)
+    for directory in (out, got):
+        received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in directory.iterdir()}
+        assert set(received) == {str(d.SOPInstanceUID) for d in made}
+        assert all(dataset_bytes(received[u]) == dataset_bytes(stored[u]) for u in received)
