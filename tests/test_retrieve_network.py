@@ -481,18 +481,63 @@ def test_get_cancel_mid_way(start_server, tmp_path: Path) -> None:  # type: igno
         getter.assoc.release()
 
 
-def test_retrieve_not_negotiated_without_an_index(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    srv = start_server("--index-db", "")
+def _accepted_with_get_roles(srv: Server) -> tuple[set[str], set[str]]:
+    """(accepted abstract syntaxes, SOP classes whose SCP role was granted)
+    for a request proposing MOVE, GET and CT with the SCP role for CT."""
     ae = AE(ae_title="MOVER")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title)
+    assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title,
+                         ext_neg=[build_role(CTImageStorage, scu_role=True, scp_role=True)])
     try:
         assert assoc.is_established
-        assert {str(c.abstract_syntax) for c in assoc.accepted_contexts} == {CTImageStorage}
+        roles = {str(r.sop_class_uid) for r in assoc.acceptor.user_information
+                 if isinstance(r, SCP_SCU_RoleSelectionNegotiation) and r.scp_role}
+        return {str(c.abstract_syntax) for c in assoc.accepted_contexts}, roles
     finally:
         assoc.release()
+
+
+def test_retrieve_not_negotiated_without_an_index(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    srv = start_server("--index-db", "")
+    assert _accepted_with_get_roles(srv) == ({CTImageStorage}, set())
+
+
+def _hold_duckdb(path: str, ready, release) -> None:  # type: ignore[no-untyped-def]
+    import duckdb
+
+    conn = duckdb.connect(path)
+    conn.execute("CREATE TABLE IF NOT EXISTS holder (x INTEGER)")
+    ready.set()
+    release.wait(60)
+    conn.close()
+
+
+def test_retrieve_not_negotiated_when_the_index_cannot_open(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An index configured but held by another process: the server receives
+    without it, and refuses MOVE/GET at negotiation rather than accept and fail."""
+    import multiprocessing
+
+    db = tmp_path / "locked.db"
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_duckdb, args=(str(db), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        srv = start_server("--index-db", str(db))
+        assert "receiving WITHOUT indexing" in srv.log_text()
+        assert _accepted_with_get_roles(srv) == ({CTImageStorage}, set())
+        assert srv.stop() == 0
+    finally:
+        release.set()
+        holder.join(30)
+    # with the index: all three accepted, and the SCP role granted for CT
+    again = start_server("--storage-dir", str(srv.storage), "--index-db", str(db))
+    assert _accepted_with_get_roles(again) == (
+        {CTImageStorage, StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet},
+        {CTImageStorage})
 
 
 # ---- Orthanc as the C-MOVE SCU -----------------------------------------------------------------
