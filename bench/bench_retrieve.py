@@ -29,12 +29,17 @@ set-up, the sub-operations, the destination's writes), checked by counting
 the files received. Prints one Markdown row per server and mode (median,
 min, max, instances/s) and the ratio fastscp / dcmqrscp of the medians.
 
-    .venv/bin/python bench/bench_retrieve.py [--count 1000] [--kind small] [--runs 5] [--modes move,get]
+    .venv/bin/python bench/bench_retrieve.py [--count 1000] [--kind small] [--runs 5] [--modes move,get] [--orthanc]
+
+With ``--orthanc``, Orthanc (SQLite index, files uncompressed) is timed
+too, after being sent the corpus by dcmtk storescu; its ratios are printed
+as well.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -45,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pydicom
@@ -117,6 +122,28 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
+def orthanc_exe() -> str:
+    for path in (shutil.which("Orthanc"), "/usr/sbin/Orthanc"):
+        if path and Path(path).exists():
+            return path
+    return "Orthanc"
+
+
+def orthanc_config(work: Path, port: int, http_port: int, dest_port: int) -> Path:
+    """Orthanc with its SQLite index, files uncompressed, DEST as a modality
+    (C-MOVE target) and BENCH as a known one (C-GET requester)."""
+    (work / "index").mkdir(parents=True)
+    path = work / "orthanc.json"
+    path.write_text(json.dumps({
+        "Name": "bench-retrieve", "StorageDirectory": str(work / "storage"), "IndexDirectory": str(work / "index"),
+        "StorageCompression": False, "DicomAet": "ORTHANC", "DicomPort": port, "HttpPort": http_port,
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "DicomCheckCalledAet": False,
+        "DicomAlwaysAllowStore": True, "MaximumPduLength": 131072, "Plugins": [], "SaveJobs": False,
+        "DicomModalities": {"dest": ["DEST", "127.0.0.1", dest_port], "bench": ["BENCH", "127.0.0.1", 1]},
+    }))
+    return path
+
+
 def clear(directory: Path) -> None:
     for p in directory.iterdir():
         p.unlink()
@@ -145,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default="move,get")
     ap.add_argument("--corpus-root", type=Path, default=DEFAULT_ROOT)
     ap.add_argument("--dcmtk-bin", default="/usr/bin")
+    ap.add_argument("--orthanc", action="store_true", help="also time Orthanc (sent the corpus by storescu)")
     args = ap.parse_args(argv)
     tool = {name: str(Path(args.dcmtk_bin) / name) for name in
-            ("storescp", "movescu", "getscu", "dcmqrscp", "dcmqridx")}
+            ("storescp", "storescu", "movescu", "getscu", "dcmqrscp", "dcmqridx")}
     corpus = ensure_corpus(default_spec(args.kind, args.count), args.corpus_root)
     patients = sorted({str(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["PatientID"]).PatientID)
                        for f in corpus.files})
@@ -173,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
                    "--config", str(work / "fastscp.yaml"), "--log-level", "warning"]
         qrscp = [tool["dcmqrscp"], "-c", str(work / "dcmqrscp.cfg"), str(qr_port)]
         servers = {"fastscp": ("FASTSCP", fast_port), "dcmqrscp": ("QRSCP", qr_port)}
+        orthanc_port, orthanc_http = free_port(), free_port()
+        orthanc = [orthanc_exe(), str(orthanc_config(work / "orthanc", orthanc_port, orthanc_http, dest_port))]
+        if args.orthanc:
+            servers["orthanc"] = ("ORTHANC", orthanc_port)
 
         def commands(mode: str, aec: str, port: int) -> list[list[str]]:
             """One SCU run per patient (PATIENT level, Patient Root)."""
@@ -190,7 +222,13 @@ def main(argv: list[str] | None = None) -> int:
         with running([tool["storescp"], "-aet", "DEST", "-od", str(dest), str(dest_port)], dest_port,
                      work / "storescp.log"), \
                 running(fastscp, fast_port, work / "fastscp.log") as fast_proc, \
-                running(qrscp, qr_port, work / "dcmqrscp.log"):
+                running(qrscp, qr_port, work / "dcmqrscp.log"), ExitStack() as more:
+            if args.orthanc:  # Orthanc holds what it stored: send it the corpus
+                more.enter_context(running(orthanc, orthanc_port, work / "orthanc.log"))
+                t0 = time.perf_counter()
+                subprocess.run([tool["storescu"], "-aet", "BENCH", "-aec", "ORTHANC", "127.0.0.1", str(orthanc_port),
+                                *map(str, corpus.files)], check=True, capture_output=True, env=ENV)
+                print(f"Orthanc stored {n} files in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
             rss_start = peak_rss(fast_proc.pid)
             for mode in args.modes.split(","):
                 target = dest if mode == "move" else got
@@ -212,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         med = statistics.median(times)
         print(f"| {mode} | {name} | {med:.2f} | {min(times):.2f} | {max(times):.2f} | {n / med:.0f} |")
     for mode in args.modes.split(","):
-        ratio = statistics.median(results[("fastscp", mode)]) / statistics.median(results[("dcmqrscp", mode)])
-        print(f"\n{mode}: fastscp / dcmqrscp = {ratio:.2f}")
+        for other in [name for name in servers if name != "fastscp"]:
+            ratio = statistics.median(results[("fastscp", mode)]) / statistics.median(results[(other, mode)])
+            print(f"\n{mode}: fastscp / {other} = {ratio:.2f}")
     return 0
 
 

@@ -481,18 +481,63 @@ def test_get_cancel_mid_way(start_server, tmp_path: Path) -> None:  # type: igno
         getter.assoc.release()
 
 
-def test_retrieve_not_negotiated_without_an_index(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    srv = start_server("--index-db", "")
+def _accepted_with_get_roles(srv: Server) -> tuple[set[str], set[str]]:
+    """(accepted abstract syntaxes, SOP classes whose SCP role was granted)
+    for a request proposing MOVE, GET and CT with the SCP role for CT."""
     ae = AE(ae_title="MOVER")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     ae.add_requested_context(CTImageStorage)
-    assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title)
+    assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title,
+                         ext_neg=[build_role(CTImageStorage, scu_role=True, scp_role=True)])
     try:
         assert assoc.is_established
-        assert {str(c.abstract_syntax) for c in assoc.accepted_contexts} == {CTImageStorage}
+        roles = {str(r.sop_class_uid) for r in assoc.acceptor.user_information
+                 if isinstance(r, SCP_SCU_RoleSelectionNegotiation) and r.scp_role}
+        return {str(c.abstract_syntax) for c in assoc.accepted_contexts}, roles
     finally:
         assoc.release()
+
+
+def test_retrieve_not_negotiated_without_an_index(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    srv = start_server("--index-db", "")
+    assert _accepted_with_get_roles(srv) == ({CTImageStorage}, set())
+
+
+def _hold_duckdb(path: str, ready, release) -> None:  # type: ignore[no-untyped-def]
+    import duckdb
+
+    conn = duckdb.connect(path)
+    conn.execute("CREATE TABLE IF NOT EXISTS holder (x INTEGER)")
+    ready.set()
+    release.wait(60)
+    conn.close()
+
+
+def test_retrieve_not_negotiated_when_the_index_cannot_open(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An index configured but held by another process: the server receives
+    without it, and refuses MOVE/GET at negotiation rather than accept and fail."""
+    import multiprocessing
+
+    db = tmp_path / "locked.db"
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_duckdb, args=(str(db), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        srv = start_server("--index-db", str(db))
+        assert "receiving WITHOUT indexing" in srv.log_text()
+        assert _accepted_with_get_roles(srv) == ({CTImageStorage}, set())
+        assert srv.stop() == 0
+    finally:
+        release.set()
+        holder.join(30)
+    # with the index: all three accepted, and the SCP role granted for CT
+    again = start_server("--storage-dir", str(srv.storage), "--index-db", str(db))
+    assert _accepted_with_get_roles(again) == (
+        {CTImageStorage, StudyRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelGet},
+        {CTImageStorage})
 
 
 # ---- Orthanc as the C-MOVE SCU -----------------------------------------------------------------
@@ -688,3 +733,28 @@ def test_movescu_as_its_own_destination(start_server, tmp_path: Path) -> None:  
     assert result.returncode == 0, result.stdout + result.stderr
     received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in out.iterdir()}
     assert received == set(archive.by_uid)
+
+
+def test_move_and_get_files_larger_than_a_read_byte_identical(start_server, storescp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """1.3 MB images: many PDUs per file (storescp's and getscu's maximum is
+    16 KB) and more than one 1 MiB read per file in the C-MOVE sender."""
+    port, out = storescp
+    tree = tmp_path / "store0"
+    tree.mkdir()
+    made = [make_image(tree / f"big{n}.dcm", n, study=7, size=800) for n in range(3)]
+    srv = start_server("--config", config(tmp_path, {"DEST": port}))
+    study = str(made[0].StudyInstanceUID)
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(srv.port)]
+    moved = subprocess.run([dcmtk("movescu"), "-S", "-aet", "MOVER", "-aec", srv.ae_title, "-aem", "DEST", *keys],
+                           capture_output=True, text=True, timeout=120)
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    got = tmp_path / "got"
+    got.mkdir()
+    fetched = subprocess.run([dcmtk("getscu"), "-S", "-aet", "GETTER", "-aec", srv.ae_title, "-od", str(got), *keys],
+                             capture_output=True, text=True, timeout=120)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    stored = stored_by_uid(srv)
+    for directory in (out, got):
+        received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in directory.iterdir()}
+        assert set(received) == {str(d.SOPInstanceUID) for d in made}
+        assert all(dataset_bytes(received[u]) == dataset_bytes(stored[u]) for u in received)

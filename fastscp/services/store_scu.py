@@ -5,7 +5,8 @@ sending side of C-MOVE's sub-operations (PS3.4 C.4.2.3).
 presentation context per (SOP class, transfer syntax) pair, each with that
 one transfer syntax (PS3.8 9.3.2.2), and sends files as stored: the
 command set, then the file's data set read from disk in pieces of the
-peer's maximum PDU, one ``sendmsg`` per P-DATA-TF PDU, no decoding. It
+peer's maximum PDU, the PDUs of each 1 MiB read in one ``sendmsg``
+(header and file bytes as separate buffers), no decoding. It
 waits for each C-STORE-RSP before the next (no asynchronous operations).
 Used from a worker thread; nothing here touches the event loop.
 """
@@ -148,10 +149,14 @@ class StoreAssociation:
             if len(parts) == 1 or isinstance(sock, ssl.SSLSocket):
                 sock.sendall(b"".join(parts))
             else:
-                total = sum(len(p) for p in parts)
-                sent = sock.sendmsg(list(parts))
-                if sent < total:
-                    sock.sendall(b"".join(parts)[sent:])
+                buffers = [memoryview(p) for p in parts]
+                while buffers:
+                    sent = sock.sendmsg(buffers)
+                    while buffers and sent >= len(buffers[0]):  # drop what went, keep the rest
+                        sent -= len(buffers[0])
+                        buffers.pop(0)
+                    if buffers and sent:
+                        buffers[0] = buffers[0][sent:]
         except OSError as exc:
             self.close()
             raise AssociationLost(f"association with {self.where} lost: {exc.strerror or exc}") from None
@@ -219,9 +224,13 @@ class StoreAssociation:
                 pending = memoryview(fh.read(min(remaining, 1 << 20)))
                 if len(pending) == 0:
                     raise OSError("the file shrank while being sent")
-            chunk, pending = pending[:room], pending[room:]
-            remaining -= len(chunk)
-            self._send(_pdv_header(context_id, len(chunk), remaining == 0), chunk)
+            # every PDU of what was read, headers and file bytes, in one sendmsg
+            parts: list[bytes | memoryview] = []
+            while len(pending) and len(parts) < 512:
+                chunk, pending = pending[:room], pending[room:]
+                remaining -= len(chunk)
+                parts += (_pdv_header(context_id, len(chunk), remaining == 0), chunk)
+            self._send(*parts)
 
     def _response(self) -> tuple[int, str]:
         command = bytearray()
