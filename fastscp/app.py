@@ -26,9 +26,11 @@ from .monitor.logsetup import configure_logging
 from .monitor.service import MonitorService
 from .net.server import DicomServer, raise_open_files_limit, serve_forever, stop_on_signals
 from .pipeline.service import Pipeline, PipelineSettings
+from .protocol.commands import NActionRequest
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
+from .services.commitment import CommitmentService
 from .services.dispatcher import Dispatcher
-from .services.session import RemoteAE, ServerState
+from .services.session import RemoteAE, ServerState, ServiceModule
 from .storage.durability import WRITEBACK_FILESYSTEMS, GroupCommitter
 from .storage.naming import make_naming
 from .storage.store import INCOMING, LOCK_FILE, Storage, StorageInUse, lock_directory
@@ -36,10 +38,13 @@ from .storage.store import INCOMING, LOCK_FILE, Storage, StorageInUse, lock_dire
 log = logging.getLogger("fastscp")
 
 
-def accept_policy(cfg: Config) -> AcceptPolicy:
-    """Negotiation policy: the configured storage SOP classes and Verification,
-    the configured transfer syntaxes; optionally SOP classes nobody knows."""
+def accept_policy(cfg: Config, services: Iterable[ServiceModule] = ()) -> AcceptPolicy:
+    """Negotiation policy: the configured storage SOP classes, Verification
+    and the SOP classes of the service modules, the configured transfer
+    syntaxes; optionally SOP classes nobody knows."""
     accepted = cfg.sop_class_uids() | {VERIFICATION}
+    for module in services:
+        accepted |= module.sop_classes
     if cfg.accept_unknown_sop_classes:
         from pydicom._uid_dict import UID_dictionary
 
@@ -93,13 +98,20 @@ def load_access_policy(path: str | os.PathLike[str] | None, overrides: Mapping[s
     return access_policy(load_config(path, overrides), resolve)
 
 
+def build_services() -> dict[type, ServiceModule]:
+    """The service modules beyond Verification and Storage, by request type."""
+    return {NActionRequest: CommitmentService()}
+
+
 def build_state(cfg: Config) -> ServerState:
     storage = build_storage(cfg)
     storage.sweep_incoming()
+    services = build_services()
     return ServerState(
         ae_title=cfg.server.ae_title,
         storage=storage,
-        policy=accept_policy(cfg),
+        policy=accept_policy(cfg, services.values()),
+        services=services,
         access=access_policy(cfg),
         limiter=AssociationLimiter(*association_limits(cfg)),
         max_pdu=cfg.server.max_pdu,

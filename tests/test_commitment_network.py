@@ -1,0 +1,258 @@
+"""Storage Commitment Push Model (PS3.4 Annex J) against a real ``fastscp
+serve``, with pynetdicom as the Storage Commitment SCU: the report on the
+requesting association, failures with their reasons, the report on a new
+association to a requester listed in ``remote_aes``, and refused requests."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import free_port, make_image
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, StorageCommitmentPushModel
+
+WELL_KNOWN = "1.2.840.10008.1.20.1.1"
+TIMEOUT = 30.0
+
+
+def store(port: int, paths: list[Path], calling: str = "MODALITY") -> list[Dataset]:
+    """Send the files with pynetdicom; every one must be answered Success."""
+    import pydicom
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(CTImageStorage)
+    ae.add_requested_context(MRImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="FASTSCP")
+    assert assoc.is_established
+    sent = []
+    try:
+        for path in paths:
+            ds = pydicom.dcmread(path)
+            status = assoc.send_c_store(ds)
+            assert status.Status == 0
+            sent.append(ds)
+    finally:
+        assoc.release()
+    return sent
+
+
+def action_information(transaction: str, refs: list[tuple[str, str]]) -> Dataset:
+    ds = Dataset()
+    ds.TransactionUID = transaction
+    items = []
+    for sop_class, sop_instance in refs:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class
+        item.ReferencedSOPInstanceUID = sop_instance
+        items.append(item)
+    ds.ReferencedSOPSequence = Sequence(items)
+    return ds
+
+
+class Report:
+    """What an EVT_N_EVENT_REPORT handler saw."""
+
+    def __init__(self, event: Any) -> None:
+        self.event_type = int(event.request.EventTypeID)
+        self.sop_class = str(event.request.AffectedSOPClassUID)
+        self.sop_instance = str(event.request.AffectedSOPInstanceUID)
+        info = event.event_information
+        self.transaction = str(info.TransactionUID)
+        self.committed = [(str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID))
+                          for i in info.get("ReferencedSOPSequence", [])]
+        self.failed = [(str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID), int(i.FailureReason))
+                       for i in info.get("FailedSOPSequence", [])]
+        self.same_association = event.assoc.is_requestor
+        context = next(c for c in event.assoc.accepted_contexts if c.context_id == event.context.context_id)
+        self.roles = (context.as_scu, context.as_scp)
+
+
+def request_commitment(port: int, transaction: str, refs: list[tuple[str, str]],
+                       calling: str = "MODALITY") -> tuple[int, Report]:
+    """N-ACTION with pynetdicom; wait for the report on the same association."""
+    reports: queue.Queue[Report] = queue.Queue()
+
+    def on_report(event: Any) -> tuple[int, None]:
+        reports.put(Report(event))
+        return 0x0000, None
+
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(StorageCommitmentPushModel)
+    assoc = ae.associate("127.0.0.1", port, ae_title="FASTSCP", evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    assert assoc.is_established
+    try:
+        status, _ = assoc.send_n_action(action_information(transaction, refs), 1, StorageCommitmentPushModel,
+                                        WELL_KNOWN)
+        assert status.Status == 0, f"N-ACTION answered 0x{status.Status:04X}"
+        report = reports.get(timeout=TIMEOUT)
+    finally:
+        assoc.release()
+    return int(status.Status), report
+
+
+def test_all_present_is_event_type_1_on_the_same_association(server: Any, tmp_path: Path) -> None:
+    paths = [tmp_path / f"i{n}.dcm" for n in range(3)]
+    sent = [make_image(p, n, study=1, modality="CT" if n % 2 else "MR") for n, p in enumerate(paths)]
+    store(server.port, paths)
+    refs = [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in sent]
+    status, report = request_commitment(server.port, "1.2.3.4.100", refs)
+    assert status == 0
+    assert report.same_association
+    assert report.event_type == 1
+    assert (report.sop_class, report.sop_instance) == (StorageCommitmentPushModel, WELL_KNOWN)
+    assert report.transaction == "1.2.3.4.100"
+    assert report.committed == refs
+    assert report.failed == []
+
+
+def test_unknown_and_wrong_class_are_event_type_2_with_reasons(server: Any, tmp_path: Path) -> None:
+    paths = [tmp_path / f"i{n}.dcm" for n in range(2)]
+    sent = [make_image(p, n, study=2, modality="CT") for n, p in enumerate(paths)]
+    store(server.port, paths)
+    good = (CTImageStorage, str(sent[0].SOPInstanceUID))
+    wrong_class = (MRImageStorage, str(sent[1].SOPInstanceUID))  # stored as CT
+    unknown = (CTImageStorage, "1.2.3.4.5.6.7.8.9")
+    status, report = request_commitment(server.port, "1.2.3.4.101", [good, wrong_class, unknown])
+    assert status == 0
+    assert report.event_type == 2
+    assert report.transaction == "1.2.3.4.101"
+    assert report.committed == [good]
+    assert report.failed == [(*wrong_class, 0x0119), (*unknown, 0x0112)]
+
+
+def n_action_then_release(port: int, transaction: str, refs: list[tuple[str, str]], calling: str) -> int:
+    """N-ACTION-RQ and A-RELEASE-RQ in one write, so the association has
+    ended before any report could go out on it: the report must come on a
+    new association. The message is encoded by pynetdicom, the PDUs go out
+    through the raw client. Returns the N-ACTION-RSP status."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import N_ACTION_RQ
+    from pynetdicom.dimse_primitives import N_ACTION
+    from pynetdicom.dsutils import encode
+    from pynetdicom.pdu import P_DATA_TF
+    from rawclient import EXPLICIT_LE, RELEASE_RQ, connect_and_associate, read_pdu
+
+    primitive = N_ACTION()
+    primitive.MessageID = 7
+    primitive.RequestedSOPClassUID = StorageCommitmentPushModel
+    primitive.RequestedSOPInstanceUID = WELL_KNOWN
+    primitive.ActionTypeID = 1
+    data = encode(action_information(transaction, refs), False, True)
+    assert data is not None
+    primitive.ActionInformation = BytesIO(data)
+    message = N_ACTION_RQ()
+    message.primitive_to_message(primitive)
+    pdus = b""
+    for p_data in message.encode_msg(1, 16384):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(p_data)
+        pdus += pdu.encode()
+    sock = connect_and_associate(port, contexts=[(1, StorageCommitmentPushModel, [EXPLICIT_LE])], calling=calling)
+    try:
+        sock.sendall(pdus + RELEASE_RQ)
+        kinds, command = [], b""
+        while True:
+            kind, pdu_bytes = read_pdu(sock)
+            kinds.append(kind)
+            if kind == 4:
+                command += pdu_bytes[12:]
+            if kind != 4:
+                break
+    finally:
+        sock.close()
+    assert kinds == [4, 6], f"expected the N-ACTION-RSP then A-RELEASE-RP, got PDU types {kinds}"
+    status_element = b"\x00\x00\x00\x09\x02\x00\x00\x00"  # (0000,0900) US, implicit VR LE
+    at = command.index(status_element) + len(status_element)
+    return int.from_bytes(command[at:at + 2], "little")
+
+
+@pytest.fixture
+def requester() -> Any:
+    """The Storage Commitment SCU's own listening AE (pynetdicom) on a free
+    port: where a report on a new association arrives."""
+    reports: queue.Queue[Report] = queue.Queue()
+
+    def on_report(event: Any) -> tuple[int, None]:
+        reports.put(Report(event))
+        return 0x0000, None
+
+    ae = AE(ae_title="MODALITY")
+    ae.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    port = free_port()
+    listener = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    try:
+        yield port, reports
+    finally:
+        listener.shutdown()
+
+
+def config_with_requester(tmp_path: Path, port: int) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"remote_aes:\n  - ae_title: MODALITY\n    host: 127.0.0.1\n    port: {port}\n")
+    return path
+
+
+def test_report_on_a_new_association_after_release(start_server: Any, requester: Any, tmp_path: Path) -> None:
+    port, reports = requester
+    server = start_server("--config", str(config_with_requester(tmp_path, port)))
+    paths = [tmp_path / f"i{n}.dcm" for n in range(2)]
+    sent = [make_image(p, n, study=3, modality="MR") for n, p in enumerate(paths)]
+    store(server.port, paths)
+    good = (MRImageStorage, str(sent[0].SOPInstanceUID))
+    unknown = (MRImageStorage, "1.2.3.4.5.6.7.8.10")
+    assert n_action_then_release(server.port, "1.2.3.4.102", [good, unknown], "MODALITY") == 0
+    report = reports.get(timeout=TIMEOUT)
+    assert not report.same_association
+    # we proposed the SCP role (PS3.4 J.3.3.1.3): the requester is the SCU here
+    assert report.roles == (True, False)
+    assert report.event_type == 2
+    assert report.transaction == "1.2.3.4.102"
+    assert report.committed == [good]
+    assert report.failed == [(*unknown, 0x0112)]
+    assert "on a new association" in server.log_once_it_says("on a new association")
+    assert reports.empty()
+
+
+def test_requester_not_in_remote_aes_gets_no_report(server: Any, tmp_path: Path) -> None:
+    paths = [tmp_path / "i0.dcm"]
+    sent = [make_image(p, n, study=4) for n, p in enumerate(paths)]
+    store(server.port, paths)
+    ref = (CTImageStorage, str(sent[0].SOPInstanceUID))
+    assert n_action_then_release(server.port, "1.2.3.4.103", [ref], "STRANGER") == 0
+    text = server.log_once_it_says("STRANGER released before the report and is not in remote_aes")
+    assert "STRANGER released before the report and is not in remote_aes: no report sent" in text
+
+
+def test_bad_requests_are_refused_with_their_status(server: Any) -> None:
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(StorageCommitmentPushModel)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="FASTSCP")
+    assert assoc.is_established
+    good = action_information("1.2.3.4.104", [(CTImageStorage, "1.2.3.4.5")])
+    no_transaction = action_information("", [(CTImageStorage, "1.2.3.4.5")])
+    del no_transaction.TransactionUID
+    no_items = action_information("1.2.3.4.105", [])
+    try:
+        answers = [
+            int(assoc.send_n_action(good, 2, StorageCommitmentPushModel, WELL_KNOWN)[0].Status),
+            int(assoc.send_n_action(good, 1, StorageCommitmentPushModel, "1.2.3.4.999")[0].Status),
+            int(assoc.send_n_action(no_transaction, 1, StorageCommitmentPushModel, WELL_KNOWN)[0].Status),
+            int(assoc.send_n_action(no_items, 1, StorageCommitmentPushModel, WELL_KNOWN)[0].Status),
+        ]
+        # each refusal leaves the association serving
+        assert assoc.is_established
+    finally:
+        assoc.release()
+    # PS3.7 10.1.4.1.10: no such action, no such SOP instance, invalid argument value (twice)
+    assert answers == [0x0123, 0x0112, 0x0115, 0x0115]
+    text = server.log_once_it_says("no Referenced SOP Sequence")
+    refusals = [line for line in text.splitlines() if "storage commitment request from MODALITY refused" in line]
+    assert len(refusals) == 4
+    assert "(0x0123): Action Type ID 2, not 1" in refusals[0]
+    assert "no Transaction UID (0008,1195)" in refusals[2]
