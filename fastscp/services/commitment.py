@@ -439,6 +439,8 @@ def send_report(our_ae: str, remote: RemoteAE, result: CommitmentResult) -> bool
     the requester answered Success."""
     from pynetdicom import AE, build_role
 
+    # our own lines say what happened; pynetdicom's INFO lines would repeat it
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     ae = AE(ae_title=our_ae)
     ae.add_requested_context(STORAGE_COMMITMENT_PUSH, ["1.2.840.10008.1.2.1", _IMPLICIT_VR_LE])
     role = build_role(STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)
