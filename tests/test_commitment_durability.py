@@ -10,7 +10,6 @@ the files are whole."""
 from __future__ import annotations
 
 import os
-import queue
 import re
 import shutil
 import signal
@@ -18,14 +17,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pytest
 from conftest import free_port, make_image, wait_for_port
-from pynetdicom import AE, evt
-from pynetdicom.sop_class import StorageCommitmentPushModel
-from test_commitment_network import Report, action_information, store
+from test_commitment_network import request_commitment, store
 
 from fastscp.storage.header import complete_copy
 
@@ -59,24 +55,14 @@ def test_committed_files_are_synced_with_durability_none_and_survive_kill_9(tmp_
         store(port, originals)
         refs = [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in sent]
 
-        reports: queue.Queue[tuple[float, Report]] = queue.Queue()
+        def answered(transaction: str) -> None:
+            said = f"storage commitment {transaction}: reported"
+            deadline = time.monotonic() + 30
+            while said not in log_path.read_text(errors="replace") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert said in log_path.read_text(errors="replace")
 
-        def on_report(event: Any) -> tuple[int, None]:
-            reports.put((time.time(), Report(event)))
-            return 0x0000, None
-
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(StorageCommitmentPushModel)
-        assoc = ae.associate("127.0.0.1", port, ae_title="FASTSCP",
-                             evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
-        assert assoc.is_established
-        try:
-            status, _ = assoc.send_n_action(action_information("1.2.3.4.200", refs), 1,
-                                            StorageCommitmentPushModel, WELL_KNOWN)
-            assert status.Status == 0
-            reported_at, report = reports.get(timeout=30)
-        finally:
-            assoc.release()
+        reported_at, report = request_commitment(port, "1.2.3.4.200", refs, answered)
         assert report.event_type == 1
         assert report.committed == refs
 

@@ -6,6 +6,8 @@ association to a requester listed in ``remote_aes``, and refused requests."""
 from __future__ import annotations
 
 import queue
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,12 +75,16 @@ class Report:
 
 
 def request_commitment(port: int, transaction: str, refs: list[tuple[str, str]],
-                       calling: str = "MODALITY") -> tuple[int, Report]:
-    """N-ACTION with pynetdicom; wait for the report on the same association."""
-    reports: queue.Queue[Report] = queue.Queue()
+                       answered: Callable[[str], object], calling: str = "MODALITY") -> tuple[float, Report]:
+    """N-ACTION with pynetdicom; wait for the report on the same association,
+    then for ``answered(transaction)`` (the server heard our N-EVENT-REPORT-RSP)
+    before releasing: pynetdicom's handler returns its answer only after it
+    ran, and a release started meanwhile breaks pynetdicom's state machine.
+    Returns when the report arrived (time.time()) and the report."""
+    reports: queue.Queue[tuple[float, Report]] = queue.Queue()
 
     def on_report(event: Any) -> tuple[int, None]:
-        reports.put(Report(event))
+        reports.put((time.time(), Report(event)))
         return 0x0000, None
 
     ae = AE(ae_title=calling)
@@ -89,10 +95,18 @@ def request_commitment(port: int, transaction: str, refs: list[tuple[str, str]],
         status, _ = assoc.send_n_action(action_information(transaction, refs), 1, StorageCommitmentPushModel,
                                         WELL_KNOWN)
         assert status.Status == 0, f"N-ACTION answered 0x{status.Status:04X}"
-        report = reports.get(timeout=TIMEOUT)
+        reported = reports.get(timeout=TIMEOUT)
+        answered(transaction)
     finally:
         assoc.release()
-    return int(status.Status), report
+    return reported
+
+
+def answer_heard(server: Any) -> Callable[[str], object]:
+    def wait(transaction: str) -> None:
+        said = f"storage commitment {transaction}: reported"
+        assert said in server.log_once_it_says(said)
+    return wait
 
 
 def test_all_present_is_event_type_1_on_the_same_association(server: Any, tmp_path: Path) -> None:
@@ -100,8 +114,7 @@ def test_all_present_is_event_type_1_on_the_same_association(server: Any, tmp_pa
     sent = [make_image(p, n, study=1, modality="CT" if n % 2 else "MR") for n, p in enumerate(paths)]
     store(server.port, paths)
     refs = [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in sent]
-    status, report = request_commitment(server.port, "1.2.3.4.100", refs)
-    assert status == 0
+    _, report = request_commitment(server.port, "1.2.3.4.100", refs, answer_heard(server))
     assert report.same_association
     assert report.event_type == 1
     assert (report.sop_class, report.sop_instance) == (StorageCommitmentPushModel, WELL_KNOWN)
@@ -117,29 +130,25 @@ def test_unknown_and_wrong_class_are_event_type_2_with_reasons(server: Any, tmp_
     good = (CTImageStorage, str(sent[0].SOPInstanceUID))
     wrong_class = (MRImageStorage, str(sent[1].SOPInstanceUID))  # stored as CT
     unknown = (CTImageStorage, "1.2.3.4.5.6.7.8.9")
-    status, report = request_commitment(server.port, "1.2.3.4.101", [good, wrong_class, unknown])
-    assert status == 0
+    _, report = request_commitment(server.port, "1.2.3.4.101", [good, wrong_class, unknown], answer_heard(server))
     assert report.event_type == 2
     assert report.transaction == "1.2.3.4.101"
     assert report.committed == [good]
     assert report.failed == [(*wrong_class, 0x0119), (*unknown, 0x0112)]
 
 
-def n_action_then_release(port: int, transaction: str, refs: list[tuple[str, str]], calling: str) -> int:
-    """N-ACTION-RQ and A-RELEASE-RQ in one write, so the association has
-    ended before any report could go out on it: the report must come on a
-    new association. The message is encoded by pynetdicom, the PDUs go out
-    through the raw client. Returns the N-ACTION-RSP status."""
+def n_action_pdus(message_id: int, transaction: str, refs: list[tuple[str, str]]) -> bytes:
+    """An N-ACTION-RQ of Storage Commitment as P-DATA-TF PDUs on context 1,
+    encoded by pynetdicom."""
     from io import BytesIO
 
     from pynetdicom.dimse_messages import N_ACTION_RQ
     from pynetdicom.dimse_primitives import N_ACTION
     from pynetdicom.dsutils import encode
     from pynetdicom.pdu import P_DATA_TF
-    from rawclient import EXPLICIT_LE, RELEASE_RQ, connect_and_associate, read_pdu
 
     primitive = N_ACTION()
-    primitive.MessageID = 7
+    primitive.MessageID = message_id
     primitive.RequestedSOPClassUID = StorageCommitmentPushModel
     primitive.RequestedSOPInstanceUID = WELL_KNOWN
     primitive.ActionTypeID = 1
@@ -153,23 +162,52 @@ def n_action_then_release(port: int, transaction: str, refs: list[tuple[str, str
         pdu = P_DATA_TF()
         pdu.from_primitive(p_data)
         pdus += pdu.encode()
+    return pdus
+
+
+def read_commands(sock: Any, responses: int | None) -> list[Dataset]:
+    """The command sets the server sends, decoded by pydicom: until
+    ``responses`` N-ACTION-RSPs came, or (None) until the A-RELEASE-RP."""
+    import struct
+    from io import BytesIO
+
+    from pydicom.filereader import read_dataset
+    from rawclient import read_pdu
+
+    commands: list[Dataset] = []
+    fragment = b""
+    while responses is None or sum(c.CommandField == 0x8130 for c in commands) < responses:
+        kind, pdu = read_pdu(sock)
+        if kind == 6 and responses is None:
+            return commands
+        assert kind == 4, f"PDU type {kind} while a response was due"
+        at = 6
+        while at < len(pdu):
+            (length,) = struct.unpack(">I", pdu[at:at + 4])
+            control, value = pdu[at + 5], pdu[at + 6:at + 4 + length]
+            at += 4 + length
+            if control & 1:  # a command fragment
+                fragment += value
+                if control & 2:
+                    commands.append(read_dataset(BytesIO(fragment), True, True))
+                    fragment = b""
+    return commands
+
+
+def n_action_then_release(port: int, transaction: str, refs: list[tuple[str, str]], calling: str) -> int:
+    """N-ACTION-RQ and A-RELEASE-RQ in one write, so the association has
+    ended before any report could go out on it: the report must come on a
+    new association. Returns the N-ACTION-RSP status."""
+    from rawclient import EXPLICIT_LE, RELEASE_RQ, connect_and_associate
+
     sock = connect_and_associate(port, contexts=[(1, StorageCommitmentPushModel, [EXPLICIT_LE])], calling=calling)
     try:
-        sock.sendall(pdus + RELEASE_RQ)
-        kinds, command = [], b""
-        while True:
-            kind, pdu_bytes = read_pdu(sock)
-            kinds.append(kind)
-            if kind == 4:
-                command += pdu_bytes[12:]
-            if kind != 4:
-                break
+        sock.sendall(n_action_pdus(7, transaction, refs) + RELEASE_RQ)
+        commands = read_commands(sock, None)
     finally:
         sock.close()
-    assert kinds == [4, 6], f"expected the N-ACTION-RSP then A-RELEASE-RP, got PDU types {kinds}"
-    status_element = b"\x00\x00\x00\x09\x02\x00\x00\x00"  # (0000,0900) US, implicit VR LE
-    at = command.index(status_element) + len(status_element)
-    return int.from_bytes(command[at:at + 2], "little")
+    assert [c.CommandField for c in commands] == [0x8130], "expected the N-ACTION-RSP alone before the release"
+    return int(commands[0].Status)
 
 
 @pytest.fixture
@@ -256,3 +294,25 @@ def test_bad_requests_are_refused_with_their_status(server: Any) -> None:
     assert len(refusals) == 4
     assert "(0x0123): Action Type ID 2, not 1" in refusals[0]
     assert "no Transaction UID (0008,1195)" in refusals[2]
+
+
+def test_a_transaction_or_message_id_still_running_is_a_duplicate_invocation(server: Any) -> None:
+    """Three N-ACTIONs in one write: the second repeats the first's
+    Transaction UID, the third its Message ID, while the first is still
+    running (its report is never answered here): both 0x0210."""
+    from rawclient import EXPLICIT_LE, RELEASE_RQ, connect_and_associate
+
+    refs = [(CTImageStorage, "1.2.3.4.5.6")]
+    sock = connect_and_associate(server.port, contexts=[(1, StorageCommitmentPushModel, [EXPLICIT_LE])],
+                                 calling="MODALITY")
+    try:
+        sock.sendall(n_action_pdus(1, "1.2.3.4.300", refs) + n_action_pdus(2, "1.2.3.4.300", refs)
+                     + n_action_pdus(1, "1.2.3.4.301", refs))
+        answers = [c for c in read_commands(sock, 3) if c.CommandField == 0x8130]
+        sock.sendall(RELEASE_RQ)
+        read_commands(sock, None)
+    finally:
+        sock.close()
+    assert [(int(c.MessageIDBeingRespondedTo), int(c.Status)) for c in answers] == [(1, 0), (2, 0x0210), (1, 0x0210)]
+    text = server.log_once_it_says("message ID 1 is still being processed")
+    assert "(0x0210): transaction 1.2.3.4.300 is already being processed" in text

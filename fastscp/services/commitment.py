@@ -82,6 +82,11 @@ _NO_SUCH_SOP_INSTANCE = 0x0112
 _INVALID_ARGUMENT_VALUE = 0x0115
 _NO_SUCH_SOP_CLASS = 0x0118
 _DUPLICATE_INVOCATION = 0x0210
+_RESOURCE_LIMITATION = 0x0213
+
+# transactions checked or awaiting their report at once, server-wide: one
+# more is refused 0x0213 (each holds a thread while it is checked)
+MAX_ACTIVE = 32
 _NO_SUCH_ACTION = 0x0123
 
 _IMPLICIT_VR_LE = "1.2.840.10008.1.2"
@@ -268,7 +273,9 @@ class CommitmentService:
     sop_classes = frozenset({STORAGE_COMMITMENT_PUSH})
 
     def __init__(self) -> None:
-        self._active: set[str] = set()  # Transaction UIDs being processed (event loop only)
+        # Transaction UIDs being processed, and the (association, Message ID)
+        # of their N-ACTION (event loop only)
+        self._active: dict[str, tuple[str, int]] = {}
 
     def start(self, session: Session, context_id: int, request: Request, dataset: bytes | None) -> None:
         assert isinstance(request, NActionRequest)
@@ -294,6 +301,11 @@ class CommitmentService:
             else:
                 if transaction in self._active:
                     status, why = _DUPLICATE_INVOCATION, f"transaction {transaction} is already being processed"
+                elif (session.id, request.message_id) in self._active.values():
+                    # PS3.7 Annex C, Duplicate invocation: the Message ID is held by an operation still running
+                    status, why = _DUPLICATE_INVOCATION, f"message ID {request.message_id} is still being processed"
+                elif len(self._active) >= MAX_ACTIVE:
+                    status, why = _RESOURCE_LIMITATION, f"{MAX_ACTIVE} transactions are being processed"
         session.send(context_id, _action_response(request, status, why))
         if status:
             log.warning("assoc %s: storage commitment request from %s refused (0x%04X): %s",
@@ -307,12 +319,12 @@ class CommitmentService:
         log.info("assoc %s: storage commitment %s from %s: %d instance(s) to check",
                  session.id, transaction, session.calling_ae, len(refs))
         job = _Commitment(self, session, context_id, request.message_id, transaction, refs, known, guard)
-        self._active.add(transaction)
+        self._active[transaction] = (session.id, request.message_id)
         session.operation_started(request.message_id, job)
         threading.Thread(target=job.run, name="fastscp-commitment", daemon=True).start()
 
     def finished(self, transaction: str) -> None:
-        self._active.discard(transaction)
+        self._active.pop(transaction, None)
 
 
 def _action_response(request: NActionRequest, status: int, comment: str) -> bytes:
