@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -98,15 +99,29 @@ def load_access_policy(path: str | os.PathLike[str] | None, overrides: Mapping[s
     return access_policy(load_config(path, overrides), resolve)
 
 
-def build_services() -> dict[type, ServiceModule]:
+def client_tls(cfg: Config) -> Callable[[], ssl.SSLContext]:
+    """The TLS context for associations we open to a ``remote_aes`` entry
+    with ``tls``: server.tls's CA bundle verifies the peer (the system
+    store without one), its certificate and key are ours."""
+    tls = cfg.server.tls
+
+    def make() -> ssl.SSLContext:
+        from .net.tls import client_ssl_context
+
+        return client_ssl_context(tls.ca_bundle, tls.certificate, tls.key)
+
+    return make
+
+
+def build_services(cfg: Config) -> dict[type, ServiceModule]:
     """The service modules beyond Verification and Storage, by request type."""
-    return {NActionRequest: CommitmentService()}
+    return {NActionRequest: CommitmentService(client_tls(cfg))}
 
 
 def build_state(cfg: Config) -> ServerState:
     storage = build_storage(cfg)
     storage.sweep_incoming()
-    services = build_services()
+    services = build_services(cfg)
     return ServerState(
         ae_title=cfg.server.ae_title,
         storage=storage,

@@ -6,6 +6,8 @@ association to a requester listed in ``remote_aes``, and refused requests."""
 from __future__ import annotations
 
 import queue
+import shutil
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -316,3 +318,71 @@ def test_a_transaction_or_message_id_still_running_is_a_duplicate_invocation(ser
     assert [(int(c.MessageIDBeingRespondedTo), int(c.Status)) for c in answers] == [(1, 0), (2, 0x0210), (1, 0x0210)]
     text = server.log_once_it_says("message ID 1 is still being processed")
     assert "(0x0210): transaction 1.2.3.4.300 is already being processed" in text
+
+
+@pytest.fixture(scope="module")
+def commitment_pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A CA and a server certificate (for 127.0.0.1) the configuration
+    trusts, and a server certificate from another CA."""
+    from test_tls import Pki, make_ca, make_leaf
+
+    if shutil.which("openssl") is None:
+        pytest.fail("the openssl command is needed to make test certificates")
+    d = tmp_path_factory.mktemp("commitment-pki")
+    make_ca(d, "test-ca")
+    make_ca(d, "rogue-ca")
+    make_leaf(d, "test-server", "test-ca", "serverAuth,clientAuth")
+    make_leaf(d, "rogue-server", "rogue-ca", "serverAuth")
+    return Pki(d)
+
+
+def tls_requester(pki: Any, certificate: str) -> tuple[AE, ssl.SSLContext]:
+    ae = AE(ae_title="MODALITY")
+    ae.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki[f"{certificate}.pem"], pki[f"{certificate}.key"])
+    return ae, ctx
+
+
+@pytest.mark.parametrize("certificate", ["test-server", "rogue-server"])
+def test_report_over_tls_to_a_requester_marked_tls(start_server: Any, commitment_pki: Any, tmp_path: Path,
+                                                    certificate: str) -> None:
+    """remote_aes[].tls: the report's association is TLS, the requester's
+    certificate verified against server.tls.ca_bundle: one from another CA
+    gets no report."""
+    reports: queue.Queue[tuple[Report, bool]] = queue.Queue()
+
+    def on_report(event: Any) -> tuple[int, None]:
+        reports.put((Report(event), isinstance(event.assoc.dul.socket.socket, ssl.SSLSocket)))
+        return 0x0000, None
+
+    ae, ctx = tls_requester(commitment_pki, certificate)
+    port = free_port()
+    listener = ae.start_server(("127.0.0.1", port), block=False, ssl_context=ctx,
+                               evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    try:
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"server:\n  tls:\n    enabled: true\n    port: {free_port()}\n"
+            f"    certificate: {commitment_pki['test-server.pem']}\n    key: {commitment_pki['test-server.key']}\n"
+            f"    ca_bundle: {commitment_pki['test-ca.pem']}\n"
+            f"remote_aes:\n  - ae_title: MODALITY\n    host: 127.0.0.1\n    port: {port}\n    tls: true\n")
+        server = start_server("--config", str(config))
+        paths = [tmp_path / "i0.dcm"]
+        sent = [make_image(p, n, study=6) for n, p in enumerate(paths)]
+        store(server.port, paths)
+        ref = (CTImageStorage, str(sent[0].SOPInstanceUID))
+        assert n_action_then_release(server.port, "1.2.3.4.106", [ref], "MODALITY") == 0
+        if certificate == "test-server":
+            report, over_tls = reports.get(timeout=TIMEOUT)
+            assert over_tls
+            assert report.event_type == 1
+            assert report.committed == [ref]
+            said = f"storage commitment 1.2.3.4.106: reported (event type 1) to MODALITY at 127.0.0.1:{port} (TLS)"
+            assert said in server.log_once_it_says(said)
+        else:
+            said = f"storage commitment 1.2.3.4.106: cannot open an association to MODALITY at 127.0.0.1:{port} (TLS)"
+            assert said in server.log_once_it_says(said)
+            assert reports.empty()
+    finally:
+        listener.shutdown()

@@ -36,9 +36,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import ssl
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from io import BytesIO
 from pathlib import Path
 
@@ -272,7 +273,10 @@ class CommitmentService:
 
     sop_classes = frozenset({STORAGE_COMMITMENT_PUSH})
 
-    def __init__(self) -> None:
+    def __init__(self, client_tls: Callable[[], ssl.SSLContext] | None = None) -> None:
+        """``client_tls`` makes the TLS context for a report to a requester
+        whose ``remote_aes`` entry says ``tls`` (None: such reports fail)."""
+        self.client_tls = client_tls
         # Transaction UIDs being processed, and the (association, Message ID)
         # of their N-ACTION (event loop only)
         self._active: dict[str, tuple[str, int]] = {}
@@ -441,14 +445,16 @@ class _Commitment:
             log.warning("storage commitment %s: %s released before the report and is not in remote_aes: "
                         "no report sent", self.transaction, self._calling_ae)
             return
-        threading.Thread(target=send_report, args=(self._our_ae, remote, result),
+        threading.Thread(target=send_report, args=(self._our_ae, remote, result, self._service.client_tls),
                          name="fastscp-commitment-report", daemon=True).start()
 
 
-def send_report(our_ae: str, remote: RemoteAE, result: CommitmentResult) -> bool:
+def send_report(our_ae: str, remote: RemoteAE, result: CommitmentResult,
+                client_tls: Callable[[], ssl.SSLContext] | None = None) -> bool:
     """N-EVENT-REPORT on a new association to ``remote``, as the Storage
-    Commitment SCP by role selection (blocking: a worker thread). True when
-    the requester answered Success."""
+    Commitment SCP by role selection (blocking: a worker thread), over TLS
+    when ``remote.tls`` (the context from ``client_tls``). True when the
+    requester answered Success."""
     from pynetdicom import AE, build_role
 
     # our own lines say what happened; pynetdicom's INFO lines would repeat it
@@ -457,11 +463,18 @@ def send_report(our_ae: str, remote: RemoteAE, result: CommitmentResult) -> bool
     ae.add_requested_context(STORAGE_COMMITMENT_PUSH, ["1.2.840.10008.1.2.1", _IMPLICIT_VR_LE])
     role = build_role(STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)
     where = f"{remote.ae_title} at {remote.host}:{remote.port}"
+    tls_args: tuple[ssl.SSLContext, str] | None = None
     if remote.tls:
-        log.error("storage commitment %s: %s is to be reached over TLS, which reports do not use yet: "
-                  "no report sent", result.transaction_uid, where)
-        return False
-    assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, ext_neg=[role])
+        try:
+            if client_tls is None:
+                raise ValueError("no TLS client settings")
+            tls_args = (client_tls(), remote.host)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            log.error("storage commitment %s: cannot set up TLS to %s (%s): no report sent",
+                      result.transaction_uid, where, exc)
+            return False
+        where += " (TLS)"
+    assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title, ext_neg=[role], tls_args=tls_args)
     if not assoc.is_established:
         log.error("storage commitment %s: cannot open an association to %s: no report sent",
                   result.transaction_uid, where)
