@@ -115,7 +115,7 @@ def client_tls(cfg: Config) -> Callable[[], ssl.SSLContext]:
 
 def build_services(cfg: Config) -> dict[type, ServiceModule]:
     """The service modules beyond Verification and Storage, by request type."""
-    return {NActionRequest: CommitmentService(client_tls(cfg))}
+    return {NActionRequest: CommitmentService(client_tls(cfg), answer_wait=cfg.server.idle_timeout or 0.0)}
 
 
 def build_state(cfg: Config) -> ServerState:

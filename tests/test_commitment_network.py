@@ -167,9 +167,9 @@ def n_action_pdus(message_id: int, transaction: str, refs: list[tuple[str, str]]
     return pdus
 
 
-def read_commands(sock: Any, responses: int | None) -> list[Dataset]:
+def read_commands(sock: Any, until: Callable[[list[Dataset]], bool] | None) -> list[Dataset]:
     """The command sets the server sends, decoded by pydicom: until
-    ``responses`` N-ACTION-RSPs came, or (None) until the A-RELEASE-RP."""
+    ``until(commands)`` holds, or (None) until the A-RELEASE-RP."""
     import struct
     from io import BytesIO
 
@@ -178,9 +178,9 @@ def read_commands(sock: Any, responses: int | None) -> list[Dataset]:
 
     commands: list[Dataset] = []
     fragment = b""
-    while responses is None or sum(c.CommandField == 0x8130 for c in commands) < responses:
+    while until is None or not until(commands):
         kind, pdu = read_pdu(sock)
-        if kind == 6 and responses is None:
+        if kind == 6 and until is None:
             return commands
         assert kind == 4, f"PDU type {kind} while a response was due"
         at = 6
@@ -265,8 +265,8 @@ def test_requester_not_in_remote_aes_gets_no_report(server: Any, tmp_path: Path)
     store(server.port, paths)
     ref = (CTImageStorage, str(sent[0].SOPInstanceUID))
     assert n_action_then_release(server.port, "1.2.3.4.103", [ref], "STRANGER") == 0
-    text = server.log_once_it_says("STRANGER released before the report and is not in remote_aes")
-    assert "STRANGER released before the report and is not in remote_aes: no report sent" in text
+    said = "STRANGER ended the association before the report and is not in remote_aes: no report sent"
+    assert said in server.log_once_it_says(said)
 
 
 def test_bad_requests_are_refused_with_their_status(server: Any) -> None:
@@ -310,7 +310,8 @@ def test_a_transaction_or_message_id_still_running_is_a_duplicate_invocation(ser
     try:
         sock.sendall(n_action_pdus(1, "1.2.3.4.300", refs) + n_action_pdus(2, "1.2.3.4.300", refs)
                      + n_action_pdus(1, "1.2.3.4.301", refs))
-        answers = [c for c in read_commands(sock, 3) if c.CommandField == 0x8130]
+        answers = [c for c in read_commands(sock, lambda cs: sum(c.CommandField == 0x8130 for c in cs) == 3)
+                   if c.CommandField == 0x8130]
         sock.sendall(RELEASE_RQ)
         read_commands(sock, None)
     finally:
@@ -386,3 +387,38 @@ def test_report_over_tls_to_a_requester_marked_tls(start_server: Any, commitment
             assert reports.empty()
     finally:
         listener.shutdown()
+
+
+def test_report_left_unanswered_goes_on_a_new_association(start_server: Any, requester: Any,
+                                                           tmp_path: Path) -> None:
+    """The requester keeps its association open but never answers the
+    report sent there: after the idle timeout the report goes on a new
+    association, and the idle timeout applies to the silent association
+    again (it is aborted)."""
+    from rawclient import EXPLICIT_LE, connect_and_associate, read_pdu
+
+    port, reports = requester
+    server = start_server("--config", str(config_with_requester(tmp_path, port)), "--idle-timeout", "2")
+    paths = [tmp_path / "i0.dcm"]
+    sent = [make_image(p, n, study=8) for n, p in enumerate(paths)]
+    store(server.port, paths)
+    ref = (CTImageStorage, str(sent[0].SOPInstanceUID))
+    sock = connect_and_associate(server.port, contexts=[(1, StorageCommitmentPushModel, [EXPLICIT_LE])],
+                                 calling="MODALITY")
+    sock.settimeout(30)
+    try:
+        sock.sendall(n_action_pdus(1, "1.2.3.4.107", [ref]))
+        commands = read_commands(sock, lambda cs: any(c.CommandField == 0x0100 for c in cs))
+        assert [int(c.CommandField) for c in commands] == [0x8130, 0x0100]  # N-ACTION-RSP, N-EVENT-REPORT-RQ
+        report = reports.get(timeout=TIMEOUT)  # never answered above: it comes on a new association
+        assert not report.same_association
+        assert report.event_type == 1
+        assert report.committed == [ref]
+        kind = 4
+        while kind == 4:  # the rest of the report's data set, then the idle timeout's A-ABORT
+            kind, _ = read_pdu(sock)
+        assert kind == 7
+    finally:
+        sock.close()
+    said = "storage commitment 1.2.3.4.107: no answer to the report in 2 s"
+    assert said in server.log_once_it_says(said)

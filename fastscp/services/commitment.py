@@ -22,7 +22,9 @@ The result goes out as N-EVENT-REPORT-RQ (Event Type 1: all committed;
 2: failures exist, each with its Failure Reason (0008,1197); J.3.3):
 - on the same association while it is open: we are the SCP of the SOP
   class there, the sender of its N-EVENT-REPORT, with no role selection
-  (J.3.3.1.2 allows this, the requester may release at any time);
+  (J.3.3.1.2 allows this, the requester may release at any time). A report
+  the association's end cuts off, or left unanswered for ``answer_wait``
+  (the idle timeout), is sent again as below;
 - else on a new association to the requester's address from ``remote_aes``
   (looked up by the calling AE title of the N-ACTION), opened by pynetdicom
   on a worker thread, proposing the SCP role for this SOP class by SCP/SCU
@@ -273,10 +275,15 @@ class CommitmentService:
 
     sop_classes = frozenset({STORAGE_COMMITMENT_PUSH})
 
-    def __init__(self, client_tls: Callable[[], ssl.SSLContext] | None = None) -> None:
+    def __init__(self, client_tls: Callable[[], ssl.SSLContext] | None = None, answer_wait: float = 60.0) -> None:
         """``client_tls`` makes the TLS context for a report to a requester
-        whose ``remote_aes`` entry says ``tls`` (None: such reports fail)."""
+        whose ``remote_aes`` entry says ``tls`` (None: such reports fail).
+        ``answer_wait``: how long the requester may leave a report sent on
+        its association unanswered before it goes on a new association
+        instead (0: no limit); the server's idle timeout, as the requester's
+        silence is no longer timed while we wait for its answer."""
         self.client_tls = client_tls
+        self.answer_wait = answer_wait
         # Transaction UIDs being processed, and the (association, Message ID)
         # of their N-ACTION (event loop only)
         self._active: dict[str, tuple[str, int]] = {}
@@ -366,6 +373,7 @@ class _Commitment:
         self._ended = False  # the association ended (cancel), event loop only
         self._answered = False  # the report's response arrived
         self._handed_on = False  # the report went to a new association's thread
+        self._timer: threading.Timer | None = None  # bounds the wait for the report's answer
 
     # ---- worker thread -----------------------------------------------------------
 
@@ -390,7 +398,7 @@ class _Commitment:
         assert result is not None
         session = self._session
         if self._ended or not session.established:
-            self._elsewhere()
+            self._elsewhere("ended the association before the report")
             return
         _, transfer_syntax = session.context(self._context_id) or ("", _IMPLICIT_VR_LE)
         implicit, little, deflated = _syntax(transfer_syntax)
@@ -407,9 +415,32 @@ class _Commitment:
         }, True)
         session.expect_response(message_id, self._answer)
         session.send(self._context_id, command, data)
+        wait = self._service.answer_wait
+        if wait > 0:
+            self._timer = threading.Timer(wait, session.call_soon, (self._not_answered,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _not_answered(self) -> None:
+        """The requester left the report unanswered for ``answer_wait``: the
+        association's idle timeout applies again, the report goes on a new
+        association (PS3.4 J.3.3.1.3: the SCU must take it there)."""
+        if self._answered or self._ended or self._handed_on:
+            return
+        wait = self._service.answer_wait
+        log.warning("storage commitment %s: no answer to the report in %.0f s on assoc %s",
+                    self.transaction, wait, self._session.id)
+        self._session.operation_ended(self._message_id)
+        self._elsewhere(f"did not answer the report in {wait:.0f} s")
 
     def _answer(self, response: DimseResponse) -> None:
         self._answered = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._handed_on:  # answered after all, once the report had gone elsewhere too
+            log.info("storage commitment %s: the late answer to the report was 0x%04X", self.transaction,
+                     response.status)
+            return
         if response.status != 0:
             log.warning("storage commitment %s: the requester answered the report with status 0x%04X",
                         self.transaction, response.status)
@@ -424,15 +455,17 @@ class _Commitment:
         if self._ended:
             return
         self._ended = True
+        if self._timer is not None:
+            self._timer.cancel()
         if self._result is not None and not self._answered:
-            self._elsewhere()
+            self._elsewhere("ended the association before answering the report")
         # else run() is still checking; _report_here sees _ended
 
     def _done(self) -> None:
         self._service.finished(self.transaction)
         self._session.operation_ended(self._message_id)
 
-    def _elsewhere(self) -> None:
+    def _elsewhere(self, why: str) -> None:
         """Report on a new association (a worker thread opens it), once."""
         if self._handed_on:
             return
@@ -442,8 +475,8 @@ class _Commitment:
         assert result is not None
         remote = self._remote
         if remote is None:
-            log.warning("storage commitment %s: %s released before the report and is not in remote_aes: "
-                        "no report sent", self.transaction, self._calling_ae)
+            log.warning("storage commitment %s: %s %s and is not in remote_aes: no report sent",
+                        self.transaction, self._calling_ae, why)
             return
         threading.Thread(target=send_report, args=(self._our_ae, remote, result, self._service.client_tls),
                          name="fastscp-commitment-report", daemon=True).start()
