@@ -132,11 +132,13 @@ def test_unknown_and_wrong_class_are_event_type_2_with_reasons(server: Any, tmp_
     good = (CTImageStorage, str(sent[0].SOPInstanceUID))
     wrong_class = (MRImageStorage, str(sent[1].SOPInstanceUID))  # stored as CT
     unknown = (CTImageStorage, "1.2.3.4.5.6.7.8.9")
-    _, report = request_commitment(server.port, "1.2.3.4.101", [good, wrong_class, unknown], answer_heard(server))
+    never_accepted = ("1.2.840.10008.5.1.1.1", "1.2.3.4.5.6.7.8.12")  # Basic Film Session: not a storage class
+    _, report = request_commitment(server.port, "1.2.3.4.101", [good, wrong_class, unknown, never_accepted],
+                                   answer_heard(server))
     assert report.event_type == 2
     assert report.transaction == "1.2.3.4.101"
     assert report.committed == [good]
-    assert report.failed == [(*wrong_class, 0x0119), (*unknown, 0x0112)]
+    assert report.failed == [(*wrong_class, 0x0119), (*unknown, 0x0112), (*never_accepted, 0x0122)]
 
 
 def n_action_pdus(message_id: int, transaction: str, refs: list[tuple[str, str]]) -> bytes:

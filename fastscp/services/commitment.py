@@ -61,6 +61,7 @@ __all__ = [
     "CLASS_INSTANCE_CONFLICT",
     "NO_SUCH_OBJECT_INSTANCE",
     "PROCESSING_FAILURE",
+    "REFERENCED_SOP_CLASS_NOT_SUPPORTED",
     "STORAGE_COMMITMENT_INSTANCE",
     "STORAGE_COMMITMENT_PUSH",
     "CommitmentResult",
@@ -79,6 +80,7 @@ EVENT_FAILURES_EXIST = 2
 PROCESSING_FAILURE = 0x0110
 NO_SUCH_OBJECT_INSTANCE = 0x0112
 CLASS_INSTANCE_CONFLICT = 0x0119
+REFERENCED_SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 # N-ACTION-RSP statuses (PS3.7 10.1.4.1.10)
 _NO_SUCH_SOP_INSTANCE = 0x0112
@@ -223,17 +225,20 @@ def _fsync_file(path: Path) -> None:
 
 
 def check(transaction_uid: str, refs: tuple[Reference, ...], known: dict[str, str | None],
-          guard: DuplicateGuard) -> CommitmentResult:
+          guard: DuplicateGuard, class_accepted: Callable[[str], bool] = lambda uid: True) -> CommitmentResult:
     """Decide each reference and sync what is committed (worker thread).
 
     ``known``: {SOP Instance UID: path (relative to the storage root, or
-    absolute) the duplicate map had for it, None if it had none}."""
+    absolute) the duplicate map had for it, None if it had none}.
+    ``class_accepted``: whether negotiation accepts a SOP class: an instance
+    not stored, of a class never accepted, fails 0x0122 rather than 0x0112."""
     root = Path(os.path.realpath(guard.storage_dir))
     verdicts: list[tuple[Reference, Path | None, int]] = []
     for ref in refs:
         where = known.get(ref.sop_instance_uid)
         if where is None:
-            verdicts.append((ref, None, NO_SUCH_OBJECT_INSTANCE))
+            accepted = class_accepted(ref.sop_class_uid)
+            verdicts.append((ref, None, NO_SUCH_OBJECT_INSTANCE if accepted else REFERENCED_SOP_CLASS_NOT_SUPPORTED))
             continue
         path = guard.storage_dir / where
         if not guard.serves(path, ref.sop_instance_uid):
@@ -329,7 +334,8 @@ class CommitmentService:
             known[ref.sop_instance_uid] = entry[0] if entry is not None else None
         log.info("assoc %s: storage commitment %s from %s: %d instance(s) to check",
                  session.id, transaction, session.calling_ae, len(refs))
-        job = _Commitment(self, session, context_id, request.message_id, transaction, refs, known, guard)
+        job = _Commitment(self, session, context_id, request.message_id, transaction, refs, known, guard,
+                          session.server.policy.abstract_syntax_ok)
         self._active[transaction] = (session.id, request.message_id)
         session.operation_started(request.message_id, job)
         threading.Thread(target=job.run, name="fastscp-commitment", daemon=True).start()
@@ -357,7 +363,7 @@ class _Commitment:
 
     def __init__(self, service: CommitmentService, session: Session, context_id: int, message_id: int,
                  transaction: str, refs: tuple[Reference, ...], known: dict[str, str | None],
-                 guard: DuplicateGuard) -> None:
+                 guard: DuplicateGuard, class_accepted: Callable[[str], bool]) -> None:
         self._service = service
         self._session = session
         self._context_id = context_id
@@ -366,6 +372,7 @@ class _Commitment:
         self._refs = refs
         self._known = known
         self._guard = guard
+        self._class_accepted = class_accepted
         self._calling_ae = session.calling_ae
         self._remote: RemoteAE | None = session.server.remote_aes.get(session.calling_ae)
         self._our_ae = session.server.ae_title
@@ -379,7 +386,7 @@ class _Commitment:
 
     def run(self) -> None:
         try:
-            result = check(self.transaction, self._refs, self._known, self._guard)
+            result = check(self.transaction, self._refs, self._known, self._guard, self._class_accepted)
         except Exception:
             log.exception("storage commitment %s: checking failed", self.transaction)
             result = CommitmentResult(self.transaction, (), tuple((r, PROCESSING_FAILURE) for r in self._refs))
