@@ -424,9 +424,16 @@ class _Commitment:
         session.send(self._context_id, command, data)
         wait = self._service.answer_wait
         if wait > 0:
-            self._timer = threading.Timer(wait, session.call_soon, (self._not_answered,))
+            self._timer = threading.Timer(wait, self._wait_over)
             self._timer.daemon = True
             self._timer.start()
+
+    def _wait_over(self) -> None:
+        """The timer's thread: back to the event loop, unless it is closed."""
+        try:
+            self._session.call_soon(self._not_answered)
+        except RuntimeError:  # the server is stopping
+            pass
 
     def _not_answered(self) -> None:
         """The requester left the report unanswered for ``answer_wait``: the
