@@ -12,10 +12,9 @@ import os
 import shutil
 import signal
 import socket
-import ssl
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
@@ -35,6 +34,9 @@ from .services.session import RemoteAE, ServerState, ServiceModule
 from .storage.durability import WRITEBACK_FILESYSTEMS, GroupCommitter
 from .storage.naming import make_naming
 from .storage.store import INCOMING, LOCK_FILE, Storage, StorageInUse, lock_directory
+
+if TYPE_CHECKING:
+    import ssl
 
 log = logging.getLogger("fastscp")
 

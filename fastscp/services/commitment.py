@@ -38,22 +38,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import ssl
 import threading
 import zlib
 from collections.abc import Callable, Iterable
 from io import BytesIO
 from pathlib import Path
-
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
-from pynetdicom.dsutils import decode, encode
+from typing import TYPE_CHECKING
 
 from ..protocol import dimse as D
 from ..protocol.commands import DimseResponse, NActionRequest, Request
 from ..storage.duplicates import DuplicateGuard
 from ..storage.header import MalformedDataset, parse_file
 from .session import RemoteAE, Session
+
+if TYPE_CHECKING:  # pydicom, pynetdicom and ssl load on first use: a receiver of images needs none of them
+    import ssl
+
+    from pydicom.dataset import Dataset
 
 log = logging.getLogger("fastscp.scp")
 
@@ -122,6 +123,9 @@ class CommitmentResult:
 
     def dataset(self) -> Dataset:
         """The Event Information of N-EVENT-REPORT-RQ (PS3.4 Table J.3-2)."""
+        from pydicom.dataset import Dataset
+        from pydicom.sequence import Sequence
+
         ds = Dataset()
         ds.TransactionUID = self.transaction_uid
         if self.committed:
@@ -137,6 +141,8 @@ class CommitmentResult:
 
 
 def _item(ref: Reference) -> Dataset:
+    from pydicom.dataset import Dataset
+
     item = Dataset()
     item.ReferencedSOPClassUID = ref.sop_class_uid
     item.ReferencedSOPInstanceUID = ref.sop_instance_uid
@@ -157,6 +163,8 @@ def _syntax(transfer_syntax: str) -> tuple[bool, bool, bool]:
 def parse_action(data: bytes, transfer_syntax: str) -> tuple[str, tuple[Reference, ...]]:
     """(Transaction UID, references) of an N-ACTION's Action Information
     (PS3.4 Table J.3-1). Raises ValueError saying what is wrong."""
+    from pynetdicom.dsutils import decode
+
     implicit, little, deflated = _syntax(transfer_syntax)
     try:
         if deflated:
@@ -408,6 +416,8 @@ class _Commitment:
             self._elsewhere("ended the association before the report")
             return
         _, transfer_syntax = session.context(self._context_id) or ("", _IMPLICIT_VR_LE)
+        from pynetdicom.dsutils import encode
+
         implicit, little, deflated = _syntax(transfer_syntax)
         data = encode(result.dataset(), implicit, little, deflated)
         if data is None:
@@ -502,6 +512,8 @@ def send_report(our_ae: str, remote: RemoteAE, result: CommitmentResult,
     Commitment SCP by role selection (blocking: a worker thread), over TLS
     when ``remote.tls`` (the context from ``client_tls``). True when the
     requester answered Success."""
+    import ssl
+
     from pynetdicom import AE, build_role
 
     # our own lines say what happened; pynetdicom's INFO lines would repeat it
