@@ -8,6 +8,7 @@ from __future__ import annotations
 import queue
 import shutil
 import ssl
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -323,32 +324,50 @@ def test_a_transaction_or_message_id_still_running_is_a_duplicate_invocation(ser
     assert "(0x0210): transaction 1.2.3.4.300 is already being processed" in text
 
 
-@pytest.fixture(scope="module")
-def commitment_pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A CA and a server certificate (for 127.0.0.1) the configuration
-    trusts, and a server certificate from another CA."""
-    from test_tls import Pki, make_ca, make_leaf
+def _openssl(directory: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
 
+
+def _authority(directory: Path, name: str) -> None:
+    _openssl(directory, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+             "-keyout", f"{name}.key", "-out", f"{name}.pem",
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+
+
+def _host_certificate(directory: Path, name: str, authority: str) -> None:
+    """A certificate for 127.0.0.1, usable by a server and a client."""
+    (directory / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                                           "extendedKeyUsage=serverAuth,clientAuth\n")
+    _openssl(directory, "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+             "-keyout", f"{name}.key", "-out", f"{name}.csr")
+    _openssl(directory, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{authority}.pem", "-CAkey",
+             f"{authority}.key", "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+
+
+@pytest.fixture(scope="module")
+def commitment_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA and a certificate (for 127.0.0.1) the configuration trusts, and
+    a certificate from another CA."""
     if shutil.which("openssl") is None:
         pytest.fail("the openssl command is needed to make test certificates")
     d = tmp_path_factory.mktemp("commitment-pki")
-    make_ca(d, "test-ca")
-    make_ca(d, "rogue-ca")
-    make_leaf(d, "test-server", "test-ca", "serverAuth,clientAuth")
-    make_leaf(d, "rogue-server", "rogue-ca", "serverAuth")
-    return Pki(d)
+    _authority(d, "test-ca")
+    _authority(d, "rogue-ca")
+    _host_certificate(d, "test-server", "test-ca")
+    _host_certificate(d, "rogue-server", "rogue-ca")
+    return d
 
 
-def tls_requester(pki: Any, certificate: str) -> tuple[AE, ssl.SSLContext]:
+def tls_requester(pki: Path, certificate: str) -> tuple[AE, ssl.SSLContext]:
     ae = AE(ae_title="MODALITY")
     ae.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(pki[f"{certificate}.pem"], pki[f"{certificate}.key"])
+    ctx.load_cert_chain(pki / f"{certificate}.pem", pki / f"{certificate}.key")
     return ae, ctx
 
 
 @pytest.mark.parametrize("certificate", ["test-server", "rogue-server"])
-def test_report_over_tls_to_a_requester_marked_tls(start_server: Any, commitment_pki: Any, tmp_path: Path,
+def test_report_over_tls_to_a_requester_marked_tls(start_server: Any, commitment_pki: Path, tmp_path: Path,
                                                     certificate: str) -> None:
     """remote_aes[].tls: the report's association is TLS, the requester's
     certificate verified against server.tls.ca_bundle: one from another CA
@@ -367,8 +386,8 @@ def test_report_over_tls_to_a_requester_marked_tls(start_server: Any, commitment
         config = tmp_path / "config.yaml"
         config.write_text(
             f"server:\n  tls:\n    enabled: true\n    port: {free_port()}\n"
-            f"    certificate: {commitment_pki['test-server.pem']}\n    key: {commitment_pki['test-server.key']}\n"
-            f"    ca_bundle: {commitment_pki['test-ca.pem']}\n"
+            f"    certificate: {commitment_pki / 'test-server.pem'}\n    key: {commitment_pki / 'test-server.key'}\n"
+            f"    ca_bundle: {commitment_pki / 'test-ca.pem'}\n"
             f"remote_aes:\n  - ae_title: MODALITY\n    host: 127.0.0.1\n    port: {port}\n    tls: true\n")
         server = start_server("--config", str(config))
         paths = [tmp_path / "i0.dcm"]
