@@ -21,6 +21,8 @@ from pydicom.sequence import Sequence
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, StorageCommitmentPushModel
 
+from fastscp.scu.commands import answers_to_the_caller
+
 WELL_KNOWN = "1.2.840.10008.1.20.1.1"
 TIMEOUT = 30.0
 
@@ -34,6 +36,7 @@ def store(port: int, paths: list[Path], calling: str = "MODALITY") -> list[Datas
     ae.add_requested_context(MRImageStorage)
     assoc = ae.associate("127.0.0.1", port, ae_title="FASTSCP")
     assert assoc.is_established
+    answers_to_the_caller(assoc)  # pynetdicom's reactor race (scu/commands.py); seen here in a loop
     sent = []
     try:
         for path in paths:
@@ -44,6 +47,27 @@ def store(port: int, paths: list[Path], calling: str = "MODALITY") -> list[Datas
     finally:
         assoc.release()
     return sent
+
+
+def reactor_takes_requests_only(assoc: Any) -> None:
+    """pynetdicom's reactor race (fastscp/scu/commands.py) for an association
+    that must still serve requests (the N-EVENT-REPORT-RQ): its reactor
+    thread may take a message off the DIMSE queue only when it is a request,
+    so a response (the N-ACTION-RSP) always reaches the caller waiting for it.
+    The peek and the take cannot be split by the caller: it waits only while
+    a response is due, and fastscp sends the N-ACTION-RSP before any report."""
+    dimse = assoc.dimse
+    get_msg, pending = dimse.get_msg, dimse.msg_queue
+
+    def get(block: bool = False) -> Any:
+        if block:
+            return get_msg(block=True)
+        with pending.mutex:
+            if not pending.queue or not pending.queue[0][1].is_valid_request:
+                return None, None
+        return get_msg(block=False)
+
+    dimse.get_msg = get
 
 
 def action_information(transaction: str, refs: list[tuple[str, str]]) -> Dataset:
@@ -94,6 +118,7 @@ def request_commitment(port: int, transaction: str, refs: list[tuple[str, str]],
     ae.add_requested_context(StorageCommitmentPushModel)
     assoc = ae.associate("127.0.0.1", port, ae_title="FASTSCP", evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
     assert assoc.is_established
+    reactor_takes_requests_only(assoc)
     try:
         status, _ = assoc.send_n_action(action_information(transaction, refs), 1, StorageCommitmentPushModel,
                                         WELL_KNOWN)
@@ -277,6 +302,7 @@ def test_bad_requests_are_refused_with_their_status(server: Any) -> None:
     ae.add_requested_context(StorageCommitmentPushModel)
     assoc = ae.associate("127.0.0.1", server.port, ae_title="FASTSCP")
     assert assoc.is_established
+    answers_to_the_caller(assoc)  # only answers come on this one
     good = action_information("1.2.3.4.104", [(CTImageStorage, "1.2.3.4.5")])
     no_transaction = action_information("", [(CTImageStorage, "1.2.3.4.5")])
     del no_transaction.TransactionUID
