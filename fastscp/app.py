@@ -33,9 +33,10 @@ from .monitor.service import MonitorService
 from .net.server import DicomServer, raise_open_files_limit, serve_forever, stop_on_signals
 from .net.tls import client_ssl_context
 from .pipeline.service import Pipeline, PipelineSettings
-from .protocol.commands import CFindRequest, CGetRequest, CMoveRequest
+from .protocol.commands import CFindRequest, CGetRequest, CMoveRequest, NActionRequest
 from .protocol.negotiation import VERIFICATION, AcceptPolicy
 from .services import registry
+from .services.commitment import CommitmentService
 from .services.dispatcher import Dispatcher
 from .services.session import RemoteAE, ServerState, ServiceModule
 from .storage.duplicates import IndexedInstances
@@ -119,11 +120,17 @@ def load_access_policy(path: str | os.PathLike[str] | None, overrides: Mapping[s
 
 
 def service_modules(cfg: Config) -> dict[type, ServiceModule]:
-    """C-FIND, C-MOVE and C-GET (services/registry.py): served only with an
-    index, each module loaded at its first request."""
+    """The service modules beyond Verification and Storage, by request type:
+    Storage Commitment (it checks the tree itself), and C-FIND, C-MOVE and
+    C-GET (services/registry.py: served only with an index, each module
+    loaded at its first request). Associations we open to a ``remote_aes``
+    entry with ``tls`` use server.tls's CA bundle (the system store without
+    one) to verify the peer, and its certificate and key as ours."""
     tls = cfg.server.tls
     tls_context = functools.partial(client_ssl_context, tls.ca_bundle, tls.certificate, tls.key)
-    return registry.modules(bool(cfg.database.path), tls_context, cfg.server.dimse_timeout)
+    modules = registry.modules(bool(cfg.database.path), tls_context, cfg.server.dimse_timeout)
+    modules[NActionRequest] = CommitmentService(tls_context, answer_wait=cfg.server.idle_timeout or 0.0)
+    return modules
 
 
 def build_state(cfg: Config) -> ServerState:
