@@ -28,6 +28,7 @@ from test_reliability_disk import InProcessServer
 from fastscp.protocol import dimse as D
 from fastscp.protocol.commands import CFindRequest, Request
 from fastscp.protocol.negotiation import AcceptPolicy
+from fastscp.scu.commands import answers_to_the_caller
 from fastscp.services.session import Session
 
 FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # Study Root Query/Retrieve Information Model - FIND
@@ -112,6 +113,7 @@ def _associate(port: int):  # type: ignore[no-untyped-def]
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
     assoc = ae.associate("127.0.0.1", port, ae_title="FASTSCP")
     assert assoc.is_established
+    answers_to_the_caller(assoc)  # pynetdicom's reactor must not take our answers (scu/commands.py says why)
     return assoc
 
 
@@ -191,3 +193,37 @@ def test_a_request_no_module_serves_is_unrecognized(served: tuple[InProcessServe
         assert assoc.send_c_echo().Status == 0x0000
     finally:
         assoc.release()
+
+
+def test_a_second_request_with_a_running_message_id_is_refused(served: tuple[InProcessServer, _Count]) -> None:
+    """0x0210 (duplicate invocation) for a request reusing the Message ID of
+    an operation under way; the running one is untouched and still ends."""
+    import socket
+
+    from rawclient import associate_rq, pdata, read_pdu
+
+    from fastscp._ext.framer import decode_command
+
+    srv, module = served
+    identifier = DicomBytesIO()
+    identifier.is_little_endian, identifier.is_implicit_VR = True, True
+    write_dataset(identifier, _query("P9"))
+    command = D.encode_command({D.COMMAND_FIELD: D.C_FIND_RQ, D.MESSAGE_ID: 5, D.PRIORITY: 0,
+                                D.AFFECTED_SOP_CLASS: FIND}, True)
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=20) as sock:
+        sock.sendall(associate_rq("FASTSCP", "RAW", [(1, FIND, [IMPLICIT_LE])]))
+        assert read_pdu(sock)[0] == 2
+        for _ in range(2):
+            sock.sendall(pdata(1, command, True, True) + pdata(1, identifier.getvalue(), False, True))
+        kind, pdu = read_pdu(sock)  # the first is held by the module: this answers the second
+        answer = decode_command(pdu[12:])
+        assert kind == 4 and answer[D.STATUS] == D.DUPLICATE_INVOCATION and answer[D.MESSAGE_ID_RESPONDED] == 5
+        assert len(module.requests) == 1
+        for _ in range(module.n):
+            module.step.release()
+        statuses = []
+        while not statuses or statuses[-1] == D.PENDING:
+            kind, pdu = read_pdu(sock)
+            if pdu[11] & 1:  # a command PDV (message control header bit 0)
+                statuses.append(decode_command(pdu[12:])[D.STATUS])
+        assert statuses == [D.PENDING] * module.n + [D.SUCCESS]

@@ -11,8 +11,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from fastscp.services.storage import ANSWERS
 from fastscp.storage.duplicates import (
-    STATUS_DUPLICATE_REJECTED,
     DuplicateGuard,
     DuplicatePolicy,
     Outcome,
@@ -48,16 +48,16 @@ TABLE = [
 @pytest.mark.parametrize("policy, seen, same, outcome, status, place", TABLE)
 def test_decision_table(policy, seen, same, outcome, status, place):
     decision = decide(policy, seen, same)
-    assert (decision.outcome, decision.status, decision.place) == (outcome, status, place)
+    assert (decision.outcome, ANSWERS[decision.outcome][0], decision.place) == (outcome, status, place)
     assert decision.write == (place is not Place.NOWHERE)
     assert decision.replaces_previous == (outcome is Outcome.OVERWRITTEN)
 
 
 def test_reject_is_a_cxxx_failure_with_a_short_error_comment():
-    decision = decide(REJECT, True, False)
-    assert decision.status == STATUS_DUPLICATE_REJECTED
-    assert 0xC000 <= decision.status <= 0xCFFF  # PS3.4 Table B.2-1 "Error: Cannot understand"
-    assert 0 < len(decision.comment) <= 64  # Error Comment (0000,0902) is LO
+    status, comment = ANSWERS[decide(REJECT, True, False).outcome]  # the service's answer for it
+    assert status == 0xCD01
+    assert 0xC000 <= status <= 0xCFFF  # PS3.4 Table B.2-1 "Error: Cannot understand"
+    assert 0 < len(comment) <= 64  # Error Comment (0000,0902) is LO
 
 
 def test_policy_names():
@@ -169,7 +169,7 @@ def test_guard_records_relative_paths(tmp_path: Path, first):
 @pytest.mark.parametrize("policy", ["ignore", "reject", "overwrite", "keep-both"])
 def test_guard_same_uid_same_content_is_always_a_noop(tmp_path: Path, first, policy: str):
     res = guard_for(tmp_path, policy, first).resolve("1.2.3", first[1], first[0])
-    assert res.decision.outcome is Outcome.IDENTICAL and res.decision.status == 0
+    assert res.decision.outcome is Outcome.IDENTICAL and ANSWERS[res.decision.outcome][0] == 0
     assert res.path is None and res.previous == first[0]
 
 
@@ -184,7 +184,7 @@ def test_guard_same_uid_same_content_is_always_a_noop(tmp_path: Path, first, pol
 )
 def test_guard_same_uid_other_content(tmp_path: Path, first, policy, outcome, status, where):
     res = guard_for(tmp_path, policy, first).resolve("1.2.3", "0" * 32, first[0])
-    assert res.decision.outcome is outcome and res.decision.status == status
+    assert res.decision.outcome is outcome and ANSWERS[res.decision.outcome][0] == status
     assert res.path == (None if where is None else tmp_path / where)
     assert res.previous == first[0]
 

@@ -334,7 +334,16 @@ class Dispatcher:
         if module is None:
             self._unrecognized(context_id, request)
             return
-        if isinstance(request, (CFindRequest, CGetRequest, CMoveRequest, NActionRequest)) and request.has_dataset:
+        assert isinstance(request, (CFindRequest, CGetRequest, CMoveRequest, NActionRequest))  # what modules serve
+        if request.message_id in self._operations:
+            # PS3.7 9.3.1.1 (a Message ID distinguishes a request from the others under way on
+            # an association): a second one would take the first's place
+            # for C-CANCEL and for the cancel at the association's end
+            log.warning("assoc %s: request with Message ID %d while an operation of that ID runs: refused 0x0210",
+                        self.id, request.message_id)
+            self._refuse(context_id, request, D.DUPLICATE_INVOCATION, "Message ID of an operation under way")
+            return
+        if request.has_dataset:
             self._current = _Collect(context_id, request, module)
         else:
             module.start(self, context_id, request, None)
@@ -393,7 +402,11 @@ class Dispatcher:
         if current.size > limit:
             log.warning("assoc %s: a request's data set passed %d bytes: refused", self.id, limit)
             current.parts.clear()
-            self._refuse(current.context_id, current.request, D.REFUSED_OUT_OF_RESOURCES,
+            # PS3.7 C.4.1 (C-services: 0xA700 Refused: Out of Resources);
+            # an N-ACTION's is 0x0213 Resource Limitation (PS3.7 Annex C)
+            status = (D.RESOURCE_LIMITATION if isinstance(current.request, NActionRequest)
+                      else D.REFUSED_OUT_OF_RESOURCES)
+            self._refuse(current.context_id, current.request, status,
                          f"request data set larger than {limit} bytes")
             if ev.last:  # the drain that _refuse set up ends here
                 drain, self._current = self._current, None

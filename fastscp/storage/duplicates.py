@@ -61,8 +61,6 @@ log = logging.getLogger("fastscp.storage")
 __all__ = [
     "CONTENT_HASH_ALGORITHM",
     "DEFAULT_DUPLICATE_POLICY",
-    "STATUS_DUPLICATE_REJECTED",
-    "STATUS_SUCCESS",
     "Decision",
     "DuplicateGuard",
     "DuplicatePolicy",
@@ -78,9 +76,6 @@ __all__ = [
 ]
 
 CONTENT_HASH_ALGORITHM = "xxh3-128"
-STATUS_SUCCESS = 0x0000
-STATUS_DUPLICATE_REJECTED = 0xCD01
-REJECT_COMMENT = "Duplicate SOP Instance UID with other content; first copy kept"  # LO: <= 64 chars
 
 
 def new_content_hash() -> xxhash.xxh3_128:
@@ -134,25 +129,25 @@ class Place(str, enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Decision:
+    """What the policy decides; the C-STORE-RSP status each outcome is
+    answered with is the service's (services/storage.py ANSWERS)."""
+
     outcome: Outcome
-    status: int  # the C-STORE-RSP status
     place: Place
     replaces_previous: bool = False  # remove the stored copy once the new one is in place
-    comment: str = ""  # Error Comment (0000,0902) for a failure status
 
     @property
     def write(self) -> bool:
         return self.place is not Place.NOWHERE
 
 
-_NEW = Decision(Outcome.STORED, STATUS_SUCCESS, Place.TARGET)
-_IDENTICAL = Decision(Outcome.IDENTICAL, STATUS_SUCCESS, Place.NOWHERE)
+_NEW = Decision(Outcome.STORED, Place.TARGET)
+_IDENTICAL = Decision(Outcome.IDENTICAL, Place.NOWHERE)
 _ON_CONFLICT: dict[DuplicatePolicy, Decision] = {
-    DuplicatePolicy.IGNORE: Decision(Outcome.IGNORED, STATUS_SUCCESS, Place.NOWHERE),
-    DuplicatePolicy.REJECT: Decision(Outcome.REJECTED, STATUS_DUPLICATE_REJECTED, Place.NOWHERE,
-                                     comment=REJECT_COMMENT),
-    DuplicatePolicy.OVERWRITE: Decision(Outcome.OVERWRITTEN, STATUS_SUCCESS, Place.TARGET, replaces_previous=True),
-    DuplicatePolicy.KEEP_BOTH: Decision(Outcome.KEPT_BOTH, STATUS_SUCCESS, Place.VERSION),
+    DuplicatePolicy.IGNORE: Decision(Outcome.IGNORED, Place.NOWHERE),
+    DuplicatePolicy.REJECT: Decision(Outcome.REJECTED, Place.NOWHERE),
+    DuplicatePolicy.OVERWRITE: Decision(Outcome.OVERWRITTEN, Place.TARGET, replaces_previous=True),
+    DuplicatePolicy.KEEP_BOTH: Decision(Outcome.KEPT_BOTH, Place.VERSION),
 }
 
 
