@@ -133,8 +133,9 @@ def element_text(element: DataElement) -> str:
     return str(value).strip(" \0")
 
 
-def parse_identifier(ds: Dataset, model: InformationModel, *, relational: bool = False) -> Query:
-    """The ``Query`` a C-FIND identifier asks, or IdentifierError (0xA900)."""
+def query_level(ds: Dataset, model: InformationModel) -> Level:
+    """The identifier's Query/Retrieve Level (0008,0052), one of the model's
+    (PS3.4 C.4.1.1.3.1, C.4.2.1.4), or IdentifierError (0xA900)."""
     level_element = ds.get(QUERY_RETRIEVE_LEVEL)
     if level_element is None:
         raise IdentifierError("no Query/Retrieve Level (0008,0052)", offending=(QUERY_RETRIEVE_LEVEL,))
@@ -142,6 +143,12 @@ def parse_identifier(ds: Dataset, model: InformationModel, *, relational: bool =
     if level is None or level not in model.levels:
         raise IdentifierError(f"Query/Retrieve Level {element_text(level_element)!r} is not one of the "
                               f"{model.name} model", offending=(QUERY_RETRIEVE_LEVEL,))
+    return level
+
+
+def parse_identifier(ds: Dataset, model: InformationModel, *, relational: bool = False) -> Query:
+    """The ``Query`` a C-FIND identifier asks, or IdentifierError (0xA900)."""
+    level = query_level(ds, model)
     terms: list[Term] = []
     for tag in ds.keys():  # keys(): iterating a Dataset yields elements, decoded
         key = KEYS_BY_TAG.get(int(tag))

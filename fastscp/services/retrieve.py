@@ -58,8 +58,8 @@ from ..catalog.root import under_root_prefix
 from ..protocol import dimse as D
 from ..protocol.commands import CGetRequest, CMoveRequest, DimseResponse, Request
 from ..qr.errors import IdentifierError
-from ..qr.matching import element_text
-from ..qr.model import KEYS_BY_TAG, QUERY_RETRIEVE_LEVEL, UNIQUE_KEY, InformationModel, Key, Level
+from ..qr.matching import element_text, query_level
+from ..qr.model import KEYS_BY_TAG, UNIQUE_KEY, InformationModel, Key, Level
 from .session import RemoteAE, Session
 from .store_scu import AssociationLost, StoreAssociation, dataset_offset
 
@@ -126,13 +126,7 @@ def retrieve_keys(identifier: Dataset, model: InformationModel) -> tuple[Level, 
     level's own: UIDs name their entity alone, and the keys above, when
     given, narrow the match. Keys that are not unique keys are ignored.
     """
-    element = identifier.get(QUERY_RETRIEVE_LEVEL)
-    if element is None:
-        raise IdentifierError("no Query/Retrieve Level (0008,0052)", offending=(QUERY_RETRIEVE_LEVEL,))
-    level = Level.parse(element_text(element))
-    if level is None or level not in model.levels:
-        raise IdentifierError(f"Query/Retrieve Level {element_text(element)!r} is not one of the "
-                              f"{model.name} model", offending=(QUERY_RETRIEVE_LEVEL,))
+    level = query_level(identifier, model)
     values: dict[Level, list[str]] = {}
     for tag in identifier.keys():
         key: Key | None = KEYS_BY_TAG.get(int(tag))
