@@ -128,7 +128,8 @@ def service_modules(cfg: Config) -> dict[type, ServiceModule]:
     one) to verify the peer, and its certificate and key as ours."""
     tls = cfg.server.tls
     tls_context = functools.partial(client_ssl_context, tls.ca_bundle, tls.certificate, tls.key)
-    modules = registry.modules(bool(cfg.database.path), tls_context, cfg.server.dimse_timeout)
+    modules = registry.modules(bool(cfg.database.path), tls_context, cfg.server.dimse_timeout,
+                               cfg.query_retrieve.max_find_matches)
     modules[NActionRequest] = CommitmentService(tls_context, answer_wait=cfg.server.idle_timeout or 0.0)
     return modules
 

@@ -50,6 +50,7 @@ __all__ = [
     "DatabaseConfig",
     "HooksConfig",
     "LoggingConfig",
+    "QueryRetrieveConfig",
     "RemoteAE",
     "ServerConfig",
     "StatusConfig",
@@ -334,6 +335,13 @@ class AccessEntry:
 
 
 @dataclass(frozen=True)
+class QueryRetrieveConfig:
+    max_find_matches: int | None = _f(
+        100000, "a C-FIND matching more is answered 0xA700 (Refused: Out of Resources) after this many "
+        "responses; null = no limit", check=_between(1))
+
+
+@dataclass(frozen=True)
 class RemoteAE:
     ae_title: str = _f(doc="the remote application entity's AE title", check=check_ae_title)
     host: str = _f(doc="its host name or IP address", check=check_host)
@@ -401,6 +409,7 @@ class Config:
     logging: LoggingConfig = _f(LoggingConfig(), "logs")
     status: StatusConfig = _f(StatusConfig(), "live status endpoint")
     hooks: HooksConfig = _f(HooksConfig(), "commands run after reception")
+    query_retrieve: QueryRetrieveConfig = _f(QueryRetrieveConfig(), "C-FIND, C-MOVE and C-GET")
     remote_aes: tuple[RemoteAE, ...] = _f(
         (), "AEs we connect to: C-MOVE destinations and Storage Commitment requesters (by AE title)")
 

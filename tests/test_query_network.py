@@ -568,3 +568,48 @@ def test_orthanc_queries_studies_and_series(orthanc: int, archive: Archive, show
     assert len(series) == 1
     patients = _orthanc_query(orthanc, "Patient", {"PatientName": "SMITH*"})
     assert [(_tag(a, "0010,0020"), _tag(a, "0010,0010")) for a in patients] == [("PB2", "Smith^John")]
+
+
+def test_a_query_past_max_find_matches_is_refused_a700(tmp_path: Path) -> None:
+    """query_retrieve.max_find_matches: a C-FIND matching more gets that
+    many Pending responses, then 0xA700 Refused: Out of Resources (PS3.4
+    C.4.1.1.4), with one warning line; one matching no more is answered in
+    full."""
+    from conftest import make_image
+
+    study_uid, series_uid = generate_uid(), generate_uid()
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"{i}.dcm"
+        ds = make_image(path, i, study=1)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    config = tmp_path / "fastscp.yaml"
+    config.write_text("query_retrieve:\n  max_find_matches: 3\n")
+    loader = Server(tmp_path / "store", tmp_path / "load.log", [])
+    try:
+        assert [r[1] for r in run_storescu(loader, paths)] == ["Success"] * 5
+    finally:
+        assert loader.stop() == 0  # a clean stop writes every queued index row
+    srv = Server(tmp_path / "store", tmp_path / "serve.log", ["--config", str(config)])
+    try:
+        ae = _ae((STUDY_FIND, [EXPLICIT]))
+        assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title)
+        assert assoc.is_established
+        try:
+            query = Dataset()
+            query.QueryRetrieveLevel = "IMAGE"
+            query.StudyInstanceUID = study_uid
+            query.SeriesInstanceUID = series_uid
+            query.SOPInstanceUID = ""
+            statuses = [int(s.Status) for s, _ in assoc.send_c_find(query, STUDY_FIND, msg_id=5)]
+            assert statuses == [0xFF00] * 3 + [0xA700]
+            studies = [int(s.Status) for s, _ in assoc.send_c_find(_study_query(""), STUDY_FIND, msg_id=6)]
+            assert studies == [0xFF00, 0x0000]  # one study: under the limit
+        finally:
+            assoc.release()
+        line = srv.log_once_it_says("C-FIND 5 (")
+        assert sum("answered 0xa700" in ln for ln in line.splitlines() if "C-FIND 5 (" in ln) == 1
+    finally:
+        srv.stop()

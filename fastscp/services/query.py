@@ -171,8 +171,11 @@ class QueryService:
 
     sop_classes = FIND_SOP_CLASSES
 
-    def __init__(self, workers: int = WORKERS) -> None:
+    def __init__(self, workers: int = WORKERS, max_matches: int | None = None) -> None:
+        """``max_matches`` (``query_retrieve.max_find_matches``): a query
+        matching more is answered 0xA700 after that many responses."""
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fastscp-cfind")
+        self._max_matches = max_matches
 
     def start(self, session: Session, context_id: int, request: Request, dataset: bytes | None) -> None:
         if not isinstance(request, CFindRequest):
@@ -198,7 +201,8 @@ class QueryService:
             refuse(D.ERROR_DATASET_DOES_NOT_MATCH_SOP_CLASS, "C-FIND request without an identifier")
             return
         relational = session.extended_negotiation(sop_class)[:1] == b"\x01"
-        operation = _Find(session, context_id, request, model, context[1], relational, catalog.cursor)
+        operation = _Find(session, context_id, request, model, context[1], relational, catalog.cursor,
+                          self._max_matches)
         session.operation_started(request.message_id, operation)
         self._pool.submit(operation.run, dataset)
 
@@ -209,8 +213,9 @@ class _Find:
 
     def __init__(self, session: Session, context_id: int, request: CFindRequest, model: InformationModel,
                  transfer_syntax: str, relational: bool,
-                 cursor: Callable[[], duckdb.DuckDBPyConnection]) -> None:
+                 cursor: Callable[[], duckdb.DuckDBPyConnection], max_matches: int | None = None) -> None:
         self._session = session
+        self._max_matches = max_matches
         self._context_id = context_id
         self._request = request
         self._model = model
@@ -284,7 +289,8 @@ class _Find:
             conn = self._cursor()
             try:
                 responses = find(conn, identifier, self._model, relational=self._relational,
-                                 cancelled=self._cancelled.is_set, retrieve_ae_title=session.server.ae_title)
+                                 cancelled=self._cancelled.is_set, retrieve_ae_title=session.server.ae_title,
+                                 max_matches=self._max_matches)
                 level = element_text(identifier[QUERY_RETRIEVE_LEVEL])
                 pending = self._command(PENDING_WARNING if unsupported_keys(identifier, self._model)
                                         else D.PENDING)

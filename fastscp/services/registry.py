@@ -77,19 +77,19 @@ class Deferred:
         self.group.module(type(request)).start(session, context_id, request, dataset)
 
 
-def _query() -> Mapping[type, ServiceModule]:
-    from .query import QueryService
-
-    return {CFindRequest: QueryService()}
-
-
 def modules(with_index: bool, tls_context: Callable[[], ssl.SSLContext] | None = None,
-            timeout: float | None = None) -> dict[type, ServiceModule]:
+            timeout: float | None = None, max_find_matches: int | None = None) -> dict[type, ServiceModule]:
     """The modules the server runs: C-FIND, C-MOVE and C-GET read the index,
     so they are served only with one; ``timeout`` (``server.dimse_timeout``)
-    bounds the waits of the retrieve modules."""
+    bounds the waits of the retrieve modules; a C-FIND matching more than
+    ``max_find_matches`` is refused 0xA700 after that many responses."""
     if not with_index:
         return {}
+
+    def _query() -> Mapping[type, ServiceModule]:
+        from .query import QueryService
+
+        return {CFindRequest: QueryService(max_matches=max_find_matches)}
 
     def retrieve() -> Mapping[type, ServiceModule]:
         from . import retrieve as module
