@@ -61,7 +61,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from receivers import dcmtk_tool, free_port, orthanc_exe
+from receivers import dcmtk_tool, free_port, orthanc_exe, wait_for_port
 
 STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 SOP = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
@@ -137,19 +137,6 @@ def findscu_keys(ds: Dataset) -> list[str]:
     return out
 
 
-def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not listen")
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -160,7 +147,7 @@ class Server:
         self.name, self.ae_title, self.port = name, ae_title, port
         self._log = open(log, "ab")
         self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=NODELAY)
-        wait_port(port, self.proc)
+        wait_for_port(port, self.proc, 60)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -43,7 +43,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,27 +56,9 @@ import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_corpus import DEFAULT_ROOT, default_spec, ensure_corpus
+from receivers import free_port, wait_for_port
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}  # read by the dcmtk tools (see the module doc)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{proc.args} did not listen on {port}")
 
 
 @contextmanager

@@ -36,6 +36,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    """Until ``port`` accepts a connection; RuntimeError if ``proc`` exits
+    first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{proc.args} did not listen on {port}")
+
+
 def dcmtk_tool(name: str, bin_dir: str | None = None) -> str:
     """Absolute path of a dcmtk program, refusing pynetdicom's look-alikes."""
     candidates = [os.path.join(bin_dir, name)] if bin_dir else []
