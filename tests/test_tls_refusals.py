@@ -8,6 +8,7 @@ import logging
 import socket
 import ssl
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -96,7 +97,13 @@ def test_each_refused_handshake_is_logged_once_and_counted(start_server, tmp_pat
     counts = refused_counts(status_port)
     assert counts == {**dict.fromkeys(REFUSAL_REASONS, 0.0), "no_client_certificate": 1.0, "no_shared_cipher": 1.0,
                       "not_tls": 1.0, "protocol_version": 1.0, "client_certificate_rejected": 1.0}
-    assert text.count("assoc ") >= 4 and "TLS, calling ECHOSCU" in text  # the two trusted ones
+    # the two trusted ones, opened and closed: the last close is logged by the
+    # server's log thread after its answer, so wait for it in the file
+    deadline = time.monotonic() + 10
+    while text.count("assoc ") < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        text = srv.log_text()
+    assert text.count("assoc ") >= 4 and "TLS, calling ECHOSCU" in text
 
 
 def test_a_burst_of_refusals_is_rate_limited_but_counted(start_server, tmp_path: Path, pki: Path) -> None:  # type: ignore[no-untyped-def]
