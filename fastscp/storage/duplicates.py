@@ -349,7 +349,7 @@ def uid_in_file(path: Path) -> str | None:
 
 
 def file_content_hash(path: Path, chunk: int = 1 << 20) -> str | None:
-    """The content hash of a stored Part-10 file: BLAKE2b-128 of the bytes
+    """The content hash of a stored Part-10 file: XXH3-128 of the bytes
     after the file meta group, i.e. of the dataset as it was received. None
     when the file has no preamble/``DICM`` or no (0002,0000) group length."""
     try:
