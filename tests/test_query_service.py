@@ -17,15 +17,13 @@ from fastscp.protocol import pdu as P
 from fastscp.protocol.commands import CFindRequest
 from fastscp.protocol.negotiation import negotiate
 from fastscp.qr import InformationModel
-from fastscp.services.registry import Deferred, answer_relational
+from fastscp.services.identifiers import MalformedIdentifier, decode_identifier, encode_identifier
 from fastscp.services.query import (
     FIND_SOP_CLASSES,
-    MalformedIdentifier,
     QueryService,
-    decode_identifier,
-    encode_identifier,
     unsupported_keys,
 )
+from fastscp.services.registry import Deferred, answer_relational
 
 SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99",
             "1.2.840.10008.1.2.4.50"]

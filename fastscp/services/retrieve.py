@@ -42,17 +42,12 @@ import os
 import queue
 import ssl
 import threading
-import zlib
 from collections.abc import Callable, Sequence
-from io import BytesIO
 from typing import Protocol, TypeVar
 
 import duckdb
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_dataset
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID
 
 from ..catalog.root import under_root_prefix
 from ..protocol import dimse as D
@@ -60,6 +55,7 @@ from ..protocol.commands import CGetRequest, CMoveRequest, DimseResponse, Reques
 from ..qr.errors import IdentifierError
 from ..qr.matching import element_text, query_level
 from ..qr.model import KEYS_BY_TAG, UNIQUE_KEY, InformationModel, Key, Level
+from .identifiers import decode_identifier, encode_identifier
 from .session import RemoteAE, Session
 from .store_scu import AssociationLost, StoreAssociation, dataset_offset
 
@@ -185,28 +181,6 @@ def read_dataset_bytes(path: str) -> memoryview:
 
 
 # ---- identifiers in and out ------------------------------------------------------------------
-
-
-def decode_identifier(data: bytes, transfer_syntax: str) -> Dataset:
-    """The request's identifier, decoded in its context's transfer syntax."""
-    ts = UID(transfer_syntax)
-    if ts == DeflatedExplicitVRLittleEndian:
-        data = zlib.decompress(data, -15)
-    ds = read_dataset(BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
-    return ds
-
-
-def encode_identifier(ds: Dataset, transfer_syntax: str) -> bytes:
-    ts = UID(transfer_syntax)
-    fp = DicomBytesIO()
-    fp.is_implicit_VR = ts.is_implicit_VR
-    fp.is_little_endian = ts.is_little_endian
-    write_dataset(fp, ds)
-    raw = fp.getvalue()
-    if ts == DeflatedExplicitVRLittleEndian:
-        compressor = zlib.compressobj(wbits=-15)
-        raw = compressor.compress(raw) + compressor.flush()
-    return raw
 
 
 def _failed_list(uids: Sequence[str], implicit: bool) -> Dataset:
