@@ -33,6 +33,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 from pynetdicom.status import code_to_category
+from test_catalog_network import _hold_duckdb
 
 pytestmark = pytest.mark.interop
 
@@ -502,16 +503,6 @@ def _accepted_with_get_roles(srv: Server) -> tuple[set[str], set[str]]:
 def test_retrieve_not_negotiated_without_an_index(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     srv = start_server("--index-db", "")
     assert _accepted_with_get_roles(srv) == ({CTImageStorage}, set())
-
-
-def _hold_duckdb(path: str, ready, release) -> None:  # type: ignore[no-untyped-def]
-    import duckdb
-
-    conn = duckdb.connect(path)
-    conn.execute("CREATE TABLE IF NOT EXISTS holder (x INTEGER)")
-    ready.set()
-    release.wait(60)
-    conn.close()
 
 
 def test_retrieve_not_negotiated_when_the_index_cannot_open(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
