@@ -80,6 +80,14 @@ class Server:
                 return text
             time.sleep(0.05)
 
+    def indexed(self, timeout: float = 60.0) -> Server:
+        """This server, once its start's background reconcile has indexed
+        the tree (its ``reconciled with`` line): a test that put files in the
+        tree before the start waits on it before it queries or retrieves."""
+        text = self.log_once_it_says(" reconciled with ", timeout=timeout)
+        assert " reconciled with " in text, f"reconcile did not end within {timeout} s:\n{text[-4000:]}"
+        return self
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -366,8 +366,10 @@ def test_a_query_whose_client_goes_away_is_cancelled(tmp_path: Path) -> None:
             time.sleep(0.02)
         t0 = time.monotonic()
         s.close()
+        # the bound tells a cancel from the 120 s timeout, not how fast the
+        # cancel is: it failed once at 10 s with the machine three times loaded
         while srv.server.queries_running:
-            assert time.monotonic() - t0 < 10, "the query kept running after its client left"
+            assert time.monotonic() - t0 < 60, "the query kept running after its client left"
             time.sleep(0.02)
         assert srv.server.queries["client_gone"] == 1
     finally:
@@ -389,7 +391,8 @@ def test_more_queries_than_slots_are_refused_not_queued(tmp_path: Path) -> None:
         assert status == 503 and doc["kind"] == "busy", doc
         t0 = time.monotonic()
         status, _, _ = srv.request("/trend")  # the trend has its own thread
-        assert status == 200 and time.monotonic() - t0 < 5
+        # a trend queued behind the two would wait until they are closed below
+        assert status == 200 and time.monotonic() - t0 < 30
         assert srv.request("/status")[0] == 200
     finally:
         srv.call(srv.server.close())  # interrupts the two: the threads end

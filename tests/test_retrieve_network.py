@@ -2,9 +2,11 @@
 movescu (into a real dcmtk storescp) and getscu, pynetdicom as SCU and as
 move destination, including C-CANCEL mid-way and an unknown destination.
 
-The archive is a storage tree filled before the server starts: the start's
-reconcile indexes it before the port opens, so the index holds every file
-when a test asks. One test stores through C-STORE first and restarts.
+The archive is a storage tree filled before the server starts. The start's
+reconcile indexes it in the background, after the port opens, so a test
+waits for its ``reconciled with`` line (``Server.indexed``) before it asks:
+until then the index does not hold the files. One test stores through
+C-STORE first and restarts.
 """
 
 from __future__ import annotations
@@ -180,7 +182,7 @@ def failed_list(ident: Dataset | None) -> set[str]:
 def test_movescu_study_into_storescp_byte_identical(start_server, storescp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     port, out = storescp
     archive = fill(tmp_path / "store0")
-    srv = start_server("--config", config(tmp_path, {"DEST": port}))
+    srv = start_server("--config", config(tmp_path, {"DEST": port})).indexed()
     study = archive.study_uids()[0]
     result = subprocess.run([dcmtk("movescu"), "-v", "-S", "-aet", "MOVER", "-aec", srv.ae_title, "-aem", "DEST",
                              "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
@@ -198,7 +200,7 @@ def test_move_series_and_image_levels_patient_root(start_server, destinations, t
     dest = Destination()
     destinations.append(dest)
     archive = fill(tmp_path / "store0")
-    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}))
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port})).indexed()
     ds = next(iter(archive.by_uid.values()))
     series = {k for k, d in archive.by_uid.items() if d.SeriesInstanceUID == ds.SeriesInstanceUID}
     query = identifier("SERIES", PatientID=str(ds.PatientID), StudyInstanceUID=str(ds.StudyInstanceUID),
@@ -226,7 +228,7 @@ def test_move_series_and_image_levels_patient_root(start_server, destinations, t
 
 def test_unknown_destination_is_0xA801_with_one_log_line(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     archive = fill(tmp_path / "store0", count=3)
-    srv = start_server("--config", config(tmp_path, {"DEST": free_port()}))
+    srv = start_server("--config", config(tmp_path, {"DEST": free_port()})).indexed()
     responses = move(srv, "NOWHERE", identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]))
     assert [r[0] for r in responses] == [0xA801]
     log = srv.log_once_it_says("'NOWHERE' is not in remote_aes")
@@ -237,7 +239,7 @@ def test_refused_sop_class_fails_its_sub_operations_with_a_warning(start_server,
     dest = Destination(sop_classes=(CTImageStorage,))  # MR refused by the destination
     destinations.append(dest)
     archive = fill(tmp_path / "store0")
-    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}))
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port})).indexed()
     study = archive.study_uids()[0]
     uids = archive.of_study(study)
     mr = {u for u in uids if archive.by_uid[u].Modality == "MR"}
@@ -265,7 +267,7 @@ def test_refused_sop_class_fails_its_sub_operations_with_a_warning(start_server,
 
 def test_unreachable_destination_fails_every_sub_operation(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     archive = fill(tmp_path / "store0", count=4)
-    srv = start_server("--config", config(tmp_path, {"DEST": free_port()}))  # nobody listens there
+    srv = start_server("--config", config(tmp_path, {"DEST": free_port()})).indexed()  # nobody listens there
     study = archive.study_uids()[0]
     responses = move(srv, "DEST", identifier("STUDY", StudyInstanceUID=study))
     status, _, ident = responses[-1]
@@ -277,7 +279,7 @@ def test_move_cancel_mid_way(start_server, destinations, tmp_path: Path) -> None
     dest = Destination(hold_at=2)
     destinations.append(dest)
     archive = fill(tmp_path / "store0", count=10, studies=1)
-    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}))
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port})).indexed()
     ae = AE(ae_title="MOVER")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title)
@@ -310,7 +312,7 @@ def test_stored_by_cstore_then_moved(start_server, destinations, tmp_path: Path)
     dest = Destination()
     destinations.append(dest)
     source = fill(tmp_path / "source", count=6, studies=1)
-    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}))
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port})).indexed()
     out = subprocess.run([dcmtk("storescu"), "-aec", srv.ae_title, "127.0.0.1", str(srv.port), *map(str, source.files)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -330,7 +332,7 @@ def test_missing_file_and_bad_identifiers(start_server, destinations, tmp_path: 
     dest = Destination()
     destinations.append(dest)
     archive = fill(tmp_path / "store0", count=6, studies=1)
-    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}))
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port})).indexed()
     study = archive.study_uids()[0]
     # no unique key at the level, a key below the level, an unknown level: 0xA900
     assert [r[0] for r in move(srv, "DEST", identifier("STUDY", PatientID="P000"))] == [0xA900]
@@ -354,7 +356,7 @@ def test_missing_file_and_bad_identifiers(start_server, destinations, tmp_path: 
 
 def test_getscu_study_byte_identical(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     archive = fill(tmp_path / "store0")
-    srv = start_server()
+    srv = start_server().indexed()
     out = tmp_path / "got"
     out.mkdir()
     study = archive.study_uids()[1]
@@ -401,7 +403,7 @@ class Getter:
 
 def test_pynetdicom_get_byte_identical_and_roles(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     archive = fill(tmp_path / "store0")
-    srv = start_server()
+    srv = start_server().indexed()
     getter = Getter(srv)
     try:
         # the SCP role was granted for the storage classes
@@ -422,7 +424,7 @@ def test_pynetdicom_get_byte_identical_and_roles(start_server, tmp_path: Path) -
 
 def test_get_without_scp_role_fails_with_the_list(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     archive = fill(tmp_path / "store0", count=4, studies=1)
-    srv = start_server()
+    srv = start_server().indexed()
     getter = Getter(srv, roles=False)  # storage contexts proposed, but no SCP role taken
     try:
         responses = getter.get(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]))
@@ -435,7 +437,7 @@ def test_get_without_scp_role_fails_with_the_list(start_server, tmp_path: Path) 
 
 def test_get_stored_syntax_not_negotiated_fails_with_a_warning(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     archive = fill(tmp_path / "store0", count=9, studies=1)  # stored explicit VR LE
-    srv = start_server()
+    srv = start_server().indexed()
     getter = Getter(srv, ct_syntax=IMPLICIT_LE)  # CT only in implicit VR: no transcoding, those fail
     try:
         responses = getter.get(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]))
@@ -452,7 +454,7 @@ def test_get_stored_syntax_not_negotiated_fails_with_a_warning(start_server, tmp
 
 def test_get_cancel_mid_way(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     archive = fill(tmp_path / "store0", count=9, studies=1)
-    srv = start_server()
+    srv = start_server().indexed()
     getter = Getter(srv, hold_at=3)
     responses: list[tuple[int, Dataset, Dataset | None]] = []
     thread = threading.Thread(target=lambda: responses.extend(
@@ -553,7 +555,7 @@ def test_orthanc_moves_a_study_to_itself(start_server, tmp_path: Path) -> None: 
     """Orthanc's /modalities/{id}/move: Orthanc asks fastscp to C-MOVE a study to Orthanc."""
     archive = fill(tmp_path / "store0", count=8)
     dicom_port, http_port = free_port(), free_port()
-    srv = start_server("--config", config(tmp_path, {"ORTHANC": dicom_port}))
+    srv = start_server("--config", config(tmp_path, {"ORTHANC": dicom_port})).indexed()
     work = tmp_path / "orthanc"
     (work / "index").mkdir(parents=True)
     (work / "orthanc.json").write_text(json.dumps({
@@ -589,7 +591,7 @@ def _echo_ok(srv: Server) -> bool:
 
 def test_get_requestor_aborts_mid_way(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     archive = fill(tmp_path / "store0", count=8, studies=1)
-    srv = start_server()
+    srv = start_server().indexed()
     getter = Getter(srv, hold_at=2)
     # daemon: pynetdicom's generator waits for its DIMSE timeout after the abort
     thread = threading.Thread(target=lambda: getter.get(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0])),
@@ -608,7 +610,7 @@ def test_move_requestor_aborts_mid_way(start_server, destinations, tmp_path: Pat
     dest = Destination(hold_at=2)
     destinations.append(dest)
     archive = fill(tmp_path / "store0", count=8, studies=1)
-    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}))
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port})).indexed()
     ae = AE(ae_title="MOVER")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title)
@@ -677,7 +679,7 @@ remote_aes:
     port: {dest_port}
     tls: true
 """)
-        srv = start_server("--config", str(cfg))
+        srv = start_server("--config", str(cfg)).indexed()
         responses = move(srv, "DEST", identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]))
         assert responses[-1][0] == 0x0000, srv.log_text()[-2000:]
         received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in out.iterdir()}
@@ -693,7 +695,7 @@ def test_get_requestor_that_never_answers_is_aborted(start_server, tmp_path: Pat
     """A C-GET requestor that takes a C-STORE-RQ and never answers: after
     server.dimse_timeout the association is aborted, the server serves on."""
     archive = fill(tmp_path / "store0", count=4, studies=1)
-    srv = start_server("--dimse-timeout", "1.5")
+    srv = start_server("--dimse-timeout", "1.5").indexed()
     getter = Getter(srv, hold_at=1)
     thread = threading.Thread(target=lambda: getter.get(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0])),
                               daemon=True)
@@ -714,7 +716,7 @@ def test_movescu_as_its_own_destination(start_server, tmp_path: Path) -> None:  
     sub-operations on its own port (--port) while the C-MOVE is open."""
     archive = fill(tmp_path / "store0", count=6, studies=1)
     port = free_port()
-    srv = start_server("--config", config(tmp_path, {"MOVESCU": port}))
+    srv = start_server("--config", config(tmp_path, {"MOVESCU": port})).indexed()
     out = tmp_path / "got"
     out.mkdir()
     result = subprocess.run([dcmtk("movescu"), "-v", "-S", "-aet", "MOVESCU", "-aec", srv.ae_title, "-aem", "MOVESCU",
@@ -733,7 +735,7 @@ def test_move_and_get_files_larger_than_a_read_byte_identical(start_server, stor
     tree = tmp_path / "store0"
     tree.mkdir()
     made = [make_image(tree / f"big{n}.dcm", n, study=7, size=800) for n in range(3)]
-    srv = start_server("--config", config(tmp_path, {"DEST": port}))
+    srv = start_server("--config", config(tmp_path, {"DEST": port})).indexed()
     study = str(made[0].StudyInstanceUID)
     keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(srv.port)]
     moved = subprocess.run([dcmtk("movescu"), "-S", "-aet", "MOVER", "-aec", srv.ae_title, "-aem", "DEST", *keys],
