@@ -9,9 +9,9 @@ answered with the N-ACTION failure status PS3.7 10.1.4.1.10 names for it,
 and one log line.
 
 Then, on a worker thread, each listed instance is checked against the tree
-being served (``check``): known to the duplicate map (``DuplicateGuard``'s
-in-memory index, warmed from the DuckDB index at start and updated by every
-store), a complete Part-10 copy of that UID inside the served root
+being served (``check``): known to the duplicate check (``DuplicateGuard``'s
+index: this run's recent stores, then the DuckDB index, so a file a
+background reconcile has not indexed yet is not known), a complete Part-10 copy of that UID inside the served root
 (``DuplicateGuard.serves``), readable, and of the SOP class the request
 names. A commitment is a promise whatever ``storage.durability`` says, so
 each such file is ``fsync``ed, then every directory from its folder up to
