@@ -39,9 +39,7 @@ import dataclasses
 import logging
 import os
 import threading
-import zlib
 from collections.abc import Callable, Iterable
-from io import BytesIO
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,6 +47,7 @@ from ..protocol import dimse as D
 from ..protocol.commands import DimseResponse, NActionRequest, Request
 from ..storage.duplicates import DuplicateGuard
 from ..storage.header import MalformedDataset, parse_file
+from .identifiers import MalformedIdentifier, decode_identifier, encode_identifier
 from .session import RemoteAE, Session
 
 if TYPE_CHECKING:  # pydicom, pynetdicom and ssl load on first use: a receiver of images needs none of them
@@ -96,8 +95,6 @@ MAX_ACTIVE = 32
 _NO_SUCH_ACTION = 0x0123
 
 _IMPLICIT_VR_LE = "1.2.840.10008.1.2"
-_EXPLICIT_VR_BE = "1.2.840.10008.1.2.2"
-_DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -149,27 +146,14 @@ def _item(ref: Reference) -> Dataset:
     return item
 
 
-def _syntax(transfer_syntax: str) -> tuple[bool, bool, bool]:
-    """(implicit VR, little endian, deflated) of a context's transfer syntax;
-    an encapsulated (compressed) syntax encodes a data set without pixel
-    data as explicit VR little endian (PS3.5 A.4)."""
-    if transfer_syntax == _IMPLICIT_VR_LE:
-        return True, True, False
-    if transfer_syntax == _EXPLICIT_VR_BE:
-        return False, False, False
-    return False, True, transfer_syntax == _DEFLATED
-
-
 def parse_action(data: bytes, transfer_syntax: str) -> tuple[str, tuple[Reference, ...]]:
     """(Transaction UID, references) of an N-ACTION's Action Information
     (PS3.4 Table J.3-1). Raises ValueError saying what is wrong."""
-    from pynetdicom.dsutils import decode
-
-    implicit, little, deflated = _syntax(transfer_syntax)
     try:
-        if deflated:
-            data = zlib.decompress(data, -zlib.MAX_WBITS)
-        ds = decode(BytesIO(data), implicit, little)
+        ds = decode_identifier(data, transfer_syntax)
+    except MalformedIdentifier as exc:
+        raise ValueError(f"undecodable action information: {exc}") from None
+    try:
         transaction = str(ds.get("TransactionUID", "") or "").strip()
         sequence = ds.get("ReferencedSOPSequence")
         items = list(sequence) if sequence is not None else []
@@ -416,12 +400,11 @@ class _Commitment:
             self._elsewhere("ended the association before the report")
             return
         _, transfer_syntax = session.context(self._context_id) or ("", _IMPLICIT_VR_LE)
-        from pynetdicom.dsutils import encode
-
-        implicit, little, deflated = _syntax(transfer_syntax)
-        data = encode(result.dataset(), implicit, little, deflated)
-        if data is None:
-            log.error("storage commitment %s: cannot encode the report", self.transaction)
+        try:
+            data = encode_identifier(result.dataset(), transfer_syntax)
+        except Exception as exc:  # pydicom raises many kinds; a report we cannot encode is not sent
+            log.error("storage commitment %s: cannot encode the report (%s: %s)", self.transaction,
+                      type(exc).__name__, exc)
             self._done()
             return
         message_id = session.next_message_id()
