@@ -47,7 +47,6 @@ from ..protocol import dimse as D
 from ..protocol.commands import DimseResponse, NActionRequest, Request
 from ..storage.duplicates import DuplicateGuard
 from ..storage.header import MalformedDataset, parse_file
-from .identifiers import MalformedIdentifier, decode_identifier, encode_identifier
 from .session import RemoteAE, Session
 
 if TYPE_CHECKING:  # pydicom, pynetdicom and ssl load on first use: a receiver of images needs none of them
@@ -149,6 +148,8 @@ def _item(ref: Reference) -> Dataset:
 def parse_action(data: bytes, transfer_syntax: str) -> tuple[str, tuple[Reference, ...]]:
     """(Transaction UID, references) of an N-ACTION's Action Information
     (PS3.4 Table J.3-1). Raises ValueError saying what is wrong."""
+    from .identifiers import MalformedIdentifier, decode_identifier  # pydicom: loaded on first use
+
     try:
         ds = decode_identifier(data, transfer_syntax)
     except MalformedIdentifier as exc:
@@ -400,6 +401,8 @@ class _Commitment:
             self._elsewhere("ended the association before the report")
             return
         _, transfer_syntax = session.context(self._context_id) or ("", _IMPLICIT_VR_LE)
+        from .identifiers import encode_identifier  # pydicom: loaded on first use
+
         try:
             data = encode_identifier(result.dataset(), transfer_syntax)
         except Exception as exc:  # pydicom raises many kinds; a report we cannot encode is not sent
