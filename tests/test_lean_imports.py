@@ -1,5 +1,6 @@
 """A receiver of ordinary images never imports pydicom (and with it numpy
-and the pixel plugins: about 30 MB of PSS on this machine, issue 23): the
+and the pixel plugins: about 30 MB of PSS on this machine, issue 23), nor
+prometheus-client, imported by the first /metrics request (2.5 MB): the
 default configuration, start-up with an index, and C-STOREs of images in
 ISO_IR 100 and UTF-8 over plain TCP all run on the project's own Cython
 header reader. Checked in a fresh interpreter, since pytest itself has
@@ -48,7 +49,7 @@ for i, item in enumerate(items):
     assert kind == 4 and decode_command(pdu[12:])[0x00000900] == 0, pdu
 sock.sendall(RELEASE_RQ)
 read_pdu(sock)
-heavy = sorted(m for m in ("pydicom", "pynetdicom", "numpy", "PIL") if m in sys.modules)
+heavy = sorted(m for m in ("pydicom", "pynetdicom", "numpy", "PIL", "prometheus_client") if m in sys.modules)
 print("HEAVY", heavy, "STORED", app.state.instances_total)
 """
 

@@ -140,7 +140,7 @@ def test_monitor_counts_and_prometheus(tmp_path: Path) -> None:
 def _registry(mon: Monitor) -> Any:
     from prometheus_client import CollectorRegistry
 
-    from fastscp.monitor.collector import MetricsCollector
+    from fastscp.monitor.metrics import MetricsCollector
 
     reg = CollectorRegistry(auto_describe=False)
     reg.register(MetricsCollector(mon))

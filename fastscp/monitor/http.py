@@ -49,6 +49,7 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
@@ -56,13 +57,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import duckdb
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from ..catalog import CatalogWriter, ReadOnlyQueryError
 from ..catalog.query import check_readonly, export_parquet, json_default
 from ..catalog.schema import export_dir
 from ..catalog.stats import collect_stats
-from .collector import MetricsCollector, Monitor
+from .collector import Monitor
 
 log = logging.getLogger("fastscp.monitor")
 
@@ -189,8 +189,8 @@ class StatusServer:
         self.token = token
         self.limits = limits
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(MetricsCollector(monitor))
+        self._metrics: tuple[Callable[[], bytes], str] | None = None  # made by the first /metrics request
+        self._metrics_lock = threading.Lock()
         self.query_pool = concurrent.futures.ThreadPoolExecutor(max_workers=limits.concurrent,
                                                                 thread_name_prefix="fastscp-query")
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastscp-status")
@@ -295,6 +295,21 @@ class StatusServer:
 
     # ---- who may ask ------------------------------------------------------------------
 
+    def _scrape(self) -> tuple[bytes, str]:
+        """The Prometheus exposition and its content type. prometheus-client
+        is imported by the first scrape, not at start (monitor/metrics.py)."""
+        with self._metrics_lock:
+            if self._metrics is None:
+                from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+                from .metrics import MetricsCollector
+
+                registry = CollectorRegistry(auto_describe=False)
+                registry.register(MetricsCollector(self.monitor))
+                self._metrics = (lambda: generate_latest(registry)), CONTENT_TYPE_LATEST
+        generate, content_type = self._metrics
+        return generate(), content_type
+
     def _host_allowed(self, headers: dict[str, str]) -> bool:
         """Against DNS rebinding: a page on evil.example whose name now
         resolves to 127.0.0.1 still sends ``Host: evil.example``. Browsers
@@ -357,7 +372,8 @@ class StatusServer:
                 return 405, _json({"error": f"{path} takes GET"}), "application/json", {"Allow": "GET"}
             if path == "/healthz":
                 return 200, _json({"ok": True}), "application/json", {}
-            return 200, generate_latest(self.registry), CONTENT_TYPE_LATEST, {}
+            body, content_type = self._scrape()
+            return 200, body, content_type, {}
         if not self._host_allowed(headers):
             return 403, _json({"error": f"Host {headers.get('host')!r} is not this server's: add it to "
                                         "status.allowed_hosts to use that name", "kind": "host"}), \
