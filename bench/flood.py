@@ -172,7 +172,8 @@ def flood_once(receiver: Receiver, corpus: gen_corpus.Corpus, assocs: int,
         result.update({
             "wall_s": wall, "images_per_s": len(corpus.files) / wall,
             "mb_per_s": corpus.total_bytes / 1e6 / wall, "cpu_s": cpu1 - cpu0,
-            "peak_rss_mb": rss.peak_kib / 1024, "storescu_exit_codes": codes,
+            "peak_rss_mb": rss.peak_kib / 1024, "peak_pss_mb": rss.peak_pss_kib / 1024,
+            "storescu_exit_codes": codes,
             "sender_cpu_s": sender_cpu, "other_cpu_s": max(0.0, other),
             "steal_s": steal1 - steal0,
         })

@@ -1,7 +1,10 @@
 """Turns the flood results into a markdown table, a JSON file and a PNG chart.
 
 Ratios compare wall time with dcmtk storescp's in the same run, on the same
-corpus and association count: below 1.00x is faster than storescp.
+corpus and association count: below 1.00x is faster than storescp. Where
+the run has them, two more: against the faster of dcmtk's two modes
+(storescp and storescp --fork) and against the C sink (bench/sink.c, the
+floor). Wall times are the median of the repeats, with their min-max.
 """
 from __future__ import annotations
 
@@ -10,41 +13,54 @@ from pathlib import Path
 from typing import Any
 
 BASELINE = "storescp"
+DCMTK = ("storescp", "storescp-fork")
+FLOOR = "sink"
 
 
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def ratio(result: dict[str, Any], results: list[dict[str, Any]]) -> float | None:
-    for other in results:
-        if (other["receiver"] == BASELINE and other["corpus"] == result["corpus"]
-                and other["assocs"] == result["assocs"] and other.get("wall_s")):
-            if result.get("wall_s") is None:
-                return None
-            return float(result["wall_s"]) / float(other["wall_s"])
-    return None
+def ratio(result: dict[str, Any], results: list[dict[str, Any]], against: tuple[str, ...] = (BASELINE,)
+          ) -> float | None:
+    """``result``'s wall time over the fastest of ``against`` on the same flood."""
+    walls = [float(other["wall_s"]) for other in results
+             if other["receiver"] in against and other["corpus"] == result["corpus"]
+             and other["assocs"] == result["assocs"] and other.get("wall_s")]
+    if not walls or result.get("wall_s") is None:
+        return None
+    return float(result["wall_s"]) / min(walls)
+
+
+def _spread(r: dict[str, Any]) -> str:
+    walls = [w for w in r.get("repeats_wall_s") or [] if w is not None]
+    return f" ({min(walls):.2f}-{max(walls):.2f})" if len(walls) > 1 else ""
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def markdown_table(run: dict[str, Any]) -> str:
     results: list[dict[str, Any]] = run["results"]
     lines = [
-        "| receiver | corpus | assocs | images | MB | wall s | images/s | MB/s "
-        "| wall vs storescp | CPU s | peak RSS MB | p50 ms | p99 ms | sender CPU s | other CPU s | all arrived |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
+        "| receiver | corpus | assocs | images | MB | wall s (min-max) | images/s | MB/s "
+        "| wall vs storescp | vs best dcmtk | vs sink | CPU s | peak RSS MB | peak PSS MB | p50 ms | p99 ms "
+        "| sender CPU s | other CPU s | all arrived |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for r in results:
         lat = r.get("latency") or {}
-        rat = ratio(r, results)
         arrived = "yes" if r.get("all_arrived") else f"NO ({r.get('arrived')}/{r['images']})"
         if r.get("error"):
             arrived = f"FAILED: {r['error'][:60]}"
         lines.append(
             f"| {r['receiver']} | {r['corpus']} | {r['assocs']} | {r['images']} "
-            f"| {r['megabytes']:.0f} | {_fmt(r.get('wall_s'), '.2f')} "
+            f"| {r['megabytes']:.0f} | {_fmt(r.get('wall_s'), '.2f')}{_spread(r)} "
             f"| {_fmt(r.get('images_per_s'), '.0f')} | {_fmt(r.get('mb_per_s'), '.0f')} "
-            f"| {_fmt(rat, '.2f')}{'x' if rat is not None else ''} "
+            f"| {_x(ratio(r, results))} | {_x(ratio(r, results, DCMTK))} | {_x(ratio(r, results, (FLOOR,)))} "
             f"| {_fmt(r.get('cpu_s'), '.2f')} | {_fmt(r.get('peak_rss_mb'), '.0f')} "
+            f"| {_fmt(r.get('peak_pss_mb'), '.0f')} "
             f"| {_fmt(lat.get('p50_ms'), '.2f')} | {_fmt(lat.get('p99_ms'), '.2f')} "
             f"| {_fmt(r.get('sender_cpu_s'), '.2f')} | {_fmt(r.get('other_cpu_s'), '.2f')} | {arrived} |")
     m = run["machine"]

@@ -90,3 +90,24 @@ def test_median_run_keeps_the_median_and_names_a_failed_repeat() -> None:
     assert best["all_arrived"] is False  # one repeat lost an image
     assert best["repeats_wall_s"] == [3.0, 1.0, 2.0]
     assert best["repeats_failed"] == [{"repeat": 1, "arrived": 9, "storescu_exit_codes": [1], "error": None}]
+
+
+def test_report_gives_each_flood_its_ratios_spread_and_pss() -> None:
+    """The table compares each receiver with storescp, with the faster of
+    dcmtk's two modes and with the sink, on the same flood only."""
+    import report
+
+    def row(receiver: str, wall: float, assocs: int = 4, walls: tuple[float, ...] = ()) -> dict[str, object]:
+        return {"receiver": receiver, "corpus": "small", "assocs": assocs, "images": 10, "megabytes": 1.0,
+                "wall_s": wall, "repeats_wall_s": list(walls) or [wall], "all_arrived": True,
+                "peak_rss_mb": 50.0, "peak_pss_mb": 42.0}
+
+    results = [row("fastscp", 1.2, walls=(1.1, 1.2, 1.4)), row("storescp", 2.0), row("storescp-fork", 1.5),
+               row("sink", 1.0), row("storescp", 0.1, assocs=1)]
+    run = {"results": results, "repeat": 3, "started": "now", "storage": "ext4",
+           "machine": {"nproc": 2, "cpu_model": "cpu", "mem_gib": 1, "os": "linux"}}
+    line = next(s for s in report.markdown_table(run).splitlines() if s.startswith("| fastscp |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[5] == "1.20 (1.10-1.40)"
+    assert cells[8:11] == ["0.60x", "0.80x", "1.20x"]  # storescp, best dcmtk (--fork), sink
+    assert cells[13] == "42"  # peak PSS MB
