@@ -253,6 +253,9 @@ def build_receivers(fastscp_cmd: str | None = None, dcmtk_bin: str | None = None
     def fastscp_fsync_argv(port: int, storage: Path, workdir: Path) -> list[str]:
         return [*fastscp_argv(port, storage, workdir), "--durability", "fsync"]
 
+    def fastscp_nopoll_argv(port: int, storage: Path, workdir: Path) -> list[str]:
+        return [*fastscp_argv(port, storage, workdir), "--busy-poll-us", "0"]
+
     def fastscp_argv(port: int, storage: Path, workdir: Path) -> list[str]:
         exe = fastscp_cmd or shutil.which("fastscp") or str(Path(sys.executable).with_name("fastscp"))
         # indexing on (a DuckDB file in the work dir), default durability; the
@@ -275,6 +278,8 @@ def build_receivers(fastscp_cmd: str | None = None, dcmtk_bin: str | None = None
         "fastscp": Receiver("fastscp", fastscp_argv, notes="indexing on, default durability"),
         "fastscp-fsync": Receiver("fastscp-fsync", fastscp_fsync_argv,
                                   notes="indexing on, storage.durability fsync (group commit)"),
+        "fastscp-nopoll": Receiver("fastscp-nopoll", fastscp_nopoll_argv,
+                                   notes="indexing on, default durability, busy polling off (server.busy_poll_us 0)"),
         "storescp": Receiver("storescp", dcmtk_storescp(False), notes="dcmtk, one process"),
         "storescp-fork": Receiver("storescp-fork", dcmtk_storescp(True),
                                   notes="dcmtk, one process per association"),
