@@ -64,14 +64,20 @@ def tree_cpu_seconds(root: int) -> float:
     return ticks / CLK_TCK
 
 
-def vm_hwm_kib(pid: int) -> int:
+def _proc_field_kib(pid: int, name: str, field: str) -> int:
+    """``field`` (kB) of /proc/PID/``name``; 0 once the process is gone."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
+        with open(f"/proc/{pid}/{name}") as fh:
+            for line in fh:
+                if line.startswith(field):
+                    return int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         pass
     return 0
+
+
+def vm_hwm_kib(pid: int) -> int:
+    return _proc_field_kib(pid, "status", "VmHWM:")
 
 
 def tree_hwm_kib(root: int) -> int:
@@ -80,14 +86,7 @@ def tree_hwm_kib(root: int) -> int:
 
 def pss_kib(pid: int) -> int:
     """The process's proportional set size (kB), 0 once it is gone."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as fh:
-            for line in fh:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        pass
-    return 0
+    return _proc_field_kib(pid, "smaps_rollup", "Pss:")
 
 
 def tree_pss_kib(root: int) -> int:
@@ -118,7 +117,7 @@ class PeakRssSampler:
             if self._stop.wait(self.interval):
                 return
 
-    def __enter__(self) -> "PeakRssSampler":
+    def __enter__(self) -> PeakRssSampler:
         self._thread.start()
         return self
 

@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
+from test_commitment_network import action_information
 
 from fastscp.services.commitment import Reference, parse_action
 from fastscp.services.identifiers import MAX_INFLATED, encode_identifier
@@ -19,16 +19,7 @@ SYNTAXES = ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "
 
 
 def _action(transaction: str = "1.2.3.4", uids: tuple[str, ...] = ("1.2.3.4.5", "1.2.3.4.6")) -> Dataset:
-    ds = Dataset()
-    ds.TransactionUID = transaction
-    items = []
-    for uid in uids:
-        item = Dataset()
-        item.ReferencedSOPClassUID = CT
-        item.ReferencedSOPInstanceUID = uid
-        items.append(item)
-    ds.ReferencedSOPSequence = Sequence(items)
-    return ds
+    return action_information(transaction, [(CT, uid) for uid in uids])
 
 
 @pytest.mark.parametrize("syntax", SYNTAXES)
