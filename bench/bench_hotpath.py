@@ -159,8 +159,18 @@ async def feed(stream: bytes, storage_dir: Path, max_pdu: int, read_size: int, o
     writer = None
     if observers:
         from fastscp.app import CatalogFeed, open_catalog
+        from fastscp.catalog.known import fill_filter
+        from fastscp.storage.duplicates import IndexedInstances
 
         writer = open_catalog(cfg, state)
+        known = state.storage.guard.index
+        if isinstance(known, IndexedInstances):  # as serve's start-up does (catalog/startup.py) before the flood
+            conn = writer.cursor()
+            try:
+                fill_filter(conn, known.filter)
+            finally:
+                conn.close()
+            known.mark_ready()
     server = DicomServer(lambda assoc, link: Dispatcher(state, assoc, link), max_pdu,
                          idle_timeout=0, dimse_timeout=0)
     if writer is not None:

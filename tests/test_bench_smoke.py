@@ -54,6 +54,7 @@ def test_every_receiver_gets_every_image(tmp_path: Path) -> None:
     assert not problems, problems
     assert rc == 0
     assert len(run["results"]) == len(RECEIVERS) * 3 * 2
+    assert not (tmp_path / "work" / ".trash").exists()  # the trees put aside are deleted at the end
     assert (tmp_path / "out" / "images_per_s.png").stat().st_size > 0
     assert "| storescp |" in (tmp_path / "snippet.md").read_text()
     latencies = [r["latency"] for r in run["results"] if r["assocs"] == 1 and r["corpus"] != "multiframe"]
