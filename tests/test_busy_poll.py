@@ -99,3 +99,52 @@ def test_reads_are_polled_only_when_enabled_and_one_association_is_open(
         assert (polled > 0) == polls, f"{polled} polled reads"
     finally:
         srv.stop()
+
+
+def test_polling_rests_for_a_slow_sender_and_comes_back_for_a_fast_one(tmp_path: Path) -> None:
+    """A sender that leaves more than the window between its PDUs makes the
+    polls miss; after SPIN_MISSES_TO_REST misses in a row polling rests (no
+    CPU burnt for nothing), and a message that then comes within the window
+    of a skipped poll brings it back. The slow phase's gaps are the workload
+    (six times the window), not a wait for the server."""
+    from rawclient import RELEASE_RQ, associate_rq, c_store_rq, pdata, read_pdu
+
+    from fastscp._ext.framer import decode_command
+    from fastscp.net.server import SPIN_MISSES_TO_REST
+
+    window_s = 0.010
+    srv = InProcessServer(tmp_path / "store", {"server.busy_poll_us": int(window_s * 1e6), "database.path": None})
+    items = [(uid, raw) for uid, raw, _ in _datasets(16, 5100)]
+    server = srv.app.server
+    try:
+        sock = socket.create_connection(("127.0.0.1", srv.port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(associate_rq("FASTSCP", "SLOWFAST", [(1, CT, ["1.2.840.10008.1.2.1"])], max_pdu=1 << 20))
+        assert read_pdu(sock)[0] == 2
+
+        def store(i: int, uid: str, raw: bytes, gap: float) -> None:
+            sock.sendall(pdata(1, c_store_rq(i + 1, CT, uid), True, True))
+            if gap:
+                time.sleep(gap)
+            chunks = [raw[k:k + 65536] for k in range(0, len(raw), 65536)]  # within the server's max PDU
+            sock.sendall(b"".join(pdata(1, c, False, n == len(chunks) - 1) for n, c in enumerate(chunks)))
+            kind, pdu = read_pdu(sock)
+            assert kind == 4 and decode_command(pdu[12:])[0x00000900] == 0
+            if gap:
+                time.sleep(gap)
+
+        for i, (uid, raw) in enumerate(items[:6]):
+            store(i, uid, raw, 6 * window_s)
+        assert server.poll_rests >= 1, f"misses in a row needed: {SPIN_MISSES_TO_REST}"
+        polled_slow = server.polled_reads
+        for i, (uid, raw) in enumerate(items[6:], start=6):
+            store(i, uid, raw, 0.0)
+        assert server.poll_resumes >= 1
+        assert server.polled_reads > polled_slow  # polling again once back
+        sock.sendall(RELEASE_RQ)
+        read_pdu(sock)
+        sock.close()
+        stored = check_tree(tmp_path / "store")
+        assert {uid: dataset_bytes(stored[uid]) for uid, _ in items} == dict(items)
+    finally:
+        srv.stop()
