@@ -35,6 +35,12 @@ per server, kind and way, the ratio of each peer's median to fastscp's, the
 machine and the load average.
 
     python bench/bench_cfind_dimse.py --instances 10000 --studies 500 --queries 200 --processes 40
+
+``--workdir DIR`` keeps the files, the three indexes and ``data.json`` (what
+the generated data holds); a later run with ``--workdir DIR --reuse`` starts
+the three servers on them without generating or loading anything
+(``dcmqridx`` alone takes minutes at 10,000 instances), so code changes can
+be measured on the same data.
 """
 
 from __future__ import annotations
@@ -229,53 +235,76 @@ def main() -> int:
     ap.add_argument("--processes", type=int, default=20, help="findscu runs per kind")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, help="kept afterwards (default: a temporary folder, removed)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="serve the data and indexes an earlier run left in --workdir (no generating, no loading)")
+    ap.add_argument("--servers", default="fastscp,dcmqrscp,orthanc",
+                    help="with --reuse: which of fastscp, dcmqrscp, orthanc to query (default: all three)")
     args = ap.parse_args()
+    chosen = set(args.servers.split(","))
+    if not chosen or not chosen <= {"fastscp", "dcmqrscp", "orthanc"}:
+        ap.error("--servers: a comma-separated subset of fastscp,dcmqrscp,orthanc")
+    if len(chosen) < 3 and not args.reuse:
+        ap.error("--servers needs --reuse (a first run loads all three servers)")
     if not 1 <= args.studies <= 500:
         ap.error("--studies must be 1..500 (dcmqrscp keeps at most 500 studies per storage area)")
+    if args.reuse and (args.workdir is None or not (args.workdir / "data.json").is_file()):
+        ap.error("--reuse needs the --workdir of an earlier complete run (with its data.json)")
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-cfind-dimse-"))
     work.mkdir(parents=True, exist_ok=True)
     servers: list[Server] = []
     try:
         files = work / "files"
-        files.mkdir()
-        t0 = time.perf_counter()
-        patients, studies = generate(files, args.instances, args.studies, args.seed)
-        n_files = len(list(files.iterdir()))
-        print(f"data: {n_files} instances, {args.studies} studies, {len(patients)} patients "
-              f"(generated in {time.perf_counter() - t0:.1f} s)")
+        if args.reuse:
+            data = json.loads((work / "data.json").read_text())
+            patients = list(data["patients"])
+            studies = [(int(day), str(patient), str(mods)) for day, patient, mods in data["studies"]]
+            n_files = len(list(files.iterdir()))
+            print(f"data: {n_files} instances, {len(studies)} studies, {len(patients)} patients "
+                  f"(reused from {work})")
+        else:
+            files.mkdir()
+            t0 = time.perf_counter()
+            patients, studies = generate(files, args.instances, args.studies, args.seed)
+            n_files = len(list(files.iterdir()))
+            print(f"data: {n_files} instances, {args.studies} studies, {len(patients)} patients "
+                  f"(generated in {time.perf_counter() - t0:.1f} s)")
 
         # fastscp: store with storescu, stop (flushes the index writer), start again
         port = free_port()
         argv = [sys.executable, "-m", "fastscp.cli", "serve", str(port), "FASTSCP", "--storage-dir",
                 str(work / "fastscp"), "--index-db", str(work / "fastscp.db"), "--status-port", "0"]
-        loader = Server("fastscp", "FASTSCP", port, argv, work / "fastscp-load.log")
-        t0 = time.perf_counter()
-        sent = subprocess.run([dcmtk_tool("storescu"), "-aec", "FASTSCP", "+sd", "+r", "127.0.0.1", str(port),
-                               str(files)], capture_output=True, timeout=3600)
-        loader.stop()
-        if sent.returncode != 0:
-            raise RuntimeError(f"storescu failed: {sent.stderr.decode()[-500:]}")
-        print(f"fastscp: stored and indexed in {time.perf_counter() - t0:.1f} s (storescu, then a clean stop)")
-        servers.append(Server("fastscp", "FASTSCP", port, argv, work / "fastscp.log"))
+        if not args.reuse:
+            loader = Server("fastscp", "FASTSCP", port, argv, work / "fastscp-load.log")
+            t0 = time.perf_counter()
+            sent = subprocess.run([dcmtk_tool("storescu"), "-aec", "FASTSCP", "+sd", "+r", "127.0.0.1",
+                                   str(port), str(files)], capture_output=True, timeout=3600)
+            loader.stop()
+            if sent.returncode != 0:
+                raise RuntimeError(f"storescu failed: {sent.stderr.decode()[-500:]}")
+            print(f"fastscp: stored and indexed in {time.perf_counter() - t0:.1f} s (storescu, then a clean stop)")
+        if "fastscp" in chosen:
+            servers.append(Server("fastscp", "FASTSCP", port, argv, work / "fastscp.log"))
 
         # dcmqrscp: index built by dcmqridx over the same files
         qrdb = work / "dcmqrscp-db"
-        qrdb.mkdir()
-        t0 = time.perf_counter()
-        subprocess.run([dcmtk_tool("dcmqridx"), str(qrdb), *sorted(map(str, files.iterdir()))], check=True,
-                       capture_output=True, timeout=7200)
-        print(f"dcmqrscp: dcmqridx indexed in {time.perf_counter() - t0:.1f} s")
+        if not args.reuse:
+            qrdb.mkdir()
+            t0 = time.perf_counter()
+            subprocess.run([dcmtk_tool("dcmqridx"), str(qrdb), *sorted(map(str, files.iterdir()))], check=True,
+                           capture_output=True, timeout=7200)
+            print(f"dcmqrscp: dcmqridx indexed in {time.perf_counter() - t0:.1f} s")
         qport = free_port()
         cfg = work / "dcmqrscp.cfg"
         cfg.write_text(f"NetworkTCPPort = {qport}\nMaxPDUSize = 131072\nMaxAssociations = 16\n"
                        "HostTable BEGIN\nHostTable END\nVendorTable BEGIN\nVendorTable END\n"
                        f"AETable BEGIN\nQRSCP {qrdb} RW (500, 1024mb) ANY\nAETable END\n")
-        servers.append(Server("dcmqrscp", "QRSCP", qport, [dcmtk_tool("dcmqrscp"), "-c", str(cfg)],
-                              work / "dcmqrscp.log"))
+        if "dcmqrscp" in chosen:
+            servers.append(Server("dcmqrscp", "QRSCP", qport, [dcmtk_tool("dcmqrscp"), "-c", str(cfg)],
+                                  work / "dcmqrscp.log"))
 
         # Orthanc: its SQLite index, filled by storescu (a Success means stored and indexed)
         oport = free_port()
-        (work / "orthanc-index").mkdir()
+        (work / "orthanc-index").mkdir(exist_ok=args.reuse)
         ocfg = work / "orthanc.json"
         ocfg.write_text(json.dumps({
             "Name": "bench-cfind", "StorageDirectory": str(work / "orthanc-storage"),
@@ -284,14 +313,17 @@ def main() -> int:
             "DicomAlwaysAllowEcho": True, "DicomAlwaysAllowFind": True, "DicomThreadsCount": 4,
             "HttpServerEnabled": True, "HttpPort": free_port(), "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False, "Plugins": [], "SaveJobs": False}))
-        orthanc = Server("orthanc", "ORTHANC", oport, [orthanc_exe(), str(ocfg)], work / "orthanc.log")
-        servers.append(orthanc)
-        t0 = time.perf_counter()
-        sent = subprocess.run([dcmtk_tool("storescu"), "-aec", "ORTHANC", "+sd", "+r", "127.0.0.1", str(oport),
-                               str(files)], capture_output=True, timeout=3600, env=NODELAY)
-        if sent.returncode != 0:
-            raise RuntimeError(f"storescu to Orthanc failed: {sent.stderr.decode()[-500:]}")
-        print(f"orthanc: stored and indexed in {time.perf_counter() - t0:.1f} s (storescu)")
+        if "orthanc" in chosen:
+            servers.append(Server("orthanc", "ORTHANC", oport, [orthanc_exe(), str(ocfg)], work / "orthanc.log"))
+        if not args.reuse:
+            t0 = time.perf_counter()
+            sent = subprocess.run([dcmtk_tool("storescu"), "-aec", "ORTHANC", "+sd", "+r", "127.0.0.1",
+                                   str(oport), str(files)], capture_output=True, timeout=3600, env=NODELAY)
+            if sent.returncode != 0:
+                raise RuntimeError(f"storescu to Orthanc failed: {sent.stderr.decode()[-500:]}")
+            print(f"orthanc: stored and indexed in {time.perf_counter() - t0:.1f} s (storescu)")
+            # every server holds the data now: a later --reuse run may start from here
+            (work / "data.json").write_text(json.dumps({"patients": patients, "studies": studies}))
 
         rng = random.Random(args.seed + 1)
 
@@ -340,6 +372,8 @@ def main() -> int:
                           f"{percentile(ms, 0.9):.1f} ms | {percentile(ms, 0.99):.1f} ms | "
                           f"{statistics.mean(matches):.1f} |")
                 for name in ("dcmqrscp", "orthanc"):
+                    if name not in results or "fastscp" not in results:
+                        continue
                     ratio = statistics.median(results[name][0]) / statistics.median(results["fastscp"][0])
                     ratios.append(f"{kind}, {way}: {name} p50 / fastscp p50 = {ratio:.2f}")
         print("\n".join(ratios + notes))
