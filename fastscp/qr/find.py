@@ -94,13 +94,33 @@ def find(
     when more than ``max_matches`` rows match (after yielding that many),
     QueryCancelled (0xFE00) when ``cancelled()`` turns true.
     """
+    responses = find_responses(conn, identifier, model, relational=relational, cancelled=cancelled,
+                               retrieve_ae_title=retrieve_ae_title, max_matches=max_matches,
+                               fetch_size=fetch_size)
+    return (response.dataset() for response in responses)
+
+
+def find_responses(
+    conn: duckdb.DuckDBPyConnection,
+    identifier: Dataset,
+    model: InformationModel,
+    *,
+    relational: bool = False,
+    cancelled: Callable[[], bool] = _never,
+    retrieve_ae_title: str = "",
+    max_matches: int | None = None,
+    fetch_size: int = FETCH_SIZE,
+) -> Iterator[Response]:
+    """``find``, yielding each response as its elements (``Response``):
+    what the C-FIND service encodes without building a pydicom Dataset
+    (``services.identifiers.encode_response``). Same errors, same moment."""
     query = parse_identifier(identifier, model, relational=relational)
     return _run(conn, query, identifier, cancelled, retrieve_ae_title, max_matches, fetch_size)
 
 
 def _run(conn: duckdb.DuckDBPyConnection, query: Query, identifier: Dataset,
          cancelled: Callable[[], bool], retrieve_ae_title: str, max_matches: int | None,
-         fetch_size: int) -> Iterator[Dataset]:
+         fetch_size: int) -> Iterator[Response]:
     level = query.level
     columns: list[str] = []
     returns: list[_Return] = []
@@ -290,10 +310,27 @@ class _DerivedSql:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class Response:
+    """One response identifier as its elements, in the request's order plus
+    Query/Retrieve Level and Specific Character Set: ``(tag, VR, value)``,
+    the value None (empty), text, an int, a list of texts, or an empty
+    pydicom Sequence. ``dataset()`` is the pydicom Dataset ``find`` yields."""
+
+    elements: tuple[tuple[int, str, object], ...]
+    charset: str | list[str] | None  # the value of (0008,0005) among the elements, if any
+
+    def dataset(self) -> Dataset:
+        ds = Dataset()
+        for tag, vr, value in self.elements:
+            ds.add_new(tag, vr, value)
+        return ds
+
+
 def _response(row: tuple[object, ...], returns: list[_Return], derived: _Derived,
               ids: dict[Level, int], level_text: str, charset: _Charset,
-              retrieve_ae_title: str) -> Dataset:
-    ds = Dataset()
+              retrieve_ae_title: str) -> Response:
+    elements: list[tuple[int, str, object]] = []
     texts: list[str] = []
     for ret in returns:
         key = ret.key
@@ -321,12 +358,12 @@ def _response(row: tuple[object, ...], returns: list[_Return], derived: _Derived
                 texts.append(value)
             if value == "":
                 value = None
-        ds.add_new(ret.tag, ret.vr, value)
-    ds.add_new(QUERY_RETRIEVE_LEVEL, "CS", level_text)
+        elements.append((ret.tag, ret.vr, value))
+    elements.append((QUERY_RETRIEVE_LEVEL, "CS", level_text))
     chosen = charset.for_values(texts)
     if chosen:
-        ds.add_new(SPECIFIC_CHARACTER_SET, "CS", chosen)
-    return ds
+        elements.append((SPECIFIC_CHARACTER_SET, "CS", chosen))
+    return Response(tuple(elements), chosen)
 
 
 def _dicom_value(value: object) -> object:
