@@ -28,7 +28,9 @@ Number of Study Related Instances):
 Each is timed two ways: ``--queries`` queries on one held association
 (pynetdicom as SCU, from sending the request to the final response) and
 ``--processes`` runs of dcmtk ``findscu`` (one process and one association
-per query: what a script pays). The matches of every query are compared
+per query: what a script pays). ``--raw`` adds a third: the same queries on
+one association held by a bare socket client (``held_raw``), which measures
+the servers without pynetdicom's own per-query and per-response cost. The matches of every query are compared
 with the studies the generated data holds for it; a server that answers
 otherwise is named in a note. Prints p50/p90/p99
 per server, kind and way, the ratio of each peer's median to fastscp's, the
@@ -54,6 +56,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -200,6 +203,65 @@ def held(server: Server, queries: list[Dataset]) -> tuple[list[float], list[int]
     return times, matches
 
 
+def held_raw(server: Server, queries: list[Dataset]) -> tuple[list[float], list[int]]:
+    """Seconds and matches per query on one association, the client a bare
+    socket (fastscp's SCU association code, TCP_NODELAY): each request goes
+    out in one write and each response is read as it arrives, so the figure
+    is the server's latency without pynetdicom's own cost (its reactor polls
+    the socket with 1 ms sleeps and decodes every PDU in Python)."""
+    from fastscp.protocol import dimse as D
+    from fastscp.protocol import pdu as P
+    from fastscp.services.identifiers import encode_identifier
+    from fastscp.services.store_scu import StoreAssociation
+
+    syntax = str(ExplicitVRLittleEndian)
+
+    def pdv(context: int, payload: bytes, command: bool) -> bytes:
+        return struct.pack(">BBIIBB", P.P_DATA_TF, 0, len(payload) + 6, len(payload) + 2, context,
+                           3 if command else 2) + payload
+
+    assoc = StoreAssociation("127.0.0.1", server.port, "BENCH", server.ae_title, [(STUDY_FIND, syntax)], timeout=120)
+    context = assoc.accepted.get((STUDY_FIND, syntax))
+    if context is None:
+        assoc.abort()
+        raise RuntimeError(f"{server.name}: Study Root FIND context refused")
+    times: list[float] = []
+    matches: list[int] = []
+    try:
+        for message_id, ds in enumerate(queries, 1):
+            command = D.encode_command({D.AFFECTED_SOP_CLASS: STUDY_FIND, D.COMMAND_FIELD: D.C_FIND_RQ,
+                                        D.MESSAGE_ID: message_id, D.PRIORITY: 0}, True)
+            request = pdv(context, command, True) + pdv(context, encode_identifier(ds, syntax), False)
+            t0 = time.perf_counter()
+            assoc._send(request)
+            n, status, fragments = 0, None, bytearray()
+            while status is None:
+                pdu_type, body = assoc._read_pdu()
+                if pdu_type != P.P_DATA_TF:
+                    raise RuntimeError(f"{server.name}: PDU type {pdu_type:#04x} during a C-FIND")
+                pos = 0
+                while pos + 6 <= len(body):
+                    (length,) = struct.unpack_from(">I", body, pos)
+                    header = body[pos + 5]
+                    if header & 0x01:  # command fragment
+                        fragments += body[pos + 6:pos + 4 + length]
+                        if header & 0x02:
+                            value = int(D.decode_command(bytes(fragments)).get(D.STATUS, 0xC000))
+                            fragments = bytearray()
+                            if value in (0xFF00, 0xFF01):
+                                n += 1
+                            else:
+                                status = value
+                    pos += 4 + length
+            times.append(time.perf_counter() - t0)
+            if status != 0:
+                raise RuntimeError(f"{server.name}: status {status:#06x}")
+            matches.append(n)
+    finally:
+        assoc.release()
+    return times, matches
+
+
 def per_process(server: Server, queries: list[Dataset]) -> tuple[list[float], list[int]]:
     """Seconds and matches per dcmtk findscu run (one association each)."""
     exe = dcmtk_tool("findscu")
@@ -233,6 +295,8 @@ def main() -> int:
     ap.add_argument("--studies", type=int, default=250, help="at most 500 (dcmqrscp's cap per storage area)")
     ap.add_argument("--queries", type=int, default=100, help="per kind, on one held association")
     ap.add_argument("--processes", type=int, default=20, help="findscu runs per kind")
+    ap.add_argument("--raw", action="store_true",
+                    help="also time a held association whose client is a bare socket (no pynetdicom)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, help="kept afterwards (default: a temporary folder, removed)")
     ap.add_argument("--reuse", action="store_true",
@@ -249,7 +313,8 @@ def main() -> int:
         ap.error("--studies must be 1..500 (dcmqrscp keeps at most 500 studies per storage area)")
     if args.reuse and (args.workdir is None or not (args.workdir / "data.json").is_file()):
         ap.error("--reuse needs the --workdir of an earlier complete run (with its data.json)")
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-cfind-dimse-"))
+    # absolute: Orthanc reads the paths of its configuration relative to the file
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-cfind-dimse-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     servers: list[Server] = []
     try:
@@ -352,8 +417,12 @@ def main() -> int:
         ratios: list[str] = []
         notes: list[str] = []
         for kind, make in kinds:
-            for way, count, run in (("held association (pynetdicom)", args.queries, held),
-                                    ("findscu process", args.processes, per_process)):
+            ways: list[tuple[str, int, Callable[[Server, list[Dataset]], tuple[list[float], list[int]]]]] = [
+                ("held association (pynetdicom)", args.queries, held)]
+            if args.raw:
+                ways.append(("held association (raw socket)", args.queries, held_raw))
+            ways.append(("findscu process", args.processes, per_process))
+            for way, count, run in ways:
                 made = make(count)
                 queries = [q for q, _ in made]
                 expected = [e for _, e in made]
