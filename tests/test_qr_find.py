@@ -40,6 +40,7 @@ from fastscp.qr.matching import (
     Query,
     Term,
     build_sql,
+    gone_ids,
     identifier_from_params,
     predicate_for,
 )
@@ -596,3 +597,9 @@ def test_a_series_all_of_whose_instances_are_missing_is_left_out_of_the_study_ke
                                 NumberOfSeriesRelatedInstances=None))
     assert str(series.SeriesInstanceUID) == f"{S1}.1" and series.NumberOfSeriesRelatedInstances == 3
     conn.close()
+
+
+@pytest.mark.parametrize("entity", [Level.PATIENT, Level.STUDY, Level.SERIES])
+def test_gone_ids_the_selective_way_and_in_one_scan_agree(index: duckdb.DuckDBPyConnection, entity: Level) -> None:
+    expected = {Level.PATIENT: [], Level.STUDY: [S3], Level.SERIES: [f"{S3}.1"]}[entity]
+    assert gone_ids(index, entity, 0.0) == gone_ids(index, entity, 1.0) == expected
