@@ -6,6 +6,9 @@ yields one pydicom Dataset per row as DuckDB hands them over
 (``fetchmany``), so the service module can send each Pending response while
 the rest is still being read. Between rows it calls ``cancelled()`` and
 stops with QueryCancelled (0xFE00) when the requester sent C-CANCEL.
+``find_responses`` is the same generator yielding each response as its
+elements (``Response``), which the C-FIND service encodes without building
+a Dataset (``services.identifiers.encode_response``).
 
 Each response holds exactly the keys the request held (PS3.4 C.4.1.1.3.2):
 their values from the index, the derived ones (Number of Patient/Study/
