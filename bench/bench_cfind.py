@@ -2,8 +2,11 @@
 
 Fills a DuckDB index with N generated instances through the project's
 BatchWriter (the writer thread's own code path), then times STUDY-level
-queries through ``fastscp.qr.find`` (parse, SQL, streaming, derived counts,
-response Datasets; no network), each drained to its last response:
+queries as the C-FIND service's worker runs them, minus decoding the request:
+``fastscp.qr.find_responses`` (parse, SQL, streaming, derived counts) and
+each response encoded in Explicit VR Little Endian
+(``services.identifiers.encode_response``); no network. Each query is
+drained to its last response:
 
 - by PatientID (Study Root, the usual viewer query), and
 - by StudyDate range (one month) plus ModalitiesInStudy.
@@ -42,10 +45,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fastscp.catalog import schema
 from fastscp.catalog.rows import BatchWriter
 from fastscp.instance import InstanceInfo
-from fastscp.qr import InformationModel, find
+from fastscp.qr import InformationModel, find_responses
+from fastscp.services.identifiers import encode_response
 
 MODALITIES = ("CT", "MR", "CR", "US", "DX", "MG", "PT")
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
 START = 16436  # days since 1970-01-01: 2015-01-01
 
 
@@ -151,7 +156,7 @@ def main() -> int:
         model = InformationModel.STUDY_ROOT
         for name, make in kinds.items():
             for _ in range(5):  # warm-up
-                list(find(conn.cursor(), make(), model))
+                _answer(conn.cursor(), make(), model)
             times: list[float] = []
             matches: list[int] = []
             cpu0 = time.process_time()
@@ -159,7 +164,7 @@ def main() -> int:
                 ds = make()
                 cursor = conn.cursor()
                 t0 = time.perf_counter()
-                got = sum(1 for _ in find(cursor, ds, model))
+                got = _answer(cursor, ds, model)
                 times.append((time.perf_counter() - t0) * 1000)
                 cursor.close()
                 matches.append(got)
@@ -174,6 +179,12 @@ def main() -> int:
         if tmp is not None:
             tmp.cleanup()
     return 0
+
+
+def _answer(cursor: object, ds: Dataset, model: InformationModel) -> int:
+    """One query as the C-FIND service answers it; the number of matches."""
+    return sum(1 for response in find_responses(cursor, ds, model)  # type: ignore[arg-type]
+               if encode_response(response, EXPLICIT_LE))
 
 
 def _date_query(rng: random.Random) -> Dataset:

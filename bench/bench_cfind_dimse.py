@@ -28,13 +28,21 @@ Number of Study Related Instances):
 Each is timed two ways: ``--queries`` queries on one held association
 (pynetdicom as SCU, from sending the request to the final response) and
 ``--processes`` runs of dcmtk ``findscu`` (one process and one association
-per query: what a script pays). The matches of every query are compared
+per query: what a script pays). ``--raw`` adds a third: the same queries on
+one association held by a bare socket client (``held_raw``), which measures
+the servers without pynetdicom's own per-query and per-response cost. The matches of every query are compared
 with the studies the generated data holds for it; a server that answers
 otherwise is named in a note. Prints p50/p90/p99
 per server, kind and way, the ratio of each peer's median to fastscp's, the
 machine and the load average.
 
     python bench/bench_cfind_dimse.py --instances 10000 --studies 500 --queries 200 --processes 40
+
+``--workdir DIR`` keeps the files, the three indexes and ``data.json`` (what
+the generated data holds); a later run with ``--workdir DIR --reuse`` starts
+the three servers on them without generating or loading anything
+(``dcmqridx`` alone takes minutes at 10,000 instances), so code changes can
+be measured on the same data.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -194,6 +203,65 @@ def held(server: Server, queries: list[Dataset]) -> tuple[list[float], list[int]
     return times, matches
 
 
+def held_raw(server: Server, queries: list[Dataset]) -> tuple[list[float], list[int]]:
+    """Seconds and matches per query on one association, the client a bare
+    socket (fastscp's SCU association code, TCP_NODELAY): each request goes
+    out in one write and each response is read as it arrives, so the figure
+    is the server's latency without pynetdicom's own cost (its reactor polls
+    the socket with 1 ms sleeps and decodes every PDU in Python)."""
+    from fastscp.protocol import dimse as D
+    from fastscp.protocol import pdu as P
+    from fastscp.services.identifiers import encode_identifier
+    from fastscp.services.store_scu import StoreAssociation
+
+    syntax = str(ExplicitVRLittleEndian)
+
+    def pdv(context: int, payload: bytes, command: bool) -> bytes:
+        return struct.pack(">BBIIBB", P.P_DATA_TF, 0, len(payload) + 6, len(payload) + 2, context,
+                           3 if command else 2) + payload
+
+    assoc = StoreAssociation("127.0.0.1", server.port, "BENCH", server.ae_title, [(STUDY_FIND, syntax)], timeout=120)
+    context = assoc.accepted.get((STUDY_FIND, syntax))
+    if context is None:
+        assoc.abort()
+        raise RuntimeError(f"{server.name}: Study Root FIND context refused")
+    times: list[float] = []
+    matches: list[int] = []
+    try:
+        for message_id, ds in enumerate(queries, 1):
+            command = D.encode_command({D.AFFECTED_SOP_CLASS: STUDY_FIND, D.COMMAND_FIELD: D.C_FIND_RQ,
+                                        D.MESSAGE_ID: message_id, D.PRIORITY: 0}, True)
+            request = pdv(context, command, True) + pdv(context, encode_identifier(ds, syntax), False)
+            t0 = time.perf_counter()
+            assoc._send(request)
+            n, status, fragments = 0, None, bytearray()
+            while status is None:
+                pdu_type, body = assoc._read_pdu()
+                if pdu_type != P.P_DATA_TF:
+                    raise RuntimeError(f"{server.name}: PDU type {pdu_type:#04x} during a C-FIND")
+                pos = 0
+                while pos + 6 <= len(body):
+                    (length,) = struct.unpack_from(">I", body, pos)
+                    header = body[pos + 5]
+                    if header & 0x01:  # command fragment
+                        fragments += body[pos + 6:pos + 4 + length]
+                        if header & 0x02:
+                            value = int(D.decode_command(bytes(fragments)).get(D.STATUS, 0xC000))
+                            fragments = bytearray()
+                            if value in (0xFF00, 0xFF01):
+                                n += 1
+                            else:
+                                status = value
+                    pos += 4 + length
+            times.append(time.perf_counter() - t0)
+            if status != 0:
+                raise RuntimeError(f"{server.name}: status {status:#06x}")
+            matches.append(n)
+    finally:
+        assoc.release()
+    return times, matches
+
+
 def per_process(server: Server, queries: list[Dataset]) -> tuple[list[float], list[int]]:
     """Seconds and matches per dcmtk findscu run (one association each)."""
     exe = dcmtk_tool("findscu")
@@ -227,55 +295,81 @@ def main() -> int:
     ap.add_argument("--studies", type=int, default=250, help="at most 500 (dcmqrscp's cap per storage area)")
     ap.add_argument("--queries", type=int, default=100, help="per kind, on one held association")
     ap.add_argument("--processes", type=int, default=20, help="findscu runs per kind")
+    ap.add_argument("--raw", action="store_true",
+                    help="also time a held association whose client is a bare socket (no pynetdicom)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, help="kept afterwards (default: a temporary folder, removed)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="serve the data and indexes an earlier run left in --workdir (no generating, no loading)")
+    ap.add_argument("--servers", default="fastscp,dcmqrscp,orthanc",
+                    help="with --reuse: which of fastscp, dcmqrscp, orthanc to query (default: all three)")
     args = ap.parse_args()
+    chosen = set(args.servers.split(","))
+    if not chosen or not chosen <= {"fastscp", "dcmqrscp", "orthanc"}:
+        ap.error("--servers: a comma-separated subset of fastscp,dcmqrscp,orthanc")
+    if len(chosen) < 3 and not args.reuse:
+        ap.error("--servers needs --reuse (a first run loads all three servers)")
     if not 1 <= args.studies <= 500:
         ap.error("--studies must be 1..500 (dcmqrscp keeps at most 500 studies per storage area)")
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-cfind-dimse-"))
+    if args.reuse and (args.workdir is None or not (args.workdir / "data.json").is_file()):
+        ap.error("--reuse needs the --workdir of an earlier complete run (with its data.json)")
+    # absolute: Orthanc reads the paths of its configuration relative to the file
+    work = (args.workdir or Path(tempfile.mkdtemp(prefix="bench-cfind-dimse-"))).resolve()
     work.mkdir(parents=True, exist_ok=True)
     servers: list[Server] = []
     try:
         files = work / "files"
-        files.mkdir()
-        t0 = time.perf_counter()
-        patients, studies = generate(files, args.instances, args.studies, args.seed)
-        n_files = len(list(files.iterdir()))
-        print(f"data: {n_files} instances, {args.studies} studies, {len(patients)} patients "
-              f"(generated in {time.perf_counter() - t0:.1f} s)")
+        if args.reuse:
+            data = json.loads((work / "data.json").read_text())
+            patients = list(data["patients"])
+            studies = [(int(day), str(patient), str(mods)) for day, patient, mods in data["studies"]]
+            n_files = len(list(files.iterdir()))
+            print(f"data: {n_files} instances, {len(studies)} studies, {len(patients)} patients "
+                  f"(reused from {work})")
+        else:
+            files.mkdir()
+            t0 = time.perf_counter()
+            patients, studies = generate(files, args.instances, args.studies, args.seed)
+            n_files = len(list(files.iterdir()))
+            print(f"data: {n_files} instances, {args.studies} studies, {len(patients)} patients "
+                  f"(generated in {time.perf_counter() - t0:.1f} s)")
 
         # fastscp: store with storescu, stop (flushes the index writer), start again
         port = free_port()
         argv = [sys.executable, "-m", "fastscp.cli", "serve", str(port), "FASTSCP", "--storage-dir",
                 str(work / "fastscp"), "--index-db", str(work / "fastscp.db"), "--status-port", "0"]
-        loader = Server("fastscp", "FASTSCP", port, argv, work / "fastscp-load.log")
-        t0 = time.perf_counter()
-        sent = subprocess.run([dcmtk_tool("storescu"), "-aec", "FASTSCP", "+sd", "+r", "127.0.0.1", str(port),
-                               str(files)], capture_output=True, timeout=3600)
-        loader.stop()
-        if sent.returncode != 0:
-            raise RuntimeError(f"storescu failed: {sent.stderr.decode()[-500:]}")
-        print(f"fastscp: stored and indexed in {time.perf_counter() - t0:.1f} s (storescu, then a clean stop)")
-        servers.append(Server("fastscp", "FASTSCP", port, argv, work / "fastscp.log"))
+        if not args.reuse:
+            loader = Server("fastscp", "FASTSCP", port, argv, work / "fastscp-load.log")
+            t0 = time.perf_counter()
+            sent = subprocess.run([dcmtk_tool("storescu"), "-aec", "FASTSCP", "+sd", "+r", "127.0.0.1",
+                                   str(port), str(files)], capture_output=True, timeout=3600)
+            loader.stop()
+            if sent.returncode != 0:
+                raise RuntimeError(f"storescu failed: {sent.stderr.decode()[-500:]}")
+            print(f"fastscp: stored and indexed in {time.perf_counter() - t0:.1f} s (storescu, then a clean stop)")
+        if "fastscp" in chosen:
+            servers.append(Server("fastscp", "FASTSCP", port, argv, work / "fastscp.log"))
 
         # dcmqrscp: index built by dcmqridx over the same files
         qrdb = work / "dcmqrscp-db"
-        qrdb.mkdir()
-        t0 = time.perf_counter()
-        subprocess.run([dcmtk_tool("dcmqridx"), str(qrdb), *sorted(map(str, files.iterdir()))], check=True,
-                       capture_output=True, timeout=7200)
-        print(f"dcmqrscp: dcmqridx indexed in {time.perf_counter() - t0:.1f} s")
+        if not args.reuse:
+            qrdb.mkdir()
+            t0 = time.perf_counter()
+            subprocess.run([dcmtk_tool("dcmqridx"), str(qrdb), *sorted(map(str, files.iterdir()))], check=True,
+                           capture_output=True, timeout=7200)
+            print(f"dcmqrscp: dcmqridx indexed in {time.perf_counter() - t0:.1f} s")
         qport = free_port()
         cfg = work / "dcmqrscp.cfg"
         cfg.write_text(f"NetworkTCPPort = {qport}\nMaxPDUSize = 131072\nMaxAssociations = 16\n"
                        "HostTable BEGIN\nHostTable END\nVendorTable BEGIN\nVendorTable END\n"
                        f"AETable BEGIN\nQRSCP {qrdb} RW (500, 1024mb) ANY\nAETable END\n")
-        servers.append(Server("dcmqrscp", "QRSCP", qport, [dcmtk_tool("dcmqrscp"), "-c", str(cfg)],
-                              work / "dcmqrscp.log"))
+        if "dcmqrscp" in chosen:
+            servers.append(Server("dcmqrscp", "QRSCP", qport, [dcmtk_tool("dcmqrscp"), "-c", str(cfg)],
+                                  work / "dcmqrscp.log"))
 
         # Orthanc: its SQLite index, filled by storescu (a Success means stored and indexed)
         oport = free_port()
-        (work / "orthanc-index").mkdir()
+        (work / "orthanc-index").mkdir(exist_ok=args.reuse)
         ocfg = work / "orthanc.json"
         ocfg.write_text(json.dumps({
             "Name": "bench-cfind", "StorageDirectory": str(work / "orthanc-storage"),
@@ -284,14 +378,17 @@ def main() -> int:
             "DicomAlwaysAllowEcho": True, "DicomAlwaysAllowFind": True, "DicomThreadsCount": 4,
             "HttpServerEnabled": True, "HttpPort": free_port(), "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False, "Plugins": [], "SaveJobs": False}))
-        orthanc = Server("orthanc", "ORTHANC", oport, [orthanc_exe(), str(ocfg)], work / "orthanc.log")
-        servers.append(orthanc)
-        t0 = time.perf_counter()
-        sent = subprocess.run([dcmtk_tool("storescu"), "-aec", "ORTHANC", "+sd", "+r", "127.0.0.1", str(oport),
-                               str(files)], capture_output=True, timeout=3600, env=NODELAY)
-        if sent.returncode != 0:
-            raise RuntimeError(f"storescu to Orthanc failed: {sent.stderr.decode()[-500:]}")
-        print(f"orthanc: stored and indexed in {time.perf_counter() - t0:.1f} s (storescu)")
+        if "orthanc" in chosen:
+            servers.append(Server("orthanc", "ORTHANC", oport, [orthanc_exe(), str(ocfg)], work / "orthanc.log"))
+        if not args.reuse:
+            t0 = time.perf_counter()
+            sent = subprocess.run([dcmtk_tool("storescu"), "-aec", "ORTHANC", "+sd", "+r", "127.0.0.1",
+                                   str(oport), str(files)], capture_output=True, timeout=3600, env=NODELAY)
+            if sent.returncode != 0:
+                raise RuntimeError(f"storescu to Orthanc failed: {sent.stderr.decode()[-500:]}")
+            print(f"orthanc: stored and indexed in {time.perf_counter() - t0:.1f} s (storescu)")
+            # every server holds the data now: a later --reuse run may start from here
+            (work / "data.json").write_text(json.dumps({"patients": patients, "studies": studies}))
 
         rng = random.Random(args.seed + 1)
 
@@ -320,8 +417,12 @@ def main() -> int:
         ratios: list[str] = []
         notes: list[str] = []
         for kind, make in kinds:
-            for way, count, run in (("held association (pynetdicom)", args.queries, held),
-                                    ("findscu process", args.processes, per_process)):
+            ways: list[tuple[str, int, Callable[[Server, list[Dataset]], tuple[list[float], list[int]]]]] = [
+                ("held association (pynetdicom)", args.queries, held)]
+            if args.raw:
+                ways.append(("held association (raw socket)", args.queries, held_raw))
+            ways.append(("findscu process", args.processes, per_process))
+            for way, count, run in ways:
                 made = make(count)
                 queries = [q for q, _ in made]
                 expected = [e for _, e in made]
@@ -340,6 +441,8 @@ def main() -> int:
                           f"{percentile(ms, 0.9):.1f} ms | {percentile(ms, 0.99):.1f} ms | "
                           f"{statistics.mean(matches):.1f} |")
                 for name in ("dcmqrscp", "orthanc"):
+                    if name not in results or "fastscp" not in results:
+                        continue
                     ratio = statistics.median(results[name][0]) / statistics.median(results["fastscp"][0])
                     ratios.append(f"{kind}, {way}: {name} p50 / fastscp p50 = {ratio:.2f}")
         print("\n".join(ratios + notes))

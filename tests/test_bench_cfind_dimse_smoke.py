@@ -32,3 +32,25 @@ def test_bench_cfind_dimse_runs_both_servers(tmp_path: Path, capsys: pytest.Capt
     assert len(re.findall(r"^\| by PatientID .*\| 2\.0 \|$", out, re.M)) == 6
     assert "fastscp, " not in out  # no note: fastscp returned what the data holds, every query
     assert len(re.findall(r"(dcmqrscp|orthanc) p50 / fastscp p50 = [0-9.]+", out)) == 8
+
+
+def test_bench_cfind_dimse_raw_client_and_reuse(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """--raw times a bare-socket client against the three servers, and a
+    --reuse run serves what the first left in --workdir without loading."""
+    work = tmp_path / "w"
+    base = ["bench_cfind_dimse.py", "--instances", "60", "--studies", "6", "--queries", "3", "--processes", "1",
+            "--workdir", str(work)]
+    monkeypatch.setattr(sys, "argv", base)
+    assert bench_cfind_dimse.main() == 0
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", [*base, "--reuse", "--raw"])
+    assert bench_cfind_dimse.main() == 0
+    out = capsys.readouterr().out
+    assert "reused from" in out and "indexed in" not in out  # nothing loaded again
+    raw = re.findall(r"^\| (by PatientID|StudyDate[^|]*) \| held association \(raw socket\) \| "
+                     r"(fastscp|dcmqrscp|orthanc) \| 3 \|.*\| ([0-9.]+) \|$", out, re.M)
+    assert len(raw) == 6
+    # the bare-socket client counts each patient's two studies on every server
+    assert all(float(n) == 2.0 for kind, _, n in raw if kind == "by PatientID")
+    assert "fastscp, " not in out and "orthanc, by PatientID" not in out  # their answers match the data

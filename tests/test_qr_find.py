@@ -40,6 +40,7 @@ from fastscp.qr.matching import (
     Query,
     Term,
     build_sql,
+    gone_ids,
     identifier_from_params,
     predicate_for,
 )
@@ -574,3 +575,31 @@ def test_an_unreadable_value_in_a_key_is_a900(index: duckdb.DuckDBPyConnection) 
     with pytest.raises(IdentifierError) as err:
         run(index, ds)
     assert err.value.offending == (0x00280010,)
+
+
+def test_a_series_all_of_whose_instances_are_missing_is_left_out_of_the_study_keys(tmp_path: Path) -> None:
+    conn = schema.connect(tmp_path / "i.db")
+    BatchWriter(conn).write(_rows())
+    # S1's SR series is gone from the tree; its CT series is whole
+    conn.execute("UPDATE instances SET status = 'missing' WHERE series_instance_uid = ?", [f"{S1}.2"])
+    keys = dict(ModalitiesInStudy="", SOPClassesInStudy="", NumberOfStudyRelatedSeries=None,
+                NumberOfStudyRelatedInstances=None)
+    chunked = [run(conn, ident("STUDY", StudyInstanceUID=S1, **keys), fetch_size=size) for size in (1, 64)]
+    for (row,) in chunked:
+        assert str(row.ModalitiesInStudy) == "CT" and str(row.SOPClassesInStudy) == CT
+        assert (row.NumberOfStudyRelatedSeries, row.NumberOfStudyRelatedInstances) == (1, 3)
+    (patient,) = run(conn, ident("PATIENT", PatientID="PA", NumberOfPatientRelatedStudies=None,
+                                 NumberOfPatientRelatedSeries=None, NumberOfPatientRelatedInstances=None),
+                     PATIENT_ROOT)
+    assert (patient.NumberOfPatientRelatedStudies, patient.NumberOfPatientRelatedSeries,
+            patient.NumberOfPatientRelatedInstances) == (1, 1, 3)
+    (series,) = run(conn, ident("SERIES", StudyInstanceUID=S1, SeriesInstanceUID="",
+                                NumberOfSeriesRelatedInstances=None))
+    assert str(series.SeriesInstanceUID) == f"{S1}.1" and series.NumberOfSeriesRelatedInstances == 3
+    conn.close()
+
+
+@pytest.mark.parametrize("entity", [Level.PATIENT, Level.STUDY, Level.SERIES])
+def test_gone_ids_the_selective_way_and_in_one_scan_agree(index: duckdb.DuckDBPyConnection, entity: Level) -> None:
+    expected = {Level.PATIENT: [], Level.STUDY: [S3], Level.SERIES: [f"{S3}.1"]}[entity]
+    assert gone_ids(index, entity, 0.0) == gone_ids(index, entity, 1.0) == expected

@@ -13,12 +13,13 @@ from .errors import (
     QueryError,
     UnableToProcess,
 )
-from .find import find
+from .find import Response, find, find_responses
 from .matching import Query, Term, build_sql, identifier_from_params, parse_identifier
 from .model import KEYS, InformationModel, Key, KeyType, Level, Match
 
 __all__ = [
     "KEYS", "IdentifierError", "InformationModel", "Key", "KeyType", "Level", "Match", "OutOfResources",
-    "Query", "QueryCancelled", "QueryError", "Term", "UnableToProcess", "build_sql", "find",
+    "Query", "QueryCancelled", "QueryError", "Response", "Term", "UnableToProcess", "build_sql", "find",
+    "find_responses",
     "identifier_from_params", "parse_identifier",
 ]

@@ -265,21 +265,36 @@ ENTITY_ID: dict[Level, dict[Level, str]] = {
 }
 
 
-def gone_ids(conn: duckdb.DuckDBPyConnection, entity: Level) -> list[str]:
+# From this share of rows not present on, ``gone_ids`` groups every row in
+# one scan instead of grouping only the entities that have a missing row:
+# measured on 1,000,000 instances, one missing row took 2 ms the selective
+# way and 6-10 ms in one scan; 1% missing 17-21 ms against 7-9 ms; 30%
+# 36-47 ms against 8-14 ms.
+MISSING_SHARE_FOR_ONE_SCAN = 1 / 300
+
+
+def gone_ids(conn: duckdb.DuckDBPyConnection, entity: Level, missing_share: float = 0.0) -> list[str]:
     """Patients, studies or series whose instances are all missing.
 
     Only present instances match (the files are what a retrieve sends), but
     an ``EXISTS`` over ``instances`` per candidate row costs a scan of the
     whole table (DuckDB joins by hashing, its indexes serve only constant
-    lookups). Only the entities that have a missing instance are grouped,
-    and those with no present one are returned: what ``build_sql``
-    excludes (``find`` calls this only when some row is not present).
+    lookups). With few rows missing (``missing_share``, the share of rows
+    not present, below ``MISSING_SHARE_FOR_ONE_SCAN``) only the entities that
+    have a missing instance are grouped; with more, every row is grouped in
+    one scan. Either way the entities with no present instance are returned:
+    what ``build_sql`` excludes (``find`` calls this only when some row is
+    not present).
     """
     column = INSTANCE_ID[entity]
-    return [r[0] for r in conn.execute(
-        f"SELECT {column} FROM instances WHERE {column} IN "
-        f"(SELECT {column} FROM instances WHERE status <> 'present' AND {column} IS NOT NULL) "
-        f"GROUP BY 1 HAVING bool_and(status <> 'present') ORDER BY 1").fetchall()]
+    if missing_share >= MISSING_SHARE_FOR_ONE_SCAN:
+        sql = (f"SELECT {column} FROM instances WHERE {column} IS NOT NULL "
+               f"GROUP BY 1 HAVING bool_and(status <> 'present') ORDER BY 1")
+    else:
+        sql = (f"SELECT {column} FROM instances WHERE {column} IN "
+               f"(SELECT {column} FROM instances WHERE status <> 'present' AND {column} IS NOT NULL) "
+               f"GROUP BY 1 HAVING bool_and(status <> 'present') ORDER BY 1")
+    return [r[0] for r in conn.execute(sql).fetchall()]
 
 
 def column_of(key: Key, level: Level) -> str:

@@ -15,7 +15,9 @@ classes only then. For each C-FIND-RQ:
   decode is answered 0xC000 with one log line. ``qr.find`` then runs on a
   cursor of its own (``CatalogWriter.cursor()``: an MVCC snapshot; the
   index writer goes on) and each response identifier is encoded in the
-  worker and handed to the event loop (``session.call_soon``) as it comes:
+  worker (``identifiers.encode_response``: written directly from the
+  engine's elements when they are plain, through pydicom otherwise) and
+  handed to the event loop (``session.call_soon``) as it comes:
   Pending responses go out while DuckDB is still reading the next rows, not
   after the whole result. At most ``WINDOW`` encoded responses wait for the
   loop; the worker waits beyond that.
@@ -51,7 +53,7 @@ from pydicom.dataset import Dataset
 
 from ..protocol import dimse as D
 from ..protocol.commands import CFindRequest, Request
-from ..qr import InformationModel, Level, Match, QueryCancelled, QueryError, find
+from ..qr import InformationModel, Level, Match, QueryCancelled, QueryError, find_responses
 from ..qr.matching import element_text
 from ..qr.model import (
     INSTANCE_AVAILABILITY,
@@ -60,7 +62,7 @@ from ..qr.model import (
     RETRIEVE_AE_TITLE,
     SPECIFIC_CHARACTER_SET,
 )
-from .identifiers import MalformedIdentifier, decode_identifier, encode_identifier
+from .identifiers import MalformedIdentifier, decode_identifier, encode_response
 from .session import Session
 
 log = logging.getLogger("fastscp.scp")
@@ -221,14 +223,15 @@ class _Find:
                 return
             conn = self._cursor()
             try:
-                responses = find(conn, identifier, self._model, relational=self._relational,
-                                 cancelled=self._cancelled.is_set, retrieve_ae_title=session.server.ae_title,
-                                 max_matches=self._max_matches)
+                responses = find_responses(conn, identifier, self._model, relational=self._relational,
+                                           cancelled=self._cancelled.is_set,
+                                           retrieve_ae_title=session.server.ae_title,
+                                           max_matches=self._max_matches)
                 level = element_text(identifier[QUERY_RETRIEVE_LEVEL])
                 pending = self._command(PENDING_WARNING if unsupported_keys(identifier, self._model)
                                         else D.PENDING)
                 for response in responses:
-                    self._hand_over(pending, encode_identifier(response, self._syntax))
+                    self._hand_over(pending, encode_response(response, self._syntax))
                     matches += 1
             finally:
                 conn.close()
