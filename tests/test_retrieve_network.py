@@ -751,3 +751,50 @@ def test_move_and_get_files_larger_than_a_read_byte_identical(start_server, stor
         received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in directory.iterdir()}
         assert set(received) == {str(d.SOPInstanceUID) for d in made}
         assert all(dataset_bytes(received[u]) == dataset_bytes(stored[u]) for u in received)
+
+
+# ---- the cap on one retrieve's instances ---------------------------------------------------------
+
+
+def test_a_retrieve_past_max_retrieve_instances_is_refused_a701(start_server, destinations, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """query_retrieve.max_retrieve_instances: a C-MOVE or C-GET naming more
+    instances is refused 0xA701 (Refused: Out of Resources - Unable to
+    calculate number of matches, PS3.4 C.4.2.1.5 / C.4.3.1.4) with no
+    sub-operation and one warning line; one naming exactly that many goes
+    through, and the server goes on serving (pynetdicom C-MOVE and C-GET,
+    dcmtk getscu)."""
+    dest = Destination()
+    destinations.append(dest)
+    archive = fill(tmp_path / "store0", count=7, studies=2)  # study 0 (P000): 4 instances, study 1 (P001): 3
+    big, small = (next(str(ds.StudyInstanceUID) for ds in archive.by_uid.values() if ds.PatientID == p)
+                  for p in ("P000", "P001"))
+    (tmp_path / "cap.yaml").write_text(f"remote_aes:\n  - ae_title: DEST\n    host: 127.0.0.1\n    port: {dest.port}\n"
+                                       "query_retrieve:\n  max_retrieve_instances: 3\n")
+    srv = start_server("--config", str(tmp_path / "cap.yaml")).indexed()
+    refused = move(srv, "DEST", identifier("STUDY", StudyInstanceUID=big))
+    assert [r[0] for r in refused] == [0xA701]
+    assert "3 instances" in str(refused[0][1].get("ErrorComment", ""))
+    assert not dest.received
+    responses = move(srv, "DEST", identifier("STUDY", StudyInstanceUID=small))  # exactly the limit
+    assert responses[-1][0] == 0x0000 and counts(responses[-1][1]) == (None, 3, 0, 0)
+    assert set(dest.received) == archive.of_study(small)
+    getter = Getter(srv)
+    try:
+        assert [r[0] for r in getter.get(identifier("STUDY", StudyInstanceUID=big), msg_id=7)] == [0xA701]
+        assert not getter.received
+        responses = getter.get(identifier("STUDY", StudyInstanceUID=small), msg_id=8)  # same association
+        assert responses[-1][0] == 0x0000 and set(getter.received) == archive.of_study(small)
+    finally:
+        getter.assoc.release()
+    got = tmp_path / "got"
+    got.mkdir()
+    result = subprocess.run([dcmtk("getscu"), "-v", "-P", "-aet", "GETTER", "-aec", srv.ae_title, "-od", str(got),
+                             "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=P000", "127.0.0.1", str(srv.port)],
+                            capture_output=True, text=True, timeout=120)
+    out = result.stdout + result.stderr
+    assert "Received C-GET Response (Refused: OutOfResourcesNumberOfMatches)" in out, out  # dcmtk's name of 0xA701
+    assert not list(got.iterdir())
+    text = srv.log_once_it_says("message 7)", "message 1)")
+    lines = [ln for ln in text.splitlines() if "max_retrieve_instances" in ln]
+    assert len(lines) == 3 and all("refused 0xA701" in ln and "WARNING" in ln for ln in lines), lines
+    assert _echo_ok(srv)

@@ -16,7 +16,7 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from fastscp.catalog import reconcile
 from fastscp.catalog.schema import connect
 from fastscp.qr import IdentifierError, InformationModel, Level
-from fastscp.services.retrieve import retrieve_keys, select_instances
+from fastscp.services.retrieve import TooManyInstances, retrieve_keys, select_instances
 from fastscp.services.store_scu import dataset_offset
 
 
@@ -99,3 +99,22 @@ def test_select_only_present_rows_under_the_root(tmp_path: Path) -> None:
         # SQL-looking values are matched literally
         assert select_instances(conn, _ident("STUDY", StudyInstanceUID="1' OR '1'='1"),
                                 InformationModel.STUDY_ROOT, tree) == []
+
+
+def test_select_counts_up_to_max_instances(tmp_path: Path) -> None:
+    """max_instances: TooManyInstances past it (counted among present rows
+    under the root only), the whole ordered list at it."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    made = [make_image(tree / f"i{n}.dcm", n, study=0) for n in range(4)]
+    db = tmp_path / "index.db"
+    reconcile(tree, db, progress=False)
+    ident = _ident("STUDY", StudyInstanceUID=str(made[0].StudyInstanceUID))
+    with connect(db) as conn:
+        with pytest.raises(TooManyInstances) as exc:
+            select_instances(conn, ident, InformationModel.STUDY_ROOT, tree, max_instances=3)
+        assert exc.value.limit == 3
+        got = select_instances(conn, ident, InformationModel.STUDY_ROOT, tree, max_instances=4)
+        assert [i.sop_instance_uid for i in got] == [str(d.SOPInstanceUID) for d in made]
+        conn.execute("UPDATE instances SET status = 'missing' WHERE sop_instance_uid = ?", [str(made[1].SOPInstanceUID)])
+        assert len(select_instances(conn, ident, InformationModel.STUDY_ROOT, tree, max_instances=3)) == 3

@@ -25,7 +25,9 @@ Completed, Failed and Warning counts; the final response is Success, 0xB000
 (some failed or warned), 0xA702 (all failed) or 0xFE00 (C-CANCEL: counts,
 with Remaining the sub-operations not started), with the Failed SOP Instance
 UID List (0008,0058) in its identifier when a sub-operation failed (PS3.4
-C.4.2.1.4, C.4.2.3.1, C.4.3.1.3). See docs/query-retrieve.md.
+C.4.2.1.4, C.4.2.3.1, C.4.3.1.3). A retrieve naming more instances than
+``query_retrieve.max_retrieve_instances`` is refused 0xA701 before any
+sub-operation (counted in SQL). See docs/query-retrieve.md.
 
 Threads: ``start`` runs on the event loop and starts one worker thread per
 request; the worker reads the index (its own cursor) and the files, and
@@ -60,7 +62,7 @@ from .session import RemoteAE, Session
 from .store_scu import AssociationLost, StoreAssociation, dataset_offset
 
 __all__ = [
-    "GetService", "MoveService", "RetrieveStatus", "StoredInstance", "select_instances",
+    "GetService", "MoveService", "RetrieveStatus", "StoredInstance", "TooManyInstances", "select_instances",
 ]
 
 log = logging.getLogger("fastscp.scp")
@@ -152,11 +154,21 @@ def retrieve_keys(identifier: Dataset, model: InformationModel) -> tuple[Level, 
     return level, values
 
 
+class TooManyInstances(Exception):
+    """A retrieve names more instances than ``max_instances`` (0xA701)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} instances")
+        self.limit = limit
+
+
 def select_instances(conn: duckdb.DuckDBPyConnection, identifier: Dataset, model: InformationModel,
-                     root: str | os.PathLike[str]) -> list[StoredInstance]:
+                     root: str | os.PathLike[str], max_instances: int | None = None) -> list[StoredInstance]:
     """The instances a C-MOVE/C-GET identifier names that are present in the
     tree under ``root``, in study, series, instance number order.
-    Raises IdentifierError; DuckDB errors pass through."""
+    Raises IdentifierError, and TooManyInstances when more than
+    ``max_instances`` match (counted in SQL, up to one past the limit,
+    before any row is read); DuckDB errors pass through."""
     _, values = retrieve_keys(identifier, model)
     where = ["status = 'present'", "starts_with(path, ?)"]
     params: list[object] = [under_root_prefix(root)]
@@ -164,9 +176,19 @@ def select_instances(conn: duckdb.DuckDBPyConnection, identifier: Dataset, model
         # a fixed fragment with one placeholder per value: values never enter the SQL text
         where.append(f"{_COLUMN[level]} IN ({', '.join('?' * len(uids))})")
         params.extend(uids)
+    condition = " AND ".join(where)
+    if max_instances is not None:
+        # no ORDER BY: the scan stops at the first max_instances + 1 rows
+        (count,) = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM instances WHERE {condition} LIMIT ?)",
+                                [*params, max_instances + 1]).fetchone() or (0,)
+        if count > max_instances:
+            raise TooManyInstances(max_instances)
     sql = ("SELECT path, sop_class_uid, sop_instance_uid, transfer_syntax_uid FROM instances WHERE "
-           + " AND ".join(where)
+           + condition
            + " ORDER BY study_instance_uid, series_instance_uid, instance_number NULLS LAST, sop_instance_uid")
+    if max_instances is not None:  # rows indexed since the count do not pass the limit either
+        sql += " LIMIT ?"
+        params.append(max_instances)
     return [StoredInstance(*row) for row in conn.execute(sql, params).fetchall()]
 
 
@@ -376,9 +398,10 @@ class _RetrieveService:
 
     response_field = 0
 
-    def __init__(self, models: Sequence[InformationModel]) -> None:
+    def __init__(self, models: Sequence[InformationModel], max_instances: int | None = None) -> None:
         self.models = {self.uid_of(m): m for m in models}
         self.sop_classes = frozenset(self.models)
+        self.max_instances = max_instances
 
     @staticmethod
     def uid_of(model: InformationModel) -> str:
@@ -428,9 +451,16 @@ class _RetrieveService:
                 identifier = decode_identifier(dataset, op.transfer_syntax)
                 conn = cursor()
                 try:
-                    instances = select_instances(conn, identifier, model, root)
+                    instances = select_instances(conn, identifier, model, root, self.max_instances)
                 finally:
                     conn.close()
+            except TooManyInstances as exc:
+                log.warning("%s (assoc %s, message %d): more than %d instances match "
+                            "(query_retrieve.max_retrieve_instances): refused 0x%04X, no sub-operation started; "
+                            "retrieve by study or series", op.what, op.session.id, op.request.message_id,
+                            exc.limit, REFUSED_NO_MATCHES_COUNT)
+                op.fail(REFUSED_NO_MATCHES_COUNT, f"more than {exc.limit} instances: retrieve fewer at a time")
+                return
             except IdentifierError as exc:
                 log.warning("%s (assoc %s): identifier refused (0xA900): %s", op.what, op.session.id, exc.message)
                 op.fail(IDENTIFIER_DOES_NOT_MATCH, exc.comment)
@@ -466,8 +496,9 @@ class MoveService(_RetrieveService):
     response_field = D.C_MOVE_RSP
 
     def __init__(self, models: Sequence[InformationModel] = tuple(InformationModel),
-                 tls_context: Callable[[], ssl.SSLContext] | None = None, timeout: float = 30.0) -> None:
-        super().__init__(models)
+                 tls_context: Callable[[], ssl.SSLContext] | None = None, timeout: float = 30.0,
+                 max_instances: int | None = None) -> None:
+        super().__init__(models, max_instances)
         self.tls_context = tls_context
         self.timeout = timeout
 
@@ -578,8 +609,8 @@ class GetService(_RetrieveService):
     response_field = D.C_GET_RSP
 
     def __init__(self, models: Sequence[InformationModel] = tuple(InformationModel),
-                 response_timeout: float = RESPONSE_TIMEOUT) -> None:
-        super().__init__(models)
+                 response_timeout: float = RESPONSE_TIMEOUT, max_instances: int | None = None) -> None:
+        super().__init__(models, max_instances)
         self.response_timeout = response_timeout
 
     @staticmethod
@@ -674,11 +705,14 @@ class _GetSender:
         pass
 
 
-def services(tls_context: Callable[[], ssl.SSLContext] | None = None,
-             timeout: float | None = None) -> dict[type, MoveService | GetService]:
+def services(tls_context: Callable[[], ssl.SSLContext] | None = None, timeout: float | None = None,
+             max_instances: int | None = None) -> dict[type, MoveService | GetService]:
     """The retrieve modules by request type, for ``ServerState.services``;
     ``timeout`` (``server.dimse_timeout``; None: 120 s) bounds the wait for
-    a C-STORE-RSP and each socket operation of a C-MOVE's association."""
+    a C-STORE-RSP and each socket operation of a C-MOVE's association; a
+    retrieve naming more than ``max_instances``
+    (``query_retrieve.max_retrieve_instances``; None: no limit) is refused
+    0xA701 before any sub-operation."""
     wait = timeout or RESPONSE_TIMEOUT
-    return {CMoveRequest: MoveService(tls_context=tls_context, timeout=wait),
-            CGetRequest: GetService(response_timeout=wait)}
+    return {CMoveRequest: MoveService(tls_context=tls_context, timeout=wait, max_instances=max_instances),
+            CGetRequest: GetService(response_timeout=wait, max_instances=max_instances)}
