@@ -798,3 +798,37 @@ def test_a_retrieve_past_max_retrieve_instances_is_refused_a701(start_server, de
     lines = [ln for ln in text.splitlines() if "max_retrieve_instances" in ln]
     assert len(lines) == 3 and all("refused 0xA701" in ln and "WARNING" in ln for ln in lines), lines
     assert _echo_ok(srv)
+
+
+def test_get_streams_files_larger_than_a_segment_byte_identical(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """9.8 MB images: a C-GET frames and sends each in pieces (retrieve.SEGMENT,
+    4 MiB), the loop waiting while the transport holds more than BACKLOG;
+    dcmtk getscu (16 KB PDUs) and pynetdicom receive every data set byte for
+    byte, and the next sub-operation follows."""
+    from fastscp.services.retrieve import SEGMENT
+
+    tree = tmp_path / "store0"
+    tree.mkdir()
+    made = [make_image(tree / f"huge{n}.dcm", n, study=8, size=2210) for n in range(2)]
+    made.append(make_image(tree / "small.dcm", 9, study=8, size=16))
+    assert (tree / "huge0.dcm").stat().st_size > 2 * SEGMENT
+    srv = start_server().indexed()
+    study = str(made[0].StudyInstanceUID)
+    got = tmp_path / "got"
+    got.mkdir()
+    fetched = subprocess.run([dcmtk("getscu"), "-S", "-aet", "GETTER", "-aec", srv.ae_title, "-od", str(got),
+                              "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+                              "127.0.0.1", str(srv.port)], capture_output=True, text=True, timeout=120)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    stored = stored_by_uid(srv)
+    received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in got.iterdir()}
+    assert set(received) == {str(d.SOPInstanceUID) for d in made}
+    assert all(dataset_bytes(received[u]) == dataset_bytes(stored[u]) for u in received)
+    getter = Getter(srv)
+    try:
+        responses = getter.get(identifier("STUDY", StudyInstanceUID=study))
+        assert responses[-1][0] == 0x0000 and counts(responses[-1][1]) == (None, 3, 0, 0)
+        assert [counts(r[1]) for r in responses[:-1]] == [(2, 1, 0, 0), (1, 2, 0, 0)]
+        assert all(getter.received[u] == dataset_bytes(stored[u]) for u in stored)
+    finally:
+        getter.assoc.release()
