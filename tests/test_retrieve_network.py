@@ -738,7 +738,7 @@ def test_move_and_get_files_larger_than_a_read_byte_identical(start_server, stor
     srv = start_server("--config", config(tmp_path, {"DEST": port})).indexed()
     study = str(made[0].StudyInstanceUID)
     keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(srv.port)]
-    moved = subprocess.run([dcmtk("movescu"), "-S", "-aet", "MOVER", "-aec", srv.ae_title, "-aem", "DEST", *keys],
+    moved = subprocess.run([dcmtk("movescu"), "-v", "-S", "-aet", "MOVER", "-aec", srv.ae_title, "-aem", "DEST", *keys],
                            capture_output=True, text=True, timeout=120)
     assert moved.returncode == 0, moved.stdout + moved.stderr
     got = tmp_path / "got"
@@ -800,11 +800,12 @@ def test_a_retrieve_past_max_retrieve_instances_is_refused_a701(start_server, de
     assert _echo_ok(srv)
 
 
-def test_get_streams_files_larger_than_a_segment_byte_identical(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """9.8 MB images: a C-GET frames and sends each in pieces (retrieve.SEGMENT,
-    4 MiB), the loop waiting while the transport holds more than BACKLOG;
-    dcmtk getscu (16 KB PDUs) and pynetdicom receive every data set byte for
-    byte, and the next sub-operation follows."""
+def test_move_and_get_stream_files_larger_than_a_segment_byte_identical(start_server, storescp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """9.8 MB images: C-GET and C-MOVE frame and send each in pieces
+    (SEGMENT, 4 MiB; C-GET's loop waiting while the transport holds more than
+    BACKLOG); dcmtk getscu (16 KB PDUs), pynetdicom and a dcmtk storescp move
+    destination receive every data set byte for byte, and the next
+    sub-operation follows."""
     from fastscp.services.retrieve import SEGMENT
 
     tree = tmp_path / "store0"
@@ -812,18 +813,23 @@ def test_get_streams_files_larger_than_a_segment_byte_identical(start_server, tm
     made = [make_image(tree / f"huge{n}.dcm", n, study=8, size=2210) for n in range(2)]
     made.append(make_image(tree / "small.dcm", 9, study=8, size=16))
     assert (tree / "huge0.dcm").stat().st_size > 2 * SEGMENT
-    srv = start_server().indexed()
+    port, out = storescp
+    srv = start_server("--config", config(tmp_path, {"DEST": port})).indexed()
     study = str(made[0].StudyInstanceUID)
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(srv.port)]
     got = tmp_path / "got"
     got.mkdir()
-    fetched = subprocess.run([dcmtk("getscu"), "-S", "-aet", "GETTER", "-aec", srv.ae_title, "-od", str(got),
-                              "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
-                              "127.0.0.1", str(srv.port)], capture_output=True, text=True, timeout=120)
+    fetched = subprocess.run([dcmtk("getscu"), "-S", "-aet", "GETTER", "-aec", srv.ae_title, "-od", str(got), *keys],
+                             capture_output=True, text=True, timeout=120)
     assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    moved = subprocess.run([dcmtk("movescu"), "-v", "-S", "-aet", "MOVER", "-aec", srv.ae_title, "-aem", "DEST", *keys],
+                           capture_output=True, text=True, timeout=120)
+    assert moved.returncode == 0 and "Received Final Move Response (Success)" in moved.stdout + moved.stderr
     stored = stored_by_uid(srv)
-    received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in got.iterdir()}
-    assert set(received) == {str(d.SOPInstanceUID) for d in made}
-    assert all(dataset_bytes(received[u]) == dataset_bytes(stored[u]) for u in received)
+    for directory in (got, out):
+        received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in directory.iterdir()}
+        assert set(received) == {str(d.SOPInstanceUID) for d in made}
+        assert all(dataset_bytes(received[u]) == dataset_bytes(stored[u]) for u in received), directory.name
     getter = Getter(srv)
     try:
         responses = getter.get(identifier("STUDY", StudyInstanceUID=study))

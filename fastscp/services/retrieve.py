@@ -44,11 +44,9 @@ import asyncio
 import collections
 import concurrent.futures
 import dataclasses
-import errno
 import logging
 import os
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -67,7 +65,7 @@ from ..qr.matching import element_text, query_level
 from ..qr.model import KEYS_BY_TAG, UNIQUE_KEY, InformationModel, Key, Level
 from .identifiers import decode_identifier, encode_identifier
 from .session import RemoteAE, Session
-from .store_scu import AssociationLost, StoreAssociation, dataset_offset
+from .store_scu import HEAD, AssociationLost, StoreAssociation, dataset_offset, frame_file
 
 __all__ = [
     "GetService", "MoveService", "RetrieveStatus", "StoredInstance", "TooManyInstances", "select_instances",
@@ -643,60 +641,6 @@ class GetService(_RetrieveService):
 AHEAD = 8 << 20  # framed bytes the worker may have ready beyond what the loop sent
 SEGMENT = 4 << 20  # a data set is framed in pieces of about this (a larger file streams)
 BACKLOG = 4 << 20  # the loop sends the next piece of a file once the transport holds less
-_PDV = struct.Struct(">BBIIBB")  # P-DATA-TF PDU header and its one PDV item header (PS3.8 9.3.5)
-_IOV_MAX = 1024  # buffers per preadv (Linux's IOV_MAX)
-_HEAD = 65536  # the first read of a file: its meta group, and the whole of a small file
-
-
-def _preadv_all(fd: int, views: list[memoryview], offset: int) -> None:
-    """Fill ``views`` from ``fd`` at ``offset`` (preadv, IOV_MAX at a time,
-    short reads continued); OSError if the file ends first."""
-    pending = [v for v in views if len(v)]
-    while pending:
-        batch = pending[:_IOV_MAX]
-        got = os.preadv(fd, batch, offset)
-        if got == 0:
-            raise OSError(errno.EIO, "the file shrank while being sent")
-        offset += got
-        done = 0
-        while done < len(batch) and got >= len(batch[done]):
-            got -= len(batch[done])
-            done += 1
-        rest = batch[done:]
-        if rest and got:
-            rest[0] = rest[0][got:]
-        pending = rest + pending[len(batch):]
-
-
-def frame_file(fd: int, offset: int, length: int, context_id: int, room: int, last: bool,
-               head: bytes = b"") -> bytearray:
-    """``length`` bytes of the file at ``offset`` as P-DATA-TF PDUs of a
-    message's data set, ``room`` bytes of data each: the PDU and PDV headers
-    written into one buffer and the file read between them (one preadv), so
-    the bytes are copied once, from the page cache; taken from ``head``
-    (the file's first bytes, already read) when it holds them. ``last``:
-    the final PDV carries the last-fragment bit."""
-    chunks = max(1, -(-length // room))
-    buf = bytearray(length + 12 * chunks)
-    view = memoryview(buf)
-    views: list[memoryview] = []
-    at, left = 0, length
-    for _ in range(chunks):
-        n = min(room, left)
-        left -= n
-        _PDV.pack_into(buf, at, P.P_DATA_TF, 0, n + 6, n + 2, context_id, 2 if last and left == 0 else 0)
-        views.append(view[at + 12:at + 12 + n])
-        at += 12 + n
-    if offset + length <= len(head):
-        source = memoryview(head)[offset:]
-        for v in views:
-            v[:] = source[:len(v)]
-            source = source[len(v):]
-    else:
-        _preadv_all(fd, views, offset)
-    return buf
-
-
 @dataclasses.dataclass(slots=True)
 class _Piece:
     """What the worker hands the loop: a sub-operation's start (``instance``
@@ -785,9 +729,9 @@ class _GetPipeline:
         try:
             first = True
             try:
-                head = os.pread(fd, _HEAD, 0)
+                head = os.pread(fd, HEAD, 0)
                 # a file shorter than the head read is in it whole: no fstat, no second read
-                size = len(head) if len(head) < _HEAD else os.fstat(fd).st_size
+                size = len(head) if len(head) < HEAD else os.fstat(fd).st_size
                 offset = dataset_offset(head)
                 left = size - offset
                 while first or left > 0:
