@@ -45,6 +45,7 @@ after of a change in one run, next to the peers.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.modes.split(","):
                 target = dest if mode == "move" else got
                 for aec, port in servers.values():  # warm-up
-                    warm_up(lambda: timed(commands(mode, aec, port), target, n), target)
+                    warm_up(functools.partial(timed, commands(mode, aec, port), target, n), target)
                 for _ in range(args.runs):
                     for name, (aec, port) in servers.items():
                         results.setdefault((name, mode), []).append(timed(commands(mode, aec, port), target, n))

@@ -116,7 +116,8 @@ def test_select_counts_up_to_max_instances(tmp_path: Path) -> None:
         assert exc.value.limit == 3
         got = select_instances(conn, ident, InformationModel.STUDY_ROOT, tree, max_instances=4)
         assert [i.sop_instance_uid for i in got] == [str(d.SOPInstanceUID) for d in made]
-        conn.execute("UPDATE instances SET status = 'missing' WHERE sop_instance_uid = ?", [str(made[1].SOPInstanceUID)])
+        conn.execute("UPDATE instances SET status = 'missing' WHERE sop_instance_uid = ?",
+                     [str(made[1].SOPInstanceUID)])
         assert len(select_instances(conn, ident, InformationModel.STUDY_ROOT, tree, max_instances=3)) == 3
 
 
@@ -136,8 +137,8 @@ def test_frame_file_is_the_file_between_pdu_headers(tmp_path: Path, room: int) -
     path.write_bytes(raw)
     fd = os.open(path, os.O_RDONLY)
     try:
-        cases = [(100, 20000, True, head) for head in (b"", raw[:20100], raw)] + [(0, 30000, False, b""),
-                                                                                 (0, 30000, True, raw), (5, 0, True, b"")]
+        cases = [(100, 20000, True, head) for head in (b"", raw[:20100], raw)]
+        cases += [(0, 30000, False, b""), (0, 30000, True, raw), (5, 0, True, b"")]
         for offset, length, last, head in cases:  # from the file (preadv), or from its head already read
             buf = bytes(frame_file(fd, offset, length, 5, room, last, head))
             data, pos, flags = b"", 0, []
