@@ -838,3 +838,44 @@ def test_move_and_get_stream_files_larger_than_a_segment_byte_identical(start_se
         assert all(getter.received[u] == dataset_bytes(stored[u]) for u in stored)
     finally:
         getter.assoc.release()
+
+
+def test_get_requestor_that_stops_reading_mid_file_is_aborted(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A C-GET requestor that stops reading in the middle of a 32 MB data
+    set: the server sends the file's next piece only while the transport
+    holds under BACKLOG, and aborts the association once it has held more
+    for server.dimse_timeout; the server serves on."""
+    import socket
+
+    from fastscp.protocol import dimse as D
+    from fastscp.protocol import pdu as P
+    from fastscp.services.identifiers import encode_identifier
+
+    tree = tmp_path / "store0"
+    tree.mkdir()
+    made = make_image(tree / "huge.dcm", 0, study=9, size=4000)
+    srv = start_server("--dimse-timeout", "1.5").indexed()
+    ae = AE(ae_title="GETTER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet, [EXPLICIT_LE])
+    ae.add_requested_context(CTImageStorage, [EXPLICIT_LE])
+    assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title,
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)])
+    assert assoc.is_established
+    sock = assoc.dul.socket.socket  # type: ignore[union-attr]
+    assert isinstance(sock, socket.socket)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    assoc.dul.kill_dul()  # pynetdicom's reader stops: from here nobody reads the socket
+    assoc.dul.join(10)
+    assert not assoc.dul.is_alive()
+    context_id = next(c.context_id for c in assoc.accepted_contexts
+                      if c.abstract_syntax == StudyRootQueryRetrieveInformationModelGet)
+    command = D.encode_command({D.AFFECTED_SOP_CLASS: StudyRootQueryRetrieveInformationModelGet,
+                                D.COMMAND_FIELD: D.C_GET_RQ, D.MESSAGE_ID: 1, D.PRIORITY: 0}, True)
+    data = encode_identifier(identifier("STUDY", StudyInstanceUID=str(made.StudyInstanceUID)), EXPLICIT_LE)
+    sock.sendall(P.encode_pdata(context_id, command, True, 16384) + P.encode_pdata(context_id, data, False, 16384))
+    said = "MiB unread for 1.5 s: aborting the association"
+    log = srv.log_once_it_says(said, "ended during the retrieve", timeout=30)
+    assert said in log and "0 of 1 sub-operations done" in log
+    assert _echo_ok(srv)
+    assert "Traceback" not in srv.log_text()
+    sock.close()

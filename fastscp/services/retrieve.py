@@ -695,6 +695,7 @@ class _GetPipeline:
         self.message_id = 0  # of the C-STORE-RQ under way
         self.awaiting = 0  # Message ID of the C-STORE-RQ whose response is due (0: none)
         self.sent_at = 0.0
+        self.stalled_since = 0.0  # since when the transport holds more than BACKLOG (0: it does not)
         self.pending: list[bytes] = []  # Pending responses that go out with the next write
         self.finished = False
         op.wakeups.append(self._wake)
@@ -817,9 +818,19 @@ class _GetPipeline:
             if self.current is None and op.cancelled.is_set():
                 self._finish()
                 break
-            if self.current is not None and session.backlog() > BACKLOG:
-                asyncio.get_running_loop().call_later(0.002, self.pump)  # the peer reads slower
+            if self.current is not None and session.backlog() > BACKLOG:  # the peer reads slower
+                now = time.monotonic()
+                self.stalled_since = self.stalled_since or now
+                if now - self.stalled_since > self.timeout:
+                    why = f"the peer left over {BACKLOG >> 20} MiB unread for {self.timeout:g} s"
+                    log.warning("C-GET (assoc %s): %s: aborting the association", session.id, why)
+                    op.ended.set()
+                    session.abort(f"C-GET sub-operation: {why}")
+                    self._finish()
+                    return
+                asyncio.get_running_loop().call_later(0.005, self.pump)
                 break
+            self.stalled_since = 0.0
             with self.lock:
                 piece = self.ready.popleft() if self.ready else None
                 if piece is None:
