@@ -6,7 +6,9 @@ of 64x64, about 10 KB each, one patient, two studies; ``--kind large``:
 storage tree for each server on the same disk:
 
 - fastscp serves its tree with its index (the start's reconcile indexes the
-  files before the port opens) and ``remote_aes`` naming the destination;
+  files in the background once the port is open: the warm-up run is
+  repeated until every file comes) and ``remote_aes`` naming the
+  destination;
 - dcmqrscp serves a database directory filled by ``dcmqridx`` (the time it
   takes is printed), its HostTable naming the destination.
 
@@ -33,12 +35,17 @@ min, max, instances/s) and the ratio fastscp / dcmqrscp of the medians.
 
 With ``--orthanc``, Orthanc (SQLite index, files uncompressed) is timed
 too, after being sent the corpus by dcmtk storescu; its ratios are printed
-as well.
+as well. With ``--baseline DIR``, a second fastscp ("fastscp-before") runs
+from the package copy in DIR (``DIR/fastscp``, e.g. ``cp -r fastscp
+bench/out/base/`` made before a change, its compiled extensions included)
+on a tree and index of its own, timed in the same alternation: a before and
+after of a change in one run, next to the peers.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -48,7 +55,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -62,9 +69,10 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}  # read by the dcmtk tools (see the mod
 
 
 @contextmanager
-def running(cmd: list[str], port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running(cmd: list[str], port: int, log: Path,
+            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     with open(log, "ab") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=ENV)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**ENV, **(env or {})})
         try:
             wait_for_port(port, proc)
             yield proc
@@ -145,6 +153,23 @@ def timed(cmds: list[list[str]], received: Path, expected: int) -> float:
     return seconds
 
 
+def warm_up(run: Callable[[], float], received: Path, wait: float = 300.0) -> None:
+    """One untimed run; again while files are missing, for up to ``wait``
+    seconds: fastscp's start reconciles its tree into the index in the
+    background after the port opens, so its first retrieves may find part
+    of the corpus."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            run()
+            return
+        except RuntimeError as exc:
+            if "files received" not in str(exc) or time.monotonic() > deadline:
+                raise
+            clear(received)
+            time.sleep(1.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kind", default="small", choices=["small", "large"])
@@ -154,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus-root", type=Path, default=DEFAULT_ROOT)
     ap.add_argument("--dcmtk-bin", default="/usr/bin")
     ap.add_argument("--orthanc", action="store_true", help="also time Orthanc (sent the corpus by storescu)")
+    ap.add_argument("--baseline", type=Path, help="also time the fastscp package copy in this directory")
     args = ap.parse_args(argv)
     tool = {name: str(Path(args.dcmtk_bin) / name) for name in
             ("storescp", "storescu", "movescu", "getscu", "dcmqrscp", "dcmqridx")}
@@ -164,16 +190,19 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-retrieve-", dir=os.environ.get("BENCH_TMP")) as tmp:
         work = Path(tmp)
         fast_tree, qr_db, dest, got = (work / "fastscp-tree", work / "dcmqr-db", work / "dest", work / "got")
-        for d in (fast_tree, qr_db, dest, got):
+        base_tree = work / "base-tree"
+        for d in (fast_tree, qr_db, dest, got, base_tree):
             d.mkdir()
         for f in corpus.files:
             shutil.copyfile(f, fast_tree / f.name)
             shutil.copyfile(f, qr_db / f.name)
+            if args.baseline:
+                shutil.copyfile(f, base_tree / f.name)
         t0 = time.perf_counter()
         subprocess.run([tool["dcmqridx"], str(qr_db), *(str(qr_db / f.name) for f in corpus.files)],
                        check=True, capture_output=True)
         print(f"dcmqridx indexed {n} files in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        dest_port, fast_port, qr_port = free_port(), free_port(), free_port()
+        dest_port, fast_port, qr_port, base_port = free_port(), free_port(), free_port(), free_port()
         (work / "fastscp.yaml").write_text(f"remote_aes:\n  - ae_title: DEST\n    host: 127.0.0.1\n"
                                            f"    port: {dest_port}\n")
         dcmqrscp_config(work / "dcmqrscp.cfg", qr_port, qr_db, dest_port)
@@ -181,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
                    str(fast_tree), "--index-db", str(work / "fastscp.db"), "--status-port", "0",
                    "--config", str(work / "fastscp.yaml"), "--log-level", "warning"]
         qrscp = [tool["dcmqrscp"], "-c", str(work / "dcmqrscp.cfg"), str(qr_port)]
+        baseline = [sys.executable, "-m", "fastscp.cli", "serve", str(base_port), "FASTSCP", "--storage-dir",
+                    str(base_tree), "--index-db", str(work / "base.db"), "--status-port", "0",
+                    "--config", str(work / "fastscp.yaml"), "--log-level", "warning"]
         servers = {"fastscp": ("FASTSCP", fast_port), "dcmqrscp": ("QRSCP", qr_port)}
+        if args.baseline:
+            servers["fastscp-before"] = ("FASTSCP", base_port)
         orthanc_port, orthanc_http = free_port(), free_port()
         orthanc = [orthanc_exe(), str(orthanc_config(work / "orthanc", orthanc_port, orthanc_http, dest_port))]
         if args.orthanc:
@@ -204,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
                      work / "storescp.log"), \
                 running(fastscp, fast_port, work / "fastscp.log") as fast_proc, \
                 running(qrscp, qr_port, work / "dcmqrscp.log"), ExitStack() as more:
+            if args.baseline:
+                more.enter_context(running(baseline, base_port, work / "base.log",
+                                           {"PYTHONPATH": str(args.baseline.resolve())}))
             if args.orthanc:  # Orthanc holds what it stored: send it the corpus
                 more.enter_context(running(orthanc, orthanc_port, work / "orthanc.log"))
                 t0 = time.perf_counter()
@@ -214,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             for mode in args.modes.split(","):
                 target = dest if mode == "move" else got
                 for aec, port in servers.values():  # warm-up
-                    timed(commands(mode, aec, port), target, n)
+                    warm_up(functools.partial(timed, commands(mode, aec, port), target, n), target)
                 for _ in range(args.runs):
                     for name, (aec, port) in servers.items():
                         results.setdefault((name, mode), []).append(timed(commands(mode, aec, port), target, n))

@@ -339,6 +339,9 @@ class QueryRetrieveConfig:
     max_find_matches: int | None = _f(
         100000, "a C-FIND matching more is answered 0xA700 (Refused: Out of Resources) after this many "
         "responses; null = no limit", check=_between(1))
+    max_retrieve_instances: int | None = _f(
+        100000, "a C-MOVE or C-GET naming more instances is refused 0xA701 (Refused: Out of Resources, "
+        "unable to calculate number of matches) before any sub-operation; null = no limit", check=_between(1))
 
 
 @dataclass(frozen=True)

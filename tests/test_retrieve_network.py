@@ -738,7 +738,7 @@ def test_move_and_get_files_larger_than_a_read_byte_identical(start_server, stor
     srv = start_server("--config", config(tmp_path, {"DEST": port})).indexed()
     study = str(made[0].StudyInstanceUID)
     keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(srv.port)]
-    moved = subprocess.run([dcmtk("movescu"), "-S", "-aet", "MOVER", "-aec", srv.ae_title, "-aem", "DEST", *keys],
+    moved = subprocess.run([dcmtk("movescu"), "-v", "-S", "-aet", "MOVER", "-aec", srv.ae_title, "-aem", "DEST", *keys],
                            capture_output=True, text=True, timeout=120)
     assert moved.returncode == 0, moved.stdout + moved.stderr
     got = tmp_path / "got"
@@ -751,3 +751,131 @@ def test_move_and_get_files_larger_than_a_read_byte_identical(start_server, stor
         received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in directory.iterdir()}
         assert set(received) == {str(d.SOPInstanceUID) for d in made}
         assert all(dataset_bytes(received[u]) == dataset_bytes(stored[u]) for u in received)
+
+
+# ---- the cap on one retrieve's instances ---------------------------------------------------------
+
+
+def test_a_retrieve_past_max_retrieve_instances_is_refused_a701(start_server, destinations, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """query_retrieve.max_retrieve_instances: a C-MOVE or C-GET naming more
+    instances is refused 0xA701 (Refused: Out of Resources - Unable to
+    calculate number of matches, PS3.4 C.4.2.1.5 / C.4.3.1.4) with no
+    sub-operation and one warning line; one naming exactly that many goes
+    through, and the server goes on serving (pynetdicom C-MOVE and C-GET,
+    dcmtk getscu)."""
+    dest = Destination()
+    destinations.append(dest)
+    archive = fill(tmp_path / "store0", count=7, studies=2)  # study 0 (P000): 4 instances, study 1 (P001): 3
+    big, small = (next(str(ds.StudyInstanceUID) for ds in archive.by_uid.values() if ds.PatientID == p)
+                  for p in ("P000", "P001"))
+    (tmp_path / "cap.yaml").write_text(f"remote_aes:\n  - ae_title: DEST\n    host: 127.0.0.1\n    port: {dest.port}\n"
+                                       "query_retrieve:\n  max_retrieve_instances: 3\n")
+    srv = start_server("--config", str(tmp_path / "cap.yaml")).indexed()
+    refused = move(srv, "DEST", identifier("STUDY", StudyInstanceUID=big))
+    assert [r[0] for r in refused] == [0xA701]
+    assert "3 instances" in str(refused[0][1].get("ErrorComment", ""))
+    assert not dest.received
+    responses = move(srv, "DEST", identifier("STUDY", StudyInstanceUID=small))  # exactly the limit
+    assert responses[-1][0] == 0x0000 and counts(responses[-1][1]) == (None, 3, 0, 0)
+    assert set(dest.received) == archive.of_study(small)
+    getter = Getter(srv)
+    try:
+        assert [r[0] for r in getter.get(identifier("STUDY", StudyInstanceUID=big), msg_id=7)] == [0xA701]
+        assert not getter.received
+        responses = getter.get(identifier("STUDY", StudyInstanceUID=small), msg_id=8)  # same association
+        assert responses[-1][0] == 0x0000 and set(getter.received) == archive.of_study(small)
+    finally:
+        getter.assoc.release()
+    got = tmp_path / "got"
+    got.mkdir()
+    result = subprocess.run([dcmtk("getscu"), "-v", "-P", "-aet", "GETTER", "-aec", srv.ae_title, "-od", str(got),
+                             "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=P000", "127.0.0.1", str(srv.port)],
+                            capture_output=True, text=True, timeout=120)
+    out = result.stdout + result.stderr
+    assert "Received C-GET Response (Refused: OutOfResourcesNumberOfMatches)" in out, out  # dcmtk's name of 0xA701
+    assert not list(got.iterdir())
+    text = srv.log_once_it_says("message 7)", "message 1)")
+    lines = [ln for ln in text.splitlines() if "max_retrieve_instances" in ln]
+    assert len(lines) == 3 and all("refused 0xA701" in ln and "WARNING" in ln for ln in lines), lines
+    assert _echo_ok(srv)
+
+
+def test_move_and_get_stream_files_larger_than_a_segment_byte_identical(start_server, storescp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """9.8 MB images: C-GET and C-MOVE frame and send each in pieces
+    (SEGMENT, 4 MiB; C-GET's loop waiting while the transport holds more than
+    BACKLOG); dcmtk getscu (16 KB PDUs), pynetdicom and a dcmtk storescp move
+    destination receive every data set byte for byte, and the next
+    sub-operation follows."""
+    from fastscp.services.retrieve import SEGMENT
+
+    tree = tmp_path / "store0"
+    tree.mkdir()
+    made = [make_image(tree / f"huge{n}.dcm", n, study=8, size=2210) for n in range(2)]
+    made.append(make_image(tree / "small.dcm", 9, study=8, size=16))
+    assert (tree / "huge0.dcm").stat().st_size > 2 * SEGMENT
+    port, out = storescp
+    srv = start_server("--config", config(tmp_path, {"DEST": port})).indexed()
+    study = str(made[0].StudyInstanceUID)
+    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(srv.port)]
+    got = tmp_path / "got"
+    got.mkdir()
+    fetched = subprocess.run([dcmtk("getscu"), "-S", "-aet", "GETTER", "-aec", srv.ae_title, "-od", str(got), *keys],
+                             capture_output=True, text=True, timeout=120)
+    assert fetched.returncode == 0, fetched.stdout + fetched.stderr
+    moved = subprocess.run([dcmtk("movescu"), "-v", "-S", "-aet", "MOVER", "-aec", srv.ae_title, "-aem", "DEST", *keys],
+                           capture_output=True, text=True, timeout=120)
+    assert moved.returncode == 0 and "Received Final Move Response (Success)" in moved.stdout + moved.stderr
+    stored = stored_by_uid(srv)
+    for directory in (got, out):
+        received = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in directory.iterdir()}
+        assert set(received) == {str(d.SOPInstanceUID) for d in made}
+        assert all(dataset_bytes(received[u]) == dataset_bytes(stored[u]) for u in received), directory.name
+    getter = Getter(srv)
+    try:
+        responses = getter.get(identifier("STUDY", StudyInstanceUID=study))
+        assert responses[-1][0] == 0x0000 and counts(responses[-1][1]) == (None, 3, 0, 0)
+        assert [counts(r[1]) for r in responses[:-1]] == [(2, 1, 0, 0), (1, 2, 0, 0)]
+        assert all(getter.received[u] == dataset_bytes(stored[u]) for u in stored)
+    finally:
+        getter.assoc.release()
+
+
+def test_get_requestor_that_stops_reading_mid_file_is_aborted(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A C-GET requestor that stops reading in the middle of a 32 MB data
+    set: the server sends the file's next piece only while the transport
+    holds under BACKLOG, and aborts the association once it has held more
+    for server.dimse_timeout; the server serves on."""
+    import socket
+
+    from fastscp.protocol import dimse as D
+    from fastscp.protocol import pdu as P
+    from fastscp.services.identifiers import encode_identifier
+
+    tree = tmp_path / "store0"
+    tree.mkdir()
+    made = make_image(tree / "huge.dcm", 0, study=9, size=4000)
+    srv = start_server("--dimse-timeout", "1.5").indexed()
+    ae = AE(ae_title="GETTER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet, [EXPLICIT_LE])
+    ae.add_requested_context(CTImageStorage, [EXPLICIT_LE])
+    assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title,
+                         ext_neg=[build_role(CTImageStorage, scp_role=True)])
+    assert assoc.is_established
+    sock = assoc.dul.socket.socket  # type: ignore[union-attr]
+    assert isinstance(sock, socket.socket)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    assoc.dul.kill_dul()  # pynetdicom's reader stops: from here nobody reads the socket
+    assoc.dul.join(10)
+    assert not assoc.dul.is_alive()
+    context_id = next(c.context_id for c in assoc.accepted_contexts
+                      if c.abstract_syntax == StudyRootQueryRetrieveInformationModelGet)
+    command = D.encode_command({D.AFFECTED_SOP_CLASS: StudyRootQueryRetrieveInformationModelGet,
+                                D.COMMAND_FIELD: D.C_GET_RQ, D.MESSAGE_ID: 1, D.PRIORITY: 0}, True)
+    data = encode_identifier(identifier("STUDY", StudyInstanceUID=str(made.StudyInstanceUID)), EXPLICIT_LE)
+    sock.sendall(P.encode_pdata(context_id, command, True, 16384) + P.encode_pdata(context_id, data, False, 16384))
+    said = "MiB unread for 1.5 s: aborting the association"
+    log = srv.log_once_it_says(said, "ended during the retrieve", timeout=30)
+    assert said in log and "0 of 1 sub-operations done" in log
+    assert _echo_ok(srv)
+    assert "Traceback" not in srv.log_text()
+    sock.close()

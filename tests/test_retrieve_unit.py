@@ -16,7 +16,7 @@ from pydicom.filereader import _read_file_meta_info, read_preamble
 from fastscp.catalog import reconcile
 from fastscp.catalog.schema import connect
 from fastscp.qr import IdentifierError, InformationModel, Level
-from fastscp.services.retrieve import retrieve_keys, select_instances
+from fastscp.services.retrieve import TooManyInstances, retrieve_keys, select_instances
 from fastscp.services.store_scu import dataset_offset
 
 
@@ -99,3 +99,58 @@ def test_select_only_present_rows_under_the_root(tmp_path: Path) -> None:
         # SQL-looking values are matched literally
         assert select_instances(conn, _ident("STUDY", StudyInstanceUID="1' OR '1'='1"),
                                 InformationModel.STUDY_ROOT, tree) == []
+
+
+def test_select_counts_up_to_max_instances(tmp_path: Path) -> None:
+    """max_instances: TooManyInstances past it (counted among present rows
+    under the root only), the whole ordered list at it."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    made = [make_image(tree / f"i{n}.dcm", n, study=0) for n in range(4)]
+    db = tmp_path / "index.db"
+    reconcile(tree, db, progress=False)
+    ident = _ident("STUDY", StudyInstanceUID=str(made[0].StudyInstanceUID))
+    with connect(db) as conn:
+        with pytest.raises(TooManyInstances) as exc:
+            select_instances(conn, ident, InformationModel.STUDY_ROOT, tree, max_instances=3)
+        assert exc.value.limit == 3
+        got = select_instances(conn, ident, InformationModel.STUDY_ROOT, tree, max_instances=4)
+        assert [i.sop_instance_uid for i in got] == [str(d.SOPInstanceUID) for d in made]
+        conn.execute("UPDATE instances SET status = 'missing' WHERE sop_instance_uid = ?",
+                     [str(made[1].SOPInstanceUID)])
+        assert len(select_instances(conn, ident, InformationModel.STUDY_ROOT, tree, max_instances=3)) == 3
+
+
+@pytest.mark.parametrize("room", [16372, 1000, 7])
+def test_frame_file_is_the_file_between_pdu_headers(tmp_path: Path, room: int) -> None:
+    """frame_file: P-DATA-TF PDUs of ``room`` data bytes each, whose data
+    joined is the file's bytes at the offset (with room 7 and 20000 bytes:
+    2858 buffers, more than one preadv's IOV_MAX) or the head given, the last-fragment bit on
+    the final PDV only when asked; a file shorter than asked is an OSError."""
+    import os
+    import struct
+
+    from fastscp.services.retrieve import frame_file
+
+    raw = os.urandom(30000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(raw)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        cases = [(100, 20000, True, head) for head in (b"", raw[:20100], raw)]
+        cases += [(0, 30000, False, b""), (0, 30000, True, raw), (5, 0, True, b"")]
+        for offset, length, last, head in cases:  # from the file (preadv), or from its head already read
+            buf = bytes(frame_file(fd, offset, length, 5, room, last, head))
+            data, pos, flags = b"", 0, []
+            while pos < len(buf):
+                pdu_type, _, pdu_len, pdv_len, cid, header = struct.unpack_from(">BBIIBB", buf, pos)
+                assert (pdu_type, cid, pdv_len) == (4, 5, pdu_len - 4) and pdv_len - 2 <= room
+                data += buf[pos + 12:pos + 6 + pdu_len]
+                flags.append(header)
+                pos += 6 + pdu_len
+            assert pos == len(buf) and data == raw[offset:offset + length]
+            assert flags == [0] * (len(flags) - 1) + [2 if last else 0]
+        with pytest.raises(OSError):
+            frame_file(fd, 29000, 2000, 5, room, True)
+    finally:
+        os.close(fd)

@@ -30,6 +30,9 @@ class Link:
     # run a callback on the event loop from any thread (then flush): how a
     # service's worker thread (a C-FIND's query, a C-MOVE's sends) answers
     call_soon_threadsafe: Callable[[Callable[[], None]], None]
+    # bytes written and still waiting in the transport (a C-GET sending a
+    # large file waits for the peer to take them)
+    backlog: Callable[[], int] = lambda: 0
 
 
 class Service(Protocol):

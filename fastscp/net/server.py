@@ -100,7 +100,8 @@ class AssociationProtocol(asyncio.BufferedProtocol):
             if self.server.busy_poll_ns > 0 and not tls:
                 self._spin_fd = sock.fileno()
         peer_text = _address_text(transport.get_extra_info("peername"))
-        self.handler = self.server.handler_factory(self.assoc, Link(peer_text, tls, self._flush, self._call_soon))
+        self.handler = self.server.handler_factory(self.assoc, Link(peer_text, tls, self._flush, self._call_soon,
+                                                                        self._backlog))
         self.server.connections.add(self)
         self.server.unassociated[self] = None
         if self.server.paused:
@@ -156,6 +157,11 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         peer's next message is due now, so the poll starts again."""
         self._after()
         self._queue_spin()
+
+    def _backlog(self) -> int:
+        """Bytes written to the transport and not yet taken by the kernel."""
+        transport = self.transport
+        return 0 if transport is None else transport.get_write_buffer_size()
 
     def _call_soon(self, callback: Callable[[], None]) -> None:
         """Run a service's callback on the loop, from any thread, then write
@@ -240,12 +246,14 @@ class AssociationProtocol(asyncio.BufferedProtocol):
 
     def _after(self) -> None:
         """Write what the machine has to send; follow its timer and close flags."""
-        out = self.assoc.data_to_send()
+        out = self.assoc.output()
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if out:
-            transport.write(out)
+        if len(out) == 1:
+            transport.write(out[0])
+        elif out:
+            transport.writelines(out)  # one vectored write, no join (uvloop)
         if self.assoc.artim_running:
             if self._artim is None:
                 self._artim = asyncio.get_running_loop().call_later(self.server.artim_timeout, self._artim_fired)

@@ -246,7 +246,7 @@ class Association:
         self.artim_running = False
         self.closing = False
         self.abort_description = ""
-        self._out: list[bytes] = []
+        self._out: list[bytes | bytearray] = []
         self._pending: list[Event] = []
         # the bytes the current event carries (PDU or decode error)
         self._payload: Any = None
@@ -373,6 +373,12 @@ class Association:
         self._out.clear()
         return out
 
+    def output(self) -> list[bytes | bytearray]:
+        """What ``data_to_send`` joins, as the pieces queued (for a
+        vectored write: a C-GET's framed file is not copied again)."""
+        out, self._out = self._out, []
+        return out
+
     # ---- local primitives ---------------------------------------------------------
 
     def accept(self, accept: P.AssociateAccept) -> None:
@@ -380,6 +386,14 @@ class Association:
 
     def reject(self, result: int, source: int, reason: int) -> None:
         self._fire(EVT8, (result, source, reason), local=True)
+
+    def send_framed(self, pdus: bytes | bytearray) -> None:
+        """Send P-DATA-TF PDUs framed by the caller (the PDU type, lengths
+        and PDV headers already in place, none above the peer's maximum):
+        part of a message, as DT-1 would send it (PS3.8 9.3.5); ignored
+        once the association is not established."""
+        if self.state is State.Sta6 or self.state is State.Sta8:  # where DT-1 / AR-7 send
+            self._out.append(pdus)
 
     def send_command(self, context_id: int, command: bytes, dataset: bytes | memoryview | None = None) -> None:
         """Send a message (P-DATA request primitive, PS3.8 9.3.5): its

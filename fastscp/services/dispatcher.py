@@ -164,6 +164,16 @@ class Dispatcher:
             self.assoc.send_command(context_id, command, dataset)
             self._link.flush()
 
+    def send_framed(self, pdus: bytes | bytearray) -> None:
+        if self.assoc.established:
+            self.assoc.send_framed(pdus)
+
+    def write_out(self) -> None:
+        self._link.flush()
+
+    def backlog(self) -> int:
+        return self._link.backlog()
+
     def next_message_id(self) -> int:
         return next(self._message_ids) & 0xFFFF or next(self._message_ids)
 

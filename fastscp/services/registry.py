@@ -78,11 +78,14 @@ class Deferred:
 
 
 def modules(with_index: bool, tls_context: Callable[[], ssl.SSLContext] | None = None,
-            timeout: float | None = None, max_find_matches: int | None = None) -> dict[type, ServiceModule]:
+            timeout: float | None = None, max_find_matches: int | None = None,
+            max_retrieve_instances: int | None = None) -> dict[type, ServiceModule]:
     """The modules the server runs: C-FIND, C-MOVE and C-GET read the index,
     so they are served only with one; ``timeout`` (``server.dimse_timeout``)
     bounds the waits of the retrieve modules; a C-FIND matching more than
-    ``max_find_matches`` is refused 0xA700 after that many responses."""
+    ``max_find_matches`` is refused 0xA700 after that many responses; a
+    C-MOVE or C-GET naming more than ``max_retrieve_instances`` is refused
+    0xA701 before any sub-operation."""
     if not with_index:
         return {}
 
@@ -94,7 +97,7 @@ def modules(with_index: bool, tls_context: Callable[[], ssl.SSLContext] | None =
     def retrieve() -> Mapping[type, ServiceModule]:
         from . import retrieve as module
 
-        return module.services(tls_context, timeout)
+        return module.services(tls_context, timeout, max_retrieve_instances)
 
     query, moving = _Group(_query), _Group(retrieve)
     return {

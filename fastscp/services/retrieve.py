@@ -17,6 +17,9 @@ the file's data set exactly as stored (no decoding, no transcoding):
   accepted context of the instance's SOP class whose transfer syntax is the
   stored one and for which the requestor took the SCP role (PS3.7 D.3.3.4);
   one sub-operation at a time, each C-STORE-RSP awaited before the next.
+  The worker frames the files (``frame_file``: preadv into a buffer with the
+  PDU headers in place, large files in pieces) ahead of the sends, and the
+  event loop sends them and handles the responses (``_GetPipeline``).
 
 A sub-operation whose SOP class and transfer syntax the receiver did not
 accept fails (transcoding is not done) and so does one whose file cannot be
@@ -25,23 +28,27 @@ Completed, Failed and Warning counts; the final response is Success, 0xB000
 (some failed or warned), 0xA702 (all failed) or 0xFE00 (C-CANCEL: counts,
 with Remaining the sub-operations not started), with the Failed SOP Instance
 UID List (0008,0058) in its identifier when a sub-operation failed (PS3.4
-C.4.2.1.4, C.4.2.3.1, C.4.3.1.3). See docs/query-retrieve.md.
+C.4.2.1.4, C.4.2.3.1, C.4.3.1.3). A retrieve naming more instances than
+``query_retrieve.max_retrieve_instances`` is refused 0xA701 before any
+sub-operation (counted in SQL). See docs/query-retrieve.md.
 
 Threads: ``start`` runs on the event loop and starts one worker thread per
 request; the worker reads the index (its own cursor) and the files, and
-reaches the association only through ``session.call_soon``.
+reaches the association only through ``session.call_soon`` (a C-GET's
+sends and responses then run on the loop, fed by the worker).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import dataclasses
 import logging
 import os
-import queue
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
@@ -51,16 +58,17 @@ from pydicom.uid import UID
 
 from ..catalog.root import under_root_prefix
 from ..protocol import dimse as D
+from ..protocol import pdu as P
 from ..protocol.commands import CGetRequest, CMoveRequest, DimseResponse, Request
 from ..qr.errors import IdentifierError
 from ..qr.matching import element_text, query_level
 from ..qr.model import KEYS_BY_TAG, UNIQUE_KEY, InformationModel, Key, Level
 from .identifiers import decode_identifier, encode_identifier
 from .session import RemoteAE, Session
-from .store_scu import AssociationLost, StoreAssociation, dataset_offset
+from .store_scu import HEAD, AssociationLost, StoreAssociation, dataset_offset, frame_file
 
 __all__ = [
-    "GetService", "MoveService", "RetrieveStatus", "StoredInstance", "select_instances",
+    "GetService", "MoveService", "RetrieveStatus", "StoredInstance", "TooManyInstances", "select_instances",
 ]
 
 log = logging.getLogger("fastscp.scp")
@@ -152,11 +160,21 @@ def retrieve_keys(identifier: Dataset, model: InformationModel) -> tuple[Level, 
     return level, values
 
 
+class TooManyInstances(Exception):
+    """A retrieve names more instances than ``max_instances`` (0xA701)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} instances")
+        self.limit = limit
+
+
 def select_instances(conn: duckdb.DuckDBPyConnection, identifier: Dataset, model: InformationModel,
-                     root: str | os.PathLike[str]) -> list[StoredInstance]:
+                     root: str | os.PathLike[str], max_instances: int | None = None) -> list[StoredInstance]:
     """The instances a C-MOVE/C-GET identifier names that are present in the
     tree under ``root``, in study, series, instance number order.
-    Raises IdentifierError; DuckDB errors pass through."""
+    Raises IdentifierError, and TooManyInstances when more than
+    ``max_instances`` match (counted in SQL, up to one past the limit,
+    before any row is read); DuckDB errors pass through."""
     _, values = retrieve_keys(identifier, model)
     where = ["status = 'present'", "starts_with(path, ?)"]
     params: list[object] = [under_root_prefix(root)]
@@ -164,20 +182,20 @@ def select_instances(conn: duckdb.DuckDBPyConnection, identifier: Dataset, model
         # a fixed fragment with one placeholder per value: values never enter the SQL text
         where.append(f"{_COLUMN[level]} IN ({', '.join('?' * len(uids))})")
         params.extend(uids)
+    condition = " AND ".join(where)
+    if max_instances is not None:
+        # no ORDER BY: the scan stops at the first max_instances + 1 rows
+        (count,) = conn.execute(f"SELECT count(*) FROM (SELECT 1 FROM instances WHERE {condition} LIMIT ?)",
+                                [*params, max_instances + 1]).fetchone() or (0,)
+        if count > max_instances:
+            raise TooManyInstances(max_instances)
     sql = ("SELECT path, sop_class_uid, sop_instance_uid, transfer_syntax_uid FROM instances WHERE "
-           + " AND ".join(where)
+           + condition
            + " ORDER BY study_instance_uid, series_instance_uid, instance_number NULLS LAST, sop_instance_uid")
+    if max_instances is not None:  # rows indexed since the count do not pass the limit either
+        sql += " LIMIT ?"
+        params.append(max_instances)
     return [StoredInstance(*row) for row in conn.execute(sql, params).fetchall()]
-
-
-# ---- the stored file -------------------------------------------------------------------------
-
-def read_dataset_bytes(path: str) -> memoryview:
-    """A stored file's data set, byte for byte (read whole; see the docs for
-    very large files). OSError/ValueError when it cannot be read."""
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    return memoryview(raw)[dataset_offset(raw):]
 
 
 # ---- identifiers in and out ------------------------------------------------------------------
@@ -234,11 +252,6 @@ class _Retrieval:
         self.cancelled = threading.Event()
         self.ended = threading.Event()  # the association ended: stop without answering
         self.wakeups: list[Callable[[], None]] = []  # called on cancel(): unblock a wait
-        # C-GET: a Pending response waits for the next C-STORE-RQ, so both
-        # go out in one trip to the event loop (and the final response
-        # takes it along if no sub-operation follows)
-        self.hold_pending = False
-        self.held: list[Callable[[], None]] = []
 
     # Operation
     def cancel(self) -> None:
@@ -287,27 +300,16 @@ class _Retrieval:
         data = encode_identifier(identifier, self.transfer_syntax) if identifier is not None else None
         command = D.encode_command(fields, data is not None)
         session, cid, message_id = self.session, self.context_id, self.request.message_id
-        held, self.held = self.held, []
 
         def send() -> None:
-            for earlier in held:
-                earlier()
             session.send(cid, command, data)
             if final:
                 session.operation_ended(message_id)
 
-        if self.hold_pending and not final:
-            self.held = [send]  # goes out with the next sub-operation's request (C-GET)
-            return
         try:
             session.call_soon(send)
         except RuntimeError:  # the loop is closed: the server stopped
             pass
-
-    def take_held(self) -> list[Callable[[], None]]:
-        """The Pending response held for the next message (worker side)."""
-        held, self.held = self.held, []
-        return held
 
     def fail(self, status: int, comment: str) -> None:
         self.respond(status, RetrieveStatus(0, 0, 0, 0, ()), comment=comment, final=True)
@@ -316,11 +318,7 @@ class _Retrieval:
 
     def run(self, instances: Sequence[StoredInstance], sender: _Sender) -> None:
         """Send each instance through ``sender``; Pending after each, then the final response."""
-        total = len(instances)
-        completed = failed = warning = 0
-        failed_uids: list[str] = []
-        reasons: collections.Counter[str] = collections.Counter()
-        done = 0
+        tally = _Tally(len(instances))
         try:
             for instance in instances:
                 if self.cancelled.is_set() or self.ended.is_set():
@@ -329,43 +327,65 @@ class _Retrieval:
                 status: int | None = None
                 if not why:
                     status, why = sender.store(instance)
-                done += 1
-                if status is None or (status != D.SUCCESS and status not in _STORE_WARNINGS):
-                    failed += 1
-                    failed_uids.append(instance.sop_instance_uid)
-                    reasons[why or f"status 0x{status or 0:04X}"] += 1
-                elif status == D.SUCCESS:
-                    completed += 1
-                else:
-                    warning += 1
-                if done < total and not self.ended.is_set():
-                    self.respond(D.PENDING, RetrieveStatus(total - done, completed, failed, warning, ()))
+                tally.record(instance.sop_instance_uid, status, why)
+                if tally.done < tally.total and not self.ended.is_set():
+                    self.respond(D.PENDING, tally.counts(()))
         finally:
             sender.close()
+        self.finish(tally)
+
+    def finish(self, tally: _Tally) -> None:
+        """The final response from the counts (nothing once the association ended)."""
         if self.ended.is_set():
             log.warning("%s: association %s ended during the retrieve: %d of %d sub-operations done",
-                        self.what, self.session.id, done, total)
+                        self.what, self.session.id, tally.done, tally.total)
             return
-        counts = RetrieveStatus(total - done, completed, failed, warning, tuple(failed_uids))
+        failed_uids = tally.failed_uids
+        counts = tally.counts(tuple(failed_uids))
         implicit = UID(self.transfer_syntax).is_implicit_VR
-        if self.cancelled.is_set() and done < total:
+        if self.cancelled.is_set() and tally.done < tally.total:
             status = D.CANCEL
             identifier: Dataset | None = _failed_list(failed_uids, implicit)
-        elif failed and failed == total:
+        elif tally.failed and tally.failed == tally.total:
             status, identifier = REFUSED_SUB_OPERATIONS, _failed_list(failed_uids, implicit)
-        elif failed or warning:
+        elif tally.failed or tally.warning:
             status = SUB_OPERATIONS_WARNING
-            identifier = _failed_list(failed_uids, implicit) if failed else None
+            identifier = _failed_list(failed_uids, implicit) if tally.failed else None
         else:
             status, identifier = D.SUCCESS, None
-        if failed:
-            top = "; ".join(f"{n} x {why}" for why, n in reasons.most_common(3))
+        if tally.failed:
+            top = "; ".join(f"{n} x {why}" for why, n in tally.reasons.most_common(3))
             log.warning("%s (assoc %s, message %d): %d of %d sub-operations failed: %s", self.what,
-                        self.session.id, self.request.message_id, failed, total, top)
+                        self.session.id, self.request.message_id, tally.failed, tally.total, top)
         log.info("%s (assoc %s, message %d): %d instances: %d completed, %d warning, %d failed, %d not "
-                 "started (status 0x%04X)", self.what, self.session.id, self.request.message_id, total,
-                 completed, warning, failed, total - done, status)
+                 "started (status 0x%04X)", self.what, self.session.id, self.request.message_id, tally.total,
+                 tally.completed, tally.warning, tally.failed, tally.total - tally.done, status)
         self.respond(status, counts, identifier, final=True)
+
+
+class _Tally:
+    """A retrieve's sub-operations so far: counts, failed UIDs, why they failed."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = self.completed = self.failed = self.warning = 0
+        self.failed_uids: list[str] = []
+        self.reasons: collections.Counter[str] = collections.Counter()
+
+    def record(self, sop_instance_uid: str, status: int | None, why: str) -> None:
+        """One sub-operation ended: C-STORE status, or None and why it failed."""
+        self.done += 1
+        if status is None or (status != D.SUCCESS and status not in _STORE_WARNINGS):
+            self.failed += 1
+            self.failed_uids.append(sop_instance_uid)
+            self.reasons[why or f"status 0x{status or 0:04X}"] += 1
+        elif status == D.SUCCESS:
+            self.completed += 1
+        else:
+            self.warning += 1
+
+    def counts(self, failed_uids: tuple[str, ...]) -> RetrieveStatus:
+        return RetrieveStatus(self.total - self.done, self.completed, self.failed, self.warning, failed_uids)
 
 
 # ---- the services ----------------------------------------------------------------------------
@@ -376,9 +396,10 @@ class _RetrieveService:
 
     response_field = 0
 
-    def __init__(self, models: Sequence[InformationModel]) -> None:
+    def __init__(self, models: Sequence[InformationModel], max_instances: int | None = None) -> None:
         self.models = {self.uid_of(m): m for m in models}
         self.sop_classes = frozenset(self.models)
+        self.max_instances = max_instances
 
     @staticmethod
     def uid_of(model: InformationModel) -> str:
@@ -418,7 +439,8 @@ class _RetrieveService:
         """Checks on the event loop before the worker starts; False: answered."""
         return True
 
-    def sender(self, op: _Retrieval, instances: Sequence[StoredInstance]) -> _Sender:
+    def perform(self, op: _Retrieval, instances: Sequence[StoredInstance]) -> None:
+        """The sub-operations and the final response (worker thread)."""
         raise NotImplementedError
 
     def _work(self, op: _Retrieval, model: InformationModel, dataset: bytes,
@@ -428,9 +450,16 @@ class _RetrieveService:
                 identifier = decode_identifier(dataset, op.transfer_syntax)
                 conn = cursor()
                 try:
-                    instances = select_instances(conn, identifier, model, root)
+                    instances = select_instances(conn, identifier, model, root, self.max_instances)
                 finally:
                     conn.close()
+            except TooManyInstances as exc:
+                log.warning("%s (assoc %s, message %d): more than %d instances match "
+                            "(query_retrieve.max_retrieve_instances): refused 0x%04X, no sub-operation started; "
+                            "retrieve by study or series", op.what, op.session.id, op.request.message_id,
+                            exc.limit, REFUSED_NO_MATCHES_COUNT)
+                op.fail(REFUSED_NO_MATCHES_COUNT, f"more than {exc.limit} instances: retrieve fewer at a time")
+                return
             except IdentifierError as exc:
                 log.warning("%s (assoc %s): identifier refused (0xA900): %s", op.what, op.session.id, exc.message)
                 op.fail(IDENTIFIER_DOES_NOT_MATCH, exc.comment)
@@ -449,7 +478,7 @@ class _RetrieveService:
                 log.info("%s (assoc %s, message %d): no instance matches", op.what, op.session.id,
                          op.request.message_id)
                 return
-            op.run(instances, self.sender(op, instances))
+            self.perform(op, instances)
         except _Stopped:
             log.warning("%s (assoc %s): stopped: the association or the server ended", op.what, op.session.id)
         except Exception:  # a bug must not leave the operation open (it holds the idle timeout)
@@ -466,8 +495,9 @@ class MoveService(_RetrieveService):
     response_field = D.C_MOVE_RSP
 
     def __init__(self, models: Sequence[InformationModel] = tuple(InformationModel),
-                 tls_context: Callable[[], ssl.SSLContext] | None = None, timeout: float = 30.0) -> None:
-        super().__init__(models)
+                 tls_context: Callable[[], ssl.SSLContext] | None = None, timeout: float = 30.0,
+                 max_instances: int | None = None) -> None:
+        super().__init__(models, max_instances)
         self.tls_context = tls_context
         self.timeout = timeout
 
@@ -489,10 +519,11 @@ class MoveService(_RetrieveService):
             return False
         return True
 
-    def sender(self, op: _Retrieval, instances: Sequence[StoredInstance]) -> _Sender:
+    def perform(self, op: _Retrieval, instances: Sequence[StoredInstance]) -> None:
         assert isinstance(op.request, CMoveRequest)
         remote = op.session.server.remote_aes[op.request.move_destination.strip(" \0")]
-        return _MoveSender(op, remote, op.session.server.ae_title, self.tls_context, self.timeout, instances)
+        op.run(instances, _MoveSender(op, remote, op.session.server.ae_title, self.tls_context, self.timeout,
+                                      instances))
 
 
 class _MoveSender:
@@ -578,8 +609,8 @@ class GetService(_RetrieveService):
     response_field = D.C_GET_RSP
 
     def __init__(self, models: Sequence[InformationModel] = tuple(InformationModel),
-                 response_timeout: float = RESPONSE_TIMEOUT) -> None:
-        super().__init__(models)
+                 response_timeout: float = RESPONSE_TIMEOUT, max_instances: int | None = None) -> None:
+        super().__init__(models, max_instances)
         self.response_timeout = response_timeout
 
     @staticmethod
@@ -589,96 +620,305 @@ class GetService(_RetrieveService):
     def describe(self, request: CMoveRequest | CGetRequest) -> str:
         return "C-GET"
 
-    def sender(self, op: _Retrieval, instances: Sequence[StoredInstance]) -> _Sender:
+    def perform(self, op: _Retrieval, instances: Sequence[StoredInstance]) -> None:
         sop_classes = sorted({i.sop_class_uid for i in instances})
         session = op.session
 
-        def contexts() -> dict[tuple[str, str], int]:
+        def contexts() -> tuple[dict[tuple[str, str], int], int]:
             out: dict[tuple[str, str], int] = {}
             for sop_class in sop_classes:
                 if session.requestor_scp(sop_class):
                     for cid, ts in sorted(session.contexts_for(sop_class).items()):
                         out.setdefault((sop_class, ts), cid)
-            return out
+            return out, session.peer_max_pdu
 
-        return _GetSender(op, op.on_loop(contexts), self.response_timeout)
+        by_pair, peer_max_pdu = op.on_loop(contexts)
+        _GetPipeline(op, by_pair, peer_max_pdu, instances, self.response_timeout).produce()
 
 
-class _GetSender:
-    """The C-STORE SCU side of a C-GET: C-STORE-RQs on the requesting
-    association, one at a time (each C-STORE-RSP awaited)."""
+# ---- C-GET: files framed in the worker, sent from the event loop ------------------------------
 
-    def __init__(self, op: _Retrieval, contexts: dict[tuple[str, str], int], timeout: float) -> None:
+AHEAD = 8 << 20  # framed bytes the worker may have ready beyond what the loop sent
+SEGMENT = 4 << 20  # a data set is framed in pieces of about this (a larger file streams)
+BACKLOG = 4 << 20  # the loop sends the next piece of a file once the transport holds less
+@dataclasses.dataclass(slots=True)
+class _Piece:
+    """What the worker hands the loop: a sub-operation's start (``instance``
+    set: its C-STORE-RQ goes out with the first PDUs of the data set), a
+    later piece of its data set, or a sub-operation that failed before any
+    byte (``why``)."""
+
+    instance: StoredInstance | None
+    context_id: int = 0
+    data: bytearray | None = None
+    last: bool = True
+    why: str = ""
+    abort: str = ""  # a file unreadable after part of it went: the association cannot go on
+
+
+_END = _Piece(None)
+
+
+class _GetPipeline:
+    """One C-GET's sub-operations (PS3.4 C.4.3.3), split between two threads.
+
+    The worker (``produce``) reads each file into framed PDUs (``frame_file``)
+    up to ``AHEAD`` bytes ahead; the event loop (``pump``) sends them: at a
+    sub-operation's start the Pending response of the one before and the
+    C-STORE-RQ with the first piece, in one write, the rest of a large file
+    as its pieces come (while the transport holds less than ``BACKLOG``).
+    A C-STORE-RSP is handled on the loop (``answered``), which sends the next
+    sub-operation at once if the worker has it ready: no thread hand-over
+    per sub-operation while the worker keeps ahead. One sub-operation at a
+    time, as negotiated (asynchronous operations window 1/1).
+    """
+
+    def __init__(self, op: _Retrieval, contexts: dict[tuple[str, str], int], peer_max_pdu: int,
+                 instances: Sequence[StoredInstance], timeout: float) -> None:
         self.op = op
+        self.session = op.session
         self.contexts = contexts
+        self.instances = instances
         self.timeout = timeout
-        self.answers: queue.SimpleQueue[DimseResponse | None] = queue.SimpleQueue()
+        self.room = max(1, (peer_max_pdu or SEGMENT + 6) - 6)  # data bytes per PDU
+        self.segment = max(1, SEGMENT // self.room) * self.room  # a whole number of PDUs
+        self.tally = _Tally(len(instances))
+        self.lock = threading.Lock()
+        self.space = threading.Condition(self.lock)
+        self.ready: collections.deque[_Piece] = collections.deque()
+        self.ahead = 0  # bytes in ready
+        self.full = False  # the worker waits for the loop to take some
+        self.idle = True  # the loop found nothing ready: the next hand() schedules pump
+        self.stopped = False  # ended, answered or abandoned: the worker stops
+        # loop side
+        self.current: StoredInstance | None = None  # sub-operation under way
+        self.message_id = 0  # of the C-STORE-RQ under way
+        self.awaiting = 0  # Message ID of the C-STORE-RQ whose response is due (0: none)
+        self.sent_at = 0.0
+        self.stalled_since = 0.0  # since when the transport holds more than BACKLOG (0: it does not)
+        self.pending: list[bytes] = []  # Pending responses that go out with the next write
+        self.finished = False
         op.wakeups.append(self._wake)
-        op.hold_pending = True
 
-    def _wake(self) -> None:
-        if self.op.ended.is_set():
-            self.answers.put(None)
+    # ---- worker ----------------------------------------------------------------------------
 
-    def refused(self, instance: StoredInstance) -> str:
-        if (instance.sop_class_uid, instance.transfer_syntax_uid) in self.contexts:
-            return ""
-        return (f"no accepted context with the SCP role for {instance.sop_class_uid} in "
-                f"{instance.transfer_syntax_uid}")
-
-    def store(self, instance: StoredInstance) -> tuple[int | None, str]:
-        context_id = self.contexts[(instance.sop_class_uid, instance.transfer_syntax_uid)]
+    def produce(self) -> None:
         try:
-            data = read_dataset_bytes(instance.path)
-        except (OSError, ValueError) as exc:
-            return None, f"cannot read {os.path.basename(instance.path)}: {exc}"
-        op, session, answers = self.op, self.op.session, self.answers
-        held = op.take_held()
+            for instance in self.instances:
+                if self.stopped:
+                    return
+                self._produce_one(instance)
+            self._hand(_END)
+            with self.lock:
+                while not self.stopped:
+                    self.space.wait(1.0)
+                    self._check_answer_time()
+        except _Stopped:
+            self._stop()
 
-        def send() -> None:
-            for pending in held:  # the Pending response of the sub-operation before
-                pending()
-            if not session.established:
-                answers.put(None)
+    def _produce_one(self, instance: StoredInstance) -> None:
+        context_id = self.contexts.get((instance.sop_class_uid, instance.transfer_syntax_uid))
+        if context_id is None:
+            self._hand(_Piece(instance, why=f"no accepted context with the SCP role for {instance.sop_class_uid} "
+                                            f"in {instance.transfer_syntax_uid}"))
+            return
+        try:
+            fd = os.open(instance.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            self._hand(_Piece(instance, why=f"cannot read {os.path.basename(instance.path)}: {exc.strerror or exc}"))
+            return
+        try:
+            first = True
+            try:
+                head = os.pread(fd, HEAD, 0)
+                # a file shorter than the head read is in it whole: no fstat, no second read
+                size = len(head) if len(head) < HEAD else os.fstat(fd).st_size
+                offset = dataset_offset(head)
+                left = size - offset
+                while first or left > 0:
+                    n = min(left, self.segment)
+                    data = frame_file(fd, offset, n, context_id, self.room, n == left, head)
+                    self._hand(_Piece(instance if first else None, context_id, data, n == left))
+                    first = False
+                    offset += n
+                    left -= n
+                    if self.stopped:
+                        return
+            except (OSError, ValueError) as exc:
+                why = f"cannot read {os.path.basename(instance.path)}: {exc}"
+                # nothing of it was handed over: a failed sub-operation; else the
+                # peer holds part of a message and the association cannot go on
+                self._hand(_Piece(instance, why=why) if first else _Piece(None, abort=why))
+        finally:
+            os.close(fd)
+
+    def _hand(self, piece: _Piece) -> None:
+        size = len(piece.data) if piece.data is not None else 0
+        with self.lock:
+            while self.ahead and self.ahead + size > AHEAD and not self.stopped:
+                self.full = True
+                self.space.wait(1.0)
+                self._check_answer_time()
+            self.full = False
+            if self.stopped:
                 return
-            message_id = session.next_message_id()
-            command = D.encode_command({
-                D.AFFECTED_SOP_CLASS: instance.sop_class_uid, D.COMMAND_FIELD: D.C_STORE_RQ,
-                D.MESSAGE_ID: message_id, D.PRIORITY: op.request.priority,
-                D.AFFECTED_SOP_INSTANCE: instance.sop_instance_uid,
-            }, True)
-            session.expect_response(message_id, answers.put)
-            session.send(context_id, command, data)
+            self.ready.append(piece)
+            self.ahead += size
+            wake, self.idle = self.idle, False
+        if wake:
+            try:
+                self.session.call_soon(self.pump)
+            except RuntimeError:  # the loop is closed: the server stopped
+                raise _Stopped() from None
 
-        try:
-            session.call_soon(send)
-        except RuntimeError:
-            raise _Stopped() from None
-        try:
-            answer = answers.get(timeout=self.timeout)
-        except queue.Empty:
+    def _check_answer_time(self) -> None:
+        """(lock held) No C-STORE-RSP within the timeout: abort the association."""
+        if self.awaiting and time.monotonic() - self.sent_at > self.timeout and not self.stopped:
+            self.stopped = True
             why = f"no C-STORE response in {self.timeout:g} s"
-            log.warning("C-GET (assoc %s): %s: aborting the association", session.id, why)
+            log.warning("C-GET (assoc %s): %s: aborting the association", self.session.id, why)
+            self.op.ended.set()
+            session = self.session
             try:
                 session.call_soon(lambda: session.abort(f"C-GET sub-operation: {why}"))
             except RuntimeError:
                 pass
-            op.ended.set()
-            return None, why
-        if answer is None:
-            op.ended.set()
-            return None, "association ended"
-        return answer.status, (answer.error_comment or "")
 
-    def close(self) -> None:
-        pass
+    def _stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            self.ready.clear()
+            self.ahead = 0
+            self.space.notify_all()
+
+    def _wake(self) -> None:
+        """cancel(): C-CANCEL or the association's end (on the loop)."""
+        if self.op.ended.is_set():
+            self._stop()
+            if self.awaiting and self.current is not None:  # its response cannot come
+                instance, self.current, self.awaiting = self.current, None, 0
+                self._record(instance, None, "association ended")
+        if not self.awaiting:
+            try:
+                self.session.call_soon(self.pump)
+            except RuntimeError:
+                pass
+
+    # ---- event loop ------------------------------------------------------------------------
+
+    def pump(self) -> None:
+        """Send what is ready, up to the next C-STORE-RSP to wait for."""
+        session, op = self.session, self.op
+        wrote = False
+        while not self.finished and not self.awaiting:
+            if op.ended.is_set() or not session.established:
+                op.ended.set()
+                self._finish()
+                break
+            if self.current is None and op.cancelled.is_set():
+                self._finish()
+                break
+            if self.current is not None and session.backlog() > BACKLOG:  # the peer reads slower
+                now = time.monotonic()
+                self.stalled_since = self.stalled_since or now
+                if now - self.stalled_since > self.timeout:
+                    why = f"the peer left over {BACKLOG >> 20} MiB unread for {self.timeout:g} s"
+                    log.warning("C-GET (assoc %s): %s: aborting the association", session.id, why)
+                    op.ended.set()
+                    session.abort(f"C-GET sub-operation: {why}")
+                    self._finish()
+                    return
+                asyncio.get_running_loop().call_later(0.005, self.pump)
+                break
+            self.stalled_since = 0.0
+            with self.lock:
+                piece = self.ready.popleft() if self.ready else None
+                if piece is None:
+                    self.idle = True
+                    break
+                if piece.data is not None:
+                    self.ahead -= len(piece.data)
+                    if self.full and self.ahead <= AHEAD // 2:  # the worker reads a batch, not one per send
+                        self.space.notify()
+            if piece is _END:
+                self._finish()
+                break
+            if piece.abort:
+                log.warning("C-GET (assoc %s): %s: aborting the association", session.id, piece.abort)
+                op.ended.set()
+                session.abort(f"C-GET sub-operation: {piece.abort}")
+                self._finish()
+                return
+            if piece.instance is not None and piece.data is None:  # failed before any byte
+                self._record(piece.instance, None, piece.why)
+                continue
+            assert piece.data is not None
+            if piece.instance is not None:  # a sub-operation starts: its C-STORE-RQ
+                self.current = piece.instance
+                message_id = session.next_message_id()
+                command = D.encode_command({
+                    D.AFFECTED_SOP_CLASS: piece.instance.sop_class_uid, D.COMMAND_FIELD: D.C_STORE_RQ,
+                    D.MESSAGE_ID: message_id, D.PRIORITY: op.request.priority,
+                    D.AFFECTED_SOP_INSTANCE: piece.instance.sop_instance_uid,
+                }, True)
+                for pending in self.pending:
+                    session.send_framed(pending)
+                self.pending.clear()
+                session.send_framed(P.encode_pdata(piece.context_id, command, True, session.peer_max_pdu))
+                session.expect_response(message_id, self.answered)
+                self.message_id = message_id
+            session.send_framed(piece.data)
+            wrote = True
+            if piece.last:
+                self.sent_at = time.monotonic()  # before awaiting: the worker reads them in that order
+                self.awaiting = self.message_id
+        if wrote:
+            session.write_out()
+
+    def answered(self, answer: DimseResponse) -> None:
+        """The C-STORE-RSP of the sub-operation under way (on the loop)."""
+        instance, self.current, self.awaiting = self.current, None, 0
+        assert instance is not None
+        self._record(instance, answer.status, answer.error_comment or "")
+        self.pump()
+
+    def _record(self, instance: StoredInstance, status: int | None, why: str) -> None:
+        tally = self.tally
+        tally.record(instance.sop_instance_uid, status, why)
+        if tally.done < tally.total:
+            op = self.op
+            command = D.encode_command({
+                D.AFFECTED_SOP_CLASS: op.request.affected_sop_class_uid, D.COMMAND_FIELD: op.response_field,
+                D.MESSAGE_ID_RESPONDED: op.request.message_id, D.STATUS: D.PENDING,
+                D.REMAINING_SUBOPERATIONS: min(tally.total - tally.done, 0xFFFF),
+                D.COMPLETED_SUBOPERATIONS: min(tally.completed, 0xFFFF),
+                D.FAILED_SUBOPERATIONS: min(tally.failed, 0xFFFF),
+                D.WARNING_SUBOPERATIONS: min(tally.warning, 0xFFFF),
+            }, False)
+            # goes out with the next C-STORE-RQ (or before the final response)
+            self.pending.append(P.encode_pdata(op.context_id, command, True, self.session.peer_max_pdu))
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._stop()
+        if self.pending and not self.op.ended.is_set():
+            for pending in self.pending:
+                self.session.send_framed(pending)
+            self.session.write_out()
+        self.pending.clear()
+        self.op.finish(self.tally)
 
 
-def services(tls_context: Callable[[], ssl.SSLContext] | None = None,
-             timeout: float | None = None) -> dict[type, MoveService | GetService]:
+def services(tls_context: Callable[[], ssl.SSLContext] | None = None, timeout: float | None = None,
+             max_instances: int | None = None) -> dict[type, MoveService | GetService]:
     """The retrieve modules by request type, for ``ServerState.services``;
     ``timeout`` (``server.dimse_timeout``; None: 120 s) bounds the wait for
-    a C-STORE-RSP and each socket operation of a C-MOVE's association."""
+    a C-STORE-RSP and each socket operation of a C-MOVE's association; a
+    retrieve naming more than ``max_instances``
+    (``query_retrieve.max_retrieve_instances``; None: no limit) is refused
+    0xA701 before any sub-operation."""
     wait = timeout or RESPONSE_TIMEOUT
-    return {CMoveRequest: MoveService(tls_context=tls_context, timeout=wait),
-            CGetRequest: GetService(response_timeout=wait)}
+    return {CMoveRequest: MoveService(tls_context=tls_context, timeout=wait, max_instances=max_instances),
+            CGetRequest: GetService(response_timeout=wait, max_instances=max_instances)}

@@ -95,6 +95,18 @@ class Session(Protocol):
     def send(self, context_id: int, command: bytes, dataset: bytes | memoryview | None = None) -> None:
         """Send a message and write it out now."""
 
+    def send_framed(self, pdus: bytes | bytearray) -> None:
+        """Queue P-DATA-TF PDUs the caller framed (part of a message, each
+        PDU within the peer's maximum); ``write_out`` writes what is queued
+        in one vectored write. Dropped once the association ended."""
+
+    def write_out(self) -> None:
+        """Write what ``send_framed`` queued."""
+
+    def backlog(self) -> int:
+        """Bytes written and not yet taken by the kernel (the peer reads
+        slower than we send)."""
+
     def next_message_id(self) -> int:
         """A Message ID for a request we send on this association."""
 
