@@ -137,6 +137,9 @@ class CountingTransport:
                         self.other += 1
             pos = end
 
+    def writelines(self, pieces: list[bytes | bytearray]) -> None:
+        self.write(b"".join(pieces))  # the pieces may split a PDU
+
     def is_closing(self) -> bool:
         return self.closed
 
