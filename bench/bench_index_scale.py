@@ -5,12 +5,15 @@ Fills one index to ``--rows`` rows (default 10 M) and, at each of
 measures:
 
 - ``us/row``: ``BatchWriter.write`` of ``--batches`` batches of
-  ``--batch-size`` rows each (5000), as the server's writer thread writes
-  them: new instances of new studies, plus ``--resend`` of each batch
-  re-sends of UIDs already in the index (an upsert of an existing row).
-  The batch's wall time over its rows; the WAL checkpoints DuckDB makes on
-  its own meanwhile are included (mean), and the median batch without them
-  is given too. A last ``CHECKPOINT`` (the writer's close) is timed apart;
+  ``--batch-size`` rows each (5000) of new instances of new studies, as the
+  server's writer thread writes them: the batch's wall time over its rows,
+  mean (the WAL checkpoints DuckDB makes on its own meanwhile included: 100
+  batches write past one 256 MB checkpoint), median and max;
+- ``resend``: then ``--resend-batches`` batches in which ``--resend`` rows
+  are re-sends of instances already in the index: those of a few random
+  studies, in order (a modality sending a study again), marked
+  ``overwritten`` as the receiver marks a copy it stores again (mean);
+- ``ckpt s``: a last ``CHECKPOINT`` (what the writer's close does);
 - the three dashboard queries, median of ``--repeat`` runs after one warm-up:
   ``patient``, one patient's studies from ``study_summary``; ``trend``, the
   status page's 60-day trend per day and modality (``monitor/http.py``
@@ -33,6 +36,7 @@ unless ``--keep``. Figures depend on the machine and its load: give both.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -50,7 +54,7 @@ import duckdb
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fastscp.catalog import schema  # noqa: E402
+from fastscp.catalog import rows, schema  # noqa: E402
 from fastscp.catalog.rows import BatchWriter  # noqa: E402
 from fastscp.instance import InstanceInfo  # noqa: E402
 
@@ -62,6 +66,14 @@ STORE = "/archive"
 # the status page's trend (monitor/http.py TREND_SQL; copied so that the
 # bench needs no HTTP stack; tests/test_bench_index_scale.py checks they agree)
 TREND_SQL = """
+SELECT i.received_at::DATE AS day, coalesce(nullif(i.modality, ''), '(none)') AS modality,
+       count(*) AS instances, coalesce(sum(i.file_size), 0) AS bytes
+FROM instances i
+WHERE i.status = 'present' AND i.received_at >= ?
+GROUP BY day, modality ORDER BY day, modality
+"""
+# the same before schema v5, with the join it needed then (for runs of older code)
+TREND_SQL_V4 = """
 SELECT i.received_at::DATE AS day, coalesce(nullif(s.modality, ''), '(none)') AS modality,
        count(*) AS instances, coalesce(sum(i.file_size), 0) AS bytes
 FROM instances i LEFT JOIN series s USING (series_instance_uid)
@@ -113,6 +125,9 @@ def fill(conn: duckdb.DuckDBPyConnection, start: int, stop: int, total: int, now
                     {list(MODALITIES)}[(i // 4) % {len(MODALITIES)} + 1], i % 4 + 1, 'Series ' || (i % 4),
                     'CHEST', 'PROTO', 'ACME', 'ST' || (i % 20), 'Hospital', {t0}
                 FROM range(?, ?) t(i)""", [lo, hi])
+    # since schema v5 an instance row holds its series' modality
+    modality = (f", {list(MODALITIES)}[(i // {PER_STUDY}) % {len(MODALITIES)} + 1]"
+                if "modality" in schema.INSTANCE_COLUMNS else "")
     conn.execute(f"""INSERT INTO instances SELECT {_uid('in')}, '1.2.840.10008.5.1.4.1.1.2',
             {_uid_of(f'i // {PER_SERIES}', 'se')}, {_uid_of(f'i // {PER_STUDY}', 'st')},
             'P' || lpad((i // {PER_STUDY * STUDIES_PER_PATIENT})::VARCHAR, 9, '0'), i % {PER_SERIES} + 1, '',
@@ -122,7 +137,7 @@ def fill(conn: duckdb.DuckDBPyConnection, start: int, stop: int, total: int, now
             524700 + i % 1000, 524288, md5(i::VARCHAR)[:16],
             TIMESTAMP '{first}' + to_microseconds((i * {step_us})::BIGINT), 'MODALITY' || (i // {PER_STUDY}) % 7,
             'FASTSCP', '10.0.0.' || (i // {PER_STUDY}) % 7 || ':4000', 'a' || (i // {PER_STUDY}), '', 'received',
-            'present', NULL
+            'present', NULL{modality}
         FROM range(?, ?) t(i)""", [start, stop])
 
 
@@ -146,6 +161,8 @@ def bulk_fill(conn: duckdb.DuckDBPyConnection, start: int, stop: int, total: int
         fill(conn, lo, min(lo + chunk, stop), total, now)
     for sql in made:
         conn.execute(sql)
+    if "study_stats" in {name for (name,) in conn.execute("SHOW TABLES").fetchall()}:
+        rows.refresh_study_stats(conn, None)  # schema v5: the stored per-study counts
     conn.execute("CHECKPOINT")
 
 
@@ -156,6 +173,9 @@ class Point:
     batch_us_per_row: list[float] = field(default_factory=list)  # each batch, wall / rows
     mean_us_per_row: float = 0.0
     median_us_per_row: float = 0.0
+    resend_us_per_row: list[float] = field(default_factory=list)  # batches with re-sends, wall / rows
+    resend_mean_us_per_row: float = 0.0
+    fallbacks: int = 0  # batches the writer wrote twice (a UID it took for new was there)
     checkpoint_s: float = 0.0  # the final CHECKPOINT after the batches
     patient_ms: float = 0.0
     trend_ms: float = 0.0
@@ -167,10 +187,11 @@ class Point:
     loadavg: float = 0.0  # 1-minute load average when the point started
 
 
-def make_batch(rng: random.Random, size: int, resend: int, existing: list[tuple[str, str, str, str]],
-               now: float) -> list[InstanceInfo]:
-    """``size - resend`` new instances (new studies of 100, 4 series each,
-    new patients) and ``resend`` re-sent existing UIDs (stored again)."""
+def make_batch(size: int, resent: list[tuple[str, str, str, str]], now: float) -> list[InstanceInfo]:
+    """``size - len(resent)`` new instances (new studies of 100, 4 series
+    each, new patients) and the ``resent`` existing instances (UID, series,
+    study, patient) stored again."""
+    resend = len(resent)
     out: list[InstanceInfo] = []
     fresh = size - resend
     study = series = patient = ""
@@ -181,8 +202,9 @@ def make_batch(rng: random.Random, size: int, resend: int, existing: list[tuple[
             series = f"2.25.{uuid.uuid4().int}"
         uid = f"2.25.{uuid.uuid4().int}"
         out.append(_info(uid, series, study, patient, MODALITIES[k // PER_STUDY % len(MODALITIES)], k, now))
-    for uid, series, study, patient in rng.sample(existing, min(resend, len(existing))):
-        out.append(_info(uid, series, study, patient, "CT", 1, now))
+    for uid, series, study, patient in resent:
+        # stored again (duplicate policy ``overwrite``): the receiver marks it so
+        out.append(dataclasses.replace(_info(uid, series, study, patient, "CT", 1, now), duplicate="overwritten"))
     return out
 
 
@@ -217,28 +239,40 @@ def measure(db: Path, filled: int, fill_s: float, args: argparse.Namespace, rng:
     try:
         counted = conn.execute("SELECT count(*) FROM instances").fetchone()
         point = Point(int(counted[0]) if counted else 0, fill_s, loadavg=os.getloadavg()[0])
+        # re-sends come a study at a time (a modality sending a study again):
+        # the instances of random studies of the index, in order
+        studies = -(-args.resend_batches * args.resend // PER_STUDY) + 1
         existing = [(str(a), str(b), str(c), str(d)) for a, b, c, d in conn.execute(
             "SELECT sop_instance_uid, series_instance_uid, study_instance_uid, patient_id FROM instances "
-            f"USING SAMPLE reservoir({max(args.batches * args.resend, 1):d} ROWS) REPEATABLE (1)").fetchall()]
+            "WHERE study_instance_uid IN (SELECT study_instance_uid FROM studies "
+            f"USING SAMPLE reservoir({studies:d} ROWS) REPEATABLE ({rng.randrange(1 << 30)})) "
+            "ORDER BY study_instance_uid, sop_instance_uid").fetchall()]
         writer = BatchWriter(conn)
-        resend = args.resend if existing else 0
         batch: list[InstanceInfo] = []
         for _ in range(args.batches):
-            batch = make_batch(rng, args.batch_size, resend, existing, time.time())
+            batch = make_batch(args.batch_size, [], time.time())
             t0 = time.perf_counter()
             writer.write(batch)
             point.batch_us_per_row.append((time.perf_counter() - t0) / len(batch) * 1e6)
+        for k in range(args.resend_batches):
+            batch = make_batch(args.batch_size, existing[k * args.resend:(k + 1) * args.resend], time.time())
+            t0 = time.perf_counter()
+            writer.write(batch)
+            point.resend_us_per_row.append((time.perf_counter() - t0) / len(batch) * 1e6)
+        point.fallbacks = getattr(writer, "fallbacks", 0)  # (older code: no such counter)
         t0 = time.perf_counter()
         conn.execute("CHECKPOINT")
         point.checkpoint_s = time.perf_counter() - t0
         point.mean_us_per_row = statistics.fmean(point.batch_us_per_row) if point.batch_us_per_row else 0.0
         point.median_us_per_row = statistics.median(point.batch_us_per_row) if point.batch_us_per_row else 0.0
+        point.resend_mean_us_per_row = statistics.fmean(point.resend_us_per_row) if point.resend_us_per_row else 0.0
         # a patient of the filled rows (two studies), halfway; or the last batch's
         per_patient = PER_STUDY * STUDIES_PER_PATIENT
         patient = f"P{filled // per_patient // 2:09d}" if filled >= per_patient else batch[0].patient_id
         since = dt.datetime.now(dt.timezone.utc).date() - dt.timedelta(days=59)
         point.patient_ms, point.patient_rows = timed_query(conn, PATIENT_SQL, [patient], args.repeat)
-        point.trend_ms, point.trend_rows = timed_query(conn, TREND_SQL, [since], args.repeat)
+        trend = TREND_SQL if "modality" in schema.INSTANCE_COLUMNS else TREND_SQL_V4
+        point.trend_ms, point.trend_rows = timed_query(conn, trend, [since], args.repeat)
         point.latest_ms, point.latest_rows = timed_query(conn, LATEST_SQL, [], args.repeat)
     finally:
         conn.close()
@@ -251,15 +285,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=10_000_000, help="rows in the index at the last checkpoint")
     ap.add_argument("--checkpoints", default="0,1000000,2000000,5000000,10000000",
                     help="comma-separated row counts to measure at (those above --rows are dropped; --rows is added)")
-    ap.add_argument("--batches", type=int, default=20, help="batches timed at each checkpoint")
+    ap.add_argument("--batches", type=int, default=100,
+                    help="batches of new rows timed at each checkpoint (100: 500,000 rows, past one 256 MB "
+                         "WAL checkpoint)")
+    ap.add_argument("--resend-batches", type=int, default=5, help="then batches with --resend re-sent UIDs each")
     ap.add_argument("--batch-size", type=int, default=5000)
-    ap.add_argument("--resend", type=int, default=250, help="re-sent existing UIDs in each batch")
+    ap.add_argument("--resend", type=int, default=250, help="re-sent existing UIDs in each re-send batch")
     ap.add_argument("--repeat", type=int, default=5, help="runs of each query (median)")
     ap.add_argument("--work-dir", default="", help="where the index goes (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the index")
     ap.add_argument("--json", default="", help="write the results here too")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--checkpoint-threshold", default="",
+                    help="DuckDB checkpoint_threshold for the writer (default: schema.CHECKPOINT_THRESHOLD)")
     args = ap.parse_args(argv)
+    if args.checkpoint_threshold:
+        schema.CHECKPOINT_THRESHOLD = args.checkpoint_threshold
     marks = sorted({int(c) for c in args.checkpoints.split(",") if c.strip() and int(c) <= args.rows} | {args.rows})
     tmp = None
     if args.work_dir:
@@ -274,9 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     points: list[Point] = []
+    threshold = getattr(schema, "CHECKPOINT_THRESHOLD", "16MB")  # (older code: DuckDB's default)
     print(f"cpus={os.cpu_count()} duckdb={duckdb.__version__} batch={args.batch_size} "
-          f"resend={args.resend} batches={args.batches}", flush=True)
-    print(f"{'rows':>10} {'fill s':>7} {'us/row':>7} {'median':>7} {'max':>7} {'ckpt s':>6} "
+          f"resend={args.resend} batches={args.batches} checkpoint_threshold={threshold} "
+          f"schema=v{schema.SCHEMA_VERSION}", flush=True)
+    print(f"{'rows':>10} {'fill s':>7} {'us/row':>7} {'median':>7} {'max':>7} {'resend':>7} {'ckpt s':>6} "
           f"{'patient ms':>10} {'trend ms':>8} {'latest ms':>9} {'db MB':>7} {'load':>5}", flush=True)
     try:
         filled = 0
@@ -291,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
             p = measure(db, mark, time.perf_counter() - t0, args, rng)
             points.append(p)
             print(f"{p.rows:>10} {p.fill_s:>7.1f} {p.mean_us_per_row:>7.1f} {p.median_us_per_row:>7.1f} "
-                  f"{max(p.batch_us_per_row, default=0):>7.1f} {p.checkpoint_s:>6.2f} {p.patient_ms:>10.1f} "
+                  f"{max(p.batch_us_per_row, default=0):>7.1f} {p.resend_mean_us_per_row:>7.1f} "
+                  f"{p.checkpoint_s:>6.2f} {p.patient_ms:>10.1f} "
                   f"{p.trend_ms:>8.1f} {p.latest_ms:>9.1f} {p.db_mb:>7.0f} {p.loadavg:>5.1f}", flush=True)
     finally:
         if not args.keep:
