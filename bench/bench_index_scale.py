@@ -25,6 +25,9 @@ The rows up to each checkpoint are made by DuckDB (``INSERT ... SELECT`` over
 instances per study, 4 series per study, 2 studies per patient, 5
 modalities, received over the last two years in order (the newest last, as
 an archive fills), study dates a few days before. Rows are ``present``.
+So the last 60 days hold rows of the fill only once it has reached
+``--rows``: the trend's figure is the archive's at the last checkpoint (at
+the earlier ones it counts the batches' rows only).
 
     python bench/bench_index_scale.py [--rows 10000000] [--checkpoints 0,1000000,...] [--work-dir DIR] [--json out.json]
 
