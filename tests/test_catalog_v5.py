@@ -118,14 +118,19 @@ def test_v4_index_migrates_with_its_counts_and_modalities(tmp_path: Path, caplog
         conn.execute("INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, file_size, "
                      "received_at, status) VALUES (?, ?, 'S1', 100, to_timestamp(?)::TIMESTAMP, ?)",
                      [f"I{n}", series, now + n, status])
+    # a row without a Study Instance UID (v1 rows could have one): no study_summary row
+    conn.execute("INSERT INTO instances (sop_instance_uid, file_size) VALUES ('I9', 5)")
     computed = conn.execute(COMPUTED).fetchall()
     conn.close()
     with caplog.at_level(logging.WARNING, logger="fastscp.catalog.schema"):
         conn = schema.connect(db)
     assert schema.schema_version(conn) == 5
-    assert any("index schema v5" in r.getMessage() and "3 instance rows" in r.getMessage() for r in caplog.records)
+    assert any("index schema v5" in r.getMessage() and "4 instance rows" in r.getMessage() for r in caplog.records)
     assert conn.execute(STORED).fetchall() == computed
     assert computed[0][1:4] == (3, 2, 300) and computed[0][6] == 1 and computed[1][1] == 0
     assert conn.execute("SELECT sop_instance_uid, modality FROM instances ORDER BY 1").fetchall() == [
-        ("I0", "MR"), ("I1", "MR"), ("I2", "CT")]
+        ("I0", "MR"), ("I1", "MR"), ("I2", "CT"), ("I9", None)]
+    # the writer counts new studies into the migrated table
+    BatchWriter(conn).write([make_info(i, study=7, received_at=T0 + i) for i in range(3)])
+    assert {r[0]: r[1] for r in agree(conn)}[make_info(0, study=7).study_instance_uid] == 3
     conn.close()

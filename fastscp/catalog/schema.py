@@ -214,7 +214,7 @@ STUDY_STATS_SELECT = """
            min(received_at)                           AS first_received_at,
            max(received_at)                           AS last_received_at,
            count(*) FILTER (WHERE status = 'missing') AS missing_count
-    FROM instances WHERE {where} GROUP BY study_instance_uid"""
+    FROM instances WHERE study_instance_uid IS NOT NULL AND ({where}) GROUP BY study_instance_uid"""
 
 
 def _v5(conn: duckdb.DuckDBPyConnection) -> None:
