@@ -134,3 +134,20 @@ def test_v4_index_migrates_with_its_counts_and_modalities(tmp_path: Path, caplog
     BatchWriter(conn).write([make_info(i, study=7, received_at=T0 + i) for i in range(3)])
     assert {r[0]: r[1] for r in agree(conn)}[make_info(0, study=7).study_instance_uid] == 3
     conn.close()
+
+
+def test_a_later_header_replaces_the_patient_study_and_series_rows(tmp_path: Path) -> None:
+    conn = schema.connect(tmp_path / "i.db")
+    w = BatchWriter(conn)
+    w.write([make_info(i, study=1, series=0, received_at=T0 + i) for i in range(3)])
+    later = [dataclasses.replace(make_info(10 + i, study=1, series=0, modality="MR", received_at=T0 + 10 + i),
+                                 patient_name="Roe^Jane", study_description="Head", series_description="Sag")
+             for i in range(2)]
+    w.write(later)
+    assert conn.execute("SELECT count(*), max(patient_name) FROM patients").fetchone() == (1, "Roe^Jane")
+    assert conn.execute("SELECT count(*), max(study_description) FROM studies").fetchone() == (1, "Head")
+    assert conn.execute("SELECT count(*), max(series_description), max(modality) FROM series").fetchone() == (
+        1, "Sag", "MR")
+    assert [r[1:3] for r in agree(conn)] == [(5, 1)]
+    assert w.fallbacks == 0  # the known keys were replaced on the plain path, not by the fallback
+    conn.close()

@@ -8,15 +8,18 @@ costs one series row, one study row and one patient row. All appenders flush
 inside one transaction, with the refresh of the touched studies' row in
 ``study_stats``: a batch is in the catalog whole or not at all.
 
-Instance rows go through a plain appender: DuckDB's upsert appender checks
-every row for a conflict (3 times the cost per row of a plain append at 1 M
-rows, growing with the index) and replaced an existing row at about 2 ms a
-row at 5 M. A row the receiver stored again (``duplicate`` set) is deleted
-first (found by its key) and appended anew; a row whose UID the receiver
-found new (``duplicate == ""``) is only appended. The primary key still
-refuses a UID that is there after all (a re-send of an instance whose file
-went missing, a race with reconcile): the batch is then rolled back and
-written again with every instance row deleted first.
+Patient, study, series and instance rows go through plain appenders:
+DuckDB's upsert appender checks every row for a conflict (3 times the cost
+per row of a plain append at 1 M rows, growing with the index) and replaced
+an existing row at about 2 ms a row at 5 M. A row that replaces one is
+deleted first (found by its key) and appended anew: the patients, studies
+and series whose key the index has (looked up by key), and the instances
+the receiver stored again (``duplicate`` set). An instance whose UID the
+receiver found new (``duplicate == ""``) is only appended. A primary key
+still refuses a key that is there after all (a re-send of an instance whose
+file went missing, a race with reconcile): the batch is then rolled back and
+written again with every key of it deleted first (``fallbacks``).
+Associations keep the upsert appender (a handful a batch).
 """
 
 from __future__ import annotations
@@ -194,17 +197,34 @@ _INSERT_DELTA = """
     WHERE NOT EXISTS (SELECT 1 FROM study_stats t WHERE t.study_instance_uid = d.study_instance_uid)"""
 
 
-def _delete_instances(conn: duckdb.DuckDBPyConnection, uids: Collection[str]) -> None:
-    """Delete the rows of ``uids``, found through the key index (250 rows
-    of a 5 M-row index: 22 ms to find and delete before they are appended
-    again; the upsert appender took 503 ms to replace them)."""
-    keys = list(uids)
-    for start in range(0, len(keys), 500):
-        part = keys[start:start + 500]
+# the key of each table a batch writes
+_KEYS = {"patients": "patient_id", "studies": "study_instance_uid", "series": "series_instance_uid",
+         "instances": "sop_instance_uid"}
+
+
+def _delete_keys(conn: duckdb.DuckDBPyConnection, table: str, keys: Collection[str]) -> None:
+    """Delete the rows of ``keys`` from ``table``, found through its key
+    index (250 instance rows of a 5 M-row index: 22 ms to find and delete
+    before they are appended again; the upsert appender took 503 ms to
+    replace them)."""
+    column, todo = _KEYS[table], list(keys)
+    for start in range(0, len(todo), 500):
+        part = todo[start:start + 500]
         found = [r[0] for r in conn.execute(
-            f"SELECT rowid FROM instances WHERE sop_instance_uid IN ({_in_list(len(part))})", part).fetchall()]
+            f"SELECT rowid FROM {table} WHERE {column} IN ({_in_list(len(part))})", part).fetchall()]
         if found:
-            conn.execute(f"DELETE FROM instances WHERE rowid IN ({_in_list(len(found))})", found)
+            conn.execute(f"DELETE FROM {table} WHERE rowid IN ({_in_list(len(found))})", found)
+
+
+def _existing_keys(conn: duckdb.DuckDBPyConnection, table: str, keys: Collection[str]) -> set[str]:
+    """The keys of ``keys`` that ``table`` has a row of."""
+    column, todo = _KEYS[table], list(keys)
+    found: set[str] = set()
+    for start in range(0, len(todo), 500):
+        part = todo[start:start + 500]
+        found.update(str(r[0]) for r in conn.execute(
+            f"SELECT {column} FROM {table} WHERE {column} IN ({_in_list(len(part))})", part).fetchall())
+    return found
 
 
 class _StudyDelta:
@@ -240,8 +260,8 @@ class BatchWriter:
         self._appenders: dict[tuple[str, bool], duckdb.Appender] = {}
         self.fallbacks = 0  # batches written again with upserts only (a "new" UID was there)
 
-    def _study_changes(self, fresh: dict[str, Row], again: dict[str, Row],
-                       duplicates: Sequence[DuplicateRecord]) -> tuple[set[str], dict[str, _StudyDelta]]:
+    def _study_changes(self, fresh: dict[str, Row], again: dict[str, Row], duplicates: Sequence[DuplicateRecord]
+                       ) -> tuple[set[str], dict[str, _StudyDelta], dict[str, str]]:
         """How the batch changes ``study_stats``, read before it is written:
         the studies to recount from ``instances`` (those of replaced and
         re-sent rows, before and after), and what the new rows add to the
@@ -250,7 +270,8 @@ class BatchWriter:
         recount = studies_of(self.conn, again.keys())
         recount |= studies_of(self.conn, {d.sop_instance_uid for d in duplicates})
         recount.update(str(row[3]) for row in again.values() if row[3])
-        known_series = _series_studies(self.conn, {str(row[2]) for row in fresh.values() if row[2]})
+        known_series = _series_studies(self.conn, {str(row[2]) for row in (*fresh.values(), *again.values())
+                                                   if row[2]})
         deltas: dict[str, _StudyDelta] = {}
         for row in fresh.values():
             series, study = row[2], row[3]
@@ -275,7 +296,7 @@ class BatchWriter:
                 d.series.add(str(series))
         for study in recount:
             deltas.pop(study, None)
-        return recount, deltas
+        return recount, deltas, known_series
 
     def _appender(self, table: str, upsert: bool = True) -> duckdb.Appender:
         app = self._appenders.get((table, upsert))
@@ -325,14 +346,24 @@ class BatchWriter:
                 series[info.series_instance_uid] = series_row(info, now)
         assoc = {rec.association_id: association_row(rec) for rec in associations}
         work: list[tuple[str, bool, Iterable[Row]]] = [
-            ("patients", True, patients.values()), ("studies", True, studies.values()),
-            ("series", True, series.values()),
+            ("patients", False, patients.values()), ("studies", False, studies.values()),
+            ("series", False, series.values()),
             ("instances", False, [*again.values(), *fresh.values()]), ("associations", True, assoc.values()),
         ]
         self.conn.begin()
         try:
-            recount, deltas = self._study_changes(fresh, again, duplicates)
-            _delete_instances(self.conn, again.keys())  # replaced: appended again below
+            recount, deltas, known_series = self._study_changes(fresh, again, duplicates)
+            # rows replaced: deleted by key here, appended again below (in
+            # the fallback, every key of the batch is deleted)
+            _delete_keys(self.conn, "instances", again.keys())
+            looked_up: tuple[tuple[str, dict[str, Row], Collection[str] | None], ...] = (
+                ("patients", patients, None), ("studies", studies, None), ("series", series, known_series.keys()))
+            for table, keyed, known in looked_up:
+                if plain:
+                    there = _existing_keys(self.conn, table, keyed.keys()) if known is None else known
+                    _delete_keys(self.conn, table, [k for k in keyed if k in there])
+                else:
+                    _delete_keys(self.conn, table, keyed.keys())
             for table, upsert, rows in work:
                 if not rows:
                     continue
