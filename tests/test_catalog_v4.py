@@ -71,7 +71,7 @@ def test_v3_index_migrates_and_reindex_backfills_study_id(tmp_path: Path, caplog
 
     with caplog.at_level(logging.WARNING, logger="fastscp.catalog.schema"):
         conn = schema.connect(db)
-    assert schema.schema_version(conn) == 4
+    assert schema.schema_version(conn) == schema.SCHEMA_VERSION
     assert any("study_id" in r.getMessage() and "fastscp reindex" in r.getMessage() for r in caplog.records)
     assert conn.execute("SELECT count(*) FROM studies WHERE study_id IS NULL").fetchone() == (2,)
 

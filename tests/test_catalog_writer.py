@@ -248,7 +248,7 @@ def test_a_batch_reaches_the_appender_in_chunks_so_the_event_loop_runs_between(t
         def __getattr__(self, name):
             return getattr(self.app, name)
 
-    monkeypatch.setattr(batch, "_appender", lambda table: Counting(real(table), table))
+    monkeypatch.setattr(batch, "_appender", lambda table, upsert=True: Counting(real(table, upsert), table))
     chunk = APPEND_CHUNK
     n = 2 * chunk + 7
     batch.write([make_info(i, study=i) for i in range(n)])

@@ -58,7 +58,7 @@ from ..storage.header import parse_file
 from ..storage.layout import RECEIVER_FILES
 from . import schema
 from .root import bind_root, under_root_prefix
-from .rows import BatchWriter, utc_timestamp
+from .rows import BatchWriter, refresh_study_stats_in, utc_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +274,10 @@ def _reconcile(conn: duckdb.DuckDBPyConnection, root: Path, report: ReconcileRep
     older = "" if live is None else "AND (received_at IS NULL OR received_at < ?)"
     conn.begin()
     try:
+        # the studies whose stored counts change (study_stats): of the rows restored, then of those marked missing
+        conn.execute("""CREATE OR REPLACE TEMP TABLE reconcile_touched AS
+                        SELECT DISTINCT study_instance_uid FROM instances
+                        WHERE status = 'missing' AND path IN (SELECT path FROM temp.reconcile_files)""")
         missing = conn.execute(
             f"""UPDATE instances SET status = 'missing', missing_since = ?
                WHERE status = 'present' AND starts_with(path, ?) {older}
@@ -284,6 +288,11 @@ def _reconcile(conn: duckdb.DuckDBPyConnection, root: Path, report: ReconcileRep
             """UPDATE instances SET status = 'present', missing_since = NULL
                WHERE status = 'missing' AND path IN (SELECT path FROM temp.reconcile_files)""",
         ).fetchone()
+        if missing and missing[0]:
+            conn.execute("""INSERT INTO temp.reconcile_touched SELECT DISTINCT study_instance_uid FROM instances
+                            WHERE status = 'missing' AND missing_since = ?""", [now])
+        if (missing and missing[0]) or (restored and restored[0]):
+            refresh_study_stats_in(conn, "SELECT study_instance_uid FROM temp.reconcile_touched")
         conn.commit()
     except BaseException:
         conn.rollback()

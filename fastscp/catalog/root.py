@@ -28,7 +28,7 @@ from pathlib import Path
 
 import duckdb
 
-from .rows import utc_timestamp
+from .rows import refresh_study_stats, utc_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ def bind_root(conn: duckdb.DuckDBPyConnection, root: Path, *, db_name: str, adop
                 "WHERE status = 'present' AND NOT starts_with(path, ?)",
                 [utc_timestamp(time.time()), prefix],
             )
+            refresh_study_stats(conn, None)  # their studies' missing counts (rare: recount all)
         conn.execute("UPDATE catalog_meta SET storage_root = ?", [text])
         conn.commit()
     except BaseException:

@@ -69,11 +69,11 @@ def collect_stats(
                 FROM instances WHERE {window} GROUP BY day ORDER BY day""", [since],
         ).fetchall()
     ]
-    for attr, column in (("per_modality", "s.modality"), ("per_calling_ae", "i.calling_ae")):
+    for attr, column in (("per_modality", "i.modality"), ("per_calling_ae", "i.calling_ae")):
         rows = conn.execute(
             f"""SELECT coalesce(nullif({column}, ''), '(none)') AS k, count(*) AS n,
                        coalesce(sum(i.file_size), 0)
-                FROM instances i LEFT JOIN series s USING (series_instance_uid)
+                FROM instances i
                 WHERE i.{window} GROUP BY k ORDER BY n DESC, k""", [since],
         ).fetchall()
         setattr(st, attr, [(str(k), int(n), int(b)) for k, n, b in rows])
