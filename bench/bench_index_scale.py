@@ -16,7 +16,7 @@ measures:
 - ``ckpt s``: a last ``CHECKPOINT`` (what the writer's close does);
 - the three dashboard queries, median of ``--repeat`` runs after one warm-up:
   ``patient``, one patient's studies from ``study_summary``; ``trend``, the
-  status page's 60-day trend per day and modality (``monitor/http.py``
+  status page's 60-day trend per day and modality (``catalog/stats.py``
   ``TREND_SQL``); ``latest``, the 20 studies last received, from
   ``study_summary``.
 
@@ -58,6 +58,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fastscp.catalog import rows, schema  # noqa: E402
+
+try:  # the status page's trend
+    from fastscp.catalog.stats import TREND_SQL
+except ImportError:  # code before schema v5 (a before/after run): TREND_SQL_V4 below is its query
+    TREND_SQL = ""
 from fastscp.catalog.rows import BatchWriter  # noqa: E402
 from fastscp.instance import InstanceInfo  # noqa: E402
 
@@ -66,15 +71,6 @@ MODALITIES = ("CT", "MR", "CR", "US", "DX")
 SPAN = dt.timedelta(days=730)
 STORE = "/archive"
 
-# the status page's trend (monitor/http.py TREND_SQL; copied so that the
-# bench needs no HTTP stack; tests/test_bench_index_scale.py checks they agree)
-TREND_SQL = """
-SELECT i.received_at::DATE AS day, coalesce(nullif(i.modality, ''), '(none)') AS modality,
-       count(*) AS instances, coalesce(sum(i.file_size), 0) AS bytes
-FROM instances i
-WHERE i.status = 'present' AND i.received_at >= ?
-GROUP BY day, modality ORDER BY day, modality
-"""
 # the same before schema v5, with the join it needed then (for runs of older code)
 TREND_SQL_V4 = """
 SELECT i.received_at::DATE AS day, coalesce(nullif(s.modality, ''), '(none)') AS modality,

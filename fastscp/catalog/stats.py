@@ -16,6 +16,17 @@ from typing import Any
 
 import duckdb
 
+# the status page's trend (monitor/http.py) of present rows since a time, per
+# day and modality; instances.modality (schema v5) is the series' modality
+# stored on each row: no join with series (152 ms at 8 M rows with it)
+TREND_SQL = """
+SELECT i.received_at::DATE AS day, coalesce(nullif(i.modality, ''), '(none)') AS modality,
+       count(*) AS instances, coalesce(sum(i.file_size), 0) AS bytes
+FROM instances i
+WHERE i.status = 'present' AND i.received_at >= ?
+GROUP BY day, modality ORDER BY day, modality
+"""
+
 
 @dataclass(slots=True)
 class CatalogStats:
