@@ -3,9 +3,11 @@ the catalog holds, and a SIGKILL mid-flood is repaired by reconcile."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -78,18 +80,12 @@ def test_locked_index_does_not_stop_reception(start_server, tmp_path: Path) -> N
     acknowledged, the failure is logged and shown in /status, and the next
     start indexes them."""
     import json
-    import multiprocessing
     import urllib.request
 
     from conftest import free_port, make_image
 
     db = tmp_path / "locked.db"
-    ctx = multiprocessing.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_duckdb, args=(str(db), ready, release))
-    holder.start()
-    try:
-        assert ready.wait(30)
+    with held_duckdb(db):
         status_port = free_port()
         srv = start_server("--index-db", str(db), "--status-port", str(status_port))
         image = tmp_path / "one.dcm"
@@ -102,13 +98,27 @@ def test_locked_index_does_not_stop_reception(start_server, tmp_path: Path) -> N
         assert any("index unavailable" in w for w in doc["warnings"])
         assert "receiving WITHOUT indexing" in srv.log_text()
         assert srv.stop() == 0
-    finally:
-        release.set()
-        holder.join(30)
     again = start_server("--storage-dir", str(srv.storage), "--index-db", str(db))
     assert "reconciled" in again.log_once_it_says("reconciled", timeout=60)  # in the background, after listening
     assert again.stop() == 0
     assert _rows(db, "SELECT sop_instance_uid FROM instances") == [(str(ds.SOPInstanceUID),)]
+
+
+@contextlib.contextmanager
+def held_duckdb(db: Path) -> Iterator[None]:
+    """Another process holds the DuckDB file ``db`` open for the block."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_duckdb, args=(str(db), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        yield
+    finally:
+        release.set()
+        holder.join(30)
 
 
 def _hold_duckdb(path: str, ready, release) -> None:  # type: ignore[no-untyped-def]

@@ -35,7 +35,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 from pynetdicom.status import code_to_category
-from test_catalog_network import _hold_duckdb
+from test_catalog_network import held_duckdb
 
 pytestmark = pytest.mark.interop
 
@@ -510,22 +510,12 @@ def test_retrieve_not_negotiated_without_an_index(start_server, tmp_path: Path) 
 def test_retrieve_not_negotiated_when_the_index_cannot_open(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """An index configured but held by another process: the server receives
     without it, and refuses MOVE/GET at negotiation rather than accept and fail."""
-    import multiprocessing
-
     db = tmp_path / "locked.db"
-    ctx = multiprocessing.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_duckdb, args=(str(db), ready, release))
-    holder.start()
-    try:
-        assert ready.wait(30)
+    with held_duckdb(db):
         srv = start_server("--index-db", str(db))
         assert "receiving WITHOUT indexing" in srv.log_text()
         assert _accepted_with_get_roles(srv) == ({CTImageStorage}, set())
         assert srv.stop() == 0
-    finally:
-        release.set()
-        holder.join(30)
     # with the index: all three accepted, and the SCP role granted for CT
     again = start_server("--storage-dir", str(srv.storage), "--index-db", str(db))
     assert _accepted_with_get_roles(again) == (
