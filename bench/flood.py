@@ -211,13 +211,20 @@ def to_trash(tree: Path, args: argparse.Namespace) -> None:
     trash = args.work_dir / ".trash"
     trash.mkdir(parents=True, exist_ok=True)
     if tree.exists():
+        size = sum(f.stat().st_size for f in tree.rglob("*") if f.is_file())  # this tree only
         tree.rename(trash / f"{len(list(trash.iterdir()))}-{tree.parent.name}")
-    if sum(f.stat().st_size for f in trash.rglob("*") if f.is_file()) > args.trash_gb * 1e9:
+        _trash_bytes[trash] = _trash_bytes.get(trash, 0) + size
+    if _trash_bytes.get(trash, 0) > args.trash_gb * 1e9:
         empty_trash(args)
 
 
+_trash_bytes: dict[Path, int] = {}  # bytes put aside in each trash folder since it was last emptied
+
+
 def empty_trash(args: argparse.Namespace) -> None:
-    shutil.rmtree(args.work_dir / ".trash", ignore_errors=True)
+    trash = args.work_dir / ".trash"
+    shutil.rmtree(trash, ignore_errors=True)
+    _trash_bytes.pop(trash, None)
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
