@@ -331,6 +331,22 @@ def encode_associate_ac(request: AssociateRequest, accept: AssociateAccept) -> b
     return _pdu(A_ASSOCIATE_AC, b"".join(body))
 
 
+def encode_associate_rq(calling_ae: str, called_ae: str, pairs: list[tuple[str, str]], max_pdu: int,
+                        implementation_class_uid: str, implementation_version_name: str) -> bytes:
+    """A-ASSOCIATE-RQ (PS3.8 9.3.2) proposing one transfer syntax per
+    (abstract syntax, transfer syntax) pair: context IDs 1, 3, 5, ... in
+    ``pairs`` order (the C-MOVE sender's, services/store_scu.py)."""
+    body = [struct.pack(">HH", 1, 0), _ae(called_ae), _ae(calling_ae), bytes(32),
+            _item(0x10, APPLICATION_CONTEXT.encode())]
+    for n, (sop_class, ts) in enumerate(pairs):
+        body.append(_item(0x20, bytes((2 * n + 1, 0, 0, 0)) + _item(0x30, sop_class.encode())
+                          + _item(0x40, ts.encode())))
+    user = (_item(0x51, struct.pack(">I", max_pdu)) + _item(0x52, implementation_class_uid.encode())
+            + _item(0x55, implementation_version_name.encode()))
+    body.append(_item(0x50, user))
+    return _pdu(A_ASSOCIATE_RQ, b"".join(body))
+
+
 def encode_associate_rj(result: int, source: int, reason: int) -> bytes:
     return _pdu(A_ASSOCIATE_RJ, bytes((0, result, source, reason)))
 

@@ -122,19 +122,6 @@ def frame_file(fd: int, offset: int, length: int, context_id: int, room: int, la
     return buf
 
 
-def encode_associate_rq(calling_ae: str, called_ae: str, pairs: list[tuple[str, str]], max_pdu: int) -> bytes:
-    """A-ASSOCIATE-RQ (PS3.8 9.3.2): context IDs 1, 3, 5, ... in ``pairs`` order."""
-    body = [struct.pack(">HH", 1, 0), P._ae(called_ae), P._ae(calling_ae), bytes(32),
-            P._item(0x10, P.APPLICATION_CONTEXT.encode())]
-    for n, (sop_class, ts) in enumerate(pairs):
-        body.append(P._item(0x20, bytes((2 * n + 1, 0, 0, 0)) + P._item(0x30, sop_class.encode())
-                            + P._item(0x40, ts.encode())))
-    user = (P._item(0x51, struct.pack(">I", max_pdu)) + P._item(0x52, IMPLEMENTATION_CLASS_UID.encode())
-            + P._item(0x55, IMPLEMENTATION_VERSION_NAME.encode()))
-    body.append(P._item(0x50, user))
-    return P._pdu(P.A_ASSOCIATE_RQ, b"".join(body))
-
-
 class StoreAssociation:
     """One association to a Storage SCP; see the module doc."""
 
@@ -160,7 +147,8 @@ class StoreAssociation:
                 raise AssociationLost(f"TLS with {self.where} failed: {exc}") from None
         self.sock: socket.socket | None = sock
         try:
-            self._send(encode_associate_rq(calling_ae, called_ae, pairs, MAX_PDU))
+            self._send(P.encode_associate_rq(calling_ae, called_ae, pairs, MAX_PDU, IMPLEMENTATION_CLASS_UID,
+                                              IMPLEMENTATION_VERSION_NAME))
             pdu_type, body = self._read_pdu()
         except AssociationLost:
             self.close()
