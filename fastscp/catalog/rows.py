@@ -25,7 +25,7 @@ Associations keep the upsert appender (a handful a batch).
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -134,6 +134,13 @@ def _in_list(n: int) -> str:
     return ", ".join("?" * n)
 
 
+def _chunks(keys: Collection[str], size: int = 500) -> Iterator[list[str]]:
+    """``keys`` in lists of at most ``size``: one IN list of parameters each."""
+    todo = list(keys)
+    for start in range(0, len(todo), size):
+        yield todo[start:start + size]
+
+
 def refresh_study_stats(conn: duckdb.DuckDBPyConnection, studies: Collection[str] | None) -> None:
     """Recompute the ``study_stats`` rows of ``studies`` (None: of every
     study) from ``instances``, in the caller's transaction. A study with no
@@ -142,9 +149,7 @@ def refresh_study_stats(conn: duckdb.DuckDBPyConnection, studies: Collection[str
         conn.execute("DELETE FROM study_stats")
         conn.execute("INSERT INTO study_stats " + schema.STUDY_STATS_SELECT.format(where="true"))
         return
-    keys = list(studies)
-    for start in range(0, len(keys), 500):
-        part = keys[start:start + 500]
+    for part in _chunks(studies):
         marks = _in_list(len(part))
         conn.execute(f"DELETE FROM study_stats WHERE study_instance_uid IN ({marks})", part)
         conn.execute("INSERT INTO study_stats " + schema.STUDY_STATS_SELECT.format(
@@ -162,9 +167,7 @@ def refresh_study_stats_in(conn: duckdb.DuckDBPyConnection, studies_sql: str, pa
 def studies_of(conn: duckdb.DuckDBPyConnection, uids: Collection[str]) -> set[str]:
     """The studies the instance rows of ``uids`` belong to now."""
     found: set[str] = set()
-    keys = list(uids)
-    for start in range(0, len(keys), 500):
-        part = keys[start:start + 500]
+    for part in _chunks(uids):
         found.update(str(r[0]) for r in conn.execute(
             f"SELECT DISTINCT study_instance_uid FROM instances WHERE sop_instance_uid IN ({_in_list(len(part))}) "
             "AND study_instance_uid IS NOT NULL", part).fetchall())
@@ -174,9 +177,7 @@ def studies_of(conn: duckdb.DuckDBPyConnection, uids: Collection[str]) -> set[st
 def _series_studies(conn: duckdb.DuckDBPyConnection, series: Collection[str]) -> dict[str, str]:
     """series UID -> its study, for the series of ``series`` the index has a row of."""
     found: dict[str, str] = {}
-    keys = list(series)
-    for start in range(0, len(keys), 500):
-        part = keys[start:start + 500]
+    for part in _chunks(series):
         found.update((str(a), str(b)) for a, b in conn.execute(
             f"SELECT series_instance_uid, study_instance_uid FROM series "
             f"WHERE series_instance_uid IN ({_in_list(len(part))})", part).fetchall())
@@ -207,9 +208,8 @@ def _delete_keys(conn: duckdb.DuckDBPyConnection, table: str, keys: Collection[s
     index (250 instance rows of a 5 M-row index: 22 ms to find and delete
     before they are appended again; the upsert appender took 503 ms to
     replace them)."""
-    column, todo = _KEYS[table], list(keys)
-    for start in range(0, len(todo), 500):
-        part = todo[start:start + 500]
+    column = _KEYS[table]
+    for part in _chunks(keys):
         found = [r[0] for r in conn.execute(
             f"SELECT rowid FROM {table} WHERE {column} IN ({_in_list(len(part))})", part).fetchall()]
         if found:
@@ -218,10 +218,9 @@ def _delete_keys(conn: duckdb.DuckDBPyConnection, table: str, keys: Collection[s
 
 def _existing_keys(conn: duckdb.DuckDBPyConnection, table: str, keys: Collection[str]) -> set[str]:
     """The keys of ``keys`` that ``table`` has a row of."""
-    column, todo = _KEYS[table], list(keys)
+    column = _KEYS[table]
     found: set[str] = set()
-    for start in range(0, len(todo), 500):
-        part = todo[start:start + 500]
+    for part in _chunks(keys):
         found.update(str(r[0]) for r in conn.execute(
             f"SELECT {column} FROM {table} WHERE {column} IN ({_in_list(len(part))})", part).fetchall())
     return found
