@@ -29,7 +29,8 @@ def test_bench_cfind_dimse_runs_both_servers(tmp_path: Path, capsys: pytest.Capt
     rows = re.findall(r"^\| (by PatientID|StudyDate[^|]*) \| ([^|]+) \| (fastscp|dcmqrscp|orthanc) \| (\d+) \|", out, re.M)
     assert len(rows) == 12  # 2 kinds x 2 ways x 3 servers
     # every PatientID query finds that patient's two studies on both servers
-    assert len(re.findall(r"^\| by PatientID .*\| 2\.0 \|$", out, re.M)) == 6
+    by_patient = re.findall(r"^\| by PatientID .*$", out, re.M)
+    assert len([r for r in by_patient if r.endswith("| 2.0 |")]) == 6, by_patient  # which server, if one fails
     assert "fastscp, " not in out  # no note: fastscp returned what the data holds, every query
     assert len(re.findall(r"(dcmqrscp|orthanc) p50 / fastscp p50 = [0-9.]+", out)) == 8
 
