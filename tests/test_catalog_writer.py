@@ -103,6 +103,28 @@ def test_row_attributes_round_trip(tmp_path):
     assert str(r[9]) == "2024-01-31" and r[10] == "ACC2" and r[11] == "CT" and str(r[12]) == "1970-01-01"
 
 
+def test_in_one_batch_the_last_instance_of_a_patient_study_and_series_gives_its_row(tmp_path):
+    """The patient, study and series rows are made once per key and batch,
+    from the last instance of that key, as a later batch would set them."""
+    db = tmp_path / "i.db"
+    first = make_info(1, study=3, series=1)
+    last = dataclasses.replace(make_info(2, study=3, series=1), patient_name="Doe^Later",
+                               study_description="Chest later", series_description="Axial later")
+    conn = schema.connect(db)
+    try:
+        BatchWriter(conn).write([first, make_info(3, study=4), last])
+        got = conn.execute(
+            """SELECT p.patient_name, st.study_description, se.series_description
+               FROM studies st JOIN series se USING (study_instance_uid) JOIN patients p USING (patient_id)
+               WHERE st.study_instance_uid = ?""", [first.study_instance_uid]).fetchall()
+        counts = conn.execute("SELECT (SELECT count(*) FROM patients), (SELECT count(*) FROM studies), "
+                              "(SELECT count(*) FROM series)").fetchone()
+    finally:
+        conn.close()
+    assert got == [("Doe^Later", "Chest later", "Axial later")]
+    assert counts == (2, 2, 2)
+
+
 def test_same_sop_instance_twice_keeps_the_last_reception(tmp_path):
     db = tmp_path / "i.db"
     with CatalogWriter(db, batch_size=10_000, flush_interval=3600) as w:

@@ -326,9 +326,11 @@ class BatchWriter:
         now = _dt.datetime.now(_UTC).replace(tzinfo=None)
         fresh: dict[str, Row] = {}
         again: dict[str, Row] = {}
-        patients: dict[str, Row] = {}
-        studies: dict[str, Row] = {}
-        series: dict[str, Row] = {}
+        # the last instance of each patient, study and series gives its row
+        # (as a later batch's would): made once per key, not per instance
+        last_patient: dict[str, InstanceInfo] = {}
+        last_study: dict[str, InstanceInfo] = {}
+        last_series: dict[str, InstanceInfo] = {}
         for info in instances:
             uid = info.sop_instance_uid
             row = instance_row(info, source, utc_timestamp(info.received_at))
@@ -338,11 +340,14 @@ class BatchWriter:
             else:
                 fresh.pop(uid, None)
                 again[uid] = row
-            patients[info.patient_id] = patient_row(info, now)
+            last_patient[info.patient_id] = info
             if info.study_instance_uid:
-                studies[info.study_instance_uid] = study_row(info, now)
+                last_study[info.study_instance_uid] = info
             if info.series_instance_uid:
-                series[info.series_instance_uid] = series_row(info, now)
+                last_series[info.series_instance_uid] = info
+        patients = {key: patient_row(info, now) for key, info in last_patient.items()}
+        studies = {key: study_row(info, now) for key, info in last_study.items()}
+        series = {key: series_row(info, now) for key, info in last_series.items()}
         assoc = {rec.association_id: association_row(rec) for rec in associations}
         work: list[tuple[str, bool, Iterable[Row]]] = [
             ("patients", False, patients.values()), ("studies", False, studies.values()),
