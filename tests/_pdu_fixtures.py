@@ -12,7 +12,7 @@ import random
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 
-from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     AsynchronousOperationsWindowNegotiation,
@@ -23,7 +23,7 @@ from pynetdicom.pdu_primitives import (
     SOPClassExtendedNegotiation,
     UserIdentityNegotiation,
 )
-from pynetdicom.presentation import build_context
+from pynetdicom.presentation import PresentationContext, build_context
 
 APP_CONTEXT = "1.2.840.10008.3.1.1.1"
 VERIFICATION = "1.2.840.10008.1.1"
@@ -111,6 +111,52 @@ def associate_rq(
     # pynetdicom always writes protocol version 1; bytes 6-7 hold it (PS3.8 9.3.2)
     struct.pack_into(">H", raw, 6, protocol_version)
     return bytes(raw)
+
+
+def associate_ac(
+    results: Sequence[tuple[int, int, str]],
+    *,
+    max_pdu: int = 32768,
+    implementation_uid: str = "1.2.826.0.1.3680043.9.3811",
+    implementation_version: str = "PYNETDICOM_TEST",
+    roles: Sequence[tuple[str, bool, bool]] = (),
+) -> bytes:
+    """An A-ASSOCIATE-AC PDU encoded by pynetdicom: ``results`` are
+    (context ID, result, transfer syntax) per presentation context;
+    ``roles`` are (SOP class UID, SCU role, SCP role)."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = APP_CONTEXT
+    primitive.calling_ae_title = "SENDER"
+    primitive.called_ae_title = "MY_PACS"
+    primitive.result = 0
+    contexts = []
+    for context_id, result, ts in results:
+        pc = PresentationContext()
+        pc.context_id = context_id
+        pc.result = result
+        pc.transfer_syntax = [ts]
+        contexts.append(pc)
+    primitive.presentation_context_definition_results_list = contexts
+    user: list[object] = []
+    item = MaximumLengthNotification()
+    item.maximum_length_received = max_pdu
+    user.append(item)
+    impl = ImplementationClassUIDNotification()
+    impl.implementation_class_uid = implementation_uid
+    user.append(impl)
+    ver = ImplementationVersionNameNotification()
+    ver.implementation_version_name = implementation_version
+    user.append(ver)
+    for uid, scu, scp in roles:
+        role = SCP_SCU_RoleSelectionNegotiation()
+        role.sop_class_uid = uid
+        role.scu_role = scu
+        role.scp_role = scp
+        user.append(role)
+    primitive.user_information = user
+    pdu = A_ASSOCIATE_AC()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
 
 
 def pdv(context_id: int, data: bytes, *, command: bool, last: bool, mch: int | None = None, item_length: int | None = None) -> bytes:

@@ -19,6 +19,7 @@ from _pdu_fixtures import (
     RELEASE_RP,
     RELEASE_RQ,
     VERIFICATION,
+    associate_ac,
     associate_rq,
     read_ac,
 )
@@ -219,6 +220,50 @@ def test_accept_without_optional_items():
     ac = read_ac(raw)
     assert ac["max_pdu"] == 0 and ac["roles"] == {} and ac["async_ops"] is None and ac["extended"] == {}
     assert b"\x53\x00" not in raw[74:] and b"\x54\x00" not in raw[74:] and b"\x56\x00" not in raw[74:]
+
+
+# ---- A-ASSOCIATE-AC decoding (the C-MOVE sender reads the destination's answer) ------------
+
+
+def test_decode_pynetdicom_accept():
+    raw = associate_ac(((1, 0, EXPLICIT_LE), (3, 3, IMPLICIT_LE), (5, 4, IMPLICIT_LE)), max_pdu=28672,
+                       implementation_uid="1.2.3.4", implementation_version="VER_9",
+                       roles=((CT_IMAGE, False, True),))
+    ac = P.decode_associate_ac(raw)
+    assert [(r.context_id, r.result) for r in ac.results] == [(1, 0), (3, 3), (5, 4)]
+    assert ac.results[0].transfer_syntax == EXPLICIT_LE
+    assert ac.max_pdu == 28672
+    assert (ac.implementation_class_uid, ac.implementation_version_name) == ("1.2.3.4", "VER_9")
+    assert ac.roles == (P.RoleSelection(CT_IMAGE, False, True),)
+
+
+def test_decode_our_own_accept_round_trips():
+    rq = P.decode_associate_rq(associate_rq(((1, VERIFICATION, (IMPLICIT_LE,)), (3, CT_IMAGE, (EXPLICIT_LE,)))))
+    accept = P.AssociateAccept(
+        results=(P.PresentationContextResult(1, P.RESULT_ACCEPTANCE, IMPLICIT_LE),
+                 P.PresentationContextResult(3, P.RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED, IMPLICIT_LE)),
+        max_pdu=65536, implementation_class_uid="1.2.3", implementation_version_name="V1",
+        roles=(P.RoleSelection(CT_IMAGE, True, False),), async_ops=(1, 1),
+        extended=(P.ExtendedNegotiation(CT_IMAGE, b"\x01"),))
+    assert P.decode_associate_ac(P.encode_associate_ac(rq, accept)) == accept
+
+
+def test_every_truncation_of_an_accept_is_a_pdu_error():
+    raw = associate_ac(((1, 0, EXPLICIT_LE), (3, 0, IMPLICIT_LE)))
+    for cut in range(len(raw)):
+        body = raw[:cut]
+        short = body[:2] + struct.pack(">I", max(len(body) - 6, 0)) + body[6:] if len(body) >= 6 else body
+        if cut >= 74 and _whole_items(short):
+            continue  # a cut between items leaves a shorter, well-formed PDU
+        with pytest.raises(P.PDUError):
+            P.decode_associate_ac(short)
+
+
+def _whole_items(pdu: bytes) -> bool:
+    pos = 74
+    while pos + 4 <= len(pdu):
+        pos += 4 + struct.unpack_from(">H", pdu, pos + 2)[0]
+    return pos == len(pdu)
 
 
 @pytest.mark.parametrize("result, source, reason", [(1, 1, 1), (1, 1, 2), (1, 2, 2), (2, 3, 1), (2, 3, 2), (1, 1, 7)])

@@ -5,9 +5,13 @@ starts (store_scu.dataset_offset) and which identifiers name instances
 from __future__ import annotations
 
 import io
+import socket
+import struct
+import threading
 from pathlib import Path
 
 import pytest
+from _pdu_fixtures import associate_ac
 from conftest import make_image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
@@ -17,7 +21,7 @@ from fastscp.catalog import reconcile
 from fastscp.catalog.schema import connect
 from fastscp.qr import IdentifierError, InformationModel, Level
 from fastscp.services.retrieve import TooManyInstances, retrieve_keys, select_instances
-from fastscp.services.store_scu import dataset_offset
+from fastscp.services.store_scu import AssociationLost, StoreAssociation, dataset_offset
 
 
 def _pydicom_offset(raw: bytes) -> int:
@@ -154,3 +158,54 @@ def test_frame_file_is_the_file_between_pdu_headers(tmp_path: Path, room: int) -
             frame_file(fd, 29000, 2000, 5, room, True)
     finally:
         os.close(fd)
+
+
+# ---- the C-MOVE sender's association set-up (store_scu.StoreAssociation) ------------------
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def _destination(answer: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A listening socket that reads one A-ASSOCIATE-RQ and sends ``answer``."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            header = conn.recv(6, socket.MSG_WAITALL)
+            conn.recv(int.from_bytes(header[2:6], "big"), socket.MSG_WAITALL)
+            conn.sendall(answer)
+            conn.recv(1)  # until the requester closes
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def test_store_association_reads_the_destination_accept() -> None:
+    # pynetdicom's encoding: CT accepted as context 1, MR refused (3 = abstract syntax not supported)
+    server, thread = _destination(associate_ac(((1, 0, EXPLICIT_LE), (3, 3, EXPLICIT_LE)), max_pdu=20000))
+    with server:
+        assoc = StoreAssociation("127.0.0.1", server.getsockname()[1], "FASTSCP", "DEST",
+                                 [(CT_IMAGE, EXPLICIT_LE), (MR_IMAGE, EXPLICIT_LE)], timeout=10)
+        try:
+            assert assoc.accepted == {(CT_IMAGE, EXPLICIT_LE): 1}
+            assert list(assoc.refused) == [(MR_IMAGE, EXPLICIT_LE)] and "abstract syntax" in assoc.refused[
+                (MR_IMAGE, EXPLICIT_LE)]
+            assert assoc.peer_max_pdu == 20000
+        finally:
+            assoc.close()
+        thread.join(10)
+
+
+def test_store_association_refuses_a_malformed_accept() -> None:
+    raw = associate_ac(((1, 0, EXPLICIT_LE),))
+    cut = raw[:-3]  # the last (user information) item runs past the PDU
+    server, thread = _destination(cut[:2] + struct.pack(">I", len(cut) - 6) + cut[6:])
+    with server:
+        with pytest.raises(AssociationLost, match="malformed A-ASSOCIATE-AC"):
+            StoreAssociation("127.0.0.1", server.getsockname()[1], "FASTSCP", "DEST",
+                             [(CT_IMAGE, EXPLICIT_LE)], timeout=10)
+        thread.join(10)

@@ -190,6 +190,42 @@ def decode_associate_rq(pdu: bytes) -> AssociateRequest:
     )
 
 
+def decode_associate_ac(pdu: bytes) -> AssociateAccept:
+    """Decode a whole A-ASSOCIATE-AC PDU (header included, PS3.8 9.3.3), as
+    a requestor reads the answer to its A-ASSOCIATE-RQ: one result per
+    Presentation Context item (0x21, PS3.8 9.3.3.2: ID, result, and the
+    accepted transfer syntax in a 0x40 sub-item, "not significant" unless
+    the result is acceptance) and the User Information item (0x50, the
+    same sub-item readers as the request's). Other items (the Application
+    Context) are not checked. Raises PDUError for a structure PS3.8 does not
+    allow (an item running past its parent, a Maximum Length that is not 4
+    bytes)."""
+    if len(pdu) < 74 or pdu[0] != A_ASSOCIATE_AC:
+        raise PDUError("A-ASSOCIATE-AC shorter than its fixed fields")
+    results: list[PresentationContextResult] = []
+    user = _UserInformation()
+    for item_type, start, end in _items(pdu, 74, len(pdu), "A-ASSOCIATE-AC"):
+        if item_type == 0x21:
+            if end - start < 4:
+                raise PDUError("presentation context result item too short")
+            ts = ""
+            for sub_type, s, e in _items(pdu, start + 4, end, "presentation context result"):
+                if sub_type == 0x40:
+                    ts = _uid(pdu[s:e])
+            results.append(PresentationContextResult(pdu[start], pdu[start + 2], ts))
+        elif item_type == 0x50:
+            user = _user_information(pdu, start, end)
+    return AssociateAccept(
+        results=tuple(results),
+        max_pdu=user.max_pdu,
+        implementation_class_uid=user.implementation_class_uid,
+        implementation_version_name=user.implementation_version_name,
+        roles=tuple(user.roles),
+        async_ops=user.async_ops,
+        extended=tuple(user.extended),
+    )
+
+
 def _presentation_context(pdu: bytes, start: int, end: int,
                           before: list[PresentationContextProposal]) -> PresentationContextProposal:
     """A Presentation Context item (PS3.8 9.3.2.2): an odd ID not used

@@ -164,21 +164,25 @@ class StoreAssociation:
         self._read_accept(body)
 
     def _read_accept(self, body: bytes) -> None:
+        """The destination's A-ASSOCIATE-AC (``pdu.decode_associate_ac``):
+        each of our pairs accepted (its context ID) or refused (why), and
+        the destination's maximum PDU length."""
+        try:
+            ac = P.decode_associate_ac(struct.pack(">BBI", P.A_ASSOCIATE_AC, 0, len(body)) + body)
+        except P.PDUError as exc:
+            self.close()
+            raise AssociationLost(f"{self.where} sent a malformed A-ASSOCIATE-AC: {exc}") from None
         by_id = {2 * n + 1: pair for n, pair in enumerate(self.pairs)}
-        for item_type, start, end in P._items(body, 68, len(body), "A-ASSOCIATE-AC"):
-            if item_type == 0x21 and end - start >= 4:
-                pair = by_id.get(body[start])
-                if pair is None:
-                    continue
-                result = body[start + 2]
-                if result == P.RESULT_ACCEPTANCE:
-                    self.accepted[pair] = body[start]
-                else:
-                    self.refused[pair] = _CONTEXT_RESULTS.get(result, f"result {result}")
-            elif item_type == 0x50:
-                for sub_type, s, e in P._items(body, start, end, "user information"):
-                    if sub_type == 0x51 and e - s == 4:
-                        (self.peer_max_pdu,) = struct.unpack_from(">I", body, s)
+        for result in ac.results:
+            pair = by_id.get(result.context_id)
+            if pair is None:
+                continue
+            if result.result == P.RESULT_ACCEPTANCE:
+                self.accepted[pair] = result.context_id
+            else:
+                self.refused[pair] = _CONTEXT_RESULTS.get(result.result, f"result {result.result}")
+        if ac.max_pdu:
+            self.peer_max_pdu = ac.max_pdu
         for pair in self.pairs:
             if pair not in self.accepted and pair not in self.refused:
                 self.refused[pair] = "no answer for its context"
