@@ -26,7 +26,9 @@ Number of Study Related Instances):
 - by StudyDate one-month range plus ModalitiesInStudy.
 
 Each is timed two ways: ``--queries`` queries on one held association
-(pynetdicom as SCU, from sending the request to the final response) and
+(pynetdicom as SCU, from sending the request to the final response; its
+reactor's poll is disabled, ``disable_reactor_poll``, so that it cannot
+take a response) and
 ``--processes`` runs of dcmtk ``findscu`` (one process and one association
 per query: what a script pays). ``--raw`` adds a third: the same queries on
 one association held by a bare socket client (``held_raw``), which measures
@@ -186,8 +188,8 @@ def disable_reactor_poll(assoc: Association) -> None:
     the reactor then polls the queue, takes a response the server already
     sent and drops it as an unexpected request ("Received unexpected C-FIND
     service message"): that query counts one match fewer, whatever the
-    server (pynetdicom 3.0.4, association.py ``_run_reactor``; reported as
-    pynetdicom issue 875). It took one PatientID row of the smoke test off 2.0
+    server (pynetdicom 3.0.4, association.py ``_run_reactor``; pynetdicom
+    issue 875 reports the same warning). It took one PatientID row of the smoke test off 2.0
     under load. This association never receives requests (we are the SCU
     of C-FIND only), so the non-blocking poll is made to find nothing; the
     blocking reads of ``send_c_find`` are untouched."""
