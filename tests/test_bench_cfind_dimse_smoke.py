@@ -55,3 +55,66 @@ def test_bench_cfind_dimse_raw_client_and_reuse(tmp_path: Path, capsys: pytest.C
     # the bare-socket client counts each patient's two studies on every server
     assert all(float(n) == 2.0 for kind, _, n in raw if kind == "by PatientID")
     assert "fastscp, " not in out and "orthanc, by PatientID" not in out  # their answers match the data
+
+
+def test_held_client_keeps_every_response_when_its_reactor_is_late(caplog: pytest.LogCaptureFixture) -> None:
+    """The bench's pynetdicom client loses no response to pynetdicom's own
+    reactor thread (bench_cfind_dimse.disable_reactor_poll). The race is
+    widened on purpose, not synchronised: the reactor sleeps after its
+    checkpoint's wait() returns (the moment send_c_find takes it for
+    paused), and the client dwells on the first match, so the next
+    responses wait in the queue when the reactor polls it. The peer is a
+    pynetdicom C-FIND SCP answering two matches per query. Without the
+    fix, 11 to 15 of the 20 queries lost a response here (three runs)."""
+    import threading
+    import time
+
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE, evt
+
+    def answer(event: evt.Event) -> object:
+        for n in range(2):
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "STUDY"
+            ds.StudyInstanceUID = f"1.2.3.{n}"
+            yield 0xFF00, ds
+
+    scp = AE(ae_title="PEER")
+    scp.add_supported_context(bench_cfind_dimse.STUDY_FIND, [ExplicitVRLittleEndian])
+    server = scp.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, answer)])
+    try:
+        port = server.server_address[1]
+        scu = AE(ae_title="BENCH")
+        scu.add_requested_context(bench_cfind_dimse.STUDY_FIND, [ExplicitVRLittleEndian])
+        assoc = scu.associate("127.0.0.1", port, ae_title="PEER")
+        assert assoc.is_established
+        checkpoint = assoc._reactor_checkpoint
+        wait = checkpoint.wait
+
+        def late_wait(timeout: float | None = None) -> bool:
+            woken = wait(timeout)
+            if threading.current_thread() is not threading.main_thread():  # the reactor thread
+                time.sleep(0.05)
+            return woken
+
+        checkpoint.wait = late_wait  # type: ignore[method-assign]
+        bench_cfind_dimse.disable_reactor_poll(assoc)
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        counts = []
+        with caplog.at_level("WARNING", logger="pynetdicom"):
+            for _ in range(20):
+                statuses = []
+                for status, _ in assoc.send_c_find(query, bench_cfind_dimse.STUDY_FIND):
+                    statuses.append(int(status.Status))
+                    if len(statuses) == 1:
+                        time.sleep(0.15)  # the reactor's late poll comes while we dwell
+                counts.append(statuses.count(0xFF00))
+                assert statuses[-1] == 0
+        assoc.release()
+    finally:
+        server.shutdown()
+    assert counts == [2] * 20
+    assert "unexpected" not in caplog.text

@@ -26,7 +26,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.tag import Tag
 
 from fastscp.catalog import schema
-from fastscp.catalog.rows import BatchWriter
+from fastscp.catalog.rows import BatchWriter, refresh_study_stats
 from fastscp.instance import InstanceInfo
 from fastscp.qr import (
     IdentifierError,
@@ -99,6 +99,7 @@ def index(tmp_path_factory: pytest.TempPathFactory) -> Iterator[duckdb.DuckDBPyC
     # S3's only instance is gone from the tree, and one of S1's CT images
     conn.execute("UPDATE instances SET status = 'missing' WHERE sop_instance_uid IN (?, ?)",
                  [f"{S3}.1.1", f"{S1}.1.3"])
+    refresh_study_stats(conn, [S3, S1])  # as reconcile does in the transaction that marks rows missing
     yield conn
     conn.close()
 
@@ -361,6 +362,17 @@ def test_study_level_derived_keys_count_present_instances_only(index: duckdb.Duc
     assert (row.NumberOfStudyRelatedSeries, row.NumberOfStudyRelatedInstances) == (2, 3)
 
 
+def test_study_instance_counts_agree_with_and_without_sop_classes(index: duckdb.DuckDBPyConnection) -> None:
+    # asked alone, the count is the study's study_stats row; with SOP Classes in
+    # Study, the instance rows per class: both count present instances only
+    def counts(**extra: object) -> dict[str, int]:
+        rows = run(index, ident("STUDY", StudyInstanceUID="", NumberOfStudyRelatedInstances=None, **extra))
+        return {str(r.StudyInstanceUID): int(r.NumberOfStudyRelatedInstances) for r in rows}
+
+    alone = counts()
+    assert alone == counts(SOPClassesInStudy="") == {S1: 3, S2: 2, S4: 1, S5: 1}
+
+
 # ---- character sets ------------------------------------------------------------------------------
 
 
@@ -582,6 +594,7 @@ def test_a_series_all_of_whose_instances_are_missing_is_left_out_of_the_study_ke
     BatchWriter(conn).write(_rows())
     # S1's SR series is gone from the tree; its CT series is whole
     conn.execute("UPDATE instances SET status = 'missing' WHERE series_instance_uid = ?", [f"{S1}.2"])
+    refresh_study_stats(conn, [S1])  # as reconcile does
     keys = dict(ModalitiesInStudy="", SOPClassesInStudy="", NumberOfStudyRelatedSeries=None,
                 NumberOfStudyRelatedInstances=None)
     chunked = [run(conn, ident("STUDY", StudyInstanceUID=S1, **keys), fetch_size=size) for size in (1, 64)]

@@ -228,8 +228,12 @@ class _DerivedSql:
     constants (DuckDB answers those from its ART index; a join would scan
     the table): instances per patient, study and series (with
     ``count(*) FILTER (WHERE status = 'present')``), and the ``series`` rows
-    of each study. Its rows are few (one per study and SOP class, one per
-    series) and are summed here: DISTINCT and ordered ``list`` aggregates
+    of each study. A study's instance count alone (no SOP Classes in Study
+    asked) is its ``study_stats`` row's ``instance_count - missing_count``,
+    which every write to the index keeps in its own transaction
+    (docs/catalog.md, v5): one row read instead of the study's instances.
+    Its rows are few (one per study and SOP class, one per series) and are
+    summed here: DISTINCT and ordered ``list`` aggregates
     cost DuckDB more to plan than the whole lookup. Series counts and
     modalities leave out the series all of whose instances are missing
     (``gone_series``, from ``gone_ids``).
@@ -259,11 +263,13 @@ class _DerivedSql:
         if self.patient:
             part("SELECT 0, x.patient_id, x.study_instance_uid, x.series_instance_uid, count(*) FROM instances x "
                  "WHERE x.status = 'present' AND x.patient_id IN ({}) GROUP BY 2, 3, 4", Level.PATIENT)
-        if self.study_instances:  # by SOP Class only when they are asked
-            by_class = ("x.sop_class_uid", ", 3") if self.study_classes else ("NULL", "")
-            part(f"SELECT 1, x.study_instance_uid, {by_class[0]}, NULL, "
+        if self.study_instances and self.study_classes:  # by SOP Class: from the instance rows
+            part("SELECT 1, x.study_instance_uid, x.sop_class_uid, NULL, "
                  "count(*) FILTER (WHERE x.status = 'present') FROM instances x "
-                 f"WHERE x.study_instance_uid IN ({{}}) GROUP BY 2{by_class[1]}", Level.STUDY)
+                 "WHERE x.study_instance_uid IN ({}) GROUP BY 2, 3", Level.STUDY)
+        elif self.study_instances:  # the count alone: the study's stored counts (a row, not its instances)
+            part("SELECT 1, t.study_instance_uid, NULL, NULL, t.instance_count - t.missing_count "
+                 "FROM study_stats t WHERE t.study_instance_uid IN ({})", Level.STUDY)
         if self.study_series:
             part("SELECT 2, sx.study_instance_uid, sx.series_instance_uid, sx.modality, NULL FROM series sx "
                  "WHERE sx.study_instance_uid IN ({})", Level.STUDY)
