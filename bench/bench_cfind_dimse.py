@@ -27,8 +27,8 @@ Number of Study Related Instances):
 
 Each is timed two ways: ``--queries`` queries on one held association
 (pynetdicom as SCU, from sending the request to the final response; its
-reactor's poll is disabled, ``disable_reactor_poll``, so that it cannot
-take a response) and
+reactor's poll is disabled, ``fastscp.scu.commands.answers_to_the_caller``,
+so that it cannot take a response) and
 ``--processes`` runs of dcmtk ``findscu`` (one process and one association
 per query: what a script pays). ``--raw`` adds a third: the same queries on
 one association held by a bare socket client (``held_raw``), which measures
@@ -65,7 +65,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -75,8 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from receivers import dcmtk_tool, free_port, orthanc_exe, wait_for_port
 
-if TYPE_CHECKING:
-    from pynetdicom.association import Association
+from fastscp.scu.commands import answers_to_the_caller
 
 STUDY_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 SOP = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
@@ -175,33 +173,6 @@ class Server:
         self._log.close()
 
 
-def disable_reactor_poll(assoc: Association) -> None:
-    """Keep pynetdicom's reactor thread from taking our C-FIND responses.
-
-    Between two requests the reactor polls the DIMSE queue without blocking
-    (``dimse.get_msg(block=False)``) to serve requests from the peer. Each
-    ``send_c_find`` pauses it first: it clears the reactor's checkpoint event
-    and waits for ``_is_paused``. The reactor sets ``_is_paused = True``
-    before ``wait()`` on that event and ``False`` after it; when ``wait()``
-    has already returned (the event was still set) and the reactor thread
-    loses the CPU before its ``False``, ``send_c_find`` sees True and sends,
-    the reactor then polls the queue, takes a response the server already
-    sent and drops it as an unexpected request ("Received unexpected C-FIND
-    service message"): that query counts one match fewer, whatever the
-    server (pynetdicom 3.0.4, association.py ``_run_reactor``; pynetdicom
-    issue 875 reports the same warning). It took one PatientID row of the smoke test off 2.0
-    under load. This association never receives requests (we are the SCU
-    of C-FIND only), so the non-blocking poll is made to find nothing; the
-    blocking reads of ``send_c_find`` are untouched."""
-    dimse = assoc.dimse
-    get_msg = dimse.get_msg
-
-    def responses_only(block: bool = False) -> tuple[int | None, object]:
-        return get_msg(block=True) if block else (None, None)
-
-    dimse.get_msg = responses_only  # type: ignore[method-assign, assignment]
-
-
 def held(server: Server, queries: list[Dataset]) -> tuple[list[float], list[int]]:
     """Seconds and matches per query on one association (pynetdicom)."""
     from pynetdicom import AE
@@ -218,7 +189,7 @@ def held(server: Server, queries: list[Dataset]) -> tuple[list[float], list[int]
     if sock is None:
         raise RuntimeError("pynetdicom's socket is not reachable to set TCP_NODELAY")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    disable_reactor_poll(assoc)
+    answers_to_the_caller(assoc)  # pynetdicom's reactor must not take a response (scu/commands.py)
     times: list[float] = []
     matches: list[int] = []
     try:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from fastscp.scu.commands import answers_to_the_caller
+
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
@@ -59,7 +61,8 @@ def test_bench_cfind_dimse_raw_client_and_reuse(tmp_path: Path, capsys: pytest.C
 
 def test_held_client_keeps_every_response_when_its_reactor_is_late(caplog: pytest.LogCaptureFixture) -> None:
     """The bench's pynetdicom client loses no response to pynetdicom's own
-    reactor thread (bench_cfind_dimse.disable_reactor_poll). The race is
+    reactor thread (fastscp.scu.commands.answers_to_the_caller,
+    which the bench uses). The race is
     widened on purpose, not synchronised: the reactor sleeps after its
     checkpoint's wait() returns (the moment send_c_find takes it for
     paused), and the client dwells on the first match, so the next
@@ -99,7 +102,7 @@ def test_held_client_keeps_every_response_when_its_reactor_is_late(caplog: pytes
             return woken
 
         checkpoint.wait = late_wait  # type: ignore[method-assign]
-        bench_cfind_dimse.disable_reactor_poll(assoc)
+        answers_to_the_caller(assoc)
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = ""

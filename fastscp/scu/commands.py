@@ -80,16 +80,18 @@ def _quiet_pynetdicom(verbose: bool) -> None:
 
 
 def answers_to_the_caller(assoc: Association) -> None:
-    """Let only the thread waiting in ``send_c_store``/``send_c_echo`` take DIMSE messages.
+    """Let only the thread waiting in ``send_c_store``/``send_c_echo``/``send_c_find`` take DIMSE messages.
 
     pynetdicom's reactor thread polls the DIMSE queue (``get_msg(block=False)``)
     and its pause handshake with ``send_*`` is racy: the reactor can pass its
     checkpoint just before the caller clears it, then take the C-STORE-RSP,
     log "Received unexpected C-STORE service message" and leave the caller
-    waiting until the DIMSE timeout aborts the association. A receiver that
-    answers fast hits that window more often. Our echo and send expect
-    nothing but answers on their associations, so the reactor's polls get
-    nothing."""
+    waiting until the DIMSE timeout aborts the association; of a C-FIND it
+    takes one Pending response, and the caller counts one match fewer
+    (pynetdicom 3.0.4, ``_run_reactor``; its issue 875). A receiver that
+    answers fast hits that window more often. Our echo and send, the C-FIND
+    benchmark's held client and the tests' SCUs expect nothing but answers
+    on their associations, so the reactor's polls get nothing."""
     dimse = getattr(assoc, "dimse", None)
     get_msg = getattr(dimse, "get_msg", None)
     if dimse is None or get_msg is None:
