@@ -338,6 +338,9 @@ def connect(path: str | Path, *, read_only: bool = False,
     if path.parent != Path(""):
         path.parent.mkdir(parents=True, exist_ok=True)
     conn = duckdb.connect(str(path), config={"threads": os.environ.get("FASTSCP_DUCKDB_THREADS", "1"),
+                                             # DuckDB starts 8 "async" threads (remote
+                                             # I/O); a local index never uses them
+                                             "async_threads": 0,
                                              "checkpoint_threshold": CHECKPOINT_THRESHOLD,
                                              **LOCKED_OPEN_CONFIG})
     try:
