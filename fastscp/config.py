@@ -26,7 +26,6 @@ PDU sizes: PS3.8 9.3.1 / D.1; ARTIM: PS3.8 9.1.5).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import ipaddress
 import os
 import re
@@ -37,9 +36,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import yaml
-
+# yaml is imported where a file (or a YAML-read override) is parsed: a
+# receiver started with flags alone never needs it (about 0.9 MB, issue 23)
 if TYPE_CHECKING:
+    import yaml
     from _typeshed import DataclassInstance
 
 __all__ = [
@@ -497,6 +497,8 @@ _SCALAR_LOADER: yaml.SafeLoader | None = None
 
 
 def _yaml_loader() -> yaml.SafeLoader:
+    import yaml
+
     global _SCALAR_LOADER
     if _SCALAR_LOADER is None:
         _SCALAR_LOADER = yaml.SafeLoader("")
@@ -504,6 +506,8 @@ def _yaml_loader() -> yaml.SafeLoader:
 
 
 def _from_yaml(node: yaml.Node, source: str) -> _Node:
+    import yaml
+
     line = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         loader = _yaml_loader()
@@ -620,6 +624,8 @@ def _reads_yaml(tp: _Schema, rules: _Rules) -> bool:
 def _override_value(tp: _Schema, text: str, key: str, line: int | None, ctx: _Context) -> object:
     """A command-line string read as YAML ("11113" -> 11113); a mapping or a
     list only where a list is expected."""
+    import yaml
+
     try:
         parsed = yaml.safe_load(text)
     except yaml.YAMLError:
@@ -653,6 +659,8 @@ def _convert_literal(tp: _Schema, node: _Node, value: object, key: str, ctx: _Co
     text = node.raw if node.raw is not None else value
     if isinstance(text, str) and text in choices:
         return text
+    import difflib  # only for a bad value's suggestion
+
     close = difflib.get_close_matches(str(text), [str(c) for c in choices], n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise ctx.error(f"{text!r} is not one of: {', '.join(choices)}{hint}", key, node.line)
@@ -791,6 +799,8 @@ def _report_unknown_keys(fields: Mapping[str, object], entries: Mapping[str, _En
                          ctx: _Context) -> None:
     for name, entry in entries.items():
         if name not in fields:
+            import difflib  # only for a bad value's suggestion
+
             close = difflib.get_close_matches(name, list(fields), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             valid = ", ".join(fields)
@@ -882,16 +892,23 @@ def _graft(root: _Node, overrides: Mapping[str, Any], ctx: _Context) -> None:
         ctx.overridden.add(dotted)
 
 
-def parse_config_text(text: str, source: str = "<string>",
-                      overrides: Mapping[str, Any] | None = None) -> Config:
-    """Parse YAML text (and overrides) into a checked Config."""
+def _compose(text: str, source: str) -> yaml.Node | None:
+    import yaml
+
     try:
-        document = yaml.compose(text, Loader=yaml.SafeLoader)
+        return yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
         raise ConfigError(f"not valid YAML: {exc.problem}", None, line, source) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}", None, None, source) from None
+
+
+def parse_config_text(text: str, source: str = "<string>",
+                      overrides: Mapping[str, Any] | None = None) -> Config:
+    """Parse YAML text (and overrides) into a checked Config."""
+    # blank text (load_config without a file) is no document, as yaml.compose says
+    document = _compose(text, source) if text.strip() else None
     ctx = _Context(source)
     root = _from_yaml(document, source) if document is not None else _Node({}, 1)
     if not isinstance(root.value, dict):
@@ -960,4 +977,6 @@ def dump_config(cfg: Config, fmt: Literal["yaml", "json"] = "yaml") -> str:
         import json
 
         return json.dumps(data, indent=2) + "\n"
+    import yaml
+
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)

@@ -18,7 +18,6 @@ same; common modality abbreviations in names ("US Image Storage" for pydicom's
 
 from __future__ import annotations
 
-import difflib
 import functools
 import re
 from collections.abc import Iterable
@@ -298,6 +297,8 @@ def sop_class_name(uid: str) -> str:
 
 
 def _choices_message(item: str, kind: str, names: Iterable[str], groups: Iterable[str]) -> str:
+    import difflib  # only for a bad value's suggestion
+
     close = difflib.get_close_matches(item, list(names), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return (

@@ -34,6 +34,26 @@ def test_uid_hash_is_duckdbs_md5_number_halves() -> None:
         assert uid_hash(uid) == (lower, upper)
 
 
+def _rss_kib() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+
+
+def test_filter_memory_is_taken_as_bits_are_set() -> None:
+    """A filter for 10 M UIDs is 15 MB; an index that is empty (or small)
+    does not hold it all from start: a page counts once a bit in it is set
+    (issue 23, idle memory). A zeroed bytearray would take the 15 MB at once."""
+    before = _rss_kib()
+    big = UidFilter(10_000_000)
+    assert big.nbytes == 15_000_000
+    empty = _rss_kib() - before
+    for uid in UIDS[:100]:  # at most 400 pages
+        big.add(uid)
+    assert all(u in big for u in UIDS[:100])
+    assert empty < 3_000, empty
+    assert _rss_kib() - before < 5_000
+
+
 def test_bulk_and_single_adds_set_the_same_bits() -> None:
     one_by_one, in_bulk = UidFilter(500), UidFilter(500)
     for uid in UIDS:

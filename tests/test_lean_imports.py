@@ -3,7 +3,11 @@ and the pixel plugins: about 30 MB of PSS on this machine, issue 23), nor
 prometheus-client, imported by the first /metrics request (2.5 MB): the
 default configuration, start-up with an index, and C-STOREs of images in
 ISO_IR 100 and UTF-8 over plain TCP all run on the project's own Cython
-header reader. Checked in a fresh interpreter, since pytest itself has
+header reader. Nor what only other commands or other cases need: rich
+(``fastscp status``, 1.7 MB, though every command's parser is built),
+yaml (a configuration file; flags alone here), urllib.request (the status
+client), multiprocessing (a large reconcile) and difflib (a bad value's
+suggestion). Checked in a fresh interpreter, since pytest itself has
 pydicom loaded."""
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ from fastscp.config import load_config
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 storage, items = sys.argv[2], sys.argv[3:]
-overrides = {"server.port": 0, "storage.directory": storage, "database.path": storage + ".db", "status.port": 0}
+# the command line's own path: every command's parser is built, then serve's flags
+from fastscp.cli import build_parser, serve_overrides
+args = build_parser().parse_args(["serve", "0", "FASTSCP", "--storage-dir", storage,
+                                  "--index-db", storage + ".db", "--status-port", "0"])
+overrides = serve_overrides(args)
 app = App(load_config(None, overrides), None, overrides)
 loop = asyncio.new_event_loop()
 started = []
@@ -49,7 +57,8 @@ for i, item in enumerate(items):
     assert kind == 4 and decode_command(pdu[12:])[0x00000900] == 0, pdu
 sock.sendall(RELEASE_RQ)
 read_pdu(sock)
-heavy = sorted(m for m in ("pydicom", "pynetdicom", "numpy", "PIL", "prometheus_client") if m in sys.modules)
+heavy = sorted(m for m in ("pydicom", "pynetdicom", "numpy", "PIL", "prometheus_client", "rich", "yaml",
+                           "urllib.request", "multiprocessing", "difflib") if m in sys.modules)
 print("HEAVY", heavy, "STORED", app.state.instances_total)
 """
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import dataclasses
 import logging
-import multiprocessing
 import os
 import sys
 import threading
@@ -404,7 +403,10 @@ def _parse_all(paths: list[str], workers: int | None) -> Iterator[list[InstanceI
             yield _read_chunk(chunk)
         return
     # forkserver: forking a process that runs DuckDB's and the server's threads
-    # could copy a held lock into the child.
+    # could copy a held lock into the child. Imported here: a receiver whose
+    # reconcile finds few files never needs multiprocessing (issue 23).
+    import multiprocessing
+
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     ctx = multiprocessing.get_context(method)
     with cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:

@@ -311,6 +311,13 @@ def migrate(conn: duckdb.DuckDBPyConnection, target: int = SCHEMA_VERSION) -> in
 # cost grows with the index.
 CHECKPOINT_THRESHOLD = "256MB"
 
+# Block size of an index file this code creates (DuckDB's default is 256 KiB;
+# a file keeps the size it was made with). Each ART index (a key or an
+# index: ten here) takes memory in buffers of one block per node type it
+# uses, so an empty or small index held about 8 MiB of ART buffers with 256
+# KiB blocks and 0.6 MiB with 16 KiB ones (issue 23, flood memory).
+BLOCK_SIZE = 16384
+
 
 def connect(path: str | Path, *, read_only: bool = False,
             allowed_paths: Sequence[str | Path] = ()) -> duckdb.DuckDBPyConnection:
@@ -338,6 +345,10 @@ def connect(path: str | Path, *, read_only: bool = False,
     if path.parent != Path(""):
         path.parent.mkdir(parents=True, exist_ok=True)
     conn = duckdb.connect(str(path), config={"threads": os.environ.get("FASTSCP_DUCKDB_THREADS", "1"),
+                                             # DuckDB starts 8 "async" threads (remote
+                                             # I/O); a local index never uses them
+                                             "async_threads": 0,
+                                             "default_block_size": BLOCK_SIZE,
                                              "checkpoint_threshold": CHECKPOINT_THRESHOLD,
                                              **LOCKED_OPEN_CONFIG})
     try:

@@ -13,8 +13,6 @@ for the URL that file names: a token is never sent to another server).
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +45,11 @@ class Endpoint:
     source: str = ""  # where the URL came from, for the user
 
     def request(self, path: str, body: Any = None, timeout: float = 30.0) -> bytes:
+        # imported here: the receiver imports this module for discovery_path
+        # alone, and urllib.request with http.client is about 0.5 MB (issue 23)
+        import urllib.error
+        import urllib.request
+
         data = orjson.dumps(body) if body is not None else None
         req = urllib.request.Request(self.url.rstrip("/") + path, data=data, method="POST" if data else "GET")
         if data is not None:

@@ -16,17 +16,19 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console, Group, JustifyMethod
-from rich.live import Live
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from ..catalog.stats import human_bytes
 from .client import EndpointError, resolve_endpoint
 from .logsetup import escape_nonprintable
+
+# rich is imported where it is used: every command's parser is built at start,
+# `fastscp serve` included, and rich is about 1.7 MB of Python objects and 50
+# modules that a receiver never uses (issue 23; tests/test_lean_imports.py).
+if TYPE_CHECKING:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
 
 
 def _duration(s: float) -> str:
@@ -41,11 +43,18 @@ def _add(table: Table, *cells: str | Text) -> None:
     """A row of plain text: a string's non-printable characters are escaped
     (an AE title or patient name with a newline or an ESC sequence cannot
     redraw the terminal) and square brackets are text, not rich markup."""
+    from rich.text import Text
+
     table.add_row(*(Text(escape_nonprintable(c)) if isinstance(c, str) else c for c in cells))
 
 
 def render(doc: dict[str, Any]) -> Group:
     """The whole view, from one /status document."""
+    from rich.console import Group, JustifyMethod
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
     srv, tot, rates, storage = doc["server"], doc["totals"], doc["rates"], doc["storage"]
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
@@ -101,6 +110,10 @@ def render(doc: dict[str, Any]) -> Group:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
     ep = resolve_endpoint(args.url, args.token, args.index_db)
     # piped (or --once into a file): wide enough that the tables are not cut
     console = Console() if sys.stdout.isatty() else Console(width=140)

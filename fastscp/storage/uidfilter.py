@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import mmap
 import threading
 from typing import TYPE_CHECKING
 
@@ -64,7 +65,10 @@ class UidFilter:
         self.capacity = capacity
         self.hashes = hashes
         self.size = max(64, math.ceil(capacity * bits_per_item / 64) * 64)  # m, bits; whole 64-bit words
-        self._bits = bytearray(self.size // 8)
+        # Anonymous memory, zero until written: a page costs memory once a bit
+        # in it is set. A bytearray is zeroed (touched) whole at once: 1.5 MB
+        # held from start by a server whose index is empty (issue 23).
+        self._bits = mmap.mmap(-1, self.size // 8)
         self._lock = threading.Lock()
         self.added = 0  # UIDs added (with repeats): how full it is
 
