@@ -18,39 +18,6 @@ def test_new_database_is_at_the_current_version(tmp_path):
     conn.close()
 
 
-def _art_mib(conn):
-    got = dict(conn.execute("SELECT tag, memory_usage_bytes FROM duckdb_memory()").fetchall())
-    return got.get("ART_INDEX", 0) / 2**20
-
-
-def test_new_index_has_small_blocks_and_small_key_buffers(tmp_path):
-    """An index file this code makes has schema.BLOCK_SIZE blocks; its ten
-    ART indexes (keys and secondary indexes) then hold buffers of that size,
-    not 256 KiB ones: about 0.3 MiB for a few rows against 5.2 MiB
-    (issue 23, flood memory)."""
-    with CatalogWriter(tmp_path / "i.db") as writer:
-        for i in range(40):
-            writer.enqueue(make_info(i, study=i // 10, series=i % 2))
-        assert writer.flush(30)
-        conn = writer.cursor()
-        assert conn.execute("SELECT block_size FROM pragma_database_size()").fetchone() == (schema.BLOCK_SIZE,)
-        assert conn.execute("SELECT count(*) FROM instances").fetchone() == (40,)
-        assert _art_mib(conn) < 1.5
-
-
-def test_index_made_with_256k_blocks_keeps_them_and_opens(tmp_path):
-    """A file keeps the block size it was made with: an index of an older
-    release (256 KiB blocks) opens, migrates and takes rows as before."""
-    db = tmp_path / "old.db"
-    duckdb.connect(str(db)).close()
-    with CatalogWriter(db) as writer:
-        writer.enqueue(make_info(1))
-        assert writer.flush(30)
-        conn = writer.cursor()
-        assert conn.execute("SELECT block_size FROM pragma_database_size()").fetchone() == (262144,)
-        assert conn.execute("SELECT count(*) FROM instances").fetchone() == (1,)
-
-
 def test_v1_data_migrates_to_current(tmp_path):
     db = tmp_path / "old.db"
     conn = duckdb.connect(str(db))

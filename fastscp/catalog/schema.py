@@ -311,13 +311,6 @@ def migrate(conn: duckdb.DuckDBPyConnection, target: int = SCHEMA_VERSION) -> in
 # cost grows with the index.
 CHECKPOINT_THRESHOLD = "256MB"
 
-# Block size of an index file this code creates (DuckDB's default is 256 KiB;
-# a file keeps the size it was made with). Each ART index (a key or an
-# index: ten here) takes memory in buffers of one block per node type it
-# uses, so an empty or small index held about 8 MiB of ART buffers with 256
-# KiB blocks and 0.6 MiB with 16 KiB ones (issue 23, flood memory).
-BLOCK_SIZE = 16384
-
 
 def connect(path: str | Path, *, read_only: bool = False,
             allowed_paths: Sequence[str | Path] = ()) -> duckdb.DuckDBPyConnection:
@@ -348,7 +341,6 @@ def connect(path: str | Path, *, read_only: bool = False,
                                              # DuckDB starts 8 "async" threads (remote
                                              # I/O); a local index never uses them
                                              "async_threads": 0,
-                                             "default_block_size": BLOCK_SIZE,
                                              "checkpoint_threshold": CHECKPOINT_THRESHOLD,
                                              **LOCKED_OPEN_CONFIG})
     try:
