@@ -47,7 +47,10 @@ as well. With ``--baseline DIR``, a second fastscp ("fastscp-before") runs
 from the package copy in DIR (``DIR/fastscp``, e.g. ``cp -r fastscp
 bench/out/base/`` made before a change, its compiled extensions included)
 on a tree and index of its own, timed in the same alternation: a before and
-after of a change in one run, next to the peers. ``--baseline NAME=DIR``
+after of a change in one run, next to the peers (every fastscp runs with
+``python -P``, so that the checkout the script is started from does not
+shadow the copy: before 2026-12-06 12:00 it did, and "fastscp-before" ran
+the checkout's code). ``--baseline NAME=DIR``
 names it ``NAME`` instead, and the option may be given more than once (two
 steps of a change, each against the same peers in the same run).
 """
@@ -216,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.baseline:
         name, _, directory = spec.rpartition("=")
         baselines[name or "fastscp-before"] = Path(directory).resolve()
+        # -P: ``python -m`` would put the current directory first on sys.path, and
+        # run from a checkout that is its own fastscp, whatever PYTHONPATH says
+        found = subprocess.run([sys.executable, "-P", "-c", "import fastscp; print(fastscp.__file__)"],
+                               capture_output=True, text=True, check=True,
+                               env={**os.environ, "PYTHONPATH": str(baselines[name or "fastscp-before"])}).stdout
+        if not Path(found.strip()).is_relative_to(baselines[name or "fastscp-before"]):
+            ap.error(f"--baseline {spec}: the package imported is {found.strip()}, not the copy in {directory}")
     tool = {name: str(Path(args.dcmtk_bin) / name) for name in
             ("storescp", "storescu", "movescu", "getscu", "dcmqrscp", "dcmqridx")}
     corpus = ensure_corpus(default_spec(args.kind, args.count), args.corpus_root)
@@ -242,14 +252,14 @@ def main(argv: list[str] | None = None) -> int:
         (work / "fastscp.yaml").write_text(f"remote_aes:\n  - ae_title: DEST\n    host: 127.0.0.1\n"
                                            f"    port: {dest_port}\n")
         dcmqrscp_config(work / "dcmqrscp.cfg", qr_port, qr_db, dest_port)
-        fastscp = [sys.executable, "-m", "fastscp.cli", "serve", str(fast_port), "FASTSCP", "--storage-dir",
+        fastscp = [sys.executable, "-P", "-m", "fastscp.cli", "serve", str(fast_port), "FASTSCP", "--storage-dir",
                    str(fast_tree), "--index-db", str(work / "fastscp.db"), "--status-port", "0",
                    "--config", str(work / "fastscp.yaml"), "--log-level", "warning"]
         qrscp = [tool["dcmqrscp"], "-c", str(work / "dcmqrscp.cfg"), str(qr_port)]
         def baseline(name: str) -> list[str]:
-            return [sys.executable, "-m", "fastscp.cli", "serve", str(base_ports[name]), "FASTSCP", "--storage-dir",
-                    str(base_trees[name]), "--index-db", str(work / f"{base_trees[name].name}.db"), "--status-port",
-                    "0", "--config", str(work / "fastscp.yaml"), "--log-level", "warning"]
+            return [sys.executable, "-P", "-m", "fastscp.cli", "serve", str(base_ports[name]), "FASTSCP",
+                    "--storage-dir", str(base_trees[name]), "--index-db", str(work / f"{base_trees[name].name}.db"),
+                    "--status-port", "0", "--config", str(work / "fastscp.yaml"), "--log-level", "warning"]
         servers = {"fastscp": ("FASTSCP", fast_port), "dcmqrscp": ("QRSCP", qr_port)}
         for name, port in base_ports.items():
             servers[name] = ("FASTSCP", port)
