@@ -181,3 +181,40 @@ def test_pending_pacer_allows_one_per_interval() -> None:
 
     every = PendingPacer(0.0, no_clock)
     assert all(every.due() for _ in range(5))
+
+
+def test_command_with_data_is_one_pdu_with_both_pdvs(tmp_path: Path) -> None:
+    """command_with_data: a data set framed as one PDU goes in the command's
+    P-DATA-TF PDU, command PDV first (command, last fragment), then the data
+    PDV as framed: read back by pynetdicom's own PDU decoder. Not merged
+    (None): a data set framed as more than one PDU, or the two PDVs past
+    the peer's maximum PDU length."""
+    import os
+
+    from pynetdicom.pdu import P_DATA_TF
+
+    from fastscp.protocol import dimse as D
+    from fastscp.services.store_scu import command_with_data, frame_file
+
+    raw = os.urandom(10000)
+    path = tmp_path / "f.bin"
+    path.write_bytes(raw)
+    command = D.encode_command({D.AFFECTED_SOP_CLASS: "1.2.840.10008.5.1.4.1.1.2", D.COMMAND_FIELD: D.C_STORE_RQ,
+                                D.MESSAGE_ID: 7, D.PRIORITY: 0, D.AFFECTED_SOP_INSTANCE: "1.2.3.4"}, True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        one = frame_file(fd, 0, 10000, 3, 16378, True)
+        for max_pdu in (0, 16384, 6 + len(command) + 6 + 10000):
+            merged = command_with_data(3, command, one, max_pdu)
+            assert merged is not None
+            pdu = P_DATA_TF()
+            pdu.decode(bytes(merged))
+            items = [(i.context_id, i.presentation_data_value[0], i.presentation_data_value[1:])
+                     for i in pdu.presentation_data_value_items]
+            assert items == [(3, 0x03, command), (3, 0x02, raw)]
+            assert len(merged) == 6 + pdu.pdu_length and pdu.pdu_length == 6 + len(command) + 6 + 10000
+        assert command_with_data(3, command, one, 6 + len(command) + 6 + 10000 - 1) is None  # past the peer's max
+        two = frame_file(fd, 0, 10000, 3, 6000, True)  # two PDUs
+        assert command_with_data(3, command, two, 0) is None
+    finally:
+        os.close(fd)
