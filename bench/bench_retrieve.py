@@ -25,6 +25,10 @@ benchmark): without it dcmtk leaves Nagle's algorithm on, and a dcmtk
 storescp destination delays each C-STORE-RSP by about 40 ms (measured: 100
 instances moved by fastscp took 4.8 s without it, 0.47 s with it), whatever
 the server. fastscp's C-MOVE sender sets TCP_NODELAY on its own socket.
+``--nagle`` leaves TCP_NODELAY out, to time the peers as they come: the
+move destination's Nagle then meets the sender's delayed ACKs unless the
+sender ACKs at once (TCP_QUICKACK, as fastscp's sender does since
+2026-12-06).
 
 Each time is the wall clock from starting the first SCU to the last one's exit (association
 set-up, the sub-operations, the destination's writes), checked by counting
@@ -79,7 +83,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_corpus import DEFAULT_ROOT, default_spec, ensure_corpus
 from receivers import free_port, wait_for_port
 
-ENV = {**os.environ, "TCP_NODELAY": "1"}  # read by the dcmtk tools (see the module doc)
+ENV = {**os.environ, "TCP_NODELAY": "1"}  # read by the dcmtk tools (see the module doc); --nagle: removed
 
 
 @contextmanager
@@ -211,10 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus-root", type=Path, default=DEFAULT_ROOT)
     ap.add_argument("--dcmtk-bin", default="/usr/bin")
     ap.add_argument("--orthanc", action="store_true", help="also time Orthanc (sent the corpus by storescu)")
+    ap.add_argument("--nagle", action="store_true",
+                    help="run the dcmtk peers without TCP_NODELAY=1 (their default: Nagle's algorithm on)")
     ap.add_argument("--baseline", action="append", default=[], metavar="[NAME=]DIR",
                     help="also time the fastscp package copy in this directory (as NAME; fastscp-before "
                          "without one); may be repeated")
     args = ap.parse_args(argv)
+    if args.nagle:  # the dcmtk peers as they come: Nagle's algorithm on
+        ENV.pop("TCP_NODELAY", None)
     baselines: dict[str, Path] = {}
     for spec in args.baseline:
         name, _, directory = spec.rpartition("=")
@@ -310,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
             rss_end = peak_rss(fast_proc.pid)
     load = os.getloadavg()[0]
     print(f"\n{n} x {corpus.total_bytes / n / 1e3:.0f} KB ({args.kind}), {len(patients)} patient(s), one SCU "
-          f"run per patient, {args.runs} runs each, "
+          f"run per patient, {args.runs} runs each, {'peers with Nagle on (--nagle), ' if args.nagle else ''}"
           f"{platform.node()} {os.cpu_count()} CPUs, {platform.python_version()}, load average {load:.1f}\n")
     print(f"fastscp peak RSS (VmHWM): {rss_start / 1e6:.0f} MB once started and indexed, "
           f"{rss_end / 1e6:.0f} MB after the runs\n")

@@ -969,3 +969,39 @@ def test_a_sub_operation_longer_than_pending_interval_is_followed_by_a_pending( 
         getter.assoc.release()
     assert (0xFF00, (n - 3, 3, 0, 0)) in [(r[0], counts(r[1])) for r in got[:-1]]
     assert got[-1][0] == 0x0000 and counts(got[-1][1]) == (None, n, 0, 0)
+
+
+def test_move_sender_acks_at_once_after_each_read(destinations, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C-MOVE sender (store_scu.StoreAssociation) sets TCP_QUICKACK on
+    its socket when it connects and again after every read: a destination
+    with Nagle's algorithm on (dcmtk storescp's default) otherwise waits for
+    a delayed ACK, about 40 ms, in each C-STORE-RSP (docs/benchmark.md). The
+    peer is a pynetdicom Storage SCP; the calls are counted, not timed."""
+    from fastscp.services import store_scu
+
+    calls: list[int] = []
+    real = store_scu.tcp_quickack
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(store_scu, "tcp_quickack", counting)
+    dest = Destination()
+    destinations.append(dest)
+    archive = fill(tmp_path / "src", count=3, studies=1)
+    pairs = sorted({(str(ds.SOPClassUID), EXPLICIT_LE) for ds in archive.by_uid.values()})
+    assoc = store_scu.StoreAssociation("127.0.0.1", dest.port, "FASTSCP", "DEST", pairs)
+    try:
+        fd = assoc.sock.fileno() if assoc.sock is not None else -1
+        after_accept = len(calls)
+        assert after_accept >= 2 and set(calls) == {fd}  # on connecting, and after reading the A-ASSOCIATE-AC
+        for path in archive.files:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            before = len(calls)
+            assert assoc.store(str(path), str(ds.SOPClassUID), str(ds.SOPInstanceUID), EXPLICIT_LE)[0] == 0x0000
+            assert len(calls) > before  # the C-STORE-RSP's read(s)
+    finally:
+        assoc.release()
+    assert set(dest.received) == set(archive.by_uid)
