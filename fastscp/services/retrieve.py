@@ -70,7 +70,7 @@ from ..qr.matching import element_text, query_level
 from ..qr.model import KEYS_BY_TAG, UNIQUE_KEY, InformationModel, Key, Level
 from .identifiers import decode_identifier, encode_identifier
 from .session import RemoteAE, Session
-from .store_scu import HEAD, AssociationLost, StoreAssociation, command_with_data, dataset_offset, frame_file
+from .store_scu import HEAD, AssociationLost, StoreAssociation, dataset_offset, frame_file
 
 __all__ = [
     "GetService", "MoveService", "PendingPacer", "RetrieveStatus", "StoredInstance", "TooManyInstances",
@@ -715,8 +715,7 @@ class _GetPipeline:
     The worker (``produce``) reads each file into framed PDUs (``frame_file``)
     up to ``AHEAD`` bytes ahead; the event loop (``pump``) sends them: at a
     sub-operation's start the Pending response of the one before and the
-    C-STORE-RQ with the first piece (in its PDU when the data set fits one:
-    ``command_with_data``), in one write, the rest of a large file
+    C-STORE-RQ with the first piece, in one write, the rest of a large file
     as its pieces come (while the transport holds less than ``BACKLOG``).
     A C-STORE-RSP is handled on the loop (``answered``), which sends the next
     sub-operation at once if the worker has it ready: no thread hand-over
@@ -916,14 +915,10 @@ class _GetPipeline:
                 for pending in self.pending:
                     session.send_framed(pending)
                 self.pending.clear()
-                merged = command_with_data(piece.context_id, command, piece.data, session.peer_max_pdu)
-                if merged is None:
-                    session.send_framed(P.encode_pdata(piece.context_id, command, True, session.peer_max_pdu))
+                session.send_framed(P.encode_pdata(piece.context_id, command, True, session.peer_max_pdu))
                 session.expect_response(message_id, self.answered)
                 self.message_id = message_id
-            else:
-                merged = None
-            session.send_framed(piece.data if merged is None else merged)
+            session.send_framed(piece.data)
             wrote = True
             if piece.last:
                 self.sent_at = time.monotonic()  # before awaiting: the worker reads them in that order

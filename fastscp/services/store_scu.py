@@ -1,7 +1,8 @@
 """A blocking C-STORE SCU association on the project's own PDU code: the
 sending side of C-MOVE's sub-operations (PS3.4 C.4.2.3).
 
-``StoreAssociation`` connects (TCP_NODELAY, optionally TLS), proposes one
+``StoreAssociation`` connects (TCP_NODELAY, TCP_QUICKACK again after each
+read, optionally TLS), proposes one
 presentation context per (SOP class, transfer syntax) pair, each with that
 one transfer syntax (PS3.8 9.3.2.2), and sends files as stored, never
 decoded: the data set is read with ``os.preadv`` into one buffer that
@@ -9,8 +10,7 @@ holds the P-DATA-TF PDU headers between the pieces of the peer's maximum
 PDU (``frame_file``: the bytes copied once, from the page cache; a file
 under 64 KB is taken from the first read that finds its meta group), in
 pieces of about 4 MiB; the command PDU and the first piece go out in one
-``sendmsg``, and a data set that fits one PDU goes in the command's PDU
-(``command_with_data``, PS3.8 E.1). It waits for each C-STORE-RSP before the next (no
+``sendmsg``. It waits for each C-STORE-RSP before the next (no
 asynchronous operations), reading it with one ``recv`` as a rule.
 Used from a worker thread; nothing here touches the event loop.
 """
@@ -29,7 +29,7 @@ from ..protocol import dimse as D
 from ..protocol import pdu as P
 from ..storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
-__all__ = ["HEAD", "AssociationLost", "StoreAssociation", "command_with_data", "dataset_offset", "frame_file"]
+__all__ = ["HEAD", "AssociationLost", "StoreAssociation", "dataset_offset", "frame_file"]
 
 MAX_PDU = 131072  # what we accept from the peer (its responses are small)
 HEAD = 65536  # the first read of a file: its meta group, and the whole of a small file
@@ -122,32 +122,6 @@ def frame_file(fd: int, offset: int, length: int, context_id: int, room: int, la
     else:
         _preadv_all(fd, views, offset)
     return buf
-
-
-def command_with_data(context_id: int, command: bytes, framed: bytes | bytearray, max_pdu: int) -> bytearray | None:
-    """One P-DATA-TF PDU carrying the command PDV and then the data set PDV
-    of one message, when the data set (or its first piece) was framed as a
-    single PDU (``framed``, from ``frame_file``) and both PDVs fit the
-    peer's maximum PDU length (0 = unlimited); None otherwise.
-
-    PS3.8 Annex E.1 lets the PDVs of one P-DATA request carry the command
-    and data fragments of the same message ("a single P-DATA request can be
-    used to exchange an entire message"). A small file then costs the
-    receiver one PDU to read instead of two (dcmtk reads each PDU's header
-    and body with one read each). The data set is copied once more, which
-    for a data set under one PDU (16 KB to 128 KB) costs less than the
-    reads it saves."""
-    data = len(framed) - 6  # the data PDV item: its length field, context ID, header, bytes
-    if data < 6 or struct.unpack_from(">I", framed, 2)[0] != data:  # not exactly one PDU
-        return None
-    body = 6 + len(command) + data
-    if max_pdu and body > max_pdu:
-        return None
-    out = bytearray(6 + body)
-    _PDV.pack_into(out, 0, P.P_DATA_TF, 0, body, len(command) + 2, context_id, 0x03)  # command, last fragment
-    out[12:12 + len(command)] = command
-    out[12 + len(command):] = memoryview(framed)[6:]
-    return out
 
 
 class StoreAssociation:
@@ -304,13 +278,8 @@ class StoreAssociation:
                 fields[D.MOVE_ORIGINATOR_AE] = originator_ae
             if originator_id is not None:
                 fields[D.MOVE_ORIGINATOR_ID] = originator_id
-            # the command and the data set's first piece in one sendmsg; in one PDU when it fits
-            command = D.encode_command(fields, True)
-            merged = command_with_data(context_id, command, first, self.peer_max_pdu)
-            if merged is not None:
-                self._send(merged)
-            else:
-                self._send(P.encode_pdata(context_id, command, True, self.peer_max_pdu), first)
+            # the command and the data set's first piece in one sendmsg
+            self._send(P.encode_pdata(context_id, D.encode_command(fields, True), True, self.peer_max_pdu), first)
             offset, left = offset + n, left - n
             try:
                 while left > 0:
