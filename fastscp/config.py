@@ -344,8 +344,8 @@ class QueryRetrieveConfig:
         "unable to calculate number of matches) before any sub-operation; null = no limit", check=_between(1))
     pending_interval: float = _f(
         1.0, "seconds between the Pending responses of a C-MOVE or C-GET (PS3.4 C.4.2.3.1, C.4.3.3.1 make "
-        "them optional): one goes out after a sub-operation once this long has passed since the request or "
-        "the last one; 0 = after every sub-operation", check=_between(0, 3600, "seconds"))
+        "them optional): one goes out after a sub-operation once this long has passed since the "
+        "sub-operations began or the last one; 0 = after every sub-operation", check=_between(0, 3600, "seconds"))
 
 
 @dataclass(frozen=True)

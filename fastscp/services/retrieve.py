@@ -27,13 +27,13 @@ read. Pending responses, with the Remaining, Completed, Failed and Warning
 counts, are optional (PS3.4 C.4.2.3.1 for C-MOVE, C.4.3.3.1 for C-GET: "the
 SCP may generate" them; PS3.7 9.3.3.4 and 9.3.4.4: "zero or more" before
 the final one): one goes out after a sub-operation once
-``query_retrieve.pending_interval`` seconds have passed since the request
-or the last Pending (``PendingPacer``; 0: after every sub-operation, as
-dcmqrscp and Orthanc do). The final response is Success, 0xB000
-(some failed or warned), 0xA702 (all failed) or 0xFE00 (C-CANCEL: counts,
-with Remaining the sub-operations not started), with the Failed SOP Instance
-UID List (0008,0058) in its identifier when a sub-operation failed (PS3.4
-C.4.2.1.4, C.4.2.3.1, C.4.3.1.3). A retrieve naming more instances than
+``query_retrieve.pending_interval`` seconds have passed since the
+sub-operations began or since the last Pending (``PendingPacer``; 0: after
+every sub-operation, as dcmqrscp and Orthanc do). The final response is
+Success, 0xB000 (some failed or warned), 0xA702 (all failed) or 0xFE00
+(C-CANCEL: counts, with Remaining the sub-operations not started), with
+the Failed SOP Instance UID List (0008,0058) in its identifier when a
+sub-operation failed (PS3.4 C.4.2.1.4, C.4.2.3.1, C.4.3.1.3). A retrieve naming more instances than
 ``query_retrieve.max_retrieve_instances`` is refused 0xA701 before any
 sub-operation (counted in SQL). See docs/query-retrieve.md.
 
