@@ -33,9 +33,10 @@ every sub-operation, as dcmqrscp and Orthanc do). The final response is
 Success, 0xB000 (some failed or warned), 0xA702 (all failed) or 0xFE00
 (C-CANCEL: counts, with Remaining the sub-operations not started), with
 the Failed SOP Instance UID List (0008,0058) in its identifier when a
-sub-operation failed (PS3.4 C.4.2.1.4, C.4.2.3.1, C.4.3.1.3). A retrieve naming more instances than
-``query_retrieve.max_retrieve_instances`` is refused 0xA701 before any
-sub-operation (counted in SQL). See docs/query-retrieve.md.
+sub-operation failed (PS3.4 C.4.2.1.4, C.4.2.3.1, C.4.3.1.3). A retrieve
+naming more instances than ``query_retrieve.max_retrieve_instances`` is
+refused 0xA701 before any sub-operation (counted in SQL). See
+docs/query-retrieve.md.
 
 Threads: ``start`` runs on the event loop and starts one worker thread per
 request; the worker reads the index (its own cursor) and the files, and

@@ -2,14 +2,13 @@
 sending side of C-MOVE's sub-operations (PS3.4 C.4.2.3).
 
 ``StoreAssociation`` connects (TCP_NODELAY, TCP_QUICKACK again after each
-read, optionally TLS), proposes one
-presentation context per (SOP class, transfer syntax) pair, each with that
-one transfer syntax (PS3.8 9.3.2.2), and sends files as stored, never
-decoded: the data set is read with ``os.preadv`` into one buffer that
-holds the P-DATA-TF PDU headers between the pieces of the peer's maximum
-PDU (``frame_file``: the bytes copied once, from the page cache; a file
-under 64 KB is taken from the first read that finds its meta group), in
-pieces of about 4 MiB; the command PDU and the first piece go out in one
+read, optionally TLS), proposes one presentation context per (SOP class,
+transfer syntax) pair, each with that one transfer syntax (PS3.8 9.3.2.2),
+and sends files as stored, never decoded: the data set is read with
+``os.preadv`` into one buffer that holds the P-DATA-TF PDU headers between
+the pieces of the peer's maximum PDU (``frame_file``: the bytes copied
+once, from the page cache; a file under 64 KB is taken from the first read
+that finds its meta group), in pieces of about 4 MiB; the command PDU and the first piece go out in one
 ``sendmsg``. It waits for each C-STORE-RSP before the next (no
 asynchronous operations), reading it with one ``recv`` as a rule.
 Used from a worker thread; nothing here touches the event loop.
