@@ -129,7 +129,8 @@ def service_modules(cfg: Config) -> dict[type, ServiceModule]:
     tls = cfg.server.tls
     tls_context = functools.partial(client_ssl_context, tls.ca_bundle, tls.certificate, tls.key)
     modules = registry.modules(bool(cfg.database.path), tls_context, cfg.server.dimse_timeout,
-                               cfg.query_retrieve.max_find_matches, cfg.query_retrieve.max_retrieve_instances)
+                               cfg.query_retrieve.max_find_matches, cfg.query_retrieve.max_retrieve_instances,
+                               cfg.query_retrieve.pending_interval)
     modules[NActionRequest] = CommitmentService(tls_context, answer_wait=cfg.server.idle_timeout or 0.0)
     return modules
 

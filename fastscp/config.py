@@ -342,6 +342,10 @@ class QueryRetrieveConfig:
     max_retrieve_instances: int | None = _f(
         100000, "a C-MOVE or C-GET naming more instances is refused 0xA701 (Refused: Out of Resources, "
         "unable to calculate number of matches) before any sub-operation; null = no limit", check=_between(1))
+    pending_interval: float = _f(
+        1.0, "seconds between the Pending responses of a C-MOVE or C-GET (PS3.4 C.4.2.3.1, C.4.3.3.1 make "
+        "them optional): one goes out after a sub-operation once this long has passed since the "
+        "sub-operations began or the last one; 0 = after every sub-operation", check=_between(0, 3600, "seconds"))
 
 
 @dataclass(frozen=True)

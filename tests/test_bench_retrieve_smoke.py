@@ -22,12 +22,19 @@ def test_bench_retrieve_runs_all_three(tmp_path: Path, capsys: pytest.CaptureFix
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BENCH_TMP", str(tmp_path))
     # --baseline: the package of this checkout again, as "fastscp-before"
+    # and once more under a name of its own (--baseline NAME=DIR)
     assert bench_retrieve.main(["--count", "30", "--runs", "1", "--orthanc", "--baseline", str(BENCH.parent),
+                                "--baseline", f"step={BENCH.parent}",
                                 "--corpus-root", str(tmp_path / "corpus")]) == 0
     out = capsys.readouterr().out
     for mode in ("move", "get"):
-        for server in ("fastscp", "dcmqrscp", "orthanc", "fastscp-before"):
+        for server in ("fastscp", "dcmqrscp", "orthanc", "fastscp-before", "step"):
             assert f"| {mode} | {server} |" in out
         assert f"{mode}: fastscp / dcmqrscp = " in out and f"{mode}: fastscp / orthanc = " in out
-        assert f"{mode}: fastscp / fastscp-before = " in out
+        assert f"{mode}: fastscp / fastscp-before = " in out and f"{mode}: fastscp / step = " in out
     assert "30 x " in out and "1 patient(s)" in out
+    # the CPU table: one row per server and mode, the server's and the peers' time per instance
+    cpu_rows = [line.split("|")[1:-1] for line in out.split("CPU time per instance", 1)[1].splitlines()
+                if line.startswith(("| move |", "| get |"))]
+    assert len(cpu_rows) == 10
+    assert all(int(row[3]) > 0 for row in cpu_rows), cpu_rows  # the SCUs (and storescp) always spend some

@@ -270,6 +270,9 @@ def test_wrong_types(text: str, key: str, line: int, words: str) -> None:
         ("storage:\n  max_instance_size: lots\n", "storage.max_instance_size", 2, "not a size"),
         ("server:\n  called_ae_comparison: fuzzy\n", "server.called_ae_comparison", 2, "strict"),
         ("accepted_sop_classes: []\n", "accepted_sop_classes", 1, "cannot be empty"),
+        ("query_retrieve:\n  pending_interval: -0.5\n", "query_retrieve.pending_interval", 2, "out of range"),
+        ("query_retrieve:\n  pending_interval: 7200\n", "query_retrieve.pending_interval", 2, "out of range"),
+        ("query_retrieve:\n  pending_interval: often\n", "query_retrieve.pending_interval", 2, "number"),
     ],
 )
 def test_impossible_values(text: str, key: str, line: int, words: str) -> None:

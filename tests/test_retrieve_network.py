@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -67,10 +68,14 @@ def fill(tree: Path, count: int = 12, studies: int = 2) -> Archive:
     return archive
 
 
-def config(tmp_path: Path, destinations: dict[str, int]) -> str:
-    lines = ["remote_aes:"]
+def config(tmp_path: Path, destinations: dict[str, int], pending_interval: float | None = None) -> str:
+    """A config file naming ``destinations``; ``pending_interval``:
+    query_retrieve.pending_interval (None: the default)."""
+    lines = ["remote_aes:"] if destinations else ["remote_aes: []"]
     for ae_title, port in destinations.items():
         lines += [f"  - ae_title: {ae_title}", "    host: 127.0.0.1", f"    port: {port}"]
+    if pending_interval is not None:
+        lines += ["query_retrieve:", f"  pending_interval: {pending_interval}"]
     path = tmp_path / "fastscp.yaml"
     path.write_text("\n".join(lines) + "\n")
     return str(path)
@@ -200,7 +205,7 @@ def test_move_series_and_image_levels_patient_root(start_server, destinations, t
     dest = Destination()
     destinations.append(dest)
     archive = fill(tmp_path / "store0")
-    srv = start_server("--config", config(tmp_path, {"DEST": dest.port})).indexed()
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}, pending_interval=0)).indexed()
     ds = next(iter(archive.by_uid.values()))
     series = {k for k, d in archive.by_uid.items() if d.SeriesInstanceUID == ds.SeriesInstanceUID}
     query = identifier("SERIES", PatientID=str(ds.PatientID), StudyInstanceUID=str(ds.StudyInstanceUID),
@@ -208,7 +213,7 @@ def test_move_series_and_image_levels_patient_root(start_server, destinations, t
     responses = move(srv, "DEST", query, PatientRootQueryRetrieveInformationModelMove)
     assert responses[-1][0] == 0x0000 and counts(responses[-1][1]) == (None, len(series), 0, 0)
     assert set(dest.received) == series
-    # pending after every sub-operation but the last, Remaining counting down
+    # pending_interval 0: Pending after every sub-operation but the last, Remaining counting down
     assert [counts(r[1]) for r in responses[:-1]] == [(len(series) - n, n, 0, 0) for n in range(1, len(series))]
     # Move Originator AE Title and Message ID on every sub-operation (PS3.7 9.3.1.1)
     assert set(dest.originators) == {("MOVER", 1)}
@@ -403,7 +408,7 @@ class Getter:
 
 def test_pynetdicom_get_byte_identical_and_roles(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     archive = fill(tmp_path / "store0")
-    srv = start_server().indexed()
+    srv = start_server("--config", config(tmp_path, {}, pending_interval=0)).indexed()
     getter = Getter(srv)
     try:
         # the SCP role was granted for the storage classes
@@ -414,6 +419,7 @@ def test_pynetdicom_get_byte_identical_and_roles(start_server, tmp_path: Path) -
         responses = getter.get(identifier("STUDY", StudyInstanceUID=study))
         n = len(archive.of_study(study))
         assert responses[-1][0] == 0x0000 and counts(responses[-1][1]) == (None, n, 0, 0)
+        # pending_interval 0: Pending after every sub-operation but the last
         assert [counts(r[1]) for r in responses[:-1]] == [(n - k, k, 0, 0) for k in range(1, n)]
         assert set(getter.received) == archive.of_study(study)
         stored = stored_by_uid(srv)
@@ -804,7 +810,7 @@ def test_move_and_get_stream_files_larger_than_a_segment_byte_identical(start_se
     made.append(make_image(tree / "small.dcm", 9, study=8, size=16))
     assert (tree / "huge0.dcm").stat().st_size > 2 * SEGMENT
     port, out = storescp
-    srv = start_server("--config", config(tmp_path, {"DEST": port})).indexed()
+    srv = start_server("--config", config(tmp_path, {"DEST": port}, pending_interval=0)).indexed()
     study = str(made[0].StudyInstanceUID)
     keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(srv.port)]
     got = tmp_path / "got"
@@ -869,3 +875,133 @@ def test_get_requestor_that_stops_reading_mid_file_is_aborted(start_server, tmp_
     assert _echo_ok(srv)
     assert "Traceback" not in srv.log_text()
     sock.close()
+
+
+# ---- Pending responses: query_retrieve.pending_interval ------------------------------------------
+
+
+def _dcmtk_responses(tool: str, srv: Server, study: str, out: Path) -> list[str]:
+    """dcmtk movescu (to DEST) or getscu (into ``out``) of ``study``, -v:
+    the status of each C-MOVE/C-GET response it logs, in order."""
+    args = ["-aem", "DEST"] if tool == "movescu" else ["-od", str(out)]
+    result = subprocess.run([dcmtk(tool), "-v", "-S", "-aet", "SCU", "-aec", srv.ae_title, *args,
+                             "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}",
+                             "127.0.0.1", str(srv.port)], capture_output=True, text=True, timeout=120)
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text
+    kind = "Move" if tool == "movescu" else "C-GET"
+    return [line.split("(", 1)[1].rstrip(")") for line in text.splitlines()
+            if f"Received {kind} Response" in line or f"Received Final {kind} Response" in line]
+
+
+@pytest.mark.parametrize("interval", [0, 3600])
+def test_pending_responses_follow_pending_interval(start_server, destinations, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                   interval: float) -> None:
+    """query_retrieve.pending_interval: 0 sends a Pending response after
+    every sub-operation but the last; 3600 (longer than the retrieve) sends
+    none, PS3.4 C.4.2.3.1 / C.4.3.3.1 making them optional. Either way the
+    final response carries the right counts, for pynetdicom's C-MOVE and
+    C-GET and dcmtk movescu and getscu."""
+    dest = Destination()
+    destinations.append(dest)
+    archive = fill(tmp_path / "store0", count=10, studies=1)
+    study = archive.study_uids()[0]
+    n = len(archive.of_study(study))
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}, pending_interval=interval)).indexed()
+    expected_pending = [(n - k, k, 0, 0) for k in range(1, n)] if interval == 0 else []
+    responses = move(srv, "DEST", identifier("STUDY", StudyInstanceUID=study))
+    assert [r[0] for r in responses[:-1]] == [0xFF00] * len(expected_pending)
+    assert [counts(r[1]) for r in responses[:-1]] == expected_pending
+    assert responses[-1][0] == 0x0000 and counts(responses[-1][1]) == (None, n, 0, 0)
+    assert set(dest.received) == archive.of_study(study)
+    getter = Getter(srv)
+    try:
+        responses = getter.get(identifier("STUDY", StudyInstanceUID=study))
+    finally:
+        getter.assoc.release()
+    assert [counts(r[1]) for r in responses[:-1]] == expected_pending
+    assert responses[-1][0] == 0x0000 and counts(responses[-1][1]) == (None, n, 0, 0)
+    assert set(getter.received) == archive.of_study(study)
+    got = tmp_path / "got"
+    got.mkdir()
+    statuses = ["Pending"] * len(expected_pending) + ["Success"]
+    assert _dcmtk_responses("getscu", srv, study, got) == statuses
+    assert len(list(got.iterdir())) == n
+    dest.received.clear()
+    assert _dcmtk_responses("movescu", srv, study, got) == statuses
+    assert set(dest.received) == archive.of_study(study)
+
+
+def test_a_sub_operation_longer_than_pending_interval_is_followed_by_a_pending(  # type: ignore[no-untyped-def]
+        start_server, destinations, tmp_path: Path) -> None:
+    """pending_interval 0.3 s: the destination (C-MOVE) or the requestor
+    (C-GET) holds its answer to the third sub-operation for longer than
+    that, so a Pending response with Completed 3 must follow it, whatever
+    the machine's speed (the pacer's clock started before the hold)."""
+    dest = Destination(hold_at=3)
+    destinations.append(dest)
+    archive = fill(tmp_path / "store0", count=8, studies=1)
+    study = archive.study_uids()[0]
+    n = len(archive.of_study(study))
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}, pending_interval=0.3)).indexed()
+    query = identifier("STUDY", StudyInstanceUID=study)
+    moved: list[tuple[int, Dataset, Dataset | None]] = []
+    mover = threading.Thread(target=lambda: moved.extend(move(srv, "DEST", query)))
+    mover.start()
+    assert dest.reached.wait(30)
+    time.sleep(0.4)  # not a synchronisation: the time the held sub-operation takes, past the interval
+    dest.release.set()
+    mover.join(60)
+    assert (0xFF00, (n - 3, 3, 0, 0)) in [(r[0], counts(r[1])) for r in moved[:-1]]
+    assert moved[-1][0] == 0x0000 and counts(moved[-1][1]) == (None, n, 0, 0)
+
+    getter = Getter(srv, hold_at=3)
+    got: list[tuple[int, Dataset, Dataset | None]] = []
+    runner = threading.Thread(target=lambda: got.extend(getter.get(query)))
+    runner.start()
+    try:
+        assert getter.reached.wait(30)
+        time.sleep(0.4)  # as above
+        getter.release.set()
+        runner.join(60)
+    finally:
+        getter.release.set()
+        getter.assoc.release()
+    assert (0xFF00, (n - 3, 3, 0, 0)) in [(r[0], counts(r[1])) for r in got[:-1]]
+    assert got[-1][0] == 0x0000 and counts(got[-1][1]) == (None, n, 0, 0)
+
+
+def test_move_sender_acks_at_once_after_each_read(destinations, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C-MOVE sender (store_scu.StoreAssociation) sets TCP_QUICKACK on
+    its socket when it connects and again after every read: a destination
+    with Nagle's algorithm on (dcmtk storescp's default) otherwise waits for
+    a delayed ACK, about 40 ms, in each C-STORE-RSP (docs/benchmark.md). The
+    peer is a pynetdicom Storage SCP; the calls are counted, not timed."""
+    from fastscp.services import store_scu
+
+    calls: list[int] = []
+    real = store_scu.tcp_quickack
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(store_scu, "tcp_quickack", counting)
+    dest = Destination()
+    destinations.append(dest)
+    archive = fill(tmp_path / "src", count=3, studies=1)
+    pairs = sorted({(str(ds.SOPClassUID), EXPLICIT_LE) for ds in archive.by_uid.values()})
+    assoc = store_scu.StoreAssociation("127.0.0.1", dest.port, "FASTSCP", "DEST", pairs)
+    try:
+        fd = assoc.sock.fileno() if assoc.sock is not None else -1
+        after_accept = len(calls)
+        assert after_accept >= 2 and set(calls) == {fd}  # on connecting, and after reading the A-ASSOCIATE-AC
+        for path in archive.files:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            before = len(calls)
+            assert assoc.store(str(path), str(ds.SOPClassUID), str(ds.SOPInstanceUID), EXPLICIT_LE)[0] == 0x0000
+            assert len(calls) > before  # the C-STORE-RSP's read(s)
+    finally:
+        assoc.release()
+    assert set(dest.received) == set(archive.by_uid)

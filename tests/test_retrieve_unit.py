@@ -209,3 +209,30 @@ def test_store_association_refuses_a_malformed_accept() -> None:
             StoreAssociation("127.0.0.1", server.getsockname()[1], "FASTSCP", "DEST",
                              [(CT_IMAGE, EXPLICIT_LE)], timeout=10)
         thread.join(10)
+
+
+def test_pending_pacer_allows_one_per_interval() -> None:
+    """query_retrieve.pending_interval: after each sub-operation a Pending
+    response goes out only once the interval has passed since the start or
+    the last one; 0 allows every one (and reads no clock)."""
+    from fastscp.services.retrieve import PendingPacer
+
+    now = [0.0]
+
+    def clock() -> float:
+        return now[0]
+
+    pacer = PendingPacer(1.0, clock)
+    allowed = []
+    for _ in range(9):  # a sub-operation every 0.4 s
+        now[0] += 0.4
+        allowed.append(pacer.due())
+    assert allowed == [False, False, True, False, False, True, False, False, True]
+    now[0] += 5.0  # a long sub-operation: the next one is due at once
+    assert pacer.due() and not pacer.due()
+
+    def no_clock() -> float:
+        raise AssertionError("an interval of 0 reads no clock")
+
+    every = PendingPacer(0.0, no_clock)
+    assert all(every.due() for _ in range(5))

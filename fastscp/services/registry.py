@@ -79,13 +79,15 @@ class Deferred:
 
 def modules(with_index: bool, tls_context: Callable[[], ssl.SSLContext] | None = None,
             timeout: float | None = None, max_find_matches: int | None = None,
-            max_retrieve_instances: int | None = None) -> dict[type, ServiceModule]:
+            max_retrieve_instances: int | None = None,
+            pending_interval: float | None = None) -> dict[type, ServiceModule]:
     """The modules the server runs: C-FIND, C-MOVE and C-GET read the index,
     so they are served only with one; ``timeout`` (``server.dimse_timeout``)
     bounds the waits of the retrieve modules; a C-FIND matching more than
     ``max_find_matches`` is refused 0xA700 after that many responses; a
     C-MOVE or C-GET naming more than ``max_retrieve_instances`` is refused
-    0xA701 before any sub-operation."""
+    0xA701 before any sub-operation; ``pending_interval`` paces a C-MOVE's
+    or C-GET's Pending responses (None: the retrieve module's default)."""
     if not with_index:
         return {}
 
@@ -97,7 +99,9 @@ def modules(with_index: bool, tls_context: Callable[[], ssl.SSLContext] | None =
     def retrieve() -> Mapping[type, ServiceModule]:
         from . import retrieve as module
 
-        return module.services(tls_context, timeout, max_retrieve_instances)
+        if pending_interval is None:
+            return module.services(tls_context, timeout, max_retrieve_instances)
+        return module.services(tls_context, timeout, max_retrieve_instances, pending_interval)
 
     query, moving = _Group(_query), _Group(retrieve)
     return {

@@ -23,14 +23,20 @@ the file's data set exactly as stored (no decoding, no transcoding):
 
 A sub-operation whose SOP class and transfer syntax the receiver did not
 accept fails (transcoding is not done) and so does one whose file cannot be
-read. After each sub-operation a Pending response carries the Remaining,
-Completed, Failed and Warning counts; the final response is Success, 0xB000
-(some failed or warned), 0xA702 (all failed) or 0xFE00 (C-CANCEL: counts,
-with Remaining the sub-operations not started), with the Failed SOP Instance
-UID List (0008,0058) in its identifier when a sub-operation failed (PS3.4
-C.4.2.1.4, C.4.2.3.1, C.4.3.1.3). A retrieve naming more instances than
-``query_retrieve.max_retrieve_instances`` is refused 0xA701 before any
-sub-operation (counted in SQL). See docs/query-retrieve.md.
+read. Pending responses, with the Remaining, Completed, Failed and Warning
+counts, are optional (PS3.4 C.4.2.3.1 for C-MOVE, C.4.3.3.1 for C-GET: "the
+SCP may generate" them; PS3.7 9.3.3.4 and 9.3.4.4: "zero or more" before
+the final one): one goes out after a sub-operation once
+``query_retrieve.pending_interval`` seconds have passed since the
+sub-operations began or since the last Pending (``PendingPacer``; 0: after
+every sub-operation, as dcmqrscp and Orthanc do). The final response is
+Success, 0xB000 (some failed or warned), 0xA702 (all failed) or 0xFE00
+(C-CANCEL: counts, with Remaining the sub-operations not started), with
+the Failed SOP Instance UID List (0008,0058) in its identifier when a
+sub-operation failed (PS3.4 C.4.2.1.4, C.4.2.3.1, C.4.3.1.3). A retrieve
+naming more instances than ``query_retrieve.max_retrieve_instances`` is
+refused 0xA701 before any sub-operation (counted in SQL). See
+docs/query-retrieve.md.
 
 Threads: ``start`` runs on the event loop and starts one worker thread per
 request; the worker reads the index (its own cursor) and the files, and
@@ -68,7 +74,8 @@ from .session import RemoteAE, Session
 from .store_scu import HEAD, AssociationLost, StoreAssociation, dataset_offset, frame_file
 
 __all__ = [
-    "GetService", "MoveService", "RetrieveStatus", "StoredInstance", "TooManyInstances", "select_instances",
+    "GetService", "MoveService", "PendingPacer", "RetrieveStatus", "StoredInstance", "TooManyInstances",
+    "select_instances",
 ]
 
 log = logging.getLogger("fastscp.scp")
@@ -235,6 +242,42 @@ class _Stopped(Exception):
     """The association ended (or the loop stopped): no answer can go out."""
 
 
+PENDING_INTERVAL = 1.0  # seconds between Pending responses (query_retrieve.pending_interval)
+
+
+class PendingPacer:
+    """When a retrieve sends a Pending response: after a sub-operation, once
+    ``interval`` seconds have passed since the pacer was made (the
+    sub-operations' start) or since the last one it allowed; every time
+    with an interval of 0.
+
+    Pending C-MOVE and C-GET responses are optional (PS3.4 C.4.2.3.1,
+    C.4.3.3.1) and the requester's protocol machine takes zero or more of
+    them before the final response (PS3.7 9.3.3.4, 9.3.4.4), which alone
+    carries the counts that count. Each one costs the requester a wake-up,
+    a read and a command decode per sub-operation (and, for a C-MOVE, a
+    hand-over from the worker to the event loop here), while what it tells
+    a person watching changes little between two sub-operations a
+    millisecond apart; one a second still shows progress and keeps a
+    requester's DIMSE timeout from expiring while sub-operations go on.
+    """
+
+    def __init__(self, interval: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.last = clock() if interval > 0 else 0.0
+
+    def due(self) -> bool:
+        """A Pending response goes out now (and the interval restarts)."""
+        if self.interval <= 0:
+            return True
+        now = self.clock()
+        if now - self.last < self.interval:
+            return False
+        self.last = now
+        return True
+
+
 _T = TypeVar("_T")
 
 
@@ -242,13 +285,15 @@ class _Retrieval:
     """One C-MOVE or C-GET in its worker thread (an ``Operation``)."""
 
     def __init__(self, session: Session, context_id: int, request: CMoveRequest | CGetRequest,
-                 response_field: int, transfer_syntax: str, what: str) -> None:
+                 response_field: int, transfer_syntax: str, what: str,
+                 pending_interval: float = PENDING_INTERVAL) -> None:
         self.session = session
         self.context_id = context_id
         self.request = request
         self.response_field = response_field
         self.transfer_syntax = transfer_syntax
         self.what = what  # for log lines: "C-MOVE to X", "C-GET"
+        self.pending_interval = pending_interval  # see PendingPacer
         self.cancelled = threading.Event()
         self.ended = threading.Event()  # the association ended: stop without answering
         self.wakeups: list[Callable[[], None]] = []  # called on cancel(): unblock a wait
@@ -317,8 +362,10 @@ class _Retrieval:
     # ---- the sub-operations ------------------------------------------------------------------
 
     def run(self, instances: Sequence[StoredInstance], sender: _Sender) -> None:
-        """Send each instance through ``sender``; Pending after each, then the final response."""
+        """Send each instance through ``sender``; a Pending response after
+        those the pacer allows, then the final response."""
         tally = _Tally(len(instances))
+        pacer = PendingPacer(self.pending_interval)
         try:
             for instance in instances:
                 if self.cancelled.is_set() or self.ended.is_set():
@@ -328,7 +375,7 @@ class _Retrieval:
                 if not why:
                     status, why = sender.store(instance)
                 tally.record(instance.sop_instance_uid, status, why)
-                if tally.done < tally.total and not self.ended.is_set():
+                if tally.done < tally.total and not self.ended.is_set() and pacer.due():
                     self.respond(D.PENDING, tally.counts(()))
         finally:
             sender.close()
@@ -396,10 +443,12 @@ class _RetrieveService:
 
     response_field = 0
 
-    def __init__(self, models: Sequence[InformationModel], max_instances: int | None = None) -> None:
+    def __init__(self, models: Sequence[InformationModel], max_instances: int | None = None,
+                 pending_interval: float = PENDING_INTERVAL) -> None:
         self.models = {self.uid_of(m): m for m in models}
         self.sop_classes = frozenset(self.models)
         self.max_instances = max_instances
+        self.pending_interval = pending_interval
 
     @staticmethod
     def uid_of(model: InformationModel) -> str:
@@ -410,7 +459,8 @@ class _RetrieveService:
         context = session.context(context_id)
         model = self.models.get(request.affected_sop_class_uid)
         ts = context[1] if context is not None else ""
-        op = _Retrieval(session, context_id, request, self.response_field, ts, self.describe(request))
+        op = _Retrieval(session, context_id, request, self.response_field, ts, self.describe(request),
+                        self.pending_interval)
         session.operation_started(request.message_id, op)
         if model is None or context is None or context[0] != request.affected_sop_class_uid:
             log.warning("%s (assoc %s): SOP class %s is not a retrieve SOP class of its context", op.what,
@@ -496,8 +546,8 @@ class MoveService(_RetrieveService):
 
     def __init__(self, models: Sequence[InformationModel] = tuple(InformationModel),
                  tls_context: Callable[[], ssl.SSLContext] | None = None, timeout: float = 30.0,
-                 max_instances: int | None = None) -> None:
-        super().__init__(models, max_instances)
+                 max_instances: int | None = None, pending_interval: float = PENDING_INTERVAL) -> None:
+        super().__init__(models, max_instances, pending_interval)
         self.tls_context = tls_context
         self.timeout = timeout
 
@@ -609,8 +659,9 @@ class GetService(_RetrieveService):
     response_field = D.C_GET_RSP
 
     def __init__(self, models: Sequence[InformationModel] = tuple(InformationModel),
-                 response_timeout: float = RESPONSE_TIMEOUT, max_instances: int | None = None) -> None:
-        super().__init__(models, max_instances)
+                 response_timeout: float = RESPONSE_TIMEOUT, max_instances: int | None = None,
+                 pending_interval: float = PENDING_INTERVAL) -> None:
+        super().__init__(models, max_instances, pending_interval)
         self.response_timeout = response_timeout
 
     @staticmethod
@@ -683,6 +734,7 @@ class _GetPipeline:
         self.room = max(1, (peer_max_pdu or SEGMENT + 6) - 6)  # data bytes per PDU
         self.segment = max(1, SEGMENT // self.room) * self.room  # a whole number of PDUs
         self.tally = _Tally(len(instances))
+        self.pacer = PendingPacer(op.pending_interval)
         self.lock = threading.Lock()
         self.space = threading.Condition(self.lock)
         self.ready: collections.deque[_Piece] = collections.deque()
@@ -885,7 +937,7 @@ class _GetPipeline:
     def _record(self, instance: StoredInstance, status: int | None, why: str) -> None:
         tally = self.tally
         tally.record(instance.sop_instance_uid, status, why)
-        if tally.done < tally.total:
+        if tally.done < tally.total and self.pacer.due():
             op = self.op
             command = D.encode_command({
                 D.AFFECTED_SOP_CLASS: op.request.affected_sop_class_uid, D.COMMAND_FIELD: op.response_field,
@@ -912,13 +964,18 @@ class _GetPipeline:
 
 
 def services(tls_context: Callable[[], ssl.SSLContext] | None = None, timeout: float | None = None,
-             max_instances: int | None = None) -> dict[type, MoveService | GetService]:
+             max_instances: int | None = None,
+             pending_interval: float = PENDING_INTERVAL) -> dict[type, MoveService | GetService]:
     """The retrieve modules by request type, for ``ServerState.services``;
     ``timeout`` (``server.dimse_timeout``; None: 120 s) bounds the wait for
     a C-STORE-RSP and each socket operation of a C-MOVE's association; a
     retrieve naming more than ``max_instances``
     (``query_retrieve.max_retrieve_instances``; None: no limit) is refused
-    0xA701 before any sub-operation."""
+    0xA701 before any sub-operation; ``pending_interval``
+    (``query_retrieve.pending_interval``) paces the Pending responses
+    (``PendingPacer``)."""
     wait = timeout or RESPONSE_TIMEOUT
-    return {CMoveRequest: MoveService(tls_context=tls_context, timeout=wait, max_instances=max_instances),
-            CGetRequest: GetService(response_timeout=wait, max_instances=max_instances)}
+    return {CMoveRequest: MoveService(tls_context=tls_context, timeout=wait, max_instances=max_instances,
+                                      pending_interval=pending_interval),
+            CGetRequest: GetService(response_timeout=wait, max_instances=max_instances,
+                                    pending_interval=pending_interval)}

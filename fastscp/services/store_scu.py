@@ -1,14 +1,14 @@
 """A blocking C-STORE SCU association on the project's own PDU code: the
 sending side of C-MOVE's sub-operations (PS3.4 C.4.2.3).
 
-``StoreAssociation`` connects (TCP_NODELAY, optionally TLS), proposes one
-presentation context per (SOP class, transfer syntax) pair, each with that
-one transfer syntax (PS3.8 9.3.2.2), and sends files as stored, never
-decoded: the data set is read with ``os.preadv`` into one buffer that
-holds the P-DATA-TF PDU headers between the pieces of the peer's maximum
-PDU (``frame_file``: the bytes copied once, from the page cache; a file
-under 64 KB is taken from the first read that finds its meta group), in
-pieces of about 4 MiB; the command PDU and the first piece go out in one
+``StoreAssociation`` connects (TCP_NODELAY, TCP_QUICKACK again after each
+read, optionally TLS), proposes one presentation context per (SOP class,
+transfer syntax) pair, each with that one transfer syntax (PS3.8 9.3.2.2),
+and sends files as stored, never decoded: the data set is read with
+``os.preadv`` into one buffer that holds the P-DATA-TF PDU headers between
+the pieces of the peer's maximum PDU (``frame_file``: the bytes copied
+once, from the page cache; a file under 64 KB is taken from the first read
+that finds its meta group), in pieces of about 4 MiB; the command PDU and the first piece go out in one
 ``sendmsg``. It waits for each C-STORE-RSP before the next (no
 asynchronous operations), reading it with one ``recv`` as a rule.
 Used from a worker thread; nothing here touches the event loop.
@@ -23,6 +23,7 @@ import ssl
 import struct
 
 from .._ext.framer import decode_command
+from .._ext.sockio import tcp_quickack
 from ..protocol import dimse as D
 from ..protocol import pdu as P
 from ..storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -146,6 +147,13 @@ class StoreAssociation:
                 sock.close()
                 raise AssociationLost(f"TLS with {self.where} failed: {exc}") from None
         self.sock: socket.socket | None = sock
+        # TCP_QUICKACK, set again after each read (Linux clears it): a peer
+        # with Nagle's algorithm on (dcmtk storescp without TCP_NODELAY=1 in
+        # its environment, its default) holds the end of its C-STORE-RSP until
+        # the start is ACKed, and a delayed ACK here held that 40 ms per
+        # sub-operation (measured: 100 instances took 4.7 s)
+        self._quickack_fd = sock.fileno() if hasattr(socket, "TCP_QUICKACK") else -1
+        self._quickack()
         try:
             self._send(P.encode_associate_rq(calling_ae, called_ae, pairs, MAX_PDU, IMPLEMENTATION_CLASS_UID,
                                               IMPLEMENTATION_VERSION_NAME))
@@ -223,9 +231,17 @@ class StoreAssociation:
                 if not chunk:
                     raise AssociationLost(f"{self.where} closed the connection")
                 self._received += chunk
+                self._quickack()
         except OSError as exc:
             self.close()
             raise AssociationLost(f"association with {self.where} lost: {exc.strerror or exc}") from None
+
+    def _quickack(self) -> None:
+        if self._quickack_fd >= 0:
+            try:
+                tcp_quickack(self._quickack_fd)
+            except OSError:  # the socket is going away: the next read or write says so
+                self._quickack_fd = -1
 
     def _read_pdu(self) -> tuple[int, bytes]:
         self._fill(6)
