@@ -44,35 +44,16 @@ ABORT_BY_USER = bytes.fromhex("07 00 00000004 00 00 00 00")
 ABORT_BY_PROVIDER_6 = bytes.fromhex("07 00 00000004 00 00 02 06")
 
 
-def associate_rq(
-    contexts: Sequence[tuple[int, str, Sequence[str]]] = ((1, VERIFICATION, (IMPLICIT_LE,)),),
-    *,
-    calling: str = "SENDER",
-    called: str = "MY_PACS",
-    app_context: str = APP_CONTEXT,
-    max_pdu: int | None = 16384,
-    implementation_uid: str = "1.2.826.0.1.3680043.9.3811",
-    implementation_version: str | None = "PYNETDICOM_TEST",
-    async_ops: tuple[int, int] | None = None,
-    roles: Sequence[tuple[str, bool, bool]] = (),
-    user_identity: tuple[int, bytes] | None = None,
-    protocol_version: int = 1,
+def _user_items(
+    max_pdu: int | None,
+    implementation_uid: str,
+    implementation_version: str | None,
+    async_ops: tuple[int, int] | None,
+    roles: Sequence[tuple[str, bool, bool]],
     extended: Sequence[tuple[str, bytes]] = (),
-) -> bytes:
-    """An A-ASSOCIATE-RQ PDU encoded by pynetdicom. ``contexts`` are
-    (context ID, abstract syntax, transfer syntaxes in order of preference);
-    ``roles`` are (SOP class UID, SCU role, SCP role); ``extended`` are SOP
-    Class Extended Negotiation sub-items (SOP class UID, application info)."""
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = app_context
-    primitive.calling_ae_title = calling
-    primitive.called_ae_title = called
-    pcs = []
-    for context_id, abstract, transfers in contexts:
-        pc = build_context(abstract, list(transfers))
-        pc.context_id = context_id
-        pcs.append(pc)
-    primitive.presentation_context_definition_list = pcs
+    user_identity: tuple[int, bytes] | None = None,
+) -> list[object]:
+    """pynetdicom's User Information sub-item primitives, for a request or an accept."""
     user: list[object] = []
     if max_pdu is not None:
         item = MaximumLengthNotification()
@@ -104,7 +85,40 @@ def associate_rq(
         ident = UserIdentityNegotiation()
         ident.user_identity_type, ident.primary_field = user_identity
         user.append(ident)
-    primitive.user_information = user
+    return user
+
+
+def associate_rq(
+    contexts: Sequence[tuple[int, str, Sequence[str]]] = ((1, VERIFICATION, (IMPLICIT_LE,)),),
+    *,
+    calling: str = "SENDER",
+    called: str = "MY_PACS",
+    app_context: str = APP_CONTEXT,
+    max_pdu: int | None = 16384,
+    implementation_uid: str = "1.2.826.0.1.3680043.9.3811",
+    implementation_version: str | None = "PYNETDICOM_TEST",
+    async_ops: tuple[int, int] | None = None,
+    roles: Sequence[tuple[str, bool, bool]] = (),
+    user_identity: tuple[int, bytes] | None = None,
+    protocol_version: int = 1,
+    extended: Sequence[tuple[str, bytes]] = (),
+) -> bytes:
+    """An A-ASSOCIATE-RQ PDU encoded by pynetdicom. ``contexts`` are
+    (context ID, abstract syntax, transfer syntaxes in order of preference);
+    ``roles`` are (SOP class UID, SCU role, SCP role); ``extended`` are SOP
+    Class Extended Negotiation sub-items (SOP class UID, application info)."""
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = app_context
+    primitive.calling_ae_title = calling
+    primitive.called_ae_title = called
+    pcs = []
+    for context_id, abstract, transfers in contexts:
+        pc = build_context(abstract, list(transfers))
+        pc.context_id = context_id
+        pcs.append(pc)
+    primitive.presentation_context_definition_list = pcs
+    primitive.user_information = _user_items(max_pdu, implementation_uid, implementation_version, async_ops,
+                                             roles, extended, user_identity)
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
     raw = bytearray(pdu.encode())
@@ -137,23 +151,7 @@ def associate_ac(
         pc.transfer_syntax = [ts]
         contexts.append(pc)
     primitive.presentation_context_definition_results_list = contexts
-    user: list[object] = []
-    item = MaximumLengthNotification()
-    item.maximum_length_received = max_pdu
-    user.append(item)
-    impl = ImplementationClassUIDNotification()
-    impl.implementation_class_uid = implementation_uid
-    user.append(impl)
-    ver = ImplementationVersionNameNotification()
-    ver.implementation_version_name = implementation_version
-    user.append(ver)
-    for uid, scu, scp in roles:
-        role = SCP_SCU_RoleSelectionNegotiation()
-        role.sop_class_uid = uid
-        role.scu_role = scu
-        role.scp_role = scp
-        user.append(role)
-    primitive.user_information = user
+    primitive.user_information = _user_items(max_pdu, implementation_uid, implementation_version, None, roles)
     pdu = A_ASSOCIATE_AC()
     pdu.from_primitive(primitive)
     return bytes(pdu.encode())
