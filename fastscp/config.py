@@ -663,10 +663,7 @@ def _convert_literal(tp: _Schema, node: _Node, value: object, key: str, ctx: _Co
     text = node.raw if node.raw is not None else value
     if isinstance(text, str) and text in choices:
         return text
-    import difflib  # only for a bad value's suggestion
-
-    close = difflib.get_close_matches(str(text), [str(c) for c in choices], n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = _did_you_mean(str(text), [str(c) for c in choices])
     raise ctx.error(f"{text!r} is not one of: {', '.join(choices)}{hint}", key, node.line)
 
 
@@ -799,14 +796,19 @@ def _section_entries(cls: type, node: _Node, key: str, ctx: _Context) -> dict[st
     return entries
 
 
+def _did_you_mean(text: str, choices: list[str]) -> str:
+    """' (did you mean X?)' for the closest of ``choices``, or ''."""
+    import difflib  # only for a bad value's suggestion
+
+    close = difflib.get_close_matches(text, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _report_unknown_keys(fields: Mapping[str, object], entries: Mapping[str, _Entry], key: str,
                          ctx: _Context) -> None:
     for name, entry in entries.items():
         if name not in fields:
-            import difflib  # only for a bad value's suggestion
-
-            close = difflib.get_close_matches(name, list(fields), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = _did_you_mean(name, list(fields))
             valid = ", ".join(fields)
             ctx.report(ctx.error(f"unknown key{hint}; valid keys here: {valid}", _join(key, name), entry.key_line))
 

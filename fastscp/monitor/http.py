@@ -93,8 +93,6 @@ class QueryLimits:
     concurrent: int = 2
 
 
-
-
 LOGIN_PAGE = b"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>fastscp: token needed</title>
 </head><body><h1>fastscp status: token needed</h1>
 <p>This page shows index data, so it needs the server's token. On the server, run
