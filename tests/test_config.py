@@ -114,7 +114,8 @@ def test_docs_describe_every_key() -> None:
 
 
 def test_dump_round_trips() -> None:
-    cfg = parse_config_text(GUIDE_YAML, overrides={"access.allowed_calling_aes": ["A", {"ae_title": "B", "hosts": ["10.0.0.0/8"]}]})
+    allowed = ["A", {"ae_title": "B", "hosts": ["10.0.0.0/8"]}]
+    cfg = parse_config_text(GUIDE_YAML, overrides={"access.allowed_calling_aes": allowed})
     assert parse_config_text(dump_config(cfg)) == cfg
     assert parse_config_text(dump_config(cfg, "json")) == cfg  # JSON is YAML
 
