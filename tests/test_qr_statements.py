@@ -12,7 +12,7 @@ from fastscp.qr.statements import execute
 
 
 def _kept() -> dict[str, duckdb.Statement]:
-    kept: dict[str, duckdb.Statement] = statements._local.kept
+    kept: dict[str, duckdb.Statement] = statements._local.kept.statements
     return kept
 
 
@@ -41,7 +41,7 @@ def test_a_kept_statement_binds_against_the_database_it_runs_on() -> None:
         execute(two, sql)  # bound at each run: a dropped table is no kept result
 
 
-def test_each_thread_keeps_its_own_and_at_most_max_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_thread_keeps_its_own() -> None:
     conn = duckdb.connect()
     execute(conn, "SELECT 1")
     seen: list[dict[str, duckdb.Statement]] = []
@@ -53,12 +53,28 @@ def test_each_thread_keeps_its_own_and_at_most_max_kept(monkeypatch: pytest.Monk
     thread = threading.Thread(target=other)
     thread.start()
     thread.join()
-    assert seen and seen[0] is not _kept()
-    monkeypatch.setattr(statements, "MAX_KEPT", 3)
-    _kept().clear()
-    for n in range(5):
-        assert execute(conn, f"SELECT {n}").fetchall() == [(n,)]
-    assert list(_kept()) == ["SELECT 2", "SELECT 3", "SELECT 4"]  # the oldest dropped first
+    assert seen and seen[0] is not _kept() and "SELECT 1" in seen[0]
+
+
+def test_kept_text_stays_within_the_budget_least_recently_used_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = duckdb.connect()
+    monkeypatch.setattr(statements._local, "kept", statements._Kept())
+    monkeypatch.setattr(statements, "BUDGET", 3 * len("SELECT 0"))
+    for n in range(3):
+        execute(conn, f"SELECT {n}")
+    execute(conn, "SELECT 0")  # used again: now the most recent
+    assert execute(conn, "SELECT 3").fetchall() == [(3,)]
+    assert list(_kept()) == ["SELECT 2", "SELECT 0", "SELECT 3"]  # SELECT 1 went first
+    assert statements._local.kept.chars == 3 * len("SELECT 0")
+
+
+def test_a_long_text_runs_but_is_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    conn = duckdb.connect()
+    monkeypatch.setattr(statements._local, "kept", statements._Kept())
+    long = "SELECT " + " + ".join("?" for _ in range(statements.MAX_TEXT // 3))
+    assert len(long) > statements.MAX_TEXT
+    assert execute(conn, long, [1] * (statements.MAX_TEXT // 3)).fetchall() == [(statements.MAX_TEXT // 3,)]
+    assert long not in _kept() and statements._local.kept.chars == 0
 
 
 def test_more_than_one_statement_is_refused() -> None:
