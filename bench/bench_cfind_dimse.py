@@ -30,7 +30,9 @@ Each is timed two ways: ``--queries`` queries on one held association
 reactor's poll is disabled, ``fastscp.scu.commands.answers_to_the_caller``,
 so that it cannot take a response) and
 ``--processes`` runs of dcmtk ``findscu`` (one process and one association
-per query: what a script pays). ``--raw`` adds a third: the same queries on
+per query: what a script pays). ``--floor`` also times ``--processes`` runs of dcmtk ``echoscu`` per
+server (one process, one association, one C-ECHO): the floor under the
+findscu figures. ``--raw`` adds a third: the same queries on
 one association held by a bare socket client (``held_raw``), which measures
 the servers without pynetdicom's own per-query and per-response cost. The matches of every query are compared
 with the studies the generated data holds for it; a server that answers
@@ -284,6 +286,22 @@ def per_process(server: Server, queries: list[Dataset]) -> tuple[list[float], li
     return times, matches
 
 
+def per_process_echo(server: Server, count: int) -> list[float]:
+    """Seconds per dcmtk echoscu run (one process, one association, one
+    C-ECHO): the floor under a findscu run, what starting a process and an
+    association costs against that server."""
+    exe = dcmtk_tool("echoscu")
+    times: list[float] = []
+    for _ in range(count):
+        cmd = [exe, "-aec", server.ae_title, "127.0.0.1", str(server.port)]
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, capture_output=True, timeout=120, env=NODELAY)
+        times.append(time.perf_counter() - t0)
+        if out.returncode != 0:
+            raise RuntimeError(f"{server.name}: echoscu failed: {out.stderr.decode('utf-8', 'replace')[-500:]}")
+    return times
+
+
 def machine() -> str:
     model = "unknown"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -302,6 +320,9 @@ def main() -> int:
     ap.add_argument("--processes", type=int, default=20, help="findscu runs per kind")
     ap.add_argument("--raw", action="store_true",
                     help="also time a held association whose client is a bare socket (no pynetdicom)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time --processes echoscu runs per server: the process and association floor "
+                         "under the findscu figures")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, help="kept afterwards (default: a temporary folder, removed)")
     ap.add_argument("--reuse", action="store_true",
@@ -450,6 +471,19 @@ def main() -> int:
                         continue
                     ratio = statistics.median(results[name][0]) / statistics.median(results["fastscp"][0])
                     ratios.append(f"{kind}, {way}: {name} p50 / fastscp p50 = {ratio:.2f}")
+        if args.floor:
+            floors = {}
+            for server in servers:
+                per_process_echo(server, 1)  # warm-up
+                floors[server.name] = per_process_echo(server, args.processes)
+            for name, times in floors.items():
+                ms = [t * 1e3 for t in times]
+                print(f"| C-ECHO (floor) | echoscu process | {name} | {len(ms)} | {percentile(ms, 0.5):.1f} ms | "
+                      f"{percentile(ms, 0.9):.1f} ms | {percentile(ms, 0.99):.1f} ms | - |")
+            for name in ("dcmqrscp", "orthanc"):
+                if name in floors and "fastscp" in floors:
+                    ratio = statistics.median(floors[name]) / statistics.median(floors["fastscp"])
+                    ratios.append(f"C-ECHO (floor), echoscu process: {name} p50 / fastscp p50 = {ratio:.2f}")
         print("\n".join(ratios + notes))
         print(f"load average after: {os.getloadavg()[0]:.1f}")
     finally:

@@ -39,15 +39,16 @@ def test_bench_cfind_dimse_runs_both_servers(tmp_path: Path, capsys: pytest.Capt
 
 def test_bench_cfind_dimse_raw_client_and_reuse(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """--raw times a bare-socket client against the three servers, and a
-    --reuse run serves what the first left in --workdir without loading."""
+    """--raw times a bare-socket client against the three servers, --floor
+    an echoscu process against each, and a --reuse run serves what the
+    first left in --workdir without loading."""
     work = tmp_path / "w"
     base = ["bench_cfind_dimse.py", "--instances", "60", "--studies", "6", "--queries", "3", "--processes", "1",
             "--workdir", str(work)]
     monkeypatch.setattr(sys, "argv", base)
     assert bench_cfind_dimse.main() == 0
     capsys.readouterr()
-    monkeypatch.setattr(sys, "argv", [*base, "--reuse", "--raw"])
+    monkeypatch.setattr(sys, "argv", [*base, "--reuse", "--raw", "--floor"])
     assert bench_cfind_dimse.main() == 0
     out = capsys.readouterr().out
     assert "reused from" in out and "indexed in" not in out  # nothing loaded again
@@ -57,6 +58,10 @@ def test_bench_cfind_dimse_raw_client_and_reuse(tmp_path: Path, capsys: pytest.C
     # the bare-socket client counts each patient's two studies on every server
     assert all(float(n) == 2.0 for kind, _, n in raw if kind == "by PatientID")
     assert "fastscp, " not in out and "orthanc, by PatientID" not in out  # their answers match the data
+    floor = re.findall(r"^\| C-ECHO \(floor\) \| echoscu process \| (fastscp|dcmqrscp|orthanc) \| 1 \| [0-9.]+ ms",
+                       out, re.M)
+    assert sorted(floor) == ["dcmqrscp", "fastscp", "orthanc"]
+    assert len(re.findall(r"^C-ECHO \(floor\), echoscu process: (dcmqrscp|orthanc) p50 / fastscp p50", out, re.M)) == 2
 
 
 def test_held_client_keeps_every_response_when_its_reactor_is_late(caplog: pytest.LogCaptureFixture) -> None:

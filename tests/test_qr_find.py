@@ -421,9 +421,14 @@ class _CountingCursor:
         self.conn = conn.cursor()
         self.fetched = 0
 
-    def execute(self, sql: str, params: object = None) -> _CountingCursor | duckdb.DuckDBPyConnection:
+    def extract_statements(self, sql: str) -> list[duckdb.Statement]:
+        return self.conn.extract_statements(sql)
+
+    def execute(self, sql: str | duckdb.Statement,
+                params: object = None) -> _CountingCursor | duckdb.DuckDBPyConnection:
         result = self.conn.execute(sql, params)
-        if sql.startswith("SELECT") and "FROM studies st" in sql:
+        text = sql if isinstance(sql, str) else sql.query  # the engine runs parsed statements (qr/statements.py)
+        if text.startswith("SELECT") and "FROM studies st" in text:
             self._result = result
             return self
         return result

@@ -56,6 +56,7 @@ from .model import (
     Level,
     Match,
 )
+from .statements import execute
 
 FETCH_SIZE = 64  # rows per fetchmany, and per derived-count query
 
@@ -163,17 +164,17 @@ def _run(conn: duckdb.DuckDBPyConnection, query: Query, identifier: Dataset,
     try:
         # one scan of the status column; when nothing is missing (the usual
         # case) no entity is gone and no series needs leaving out
-        counted = conn.execute("SELECT count(*) FROM instances WHERE status <> 'present'").fetchone()
+        counted = execute(conn, "SELECT count(*) FROM instances WHERE status <> 'present'").fetchone()
         any_missing = bool(counted and counted[0])
         share = 0.0
         if any_missing:  # a separate count: in the same statement it costs every query 1.4 ms more (1M rows)
-            total = conn.execute("SELECT count(*) FROM instances").fetchone()
+            total = execute(conn, "SELECT count(*) FROM instances").fetchone()
             share = int(counted[0]) / int(total[0]) if counted and total and total[0] else 1.0
         gone = gone_ids(conn, level, share) if any_missing and level is not Level.IMAGE else []
         derived_sql = _DerivedSql(ids, wants, gone_ids(conn, Level.SERIES, share) if any_missing
                                   and _needs_series(wants) and Level.STUDY in ids else ())
         sql, params = build_sql(query, columns, gone)
-        cursor = conn.execute(sql, params)
+        cursor = execute(conn, sql, params)
         while True:
             rows = cursor.fetchmany(fetch_size)
             if not rows:
@@ -286,7 +287,7 @@ class _DerivedSql:
         study_series: dict[object, int] = {}
         study_modalities: dict[object, set[str]] = {}
         series_instances: dict[object, object] = {}
-        for kind, entity_id, a, b, count in conn.execute(" UNION ALL ".join(parts), params).fetchall():
+        for kind, entity_id, a, b, count in execute(conn, " UNION ALL ".join(parts), params).fetchall():
             if kind == 0:
                 if a is not None:
                     patient_studies.setdefault(entity_id, set()).add(a)

@@ -79,6 +79,7 @@ from .model import (
     Level,
     Match,
 )
+from .statements import execute
 
 # The escape character of every LIKE this module writes.
 _ESCAPE = "\\"
@@ -294,7 +295,7 @@ def gone_ids(conn: duckdb.DuckDBPyConnection, entity: Level, missing_share: floa
         sql = (f"SELECT {column} FROM instances WHERE {column} IN "
                f"(SELECT {column} FROM instances WHERE status <> 'present' AND {column} IS NOT NULL) "
                f"GROUP BY 1 HAVING bool_and(status <> 'present') ORDER BY 1")
-    return [r[0] for r in conn.execute(sql).fetchall()]
+    return [r[0] for r in execute(conn, sql).fetchall()]
 
 
 def column_of(key: Key, level: Level) -> str:
