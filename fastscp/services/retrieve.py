@@ -13,10 +13,6 @@ the file's data set exactly as stored (no decoding, no transcoding):
   code: one presentation context per (SOP class, stored transfer syntax),
   each file streamed from disk one PDU per write, TCP_NODELAY); the
   C-STORE-RQs carry Move Originator AE Title and Message ID (PS3.7 9.3.1.1).
-  Once a sub-operation's request is sent, the next one's is prepared (its
-  file read and framed, its command encoded: ``_MoveSender.store``) while
-  the destination stores it; a file that cannot be read then fails its own
-  sub-operation in its turn.
 - C-GET (``GetService``): on the requesting association itself, on an
   accepted context of the instance's SOP class whose transfer syntax is the
   stored one and for which the requestor took the SCP role (PS3.7 D.3.3.4);
@@ -75,7 +71,7 @@ from ..qr.matching import element_text, query_level
 from ..qr.model import KEYS_BY_TAG, UNIQUE_KEY, InformationModel, Key, Level
 from .identifiers import decode_identifier, encode_identifier
 from .session import RemoteAE, Session
-from .store_scu import HEAD, AssociationLost, Prepared, StoreAssociation, dataset_offset, frame_file
+from .store_scu import HEAD, AssociationLost, StoreAssociation, dataset_offset, frame_file
 
 __all__ = [
     "GetService", "MoveService", "PendingPacer", "RetrieveStatus", "StoredInstance", "TooManyInstances",
@@ -236,10 +232,8 @@ class _Sender(Protocol):
     def refused(self, instance: StoredInstance) -> str:
         """Why ``instance`` cannot be sent on what was negotiated ("" if it can)."""
 
-    def store(self, instance: StoredInstance, following: StoredInstance | None = None) -> tuple[int | None, str]:
-        """One C-STORE sub-operation: (status, "") or (None, why it failed).
-        ``following``: the instance sent next if the retrieve goes on, which
-        the sender may prepare while it waits for this one's response."""
+    def store(self, instance: StoredInstance) -> tuple[int | None, str]:
+        """One C-STORE sub-operation: (status, "") or (None, why it failed)."""
 
     def close(self) -> None: ...
 
@@ -373,13 +367,13 @@ class _Retrieval:
         tally = _Tally(len(instances))
         pacer = PendingPacer(self.pending_interval)
         try:
-            for k, instance in enumerate(instances):
+            for instance in instances:
                 if self.cancelled.is_set() or self.ended.is_set():
                     break
                 why = sender.refused(instance)
                 status: int | None = None
                 if not why:
-                    status, why = sender.store(instance, instances[k + 1] if k + 1 < len(instances) else None)
+                    status, why = sender.store(instance)
                 tally.record(instance.sop_instance_uid, status, why)
                 if tally.done < tally.total and not self.ended.is_set() and pacer.due():
                     self.respond(D.PENDING, tally.counts(()))
@@ -602,9 +596,6 @@ class _MoveSender:
         self.current = -1
         self.assoc: StoreAssociation | None = None
         self.lost = ""  # why the association cannot carry more sub-operations
-        # the next sub-operation, prepared while the destination stored the one
-        # before: its C-STORE-RQ, or why its file could not be read (told in its turn)
-        self.ahead: tuple[StoredInstance, Prepared | str] | None = None
 
     def _open(self, n: int) -> None:
         self.close()
@@ -637,70 +628,26 @@ class _MoveSender:
         why = self.assoc.refused.get(pair)
         return f"{self.remote.ae_title} refused {pair[0]} in {pair[1]}: {why}" if why else ""
 
-    def store(self, instance: StoredInstance, following: StoredInstance | None = None) -> tuple[int | None, str]:
-        """Send ``instance`` (prepared ahead or now), then prepare
-        ``following`` if it goes on this association, then wait for the
-        response: the reading and framing of the next file overlap the
-        destination's work on this one, and once its C-STORE-RSP is in
-        only the send of bytes ready remains (docs/query-retrieve.md)."""
-        ahead, self.ahead = self.ahead, None
+    def store(self, instance: StoredInstance) -> tuple[int | None, str]:
         assoc = self.assoc
         if assoc is None:
-            if ahead is not None:
-                _discard(ahead[1])
             return None, self.lost or f"association with {self.remote.ae_title} lost"
+        assert isinstance(self.op.request, CMoveRequest)
         try:
-            if ahead is not None and ahead[0] is instance:
-                prepared = ahead[1]
-                if isinstance(prepared, str):  # its file could not be read when it was prepared
-                    return None, prepared
-            else:
-                if ahead is not None:
-                    _discard(ahead[1])
-                made = self._prepare(assoc, instance)
-                if isinstance(made, str):
-                    return None, made
-                prepared = made
-            assoc.send(prepared)
-            if following is not None and self._goes_here(assoc, following):
-                self.ahead = (following, self._prepare(assoc, following))
-            return assoc.response()
+            return assoc.store(instance.path, instance.sop_class_uid, instance.sop_instance_uid,
+                               instance.transfer_syntax_uid, self.op.session.calling_ae,
+                               self.op.request.message_id, self.op.request.priority)
+        except (OSError, ValueError) as exc:  # nothing was sent
+            return None, f"cannot read {os.path.basename(instance.path)}: {exc}"
         except AssociationLost as exc:
             self.lost = str(exc)
             self.assoc = None
-            self._drop_ahead()
             return None, self.lost
 
-    def _goes_here(self, assoc: StoreAssociation, instance: StoredInstance) -> bool:
-        """``instance`` would be sent on ``assoc`` (its pair accepted there)."""
-        pair = (instance.sop_class_uid, instance.transfer_syntax_uid)
-        return self.round_of[pair] == self.current and pair in assoc.accepted
-
-    def _prepare(self, assoc: StoreAssociation, instance: StoredInstance) -> Prepared | str:
-        """``instance``'s C-STORE-RQ ready to send, or why its file cannot be read."""
-        assert isinstance(self.op.request, CMoveRequest)
-        try:
-            return assoc.prepare(instance.path, instance.sop_class_uid, instance.sop_instance_uid,
-                                 instance.transfer_syntax_uid, self.op.session.calling_ae,
-                                 self.op.request.message_id, self.op.request.priority)
-        except (OSError, ValueError) as exc:  # nothing was sent
-            return f"cannot read {os.path.basename(instance.path)}: {exc}"
-
-    def _drop_ahead(self) -> None:
-        ahead, self.ahead = self.ahead, None
-        if ahead is not None:
-            _discard(ahead[1])
-
     def close(self) -> None:
-        self._drop_ahead()
         assoc, self.assoc = self.assoc, None
         if assoc is not None:
             assoc.release()
-
-
-def _discard(prepared: Prepared | str) -> None:
-    if not isinstance(prepared, str):
-        StoreAssociation.discard(prepared)
 
 
 # ---- C-GET -----------------------------------------------------------------------------------

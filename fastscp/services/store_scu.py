@@ -10,17 +10,12 @@ the pieces of the peer's maximum PDU (``frame_file``: the bytes copied
 once, from the page cache; a file under 64 KB is taken from the first read
 that finds its meta group), in pieces of about 4 MiB; the command PDU and the first piece go out in one
 ``sendmsg``. It waits for each C-STORE-RSP before the next (no
-asynchronous operations), reading it with one ``recv`` as a rule. A
-request is made in three steps: ``prepare`` (the file opened, its first
-piece read and framed, the command encoded, nothing sent), ``send`` and
-``response``, so that a caller can prepare the next request while the
-destination stores this one (``store`` takes the three steps in turn).
+asynchronous operations), reading it with one ``recv`` as a rule.
 Used from a worker thread; nothing here touches the event loop.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import socket
@@ -33,7 +28,7 @@ from ..protocol import dimse as D
 from ..protocol import pdu as P
 from ..storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
-__all__ = ["HEAD", "AssociationLost", "Prepared", "StoreAssociation", "dataset_offset", "frame_file"]
+__all__ = ["HEAD", "AssociationLost", "StoreAssociation", "dataset_offset", "frame_file"]
 
 MAX_PDU = 131072  # what we accept from the peer (its responses are small)
 HEAD = 65536  # the first read of a file: its meta group, and the whole of a small file
@@ -48,23 +43,6 @@ _CONTEXT_RESULTS = {  # PS3.8 Table 9-18
     P.RESULT_ABSTRACT_SYNTAX_NOT_SUPPORTED: "abstract syntax (SOP class) not supported",
     P.RESULT_TRANSFER_SYNTAXES_NOT_SUPPORTED: "transfer syntax not supported",
 }
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Prepared:
-    """A C-STORE-RQ ready to send (``StoreAssociation.prepare``): its command
-    PDU, the data set's first piece as P-DATA-TF PDUs, and where the rest of
-    a large file is (``fd`` open while ``left`` > 0, else -1)."""
-
-    path: str
-    fd: int
-    command: bytes
-    first: bytearray
-    offset: int  # where the data set's rest starts in the file
-    left: int  # bytes of it still to read and send
-    context_id: int
-    room: int  # data bytes per PDU
-    segment: int  # bytes read and framed at a time
 
 
 class AssociationLost(Exception):
@@ -282,18 +260,6 @@ class StoreAssociation:
         """Send one file's data set as a C-STORE-RQ; (status, error comment).
         OSError/ValueError: the file cannot be read (nothing was sent).
         AssociationLost: the association ended."""
-        self.send(self.prepare(path, sop_class, sop_instance, transfer_syntax, originator_ae, originator_id,
-                               priority))
-        return self.response()
-
-    def prepare(self, path: str, sop_class: str, sop_instance: str, transfer_syntax: str,
-                originator_ae: str = "", originator_id: int | None = None, priority: int = 0) -> Prepared:
-        """A C-STORE-RQ made ready to send (``send``): the file opened and
-        its first piece read and framed, the command set encoded with its
-        Message ID. Nothing goes out; a C-MOVE prepares the next
-        sub-operation while the destination stores the one before.
-        OSError/ValueError: the file cannot be read (nothing is held open).
-        A Prepared not sent is given back with ``discard``."""
         context_id = self.accepted[(sop_class, transfer_syntax)]
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -305,57 +271,29 @@ class StoreAssociation:
             segment = max(1, SEGMENT // room) * room  # a whole number of PDUs
             left = size - offset
             n = min(left, segment)
-            first = frame_file(fd, offset, n, context_id, room, n == left, head)
-        except BaseException:
-            os.close(fd)
-            raise
-        if n == left:  # all of it read: the file is not needed any more
-            os.close(fd)
-            fd = -1
-        self._message_ids = self._message_ids % 0xFFFF + 1
-        fields: dict[int, int | str] = {
-            D.AFFECTED_SOP_CLASS: sop_class, D.COMMAND_FIELD: D.C_STORE_RQ, D.MESSAGE_ID: self._message_ids,
-            D.PRIORITY: priority, D.AFFECTED_SOP_INSTANCE: sop_instance,
-        }
-        if originator_ae:
-            fields[D.MOVE_ORIGINATOR_AE] = originator_ae
-        if originator_id is not None:
-            fields[D.MOVE_ORIGINATOR_ID] = originator_id
-        command = P.encode_pdata(context_id, D.encode_command(fields, True), True, self.peer_max_pdu)
-        return Prepared(path, fd, command, first, offset + n, left - n, context_id, room, segment)
-
-    def send(self, prepared: Prepared) -> None:
-        """Send a prepared C-STORE-RQ: the command and the data set's first
-        piece in one sendmsg, then the rest of a large file, read as it goes
-        (the file is closed after). AssociationLost: the association ended,
-        or the file could not be read once part of it went (then aborted).
-        The response is read with ``response``."""
-        try:
-            self._send(prepared.command, prepared.first)
-            offset, left, segment = prepared.offset, prepared.left, prepared.segment
+            first = frame_file(fd, offset, n, context_id, room, n == left, head)  # before anything is sent
+            self._message_ids = self._message_ids % 0xFFFF + 1
+            fields: dict[int, int | str] = {
+                D.AFFECTED_SOP_CLASS: sop_class, D.COMMAND_FIELD: D.C_STORE_RQ, D.MESSAGE_ID: self._message_ids,
+                D.PRIORITY: priority, D.AFFECTED_SOP_INSTANCE: sop_instance,
+            }
+            if originator_ae:
+                fields[D.MOVE_ORIGINATOR_AE] = originator_ae
+            if originator_id is not None:
+                fields[D.MOVE_ORIGINATOR_ID] = originator_id
+            # the command and the data set's first piece in one sendmsg
+            self._send(P.encode_pdata(context_id, D.encode_command(fields, True), True, self.peer_max_pdu), first)
+            offset, left = offset + n, left - n
             try:
                 while left > 0:
                     n = min(left, segment)
-                    self._send(frame_file(prepared.fd, offset, n, prepared.context_id, prepared.room, n == left))
+                    self._send(frame_file(fd, offset, n, context_id, room, n == left))
                     offset, left = offset + n, left - n
             except OSError as exc:  # the peer holds half a message: the association cannot go on
                 self.abort()
-                raise AssociationLost(f"reading {prepared.path} failed while sending it: {exc}") from None
+                raise AssociationLost(f"reading {path} failed while sending it: {exc}") from None
         finally:
-            self.discard(prepared)
-
-    @staticmethod
-    def discard(prepared: Prepared) -> None:
-        """Close what a Prepared holds open (a large file's descriptor)."""
-        if prepared.fd >= 0:
-            try:
-                os.close(prepared.fd)
-            except OSError:  # closed already (sent, or discarded twice)
-                pass
-
-    def response(self) -> tuple[int, str]:
-        """The C-STORE-RSP to the request sent last: (status, error comment).
-        AssociationLost: the association ended instead."""
+            os.close(fd)
         return self._response()
 
     def _response(self) -> tuple[int, str]:
