@@ -240,9 +240,9 @@ def test_pending_pacer_allows_one_per_interval() -> None:
 
 def test_store_association_gives_up_on_a_silent_destination(tmp_path: Path) -> None:
     """A destination that accepts the association, then never answers the
-    C-STORE-RQ: the sender's socket is blocking (no poll before each send
-    and receive) with the timeout kept by the kernel (SO_RCVTIMEO), and
-    ``store`` raises AssociationLost once it passes."""
+    C-STORE-RQ: ``store`` raises AssociationLost once the timeout passes
+    (the C-MOVE's sub-operation fails with why, the rest are not tried on
+    that association) and the socket is closed."""
     server = socket.create_server(("127.0.0.1", 0))
     done = threading.Event()
 
@@ -263,7 +263,6 @@ def test_store_association_gives_up_on_a_silent_destination(tmp_path: Path) -> N
     with server:
         assoc = StoreAssociation("127.0.0.1", server.getsockname()[1], "FASTSCP", "DEST",
                                  [(CT_IMAGE, EXPLICIT_LE)], timeout=0.5)
-        assert assoc.sock is not None and assoc.sock.gettimeout() is None
 
         def send() -> None:
             try:
@@ -276,6 +275,6 @@ def test_store_association_gives_up_on_a_silent_destination(tmp_path: Path) -> N
         sender.join(20)
         assert not sender.is_alive(), "store() did not give up"
         assert len(outcome) == 1 and isinstance(outcome[0], AssociationLost)
-        assert "took more than 0.5 s" in str(outcome[0])
+        assert "timed out" in str(outcome[0])
         assert assoc.sock is None  # closed
         assert done.wait(10)

@@ -140,21 +140,12 @@ class StoreAssociation:
         except OSError as exc:
             raise AssociationLost(f"could not connect to {self.where}: {exc.strerror or exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.timeout = timeout
         if tls is not None:
             try:
                 sock = tls.wrap_socket(sock, server_hostname=host)
             except (OSError, ssl.SSLError) as exc:
                 sock.close()
                 raise AssociationLost(f"TLS with {self.where} failed: {exc}") from None
-        else:
-            # blocking, the timeout kept by the kernel (SO_RCVTIMEO, SO_SNDTIMEO):
-            # Python's own timeout polls the socket before every send and
-            # receive, two system calls per sub-operation on its critical path
-            when = struct.pack("@ll", int(timeout), int(timeout % 1 * 1e6))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, when)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, when)
-            sock.settimeout(None)
         self.sock: socket.socket | None = sock
         # TCP_QUICKACK, set again after each read (Linux clears it): a peer
         # with Nagle's algorithm on (dcmtk storescp without TCP_NODELAY=1 in
@@ -226,12 +217,7 @@ class StoreAssociation:
                         buffers[0] = buffers[0][sent:]
         except OSError as exc:
             self.close()
-            raise AssociationLost(self._lost(exc)) from None
-
-    def _lost(self, exc: OSError) -> str:
-        if isinstance(exc, TimeoutError) or exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-            return f"{self.where} took more than {self.timeout:g} s: association given up"
-        return f"association with {self.where} lost: {exc.strerror or exc}"
+            raise AssociationLost(f"association with {self.where} lost: {exc.strerror or exc}") from None
 
     def _fill(self, n: int) -> None:
         """Receive until ``n`` bytes are buffered (what a recv brings beyond
@@ -248,7 +234,7 @@ class StoreAssociation:
                 self._quickack()
         except OSError as exc:
             self.close()
-            raise AssociationLost(self._lost(exc)) from None
+            raise AssociationLost(f"association with {self.where} lost: {exc.strerror or exc}") from None
 
     def _quickack(self) -> None:
         if self._quickack_fd >= 0:
