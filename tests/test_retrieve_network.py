@@ -356,6 +356,74 @@ def test_missing_file_and_bad_identifiers(start_server, destinations, tmp_path: 
     assert set(dest.received) == archive.of_study(study) - {victim[0]}
 
 
+def test_move_missing_files_fail_in_their_turn(  # type: ignore[no-untyped-def]
+        start_server, destinations, tmp_path: Path) -> None:
+    """A file missing when its turn comes fails its own sub-operation,
+    counted after the response to the one before and not earlier (the
+    Pending response after each sub-operation, pending interval 0, shows
+    the counts in order), as a sender that prepares the next sub-operation
+    ahead must keep it; the others go byte for byte."""
+    dest = Destination()
+    destinations.append(dest)
+    archive = fill(tmp_path / "store0", count=7, studies=1)
+    study = archive.study_uids()[0]
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port}, pending_interval=0)).indexed()
+    stored = stored_by_uid(srv)
+    # sent in InstanceNumber order (fill's index): the second and the fifth are removed
+    order = sorted(archive.by_uid, key=lambda u: int(archive.by_uid[u].InstanceNumber))
+    gone = {order[1], order[4]}
+    for uid in gone:
+        stored[uid].unlink()
+    responses = move(srv, "DEST", identifier("STUDY", StudyInstanceUID=study))
+    n = len(order)
+    expected: list[tuple[int | None, int, int, int]] = []
+    completed = failed = 0
+    for k, uid in enumerate(order[:-1], start=1):
+        failed += uid in gone
+        completed += uid not in gone
+        expected.append((n - k, completed, failed, 0))
+    assert [counts(r[1]) for r in responses[:-1]] == expected
+    status, final, ident = responses[-1]
+    assert status == 0xB000 and counts(final) == (None, n - 2, 2, 0)
+    assert failed_list(ident) == gone
+    assert set(dest.received) == set(order) - gone
+    assert all(dest.received[u] == dataset_bytes(stored[u]) for u in dest.received)
+    log = srv.log_once_it_says("2 of 7 sub-operations failed")
+    assert "2 of 7 sub-operations failed: 1 x cannot read" in log
+
+
+def test_move_file_removed_while_the_one_before_is_stored(  # type: ignore[no-untyped-def]
+        start_server, destinations, tmp_path: Path) -> None:
+    """A file removed while the destination holds the sub-operation before
+    it (after the sender read it, if it prepares ahead): what is reported
+    agrees with what went, either sent whole and completed, or failed and
+    listed in Failed SOP Instance UID List; the sub-operations after it go."""
+    dest = Destination(hold_at=2)
+    destinations.append(dest)
+    archive = fill(tmp_path / "store0", count=5, studies=1)
+    study = archive.study_uids()[0]
+    srv = start_server("--config", config(tmp_path, {"DEST": dest.port})).indexed()
+    stored = stored_by_uid(srv)
+    order = sorted(archive.by_uid, key=lambda u: int(archive.by_uid[u].InstanceNumber))
+    victim = order[2]
+    original = dataset_bytes(stored[victim])
+    moved: list[tuple[int, Dataset, Dataset | None]] = []
+    mover = threading.Thread(target=lambda: moved.extend(move(srv, "DEST", identifier("STUDY",
+                                                                                        StudyInstanceUID=study))))
+    mover.start()
+    assert dest.reached.wait(30)
+    stored[victim].unlink()
+    dest.release.set()
+    mover.join(60)
+    status, final, ident = moved[-1]
+    if victim in dest.received:
+        assert dest.received[victim] == original
+        assert status == 0x0000 and counts(final) == (None, 5, 0, 0) and failed_list(ident) == set()
+    else:
+        assert status == 0xB000 and counts(final) == (None, 4, 1, 0) and failed_list(ident) == {victim}
+    assert set(dest.received) >= set(order) - {victim}
+
+
 # ---- C-GET -------------------------------------------------------------------------------------
 
 

@@ -236,3 +236,45 @@ def test_pending_pacer_allows_one_per_interval() -> None:
 
     every = PendingPacer(0.0, no_clock)
     assert all(every.due() for _ in range(5))
+
+
+def test_store_association_gives_up_on_a_silent_destination(tmp_path: Path) -> None:
+    """A destination that accepts the association, then never answers the
+    C-STORE-RQ: ``store`` raises AssociationLost once the timeout passes
+    (the C-MOVE's sub-operation fails with why, the rest are not tried on
+    that association) and the socket is closed."""
+    server = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            header = conn.recv(6, socket.MSG_WAITALL)
+            conn.recv(int.from_bytes(header[2:6], "big"), socket.MSG_WAITALL)
+            conn.sendall(associate_ac(((1, 0, EXPLICIT_LE),)))
+            while conn.recv(65536):  # takes the request, answers nothing, until the sender closes
+                pass
+        done.set()
+
+    threading.Thread(target=serve, daemon=True).start()
+    path = tmp_path / "ct.dcm"
+    ds = make_image(path, 0, study=0)
+    outcome: list[BaseException | tuple[int, str]] = []
+    with server:
+        assoc = StoreAssociation("127.0.0.1", server.getsockname()[1], "FASTSCP", "DEST",
+                                 [(CT_IMAGE, EXPLICIT_LE)], timeout=0.5)
+
+        def send() -> None:
+            try:
+                outcome.append(assoc.store(str(path), CT_IMAGE, str(ds.SOPInstanceUID), EXPLICIT_LE))
+            except AssociationLost as exc:
+                outcome.append(exc)
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        sender.join(20)
+        assert not sender.is_alive(), "store() did not give up"
+        assert len(outcome) == 1 and isinstance(outcome[0], AssociationLost)
+        assert "timed out" in str(outcome[0])
+        assert assoc.sock is None  # closed
+        assert done.wait(10)

@@ -705,6 +705,8 @@ class _Piece:
     last: bool = True
     why: str = ""
     abort: str = ""  # a file unreadable after part of it went: the association cannot go on
+    command: bytes = b""  # a sub-operation's start: its C-STORE-RQ command PDU, made by the worker
+    message_id: int = 0  # ... and that request's Message ID
 
 
 _END = _Piece(None)
@@ -714,6 +716,7 @@ class _GetPipeline:
     """One C-GET's sub-operations (PS3.4 C.4.3.3), split between two threads.
 
     The worker (``produce``) reads each file into framed PDUs (``frame_file``)
+    and encodes its C-STORE-RQ command PDU (its Message ID taken there),
     up to ``AHEAD`` bytes ahead; the event loop (``pump``) sends them: at a
     sub-operation's start the Pending response of the one before and the
     C-STORE-RQ with the first piece, in one write, the rest of a large file
@@ -731,6 +734,7 @@ class _GetPipeline:
         self.contexts = contexts
         self.instances = instances
         self.timeout = timeout
+        self.peer_max_pdu = peer_max_pdu
         self.room = max(1, (peer_max_pdu or SEGMENT + 6) - 6)  # data bytes per PDU
         self.segment = max(1, SEGMENT // self.room) * self.room  # a whole number of PDUs
         self.tally = _Tally(len(instances))
@@ -790,7 +794,18 @@ class _GetPipeline:
                 while first or left > 0:
                     n = min(left, self.segment)
                     data = frame_file(fd, offset, n, context_id, self.room, n == left, head)
-                    self._hand(_Piece(instance if first else None, context_id, data, n == left))
+                    if first:  # its command too: the loop only sends
+                        message_id = self.session.next_message_id()
+                        command = P.encode_pdata(context_id, D.encode_command({
+                            D.AFFECTED_SOP_CLASS: instance.sop_class_uid, D.COMMAND_FIELD: D.C_STORE_RQ,
+                            D.MESSAGE_ID: message_id, D.PRIORITY: self.op.request.priority,
+                            D.AFFECTED_SOP_INSTANCE: instance.sop_instance_uid,
+                        }, True), True, self.peer_max_pdu)
+                        piece = _Piece(instance, context_id, data, n == left, command=command,
+                                       message_id=message_id)
+                    else:
+                        piece = _Piece(None, context_id, data, n == left)
+                    self._hand(piece)
                     first = False
                     offset += n
                     left -= n
@@ -907,18 +922,12 @@ class _GetPipeline:
             assert piece.data is not None
             if piece.instance is not None:  # a sub-operation starts: its C-STORE-RQ
                 self.current = piece.instance
-                message_id = session.next_message_id()
-                command = D.encode_command({
-                    D.AFFECTED_SOP_CLASS: piece.instance.sop_class_uid, D.COMMAND_FIELD: D.C_STORE_RQ,
-                    D.MESSAGE_ID: message_id, D.PRIORITY: op.request.priority,
-                    D.AFFECTED_SOP_INSTANCE: piece.instance.sop_instance_uid,
-                }, True)
                 for pending in self.pending:
                     session.send_framed(pending)
                 self.pending.clear()
-                session.send_framed(P.encode_pdata(piece.context_id, command, True, session.peer_max_pdu))
-                session.expect_response(message_id, self.answered)
-                self.message_id = message_id
+                session.send_framed(piece.command)
+                session.expect_response(piece.message_id, self.answered)
+                self.message_id = piece.message_id
             session.send_framed(piece.data)
             wrote = True
             if piece.last:

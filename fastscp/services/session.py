@@ -108,7 +108,8 @@ class Session(Protocol):
         slower than we send)."""
 
     def next_message_id(self) -> int:
-        """A Message ID for a request we send on this association."""
+        """A Message ID for a request we send on this association (safe from
+        any thread: a C-GET's worker takes those of its C-STORE-RQs)."""
 
     def expect_response(self, message_id: int, callback: Callable[[DimseResponse], None]) -> None:
         """Call ``callback`` with the response to our request ``message_id``."""
