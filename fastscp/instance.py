@@ -23,7 +23,6 @@ frozen class sets each field through ``object.__setattr__`` (about 4 us, and
 from __future__ import annotations
 
 import dataclasses
-import operator
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -129,21 +128,6 @@ class InstanceInfo:
         values["header"] = header
         return info
 
-    def packed(self) -> tuple[object, ...]:
-        """The field values in field order: a compact form for a queue (a
-        tuple of 42 is about 0.4 KB; the instance's ``__dict__`` of 41 or 42
-        keys is 1.6 KB, more than CPython 3.11 shares between instances).
-        ``from_packed`` makes the instance again."""
-        values: tuple[object, ...] = _pack(self.__dict__)
-        return values
-
-    @classmethod
-    def from_packed(cls, values: tuple[object, ...]) -> InstanceInfo:
-        """The instance ``packed`` gave ``values`` for (equal to it)."""
-        info = object.__new__(cls)
-        info.__dict__.update(zip(_FIELD_ORDER, values, strict=True))
-        return info
-
     def placed(self, path: str, duplicate: str) -> InstanceInfo:
         """This instance with where it is stored and the duplicate outcome."""
         info = object.__new__(type(self))
@@ -157,6 +141,4 @@ class InstanceInfo:
 _DEFAULTS: dict[str, object] = {f.name: f.default for f in dataclasses.fields(InstanceInfo)
                                 if f.default is not dataclasses.MISSING}
 _FIELDS = frozenset(f.name for f in dataclasses.fields(InstanceInfo))
-_FIELD_ORDER = tuple(f.name for f in dataclasses.fields(InstanceInfo))
-_pack = operator.itemgetter(*_FIELD_ORDER)
 _REQUIRED = _FIELDS - _DEFAULTS.keys()

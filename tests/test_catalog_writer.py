@@ -323,24 +323,3 @@ def test_a_written_batch_is_not_held_while_the_queue_refills(tmp_path):
     assert wait_for(lambda: all(r() is None for r in refs), 5.0), sum(r() is not None for r in refs)
     assert w.close()
     assert count(tmp_path / "i.db") == 50
-
-
-def test_a_queued_instance_waits_in_its_packed_form(tmp_path):
-    """The queue holds ``InstanceInfo.packed()`` tuples (about 1.1 KB a
-    queued instance against 2.2 KB, issue 23), and the row written is the
-    instance's all the same."""
-    w = CatalogWriter(tmp_path / "i.db", batch_size=1000, flush_interval=3600)
-    info = dataclasses.replace(make_info(7), patient_name="Doe^Jane", series_number=12, rows=256)
-    expected = dataclasses.replace(info)  # an equal copy: the original is only weakly referenced
-    ref = weakref.ref(info)
-    w.enqueue(info)
-    del info
-    assert w.queue_depth == 1 and ref() is None  # nothing of the instance object is kept
-    written = []
-    w.on_written = written.extend
-    assert w.close()  # writes what is queued
-    assert written == [expected] and written[0] is not expected
-    assert count(tmp_path / "i.db", "SELECT count(*) FROM instances i "
-                                    "JOIN series s ON s.series_instance_uid = i.series_instance_uid "
-                                    "JOIN patients p ON p.patient_id = i.patient_id "
-                                    "WHERE p.patient_name = 'Doe^Jane' AND s.series_number = 12 AND i.rows = 256") == 1

@@ -41,27 +41,6 @@ def test_instance_info_is_frozen_and_its_steps_make_new_values() -> None:
         InstanceInfo.check_field_names(["patient_id", "colour"])
 
 
-def test_packed_makes_the_same_instance_again_whichever_step_made_it() -> None:
-    """``packed`` (the index writer's queued form) reads fields by name, so
-    the different key orders of the constructors' ``__dict__`` come back
-    as the same instance, header included (it is not compared by ==)."""
-    header = object()
-    parsed = InstanceInfo.from_fields({"sop_class_uid": CT, "sop_instance_uid": "1.2.3", "patient_id": "P1",
-                                       "transfer_syntax_uid": EXPLICIT_LE, "series_number": 4})
-    received = parsed.received(sop_class_uid=CT, calling_ae="SCU", called_ae="FASTSCP", peer="127.0.0.1:1",
-                               association_id="a-1", received_at=5.0, dataset_size=10, file_size=20,
-                               content_hash="ab", header=header)  # type: ignore[arg-type]
-    made = (parsed, received, received.placed("/store/1.dcm", "ignored"),
-            InstanceInfo(CT, "1.2.4", EXPLICIT_LE, study_date="20260101", rows=512),
-            dataclasses.replace(parsed, patient_name="A^B"))
-    for info in made:
-        again = InstanceInfo.from_packed(info.packed())
-        assert again == info and again.__dict__ == info.__dict__ and again.header is info.header
-    assert len(received.packed()) == len(dataclasses.fields(InstanceInfo))
-    with pytest.raises(ValueError):
-        InstanceInfo.from_packed(received.packed()[:-1])
-
-
 def test_every_storage_outcome_has_an_answer() -> None:
     assert set(ANSWERS) == set(Outcome) | set(Refusal)
     assert {outcome for outcome in Outcome if ANSWERS[outcome][0] != D.SUCCESS} == {Outcome.REJECTED}

@@ -42,7 +42,6 @@ reconcile indexes them from their headers.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import logging
 import threading
 import time
@@ -57,9 +56,6 @@ from . import schema
 from .rows import AssociationRecord, BatchWriter, DuplicateRecord
 
 log = logging.getLogger(__name__)
-
-_Packed = tuple[object, ...]  # InstanceInfo.packed()
-_UID_AT = [f.name for f in dataclasses.fields(InstanceInfo)].index("sop_instance_uid")
 
 DEFAULT_BATCH_SIZE = 5000
 DEFAULT_FLUSH_INTERVAL = 1.0
@@ -117,9 +113,7 @@ class CatalogWriter:
         self.retry_max = retry_max
         self._connect = connect or (lambda: schema.connect(self.db_path))
 
-        # an instance waits as InstanceInfo.packed() (0.4 KB against 1.6 KB
-        # of __dict__; up to an interval of them at full speed, issue 23)
-        self._queue: collections.deque[_Packed | AssociationRecord | DuplicateRecord] = collections.deque()
+        self._queue: collections.deque[InstanceInfo | AssociationRecord | DuplicateRecord] = collections.deque()
         self._wake = threading.Event()
         self._closing = False
         self._done = threading.Condition()
@@ -149,7 +143,7 @@ class CatalogWriter:
         queue is at or over ``high_water`` (pause reading until ``on_resume``)."""
         if self._closing:
             raise RuntimeError("CatalogWriter is closed")
-        return self._put(info.packed(), True)
+        return self._put(info, True)
 
     def record_association(
         self,
@@ -178,7 +172,7 @@ class CatalogWriter:
             raise RuntimeError("CatalogWriter is closed")
         return self._put(DuplicateRecord.of(info), False)
 
-    def _put(self, item: _Packed | AssociationRecord | DuplicateRecord, is_instance: bool) -> bool:
+    def _put(self, item: InstanceInfo | AssociationRecord | DuplicateRecord, is_instance: bool) -> bool:
         q = self._queue
         q.append(item)
         self._items_in += 1
@@ -292,9 +286,8 @@ class CatalogWriter:
                     break
         self._shutdown()
 
-    def _write_with_retry(self, items: list[_Packed | AssociationRecord | DuplicateRecord]) -> None:
-        unpack = InstanceInfo.from_packed
-        instances = [unpack(x) for x in items if type(x) is tuple]
+    def _write_with_retry(self, items: list[InstanceInfo | AssociationRecord | DuplicateRecord]) -> None:
+        instances = [x for x in items if isinstance(x, InstanceInfo)]
         assocs = [x for x in items if isinstance(x, AssociationRecord)]
         # a dropped re-send is applied after the batch's rows, so one that a
         # later stored copy of the same UID supersedes (overwrite) is left out
@@ -302,8 +295,8 @@ class CatalogWriter:
         for x in items:
             if isinstance(x, DuplicateRecord):
                 latest[x.sop_instance_uid] = x
-            elif type(x) is tuple:
-                latest.pop(str(x[_UID_AT]), None)
+            elif isinstance(x, InstanceInfo):
+                latest.pop(x.sop_instance_uid, None)
         duplicates = list(latest.values())
         delay = self.retry_initial
         while True:
