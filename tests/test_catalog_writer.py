@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import duckdb
@@ -304,3 +305,21 @@ def test_a_dropped_re_send_updates_the_row_and_a_later_stored_copy_supersedes_it
         assert w.flush(10)
         row = w.cursor().execute("SELECT calling_ae, duplicate, path, content_hash FROM instances").fetchall()
         assert row == [("FIXER", "overwritten", "/x/1b.dcm", "bb")]
+
+
+def test_a_written_batch_is_not_held_while_the_queue_refills(tmp_path):
+    """Once a batch is committed the writer keeps none of its instances
+    (they were held till the next batch replaced them: up to 5000 InstanceInfo
+    of about 2.3 KB each, issue 23). Only weak references are kept here."""
+    w = CatalogWriter(tmp_path / "i.db", batch_size=50, flush_interval=3600)
+    refs = []
+    for i in range(50):
+        info = make_info(i)
+        refs.append(weakref.ref(info))
+        w.enqueue(info)
+    del info
+    assert w.flush(20) and w.rows_written == 50
+    # the thread lets go of the batch just after counting it done
+    assert wait_for(lambda: all(r() is None for r in refs), 5.0), sum(r() is not None for r in refs)
+    assert w.close()
+    assert count(tmp_path / "i.db") == 50

@@ -3,20 +3,22 @@ and the pixel plugins: about 30 MB of PSS on this machine, issue 23), nor
 prometheus-client, imported by the first /metrics request (2.5 MB): the
 default configuration, start-up with an index, and C-STOREs of images in
 ISO_IR 100 and UTF-8 over plain TCP all run on the project's own Cython
-header reader. Nor what only other commands or other cases need: rich
-(``fastscp status``, 1.7 MB, though every command's parser is built),
-yaml (a configuration file; flags alone here), urllib.request (the status
+header reader. Nor what only other commands or other cases need: the
+other commands' modules (``fastscp serve`` builds its own parser alone,
+0.55 MB), rich (``fastscp status``, 1.7 MB), yaml (a configuration file; flags alone here), urllib.request (the status
 client), multiprocessing (a large reconcile) and difflib (a bad value's
 suggestion). Checked in a fresh interpreter, since pytest itself has
 pydicom loaded."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 import pydicom
+import pytest
 from conftest import dataset_bytes, make_image
 
 _CHILD = r"""
@@ -28,11 +30,13 @@ from fastscp.app import App
 from fastscp.config import load_config
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
+OTHER_COMMANDS = ("fastscp.scu.commands", "fastscp.cli_catalog", "fastscp.cli_config", "fastscp.monitor.terminal",
+                  "fastscp.pipeline.convert", "fastscp.pipeline.scansheet", "fastscp.pipeline.tags")
 storage, items = sys.argv[2], sys.argv[3:]
-# the command line's own path: every command's parser is built, then serve's flags
-from fastscp.cli import build_parser, serve_overrides
-args = build_parser().parse_args(["serve", "0", "FASTSCP", "--storage-dir", storage,
-                                  "--index-db", storage + ".db", "--status-port", "0"])
+# the command line's own path (cli.main's parser for these arguments), then serve's flags
+from fastscp.cli import parser_for, serve_overrides
+argv = ["serve", "0", "FASTSCP", "--storage-dir", storage, "--index-db", storage + ".db", "--status-port", "0"]
+args = parser_for(argv).parse_args(argv)
 overrides = serve_overrides(args)
 app = App(load_config(None, overrides), None, overrides)
 loop = asyncio.new_event_loop()
@@ -58,7 +62,7 @@ for i, item in enumerate(items):
 sock.sendall(RELEASE_RQ)
 read_pdu(sock)
 heavy = sorted(m for m in ("pydicom", "pynetdicom", "numpy", "PIL", "prometheus_client", "rich", "yaml",
-                           "urllib.request", "multiprocessing", "difflib") if m in sys.modules)
+                           "urllib.request", "multiprocessing", "difflib", *OTHER_COMMANDS) if m in sys.modules)
 print("HEAVY", heavy, "STORED", app.state.instances_total)
 """
 
@@ -94,3 +98,28 @@ def test_own_charset_table_agrees_with_pydicom() -> None:
 
     for term, codec in _CODECS.items():
         assert convert_encodings(term) == [codec], term
+
+
+def test_serve_only_parser_reads_serve_as_the_whole_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """``fastscp serve`` gets a parser of its own command only (the other
+    commands' modules stay unimported); it must read every serve command
+    line as the whole parser does, errors included."""
+    from fastscp.cli import build_parser, parser_for
+
+    def commands(parser: argparse.ArgumentParser) -> list[str]:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return list(sub.choices)
+
+    assert commands(parser_for(["serve"])) == commands(build_parser())
+    for argv in (["serve"], ["serve", "104", "ME", "--storage-dir", "s", "--index-db", "", "--no-called-ae-check"],
+                 ["serve", "--config", "c.yaml", "--status-port", "0", "--max-pdu", "65536", "--complete-on-release"]):
+        assert vars(parser_for(argv).parse_args(argv)) == vars(build_parser().parse_args(argv)), argv
+    for bad in (["serve", "notaport"], ["serve", "--no-such-flag"]):
+        errors = []
+        for parser in (parser_for(bad), build_parser()):
+            with pytest.raises(SystemExit) as exc:
+                parser.parse_args(bad)
+            errors.append((exc.value.code, capsys.readouterr().err))
+        assert errors[0] == errors[1] and errors[0][0] == 2, errors
+    # every other command still gets the whole parser
+    assert parser_for(["echo", "127.0.0.1", "104"]).parse_args(["echo", "127.0.0.1", "104"]).command == "echo"

@@ -267,6 +267,10 @@ class CatalogWriter:
                 n = min(len(q), self.batch_size)
                 items = [q.popleft() for _ in range(n)]
                 self._write_with_retry(items)
+                # let go of the written batch now, not when the next one
+                # replaces it: its InstanceInfo (about 2.3 KB each with their
+                # strings) are not held while the queue refills (issue 23)
+                del items
                 if self._over and len(q) <= self.low_water:
                     self._over = False
                     if self.on_resume is not None:
