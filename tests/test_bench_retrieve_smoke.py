@@ -38,3 +38,21 @@ def test_bench_retrieve_runs_all_three(tmp_path: Path, capsys: pytest.CaptureFix
                 if line.startswith(("| move |", "| get |"))]
     assert len(cpu_rows) == 10
     assert all(int(row[3]) > 0 for row in cpu_rows), cpu_rows  # the SCUs (and storescp) always spend some
+
+
+def test_clear_sets_the_received_files_aside_without_deleting_them(tmp_path: Path) -> None:
+    """Between timed runs the received folder is renamed aside, not emptied
+    file by file: a deletion would make the next run's file creations walk
+    the freed inodes on a no-journal ext4 (docs/benchmark.md, "Retrieve
+    with the received folders set aside, not deleted")."""
+    received = tmp_path / "got"
+    received.mkdir()
+    for name in ("a.dcm", "b.dcm"):
+        (received / name).write_bytes(b"x")
+    bench_retrieve.clear(received)
+    assert received.is_dir() and not any(received.iterdir())
+    kept = sorted(p.name for p in (tmp_path / "set-aside").glob("got-*/*"))
+    assert kept == ["a.dcm", "b.dcm"]
+    (received / "c.dcm").write_bytes(b"x")
+    bench_retrieve.clear(received)  # a second run's files go to a folder of their own
+    assert len(list((tmp_path / "set-aside").glob("got-*"))) == 2
