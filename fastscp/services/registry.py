@@ -99,8 +99,6 @@ def modules(with_index: bool, tls_context: Callable[[], ssl.SSLContext] | None =
     def retrieve() -> Mapping[type, ServiceModule]:
         from . import retrieve as module
 
-        if pending_interval is None:
-            return module.services(tls_context, timeout, max_retrieve_instances)
         return module.services(tls_context, timeout, max_retrieve_instances, pending_interval)
 
     query, moving = _Group(_query), _Group(retrieve)

@@ -974,16 +974,18 @@ class _GetPipeline:
 
 def services(tls_context: Callable[[], ssl.SSLContext] | None = None, timeout: float | None = None,
              max_instances: int | None = None,
-             pending_interval: float = PENDING_INTERVAL) -> dict[type, MoveService | GetService]:
+             pending_interval: float | None = None) -> dict[type, MoveService | GetService]:
     """The retrieve modules by request type, for ``ServerState.services``;
     ``timeout`` (``server.dimse_timeout``; None: 120 s) bounds the wait for
     a C-STORE-RSP and each socket operation of a C-MOVE's association; a
     retrieve naming more than ``max_instances``
     (``query_retrieve.max_retrieve_instances``; None: no limit) is refused
     0xA701 before any sub-operation; ``pending_interval``
-    (``query_retrieve.pending_interval``) paces the Pending responses
-    (``PendingPacer``)."""
+    (``query_retrieve.pending_interval``; None: ``PENDING_INTERVAL``) paces
+    the Pending responses (``PendingPacer``)."""
     wait = timeout or RESPONSE_TIMEOUT
+    if pending_interval is None:
+        pending_interval = PENDING_INTERVAL
     return {CMoveRequest: MoveService(tls_context=tls_context, timeout=wait, max_instances=max_instances,
                                       pending_interval=pending_interval),
             CGetRequest: GetService(response_timeout=wait, max_instances=max_instances,
