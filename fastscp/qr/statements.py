@@ -58,7 +58,8 @@ def execute(conn: duckdb.DuckDBPyConnection, sql: str,
             return conn.execute(statement, params)
         kept.chars += len(sql)
         while kept.chars > BUDGET:
-            kept.chars -= len(next(iter(statements)))
-            del statements[next(iter(statements))]
+            oldest = next(iter(statements))
+            kept.chars -= len(oldest)
+            del statements[oldest]
     statements[sql] = statement  # last: the most recently used
     return conn.execute(statement, params)
