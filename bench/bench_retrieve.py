@@ -81,6 +81,7 @@ import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gen_corpus import DEFAULT_ROOT, default_spec, ensure_corpus
+from procstat import cpu_seconds
 from receivers import free_port, wait_for_port
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}  # read by the dcmtk tools (see the module doc); --nagle: removed
@@ -149,12 +150,6 @@ def orthanc_config(work: Path, port: int, http_port: int, dest_port: int) -> Pat
         "DicomModalities": {"dest": ["DEST", "127.0.0.1", dest_port], "bench": ["BENCH", "127.0.0.1", 1]},
     }))
     return path
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, its threads and its reaped children (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def children_cpu() -> float:
@@ -243,13 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     baselines: dict[str, Path] = {}
     for spec in args.baseline:
         name, _, directory = spec.rpartition("=")
-        baselines[name or "fastscp-before"] = Path(directory).resolve()
+        copy = baselines[name or "fastscp-before"] = Path(directory).resolve()
         # -P: ``python -m`` would put the current directory first on sys.path, and
         # run from a checkout that is its own fastscp, whatever PYTHONPATH says
         found = subprocess.run([sys.executable, "-P", "-c", "import fastscp; print(fastscp.__file__)"],
                                capture_output=True, text=True, check=True,
-                               env={**os.environ, "PYTHONPATH": str(baselines[name or "fastscp-before"])}).stdout
-        if not Path(found.strip()).is_relative_to(baselines[name or "fastscp-before"]):
+                               env={**os.environ, "PYTHONPATH": str(copy)}).stdout
+        if not Path(found.strip()).is_relative_to(copy):
             ap.error(f"--baseline {spec}: the package imported is {found.strip()}, not the copy in {directory}")
     tool = {name: str(Path(args.dcmtk_bin) / name) for name in
             ("storescp", "storescu", "movescu", "getscu", "dcmqrscp", "dcmqridx")}
@@ -277,14 +272,16 @@ def main(argv: list[str] | None = None) -> int:
         (work / "fastscp.yaml").write_text(f"remote_aes:\n  - ae_title: DEST\n    host: 127.0.0.1\n"
                                            f"    port: {dest_port}\n")
         dcmqrscp_config(work / "dcmqrscp.cfg", qr_port, qr_db, dest_port)
-        fastscp = [sys.executable, "-P", "-m", "fastscp.cli", "serve", str(fast_port), "FASTSCP", "--storage-dir",
-                   str(fast_tree), "--index-db", str(work / "fastscp.db"), "--status-port", "0",
-                   "--config", str(work / "fastscp.yaml"), "--log-level", "warning"]
+        def serve(port: int, tree: Path, db: Path) -> list[str]:
+            return [sys.executable, "-P", "-m", "fastscp.cli", "serve", str(port), "FASTSCP", "--storage-dir",
+                    str(tree), "--index-db", str(db), "--status-port", "0",
+                    "--config", str(work / "fastscp.yaml"), "--log-level", "warning"]
+
+        fastscp = serve(fast_port, fast_tree, work / "fastscp.db")
         qrscp = [tool["dcmqrscp"], "-c", str(work / "dcmqrscp.cfg"), str(qr_port)]
+
         def baseline(name: str) -> list[str]:
-            return [sys.executable, "-P", "-m", "fastscp.cli", "serve", str(base_ports[name]), "FASTSCP",
-                    "--storage-dir", str(base_trees[name]), "--index-db", str(work / f"{base_trees[name].name}.db"),
-                    "--status-port", "0", "--config", str(work / "fastscp.yaml"), "--log-level", "warning"]
+            return serve(base_ports[name], base_trees[name], work / f"{base_trees[name].name}.db")
         servers = {"fastscp": ("FASTSCP", fast_port), "dcmqrscp": ("QRSCP", qr_port)}
         for name, port in base_ports.items():
             servers[name] = ("FASTSCP", port)

@@ -53,15 +53,16 @@ def descendants(root: int) -> list[int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """user+system CPU seconds of one process (its threads) and its reaped children; 0 once it is gone."""
+    fields = _stat_fields(pid)
+    # After the comm split: index 11..14 are utime, stime, cutime, cstime.
+    return 0.0 if fields is None else sum(int(f) for f in fields[11:15]) / CLK_TCK
+
+
 def tree_cpu_seconds(root: int) -> float:
     """user+system CPU seconds of root and its descendants, including reaped children."""
-    ticks = 0
-    for pid in [root, *descendants(root)]:
-        fields = _stat_fields(pid)
-        if fields is not None:
-            # After the comm split: index 11..14 are utime, stime, cutime, cstime.
-            ticks += sum(int(f) for f in fields[11:15])
-    return ticks / CLK_TCK
+    return sum(cpu_seconds(pid) for pid in [root, *descendants(root)])
 
 
 def _proc_field_kib(pid: int, name: str, field: str) -> int:
