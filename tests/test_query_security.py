@@ -376,6 +376,46 @@ def test_a_query_whose_client_goes_away_is_cancelled(tmp_path: Path) -> None:
         srv.close()
 
 
+def test_a_client_gone_before_its_statement_starts_still_stops_it(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB forgets an interrupt that comes before a statement starts: the
+    client leaves while the query is still being checked, and the statement
+    that starts afterwards must be stopped all the same."""
+    import fastscp.monitor.http as status_http
+
+    stopped = threading.Event()
+    checked = status_http.check_readonly
+
+    def check_after_the_stop(cur: duckdb.DuckDBPyConnection, sql: str) -> str:
+        assert stopped.wait(30)
+        return checked(cur, sql)
+
+    monkeypatch.setattr(status_http, "check_readonly", check_after_the_stop)
+    srv = LiveStatus(tmp_path, limits=QueryLimits(timeout=120.0))
+    try:
+        body = json.dumps({"sql": LONG}).encode()
+        s = socket.create_connection(("127.0.0.1", srv.port))
+        s.sendall(f"POST /query HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 20
+        while srv.server.queries_running == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        s.close()
+        while not any(job.reason == "client_gone" for job in srv.server._jobs):  # the stop, before the statement
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        stopped.set()
+        t0 = time.monotonic()
+        while srv.server.queries_running:
+            assert time.monotonic() - t0 < 60, "the statement that began after the stop ran on"
+            time.sleep(0.02)
+        assert srv.server.queries["client_gone"] == 1
+    finally:
+        stopped.set()
+        srv.close()
+
+
 def test_more_queries_than_slots_are_refused_not_queued(tmp_path: Path) -> None:
     srv = LiveStatus(tmp_path, limits=QueryLimits(timeout=60.0, concurrent=2))
     results: list[tuple[int, object]] = []

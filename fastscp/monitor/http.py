@@ -146,6 +146,12 @@ class QueryJob:
             if self.reason:
                 return
             self.reason = reason
+        self.interrupt()
+
+    def interrupt(self) -> None:
+        """Interrupt what runs on the connection. DuckDB forgets an
+        interrupt that comes before a statement starts (each one begins
+        uninterrupted), so the watcher repeats it until the work ends."""
         with contextlib.suppress(duckdb.Error):
             self.conn.interrupt()
 
@@ -487,6 +493,8 @@ class StatusServer:
                     with contextlib.suppress(OSError):
                         if os.stat(job.file).st_size > self.limits.max_bytes:
                             job.stop("too_large")
+                if job.reason and not work.done():  # stopped: again, in case it came before a statement began
+                    job.interrupt()
         finally:
             if gone is not None:
                 gone.cancel()
