@@ -353,17 +353,23 @@ def test_every_cli_format_through_the_server_is_capped(tmp_path: Path, fmt: str)
         srv.close()
 
 
+def _long_query_running(srv: LiveStatus) -> socket.socket:
+    """Post LONG on a raw socket and return it once the query runs."""
+    body = json.dumps({"sql": LONG}).encode()
+    s = socket.create_connection(("127.0.0.1", srv.port))
+    s.sendall(f"POST /query HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+              f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    deadline = time.monotonic() + 20
+    while srv.server.queries_running == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return s
+
+
 def test_a_query_whose_client_goes_away_is_cancelled(tmp_path: Path) -> None:
     srv = LiveStatus(tmp_path, limits=QueryLimits(timeout=120.0))
     try:
-        body = json.dumps({"sql": LONG}).encode()
-        s = socket.create_connection(("127.0.0.1", srv.port))
-        s.sendall(f"POST /query HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
-        deadline = time.monotonic() + 20
-        while srv.server.queries_running == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        s = _long_query_running(srv)
         t0 = time.monotonic()
         s.close()
         # the bound tells a cancel from the 120 s timeout, not how fast the
@@ -393,14 +399,8 @@ def test_a_client_gone_before_its_statement_starts_still_stops_it(tmp_path: Path
     monkeypatch.setattr(status_http, "check_readonly", check_after_the_stop)
     srv = LiveStatus(tmp_path, limits=QueryLimits(timeout=120.0))
     try:
-        body = json.dumps({"sql": LONG}).encode()
-        s = socket.create_connection(("127.0.0.1", srv.port))
-        s.sendall(f"POST /query HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        s = _long_query_running(srv)
         deadline = time.monotonic() + 20
-        while srv.server.queries_running == 0:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
         s.close()
         while not any(job.reason == "client_gone" for job in srv.server._jobs):  # the stop, before the statement
             assert time.monotonic() < deadline
