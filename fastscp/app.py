@@ -21,7 +21,7 @@ from typing import Any
 import duckdb
 
 from .access import AccessPolicy, AssociationLimiter, resolve_host
-from .catalog import CatalogWriter, IndexRootMismatch
+from .catalog import CatalogWriter, IndexRootMismatch, filtersave
 from .catalog.known import IndexConfirm, count_instances
 from .catalog.root import bind_root
 from .catalog.startup import IndexStartup
@@ -199,6 +199,7 @@ def open_catalog(cfg: Config, state: ServerState) -> CatalogWriter | None:
     storage = state.storage
     writer: CatalogWriter | None = None
     try:
+        kept = filtersave.take(db.path)  # before the open: it must find the file as the last stop left it
         writer = CatalogWriter(db.path, batch_size=db.batch_size, flush_interval=db.flush_interval)
         conn = writer.cursor()
         try:
@@ -206,8 +207,14 @@ def open_catalog(cfg: Config, state: ServerState) -> CatalogWriter | None:
             rows = count_instances(conn)
         finally:
             conn.close()
+        if kept is not None and not filtersave.fits(kept, rows):
+            log.info("duplicate check filter kept by the last stop (%d UIDs, room for %d) does not fit an index of "
+                     "%d instances: filling a new one", kept.added, kept.capacity, rows)
+            kept = None
         confirm = IndexConfirm(writer.cursor, storage.directory)
-        known = IndexedInstances(storage.directory, UidFilter.for_rows(rows), confirm, confirm.close)
+        known = IndexedInstances(storage.directory, kept or UidFilter.for_rows(rows), confirm, confirm.close)
+        if kept is not None:
+            known.mark_ready()
     except IndexRootMismatch:
         if writer is not None:
             writer.close()
@@ -227,8 +234,9 @@ def open_catalog(cfg: Config, state: ServerState) -> CatalogWriter | None:
 
     writer.on_written = written
     storage.guard.index = known
-    log.info("index %s: %d instances; duplicate check filter of %.1f MB, filled after the port opens",
-             db.path, rows, known.filter.nbytes / 1e6)
+    log.info("index %s: %d instances; duplicate check filter of %.1f MB, %s", db.path, rows,
+             known.filter.nbytes / 1e6, "kept by the last clean stop" if kept is not None
+             else "filled after the port opens")
     return writer
 
 
@@ -494,6 +502,10 @@ class App:
                      "(%d on the event loop: one association open)", c.instances, c.syncs, c.written, c.inline)
         if not all_indexed:
             log.error("index writer could not write every row; `fastscp reindex` will add them")
+        known = storage.guard.index
+        if self.catalog is not None and isinstance(known, IndexedInstances) and known.ready:
+            # the filter holds every UID of the closed index: the next start reads it instead of filling it
+            filtersave.save(self.catalog.db_path, known.filter)
         gc.unfreeze()  # let interpreter shutdown finalize what start-up made
         self.unlock()
         st = self.state

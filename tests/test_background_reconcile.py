@@ -29,10 +29,11 @@ import pytest
 
 from conftest import dcmtk, free_port, make_image
 from fastscp.app import App
-from fastscp.catalog import schema
+from fastscp.catalog import filtersave, schema
 from fastscp.catalog import ReconcileStopped, WhileReceiving, reconcile
 from fastscp.catalog.rows import BatchWriter
 from fastscp.config import load_config
+from fastscp.storage.duplicates import IndexedInstances
 from test_catalog_support import make_info, write_instance
 from test_interop import store_responses
 
@@ -316,6 +317,7 @@ def test_a_re_send_to_another_path_is_a_duplicate_before_and_after_the_filter_is
     make_image(image, 1, study=1)
     storage = first_run(tmp_path, [image], "--naming", "flat")
     changed = changed_copy(image, tmp_path / "changed.dcm")
+    filtersave.saved_path(tmp_path / "store.db").unlink()  # the first run's clean stop kept its filter: fill one
     held = Held(startup_module.fill_filter)
     monkeypatch.setattr(startup_module, "fill_filter", held)
     r = in_process(storage, tmp_path / "store.db", **{"storage.duplicates": "reject",
@@ -328,4 +330,29 @@ def test_a_re_send_to_another_path_is_a_duplicate_before_and_after_the_filter_is
     assert r.watch.seen["duplicate check ready"].wait(60)
     assert storescu(r.port, [changed]) == ["Error: CannotUnderstand"]
     assert r.watch.seen["reconciled"].wait(60)
+    assert len([p for p in storage.rglob("*.dcm") if ".incoming" not in p.parts]) == 1
+
+
+@pytest.mark.interop
+def test_a_re_send_to_another_path_is_a_duplicate_with_the_filter_kept_by_the_last_stop(
+        tmp_path: Path, in_process) -> None:  # type: ignore[no-untyped-def]
+    """As above, with the filter the first run's clean stop kept
+    (catalog/filtersave.py): it is ready before the port opens, no fill
+    runs, and it knows the instance, so the index is asked and says
+    duplicate. (A kept filter that lost the UID would answer "new", and the
+    changed copy would be stored at its free hierarchical path.)"""
+    image = tmp_path / "one.dcm"
+    make_image(image, 1, study=1)
+    storage = first_run(tmp_path, [image], "--naming", "flat")
+    changed = changed_copy(image, tmp_path / "changed.dcm")
+    assert filtersave.saved_path(tmp_path / "store.db").is_file()
+    r = in_process(storage, tmp_path / "store.db", **{"storage.duplicates": "reject",
+                                                      "storage.naming": "hierarchical"})
+    wait_listening(r)
+    known = r.app.state.storage.guard.index
+    assert isinstance(known, IndexedInstances) and known.ready
+    assert storescu(r.port, [changed]) == ["Error: CannotUnderstand"]
+    assert known.confirmed >= 1 and known.unconfirmed == 0  # the filter said maybe, the index said yes
+    assert r.watch.seen["reconciled"].wait(60), r.watch.lines
+    assert not r.watch.seen["duplicate check ready"].is_set()  # never filled
     assert len([p for p in storage.rglob("*.dcm") if ".incoming" not in p.parts]) == 1

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import duckdb
 
+from . import filtersave
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 5
@@ -337,6 +339,9 @@ def connect(path: str | Path, *, read_only: bool = False,
         return conn
     if path.parent != Path(""):
         path.parent.mkdir(parents=True, exist_ok=True)
+    # a filter kept by the last clean stop of a receiver stops describing
+    # the index once it is open for writing (catalog/filtersave.py)
+    filtersave.discard(path)
     conn = duckdb.connect(str(path), config={"threads": os.environ.get("FASTSCP_DUCKDB_THREADS", "1"),
                                              # DuckDB starts 8 "async" threads (remote
                                              # I/O); a local index never uses them

@@ -7,7 +7,9 @@ holds. Then ``IndexStartup``, one thread:
 
 1. fills the filter with every UID of the index (``known.fill_filter``), and
    marks the duplicate check ready; until then every duplicate check that
-   this run's own stores do not answer is one index query;
+   this run's own stores do not answer is one index query. A filter kept by
+   the last clean stop (``filtersave.py``) is ready before the port opens,
+   and this step is skipped;
 2. reconciles the index with the tree (``reconcile`` with ``WhileReceiving``):
    the index learns the files it lacks (each UID goes into the filter as it is
    indexed) and which of its files are gone.
@@ -72,7 +74,8 @@ class IndexStartup:
     def _run(self) -> None:
         try:
             self._conn = self.writer.cursor()
-            self._fill(self._conn)
+            if not self.known.ready:  # else read from the last clean stop (filtersave.py)
+                self._fill(self._conn)
             if not self._stop.is_set():
                 self._reconcile(self._conn)
         except Exception:

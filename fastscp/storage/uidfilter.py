@@ -22,10 +22,13 @@ on a UID's hash being hard to forge (a forged collision only costs a query).
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import mmap
 import threading
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
+
+import xxhash
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,13 +59,14 @@ class UidFilter:
     (a bit set concurrently is either seen or not: the UID is recorded elsewhere
     as well until the filter surely has it)."""
 
-    __slots__ = ("_bits", "_lock", "added", "capacity", "hashes", "size")
+    __slots__ = ("_bits", "_lock", "added", "bits_per_item", "capacity", "hashes", "size")
 
     def __init__(self, capacity: int, bits_per_item: int = DEFAULT_BITS_PER_ITEM,
                  hashes: int = DEFAULT_HASHES) -> None:
         if capacity < 1 or bits_per_item < 1 or hashes < 1:
             raise ValueError("capacity, bits_per_item and hashes must be positive")
         self.capacity = capacity
+        self.bits_per_item = bits_per_item
         self.hashes = hashes
         self.size = max(64, math.ceil(capacity * bits_per_item / 64) * 64)  # m, bits; whole 64-bit words
         # Anonymous memory, zero until written: a page costs memory once a bit
@@ -133,6 +137,31 @@ class UidFilter:
     def expected_false_positive_rate(self) -> float:
         """(1 - e^(-k n / m))^k for the UIDs added so far."""
         return float((1.0 - math.exp(-self.hashes * self.added / self.size)) ** self.hashes)
+
+    def write_bits(self, fh: IO[bytes]) -> None:
+        """Write the bit array (``nbytes`` bytes) to ``fh``. Call it while
+        nothing adds (at shutdown): the bytes are not copied under the lock."""
+        fh.write(memoryview(self._bits))
+
+    def bits_digest(self) -> int:
+        """xxh3-64 of the bit array: a saved copy's check."""
+        return xxhash.xxh3_64_intdigest(memoryview(self._bits))
+
+    @classmethod
+    def read(cls, fh: io.BufferedIOBase, capacity: int, bits_per_item: int, hashes: int, added: int) -> UidFilter:
+        """A filter with the given shape, its bits read from ``fh`` (what
+        ``write_bits`` wrote for that shape). Raises ValueError when ``fh``
+        ends early."""
+        f = cls(capacity, bits_per_item, hashes)
+        view = memoryview(f._bits)
+        got = 0
+        while got < len(view):
+            n = fh.readinto(view[got:])
+            if not n:
+                raise ValueError(f"filter bits end after {got} of {len(view)} bytes")
+            got += n
+        f.added = added
+        return f
 
     @classmethod
     def for_rows(cls, rows: int, minimum: int = 1_000_000) -> UidFilter:
