@@ -26,16 +26,15 @@ from typing import Any
 import duckdb
 import pydicom
 import pytest
-
 from conftest import dcmtk, free_port, make_image
+from test_catalog_support import make_info, write_instance
+from test_interop import store_responses
+
 from fastscp.app import App
-from fastscp.catalog import filtersave, schema
-from fastscp.catalog import ReconcileStopped, WhileReceiving, reconcile
+from fastscp.catalog import ReconcileStopped, WhileReceiving, filtersave, reconcile, schema
 from fastscp.catalog.rows import BatchWriter
 from fastscp.config import load_config
 from fastscp.storage.duplicates import IndexedInstances
-from test_catalog_support import make_info, write_instance
-from test_interop import store_responses
 
 startup_module = importlib.import_module("fastscp.catalog.startup")
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from conftest import Server, make_image
+from test_interop import run_storescu
+
 from fastscp.catalog import filtersave, schema
 from fastscp.storage.uidfilter import UidFilter
-from test_interop import run_storescu
 
 
 def _closed_index(tmp_path: Path, uids: list[str]) -> tuple[Path, UidFilter]:
