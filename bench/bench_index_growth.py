@@ -10,7 +10,8 @@ not know, for reconcile to index) and measures:
   children (``/proc/<pid>/smaps_rollup``: shared pages counted once);
 - ``ready s`` / ``PSS ready``: the duplicate check's filter holds the index
   (log line ``duplicate check ready``; ``duplicate check warmed`` from the
-  versions that loaded a map before listening, which this also measures);
+  versions that loaded a map before listening, which this also measures;
+  ``kept by the last clean stop`` when it was read back, with ``--restart``);
 - ``reconciled s`` / ``PSS end``: the background reconcile logged its end;
 - ``PSS peak``: the largest sum sampled every 50 ms over the run;
 - ``B/inst``: (``PSS end`` at N - ``PSS end`` at the first size) / N.
@@ -21,6 +22,7 @@ are not on this disk (no N files to make here), which reconcile walks past.
 figures then include.
 
     python bench/bench_index_growth.py --sizes 0,1000000,10000000 [--work-dir DIR] [--files 1000] [--json out.json]
+    python bench/bench_index_growth.py --sizes 0,10000000 --restart   # then a second start on each index
     python bench/bench_index_growth.py --compare-map 2000000   # the old map beside the filter
 
 ``--compare-map N`` loads, each in a fresh interpreter, the duplicate map the
@@ -70,6 +72,7 @@ class Run:
     pss_peak_mb: float
     index_mb: float
     bytes_per_instance: float = 0.0
+    start: str = "first"  # or "restart": after the first start's clean stop
 
 
 def build_index(db: Path, storage: Path, rows: int, status: str) -> float:
@@ -169,7 +172,11 @@ def wait_for(predicate, timeout: float, what: str) -> float:  # type: ignore[no-
     return time.monotonic()
 
 
-def measure(work: Path, rows: int, files: int, status: str, timeout: float) -> Run:
+def measure(work: Path, rows: int, files: int, status: str, timeout: float, restart: bool = False) -> list[Run]:
+    """One start on a fresh index of ``rows`` rows (and ``files`` files the
+    index does not know); with ``restart``, a second start after the first
+    one's clean stop, which reads the duplicate filter that stop kept
+    (catalog/filtersave.py) instead of filling it."""
     case = work / f"n{rows}"
     shutil.rmtree(case, ignore_errors=True)
     storage = (case / "store").resolve()
@@ -178,8 +185,19 @@ def measure(work: Path, rows: int, files: int, status: str, timeout: float) -> R
     built = build_index(db, storage, rows, status)
     make_files(storage, files)
     print(f"  index of {rows} rows built in {built:.1f} s ({db.stat().st_size / 1e6:.0f} MB)", flush=True)
+    try:
+        runs = [serve_once(case, storage, db, rows, files, timeout, "first")]
+        if restart:
+            runs.append(serve_once(case, storage, db, rows, files, timeout, "restart"))
+    finally:
+        shutil.rmtree(case, ignore_errors=True)
+    return runs
+
+
+def serve_once(case: Path, storage: Path, db: Path, rows: int, files: int, timeout: float, start: str) -> Run:
+    """Start ``fastscp serve`` on ``db``, measure, stop it cleanly (SIGTERM)."""
     port = free_port()
-    log = case / "serve.log"
+    log = case / f"serve-{start}.log"
     cmd = [sys.executable, "-m", "fastscp.cli", "serve", str(port), "BENCH", "--storage-dir", str(storage),
            "--index-db", str(db), "--status-port", "0"]
     with open(log, "wb") as out:
@@ -205,9 +223,10 @@ def measure(work: Path, rows: int, files: int, status: str, timeout: float) -> R
                 text = log.read_text(errors="replace")
                 return any(t in text for t in texts)
 
-            # "warmed": the duplicate map of versions before the filter, filled before listening
-            t_ready = wait_for(lambda: logged("duplicate check ready", "duplicate check warmed"), timeout,
-                               "filled filter")
+            # "warmed": the duplicate map of versions before the filter, filled before listening;
+            # "kept by the last clean stop": read back before listening
+            t_ready = wait_for(lambda: logged("duplicate check ready", "duplicate check warmed",
+                                              "kept by the last clean stop"), timeout, "filled filter")
             pss_ready = pss_kib(proc.pid)
             t_rec = wait_for(lambda: logged(" reconciled with "), timeout, "reconcile")
             pss_end = pss_kib(proc.pid)
@@ -219,11 +238,9 @@ def measure(work: Path, rows: int, files: int, status: str, timeout: float) -> R
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-    index_mb = db.stat().st_size / 1e6
-    shutil.rmtree(case, ignore_errors=True)
     peak = max(peak, pss_listen, pss_ready, pss_end)
     return Run(rows, files, t_listen - t0, pss_listen / 1024, t_ready - t0, pss_ready / 1024, t_rec - t0,
-               pss_end / 1024, peak / 1024, index_mb)
+               pss_end / 1024, peak / 1024, db.stat().st_size / 1e6, start=start)
 
 
 # One structure in a fresh interpreter: PSS before and after loading it from the index.
@@ -285,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work-dir", default="", help="where indexes and trees go (default: a temp dir, removed)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for each step")
     ap.add_argument("--json", default="", help="write the results here too")
+    ap.add_argument("--restart", action="store_true",
+                    help="start each index twice: the second start reads the filter the first one's stop kept")
     ap.add_argument("--compare-map", type=int, default=0, metavar="N",
                     help="instead: the memory of the old duplicate map and of the filter for N present rows")
     args = ap.parse_args(argv)
@@ -311,16 +330,18 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps({"cpus": os.cpu_count(), "compared": compared}, indent=2))
         return 0
     try:
-        print(f"{'rows':>10} {'files':>6} {'listen s':>8} {'PSS listen':>10} {'ready s':>7} {'PSS ready':>9} "
-              f"{'reconciled s':>12} {'PSS end':>8} {'PSS peak':>8} {'B/inst':>7}", flush=True)
+        print(f"{'rows':>10} {'start':>7} {'files':>6} {'listen s':>8} {'PSS listen':>10} {'ready s':>7} "
+              f"{'PSS ready':>9} {'reconciled s':>12} {'PSS end':>8} {'PSS peak':>8} {'B/inst':>7}", flush=True)
         for rows in sizes:
-            run = measure(work, rows, args.files, args.row_status, args.timeout)
-            if runs and rows:
-                run.bytes_per_instance = (run.pss_end_mb - runs[0].pss_end_mb) * 2**20 / (rows - runs[0].rows)
-            runs.append(run)
-            print(f"{run.rows:>10} {run.files:>6} {run.listen_s:>8.2f} {run.pss_listen_mb:>8.1f}MB "
-                  f"{run.ready_s:>7.2f} {run.pss_ready_mb:>7.1f}MB {run.reconciled_s:>12.2f} "
-                  f"{run.pss_end_mb:>6.1f}MB {run.pss_peak_mb:>6.1f}MB {run.bytes_per_instance:>7.1f}", flush=True)
+            for run in measure(work, rows, args.files, args.row_status, args.timeout, args.restart):
+                base = next((r for r in runs if r.start == run.start), None)  # the first size, same kind of start
+                if base is not None and rows != base.rows:
+                    run.bytes_per_instance = (run.pss_end_mb - base.pss_end_mb) * 2**20 / (rows - base.rows)
+                runs.append(run)
+                print(f"{run.rows:>10} {run.start:>7} {run.files:>6} {run.listen_s:>8.2f} {run.pss_listen_mb:>8.1f}MB "
+                      f"{run.ready_s:>7.2f} {run.pss_ready_mb:>7.1f}MB {run.reconciled_s:>12.2f} "
+                      f"{run.pss_end_mb:>6.1f}MB {run.pss_peak_mb:>6.1f}MB {run.bytes_per_instance:>7.1f}",
+                      flush=True)
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -17,10 +17,11 @@ import bench_index_growth  # noqa: E402
 def test_index_growth_bench_runs_on_a_tiny_index(tmp_path: Path) -> None:
     out = tmp_path / "runs.json"
     rc = bench_index_growth.main(["--sizes", "0,2000", "--files", "5", "--work-dir", str(tmp_path / "work"),
-                                  "--timeout", "120", "--json", str(out)])
+                                  "--timeout", "120", "--json", str(out), "--restart"])
     assert rc == 0
     runs = json.loads(out.read_text())["runs"]
-    assert [r["rows"] for r in runs] == [0, 2000]
+    assert [(r["rows"], r["start"]) for r in runs] == [(0, "first"), (0, "restart"), (2000, "first"),
+                                                       (2000, "restart")]
     for r in runs:
         assert 0 < r["listen_s"] <= r["ready_s"] and r["listen_s"] <= r["reconciled_s"]
         assert 0 < r["pss_listen_mb"] <= r["pss_peak_mb"]
