@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import pytest
 from conftest import Server, dataset_bytes, dcmtk, free_port, make_image, wait_for_port
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
+from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import SCP_SCU_RoleSelectionNegotiation
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
@@ -38,7 +39,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 from test_catalog_network import held_duckdb
 
-pytestmark = pytest.mark.interop
+# an exception in a thread of this process (a requestor or destination of
+# these tests) fails the test it happens in, rather than ending as a warning
+# that may be printed after the summary, or not at all
+pytestmark = [pytest.mark.interop, pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")]
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -172,6 +176,26 @@ def counts(status: Dataset) -> tuple[int | None, int, int, int]:
     remaining = status.get("NumberOfRemainingSuboperations")
     return (None if remaining is None else int(remaining), int(status.NumberOfCompletedSuboperations),
             int(status.NumberOfFailedSuboperations), int(status.NumberOfWarningSuboperations))
+
+
+def status_codes(responses: Iterable[tuple[Dataset, Dataset | None]]) -> list[int | None]:
+    """The Status of each C-GET/C-MOVE response pynetdicom yields; None for
+    the empty data set it yields when the association ended (aborted,
+    connection closed, DIMSE timeout) before a final response."""
+    return [int(status.Status) if "Status" in status else None for status, _ in responses]
+
+
+def abort_and_wake(assoc: Association) -> None:
+    """``assoc.abort()`` while another thread iterates its send_c_get or
+    send_c_move, and wake that thread. pynetdicom's state machine queues a
+    ``(None, None)`` for the waiting iterator when the peer aborts or the
+    connection drops, but not on our own abort: the iterator would sit out
+    its DIMSE timeout, and its thread outlive the test. Queued once the
+    association's reactor thread, the other reader of that queue, has ended."""
+    assoc.abort()
+    assoc.join(30)
+    assert not assoc.is_alive()
+    assoc.dimse.msg_queue.put((None, None))
 
 
 def failed_list(ident: Dataset | None) -> set[str]:
@@ -473,6 +497,11 @@ class Getter:
         return [(int(s.Status), s, i) for s, i in self.assoc.send_c_get(
             query, StudyRootQueryRetrieveInformationModelGet, msg_id=msg_id)]
 
+    def statuses(self, query: Dataset) -> list[int | None]:
+        """A C-GET of ``query``: each response's Status (status_codes), for a
+        C-GET whose association ends before its final response."""
+        return status_codes(self.assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet))
+
 
 def test_pynetdicom_get_byte_identical_and_roles(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     archive = fill(tmp_path / "store0")
@@ -657,13 +686,20 @@ def test_get_requestor_aborts_mid_way(start_server, tmp_path: Path) -> None:  # 
     archive = fill(tmp_path / "store0", count=8, studies=1)
     srv = start_server().indexed()
     getter = Getter(srv, hold_at=2)
-    # daemon: pynetdicom's generator waits for its DIMSE timeout after the abort
-    thread = threading.Thread(target=lambda: getter.get(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0])),
-                              daemon=True)
+    # no DIMSE timeout: the C-GET's thread ends when its association does, and
+    # not 30 s after the test, wherever the run is then (daemon: should it not
+    # end, the assertion below says so and the process can still exit)
+    getter.assoc.dimse_timeout = None
+    seen: list[int | None] = []
+    thread = threading.Thread(target=lambda: seen.extend(getter.statuses(
+        identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]))), daemon=True)
     thread.start()
     assert getter.reached.wait(30)
-    getter.assoc.abort()
+    abort_and_wake(getter.assoc)
     getter.release.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert seen[-1:] == [None] and set(seen[:-1]) <= {0xFF00}  # no final response: the association ended first
     log = srv.log_once_it_says("ended during the retrieve")
     assert "C-GET: association" in log and "2 of 8 sub-operations done" in log
     assert _echo_ok(srv)  # still serving
@@ -679,16 +715,17 @@ def test_move_requestor_aborts_mid_way(start_server, destinations, tmp_path: Pat
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     assoc = ae.associate("127.0.0.1", srv.port, ae_title=srv.ae_title)
     assert assoc.is_established
-
-    def run() -> None:
-        for _ in assoc.send_c_move(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]), "DEST",
-                                   StudyRootQueryRetrieveInformationModelMove):
-            pass
-
-    thread = threading.Thread(target=run, daemon=True)  # (as above)
+    assoc.dimse_timeout = None  # (as above)
+    seen: list[int | None] = []
+    thread = threading.Thread(target=lambda: seen.extend(status_codes(assoc.send_c_move(
+        identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]), "DEST",
+        StudyRootQueryRetrieveInformationModelMove))), daemon=True)
     thread.start()
     assert dest.reached.wait(30)
-    assoc.abort()
+    abort_and_wake(assoc)
+    thread.join(30)
+    assert not thread.is_alive()
+    assert seen[-1:] == [None] and set(seen[:-1]) <= {0xFF00}
     assert "aborted_by_peer" in srv.log_once_it_says("aborted_by_peer")  # the server saw the abort ...
     dest.release.set()  # ... before the sub-operation under way ends
     log = srv.log_once_it_says("ended during the retrieve")
@@ -761,8 +798,9 @@ def test_get_requestor_that_never_answers_is_aborted(start_server, tmp_path: Pat
     archive = fill(tmp_path / "store0", count=4, studies=1)
     srv = start_server("--dimse-timeout", "1.5").indexed()
     getter = Getter(srv, hold_at=1)
-    thread = threading.Thread(target=lambda: getter.get(identifier("STUDY", StudyInstanceUID=archive.study_uids()[0])),
-                              daemon=True)
+    seen: list[int | None] = []
+    thread = threading.Thread(target=lambda: seen.extend(getter.statuses(
+        identifier("STUDY", StudyInstanceUID=archive.study_uids()[0]))), daemon=True)
     thread.start()
     try:
         assert getter.reached.wait(30)
@@ -773,6 +811,9 @@ def test_get_requestor_that_never_answers_is_aborted(start_server, tmp_path: Pat
         assert _echo_ok(srv)
     finally:
         getter.release.set()
+    thread.join(30)  # the server's A-ABORT woke the C-GET's thread (abort_and_wake)
+    assert not thread.is_alive()
+    assert seen == [None]  # the association ended with no response to the C-GET
 
 
 def test_movescu_as_its_own_destination(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
