@@ -811,7 +811,7 @@ def test_get_requestor_that_never_answers_is_aborted(start_server, tmp_path: Pat
         assert _echo_ok(srv)
     finally:
         getter.release.set()
-    thread.join(30)  # the server's A-ABORT woke the C-GET's thread (abort_and_wake)
+    thread.join(30)  # the server's A-ABORT woke the C-GET's thread (pynetdicom wakes it for a peer's abort)
     assert not thread.is_alive()
     assert seen == [None]  # the association ended with no response to the C-GET
 
