@@ -154,7 +154,7 @@ def test_a_restart_reads_the_kept_filter_and_still_finds_re_sends(tmp_path: Path
     assert not filtersave.saved_path(second.index_db).exists()
     third = Server(storage, tmp_path / "third.log", [])
     try:
-        text = third.log_once_it_says("duplicate check ready")
+        text = third.indexed().log_text()  # the start-up thread's end: after its fill
         assert "filled after the port opens" in text and "duplicate check ready: 6 indexed instances" in text, text
     finally:
         assert third.stop() == 0
