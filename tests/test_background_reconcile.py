@@ -15,6 +15,7 @@ import dataclasses
 import importlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -355,3 +356,67 @@ def test_a_re_send_to_another_path_is_a_duplicate_with_the_filter_kept_by_the_la
     assert r.watch.seen["reconciled"].wait(60), r.watch.lines
     assert not r.watch.seen["duplicate check ready"].is_set()  # never filled
     assert len([p for p in storage.rglob("*.dcm") if ".incoming" not in p.parts]) == 1
+
+
+class FillAfterStop(Held):
+    """A fill that starts only once the receiver's stop has reached the
+    start-up thread (its ``stop`` event is set): a stop during the fill,
+    deterministically."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        assert kwargs["stop"].wait(120), "never stopped"
+        return self.real(*args, **kwargs)
+
+
+@pytest.mark.interop
+def test_a_stop_during_the_fill_keeps_no_filter(tmp_path: Path, in_process,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The filter is kept only when it held the whole index: a stop before
+    the fill ended keeps nothing, and the next start fills it."""
+    image = tmp_path / "one.dcm"
+    make_image(image, 1, study=1)
+    storage = first_run(tmp_path, [image])
+    index = tmp_path / "store.db"
+    filtersave.saved_path(index).unlink()  # kept by the first run's clean stop: this start must fill
+    held = FillAfterStop(startup_module.fill_filter)
+    monkeypatch.setattr(startup_module, "fill_filter", held)
+    r = in_process(storage, index)
+    assert held.entered.wait(60)
+    wait_listening(r)
+    r.app.request_stop()
+    r.thread.join(60)
+    assert r.watch.seen["stopped:"].is_set()
+    assert not r.watch.seen["duplicate check ready"].is_set()
+    assert not filtersave.saved_path(index).exists()
+
+
+@pytest.mark.interop
+def test_a_crash_keeps_no_filter(tmp_path: Path) -> None:
+    """A start takes the kept filter away before it reads it: a crash
+    after it (kill -9) leaves none, and the next start fills one from the
+    index (its reconcile indexes the file whose row the crash lost)."""
+    from conftest import Server
+
+    images = [tmp_path / "a.dcm", tmp_path / "b.dcm"]
+    for n, path in enumerate(images):
+        make_image(path, n, study=1)
+    storage = first_run(tmp_path, images[:1])
+    index = tmp_path / "store.db"
+    assert filtersave.saved_path(index).is_file()
+    srv = Server(storage, tmp_path / "second.log", [])
+    try:
+        assert "kept by the last clean stop" in srv.log_once_it_says("kept by the last clean stop")
+        assert not filtersave.saved_path(index).exists()
+        assert storescu(srv.port, images[1:]) == ["Success"]
+        srv.log_once_it_says("released")
+    finally:
+        srv.stop(signal.SIGKILL)
+    assert not filtersave.saved_path(index).exists()
+    third = Server(storage, tmp_path / "third.log", [])
+    try:
+        text = third.indexed().log_text()
+        assert "filled after the port opens" in text and "duplicate check ready: " in text, text
+    finally:
+        assert third.stop() == 0
+    assert rows(index, "SELECT count(*) FROM instances WHERE status = 'present'") == [(2,)]
