@@ -502,7 +502,6 @@ class App:
                      "(%d on the event loop: one association open)", c.instances, c.syncs, c.written, c.inline)
         if not all_indexed:
             log.error("index writer could not write every row; `fastscp reindex` will add them")
-        known = storage.guard.index
         if self.catalog is not None and isinstance(known, IndexedInstances) and known.ready:
             # the filter holds every UID of the closed index: the next start reads it instead of filling it
             filtersave.save(self.catalog.db_path, known.filter)
