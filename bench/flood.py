@@ -188,7 +188,7 @@ def flood_once(receiver: Receiver, corpus: gen_corpus.Corpus, assocs: int,
         result["all_arrived"] = result["arrived"] == len(corpus.files) and not any(codes)
         if lat_corpus is not None:
             result["latency"] = latency.measure(inst.port, lat_corpus.files, AE_TITLE, MAX_PDU,
-                                                workdir / "latency.log")
+                                                workdir / "latency.log", sender=args.latency_sender)
     except Exception as exc:  # one receiver failing must not end the run
         result["error"] = f"{type(exc).__name__}: {exc}"
         result["all_arrived"] = False
@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="size of the multi-frame instance (2048 for the 2 GB target)")
     ap.add_argument("--latency-count", type=int, default=100,
                     help="images sent one by one for p50/p99 (0: skip)")
+    ap.add_argument("--latency-sender", choices=("raw", "pynetdicom"), default="raw",
+                    help="raw: bench/rawscu.py, a few tens of us of its own per message (default); "
+                         "pynetdicom: 3-5 ms of its own")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs per flood, each on a fresh receiver; the median wall time is kept")
     ap.add_argument("--fastscp-cmd", default=None, help="fastscp executable (default: on PATH)")
@@ -307,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "machine": {**machine(), **versions(args.dcmtk_bin)},
         "storage": f"{args.work_dir} ({filesystem_of(args.work_dir.parent)})",
-        "repeat": args.repeat, "max_pdu": MAX_PDU, "receivers": {n: all_receivers[n].notes for n in names},
+        "repeat": args.repeat, "max_pdu": MAX_PDU, "latency_sender": args.latency_sender,
+        "receivers": {n: all_receivers[n].notes for n in names},
         "results": [],
     }
     for kind in kinds:

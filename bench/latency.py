@@ -1,9 +1,13 @@
-"""C-STORE round-trip latency: a pynetdicom sender that sends images one by one.
+"""C-STORE round-trip latency: images sent one by one over one association.
 
-Each send_c_store is timed from the call to the returned status, so a figure
-is the receiver's time to take and acknowledge one instance plus pynetdicom's
-own per-message cost on the sender side (the same for every receiver).
-Datasets are read before the clock starts.
+Two senders. ``raw`` (the default, bench/rawscu.py) encodes every message
+before the clock starts and times one ``sendall`` to the whole answer: it
+adds a few tens of microseconds of its own. ``pynetdicom`` times each
+send_c_store from the call to the returned status, which includes
+pynetdicom's own per-message cost (3-5 ms here, its threads hand each
+message over): ten times a fast receiver's own time, so it cannot tell fast
+receivers apart. Both are the same for every receiver. Datasets are read
+before the clock starts.
 
 pynetdicom leaves Nagle's algorithm on; with it, the small command PDU of each
 message waits for a delayed ACK (about 40 ms on Linux) whatever the receiver
@@ -23,6 +27,7 @@ from pynetdicom import AE
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.transport import AssociationSocket
 
+import rawscu
 from fastscp.scu.commands import answers_to_the_caller
 
 _plain_create_socket = AssociationSocket._create_socket
@@ -44,9 +49,27 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+def summary(seconds: list[float], failures: int, associations: int, lost: int) -> dict[str, float | int]:
+    """The figures a latency run reports, from its round trips in seconds."""
+    ms = [t * 1000 for t in seconds]
+    return {
+        "count": len(ms), "failures": failures, "associations": associations,
+        "lost_to_sender_timeout": lost,
+        "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99),
+        "mean_ms": statistics.fmean(ms), "max_ms": max(ms),
+    }
+
+
 def measure(port: int, files: list[Path], called_aet: str, max_pdu: int,
-            log_path: Path | None = None, dimse_timeout: float = 5.0) -> dict[str, float | int]:
-    """Send files one by one over one association (re-associating if it drops)."""
+            log_path: Path | None = None, dimse_timeout: float = 5.0,
+            sender: str = "raw") -> dict[str, float | int]:
+    """Send files one by one over one association; ``sender`` is ``raw``
+    (bench/rawscu.py) or ``pynetdicom`` (re-associating if it drops)."""
+    if sender == "raw":
+        times, failures = rawscu.measure(port, files, called_aet, max_pdu)
+        return summary(times, failures, 1, 0)
+    if sender != "pynetdicom":
+        raise ValueError(f"unknown latency sender {sender!r}")
     if log_path is not None:
         handler = logging.FileHandler(log_path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -92,10 +115,4 @@ def measure(port: int, files: list[Path], called_aet: str, max_pdu: int,
         if log_path is not None:
             logger.removeHandler(handler)
             handler.close()
-    ms = [t * 1000 for t in times]
-    return {
-        "count": len(ms), "failures": failures, "associations": associations,
-        "lost_to_sender_timeout": lost,
-        "p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99),
-        "mean_ms": statistics.fmean(ms), "max_ms": max(ms),
-    }
+    return summary(times, failures, associations, lost)

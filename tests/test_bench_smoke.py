@@ -58,7 +58,8 @@ def test_every_receiver_gets_every_image(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "images_per_s.png").stat().st_size > 0
     assert "| storescp |" in (tmp_path / "snippet.md").read_text()
     latencies = [r["latency"] for r in run["results"] if r["assocs"] == 1 and r["corpus"] != "multiframe"]
-    assert all(lat["count"] > 0 for lat in latencies)
+    assert all(lat["count"] > 0 and lat["failures"] == 0 for lat in latencies), latencies
+    assert run["latency_sender"] == "raw"  # bench/rawscu.py, the default
 
 
 def test_hotpath_benchmark_runs_every_corpus(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
