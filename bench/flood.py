@@ -235,6 +235,9 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     best = dict(best)
     best["all_arrived"] = all(r.get("all_arrived") for r in runs)
     best["repeats_wall_s"] = [r.get("wall_s") for r in runs]
+    latencies = [r["latency"] for r in runs if r.get("latency")]
+    if latencies:  # each figure the median over the repeats, not the median-wall repeat's own
+        best["latency"] = latency.median_of(latencies)
     # a repeat that lost images is not the median one: say which, and how
     best["repeats_failed"] = [
         {"repeat": i, "arrived": r.get("arrived"), "storescu_exit_codes": r.get("storescu_exit_codes"),

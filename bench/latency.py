@@ -60,14 +60,28 @@ def summary(seconds: list[float], failures: int, associations: int, lost: int) -
     }
 
 
+def median_of(runs: list[dict[str, float | int]]) -> dict[str, float | int | list[float]]:
+    """One latency result for several repeats: each figure's median over
+    them (p50 and p99 of different repeats, not one repeat's), with every
+    repeat's p50 and p99 beside it."""
+    out: dict[str, float | int | list[float]] = {
+        key: statistics.median(float(r[key]) for r in runs) for key in ("p50_ms", "p99_ms", "mean_ms", "max_ms")}
+    out["count"] = sum(int(r["count"]) for r in runs)
+    out["failures"] = sum(int(r["failures"]) for r in runs)
+    out["associations"] = sum(int(r["associations"]) for r in runs)
+    out["lost_to_sender_timeout"] = sum(int(r["lost_to_sender_timeout"]) for r in runs)
+    out["repeats_p50_ms"] = [float(r["p50_ms"]) for r in runs]
+    out["repeats_p99_ms"] = [float(r["p99_ms"]) for r in runs]
+    return out
+
+
 def measure(port: int, files: list[Path], called_aet: str, max_pdu: int,
             log_path: Path | None = None, dimse_timeout: float = 5.0,
             sender: str = "raw") -> dict[str, float | int]:
     """Send files one by one over one association; ``sender`` is ``raw``
     (bench/rawscu.py) or ``pynetdicom`` (re-associating if it drops)."""
     if sender == "raw":
-        times, failures = rawscu.measure(port, files, called_aet, max_pdu)
-        return summary(times, failures, 1, 0)
+        return summary(*rawscu.measure(port, files, called_aet, max_pdu), 1, 0)
     if sender != "pynetdicom":
         raise ValueError(f"unknown latency sender {sender!r}")
     if log_path is not None:
