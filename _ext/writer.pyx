@@ -1,29 +1,24 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Streaming Part-10 writer: dataset fragments go straight from the receive
-buffer into a preallocated temp file (pwrite, no Python bytes per fragment).
+buffer into the temp file (pwrite, no Python bytes per fragment).
 
 The file is opened by the caller (storage/store.py owns naming and paths);
 ``InstanceFile`` owns the descriptor from then on. The Part-10 prefix
 (preamble, "DICM", file meta group) is written first, then each fragment at
-the running offset. When a dataset spans several fragments, space is reserved
-ahead in growing extents with Linux fallocate() (no zero-filling emulation:
-filesystems without it, or without room for a whole extent, just skip
-preallocation: the write itself decides whether the data fits); ``finish`` trims the file to
-the bytes written. A dataset that arrives in one fragment is never
-preallocated, so small instances cost one pwrite.
+the running offset, so a small instance costs one pwritev. No space is
+reserved ahead: fallocate() in growing extents, trimmed at the end, was
+slower on ext4 than letting the filesystem's delayed allocation place the
+blocks (docs/benchmark.md, "Preallocation dropped").
 
 The first ``head_limit`` bytes of the dataset are also kept in memory for the
 header-only parse.
 """
 
-from libc.errno cimport errno, EDQUOT, EINTR, ENOSPC, EOPNOTSUPP
+from libc.errno cimport errno, EINTR, ENOSPC
 from libc.string cimport memcpy
-from posix.unistd cimport close, ftruncate, pwrite
+from posix.unistd cimport close, pwrite
 from posix.uio cimport iovec, pwritev
 from posix.types cimport off_t
-
-cdef extern from "<fcntl.h>" nogil:
-    int fallocate(int fd, int mode, off_t offset, off_t length)
 
 cdef extern from *:
     """
@@ -47,9 +42,6 @@ cdef extern from *:
 
 import os as _os
 
-DEF MIN_EXTENT = 1 << 20
-DEF MAX_EXTENT = 64 << 20
-
 
 cdef int write_all(int fd, const unsigned char* data, Py_ssize_t length, off_t offset) nogil:
     """pwrite until done; 0 or an errno."""
@@ -61,7 +53,7 @@ cdef int write_all(int fd, const unsigned char* data, Py_ssize_t length, off_t o
                 continue
             return errno
         if n == 0:
-            return 28  # ENOSPC: a zero-length write cannot make progress
+            return ENOSPC  # a zero-length write cannot make progress
         data += n
         length -= n
         offset += n
@@ -71,12 +63,10 @@ cdef int write_all(int fd, const unsigned char* data, Py_ssize_t length, off_t o
 cdef class InstanceFile:
     # attributes: writer.pxd
 
-    def __cinit__(self, int fd, bytes prefix, Py_ssize_t head_limit=16384, bint preallocate=True):
+    def __cinit__(self, int fd, bytes prefix, Py_ssize_t head_limit=16384):
         self._fd = fd
         self._head_limit = head_limit
         self._head = bytearray(head_limit)
-        self._prealloc = preallocate
-        self._extent = MIN_EXTENT
         # The prefix is written with the first fragment, in one pwritev: a
         # small instance then costs one write system call, not two.
         self._prefix = prefix if len(prefix) else None
@@ -123,7 +113,6 @@ cdef class InstanceFile:
 
     cpdef write(self, const unsigned char[::1] data, bint last=False):
         cdef Py_ssize_t n = data.shape[0], keep
-        cdef off_t want
         cdef int err = 0
         cdef const unsigned char* pre = NULL
         if n == 0:
@@ -139,29 +128,18 @@ cdef class InstanceFile:
             memcpy(<unsigned char*>self._head + self._head_len, &data[0], keep)
             self._head_len += keep
         with nogil:
-            if self._prealloc and not last and self._offset + n > self._allocated:
-                want = self._offset + n + self._extent
-                if fallocate(self._fd, 0, self._allocated, want - self._allocated) == 0:
-                    self._allocated = want
-                    if self._extent < MAX_EXTENT:
-                        self._extent *= 2
-                elif errno == EOPNOTSUPP or errno == ENOSPC or errno == EDQUOT:
-                    # no extent to spare: the bytes themselves may still fit
-                    self._prealloc = False
-                else:
-                    err = errno
-            if err == 0:
-                if pre != NULL:
-                    err = self._write_prefix_with(pre, &data[0], n)
-                else:
-                    err = write_all(self._fd, &data[0], n, self._offset)
+            if pre != NULL:
+                err = self._write_prefix_with(pre, &data[0], n)
+            else:
+                err = write_all(self._fd, &data[0], n, self._offset)
         if err:
             raise OSError(err, "cannot write dataset")
         self._prefix = None
         self._offset += n
 
     def finish(self):
-        """Trim preallocated space; returns the file size. The fd stays open."""
+        """The file is complete (an empty dataset: the prefix is written
+        now); returns the file size. The fd stays open."""
         cdef int err
         cdef const unsigned char* p
         if self._prefix is not None:  # an empty dataset: the prefix alone
@@ -170,9 +148,6 @@ cdef class InstanceFile:
             if err:
                 raise OSError(err, "cannot write file meta")
             self._prefix = None
-        if self._allocated > self._offset:
-            if ftruncate(self._fd, self._offset) != 0:
-                raise OSError(errno, "cannot trim file")
         return self._offset
 
     def close(self):

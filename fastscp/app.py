@@ -483,8 +483,7 @@ class App:
         sys.setswitchinterval(0.0005)
 
         def ready() -> None:
-            log.info("storage filesystem %s: preallocation %s%s", storage.filesystem or "unknown",
-                     "on" if storage.preallocate else "off",
+            log.info("storage filesystem %s%s", storage.filesystem or "unknown",
                      "" if storage.committer is None else ", durability fsync: " + (
                          "data written out, then one sync" if storage.committer.writeback
                          else "fdatasync, then one sync"))

@@ -94,8 +94,7 @@ def test_disk_full_answers_out_of_resources_and_recovers(small_fs: Path, tmp_pat
 
 def test_nearly_full_disk_still_takes_a_multi_pdu_instance_that_fits(small_fs: Path, tmp_path: Path) -> None:
     """A 300 KB instance (three PDVs) with ~700 KB free: it fits, so it is
-    stored, even though the writer's first preallocation extent (1 MiB +)
-    does not."""
+    stored (the writer once reserved 1 MiB+ extents ahead, and refused it)."""
     storage = small_fs / "store"
     srv = Server(storage, tmp_path / "server.log", [])
     try:

@@ -1,5 +1,5 @@
-"""Storage internals that need no peer: filesystem detection for preallocation,
-the streaming writer's preallocation and trimming."""
+"""Storage internals that need no peer: filesystem detection (for the
+durability write-out), the streaming writer's file and head."""
 
 from __future__ import annotations
 
@@ -35,28 +35,34 @@ def test_filesystem_type_of_proc() -> None:
     assert filesystem_type("/proc/self") == "proc"
 
 
-def _write_in_fragments(path: Path, preallocate: bool) -> tuple[int, bytes]:
+def test_fragments_make_the_file_prefix_first(tmp_path: Path) -> None:
+    """The prefix goes out with the first fragment; the file is exactly the
+    prefix and the fragments in order, and ``finish`` returns its size."""
+    path = tmp_path / "f"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    f = InstanceFile(fd, b"PREFIX", 16, preallocate)
+    f = InstanceFile(fd, b"PREFIX", 16)
     chunks = [bytes([i]) * 300_000 for i in range(5)]
     for i, chunk in enumerate(chunks):
         f.write(chunk, i == len(chunks) - 1)
     size = f.finish()
     f.close()
-    return size, b"PREFIX" + b"".join(chunks)
+    expected = b"PREFIX" + b"".join(chunks)
+    assert size == len(expected) == path.stat().st_size
+    assert path.read_bytes() == expected
 
 
-def test_preallocated_file_is_trimmed_to_what_was_written(tmp_path: Path) -> None:
-    for prealloc in (True, False):
-        path = tmp_path / f"f{prealloc}"
-        size, expected = _write_in_fragments(path, prealloc)
-        assert size == len(expected) == path.stat().st_size
-        assert path.read_bytes() == expected
+def test_an_empty_dataset_is_the_prefix_alone(tmp_path: Path) -> None:
+    path = tmp_path / "e"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    f = InstanceFile(fd, b"PREFIX", 16)
+    assert f.finish() == 6 and f.dataset_size == 0
+    f.close()
+    assert path.read_bytes() == b"PREFIX"
 
 
 def test_head_keeps_the_first_bytes(tmp_path: Path) -> None:
     fd = os.open(tmp_path / "h", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    f = InstanceFile(fd, b"", 10, True)
+    f = InstanceFile(fd, b"", 10)
     f.write(b"abcdef", False)
     f.write(b"ghijklmnop", True)
     assert f.head == b"abcdefghij" and not f.head_complete and f.dataset_size == 16

@@ -7,9 +7,6 @@ from posix.types cimport off_t
 cdef class InstanceFile:
     cdef int _fd
     cdef off_t _offset
-    cdef off_t _allocated
-    cdef off_t _extent
-    cdef bint _prealloc
     cdef readonly Py_ssize_t prefix_size
     cdef bytearray _head
     cdef Py_ssize_t _head_len
