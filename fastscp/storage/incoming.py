@@ -6,7 +6,7 @@ not take a received instance (``Refusal``).
 that streams the data set into it, the content hash fed with the same
 bytes, and the head (the first bytes, for the header-only parse). The
 service hands it each PDV (``write``) and, after the last, ``finish``es it:
-the file is trimmed, the header parsed and checked against the command, and
+the file is completed, the header parsed and checked against the command, and
 a frozen ``InstanceInfo`` with the reception facts comes back, which nothing
 changes afterwards (``Storage.place`` takes it and says what it did in a
 ``Placement``). ``abort`` removes the temp file; ``close`` closes it once
@@ -106,12 +106,12 @@ class IncomingInstance:
             self._info = None
 
     def finish(self, reception: Reception) -> InstanceInfo:
-        """The whole data set is in: trim the file, parse and check the header
+        """The whole data set is in: complete the file, parse and check the header
         (the data set's UIDs against the command's, the end of the data set)
         and return the received instance with its reception facts. Raises
         Refused and OSError (then ``abort``). The file stays open."""
         writer, ts = self.writer, self.transfer_syntax_uid
-        file_size = writer.finish()  # trimmed first: parse_file may read the whole file
+        file_size = writer.finish()  # complete first: parse_file may read the whole file
         try:
             info = self._info or parse_head(writer.head, ts, writer.head_complete)
             if info is None:
