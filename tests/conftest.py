@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import shutil
 import signal
 import socket
@@ -31,10 +32,43 @@ def dcmtk(tool: str) -> str:
     pytest.fail(f"dcmtk's {tool} is not installed (Debian package dcmtk; .ci/run installs it)")
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for ports it picks itself (bind to 0, connect)."""
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    return low, high
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port nothing holds now, for a server about to start.
+
+    It is taken below the kernel's ephemeral range: a port from that range
+    (what binding to port 0 gives) can be picked for any outgoing connection,
+    a test's own client for one, between this check and the server's bind,
+    and the server would then fail to start. A port is not handed out twice
+    in one test run: two taken for one server (DICOM and TLS) before it
+    binds either must differ."""
+    low, _ = _ephemeral_range()
+    first = max(1024, low - 12000)
+    if len(_GIVEN) > (low - first) // 2:
+        _GIVEN.clear()
+    for _ in range(500):
+        port = random.randrange(first, low)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))  # every address, as the servers bind
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free port in {first}-{low - 1}")
+
+
+_GIVEN: set[int] = set()  # ports free_port returned in this run
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
