@@ -111,7 +111,7 @@ cdef class InstanceFile:
         """True when the whole dataset is in ``head``."""
         return self._offset - self.prefix_size <= self._head_len
 
-    cpdef write(self, const unsigned char[::1] data, bint last=False):
+    cpdef write(self, const unsigned char[::1] data):
         cdef Py_ssize_t n = data.shape[0], keep
         cdef int err = 0
         cdef const unsigned char* pre = NULL

@@ -8,7 +8,7 @@ anywhere, and once space is freed service resumes.
 
 Plus ENOSPC injected through the storage layer of an in-process server
 (fastscp.app.App on an event loop in a thread): at temp-file creation, on a
-dataset write, when trimming and when renaming into place; each gives 0xA700 and leaves nothing.
+dataset write, when finishing the file and when renaming into place; each gives 0xA700 and leaves nothing.
 """
 
 from __future__ import annotations
@@ -151,19 +151,19 @@ class InProcessServer:
 
 
 class FailingWriter:
-    """Wraps the real InstanceFile; the n-th write (or finish: the trim) raises ENOSPC."""
+    """Wraps the real InstanceFile; the n-th write (or finish) raises ENOSPC."""
 
     def __init__(self, writer: object, fail_at: int, fail_finish: bool = False) -> None:
         self._w, self._left, self._fail_finish = writer, fail_at, fail_finish
 
-    def write(self, data: memoryview, last: bool = False) -> None:
+    def write(self, data: memoryview) -> None:
         self._left -= 1
         if self._left <= 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self._w.write(data, last)  # type: ignore[attr-defined]
+        self._w.write(data)  # type: ignore[attr-defined]
 
     def finish(self) -> int:
-        if self._fail_finish:  # trimming the temp file
+        if self._fail_finish:  # completing the temp file
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return self._w.finish()  # type: ignore[attr-defined,no-any-return]
 

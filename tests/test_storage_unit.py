@@ -42,8 +42,8 @@ def test_fragments_make_the_file_prefix_first(tmp_path: Path) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     f = InstanceFile(fd, b"PREFIX", 16)
     chunks = [bytes([i]) * 300_000 for i in range(5)]
-    for i, chunk in enumerate(chunks):
-        f.write(chunk, i == len(chunks) - 1)
+    for chunk in chunks:
+        f.write(chunk)
     size = f.finish()
     f.close()
     expected = b"PREFIX" + b"".join(chunks)
@@ -63,8 +63,8 @@ def test_an_empty_dataset_is_the_prefix_alone(tmp_path: Path) -> None:
 def test_head_keeps_the_first_bytes(tmp_path: Path) -> None:
     fd = os.open(tmp_path / "h", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     f = InstanceFile(fd, b"", 10)
-    f.write(b"abcdef", False)
-    f.write(b"ghijklmnop", True)
+    f.write(b"abcdef")
+    f.write(b"ghijklmnop")
     assert f.head == b"abcdefghij" and not f.head_complete and f.dataset_size == 16
     f.close()
 

@@ -14,4 +14,4 @@ cdef class InstanceFile:
     cdef bytes _prefix              # not written yet: goes out with the first fragment
 
     cdef int _write_prefix_with(self, const unsigned char* p, const unsigned char* data, Py_ssize_t n) noexcept nogil
-    cpdef write(self, const unsigned char[::1] data, bint last=*)
+    cpdef write(self, const unsigned char[::1] data)

@@ -88,7 +88,7 @@ class IncomingInstance:
 
     def write(self, data: bytes | bytearray | memoryview, last: bool) -> None:
         """One PDV of the data set, in order; raises OSError (then ``abort``)."""
-        self.writer.write(data, last)
+        self.writer.write(data)
         self._hasher.update(data)
         if not last and not self._parsed and self.writer.dataset_size > self._head_limit:
             self._parse_early()
