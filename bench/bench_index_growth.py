@@ -52,6 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from ports import free_port  # noqa: E402
 from procstat import descendants  # noqa: E402
 
 from fastscp.catalog import schema  # noqa: E402
@@ -155,12 +156,6 @@ class PssSampler:
         self._stop.set()
         self._thread.join()
         return self.peak
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(predicate, timeout: float, what: str) -> float:  # type: ignore[no-untyped-def]

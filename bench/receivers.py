@@ -25,15 +25,11 @@ from typing import Callable
 
 import pydicom
 
+from ports import free_port  # bench/ is on the path: the scripts run from it
+
 MAX_PDU = 131072
 AE_TITLE = "BENCH"
 SKIP_SUFFIXES = (".db", ".duckdb", ".wal", ".tmp", ".part", ".log", ".json")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:

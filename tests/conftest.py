@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import random
 import shutil
 import signal
 import socket
@@ -19,6 +18,9 @@ import pytest
 from pydicom.filereader import _read_file_meta_info, read_preamble
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent / "bench"))  # bench/ is not a package
+
+from ports import free_port  # noqa: E402  (one rule for every server started, tests/ and bench/)
 
 
 def dcmtk(tool: str) -> str:
@@ -30,45 +32,6 @@ def dcmtk(tool: str) -> str:
             if "dcmtk" in out.lower():
                 return candidate
     pytest.fail(f"dcmtk's {tool} is not installed (Debian package dcmtk; .ci/run installs it)")
-
-
-def _ephemeral_low() -> int:
-    """The first port of the kernel's range for ports it picks itself (bind
-    to 0, connect)."""
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default
-
-
-def free_port() -> int:
-    """A TCP port nothing holds now, for a server about to start.
-
-    It is taken below the kernel's ephemeral range: a port from that range
-    (what binding to port 0 gives) can be picked for any outgoing connection,
-    a test's own client for one, between this check and the server's bind,
-    and the server would then fail to start. A port is not handed out twice
-    in one test run: two taken for one server (DICOM and TLS) before it
-    binds either must differ."""
-    low = _ephemeral_low()
-    first = max(1024, low - 12000)
-    if len(_GIVEN) > (low - first) // 2:
-        _GIVEN.clear()
-    for _ in range(500):
-        port = random.randrange(first, low)
-        if port in _GIVEN:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("", port))  # every address, as the servers bind
-            except OSError:
-                continue
-        _GIVEN.add(port)
-        return port
-    raise RuntimeError(f"no free port in {first}-{low - 1}")
-
-
-_GIVEN: set[int] = set()  # ports free_port returned in this run
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
