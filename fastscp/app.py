@@ -322,7 +322,7 @@ class App:
         self._lock = lock_directory(cfg.storage.directory)
         self.state = build_state(cfg)
         # pipeline (hooks, end of study, scan sheets): observes, never blocks the loop
-        self.pipeline = Pipeline(PipelineSettings.from_config(cfg, self.state.storage.directory))
+        self.pipeline = Pipeline(PipelineSettings.from_config(cfg.hooks, self.state.storage.directory))
         if self.pipeline.active:
             self.state.observers.append(self.pipeline)
         s = cfg.server

@@ -393,6 +393,7 @@ class HooksConfig:
     on_study_complete: tuple[str, ...] = _f((), "command run when a study is complete", scalar="argv")
     study_timeout: float = _f(60.0, "seconds without a new instance after which a study is complete", check=_positive)
     complete_on_release: bool = _f(False, "also complete a study when its association is released")
+    scan_sheets: bool = _f(True, "write scan_sheet.html and .png for each completed study")
     timeout: float = _f(300.0, "seconds a hook may run before it is killed", check=_positive)
     workers: int = _f(2, "hooks run at the same time", check=_between(1, 256))
     pass_env: tuple[str, ...] = _f(

@@ -181,3 +181,19 @@ def test_study_folder_for_each_layout(tmp_path: Path, layout: str, single: bool,
         for n in range(2):
             rec.add(info("S", f"S{s}", n, "a", path=str(tmp_path / layout.format(s=s, n=n))), now=0)
     assert study_folder(rec, tmp_path) == tmp_path / expect
+
+
+@pytest.mark.parametrize("yaml_text, tracks", [("", True), ("hooks:\n  scan_sheets: false\n", False),
+                                               ("hooks:\n  scan_sheets: false\n  on_study_complete: [/bin/true]\n",
+                                                True)])
+def test_scan_sheets_key_decides_whether_studies_are_tracked(tmp_path: Path, yaml_text: str, tracks: bool) -> None:
+    from fastscp.config import load_config
+    from fastscp.pipeline.service import Pipeline, PipelineSettings
+
+    cfg_file = tmp_path / "fastscp.yaml"
+    cfg_file.write_text(yaml_text)
+    cfg = load_config(cfg_file)
+    settings = PipelineSettings.from_config(cfg.hooks, tmp_path)
+    assert settings.scan_sheets is (yaml_text == "")
+    assert settings.tracks_studies is tracks
+    assert Pipeline(settings).active is tracks  # inactive: not an observer at all (app.py)

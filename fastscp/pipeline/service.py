@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from ..config import HooksConfig
 from ..events import AssociationEnded, InstanceStored, Observer, Outcome
 from ..instance import InstanceInfo
 from .hooks import (
@@ -74,12 +75,12 @@ class PipelineSettings:
     pass_env: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, cfg: Any, storage_root: Path) -> PipelineSettings:
-        h = cfg.hooks
+    def from_config(cls, h: HooksConfig, storage_root: Path) -> PipelineSettings:
+        """The settings of the configuration's ``hooks`` section."""
         return cls(storage_root=Path(storage_root), on_instance=tuple(h.on_instance),
                    on_study_complete=tuple(h.on_study_complete), study_timeout=h.study_timeout,
                    complete_on_release=h.complete_on_release, hook_timeout=h.timeout, workers=h.workers,
-                   scan_sheets=bool(getattr(h, "scan_sheets", True)), pass_env=tuple(h.pass_env))
+                   scan_sheets=h.scan_sheets, pass_env=tuple(h.pass_env))
 
     @property
     def tracks_studies(self) -> bool:
