@@ -191,7 +191,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
             self._quiet_from = time.monotonic_ns()
             return
         self._spin_queued = True
-        asyncio.get_running_loop().call_soon(self._spin)
+        self._loop.call_soon(self._spin)  # not get_running_loop(): a getpid() system call per read on 3.11
 
     def _may_spin(self) -> bool:
         """Poll only while this is the one connection (polling would hold
