@@ -25,8 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from fastscp.catalog import CatalogWriter, reconcile  # noqa: E402
-from test_catalog_support import make_info, write_instance  # noqa: E402
+from test_catalog_support import make_info, write_instance
+
+from fastscp.catalog import CatalogWriter, reconcile
 
 
 def bench_enqueue(tmp: Path, n: int) -> float:

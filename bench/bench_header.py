@@ -94,20 +94,21 @@ def main(argv: list[str] | None = None) -> int:
 
         n = args.number
         r = args.repeat
-        scan_us = _best_us(lambda: scanner.scan(head, syntax), n, r) if not deflated else float("nan")
-        parse_us = _best_us(lambda: parse_head(head, uid, complete), n, r)
+        scan_us = (float("nan") if deflated
+                   else _best_us(lambda head=head, syntax=syntax: scanner.scan(head, syntax), n, r))
+        parse_us = _best_us(lambda head=head, uid=uid, complete=complete: parse_head(head, uid, complete), n, r)
 
         implicit = syntax == header_module.IMPLICIT_VR_LE
         little = syntax != header_module.EXPLICIT_VR_BE
         plain = header_module._inflate(head)[0] if deflated else head
 
-        def pydicom_read_dataset() -> None:
+        def pydicom_read_dataset(plain: bytes = plain, implicit: bool = implicit, little: bool = little) -> None:
             _touch(read_dataset(BytesIO(plain), implicit, little, stop_when=_at_pixel_data))
 
-        def pydicom_dcmread() -> None:
+        def pydicom_dcmread(raw: bytes = raw) -> None:
             _touch(pydicom.dcmread(BytesIO(raw), stop_before_pixels=True))
 
-        def pydicom_dcmread_bare() -> None:
+        def pydicom_dcmread_bare(raw: bytes = raw) -> None:
             pydicom.dcmread(BytesIO(raw), stop_before_pixels=True)
 
         slow = max(20, n // 10)
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         bare_us = _best_us(pydicom_dcmread_bare, slow, r)
         rows.append((label, walked, scan_us, parse_us, read_us, dcmread_us, bare_us))
 
-    print(f"pydicom {pydicom.__version__}, Python {sys.version.split()[0]}; best of --repeat runs, microseconds per header")
+    print(f"pydicom {pydicom.__version__}, Python {sys.version.split()[0]}; "
+          "best of --repeat runs, microseconds per header")
     print(
         f"{'case':28} {'walked':>7} {'scan':>6} {'parse_head':>11} {'read_dataset':>13}"
         f" {'dcmread':>8} {'dcmread bare':>13} {'vs bare':>8}"

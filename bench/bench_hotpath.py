@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import resource
 import shutil
 import struct
@@ -36,13 +35,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import gen_corpus  # noqa: E402
+import gen_corpus
 
-from fastscp.app import build_state  # noqa: E402
-from fastscp.config import load_config  # noqa: E402
-from fastscp.net.server import DicomServer  # noqa: E402
-from fastscp.protocol import dimse as D  # noqa: E402
-from fastscp.services.dispatcher import Dispatcher  # noqa: E402
+from fastscp.app import build_state
+from fastscp.config import load_config
+from fastscp.net.server import DicomServer
+from fastscp.protocol import dimse as D
+from fastscp.services.dispatcher import Dispatcher
 
 AE = "FASTSCP"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"

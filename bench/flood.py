@@ -30,12 +30,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import gen_corpus  # noqa: E402
-import latency  # noqa: E402
-import procstat  # noqa: E402
-import report  # noqa: E402
-from receivers import AE_TITLE, MAX_PDU, Receiver, build_receivers, dcmtk_tool, \
-    orthanc_exe, stored_sop_instance_uids  # noqa: E402
+import gen_corpus
+import latency
+import procstat
+import report
+from receivers import (
+    AE_TITLE,
+    MAX_PDU,
+    Receiver,
+    build_receivers,
+    dcmtk_tool,
+    orthanc_exe,
+    stored_sop_instance_uids,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 # Receivers write to tmpfs by default: on this VM's ext4 disk the same storescp

@@ -113,10 +113,11 @@ atheris.Fuzz()
 
 def run_hypothesis(examples: int) -> int:
     env = {**os.environ, "FUZZ_EXAMPLES": str(max(1, examples // 500))}
-    tests = ["tests/test_fuzz_protocol.py", "tests/test_association.py", "tests/test_framer.py", "tests/test_header_fuzz.py"]
+    tests = ["tests/test_fuzz_protocol.py", "tests/test_association.py", "tests/test_framer.py",
+             "tests/test_header_fuzz.py"]
     print(f"== hypothesis, FUZZ_EXAMPLES={env['FUZZ_EXAMPLES']}", flush=True)
-    return subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "fuzz or random or mutated",
-                            *tests], cwd=ROOT, env=env)
+    return subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                            "-k", "fuzz or random or mutated", *tests], cwd=ROOT, env=env)
 
 
 def main() -> int:

@@ -23,11 +23,11 @@ import time
 from pathlib import Path
 
 import pydicom
-from pynetdicom import AE
+import rawscu
 from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
 from pynetdicom.transport import AssociationSocket
 
-import rawscu
 from fastscp.scu.commands import answers_to_the_caller
 
 _plain_create_socket = AssociationSocket._create_socket

@@ -19,12 +19,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pydicom
-
 from ports import free_port  # bench/ is on the path: the scripts run from it
 
 MAX_PDU = 131072

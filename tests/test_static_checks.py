@@ -105,6 +105,13 @@ def test_ruff_is_clean(ruff_findings: dict[str, list[str]]) -> None:
     assert _counted(ruff_findings) == []
 
 
+def test_bench_scripts_are_ruff_clean() -> None:
+    """bench/ is not the package, but its scripts are the project's figures: ruff checks
+    them with the same configuration (mypy does not: they are scripts, not typed API)."""
+    result = _tool("ruff", "check", "--no-cache", "--output-format", "concise", "--quiet", "bench")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_every_type_ignore_names_its_code_and_reason(bare_ignores: dict[str, list[str]]) -> None:
     assert _counted(bare_ignores) == []
 
