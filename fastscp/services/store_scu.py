@@ -26,6 +26,7 @@ from .._ext.framer import decode_command
 from .._ext.sockio import tcp_quickack
 from ..protocol import dimse as D
 from ..protocol import pdu as P
+from ..storage.header import read_file_meta
 from ..storage.part10 import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 __all__ = ["HEAD", "AssociationLost", "StoreAssociation", "dataset_offset", "frame_file"]
@@ -36,7 +37,6 @@ SEGMENT = 4 << 20  # a data set is framed and sent in pieces of about this
 _PDV = struct.Struct(">BBIIBB")  # P-DATA-TF PDU header and its one PDV item header (PS3.8 9.3.5)
 _IOV_MAX = 1024  # buffers per preadv (Linux's IOV_MAX)
 
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 _CONTEXT_RESULTS = {  # PS3.8 Table 9-18
     P.RESULT_USER_REJECTION: "user rejection",
     P.RESULT_NO_REASON: "no reason given",
@@ -52,26 +52,14 @@ class AssociationLost(Exception):
 def dataset_offset(head: bytes | memoryview) -> int:
     """Where the data set starts in a Part-10 file (PS3.10 7.1): after the
     128-byte preamble, ``DICM`` and the File Meta group (0002), whose
-    elements are walked (explicit VR little endian), not trusted from its
-    group length. ValueError if ``head`` is not a Part-10 file's start or
-    the meta group does not end within it."""
-    if len(head) < 132 or bytes(head[128:132]) != b"DICM":
-        raise ValueError("not a DICOM Part-10 file (no DICM prefix)")
-    pos = 132
-    while pos + 8 <= len(head):
-        group = struct.unpack_from("<H", head, pos)[0]
-        if group != 0x0002:
-            return pos
-        vr = bytes(head[pos + 4:pos + 6])
-        if vr in _LONG_VRS:
-            if pos + 12 > len(head):
-                break
-            pos += 12 + struct.unpack_from("<I", head, pos + 8)[0]
-        else:
-            pos += 8 + struct.unpack_from("<H", head, pos + 6)[0]
-    if pos == len(head):
-        return pos  # the meta group ends the file: an empty data set
-    raise ValueError("file meta information runs past what was read")
+    elements are walked by the storage's one element walker
+    (``storage/header.read_file_meta``), not trusted from its group length.
+    ValueError if ``head`` is not a Part-10 file's start or the meta group
+    does not end within it."""
+    offset = read_file_meta(head)[0]  # MalformedDataset is a ValueError
+    if bytes(head[offset:offset + 2]) == b"\x02\x00":  # a meta element cut by the end of the head
+        raise ValueError("file meta information runs past what was read")
+    return offset
 
 
 def _preadv_all(fd: int, views: list[memoryview], offset: int) -> None:

@@ -417,7 +417,7 @@ _FILE_META = HeaderScanner((0x00020002, 0x00020003, 0x00020010), group=0x0002)
 def file_meta(data: bytes | bytearray | memoryview) -> FileMeta:
     """The file meta of a Part-10 file's bytes (see ``read_file_meta``)."""
     if len(data) < 132 or bytes(data[128:132]) != b"DICM":
-        raise MalformedDataset("no DICOM preamble and prefix")
+        raise MalformedDataset("not a DICOM Part-10 file (no preamble and DICM prefix)")
     with memoryview(data)[132:] as rest:
         values, status, offset = _scan(_FILE_META, rest, EXPLICIT_VR_LE)
     if status == TRUNCATED and len(data) - 132 - offset >= 8:  # a shorter tail cannot hold an element: the meta ended
