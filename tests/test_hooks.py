@@ -248,3 +248,28 @@ def test_unknown_placeholder_is_a_start_error(tmp_path: Path) -> None:
                           "--exec-on-reception", "/bin/true {paht}"], capture_output=True, text=True, timeout=30)
     assert res.returncode == 2
     assert "{paht}" in res.stderr and "{path}" in res.stderr
+
+
+@pytest.mark.parametrize("sheets", [True, False])
+def test_scan_sheets_key_over_the_network(start_server, tmp_path: Path, sheets: bool) -> None:  # type: ignore[no-untyped-def]
+    """``hooks.scan_sheets`` from a configuration file: with it false the study
+    still completes and its hook runs, with no sheet drawn (an empty
+    ``{scan_sheet}``); with it true (the default) the hook is told the sheet."""
+    hook, out = hook_script(tmp_path, "study")
+    src = tmp_path / "src"
+    src.mkdir()
+    files = [src / f"{i}.dcm" for i in range(3)]
+    for i, f in enumerate(files):
+        make_image(f, i, study=7)
+    cfg = tmp_path / "fastscp.yaml"
+    cfg.write_text(f"hooks:\n  scan_sheets: {'true' if sheets else 'false'}\n")
+    srv = start_server("--config", str(cfg), "--exec-on-study", f"{hook} {{study_uid}} {{count}} [{{scan_sheet}}]",
+                       "--study-timeout", "600", "--complete-on-release")
+    assert storescu(srv, files).returncode == 0
+    recs = wait_for(lambda: records(out), timeout=30)
+    assert len(recs) == 1 and recs[0]["argv"][1] == "3", recs
+    drawn = sorted(srv.storage.rglob("scan_sheet.html"))
+    if sheets:
+        assert len(drawn) == 1 and recs[0]["argv"][2] == f"[{drawn[0]}]"
+    else:
+        assert drawn == [] and recs[0]["argv"][2] == "[]"
