@@ -60,6 +60,15 @@ def storescu(srv: Server, files: list[Path], aet: str = "SENDER") -> subprocess.
                            *map(str, files)], capture_output=True, text=True, timeout=120)
 
 
+def one_study(d: Path, n: int, study: int) -> list[Path]:
+    """``n`` images of one study in a new folder ``d``."""
+    d.mkdir()
+    files = [d / f"{i}.dcm" for i in range(n)]
+    for i, f in enumerate(files):
+        make_image(f, i, study=study)
+    return files
+
+
 def two_interleaved_studies(d: Path) -> tuple[list[Path], dict[str, list[pydicom.Dataset]]]:
     d.mkdir()
     files, by_study = [], {}
@@ -157,11 +166,7 @@ def test_hostile_value_reaches_the_hook_as_one_plain_argument(start_server, tmp_
 
 def test_hanging_hook_is_killed_at_its_timeout_and_storage_is_unaffected(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     hook, out = hook_script(tmp_path, "hang", mode="hang")
-    src = tmp_path / "src"
-    src.mkdir()
-    files = [src / f"{i}.dcm" for i in range(4)]
-    for i, f in enumerate(files):
-        make_image(f, i, study=1)
+    files = one_study(tmp_path / "src", 4, study=1)
     srv = start_server("--exec-on-reception", f"{hook} {{path}}", "--hook-timeout", "1.5", "--hook-workers", "2")
     t0 = time.monotonic()
     res = storescu(srv, files)
@@ -204,11 +209,7 @@ def test_failing_hook_is_logged_and_stores_still_succeed(start_server, tmp_path:
 
 def test_complete_on_release(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     hook, out = hook_script(tmp_path, "study")
-    src = tmp_path / "src"
-    src.mkdir()
-    files = [src / f"{i}.dcm" for i in range(3)]
-    for i, f in enumerate(files):
-        make_image(f, i, study=5)
+    files = one_study(tmp_path / "src", 3, study=5)
     srv = start_server("--exec-on-study", f"{hook} {{study_uid}} {{count}} {{reason}}", "--study-timeout", "600",
                        "--complete-on-release")
     t0 = time.time()
@@ -256,11 +257,7 @@ def test_scan_sheets_key_over_the_network(start_server, tmp_path: Path, sheets: 
     still completes and its hook runs, with no sheet drawn (an empty
     ``{scan_sheet}``); with it true (the default) the hook is told the sheet."""
     hook, out = hook_script(tmp_path, "study")
-    src = tmp_path / "src"
-    src.mkdir()
-    files = [src / f"{i}.dcm" for i in range(3)]
-    for i, f in enumerate(files):
-        make_image(f, i, study=7)
+    files = one_study(tmp_path / "src", 3, study=7)
     cfg = tmp_path / "fastscp.yaml"
     cfg.write_text(f"hooks:\n  scan_sheets: {'true' if sheets else 'false'}\n")
     srv = start_server("--config", str(cfg), "--exec-on-study", f"{hook} {{study_uid}} {{count}} [{{scan_sheet}}]",
