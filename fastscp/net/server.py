@@ -191,7 +191,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
             self._quiet_from = time.monotonic_ns()
             return
         self._spin_queued = True
-        self._loop.call_soon(self._spin)  # not get_running_loop(): a getpid() system call per read on 3.11
+        self._loop.call_soon(self._spin)  # not get_running_loop(), which makes a getpid() call on 3.11
 
     def _may_spin(self) -> bool:
         """Poll only while this is the one connection (polling would hold
@@ -256,7 +256,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
             transport.writelines(out)  # one vectored write, no join (uvloop)
         if self.assoc.artim_running:
             if self._artim is None:
-                self._artim = asyncio.get_running_loop().call_later(self.server.artim_timeout, self._artim_fired)
+                self._artim = self._loop.call_later(self.server.artim_timeout, self._artim_fired)
         elif self._artim is not None:
             self._artim.cancel()
             self._artim = None
@@ -287,7 +287,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
 
     def _arm_idle(self) -> None:
         if self.server.idle_timeout or self.server.dimse_timeout:
-            self._idle = asyncio.get_running_loop().call_later(self.server.check_interval, self._idle_check)
+            self._idle = self._loop.call_later(self.server.check_interval, self._idle_check)
 
     def _idle_check(self) -> None:
         self._idle = None
@@ -305,7 +305,7 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         self._arm_idle()
 
     def _arm_rate(self) -> None:
-        self._rate = asyncio.get_running_loop().call_later(self.server.rate_window / 4, self._rate_check)
+        self._rate = self._loop.call_later(self.server.rate_window / 4, self._rate_check)
 
     def _rate_check(self) -> None:
         """The progress rule, a quarter window apart: while a message is half
