@@ -266,6 +266,10 @@ def build_receivers(fastscp_cmd: str | None = None, dcmtk_bin: str | None = None
     def sink_argv(port: int, storage: Path, workdir: Path) -> list[str]:
         return [sink_exe(), str(port), str(storage)]
 
+    def pyfloor_argv(port: int, storage: Path, workdir: Path) -> list[str]:
+        return [sys.executable, str(Path(__file__).with_name("pyfloor.py")), str(port), str(storage),
+                "--busy-poll-us", "1000"]
+
     def orthanc_argv(port: int, storage: Path, workdir: Path) -> list[str]:
         return [orthanc_exe(), str(workdir / "orthanc.json")]
 
@@ -281,6 +285,9 @@ def build_receivers(fastscp_cmd: str | None = None, dcmtk_bin: str | None = None
         "pynetdicom": Receiver("pynetdicom", pynetdicom_argv, notes="python -m pynetdicom storescp"),
         "sink": Receiver("sink", sink_argv,
                          notes="floor: bench/sink.c writes the file, renames it, answers; nothing else"),
+        "pyfloor": Receiver("pyfloor", pyfloor_argv,
+                            notes="floor for Python per instance: bench/pyfloor.py, the sink's work as Python on uvloop"
+                                  " over fastscp's Cython framer, busy polling as fastscp's default"),
         "orthanc": Receiver("orthanc", orthanc_argv, count=_orthanc_count, prepare=_orthanc_prepare,
                             extra_ready=_orthanc_ready, http=True,
                             notes="SQLite index, DicomThreadsCount 4"),

@@ -20,7 +20,8 @@ sys.path.insert(0, str(BENCH))
 import flood  # noqa: E402
 from receivers import dcmtk_tool, orthanc_exe  # noqa: E402
 
-RECEIVERS = ["fastscp", "fastscp-fsync", "fastscp-nopoll", "storescp", "storescp-fork", "pynetdicom", "orthanc", "sink"]
+RECEIVERS = ["fastscp", "fastscp-fsync", "fastscp-nopoll", "storescp", "storescp-fork", "pynetdicom", "orthanc", "sink",
+             "pyfloor"]
 
 
 def _missing_peers() -> list[str]:
