@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import signal
 import socket
@@ -44,6 +45,7 @@ from fastscp.protocol.pdu import (
 
 MAX_PDU = 131072
 IMPLEMENTATION_UID = "1.2.826.0.1.3680043.9.7433.1.99"
+TEMP_NAMES = itertools.count()  # one sequence for every association: their temp files never share a name
 A_ASSOCIATE_RQ, A_RELEASE_RQ, A_ABORT = 0x01, 0x05, 0x07
 
 
@@ -68,7 +70,6 @@ class Floor(asyncio.BufferedProtocol):
         self.fd = -1
         self.temp = ""
         self.command: dict[int, object] = {}
-        self.count = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -113,8 +114,7 @@ class Floor(asyncio.BufferedProtocol):
             return [encode_pdata(context_id, rsp, True, MAX_PDU)]
         sop_class, sop_instance = str(command[D.AFFECTED_SOP_CLASS]), str(command[D.AFFECTED_SOP_INSTANCE])
         self.command = command
-        self.count += 1
-        self.temp = os.path.join(self.incoming, f"{os.getpid()}-{self.count}.part")
+        self.temp = os.path.join(self.incoming, f"{next(TEMP_NAMES)}.part")
         self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.write(self.fd, part10_prefix(sop_class, sop_instance, self.syntaxes[context_id]))
         return []
