@@ -65,6 +65,32 @@ def test_bulk_and_single_adds_set_the_same_bits() -> None:
     assert all(u in in_bulk for u in UIDS)
 
 
+def test_a_uid_asked_about_then_added_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The receiver asks about a UID before its rename and adds it after: one
+    hash for both. Another UID between them is hashed anew and sets its own
+    bits, never the last one's."""
+    import fastscp.storage.uidfilter as uidfilter
+
+    hashed: list[str] = []
+
+    def counting(uid: str) -> tuple[int, int]:
+        hashed.append(uid)
+        return uid_hash(uid)
+
+    monkeypatch.setattr(uidfilter, "uid_hash", counting)
+    f, reference = UidFilter(500), UidFilter(500)
+    assert UIDS[0] not in f
+    f.add(UIDS[0])
+    assert hashed == [UIDS[0]]
+    assert UIDS[1] not in f
+    f.add(UIDS[2])  # not the UID asked about last
+    assert hashed == [UIDS[0], UIDS[1], UIDS[2]]
+    reference.add(UIDS[0])
+    reference.add(UIDS[2])
+    assert bytes(f._bits) == bytes(reference._bits)
+    assert UIDS[0] in f and UIDS[2] in f
+
+
 def test_false_positive_rate_is_what_the_size_promises() -> None:
     f = UidFilter(len(UIDS))  # full to capacity: 12 bits a UID, 4 positions
     for uid in UIDS:

@@ -59,7 +59,7 @@ class UidFilter:
     (a bit set concurrently is either seen or not: the UID is recorded elsewhere
     as well until the filter surely has it)."""
 
-    __slots__ = ("_bits", "_lock", "added", "bits_per_item", "capacity", "hashes", "size")
+    __slots__ = ("_bits", "_last", "_lock", "added", "bits_per_item", "capacity", "hashes", "size")
 
     def __init__(self, capacity: int, bits_per_item: int = DEFAULT_BITS_PER_ITEM,
                  hashes: int = DEFAULT_HASHES) -> None:
@@ -75,17 +75,25 @@ class UidFilter:
         self._bits = mmap.mmap(-1, self.size // 8)
         self._lock = threading.Lock()
         self.added = 0  # UIDs added (with repeats): how full it is
+        # the last UID's positions: the receiver asks about a UID before its
+        # rename and adds it after, so its hash is computed once, not twice
+        self._last: tuple[str, tuple[int, ...]] = ("", ())
 
     @property
     def nbytes(self) -> int:
         return len(self._bits)
 
-    def _positions(self, uid: str) -> list[int]:
+    def _positions(self, uid: str) -> tuple[int, ...]:
+        last = self._last  # one read: another thread may replace it meanwhile
+        if last[0] == uid and last[1]:
+            return last[1]
         lower, upper = uid_hash(uid)
         m = self.size
         a = lower % m
         b = upper % (m - 1) + 1
-        return [(a + i * b) % m for i in range(self.hashes)]
+        positions = tuple([(a + i * b) % m for i in range(self.hashes)])
+        self._last = (uid, positions)
+        return positions
 
     def add(self, uid: str) -> None:
         positions = self._positions(uid)
@@ -98,13 +106,8 @@ class UidFilter:
     def __contains__(self, uid: object) -> bool:
         if not isinstance(uid, str):
             return False
-        lower, upper = uid_hash(uid)
-        m = self.size
-        a = lower % m
-        b = upper % (m - 1) + 1
         bits = self._bits
-        for i in range(self.hashes):
-            p = (a + i * b) % m
+        for p in self._positions(uid):
             if not bits[p >> 3] & (1 << (p & 7)):
                 return False
         return True
