@@ -44,7 +44,7 @@ from fastscp.protocol.pdu import (
 )
 
 MAX_PDU = 131072
-IMPLEMENTATION_UID = "1.2.826.0.1.3680043.9.7433.1.99"
+IMPLEMENTATION_UID = "2.25.248741131362635925947942029523567241809"  # a UUID-derived UID (PS3.5 B.2) of its own
 TEMP_NAMES = itertools.count()  # one sequence for every association: their temp files never share a name
 A_ASSOCIATE_RQ, A_RELEASE_RQ, A_ABORT = 0x01, 0x05, 0x07
 
