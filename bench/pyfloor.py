@@ -3,8 +3,9 @@
 A floor for the flood benchmark beside bench/sink.c, to tell what a design
 can reach, not a receiver to run. Like the sink it accepts every
 presentation context with its first transfer syntax, answers C-ECHO, writes
-each C-STORE's data set into ``<dir>/.incoming/`` (after a minimal Part-10
-prefix), renames it to ``<dir>/<SOP Instance UID>.dcm`` and answers Success.
+each C-STORE's data set into ``<dir>/.incoming/`` (after the Part-10
+prefix fastscp writes, ``storage/part10.file_meta``), renames it to
+``<dir>/<SOP Instance UID>.dcm`` and answers Success.
 Unlike the sink, that work runs in Python on uvloop, as fastscp's does, over
 fastscp's own Cython framer (``_ext/framer.pyx``) and encoders: one Python
 callback per read, a few Python lines per PDV and per instance. No header
@@ -25,7 +26,6 @@ import itertools
 import os
 import signal
 import socket
-import struct
 from typing import cast
 
 import uvloop
@@ -42,22 +42,12 @@ from fastscp.protocol.pdu import (
     encode_pdata,
     encode_release_rp,
 )
+from fastscp.storage.part10 import file_meta
 
 MAX_PDU = 131072
 IMPLEMENTATION_UID = "2.25.248741131362635925947942029523567241809"  # a UUID-derived UID (PS3.5 B.2) of its own
 TEMP_NAMES = itertools.count()  # one sequence for every association: their temp files never share a name
 A_ASSOCIATE_RQ, A_RELEASE_RQ, A_ABORT = 0x01, 0x05, 0x07
-
-
-def part10_prefix(sop_class: str, sop_instance: str, syntax: str) -> bytes:
-    """Preamble, DICM and a file meta group of the three UIDs (PS3.10 7.1)."""
-    def element(tag: int, vr: bytes, value: bytes) -> bytes:
-        if len(value) % 2:
-            value += b"\0"
-        return struct.pack("<HH", 0x0002, tag) + vr + struct.pack("<H", len(value)) + value
-    body = (element(0x0002, b"UI", sop_class.encode()) + element(0x0003, b"UI", sop_instance.encode())
-            + element(0x0010, b"UI", syntax.encode()))
-    return bytes(128) + b"DICM" + element(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
 class Floor(asyncio.BufferedProtocol):
@@ -67,9 +57,10 @@ class Floor(asyncio.BufferedProtocol):
         self.busy_poll_ns = busy_poll_ns
         self.framer = PDUFramer(MAX_PDU)
         self.syntaxes: dict[int, str] = {}
+        self.calling_ae = ""
         self.fd = -1
         self.temp = ""
-        self.command: dict[int, object] = {}
+        self.store: tuple[int, str, str] = (0, "", "")  # the C-STORE under way: message ID, SOP class, instance
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -113,23 +104,23 @@ class Floor(asyncio.BufferedProtocol):
                                     str(command[D.AFFECTED_SOP_CLASS]))
             return [encode_pdata(context_id, rsp, True, MAX_PDU)]
         sop_class, sop_instance = str(command[D.AFFECTED_SOP_CLASS]), str(command[D.AFFECTED_SOP_INSTANCE])
-        self.command = command
+        self.store = (cast(int, command[D.MESSAGE_ID]), sop_class, sop_instance)
         self.temp = os.path.join(self.incoming, f"{next(TEMP_NAMES)}.part")
         self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.write(self.fd, part10_prefix(sop_class, sop_instance, self.syntaxes[context_id]))
+        os.write(self.fd, file_meta(sop_class, sop_instance, self.syntaxes[context_id], self.calling_ae))
         return []
 
     def _stored(self, context_id: int) -> bytes:
         os.close(self.fd)
-        command = self.command
-        sop_class, sop_instance = str(command[D.AFFECTED_SOP_CLASS]), str(command[D.AFFECTED_SOP_INSTANCE])
+        message_id, sop_class, sop_instance = self.store
         os.rename(self.temp, os.path.join(self.directory, sop_instance + ".dcm"))
-        rsp = D.encode_response(D.C_STORE_RSP, cast(int, command[D.MESSAGE_ID]), D.SUCCESS, sop_class, sop_instance)
+        rsp = D.encode_response(D.C_STORE_RSP, message_id, D.SUCCESS, sop_class, sop_instance)
         return encode_pdata(context_id, rsp, True, MAX_PDU)
 
     def _pdu(self, pdu_type: int, pdu: bytes) -> list[bytes]:
         if pdu_type == A_ASSOCIATE_RQ:
             request = decode_associate_rq(pdu)
+            self.calling_ae = request.calling_ae
             results = []
             for ctx in request.contexts:
                 self.syntaxes[ctx.context_id] = ctx.transfer_syntaxes[0]
