@@ -54,6 +54,33 @@ def test_collect_stats(db, tmp_path):
     conn.close()
 
 
+def test_collect_stats_reads_one_snapshot(db):
+    """The writer commits between two of the counts' queries: every count
+    is still of the same moment (this raced in a server's GET /stats: the
+    instances of a batch counted, their studies not)."""
+    conn = schema.connect(db)
+    reader, writer = conn.cursor(), conn.cursor()
+
+    class CommitsAfterTheFirstQuery:
+        queries = 0
+
+        def __getattr__(self, name):  # begin, rollback
+            return getattr(reader, name)
+
+        def execute(self, *args):
+            result = reader.execute(*args)
+            self.queries += 1
+            if self.queries == 1:
+                writer.execute("UPDATE instances SET status = 'missing'")  # its own transaction, committed
+            return result
+
+    st = collect_stats(CommitsAfterTheFirstQuery(), days=7)
+    assert (st.instances, st.missing_instances, st.bytes_stored) == (10, 0, 17000)
+    assert sum(n for _, n, _ in st.per_modality) == 9  # the 40-day-old one is out of the window
+    assert collect_stats(reader, days=7).instances == 0  # the update, seen once committed
+    conn.close()
+
+
 def test_stats_command_text_and_json(db, tmp_path, capsys):
     assert catalog_main(["stats", "--days", "60", "--index-db", str(db)]) == 0
     out = capsys.readouterr().out

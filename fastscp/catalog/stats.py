@@ -63,31 +63,37 @@ def collect_stats(
     if days < 1:
         raise ValueError("days must be at least 1")
     st = CatalogStats(days=days)
-    st.patients = _one(conn, "SELECT count(*) FROM patients")
-    st.studies = _one(conn, "SELECT count(*) FROM studies")
-    st.series = _one(conn, "SELECT count(*) FROM series")
-    st.instances = _one(conn, "SELECT count(*) FROM instances WHERE status = 'present'")
-    st.missing_instances = _one(conn, "SELECT count(*) FROM instances WHERE status = 'missing'")
-    st.bytes_stored = _one(
-        conn, "SELECT coalesce(sum(file_size), 0) FROM instances WHERE status = 'present'")
-    st.associations = _one(conn, "SELECT count(*) FROM associations")
-    today = _dt.datetime.now(_dt.timezone.utc).date()
-    since = today - _dt.timedelta(days=days - 1)
-    window = "status = 'present' AND received_at >= ?"
-    st.per_day = [
-        (str(d), int(n), int(b)) for d, n, b in conn.execute(
-            f"""SELECT received_at::DATE AS day, count(*), coalesce(sum(file_size), 0)
-                FROM instances WHERE {window} GROUP BY day ORDER BY day""", [since],
-        ).fetchall()
-    ]
-    for attr, column in (("per_modality", "i.modality"), ("per_calling_ae", "i.calling_ae")):
-        rows = conn.execute(
-            f"""SELECT coalesce(nullif({column}, ''), '(none)') AS k, count(*) AS n,
-                       coalesce(sum(i.file_size), 0)
-                FROM instances i
-                WHERE i.{window} GROUP BY k ORDER BY n DESC, k""", [since],
-        ).fetchall()
-        setattr(st, attr, [(str(k), int(n), int(b)) for k, n, b in rows])
+    # one snapshot for every count: the index writer may commit a batch
+    # between two of these reads (instances counted, their studies not)
+    conn.begin()
+    try:
+        st.patients = _one(conn, "SELECT count(*) FROM patients")
+        st.studies = _one(conn, "SELECT count(*) FROM studies")
+        st.series = _one(conn, "SELECT count(*) FROM series")
+        st.instances = _one(conn, "SELECT count(*) FROM instances WHERE status = 'present'")
+        st.missing_instances = _one(conn, "SELECT count(*) FROM instances WHERE status = 'missing'")
+        st.bytes_stored = _one(
+            conn, "SELECT coalesce(sum(file_size), 0) FROM instances WHERE status = 'present'")
+        st.associations = _one(conn, "SELECT count(*) FROM associations")
+        today = _dt.datetime.now(_dt.timezone.utc).date()
+        since = today - _dt.timedelta(days=days - 1)
+        window = "status = 'present' AND received_at >= ?"
+        st.per_day = [
+            (str(d), int(n), int(b)) for d, n, b in conn.execute(
+                f"""SELECT received_at::DATE AS day, count(*), coalesce(sum(file_size), 0)
+                    FROM instances WHERE {window} GROUP BY day ORDER BY day""", [since],
+            ).fetchall()
+        ]
+        for attr, column in (("per_modality", "i.modality"), ("per_calling_ae", "i.calling_ae")):
+            rows = conn.execute(
+                f"""SELECT coalesce(nullif({column}, ''), '(none)') AS k, count(*) AS n,
+                           coalesce(sum(i.file_size), 0)
+                    FROM instances i
+                    WHERE i.{window} GROUP BY k ORDER BY n DESC, k""", [since],
+            ).fetchall()
+            setattr(st, attr, [(str(k), int(n), int(b)) for k, n, b in rows])
+    finally:
+        conn.rollback()
     if storage_dir is not None:
         st.storage_dir = str(storage_dir)
         usage = shutil.disk_usage(storage_dir)
