@@ -2,7 +2,7 @@
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-EXTENSIONS = ["framer", "writer", "header", "sockio"]
+EXTENSIONS = ["framer", "writer", "header", "sockio", "bloom"]
 
 setup(
     ext_modules=cythonize(

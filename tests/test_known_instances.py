@@ -16,7 +16,7 @@ from fastscp.catalog import CatalogWriter, schema
 from fastscp.catalog.known import IndexConfirm, count_instances, fill_filter
 from fastscp.catalog.rows import BatchWriter
 from fastscp.storage.duplicates import DuplicateGuard, IndexedInstances, Outcome
-from fastscp.storage.uidfilter import UidFilter, uid_hash
+from fastscp.storage.uidfilter import UidFilter, uid_digest, uid_hash
 from test_catalog_support import make_info
 from test_duplicates import store
 
@@ -65,6 +65,36 @@ def test_bulk_and_single_adds_set_the_same_bits() -> None:
     assert all(u in in_bulk for u in UIDS)
 
 
+def test_the_compiled_bit_work_sets_the_double_hashing_positions() -> None:
+    """_ext/bloom.pyx sets exactly the positions the docstring's formula
+    gives, also for a filter of more than 2**32 bits (64-bit arithmetic; the
+    mapping is anonymous, so only the touched pages take memory)."""
+    import mmap
+
+    from fastscp._ext.bloom import set_bits, test_bits
+
+    for m in (500 * 12, 2**33 + 7):
+        bits = mmap.mmap(-1, (m + 7) // 8)
+        wanted: set[int] = set()
+        for uid in UIDS[:20]:
+            lower, upper = uid_hash(uid)
+            a, b = lower % m, upper % (m - 1) + 1
+            want = {(a + i * b) % m for i in range(4)}
+            set_bits(bits, uid_digest(uid), m, 4)
+            wanted |= want
+            assert all(bits[p >> 3] & (1 << (p & 7)) for p in want)
+            assert test_bits(bits, uid_digest(uid), m, 4)
+        if m < 2**20:  # nothing but the wanted positions is set
+            got = {i * 8 + j for i, byte in enumerate(bits[:]) for j in range(8) if byte >> j & 1}
+            assert got == wanted
+            assert not test_bits(bits, uid_digest(UIDS[-1]), m, 4)
+        bits.close()
+    with pytest.raises(ValueError):
+        test_bits(bytearray(8), b"short", 64, 4)
+    with pytest.raises(ValueError):
+        set_bits(bytearray(8), uid_digest("1.2"), 65, 4)  # 64 bits hold fewer than m
+
+
 def test_a_uid_asked_about_then_added_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The receiver asks about a UID before its rename and adds it after: one
     hash for both. Another UID between them is hashed anew and sets its own
@@ -73,11 +103,11 @@ def test_a_uid_asked_about_then_added_is_hashed_once(monkeypatch: pytest.MonkeyP
 
     hashed: list[str] = []
 
-    def counting(uid: str) -> tuple[int, int]:
+    def counting(uid: str) -> bytes:
         hashed.append(uid)
-        return uid_hash(uid)
+        return uid_digest(uid)
 
-    monkeypatch.setattr(uidfilter, "uid_hash", counting)
+    monkeypatch.setattr(uidfilter, "uid_digest", counting)
     f, reference = UidFilter(500), UidFilter(500)
     assert UIDS[0] not in f
     f.add(UIDS[0])

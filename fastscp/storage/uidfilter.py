@@ -30,6 +30,8 @@ from typing import IO, TYPE_CHECKING
 
 import xxhash
 
+from .._ext.bloom import set_bits, test_bits
+
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
@@ -41,9 +43,14 @@ DEFAULT_HASHES = 4
 _MASK64 = (1 << 64) - 1
 
 
+def uid_digest(uid: str) -> bytes:
+    """The MD5 digest of the UID's UTF-8 bytes: what its positions come from."""
+    return hashlib.md5(uid.encode("utf-8", "surrogateescape")).digest()
+
+
 def uid_hash(uid: str) -> tuple[int, int]:
     """(lower, upper): DuckDB's ``md5_number_lower(uid)``, ``md5_number_upper(uid)``."""
-    digest = hashlib.md5(uid.encode("utf-8", "surrogateescape")).digest()
+    digest = uid_digest(uid)
     return int.from_bytes(digest[8:], "little"), int.from_bytes(digest[:8], "little")
 
 
@@ -53,7 +60,8 @@ class UidFilter:
     (12 bits, 4 positions) about 0.6% of new UIDs are false positives; at half
     of it about 0.03%. Past capacity it still works, with more of them.
 
-    ``add`` and ``__contains__`` are for one UID (a few microseconds);
+    ``add`` and ``__contains__`` are for one UID (their bit work is Cython,
+    _ext/bloom.pyx: about a microsecond with the digest);
     ``add_hashes`` adds many at once from arrays of hash halves. ``add`` and
     ``add_hashes`` may run in different threads; ``__contains__`` needs no lock
     (a bit set concurrently is either seen or not: the UID is recorded elsewhere
@@ -75,42 +83,32 @@ class UidFilter:
         self._bits = mmap.mmap(-1, self.size // 8)
         self._lock = threading.Lock()
         self.added = 0  # UIDs added (with repeats): how full it is
-        # the last UID's positions: the receiver asks about a UID before its
+        # the last UID's digest: the receiver asks about a UID before its
         # rename and adds it after, so its hash is computed once, not twice
-        self._last: tuple[str, tuple[int, ...]] = ("", ())
+        self._last: tuple[str, bytes] = ("", b"")
 
     @property
     def nbytes(self) -> int:
         return len(self._bits)
 
-    def _positions(self, uid: str) -> tuple[int, ...]:
+    def _digest(self, uid: str) -> bytes:
         last = self._last  # one read: another thread may replace it meanwhile
         if last[0] == uid and last[1]:
             return last[1]
-        lower, upper = uid_hash(uid)
-        m = self.size
-        a = lower % m
-        b = upper % (m - 1) + 1
-        positions = tuple([(a + i * b) % m for i in range(self.hashes)])
-        self._last = (uid, positions)
-        return positions
+        digest = uid_digest(uid)
+        self._last = (uid, digest)
+        return digest
 
     def add(self, uid: str) -> None:
-        positions = self._positions(uid)
-        bits = self._bits
+        digest = self._digest(uid)
         with self._lock:
-            for p in positions:
-                bits[p >> 3] |= 1 << (p & 7)
+            set_bits(self._bits, digest, self.size, self.hashes)
             self.added += 1
 
     def __contains__(self, uid: object) -> bool:
         if not isinstance(uid, str):
             return False
-        bits = self._bits
-        for p in self._positions(uid):
-            if not bits[p >> 3] & (1 << (p & 7)):
-                return False
-        return True
+        return test_bits(self._bits, self._digest(uid), self.size, self.hashes)
 
     def add_hashes(self, lower: npt.NDArray[np.uint64], upper: npt.NDArray[np.uint64]) -> None:
         """Add the UIDs whose hash halves (``uid_hash``) are ``lower[j]``, ``upper[j]``."""

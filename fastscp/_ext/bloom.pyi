@@ -1,0 +1,6 @@
+"""Type stub for the compiled Bloom filter bit work (_ext/bloom.pyx)."""
+
+import mmap
+
+def test_bits(bits: bytes | bytearray | memoryview | mmap.mmap, digest: bytes, m: int, k: int) -> bool: ...
+def set_bits(bits: bytearray | memoryview | mmap.mmap, digest: bytes, m: int, k: int) -> None: ...
