@@ -18,23 +18,25 @@ cdef inline uint64_t _le64(const uint8_t* p) noexcept nogil:
             | (<uint64_t>p[4] << 32) | (<uint64_t>p[5] << 40) | (<uint64_t>p[6] << 48) | (<uint64_t>p[7] << 56))
 
 
-cdef inline int _check(const uint8_t[::1] digest, uint64_t m, int k) except -1:
+cdef inline int _steps(Py_ssize_t nbytes, const uint8_t[::1] digest, uint64_t m, int k,
+                       uint64_t* a, uint64_t* b) except -1:
+    """Check the arguments; the first position ``a`` and the step ``b``."""
     if digest.shape[0] != 16:
         raise ValueError("an MD5 digest is 16 bytes")
     if m < 2 or k < 1:
         raise ValueError("m must be at least 2 and k positive")
+    if <uint64_t>nbytes * 8 < m:
+        raise ValueError("bits hold fewer than m bits")
+    a[0] = _le64(&digest[8]) % m
+    b[0] = _le64(&digest[0]) % (m - 1) + 1
     return 0
 
 
 def test_bits(const uint8_t[::1] bits, const uint8_t[::1] digest, uint64_t m, int k):
     """True when every one of the ``k`` positions of ``digest`` is set in ``bits`` (``m`` bits)."""
-    _check(digest, m, k)
-    if <uint64_t>bits.shape[0] * 8 < m:
-        raise ValueError("bits hold fewer than m bits")
-    cdef uint64_t a = _le64(&digest[8]) % m
-    cdef uint64_t b = _le64(&digest[0]) % (m - 1) + 1
-    cdef uint64_t p = a
+    cdef uint64_t p, b
     cdef int i
+    _steps(bits.shape[0], digest, m, k, &p, &b)
     for i in range(k):
         if not (bits[p >> 3] & (1 << (p & 7))):
             return False
@@ -44,13 +46,9 @@ def test_bits(const uint8_t[::1] bits, const uint8_t[::1] digest, uint64_t m, in
 
 def set_bits(uint8_t[::1] bits, const uint8_t[::1] digest, uint64_t m, int k):
     """Set the ``k`` positions of ``digest`` in ``bits`` (``m`` bits)."""
-    _check(digest, m, k)
-    if <uint64_t>bits.shape[0] * 8 < m:
-        raise ValueError("bits hold fewer than m bits")
-    cdef uint64_t a = _le64(&digest[8]) % m
-    cdef uint64_t b = _le64(&digest[0]) % (m - 1) + 1
-    cdef uint64_t p = a
+    cdef uint64_t p, b
     cdef int i
+    _steps(bits.shape[0], digest, m, k, &p, &b)
     for i in range(k):
         bits[p >> 3] |= <uint8_t>(1 << (p & 7))
         p = (p + b) % m
