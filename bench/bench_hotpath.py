@@ -18,6 +18,11 @@ to ``_ext/`` or the storage path without the noise of a sender process:
 
     python bench/bench_hotpath.py --corpus small --count 5000
     python bench/bench_hotpath.py --corpus large --count 1000 --profile out.prof
+
+With --floor, each repeat also feeds the same stream to bench/pyfloor.py's
+protocol (the least Python a receiver can run per instance: write, rename,
+answer), right after fastscp's run, and the ratio of the two best times is
+printed: fastscp's receive path against a floor measured in the same run.
 """
 from __future__ import annotations
 
@@ -152,6 +157,47 @@ class CountingTransport:
         pass
 
 
+class _StubSocket:
+    """What pyfloor's ``connection_made`` asks of the transport's socket."""
+
+    def setsockopt(self, *args: object) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return -1
+
+
+class FloorTransport(CountingTransport):
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return _StubSocket() if name == "socket" else default
+
+
+def pump(proto: asyncio.BufferedProtocol, stream: bytes, read_size: int) -> None:
+    """Feed ``stream`` to ``proto`` as the event loop does: get_buffer, copy, buffer_updated."""
+    view = memoryview(stream)
+    pos, end = 0, len(stream)
+    while pos < end:
+        buf = proto.get_buffer(-1)
+        n = min(len(buf), read_size, end - pos)
+        buf[:n] = view[pos:pos + n]
+        pos += n
+        proto.buffer_updated(n)
+
+
+async def feed_floor(stream: bytes, storage_dir: Path, read_size: int) -> tuple[CountingTransport, float, float]:
+    """The same stream through bench/pyfloor.py's protocol (no busy polling)."""
+    import pyfloor
+
+    (storage_dir / ".incoming").mkdir(parents=True)
+    proto = pyfloor.Floor(str(storage_dir), 0)
+    transport = FloorTransport()
+    gc.collect()
+    c0, t0 = time.process_time(), time.perf_counter()
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    pump(proto, stream, read_size)
+    return transport, time.perf_counter() - t0, time.process_time() - c0
+
+
 async def feed(stream: bytes, storage_dir: Path, max_pdu: int, read_size: int, observers: bool,
                index_db: Path) -> tuple[CountingTransport, float, float]:
     overrides = {"storage.directory": str(storage_dir), "server.max_pdu": max_pdu,
@@ -181,18 +227,11 @@ async def feed(stream: bytes, storage_dir: Path, max_pdu: int, read_size: int, o
 
     proto = AssociationProtocol(server)
     transport = CountingTransport()
-    view = memoryview(stream)
     gc.collect()
     gc.freeze()  # as serve does after start-up
     c0, t0 = time.process_time(), time.perf_counter()
     proto.connection_made(transport)  # type: ignore[arg-type]
-    pos, end = 0, len(stream)
-    while pos < end:
-        buf = proto.get_buffer(-1)
-        n = min(len(buf), read_size, end - pos)
-        buf[:n] = view[pos:pos + n]
-        pos += n
-        proto.buffer_updated(n)
+    pump(proto, stream, read_size)
     t1, c1 = time.perf_counter(), time.process_time()
     proto.connection_lost(None)
     if writer is not None:
@@ -213,13 +252,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs; the best is reported")
     ap.add_argument("--observers", action="store_true", help="also feed the DuckDB catalog writer")
     ap.add_argument("--profile", type=Path, help="write a cProfile of one run here")
+    ap.add_argument("--floor", action="store_true",
+                    help="also feed bench/pyfloor.py's protocol after each run, and print the ratio")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
 
     corpus = gen_corpus.ensure_corpus(gen_corpus.default_spec(args.corpus, args.count, args.multiframe_mb),
                                       args.corpus_dir)
     stream, instances, dataset_bytes = build_stream(corpus.files, args.max_pdu)
-    runs = []
+    runs: list[dict[str, float]] = []
+    floor_runs: list[dict[str, float]] = []
     for run in range(args.repeat):
         work = Path(tempfile.mkdtemp(prefix="fastscp-hotpath-", dir=args.work_dir))
         try:
@@ -243,6 +285,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"{stored} files stored, of {instances}", file=sys.stderr)
             return 1
         runs.append({"wall_s": wall, "cpu_s": cpu})
+        if args.floor:
+            work = Path(tempfile.mkdtemp(prefix="fastscp-hotpath-floor-", dir=args.work_dir))
+            try:
+                transport, wall, cpu = asyncio.run(feed_floor(stream, work / "store", args.read_size))
+                stored = sum(1 for p in (work / "store").glob("*.dcm"))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            if transport.success != instances or stored != instances:
+                print(f"floor run {run}: {transport.success} Success answers, {stored} files stored, "
+                      f"of {instances}", file=sys.stderr)
+                return 1
+            floor_runs.append({"wall_s": wall, "cpu_s": cpu})
     best = min(runs, key=lambda r: r["wall_s"])
     figures = {
         "corpus": corpus.spec.key(), "instances": instances, "dataset_bytes": dataset_bytes,
@@ -252,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "runs": runs,
     }
+    if floor_runs:
+        floor = min(floor_runs, key=lambda r: r["wall_s"])
+        figures.update({"floor_wall_s": floor["wall_s"], "floor_cpu_s": floor["cpu_s"],
+                        "floor_us_per_instance": floor["wall_s"] / instances * 1e6,
+                        "vs_floor": best["wall_s"] / floor["wall_s"], "floor_runs": floor_runs})
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
@@ -259,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(runs)}: {figures['wall_s']:.3f} s, {figures['instances_per_s']:.0f} instances/s, "
               f"{figures['dataset_gb_per_s']:.2f} GB/s, {figures['us_per_instance']:.1f} us/instance, "
               f"CPU {figures['cpu_s']:.3f} s{' (with the catalog writer)' if args.observers else ''}")
+        if floor_runs:
+            print(f"pyfloor fed the same stream: best of {len(floor_runs)}: {figures['floor_wall_s']:.3f} s, "
+                  f"{figures['floor_us_per_instance']:.1f} us/instance, CPU {figures['floor_cpu_s']:.3f} s; "
+                  f"fastscp / pyfloor {figures['vs_floor']:.2f}x")
     return 0
 
 

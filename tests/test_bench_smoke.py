@@ -69,7 +69,7 @@ def test_hotpath_benchmark_runs_every_corpus(tmp_path: Path, capsys) -> None:  #
     was answered Success and stored (it exits 1 otherwise)."""
     import bench_hotpath
 
-    for corpus, count, extra in (("small", 20, []), ("large", 4, ["--observers"]),
+    for corpus, count, extra in (("small", 20, ["--floor"]), ("large", 4, ["--observers"]),
                                  ("multiframe", None, ["--multiframe-mb", "3"])):
         argv = ["--corpus", corpus, "--repeat", "1", "--json", "--corpus-dir", str(tmp_path / "corpus"),
                 "--work-dir", str(tmp_path), *extra]
@@ -80,6 +80,11 @@ def test_hotpath_benchmark_runs_every_corpus(tmp_path: Path, capsys) -> None:  #
         assert figures["instances"] == (count or 1)
         assert figures["dataset_bytes"] > 0 and figures["instances_per_s"] > 0
         assert figures["observers"] == ("--observers" in extra)
+        # --floor: bench/pyfloor.py's protocol fed the same stream (it exits 1
+        # unless every instance was answered Success and stored there too)
+        assert ("vs_floor" in figures) == ("--floor" in extra)
+        if "--floor" in extra:
+            assert figures["floor_us_per_instance"] > 0 and figures["vs_floor"] > 0
 
 
 def test_median_run_keeps_the_median_and_names_a_failed_repeat() -> None:
