@@ -240,3 +240,20 @@ def test_parse_file_deflated(tmp_path: Path) -> None:
     assert path is not None
     data, uid = dataset_bytes(path)
     assert parse_file(path) == parse_head(data, uid, complete=True)
+
+
+def test_the_character_set_is_decoded_once_per_value_and_the_cache_stays_bounded() -> None:
+    """The instances of a study repeat their Specific Character Set: its text
+    and codecs are kept by raw value. A peer that varies it forever does not
+    grow that cache past its bound."""
+    from fastscp.storage import header as H
+
+    first = H._charset(b"ISO_IR 100\\ISO_IR 192 ")
+    assert first == ("ISO_IR 100\\ISO_IR 192", first[1]) and first[1]
+    assert H._charset(b"ISO_IR 100\\ISO_IR 192 ") is first
+    with warnings.catch_warnings():  # pydicom warns of each unknown term
+        warnings.simplefilter("ignore")
+        for n in range(600):
+            H._charset(f"ISO_IR {n}".encode())
+    assert len(H._ENCODINGS_CACHE) <= 257
+    assert H._charset(b"ISO_IR 100") == ("ISO_IR 100", ["latin_1"])

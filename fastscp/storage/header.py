@@ -184,7 +184,7 @@ def _scan(
 
 # ---- value decoding -------------------------------------------------------
 
-_ENCODINGS_CACHE: dict[bytes, list[str]] = {}
+_ENCODINGS_CACHE: dict[bytes, tuple[str, list[str]]] = {}
 _DEFAULT_ENCODINGS = ["iso8859"]
 
 # Specific Character Set (0008,0005) single values without code extensions
@@ -200,11 +200,15 @@ _CODECS = {
 
 
 def _charset(raw: bytes) -> tuple[str, list[str]]:
-    """(Specific Character Set as text, Python codecs) for the raw value."""
+    """(Specific Character Set as text, Python codecs) for the raw value
+    (the instances of a study repeat it: the pair is kept by raw value)."""
+    known = _ENCODINGS_CACHE.get(raw)
+    if known is not None:
+        return known
     terms = [term.strip(" \0") for term in raw.decode("latin-1").split("\\")]
     text = "\\".join(terms)
-    encodings = _ENCODINGS_CACHE.get(raw)
-    if encodings is None and len(terms) == 1 and terms[0] in _CODECS:
+    encodings: list[str] | None = None
+    if len(terms) == 1 and terms[0] in _CODECS:
         encodings = [_CODECS[terms[0]]]
     if encodings is None:
         from pydicom.charset import convert_encodings
@@ -213,10 +217,10 @@ def _charset(raw: bytes) -> tuple[str, list[str]]:
             encodings = convert_encodings(terms if len(terms) > 1 else terms[0])
         except (ValueError, LookupError):  # e.g. a NUL inside a term: codec lookup fails
             encodings = _DEFAULT_ENCODINGS
-        if len(_ENCODINGS_CACHE) > 256:  # hostile peers may vary it forever
-            _ENCODINGS_CACHE.clear()
-        _ENCODINGS_CACHE[raw] = encodings
-    return text, encodings
+    if len(_ENCODINGS_CACHE) > 256:  # hostile peers may vary it forever
+        _ENCODINGS_CACHE.clear()
+    pair = _ENCODINGS_CACHE[raw] = (text, encodings)
+    return pair
 
 
 def _decode_text(raw: bytes, encodings: list[str]) -> str:
