@@ -73,7 +73,7 @@ def test_the_compiled_bit_work_sets_the_double_hashing_positions() -> None:
 
     from fastscp._ext.bloom import set_bits, test_bits
 
-    for m in (500 * 12, 2**33 + 7):
+    for m in (500 * 12, 2**32 + 7):
         bits = mmap.mmap(-1, (m + 7) // 8)
         wanted: set[int] = set()
         for uid in UIDS[:20]:
