@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import resource
@@ -36,6 +37,7 @@ import struct
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -239,6 +241,23 @@ async def feed(stream: bytes, storage_dir: Path, max_pdu: int, read_size: int, o
     return transport, t1 - t0, c1 - c0
 
 
+def checked_run(name: str, run: int, instances: int, work_dir: Path | None,
+                feeder: Callable[[Path], tuple[CountingTransport, float, float]]) -> dict[str, float] | None:
+    """One run in a fresh folder: its wall and CPU seconds, or None (and a
+    line on stderr) unless every instance was answered Success and stored."""
+    work = Path(tempfile.mkdtemp(prefix=f"fastscp-hotpath-{name}-", dir=work_dir))
+    try:
+        transport, wall, cpu = feeder(work)
+        stored = sum(1 for p in (work / "store").rglob("*.dcm"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if transport.success != instances or stored != instances:
+        print(f"{name} run {run}: {transport.success} Success answers, {transport.other} others, "
+              f"{stored} files stored, of {instances}", file=sys.stderr)
+        return None
+    return {"wall_s": wall, "cpu_s": cpu}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpus", default="small", choices=["small", "large", "multiframe"])
@@ -262,41 +281,33 @@ def main(argv: list[str] | None = None) -> int:
     stream, instances, dataset_bytes = build_stream(corpus.files, args.max_pdu)
     runs: list[dict[str, float]] = []
     floor_runs: list[dict[str, float]] = []
-    for run in range(args.repeat):
-        work = Path(tempfile.mkdtemp(prefix="fastscp-hotpath-", dir=args.work_dir))
-        try:
-            if args.profile and run == 0:
-                import cProfile
 
-                prof = cProfile.Profile()
-                prof.enable()
-                transport, wall, cpu = asyncio.run(feed(stream, work / "store", args.max_pdu, args.read_size,
-                                                        args.observers, work / "index.db"))
-                prof.disable()
-                prof.dump_stats(args.profile)
-            else:
-                transport, wall, cpu = asyncio.run(feed(stream, work / "store", args.max_pdu, args.read_size,
-                                                        args.observers, work / "index.db"))
-            stored = sum(1 for p in (work / "store").rglob("*.dcm"))
+    def fastscp_run(work: Path, profile: Path | None) -> tuple[CountingTransport, float, float]:
+        coro = feed(stream, work / "store", args.max_pdu, args.read_size, args.observers, work / "index.db")
+        if profile is None:
+            return asyncio.run(coro)
+        import cProfile
+
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            return asyncio.run(coro)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
-        if transport.success != instances or stored != instances:
-            print(f"run {run}: {transport.success} Success answers, {transport.other} others, "
-                  f"{stored} files stored, of {instances}", file=sys.stderr)
+            prof.disable()
+            prof.dump_stats(profile)
+
+    for run in range(args.repeat):
+        one = checked_run("fastscp", run, instances, args.work_dir,
+                          functools.partial(fastscp_run, profile=args.profile if run == 0 else None))
+        if one is None:
             return 1
-        runs.append({"wall_s": wall, "cpu_s": cpu})
+        runs.append(one)
         if args.floor:
-            work = Path(tempfile.mkdtemp(prefix="fastscp-hotpath-floor-", dir=args.work_dir))
-            try:
-                transport, wall, cpu = asyncio.run(feed_floor(stream, work / "store", args.read_size))
-                stored = sum(1 for p in (work / "store").glob("*.dcm"))
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-            if transport.success != instances or stored != instances:
-                print(f"floor run {run}: {transport.success} Success answers, {stored} files stored, "
-                      f"of {instances}", file=sys.stderr)
+            one = checked_run("pyfloor", run, instances, args.work_dir,
+                              lambda work: asyncio.run(feed_floor(stream, work / "store", args.read_size)))
+            if one is None:
                 return 1
-            floor_runs.append({"wall_s": wall, "cpu_s": cpu})
+            floor_runs.append(one)
     best = min(runs, key=lambda r: r["wall_s"])
     figures = {
         "corpus": corpus.spec.key(), "instances": instances, "dataset_bytes": dataset_bytes,
