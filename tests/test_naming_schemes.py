@@ -7,6 +7,8 @@ from pathlib import PurePosixPath
 
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom.charset import decode_element
 from pydicom.dataelem import DataElement
 
@@ -261,3 +263,21 @@ def test_an_accession_number_that_sanitises_to_nothing_falls_back_to_the_study_u
     other = scheme.relative_text(make_info(accession_number=accession, study_instance_uid="1.2.3.4.5"))
     assert "1.2.826.0.1.3680043.8.498.1" in first and "UNKNOWN" not in first
     assert first.rsplit("/", 1)[0] != other.rsplit("/", 1)[0]
+
+
+_NAME_PARTS = st.sampled_from(["1", "2", "0", "9", ".", "..", "-", "_", " ", "a", "/", "\x00", "é", "\\"])
+
+
+@given(number=st.none() | st.integers(min_value=-(10**80), max_value=10**80) | st.integers(-10, 10**4)
+       | st.sampled_from([10**63, 10**64 - 1, 10**64, -(10**62), -(10**63) + 1, -(10**63)]),
+       uid=st.lists(_NAME_PARTS, max_size=80).map("".join)
+       | st.from_regex(r"[1-9][0-9]{0,3}(\.[0-9]{1,20}){0,8}", fullmatch=True))
+@settings(max_examples=3000, deadline=None)
+def test_hierarchical_file_name_shortcut_gives_the_general_steps_name(number: int | None, uid: str) -> None:
+    """The common case (a plain number and UID) skips the general steps of
+    the file name; for every number and UID the name is what those steps
+    give (safe_component on each part, then bound_name)."""
+    from fastscp.storage.naming import _joined, _number, _optional, _required
+
+    assert HierarchicalNaming._file_name(number, uid) == _joined(_optional(_number(number)), _required(uid),
+                                                                  ext=".dcm")

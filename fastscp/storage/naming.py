@@ -33,7 +33,7 @@ from pathlib import PurePosixPath
 from typing import Protocol
 
 from ..instance import InstanceInfo
-from .safepath import MAX_COMPONENT, bound_name, safe_choice, safe_component
+from .safepath import MAX_COMPONENT, bound_name, plain_value, safe_choice, safe_component
 from .template import TemplateNaming
 from .values import int_or_none, parse_date, person_display, person_groups, received_date
 
@@ -133,8 +133,21 @@ class HierarchicalNaming(TextNaming):
             if len(self._folders) >= self.MAX_CACHED_FOLDERS:
                 self._folders.clear()
             self._folders[key] = folder
-        return folder + "/" + _joined(_optional(_number(info.instance_number)), _required(info.sop_instance_uid),
-                                      ext=".dcm")
+        return folder + "/" + self._file_name(info.instance_number, info.sop_instance_uid)
+
+    @staticmethod
+    def _file_name(number: int | None, uid: str) -> str:
+        """``<InstanceNumber>_<SOPInstanceUID>.dcm``. A UID of digits and
+        inner dots and a number, each of at most 64 characters, are safe as
+        they are and fit in one component: the common case skips the general
+        steps, which give the same name (tests/test_naming_schemes.py checks)."""
+        if len(uid) <= MAX_COMPONENT and plain_value(uid):
+            if number is None:
+                return uid + ".dcm"
+            text = str(number)  # digits, or a minus and digits: safe as they are
+            if len(text) <= MAX_COMPONENT:
+                return text + "_" + uid + ".dcm"
+        return _joined(_optional(_number(number)), _required(uid), ext=".dcm")
 
     @staticmethod
     def _folder(info: InstanceInfo) -> str:

@@ -153,6 +153,9 @@ def names_something(component: str) -> bool:
 
 
 _DIGITS_AND_DOTS = re.compile(r"[0-9](?:[0-9.]*[0-9])?").fullmatch
+# Digits with inner dots (a UID, a non-negative number): a match (not None)
+# means safe_component returns the value unchanged when it is short enough.
+plain_value = _DIGITS_AND_DOTS
 
 
 def bound_name(name: str, ext: str = "", max_bytes: int = MAX_NAME_BYTES) -> str:
