@@ -137,15 +137,15 @@ class HierarchicalNaming(TextNaming):
 
     @staticmethod
     def _file_name(number: int | None, uid: str) -> str:
-        """``<InstanceNumber>_<SOPInstanceUID>.dcm``. A UID of digits and
-        inner dots and a number, each of at most 64 characters, are safe as
-        they are and fit in one component: the common case skips the general
-        steps, which give the same name (tests/test_naming_schemes.py checks)."""
+        """``<InstanceNumber>_<SOPInstanceUID>.dcm``. When both parts are
+        what ``safe_component`` passes through unchanged (digits with inner
+        dots, at most 64 characters) the name is built directly; the general
+        steps give the same name (tests/test_naming_schemes.py checks)."""
         if len(uid) <= MAX_COMPONENT and plain_value(uid):
             if number is None:
                 return uid + ".dcm"
-            text = str(number)  # digits, or a minus and digits: safe as they are
-            if len(text) <= MAX_COMPONENT:
+            text = str(number)
+            if number >= 0 and len(text) <= MAX_COMPONENT:
                 return text + "_" + uid + ".dcm"
         return _joined(_optional(_number(number)), _required(uid), ext=".dcm")
 

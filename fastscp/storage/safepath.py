@@ -126,7 +126,7 @@ def safe_component(
     instances of a study, so most calls cost a dictionary lookup. UIDs and
     numbers (digits and inner dots, already safe) skip the cache: each SOP
     Instance UID is new, and caching them would evict the repeating values."""
-    if len(value) <= max_len and len(value) <= max_bytes and _DIGITS_AND_DOTS(value) is not None:
+    if len(value) <= max_len and len(value) <= max_bytes and plain_value(value) is not None:
         return value
     return _sanitise(value, max_len, empty, max_bytes)
 
@@ -152,10 +152,9 @@ def names_something(component: str) -> bool:
     return bool(component.strip("_"))
 
 
-_DIGITS_AND_DOTS = re.compile(r"[0-9](?:[0-9.]*[0-9])?").fullmatch
 # Digits with inner dots (a UID, a non-negative number): a match (not None)
 # means safe_component returns the value unchanged when it is short enough.
-plain_value = _DIGITS_AND_DOTS
+plain_value = re.compile(r"[0-9](?:[0-9.]*[0-9])?").fullmatch
 
 
 def bound_name(name: str, ext: str = "", max_bytes: int = MAX_NAME_BYTES) -> str:
