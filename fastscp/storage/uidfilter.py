@@ -40,7 +40,6 @@ __all__ = ["DEFAULT_BITS_PER_ITEM", "DEFAULT_HASHES", "UidFilter", "uid_hash"]
 
 DEFAULT_BITS_PER_ITEM = 12
 DEFAULT_HASHES = 4
-_MASK64 = (1 << 64) - 1
 
 
 def uid_digest(uid: str) -> bytes:
