@@ -39,10 +39,11 @@ for the end-of-data-set check) and the file meta walk (a HeaderScanner with
 """
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_AsUTF8, PyUnicode_Decode, PyUnicode_DecodeLatin1
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcpy
 
 IMPLICIT_VR_LE = 0
 EXPLICIT_VR_LE = 1
@@ -377,6 +378,50 @@ DEF K_INT = 4
 DEF K_INTS = 5
 
 
+cdef inline object _decode_stripped(bytes raw, const char* encoding, bint latin):
+    """``raw`` without leading and trailing spaces and NULs, decoded: the same
+    as decoding it and stripping " \\0", for every codec the character sets
+    map to (a space or NUL byte is always that one character there)."""
+    cdef const char* p = PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t start = 0, end = PyBytes_GET_SIZE(raw)
+    while start < end and (p[start] == 32 or p[start] == 0):
+        start += 1
+    while end > start and (p[end - 1] == 32 or p[end - 1] == 0):
+        end -= 1
+    if latin:
+        return PyUnicode_DecodeLatin1(p + start, end - start, NULL)
+    return PyUnicode_Decode(p + start, end - start, encoding, NULL)
+
+
+cdef inline object _plain_int(bytes raw):
+    """An IS value that is one plain integer (spaces or NULs around it, an
+    optional sign, at most 18 digits) as int; None for anything else, which
+    the Python decoder then reads (the same result where both apply)."""
+    cdef const char* p = PyBytes_AS_STRING(raw)
+    cdef Py_ssize_t start = 0, end = PyBytes_GET_SIZE(raw)
+    cdef long long value = 0
+    cdef bint negative = False
+    while start < end and (p[start] == 32 or p[start] == 0):
+        start += 1
+    while end > start and (p[end - 1] == 32 or p[end - 1] == 0):
+        end -= 1
+    if start < end and (p[start] == 43 or p[start] == 45):  # + -
+        negative = p[start] == 45
+        start += 1
+    if start == end or end - start > 18:
+        return None
+    while start < end:
+        if not 48 <= p[start] <= 57:
+            return None
+        value = value * 10 + (p[start] - 48)
+        start += 1
+    return -value if negative else value
+
+
+cdef inline bint _has(bytes raw, int byte) noexcept:
+    return memchr(PyBytes_AS_STRING(raw), byte, PyBytes_GET_SIZE(raw)) != NULL
+
+
 def decode_values_into(dict fields, tuple values, tuple names, tuple kinds, str encoding, list encodings,
                        bint little, decode_code, decode_text, decode_name, decode_int):
     """Decode ``values[1:]`` (scanner output, bytes or None) into ``fields``
@@ -386,6 +431,10 @@ def decode_values_into(dict fields, tuple values, tuple names, tuple kinds, str 
     cdef Py_ssize_t i, n = len(names)
     cdef int kind
     cdef bytes raw
+    cdef const char* codec = PyUnicode_AsUTF8(encoding)
+    # the codecs of ISO_IR 6 / ISO_IR 100 (and no character set): decoded
+    # without a codec lookup per value ("iso8859" is Python's alias of latin-1)
+    cdef bint latin = encoding in ("iso8859", "latin_1", "latin-1", "iso8859-1")
     for i in range(n):
         obj = values[i + 1]
         if obj is None:
@@ -394,20 +443,21 @@ def decode_values_into(dict fields, tuple values, tuple names, tuple kinds, str 
         kind = kinds[i]
         name = names[i]
         if kind <= K_CODE or kind == K_INTS:
-            if b"\\" in raw:
+            if _has(raw, 92):  # a backslash: several values
                 fields[name] = decode_code(raw)
             else:
-                fields[name] = raw.decode("latin-1").strip(" \0")
+                fields[name] = _decode_stripped(raw, NULL, True)
         elif kind == K_TEXT or kind == K_NAME:
-            if b"\x1b" in raw or b"\\" in raw or (kind == K_NAME and b"=" in raw):
+            if _has(raw, 27) or _has(raw, 92) or (kind == K_NAME and _has(raw, 61)):  # ESC, "\\", "="
                 fields[name] = decode_text(raw, encodings) if kind == K_TEXT else decode_name(raw, encodings)
                 continue
             try:
-                fields[name] = raw.decode(encoding).strip(" \0")
+                fields[name] = _decode_stripped(raw, codec, latin)
             except (UnicodeDecodeError, LookupError):
                 fields[name] = decode_text(raw, encodings) if kind == K_TEXT else decode_name(raw, encodings)
         elif kind == K_INT:
-            fields[name] = decode_int(raw)
+            number = _plain_int(raw)
+            fields[name] = decode_int(raw) if number is None else number
         else:  # US
             if len(raw) >= 2:
                 fields[name] = (raw[0] | (raw[1] << 8)) if little else ((raw[0] << 8) | raw[1])

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
@@ -22,8 +22,10 @@ from fastscp._ext.header import (
     PIXEL_DATA,
     TRUNCATED,
     HeaderScanner,
+    decode_values_into,
 )
 from fastscp.instance import InstanceInfo
+from fastscp.storage import header as _H
 from fastscp.storage.header import MalformedDataset, parse_head, read_file_meta
 
 SCANNER = HeaderScanner((0x00080005, 0x00080018, 0x00100010, 0x00280010, 0x00321032))
@@ -137,3 +139,31 @@ def test_big_buffer_of_tiny_items_finishes(syntax: int) -> None:
         empty_item = b"\xfe\xff\x00\xe0\x00\x00\x00\x00"
     data = opening + empty_item * (1 << 19)
     assert SCANNER.scan(data, syntax) == ((None,) * 5, TRUNCATED, 0)
+
+
+# The compiled decoding loop (_ext/header.pyx decode_values_into) strips and
+# decodes the common cases itself and hands the rest to the Python decoders
+# of storage/header.py: for any value, in any character set's codec, both
+# must give the same field.
+_KIND_DECODERS = {
+    _H._CODE: lambda raw, enc: _H._decode_code(raw),
+    _H._TEXT: _H._decode_text,
+    _H._NAME: _H._decode_name,
+    _H._INT: lambda raw, enc: _H._decode_int(raw),
+}
+VALUE_BYTES = st.lists(st.sampled_from([b" ", b"\0", b"\\", b"=", b"^", b"\x1b", b"+", b"-", b"_", b".", b"e", b"\t",
+                                        b"0", b"7", b"9", b"A", b"z", b"\xe9", b"\xc3", b"\xa9", b"\x82", b"\xa0",
+                                        b"\x81\x40", b"99999999999999999"]), max_size=12).map(b"".join)
+
+
+@FUZZ
+@example(b"9" * 18, _H._INT, "latin_1")  # the longest the compiled loop reads itself
+@example(b"9" * 19, _H._INT, "latin_1")  # past a 64-bit integer: the Python decoder's
+@example(b" -12\0", _H._INT, "latin_1")
+@given(VALUE_BYTES, st.sampled_from(sorted(_KIND_DECODERS)),
+       st.sampled_from(sorted(set(_H._CODECS.values()) | {"latin-1", "no-such-codec"})))
+def test_compiled_value_decoding_matches_the_python_decoders(raw: bytes, kind: int, encoding: str) -> None:
+    fields: dict[str, object] = {}
+    decode_values_into(fields, (None, raw), ("value",), (kind,), encoding, [encoding], True,
+                       _H._decode_code, _H._decode_text, _H._decode_name, _H._decode_int)
+    assert fields["value"] == _KIND_DECODERS[kind](raw, [encoding])
