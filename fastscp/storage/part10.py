@@ -39,9 +39,14 @@ _IMPLEMENTATION = (_short(0x0012, b"UI", _ui(IMPLEMENTATION_CLASS_UID))
 def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str) -> bytes:
     """Preamble + DICM + group 0002 for one instance."""
     before, after = _meta_parts(sop_class_uid, transfer_syntax_uid, source_ae)
-    instance = _short(0x0003, b"UI", _ui(sop_instance_uid))
-    length = len(before) + len(instance) + len(after)
-    return b"".join((_PREAMBLE, _short(0x0000, b"UL", struct.pack("<I", length)), before, instance, after))
+    uid = _ui(sop_instance_uid)
+    length = len(before) + 8 + len(uid) + len(after)  # 8: the (0002,0003) element's header
+    return b"".join((_PREAMBLE, _GROUP_LENGTH.pack(0x0002, 0x0000, b"UL", 4, length), before,
+                     _SHORT_HEADER.pack(0x0002, 0x0003, b"UI", len(uid)), uid, after))
+
+
+_GROUP_LENGTH = struct.Struct("<HH2sHI")  # (0002,0000) UL, whole
+_SHORT_HEADER = struct.Struct("<HH2sH")  # a group 0002 element's header with a 16-bit length
 
 
 @functools.lru_cache(maxsize=256)
