@@ -14,6 +14,7 @@ The first ``head_limit`` bytes of the dataset are also kept in memory for the
 header-only parse.
 """
 
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport errno, EINTR, ENOSPC
 from libc.string cimport memcpy
 from posix.unistd cimport close, pwrite
@@ -103,8 +104,8 @@ cdef class InstanceFile:
 
     @property
     def head(self):
-        """The first bytes of the dataset (up to head_limit)."""
-        return bytes(self._head[:self._head_len])
+        """The first bytes of the dataset (up to head_limit), copied once."""
+        return PyBytes_FromStringAndSize(<char*>self._head, self._head_len)
 
     @property
     def head_complete(self):

@@ -112,15 +112,16 @@ class IncomingInstance:
         Refused and OSError (then ``abort``). The file stays open."""
         writer, ts = self.writer, self.transfer_syntax_uid
         file_size = writer.finish()  # complete first: parse_file may read the whole file
+        head = writer.head
         try:
-            info = self._info or parse_head(writer.head, ts, writer.head_complete)
+            info = self._info or parse_head(head, ts, writer.head_complete)
             if info is None:
                 info = parse_file(self.temp, writer.prefix_size, ts)
         except Exception as exc:  # pydicom raises many kinds on bad input
             raise Refused(Refusal.HEADER_UNREADABLE, str(exc)) from exc
         try:
             fd, prefix = writer.fd, writer.prefix_size
-            check_dataset_end(writer.head, writer.dataset_size, ts, lambda offset, n: os.pread(fd, n, prefix + offset))
+            check_dataset_end(head, writer.dataset_size, ts, lambda offset, n: os.pread(fd, n, prefix + offset))
         except Exception as exc:  # MalformedDataset, or a short read
             raise Refused(Refusal.DATASET_TRUNCATED, str(exc)) from exc
         if info.sop_instance_uid != self.sop_instance_uid:
@@ -131,7 +132,7 @@ class IncomingInstance:
             sop_class_uid=self.sop_class_uid, calling_ae=reception.calling_ae, called_ae=reception.called_ae,
             peer=reception.peer, association_id=reception.association_id, received_at=time.time(),
             dataset_size=writer.dataset_size, file_size=file_size, content_hash=self._hasher.hexdigest(),
-            header=header_dataset(writer.head, ts) if self._needs_header else None)
+            header=header_dataset(head, ts) if self._needs_header else None)
 
     def close(self) -> None:
         """Close the file (again: nothing happens)."""
