@@ -22,6 +22,7 @@ little endian, PS3.7 6.3.1 and E.1) into {tag: value}.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.string cimport memmove, memcpy
 
 EV_PDU = 1
@@ -211,26 +212,45 @@ cdef class PDUFramer:
 
 
 # Command set element VRs (PS3.7 E.1); anything else is kept as raw bytes.
-cdef dict _COMMAND_VR = {
-    0x00000000: "UL", 0x00000002: "UI", 0x00000003: "UI", 0x00000100: "US",
-    0x00000110: "US", 0x00000120: "US", 0x00000600: "AE", 0x00000700: "US",
-    0x00000800: "US", 0x00000900: "US", 0x00000901: "AT", 0x00000902: "LO",
-    0x00000903: "US", 0x00001000: "UI", 0x00001001: "UI", 0x00001002: "US",
-    0x00001005: "AT", 0x00001008: "US", 0x00001020: "US", 0x00001021: "US",
-    0x00001022: "US", 0x00001023: "US", 0x00001030: "AE", 0x00001031: "US",
-}
+# The VR of each command element (PS3.7 E.1-1): what decode_command makes of its value.
+cdef enum:
+    _VR_UNKNOWN = 0
+    _VR_US = 1
+    _VR_UL = 2
+    _VR_AT = 3
+    _VR_TEXT = 4   # UI, AE, LO
+
+
+cdef inline int _command_vr(unsigned int tag) noexcept nogil:
+    if tag == 0x00000000:
+        return _VR_UL
+    if tag in (0x00000100, 0x00000110, 0x00000120, 0x00000700, 0x00000800, 0x00000900, 0x00000903,
+               0x00001002, 0x00001008, 0x00001020, 0x00001021, 0x00001022, 0x00001023, 0x00001031):
+        return _VR_US
+    if tag in (0x00000002, 0x00000003, 0x00000600, 0x00000902, 0x00001000, 0x00001001, 0x00001030):
+        return _VR_TEXT
+    if tag == 0x00000901 or tag == 0x00001005:
+        return _VR_AT
+    return _VR_UNKNOWN
+
+
+cdef inline bint _is_space(unsigned char c) noexcept nogil:
+    # what str.lstrip() takes off the front of ASCII text
+    return c == 32 or 9 <= c <= 13 or 28 <= c <= 31
 
 
 def decode_command(data):
     """Decode a command set (implicit VR little endian) into {tag: value}.
 
-    US/UL become int, UI/AE/LO str (trailing NUL and spaces stripped), AT a
-    tuple of tags; unknown elements stay bytes. Raises ValueError on a
-    truncated or over-long element.
+    US/UL become int, UI/AE/LO str (trailing NUL and spaces, then leading
+    whitespace, stripped; a byte past ASCII becomes U+FFFD), AT a tuple of
+    tags; unknown elements stay bytes. Raises ValueError on a truncated or
+    over-long element.
     """
     cdef const unsigned char[::1] b = data
-    cdef Py_ssize_t n = b.shape[0], pos = 0, length, i
+    cdef Py_ssize_t n = b.shape[0], pos = 0, length, i, start, end
     cdef unsigned int tag
+    cdef int vr
     cdef dict out = {}
     cdef const unsigned char* q
     while pos < n:
@@ -245,24 +265,30 @@ def decode_command(data):
         if length > n - pos:
             raise ValueError(f"command element ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past the command set")
         q = &b[pos]
-        vr = _COMMAND_VR.get(tag)
-        if vr == "US":
+        vr = _command_vr(tag)
+        if vr == _VR_US:
             if length != 2:
                 raise ValueError(f"US command element ({tag >> 16:04X},{tag & 0xFFFF:04X}) has length {length}")
             out[tag] = q[0] | (q[1] << 8)
-        elif vr == "UL":
+        elif vr == _VR_UL:
             if length != 4:
                 raise ValueError("UL command element with length != 4")
             out[tag] = q[0] | (q[1] << 8) | (q[2] << 16) | (<unsigned int>q[3] << 24)
-        elif vr == "AT":
+        elif vr == _VR_AT:
             tags = []
             i = 0
             while i + 4 <= length:
                 tags.append((<unsigned int>q[i + 1] << 24) | (<unsigned int>q[i] << 16) | (<unsigned int>q[i + 3] << 8) | q[i + 2])
                 i += 4
             out[tag] = tuple(tags)
-        elif vr is not None:
-            out[tag] = PyBytes_FromStringAndSize(<char*>q, length).rstrip(b"\x00 ").decode("ascii", "replace").lstrip()
+        elif vr == _VR_TEXT:
+            end = length
+            while end > 0 and (q[end - 1] == 0 or q[end - 1] == 32):
+                end -= 1
+            start = 0
+            while start < end and _is_space(q[start]):
+                start += 1
+            out[tag] = PyUnicode_DecodeASCII(<const char*>q + start, end - start, "replace")
         else:
             out[tag] = PyBytes_FromStringAndSize(<char*>q, length)
         pos += length

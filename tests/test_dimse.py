@@ -8,6 +8,8 @@ import struct
 from io import BytesIO
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from _pdu_fixtures import CT_IMAGE, VERIFICATION
 from pydicom.dataset import Dataset
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
@@ -202,3 +204,41 @@ def test_echo_request_has_no_priority_and_no_dataset():
     check_well_formed(raw)
     cmd = decode_command(raw)
     assert D.PRIORITY not in cmd and not D.has_dataset(cmd)
+
+
+# decode_command's VR of each element (PS3.7 Table E.1-1), written out here
+# independently of _ext/framer.pyx's switch, and the decoding each VR gets.
+_VRS = {
+    0x0000: "UL", 0x0002: "UI", 0x0003: "UI", 0x0100: "US", 0x0110: "US", 0x0120: "US", 0x0600: "AE",
+    0x0700: "US", 0x0800: "US", 0x0900: "US", 0x0901: "AT", 0x0902: "LO", 0x0903: "US", 0x1000: "UI",
+    0x1001: "UI", 0x1002: "US", 0x1005: "AT", 0x1008: "US", 0x1020: "US", 0x1021: "US", 0x1022: "US",
+    0x1023: "US", 0x1030: "AE", 0x1031: "US",
+}
+
+
+def _reference_value(vr: str | None, raw: bytes) -> object:
+    if vr == "US":
+        return struct.unpack("<H", raw)[0]
+    if vr == "UL":
+        return struct.unpack("<I", raw)[0]
+    if vr == "AT":
+        return tuple((g << 16) | e for g, e in struct.iter_unpack("<HH", raw[: len(raw) // 4 * 4]))
+    if vr is not None:
+        return raw.rstrip(b"\x00 ").decode("ascii", "replace").lstrip()
+    return raw
+
+
+_TEXT_BYTES = st.lists(st.sampled_from([b" ", b"\0", b"\t", b"\x1c", b"\x1f", b"\x0b", b"1", b".", b"A", b"\xe9",
+                                        b"\x7f", b"\x85", b"="]), max_size=10).map(b"".join)
+
+
+@given(st.lists(st.tuples(st.sampled_from([*_VRS, 0x0004, 0x0005, 0x5000, 0xFFFF]), _TEXT_BYTES), max_size=8))
+@settings(max_examples=500, deadline=None)
+def test_decoded_values_follow_each_elements_vr(elements: list[tuple[int, bytes]]) -> None:
+    data, expected = b"", {}
+    for tag, text in elements:
+        vr = _VRS.get(tag)
+        raw = {"US": text[:2].ljust(2, b"\0"), "UL": text[:4].ljust(4, b"\0")}.get(vr or "", text)
+        data += element(0, tag, raw)
+        expected[tag] = _reference_value(vr, raw)
+    assert decode_command(data) == expected
