@@ -18,6 +18,7 @@ import dataclasses
 import enum
 from typing import Protocol
 
+from .frozen import quick_init
 from .instance import InstanceInfo
 
 __all__ = [
@@ -78,6 +79,7 @@ class AssociationRejected:
     reason: str
 
 
+@quick_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class InstanceStored:
     """An instance is in the tree (and answered Success or a warning)."""
@@ -86,6 +88,7 @@ class InstanceStored:
     info: InstanceInfo
 
 
+@quick_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class DuplicateReceived:
     """A copy the duplicate policy dropped (``info.duplicate``: identical,
@@ -96,6 +99,7 @@ class DuplicateReceived:
     info: InstanceInfo
 
 
+@quick_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoreAnswered:
     """Every C-STORE answer; ``seconds`` from the C-STORE-RQ to the answer."""

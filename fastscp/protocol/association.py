@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from .._ext.framer import EV_COMMAND, EV_DATASET, FramingError, PDUFramer, decode_command
+from ..frozen import quick_init
 from . import pdu as P
 
 
@@ -114,6 +115,7 @@ class AssociationRequested:
     request: P.AssociateRequest
 
 
+@quick_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class CommandReceived:
     context_id: int

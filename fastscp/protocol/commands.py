@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..frozen import quick_init
 from . import dimse as D
 
 __all__ = [
@@ -38,6 +39,7 @@ class CEchoRequest:
     affected_sop_class_uid: str
 
 
+@quick_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class CStoreRequest:
     """C-STORE-RQ (PS3.7 9.3.1.1); ``has_dataset`` is False only for a

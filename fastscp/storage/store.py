@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .._ext.writer import InstanceFile, rename_noreplace
+from ..frozen import quick_init
 from ..instance import InstanceInfo
 from .duplicates import DuplicateGuard, Outcome
 from .durability import NO_SYNC, Durability, GroupCommit, GroupCommitter, SyncOnLoop
@@ -50,6 +51,7 @@ CHECK_EVERY = 16 * 1024 * 1024
 LOCK_FILE = ".fastscp.lock"
 
 
+@quick_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class Placement:
     """What ``Storage.place`` did with a received instance (the service maps
