@@ -93,7 +93,8 @@ class Session(Protocol):
         C.5.1); b"" when none was proposed or answered."""
 
     def send(self, context_id: int, command: bytes, dataset: bytes | memoryview | None = None) -> None:
-        """Send a message and write it out now."""
+        """Send a message and write it out now (dropped once the association
+        ended: no message can go out then)."""
 
     def send_framed(self, pdus: bytes | bytearray) -> None:
         """Queue P-DATA-TF PDUs the caller framed (part of a message, each

@@ -307,8 +307,8 @@ class StoreService:
         if st.status != D.SUCCESS:
             self.failed += 1
             self.statuses[st.status] = self.statuses.get(st.status, 0) + 1
-        self._respond(st.context_id, D.encode_response(D.C_STORE_RSP, st.message_id, st.status, st.sop_class_uid,
-                                                       st.sop_instance_uid, st.comment))
+        self.session.send(st.context_id, D.encode_response(D.C_STORE_RSP, st.message_id, st.status,
+                                                           st.sop_class_uid, st.sop_instance_uid, st.comment))
         # The answer went out first (``Session.send`` writes it now): the
         # sender prepares its next instance while the file is closed, the
         # next temp file opened and the observers (index queue, statistics,
@@ -339,10 +339,6 @@ class StoreService:
                 self._spare = self.server.storage.open_temp()
             except OSError:
                 pass
-
-    def _respond(self, context_id: int, command: bytes) -> None:
-        if self.session.established:
-            self.session.send(context_id, command)
 
 
 def _valid_uid(uid: str) -> bool:

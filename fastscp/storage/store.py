@@ -238,7 +238,7 @@ class Storage:
         target = join_inside(self._base, relative_text(self.naming, received))
         uid = received.sop_instance_uid
         if self._noreplace and self.guard.index.lookup(uid) is None:
-            parent = os.path.dirname(target)
+            parent = target.rpartition("/")[0] or "/"  # os.path.dirname of the normalised absolute path
             if parent not in self._known_dirs:
                 os.makedirs(parent, exist_ok=True)
                 self._known_dirs.add(parent)
