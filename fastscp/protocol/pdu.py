@@ -406,12 +406,17 @@ def decode_abort(pdu: bytes | bytearray) -> tuple[int, int]:
     return ABORT_SOURCE_PROVIDER, 0
 
 
+_ONE_PDV = struct.Struct(">BBIIBB")  # PDU header, PDV length, context ID, message control header
+
+
 def encode_pdata(context_id: int, payload: bytes | memoryview, command: bool, max_pdu: int) -> bytes:
     """P-DATA-TF PDUs carrying ``payload`` as one message, fragmented so no PDU
     exceeds the peer's maximum (0 = unlimited). Returned as one bytes object
     so the caller writes it at once."""
     flag = 1 if command else 0
     room = len(payload) if max_pdu == 0 else max(1, max_pdu - 6)
+    if len(payload) <= room:  # one PDU (every command set, most answers): no slicing
+        return _ONE_PDV.pack(P_DATA_TF, 0, len(payload) + 6, len(payload) + 2, context_id, flag | 2) + payload
     out = []
     pos = 0
     while True:
