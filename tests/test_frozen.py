@@ -55,25 +55,19 @@ def test_the_hot_path_classes_keep_their_fields() -> None:
 
 
 def test_what_it_does_not_cover_is_refused() -> None:
-    @dataclasses.dataclass(frozen=True)
-    class NoSlots:
-        a: int
+    def post_init(self: object) -> None:
+        pass
 
-    @dataclasses.dataclass(slots=True)
-    class NotFrozen:
-        a: int
-
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class Factory:
-        a: list[int] = dataclasses.field(default_factory=list)
-
-    @dataclasses.dataclass(frozen=True, slots=True)
-    class PostInit:
-        a: int
-
-        def __post_init__(self) -> None:
-            pass
-
-    for cls in (NoSlots, NotFrozen, Factory, PostInit):
+    refused = [
+        dataclasses.make_dataclass("NoSlots", [("a", int)], frozen=True),
+        dataclasses.make_dataclass("NotFrozen", [("a", int)], slots=True),
+        dataclasses.make_dataclass("Factory", [("a", list, dataclasses.field(default_factory=list))],
+                                   frozen=True, slots=True),
+        dataclasses.make_dataclass("KeywordOnly", [("a", int, dataclasses.field(kw_only=True))],
+                                   frozen=True, slots=True),
+        dataclasses.make_dataclass("PostInit", [("a", int)], namespace={"__post_init__": post_init},
+                                   frozen=True, slots=True),
+    ]
+    for cls in refused:
         with pytest.raises(TypeError):
             quick_init(cls)
