@@ -211,8 +211,8 @@ cdef class PDUFramer:
             return (EV_PDU, ptype, pdu)
 
 
-# Command set element VRs (PS3.7 E.1); anything else is kept as raw bytes.
-# The VR of each command element (PS3.7 E.1-1): what decode_command makes of its value.
+# The VR of each command set element (PS3.7 E.1-1): what decode_command makes
+# of its value; an element not listed is kept as raw bytes.
 cdef enum:
     _VR_UNKNOWN = 0
     _VR_US = 1

@@ -378,16 +378,24 @@ DEF K_INT = 4
 DEF K_INTS = 5
 
 
+cdef inline Py_ssize_t _trimmed(const char* p, Py_ssize_t* end) noexcept:
+    """The start of ``p[:end[0]]`` without leading and trailing spaces and
+    NULs; ``end[0]`` is moved back past the trailing ones."""
+    cdef Py_ssize_t start = 0
+    while start < end[0] and (p[start] == 32 or p[start] == 0):
+        start += 1
+    while end[0] > start and (p[end[0] - 1] == 32 or p[end[0] - 1] == 0):
+        end[0] -= 1
+    return start
+
+
 cdef inline object _decode_stripped(bytes raw, const char* encoding, bint latin):
     """``raw`` without leading and trailing spaces and NULs, decoded: the same
     as decoding it and stripping " \\0", for every codec the character sets
     map to (a space or NUL byte is always that one character there)."""
     cdef const char* p = PyBytes_AS_STRING(raw)
-    cdef Py_ssize_t start = 0, end = PyBytes_GET_SIZE(raw)
-    while start < end and (p[start] == 32 or p[start] == 0):
-        start += 1
-    while end > start and (p[end - 1] == 32 or p[end - 1] == 0):
-        end -= 1
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(raw)
+    cdef Py_ssize_t start = _trimmed(p, &end)
     if latin:
         return PyUnicode_DecodeLatin1(p + start, end - start, NULL)
     return PyUnicode_Decode(p + start, end - start, encoding, NULL)
@@ -398,13 +406,10 @@ cdef inline object _plain_int(bytes raw):
     optional sign, at most 18 digits) as int; None for anything else, which
     the Python decoder then reads (the same result where both apply)."""
     cdef const char* p = PyBytes_AS_STRING(raw)
-    cdef Py_ssize_t start = 0, end = PyBytes_GET_SIZE(raw)
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(raw)
+    cdef Py_ssize_t start = _trimmed(p, &end)
     cdef long long value = 0
     cdef bint negative = False
-    while start < end and (p[start] == 32 or p[start] == 0):
-        start += 1
-    while end > start and (p[end - 1] == 32 or p[end - 1] == 0):
-        end -= 1
     if start < end and (p[start] == 43 or p[start] == 45):  # + -
         negative = p[start] == 45
         start += 1
