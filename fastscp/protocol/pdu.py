@@ -406,7 +406,7 @@ def decode_abort(pdu: bytes | bytearray) -> tuple[int, int]:
     return ABORT_SOURCE_PROVIDER, 0
 
 
-_ONE_PDV = struct.Struct(">BBIIBB")  # PDU header, PDV length, context ID, message control header
+_PDV_PDU_HEADER = struct.Struct(">BBIIBB")  # PDU header, PDV length, context ID, message control header
 
 
 def encode_pdata(context_id: int, payload: bytes | memoryview, command: bool, max_pdu: int) -> bytes:
@@ -416,7 +416,7 @@ def encode_pdata(context_id: int, payload: bytes | memoryview, command: bool, ma
     flag = 1 if command else 0
     room = len(payload) if max_pdu == 0 else max(1, max_pdu - 6)
     if len(payload) <= room:  # one PDU (every command set, most answers): no slicing
-        return _ONE_PDV.pack(P_DATA_TF, 0, len(payload) + 6, len(payload) + 2, context_id, flag | 2) + payload
+        return _PDV_PDU_HEADER.pack(P_DATA_TF, 0, len(payload) + 6, len(payload) + 2, context_id, flag | 2) + payload
     out = []
     pos = 0
     while True:
@@ -424,6 +424,6 @@ def encode_pdata(context_id: int, payload: bytes | memoryview, command: bool, ma
         pos += len(chunk)
         last = pos >= len(payload)
         mch = flag | (2 if last else 0)
-        out.append(struct.pack(">BBIIBB", P_DATA_TF, 0, len(chunk) + 6, len(chunk) + 2, context_id, mch) + chunk)
+        out.append(_PDV_PDU_HEADER.pack(P_DATA_TF, 0, len(chunk) + 6, len(chunk) + 2, context_id, mch) + chunk)
         if last:
             return b"".join(out)

@@ -18,8 +18,12 @@ _PREAMBLE = bytes(128) + b"DICM"
 _VERSION = b"\x02\x00\x01\x00OB\x00\x00" + struct.pack("<I", 2) + b"\x00\x01"
 
 
+_SHORT_HEADER = struct.Struct("<HH2sH")  # a group 0002 element's header with a 16-bit length
+_GROUP_LENGTH = struct.Struct("<HH2sHI")  # (0002,0000) UL, whole
+
+
 def _short(tag_element: int, vr: bytes, value: bytes) -> bytes:
-    return struct.pack("<HH", 0x0002, tag_element) + vr + struct.pack("<H", len(value)) + value
+    return _SHORT_HEADER.pack(0x0002, tag_element, vr, len(value)) + value
 
 
 def _ui(value: str) -> bytes:
@@ -39,14 +43,9 @@ _IMPLEMENTATION = (_short(0x0012, b"UI", _ui(IMPLEMENTATION_CLASS_UID))
 def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str) -> bytes:
     """Preamble + DICM + group 0002 for one instance."""
     before, after = _meta_parts(sop_class_uid, transfer_syntax_uid, source_ae)
-    uid = _ui(sop_instance_uid)
-    length = len(before) + 8 + len(uid) + len(after)  # 8: the (0002,0003) element's header
-    return b"".join((_PREAMBLE, _GROUP_LENGTH.pack(0x0002, 0x0000, b"UL", 4, length), before,
-                     _SHORT_HEADER.pack(0x0002, 0x0003, b"UI", len(uid)), uid, after))
-
-
-_GROUP_LENGTH = struct.Struct("<HH2sHI")  # (0002,0000) UL, whole
-_SHORT_HEADER = struct.Struct("<HH2sH")  # a group 0002 element's header with a 16-bit length
+    instance = _short(0x0003, b"UI", _ui(sop_instance_uid))
+    length = len(before) + len(instance) + len(after)
+    return b"".join((_PREAMBLE, _GROUP_LENGTH.pack(0x0002, 0x0000, b"UL", 4, length), before, instance, after))
 
 
 @functools.lru_cache(maxsize=256)
