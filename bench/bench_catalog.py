@@ -32,7 +32,7 @@ from fastscp.catalog import CatalogWriter, reconcile
 
 def bench_enqueue(tmp: Path, n: int) -> float:
     infos = [make_info(i) for i in range(n)]
-    w = CatalogWriter(tmp / "enq.db", batch_size=10 * n, flush_interval=3600, high_water=10 * n)
+    w = CatalogWriter(tmp / "enq.db", batch_size=10 * n, flush_interval=3600, flush_quiet=3600, high_water=10 * n)
     t = time.perf_counter()
     for info in infos:
         w.enqueue(info)

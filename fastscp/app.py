@@ -200,7 +200,8 @@ def open_catalog(cfg: Config, state: ServerState) -> CatalogWriter | None:
     writer: CatalogWriter | None = None
     try:
         kept = filtersave.take(db.path)  # before the open: it must find the file as the last stop left it
-        writer = CatalogWriter(db.path, batch_size=db.batch_size, flush_interval=db.flush_interval)
+        writer = CatalogWriter(db.path, batch_size=db.batch_size, flush_interval=db.flush_interval,
+                               flush_quiet=db.flush_quiet)
         conn = writer.cursor()
         try:
             bind_root(conn, storage.directory, db_name=str(db.path))

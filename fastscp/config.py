@@ -323,7 +323,10 @@ class DatabaseConfig:
     wal_mode: bool = _f(
         True, "accepted for the guide; DuckDB always journals to <path>.wal (see docs/configuration.md)")
     batch_size: int = _f(5000, "rows per insert batch", check=_between(1, 1000000))
-    flush_interval: float = _f(1.0, "seconds before a partial batch is written", check=_positive)
+    flush_interval: float = _f(5.0, "longest a row waits for its batch while rows keep coming (seconds)",
+                               check=_positive)
+    flush_quiet: float = _f(0.25, "a partial batch is written once no row has come for this long (seconds)",
+                            check=_positive)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import duckdb
 import pytest
 
 from fastscp.catalog import CatalogWriter, run_readonly_query, schema
+from fastscp.catalog.writer import batch_wait
 from fastscp.catalog.rows import APPEND_CHUNK, BatchWriter
 from test_catalog_support import make_info
 
@@ -35,7 +36,7 @@ def count(db: Path, sql: str = "SELECT count(*) FROM instances") -> int:
 
 
 def test_flushes_by_size_before_the_interval(tmp_path):
-    w = CatalogWriter(tmp_path / "i.db", batch_size=50, flush_interval=3600)
+    w = CatalogWriter(tmp_path / "i.db", batch_size=50, flush_interval=3600, flush_quiet=3600)
     for i in range(100):
         w.enqueue(make_info(i))
     # Two full batches are written long before the hour-long interval.
@@ -61,9 +62,41 @@ def test_flushes_by_time_below_the_batch_size(tmp_path):
     w.close()
 
 
+def test_batch_wait_is_due_at_the_pause_or_the_interval_whichever_is_sooner():
+    # rows began at t=10, last grew at t=11; interval 5 s, quiet 0.25 s
+    assert batch_wait(11.0, 10.0, 11.0, 5.0, 0.25) == pytest.approx(0.25)
+    assert batch_wait(11.2, 10.0, 11.0, 5.0, 0.25) == pytest.approx(0.05)
+    assert batch_wait(11.3, 10.0, 11.0, 5.0, 0.25) < 0  # the senders paused: write
+    # still growing at t=14.9: the interval since the first row decides
+    assert batch_wait(14.9, 10.0, 14.9, 5.0, 0.25) == pytest.approx(0.1)
+    assert batch_wait(15.0, 10.0, 14.95, 5.0, 0.25) <= 0
+
+
+def test_a_pause_of_the_senders_writes_a_partial_batch_before_the_interval(tmp_path):
+    written = threading.Event()
+    w = CatalogWriter(tmp_path / "i.db", batch_size=10_000, flush_interval=3600, flush_quiet=0.05)
+    w.on_written = lambda infos: written.set()
+    for i in range(20):
+        w.enqueue(make_info(i))
+    assert written.wait(30)  # not the hour-long interval
+    assert w.counters().rows_written == 20
+    assert w.close()
+
+
+def test_flush_writes_at_once_whatever_the_interval_and_the_pause(tmp_path):
+    w = CatalogWriter(tmp_path / "i.db", batch_size=10_000, flush_interval=3600, flush_quiet=3600)
+    for i in range(20):
+        w.enqueue(make_info(i))
+    assert w.flush(30) and w.rows_written == 20 and w.batches_written == 1
+    assert w.flush(30)  # nothing queued: returns at once
+    w.enqueue(make_info(20))
+    assert w.flush(30) and w.rows_written == 21 and w.batches_written == 2
+    assert w.close()
+
+
 def test_close_flushes_everything_and_records_associations(tmp_path):
     db = tmp_path / "i.db"
-    w = CatalogWriter(db, batch_size=10_000, flush_interval=3600)
+    w = CatalogWriter(db, batch_size=10_000, flush_interval=3600, flush_quiet=3600)
     for i in range(300):
         w.enqueue(make_info(i, study=i % 3, series=i % 2))
     w.record_association("assoc-1", "10.0.0.5:4000", "SCU1", "FASTSCP", 1_700_000_000.0,
@@ -128,12 +161,12 @@ def test_in_one_batch_the_last_instance_of_a_patient_study_and_series_gives_its_
 
 def test_same_sop_instance_twice_keeps_the_last_reception(tmp_path):
     db = tmp_path / "i.db"
-    with CatalogWriter(db, batch_size=10_000, flush_interval=3600) as w:
+    with CatalogWriter(db, batch_size=10_000, flush_interval=3600, flush_quiet=3600) as w:
         first = make_info(1, path="/s/a.dcm")
         second = dataclasses.replace(make_info(1, path="/s/b.dcm"), duplicate="overwritten")
         w.enqueue(first)
         w.enqueue(second)  # same batch
-        w.flush(10)
+        assert w.flush(10)
         third = make_info(1, path="/s/c.dcm")
         w.enqueue(third)  # later batch: an upsert over the stored row
     conn = duckdb.connect(str(db), read_only=True)
@@ -311,7 +344,7 @@ def test_a_written_batch_is_not_held_while_the_queue_refills(tmp_path):
     """Once a batch is committed the writer keeps none of its instances
     (they were held till the next batch replaced them: up to 5000 InstanceInfo
     of about 2.3 KB each, issue 23). Only weak references are kept here."""
-    w = CatalogWriter(tmp_path / "i.db", batch_size=50, flush_interval=3600)
+    w = CatalogWriter(tmp_path / "i.db", batch_size=50, flush_interval=3600, flush_quiet=3600)
     refs = []
     for i in range(50):
         info = make_info(i)

@@ -6,16 +6,23 @@ stored instance and finished association. Those calls only append to a
 from empty to non-empty or reaches a full batch, set an Event to wake the
 thread. They never wait for the database.
 
-The thread waits for the first pending row, then until either ``batch_size``
-rows are pending or ``flush_interval`` seconds have passed since that first
-row, and writes what is pending in batches of at most ``batch_size`` with the
-upsert appenders (rows.BatchWriter); only full batches are written back to
-back. So a row is in the catalog at most one interval (plus one write) after
-it was queued.
+The thread waits for the first pending row, then writes what is pending in
+batches of at most ``batch_size`` with the plain and upsert appenders
+(rows.BatchWriter) when the first of these comes: ``batch_size`` rows are
+pending; no row has come for ``flush_quiet`` seconds (the senders paused);
+``flush_interval`` seconds have passed since that first row; ``flush`` or
+``close`` is called. Only full batches are written back to back. So a row is
+in the catalog about ``flush_quiet`` (at most twice that) after the last
+instance of a burst, and at most ``flush_interval`` (plus one write) after
+it was queued while rows keep coming.
 
-Defaults (5000 rows / 1 s), measured on a 2-core machine at about 800
-instances/s: a commit costs about 40 ms of CPU whatever its size, so 1000 rows
-/ 0.2 s took 0.68 s of writer CPU for 5000 rows, 5000 rows / 1 s took 0.29 s.
+Why a burst's rows wait for its end (issue 23): on a 2-core machine the
+writer's batches during a flood take a core from the receive path and the
+sender; written after the burst, in fewer and larger batches, they cost less
+CPU (a batch has about 12 ms of fixed cost: its lookups, the study counts,
+the commit) and none of the flood's wall time. docs/benchmark.md has the
+figures. The queue holds at most ``batch_size`` rows before a write starts,
+as before.
 
 Backpressure: the queue never drops a row. ``enqueue`` returns False once the
 depth reaches ``high_water``: the caller should stop reading from its sockets
@@ -58,7 +65,16 @@ from .rows import AssociationRecord, BatchWriter, DuplicateRecord
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 5000
-DEFAULT_FLUSH_INTERVAL = 1.0
+DEFAULT_FLUSH_INTERVAL = 5.0
+DEFAULT_FLUSH_QUIET = 0.25
+
+
+def batch_wait(now: float, first_row: float, last_change: float, interval: float, quiet: float) -> float:
+    """Seconds until the pending rows are due to be written (<= 0: now):
+    ``interval`` after the first of them came (``first_row``), or ``quiet``
+    after the queue last grew (``last_change``, as the writer thread saw
+    it), whichever is sooner. All times are ``time.monotonic()`` seconds."""
+    return min(first_row + interval, last_change + quiet) - now
 
 
 @dataclass(slots=True, frozen=True)
@@ -93,6 +109,7 @@ class CatalogWriter:
         *,
         batch_size: int = DEFAULT_BATCH_SIZE,
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        flush_quiet: float = DEFAULT_FLUSH_QUIET,
         high_water: int = 50_000,
         low_water: int | None = None,
         on_resume: Callable[[], None] | None = None,
@@ -100,11 +117,12 @@ class CatalogWriter:
         retry_max: float = 10.0,
         connect: Callable[[], duckdb.DuckDBPyConnection] | None = None,
     ) -> None:
-        if batch_size < 1 or flush_interval <= 0 or high_water < 1:
-            raise ValueError("batch_size, flush_interval and high_water must be positive")
+        if batch_size < 1 or flush_interval <= 0 or flush_quiet <= 0 or high_water < 1:
+            raise ValueError("batch_size, flush_interval, flush_quiet and high_water must be positive")
         self.db_path = Path(db_path)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
+        self.flush_quiet = flush_quiet
         self.high_water = high_water
         self.low_water = high_water // 2 if low_water is None else low_water
         self.on_resume = on_resume
@@ -115,6 +133,7 @@ class CatalogWriter:
 
         self._queue: collections.deque[InstanceInfo | AssociationRecord | DuplicateRecord] = collections.deque()
         self._wake = threading.Event()
+        self._hurry = False  # flush() wants what is queued written now
         self._closing = False
         self._done = threading.Condition()
         self._over = False
@@ -215,6 +234,7 @@ class CatalogWriter:
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued before this call is written; True if so."""
         target = self._items_in
+        self._hurry = True
         self._wake.set()
         with self._done:
             return self._done.wait_for(lambda: self._items_done >= target, timeout)
@@ -251,18 +271,25 @@ class CatalogWriter:
         while True:
             # Wait for a first row (or close).
             while not q and not self._closing:
+                self._hurry = False  # a flush with nothing queued has nothing to hurry
                 self._wake.wait(1.0)
                 self._wake.clear()
             if not q and self._closing:
                 break
-            # Then for a full batch, the interval, or close.
-            deadline = time.monotonic() + self.flush_interval
-            while len(q) < self.batch_size and not self._closing:
-                remaining = deadline - time.monotonic()
+            # Then for a full batch, a pause of the senders, the interval,
+            # flush or close (batch_wait).
+            first_row = last_change = time.monotonic()
+            seen = self._items_in
+            while len(q) < self.batch_size and not self._closing and not self._hurry:
+                now = time.monotonic()
+                if self._items_in != seen:
+                    seen, last_change = self._items_in, now
+                remaining = batch_wait(now, first_row, last_change, self.flush_interval, self.flush_quiet)
                 if remaining <= 0:
                     break
                 self._wake.wait(remaining)
                 self._wake.clear()
+            self._hurry = False
             while q:
                 n = min(len(q), self.batch_size)
                 items = [q.popleft() for _ in range(n)]
