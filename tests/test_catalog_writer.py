@@ -11,11 +11,11 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from test_catalog_support import make_info
 
 from fastscp.catalog import CatalogWriter, run_readonly_query, schema
-from fastscp.catalog.writer import batch_wait
 from fastscp.catalog.rows import APPEND_CHUNK, BatchWriter
-from test_catalog_support import make_info
+from fastscp.catalog.writer import batch_wait
 
 
 def wait_for(pred, timeout: float = 10.0) -> bool:
