@@ -427,12 +427,37 @@ cdef inline bint _has(bytes raw, int byte) noexcept:
     return memchr(PyBytes_AS_STRING(raw), byte, PyBytes_GET_SIZE(raw)) != NULL
 
 
+# Entries a shared-value cache (``decode_values_into``'s ``codes`` and
+# ``texts``) holds before it is emptied: a peer sending ever new values
+# cannot make it grow without bound.
+SHARED_MAX = 4096
+
+
+cdef inline object _shared_or(dict shared, bytes raw, object text):
+    """Keep ``text``, decoded from ``raw``, in ``shared`` for the next
+    instances that repeat ``raw``; returns ``text``."""
+    if len(shared) >= SHARED_MAX:
+        shared.clear()
+    shared[raw] = text
+    return text
+
+
 def decode_values_into(dict fields, tuple values, tuple names, tuple kinds, str encoding, list encodings,
-                       bint little, decode_code, decode_text, decode_name, decode_int):
+                       bint little, decode_code, decode_text, decode_name, decode_int,
+                       dict codes, dict texts, Py_ssize_t unique):
     """Decode ``values[1:]`` (scanner output, bytes or None) into ``fields``
     by name. The common cases run here: one value, no code extensions, the
     data set's first character set decodes it. Anything else goes to the
-    given Python decoders (storage/header.py), so results are the same."""
+    given Python decoders (storage/header.py), so results are the same.
+
+    A single value is looked up by its raw bytes first, in ``codes`` (code
+    strings, UIDs, dates: decoded as latin-1 whatever the character set) or
+    ``texts`` (text and names: the caller passes the dict of ``encoding``):
+    the instances of a series repeat their patient's, study's and series'
+    values, so they share one string each instead of a copy per instance
+    (the index writer's queue holds up to a batch of them). The value at
+    ``unique`` (the SOP Instance UID; -1: none) differs per instance and is
+    not kept."""
     cdef Py_ssize_t i, n = len(names)
     cdef int kind
     cdef bytes raw
@@ -450,14 +475,21 @@ def decode_values_into(dict fields, tuple values, tuple names, tuple kinds, str 
         if kind <= K_CODE or kind == K_INTS:
             if _has(raw, 92):  # a backslash: several values
                 fields[name] = decode_code(raw)
-            else:
+            elif i == unique:
                 fields[name] = _decode_stripped(raw, NULL, True)
+            else:
+                text = codes.get(raw)
+                fields[name] = text if text is not None else _shared_or(codes, raw, _decode_stripped(raw, NULL, True))
         elif kind == K_TEXT or kind == K_NAME:
             if _has(raw, 27) or _has(raw, 92) or (kind == K_NAME and _has(raw, 61)):  # ESC, "\\", "="
                 fields[name] = decode_text(raw, encodings) if kind == K_TEXT else decode_name(raw, encodings)
                 continue
+            text = texts.get(raw)
+            if text is not None:
+                fields[name] = text
+                continue
             try:
-                fields[name] = _decode_stripped(raw, codec, latin)
+                fields[name] = _shared_or(texts, raw, _decode_stripped(raw, codec, latin))
             except (UnicodeDecodeError, LookupError):
                 fields[name] = decode_text(raw, encodings) if kind == K_TEXT else decode_name(raw, encodings)
         elif kind == K_INT:

@@ -20,6 +20,7 @@ from fastscp._ext.header import (
     IMPLICIT_VR_LE,
     PAST_LAST,
     PIXEL_DATA,
+    SHARED_MAX,
     TRUNCATED,
     HeaderScanner,
     decode_values_into,
@@ -163,7 +164,48 @@ VALUE_BYTES = st.lists(st.sampled_from([b" ", b"\0", b"\\", b"=", b"^", b"\x1b",
 @given(VALUE_BYTES, st.sampled_from(sorted(_KIND_DECODERS)),
        st.sampled_from(sorted(set(_H._CODECS.values()) | {"latin-1", "no-such-codec"})))
 def test_compiled_value_decoding_matches_the_python_decoders(raw: bytes, kind: int, encoding: str) -> None:
-    fields: dict[str, object] = {}
-    decode_values_into(fields, (None, raw), ("value",), (kind,), encoding, [encoding], True,
-                       _H._decode_code, _H._decode_text, _H._decode_name, _H._decode_int)
-    assert fields["value"] == _KIND_DECODERS[kind](raw, [encoding])
+    # twice, through shared-value caches that every example fills (values
+    # kept by another kind or an earlier example must not change a result)
+    for _ in range(2):
+        fields: dict[str, object] = {}
+        decode_values_into(fields, (None, raw), ("value",), (kind,), encoding, [encoding], True,
+                           _H._decode_code, _H._decode_text, _H._decode_name, _H._decode_int,
+                           _SHARED_CODES, _SHARED_TEXTS.setdefault(encoding, {}), -1)
+        assert fields["value"] == _KIND_DECODERS[kind](raw, [encoding])
+
+
+_SHARED_CODES: dict[bytes, str] = {}
+_SHARED_TEXTS: dict[str, dict[bytes, str]] = {}
+
+
+def test_repeated_values_are_shared_but_not_the_instance_uid() -> None:
+    names = ("sop_instance_uid", "study_instance_uid", "patient_name", "series_number")
+    kinds = (_H._CODE, _H._CODE, _H._NAME, _H._INT)
+    codes: dict[bytes, str] = {}
+    texts: dict[bytes, str] = {}
+    got = []
+    for _ in range(2):
+        fields: dict[str, object] = {}
+        values = (None, b"1.2.3.4 ", b"1.2.840.99\0", b"DOE^JOHN ", b"7 ")
+        # fresh bytes objects each time, as the scanner makes them
+        values = tuple(None if v is None else bytes(bytearray(v)) for v in values)
+        decode_values_into(fields, values, names, kinds, "iso8859", ["iso8859"], True, _H._decode_code,
+                           _H._decode_text, _H._decode_name, _H._decode_int, codes, texts, 0)
+        got.append(fields)
+    assert got[0] == got[1] == {"sop_instance_uid": "1.2.3.4", "study_instance_uid": "1.2.840.99",
+                                "patient_name": "DOE^JOHN", "series_number": 7}
+    assert got[0]["study_instance_uid"] is got[1]["study_instance_uid"]
+    assert got[0]["patient_name"] is got[1]["patient_name"]
+    assert got[0]["sop_instance_uid"] is not got[1]["sop_instance_uid"]
+    assert list(codes.values()) == ["1.2.840.99"] and list(texts.values()) == ["DOE^JOHN"]
+
+
+def test_a_shared_value_cache_is_emptied_at_its_bound() -> None:
+    codes: dict[bytes, str] = {}
+    for i in range(SHARED_MAX + 10):
+        fields: dict[str, object] = {}
+        decode_values_into(fields, (None, str(i).encode()), ("study_date",), (_H._CODE,), "iso8859", ["iso8859"],
+                           True, _H._decode_code, _H._decode_text, _H._decode_name, _H._decode_int, codes, {}, -1)
+        assert fields["study_date"] == str(i)
+        assert len(codes) <= SHARED_MAX
+    assert len(codes) == 10

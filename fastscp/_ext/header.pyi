@@ -40,4 +40,9 @@ def decode_values_into(
     decode_text: Callable[[bytes, list[str]], str],
     decode_name: Callable[[bytes, list[str]], str],
     decode_int: Callable[[bytes], int | None],
+    codes: dict[bytes, str],
+    texts: dict[bytes, str],
+    unique: int,
 ) -> None: ...
+
+SHARED_MAX: int

@@ -284,6 +284,12 @@ def _decode_int(raw: bytes) -> int | None:
 
 
 _NAMES: tuple[str, ...] = tuple(name for _, name, _ in _ATTRIBUTES[1:])
+_UNIQUE = _NAMES.index("sop_instance_uid")  # differs per instance: not shared
+# Decoded single values by raw bytes, shared by the instances that repeat
+# them (_ext/header.pyx decode_values_into, bounded there): code strings,
+# and text per codec.
+_SHARED_CODES: dict[bytes, str] = {}
+_SHARED_TEXTS: dict[str, dict[bytes, str]] = {}
 _KINDS: tuple[int, ...] = tuple(kind for _, _, kind in _ATTRIBUTES[1:])
 assert (_CODE, _TEXT, _NAME, _INT, _INTS) == (1, 2, 3, 4, 5)  # the kinds _ext/header.pyx knows
 InstanceInfo.check_field_names(_NAMES)  # what _decode_values hands InstanceInfo.from_fields
@@ -301,8 +307,14 @@ def _decode_values(
         "specific_character_set": charset, "sop_class_uid": "", "sop_instance_uid": "",
     }
     # The loop is Cython (_ext/header.pyx); rare cases call back the decoders above.
-    decode_values_into(fields, values, _NAMES, _KINDS, encodings[0], encodings, little,
-                       _decode_code, _decode_text, _decode_name, _decode_int)
+    encoding = encodings[0]
+    texts = _SHARED_TEXTS.get(encoding)
+    if texts is None:
+        if len(_SHARED_TEXTS) > 64:  # hostile peers may vary the character set forever
+            _SHARED_TEXTS.clear()
+        texts = _SHARED_TEXTS[encoding] = {}
+    decode_values_into(fields, values, _NAMES, _KINDS, encoding, encodings, little,
+                       _decode_code, _decode_text, _decode_name, _decode_int, _SHARED_CODES, texts, _UNIQUE)
     fields["transfer_syntax_uid"] = transfer_syntax_uid
     return InstanceInfo.from_fields(fields)
 
