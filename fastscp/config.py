@@ -285,8 +285,8 @@ class ServerConfig:
         "strict", "strict: exact after trimming spaces; case-insensitive: also ignore case")
     shutdown_grace: float = _f(10.0, "seconds running associations get to finish on shutdown", check=_between(0, 86400))
     busy_poll_us: int = _f(
-        1000, "microseconds to poll the socket after each read before sleeping, while one association is open; "
-              "0 = never",
+        1000, "microseconds to poll the socket after a command or an answer before sleeping, while one association "
+              "is open; 0 = never",
         check=_between(0, 10000, "microseconds"))
     tls: TlsConfig = _f(TlsConfig(), "DICOM TLS (PS3.15 BCP 195 profile)")
 

@@ -148,3 +148,51 @@ def test_polling_rests_for_a_slow_sender_and_comes_back_for_a_fast_one(tmp_path:
         assert {uid: dataset_bytes(stored[uid]) for uid, _ in items} == dict(items)
     finally:
         srv.stop()
+
+
+def test_no_poll_inside_a_data_set_only_at_the_turn_of_the_conversation(tmp_path: Path) -> None:
+    """A read that ends inside a data set queues no poll (the rest is on
+    its way, and the poll would take the sender's CPU); the command before
+    it and the answer after it do. The data set's second fragment is sent
+    once the first is in the temp file, within the window of a poll queued
+    after the first fragment's read, which would take it (polled_reads)."""
+    from rawclient import RELEASE_RQ, associate_rq, c_store_rq, pdata, read_pdu
+
+    from fastscp._ext.framer import decode_command
+
+    srv = InProcessServer(tmp_path / "store", {"server.busy_poll_us": 10_000, "database.path": None})
+    server = srv.app.server
+    incoming = tmp_path / "store" / ".incoming"
+    uid, raw = [(u, r) for u, r, _ in _datasets(1, 6100)][0]
+    thirds = [raw[:50_000], raw[50_000:100_000], raw[100_000:]]
+
+    def written() -> int:
+        return max((p.stat().st_size for p in incoming.glob("*.part")), default=0)
+
+    def wait_written(at_least: int) -> None:
+        deadline = time.monotonic() + 30
+        while written() < at_least and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert written() >= at_least
+
+    try:
+        sock = socket.create_connection(("127.0.0.1", srv.port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(associate_rq("FASTSCP", "STREAMS", [(1, CT, ["1.2.840.10008.1.2.1"])], max_pdu=1 << 20))
+        assert read_pdu(sock)[0] == 2
+        sock.sendall(pdata(1, c_store_rq(1, CT, uid), True, True) + pdata(1, thirds[0], False, False))
+        wait_written(len(thirds[0]))
+        before = server.polled_reads  # the command's poll may have read the first fragment
+        sock.sendall(pdata(1, thirds[1], False, False))
+        wait_written(len(thirds[0]) + len(thirds[1]))
+        assert server.polled_reads == before  # the loop read it: no poll was waiting inside the data set
+        sock.sendall(pdata(1, thirds[2], False, True))
+        kind, pdu = read_pdu(sock)
+        assert kind == 4 and decode_command(pdu[12:])[0x00000900] == 0
+        sock.sendall(RELEASE_RQ)
+        assert read_pdu(sock)[0] == 6
+        sock.close()
+        stored = check_tree(tmp_path / "store")
+        assert dataset_bytes(stored[uid]) == raw
+    finally:
+        srv.stop()

@@ -125,11 +125,15 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         assoc.buffer_updated(nbytes)
         handler = self.handler
         next_event = assoc.next_event
+        streaming = False  # the read's last event is a fragment of a data set with more to come
         try:
             while (ev := next_event()) is not None:
                 if isinstance(ev, DatasetFragment):  # the per-PDV path first
                     handler.on_fragment(ev)
-                elif isinstance(ev, CommandReceived):
+                    streaming = not ev.last
+                    continue
+                streaming = False
+                if isinstance(ev, CommandReceived):
                     handler.on_command(ev)
                 else:
                     handler.handle(ev)
@@ -150,7 +154,13 @@ class AssociationProtocol(asyncio.BufferedProtocol):
                 self._quickack()
             except OSError:  # the socket is going away; the read still counts
                 self._quickack = None
-        self._queue_spin()
+        # No poll while the peer is inside a data set (the read ended in one,
+        # or inside a PDU): its next bytes are already coming, and on a small
+        # machine a poll would take the CPU the sender needs to send them.
+        # The poll is for the turn of the conversation: after an answer (also
+        # queued by ``_flush``) or a command, the peer's next message is due.
+        if not streaming and not framer.buffered:
+            self._queue_spin()
 
     def _flush(self) -> None:
         """The handler's way to send outside a read (a deferred answer): the
