@@ -232,7 +232,8 @@ class CatalogWriter:
         return self._conn.cursor()
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything queued before this call is written; True if so."""
+        """Have everything queued before this call written now (not at the
+        pause or the interval) and wait until it is; True if so."""
         target = self._items_in
         self._hurry = True
         self._wake.set()
