@@ -16,12 +16,18 @@ rather than the venv's, say) and with no other receiver of the same install
 running, or the figures fall by what they share. Prints the load average
 before and after, and per run Pss, Pss_Anon, Pss_File, Rss (kB) and the
 thread count.
+
+``--send PATH`` measures the level after some work instead: once listening,
+the same command's ``send`` stores PATH (a file or folder) into it, and
+``--settle`` starts when the send has ended (long enough for the index to
+write the rows: more than ``database.flush_quiet``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -42,7 +48,7 @@ def rollup(pid: int) -> dict[str, int]:
     return out
 
 
-def measure(cmd: list[str], extra: list[str], settle: float, work: Path) -> dict[str, int]:
+def measure(cmd: list[str], extra: list[str], settle: float, work: Path, send: Path | None = None) -> dict[str, int]:
     wd = Path(tempfile.mkdtemp(dir=work))
     try:
         proc = subprocess.Popen([*cmd, "serve", "0", "FASTSCP", "--storage-dir", str(wd / "recv"),
@@ -55,6 +61,12 @@ def measure(cmd: list[str], extra: list[str], settle: float, work: Path) -> dict
                     break
             else:
                 raise RuntimeError(f"{cmd} exited before listening")
+            if send is not None:
+                port = re.search(r"listening on [^ ]*:(\d+)", line)
+                if port is None:
+                    raise RuntimeError(f"no port in {line!r}")
+                subprocess.run([*cmd, "send", "--progress", "never", "-r", "127.0.0.1", port.group(1), str(send)],
+                               check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600)
             time.sleep(settle)
             got = rollup(proc.pid)
             got["threads"] = len(os.listdir(f"/proc/{proc.pid}/task"))
@@ -78,6 +90,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="runs of each command, interleaved")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds after the listening line")
     ap.add_argument("--work-dir", type=Path, default=None, help="where the storage folders go (default: a temp dir)")
+    ap.add_argument("--send", type=Path, default=None,
+                    help="store this file or folder once listening, then settle (the level after work)")
     ap.add_argument("serve_args", nargs="*", help="more serve flags, after --")
     args = ap.parse_args()
     cmds = [c.partition("=") for c in (args.cmd or ["fastscp=fastscp"])]
@@ -88,7 +102,7 @@ def main() -> None:
     try:
         for _ in range(args.runs):
             for label, _, cmd in cmds:
-                got = measure(shlex.split(cmd), args.serve_args, args.settle, work)
+                got = measure(shlex.split(cmd), args.serve_args, args.settle, work, args.send)
                 results[label].append(got)
                 print(f"{label:12s} Pss {got['Pss']:7d} kB  anon {got['Pss_Anon']:6d}  file {got['Pss_File']:6d}  "
                       f"rss {got['Rss']:6d}  threads {got['threads']}", flush=True)

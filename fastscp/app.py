@@ -28,6 +28,7 @@ from .catalog.startup import IndexStartup
 from .config import Config, ConfigError, load_config
 from .events import AssociationEnded, DuplicateReceived, InstanceStored, Observer
 from .instance import InstanceInfo
+from .memtrim import release_clean_pages
 from .monitor.logsetup import configure_logging
 from .monitor.service import MonitorService
 from .net.server import DicomServer, raise_open_files_limit, serve_forever, stop_on_signals
@@ -456,8 +457,14 @@ class App:
             raise
         known = storage.guard.index
         if self.catalog is not None and isinstance(known, IndexedInstances):
+            def started_up() -> None:  # on the start-up thread
+                try:
+                    loop.call_soon_threadsafe(release_start_up_pages, "index start-up done")
+                except RuntimeError:  # the loop has closed: the receiver is stopping
+                    pass
+
             self.index_startup = IndexStartup(self.catalog, known, storage.directory, since,
-                                              str(self.cfg.database.path))
+                                              str(self.cfg.database.path), on_done=started_up)
             self.index_startup.start()
         await monitor.start(listening)
         if self.pipeline.active:
@@ -491,6 +498,7 @@ class App:
             log.info("fastscp listening on %s as %s, storing into %s (naming %s, max PDU %d, max associations %d)",
                      ", ".join(listening), cfg.server.ae_title, self.state.storage.directory, cfg.storage.naming,
                      cfg.server.max_pdu, cfg.server.max_associations)
+            release_start_up_pages("listening")
 
         await serve_forever(self.server, cfg.server.shutdown_grace, ready, stop)
         await monitor.stop()
@@ -510,6 +518,14 @@ class App:
         st = self.state
         log.info("stopped: %d association(s), %d instance(s), %.1f MB received",
                  st.associations_total, st.instances_total, st.bytes_total / 1e6)
+
+
+def release_start_up_pages(when: str) -> None:
+    """Start-up's clean library pages out of the resident set (memtrim.py):
+    once listening, and again when the index's start-up thread (filter fill,
+    reconcile) has ended."""
+    regions, kib = release_clean_pages()
+    log.debug("%s: released %.1f MB of clean file pages in %d mappings", when, kib / 1024, regions)
 
 
 class StartError(Exception):

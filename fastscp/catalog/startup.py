@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -42,8 +43,9 @@ class IndexStartup:
     is set when it ends, however it ends."""
 
     def __init__(self, writer: CatalogWriter, known: IndexedInstances, storage_dir: str | Path, since: float,
-                 db_name: str) -> None:
+                 db_name: str, on_done: Callable[[], None] | None = None) -> None:
         self.writer = writer
+        self.on_done = on_done  # called on this thread once ``done`` is set
         self.known = known
         self.storage_dir = Path(storage_dir)
         self.since = since
@@ -87,6 +89,8 @@ class IndexStartup:
                 except duckdb.Error:
                     pass
             self.done.set()
+            if self.on_done is not None:
+                self.on_done()
 
     def _fill(self, conn: duckdb.DuckDBPyConnection) -> None:
         uid_filter = self.known.filter
