@@ -457,7 +457,11 @@ class App:
             raise
         known = storage.guard.index
         if self.catalog is not None and isinstance(known, IndexedInstances):
+            release = self.cfg.server.release_start_up_pages
+
             def started_up() -> None:  # on the start-up thread
+                if not release:
+                    return
                 try:
                     loop.call_soon_threadsafe(release_start_up_pages, "index start-up done")
                 except RuntimeError:  # the loop has closed: the receiver is stopping
@@ -498,7 +502,8 @@ class App:
             log.info("fastscp listening on %s as %s, storing into %s (naming %s, max PDU %d, max associations %d)",
                      ", ".join(listening), cfg.server.ae_title, self.state.storage.directory, cfg.storage.naming,
                      cfg.server.max_pdu, cfg.server.max_associations)
-            release_start_up_pages("listening")
+            if cfg.server.release_start_up_pages:
+                release_start_up_pages("listening")
 
         await serve_forever(self.server, cfg.server.shutdown_grace, ready, stop)
         await monitor.stop()

@@ -288,6 +288,9 @@ class ServerConfig:
         1000, "microseconds to poll the socket after a command or an answer before sleeping, while one association "
               "is open; 0 = never",
         check=_between(0, 10000, "microseconds"))
+    release_start_up_pages: bool = _f(
+        True, "once listening, drop from memory the read-only library pages start-up touched (they come back from "
+              "the page cache if used); false = leave them mapped")
     tls: TlsConfig = _f(TlsConfig(), "DICOM TLS (PS3.15 BCP 195 profile)")
 
 

@@ -8,6 +8,7 @@ import ctypes
 import mmap
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,3 +105,18 @@ def test_release_drops_clean_pages_and_keeps_copied_ones(tmp_path: Path) -> None
         libc.mprotect(addr, size, mmap.PROT_READ | mmap.PROT_WRITE)
         clean.close()
         copied.close()
+
+
+def test_serve_releases_after_listening_and_after_index_start_up(start_server: Any, tmp_path: Path) -> None:
+    srv = start_server("--log-level", "debug")
+    text = srv.log_once_it_says("listening: released", "index start-up done: released")
+    assert "listening: released" in text and "index start-up done: released" in text, text[-3000:]
+
+
+def test_serve_leaves_pages_when_told(start_server: Any, tmp_path: Path) -> None:
+    cfg = tmp_path / "off.yaml"
+    cfg.write_text("server:\n  release_start_up_pages: false\n")
+    srv = start_server("--log-level", "debug", "--config", str(cfg)).indexed()
+    srv.stop()  # the start-up thread's end (its reconcile line) and the stop are both logged by now
+    text = srv.log_text()
+    assert "stopped:" in text and "clean file pages" not in text, text[-3000:]
