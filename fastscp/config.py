@@ -330,6 +330,10 @@ class DatabaseConfig:
                                check=_positive)
     flush_quiet: float = _f(0.25, "a partial batch is written once no row has come for this long (seconds)",
                             check=_positive)
+    quiet_checkpoint: float = _f(
+        10.0, "after this long with nothing to write, fold a WAL of 32 MiB or more into the index file, which "
+              "lets go of the memory its rows held (seconds); 0 = only at DuckDB's own 256 MB",
+        check=_between(0, 86400))
 
 
 @dataclass(frozen=True)

@@ -356,3 +356,38 @@ def test_a_written_batch_is_not_held_while_the_queue_refills(tmp_path):
     assert wait_for(lambda: all(r() is None for r in refs), 5.0), sum(r() is not None for r in refs)
     assert w.close()
     assert count(tmp_path / "i.db") == 50
+
+
+def test_a_quiet_spell_folds_a_large_enough_wal_into_the_file(tmp_path):
+    checkpointed = threading.Event()
+    w = CatalogWriter(tmp_path / "i.db", batch_size=10_000, flush_interval=3600, flush_quiet=3600,
+                      quiet_checkpoint=0.05, quiet_checkpoint_wal=1)
+    w.on_checkpoint = checkpointed.set
+    for i in range(50):
+        w.enqueue(make_info(i))
+    assert w.flush(30)
+    assert checkpointed.wait(30)  # after the quiet spell, not at close
+    assert w.checkpoints == 1
+    assert not w.wal_path.exists() or w.wal_path.stat().st_size == 0
+    cur = w.cursor()
+    assert cur.execute("SELECT count(*) FROM instances").fetchone()[0] == 50
+    cur.close()
+    assert w.close()
+
+
+def test_a_wal_under_the_threshold_or_the_setting_off_is_left_alone(tmp_path):
+    # quiet_checkpoint 0: the writer thread never checkpoints; the decision is called here
+    w = CatalogWriter(tmp_path / "i.db", batch_size=10_000, flush_interval=3600, flush_quiet=3600,
+                      quiet_checkpoint=0, quiet_checkpoint_wal=1 << 40)
+    for i in range(50):
+        w.enqueue(make_info(i))
+    assert w.flush(30)
+    size = w.wal_path.stat().st_size
+    assert size > 0
+    w._checkpoint_if_due()  # under the threshold
+    assert w.checkpoints == 0 and w.wal_path.stat().st_size == size
+    w.quiet_checkpoint_wal = size
+    w._checkpoint_if_due()  # at it
+    assert w.checkpoints == 1
+    assert not w.wal_path.exists() or w.wal_path.stat().st_size == 0
+    assert w.close()

@@ -67,6 +67,14 @@ log = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 5000
 DEFAULT_FLUSH_INTERVAL = 5.0
 DEFAULT_FLUSH_QUIET = 0.25
+# After this long with nothing to write, a WAL of at least QUIET_CHECKPOINT_WAL
+# bytes is folded into the file (CHECKPOINT): until a checkpoint DuckDB keeps
+# the rows committed since the last one in memory, about 0.4 MB per 1000
+# instances, and its own threshold (schema.CHECKPOINT_THRESHOLD, 256 MB of
+# WAL, kept high because a checkpoint's cost grows with the index) comes only
+# after some 700,000 of them. 32 MiB of WAL: about 90,000 instances.
+DEFAULT_QUIET_CHECKPOINT = 10.0
+QUIET_CHECKPOINT_WAL = 32 * 1024 * 1024
 
 
 def batch_wait(now: float, first_row: float, last_change: float, interval: float, quiet: float) -> float:
@@ -116,9 +124,13 @@ class CatalogWriter:
         retry_initial: float = 0.2,
         retry_max: float = 10.0,
         connect: Callable[[], duckdb.DuckDBPyConnection] | None = None,
+        quiet_checkpoint: float = DEFAULT_QUIET_CHECKPOINT,
+        quiet_checkpoint_wal: int = QUIET_CHECKPOINT_WAL,
     ) -> None:
         if batch_size < 1 or flush_interval <= 0 or flush_quiet <= 0 or high_water < 1:
             raise ValueError("batch_size, flush_interval, flush_quiet and high_water must be positive")
+        if quiet_checkpoint < 0:
+            raise ValueError("quiet_checkpoint must not be negative")
         self.db_path = Path(db_path)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -127,6 +139,10 @@ class CatalogWriter:
         self.low_water = high_water // 2 if low_water is None else low_water
         self.on_resume = on_resume
         self.on_written: Callable[[list[InstanceInfo]], None] | None = None
+        self.on_checkpoint: Callable[[], None] | None = None  # after a quiet checkpoint, on the writer thread
+        self.quiet_checkpoint = quiet_checkpoint  # seconds; 0 = never
+        self.quiet_checkpoint_wal = quiet_checkpoint_wal
+        self.wal_path = Path(f"{self.db_path}.wal")
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self._connect = connect or (lambda: schema.connect(self.db_path))
@@ -144,6 +160,7 @@ class CatalogWriter:
         self.batches_written = 0
         self.last_batch_rows = 0
         self.last_batch_seconds = 0.0
+        self.checkpoints = 0  # quiet checkpoints made
         self.errors = 0
         self.last_error = ""
         self._retry_rows = 0
@@ -270,10 +287,20 @@ class CatalogWriter:
     def _run(self) -> None:
         q = self._queue
         while True:
-            # Wait for a first row (or close).
+            # Wait for a first row (or close); a quiet spell folds the WAL in.
+            quiet_since = time.monotonic()
             while not q and not self._closing:
                 self._hurry = False  # a flush with nothing queued has nothing to hurry
-                self._wake.wait(1.0)
+                wait = 1.0
+                if self.quiet_checkpoint:
+                    left = quiet_since + self.quiet_checkpoint - time.monotonic()
+                    if left <= 0:
+                        # once per quiet spell; refused (another connection's
+                        # transaction was open): again after another spell
+                        quiet_since = float("inf") if self._checkpoint_if_due() else time.monotonic()
+                    else:
+                        wait = min(wait, left)
+                self._wake.wait(wait)
                 self._wake.clear()
             if not q and self._closing:
                 break
@@ -356,6 +383,35 @@ class CatalogWriter:
                 self._items_done += len(items)
                 self._done.notify_all()
             return
+
+    def _checkpoint_if_due(self) -> bool:
+        """CHECKPOINT when the WAL holds at least ``quiet_checkpoint_wal``
+        bytes: DuckDB then writes the rows it kept in memory into the file
+        and lets go of them. False if DuckDB refused it (it does while
+        another connection has a transaction open: a query, reconcile): the
+        rows stay in the WAL, and the caller tries again later."""
+        try:
+            if self.wal_path.stat().st_size < self.quiet_checkpoint_wal:
+                return True
+        except FileNotFoundError:
+            return True
+        except OSError as exc:
+            log.warning("catalog: cannot read the size of %s: %s", self.wal_path, exc)
+            return True
+        t0 = time.perf_counter()
+        try:
+            self._conn.execute("CHECKPOINT")
+        except Exception as exc:
+            log.debug("catalog: checkpoint after a quiet spell not made now: %s", exc)
+            return False
+        self.checkpoints += 1
+        log.info("catalog: index checkpointed after a quiet spell in %.2f s", time.perf_counter() - t0)
+        if self.on_checkpoint is not None:
+            try:
+                self.on_checkpoint()
+            except Exception:
+                log.exception("catalog: on_checkpoint callback failed")
+        return True
 
     def _reopen_if_broken(self) -> None:
         """A fatal DuckDB error invalidates the database instance; a closed or
