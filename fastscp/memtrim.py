@@ -8,12 +8,17 @@ in the process's resident set and its PSS as long as they stay mapped, and
 the kernel unmaps them only under memory pressure.
 
 ``release_clean_pages`` drops them from this process's page tables with
-``madvise(MADV_DONTNEED)`` (madvise(2)): only private, read-only mappings
-backed by a file and holding no anonymous (copy-on-write) page, so that what
-is dropped is exactly the file's own bytes. The pages stay in the page cache;
-a page used again comes back on a minor fault with the same contents. Nothing
-writable, nothing shared and no anonymous memory is touched. Linux only;
-elsewhere it does nothing.
+``madvise(MADV_DONTNEED)`` (madvise(2)): only the private, read-only
+mappings of loaded libraries (files the process also maps executable)
+holding no anonymous (copy-on-write) page, so that what is dropped is
+exactly the file's own bytes: text and read-only data, not the relocated
+data the loader made read-only afterwards (RELRO), which holds anonymous
+pages. The pages stay in the page cache; a page used again comes back on a
+minor fault with the same contents. Nothing writable, nothing shared, no
+data file and no anonymous memory is touched. A library stays mapped for the
+process's life (CPython never unloads an extension module), so a mapping
+read from ``/proc/self/smaps`` is still the same one at the ``madvise`` that
+follows. Linux only; elsewhere it does nothing.
 """
 
 from __future__ import annotations
@@ -42,12 +47,19 @@ class Mapping:
     anonymous_kib: int
 
     @property
-    def releasable(self) -> bool:
+    def clean_file_pages(self) -> bool:
         """Private (``p``), not writable, backed by a file (an inode and an
         absolute path), with no anonymous page: its resident pages are the
         file's bytes, and dropping them loses nothing."""
         return (self.inode != 0 and self.path.startswith("/") and self.perms.endswith("p")
                 and "w" not in self.perms and self.anonymous_kib == 0)
+
+
+def releasable(maps: list[Mapping]) -> list[Mapping]:
+    """The mappings ``release_clean_pages`` drops: those with only clean
+    file pages, of files the process also maps executable (libraries)."""
+    libraries = {m.path for m in maps if "x" in m.perms and m.inode != 0 and m.path.startswith("/")}
+    return [m for m in maps if m.clean_file_pages and m.path in libraries]
 
 
 def parse_smaps(lines: Iterator[str]) -> list[Mapping]:
@@ -100,11 +112,11 @@ def release_clean_pages() -> tuple[int, int]:
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     madvise.restype = ctypes.c_int
     count = kib = 0
-    for m in maps:
-        if m.releasable and m.rss_kib and madvise(m.start, m.end - m.start, MADV_DONTNEED) == 0:
+    for m in releasable(maps):
+        if m.rss_kib and madvise(m.start, m.end - m.start, MADV_DONTNEED) == 0:
             count += 1
             kib += m.rss_kib
     return count, kib
 
 
-__all__ = ["Mapping", "parse_smaps", "release_clean_pages"]
+__all__ = ["Mapping", "parse_smaps", "releasable", "release_clean_pages"]
