@@ -457,18 +457,15 @@ class App:
             raise
         known = storage.guard.index
         if self.catalog is not None and isinstance(known, IndexedInstances):
-            release = self.cfg.server.release_start_up_pages
-
             def started_up() -> None:  # on the start-up thread
-                if not release:
-                    return
                 try:
                     loop.call_soon_threadsafe(release_start_up_pages, "index start-up done")
                 except RuntimeError:  # the loop has closed: the receiver is stopping
                     pass
 
-            self.index_startup = IndexStartup(self.catalog, known, storage.directory, since,
-                                              str(self.cfg.database.path), on_done=started_up)
+            self.index_startup = IndexStartup(
+                self.catalog, known, storage.directory, since, str(self.cfg.database.path),
+                on_done=started_up if self.cfg.server.release_start_up_pages else None)
             self.index_startup.start()
         await monitor.start(listening)
         if self.pipeline.active:
