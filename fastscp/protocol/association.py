@@ -18,8 +18,10 @@ before the table is consulted and enters it as its own event
 malformed A-ASSOCIATE-RQ, an undecodable command set) is Evt19. A pair
 missing from the table is a state the standard does not allow; a received
 PDU there is treated like Evt19 (A-P-ABORT), a local call there raises
-``LocalProtocolError``. The one shortcut, dataset fragments in Sta6, is
-checked against the table at import (``Sta6 + Evt10 -> DT-2 -> Sta6``).
+``LocalProtocolError``. The shortcuts of data transfer, a command set or
+dataset fragment received in Sta6 and a message sent in Sta6, are checked
+against the table at import (``Sta6 + Evt10 -> DT-2 -> Sta6``, ``Sta6 +
+Evt9 -> DT-1 -> Sta6``).
 Sta4/Sta5 (requestor awaiting transport / A-ASSOCIATE-AC) are never entered by
 an acceptor and are left out.
 """
@@ -227,8 +229,10 @@ def _build_table() -> dict[tuple[State, Evt], tuple[str, State]]:
 
 TRANSITIONS = _build_table()
 
-# next_event() hands dataset fragments in Sta6 straight out: that is this cell.
+# next_event() hands command sets and dataset fragments in Sta6 straight
+# out, and send_command() frames a message in Sta6 straight away: these cells.
 assert TRANSITIONS[(State.Sta6, Evt.Evt10)] == ("DT-2", State.Sta6)
+assert TRANSITIONS[(State.Sta6, Evt.Evt9)] == ("DT-1", State.Sta6)
 
 _STA1, _STA2, _STA6, _STA13 = State.Sta1, State.Sta2, State.Sta6, State.Sta13
 _ENDED = (State.Sta1, State.Sta13)
@@ -314,7 +318,9 @@ class Association:
                     return DatasetFragment(item[1], item[2], item[3])
                 self._fire(EVT10, item, local=False)
             elif item[0] == EV_COMMAND:
-                self._command_received(item)
+                command = self._command_received(item)
+                if command is not None:
+                    return command
             elif item[1] == P.A_ASSOCIATE_RQ and self.state is _STA2:
                 self._associate_rq_received(item[2])
             else:
@@ -323,19 +329,24 @@ class Association:
                 return self._pending.pop(0)
         return self._pending.pop(0) if self._pending else None
 
-    def _command_received(self, item: tuple[Literal[2], int, bytes]) -> None:
+    def _command_received(self, item: tuple[Literal[2], int, bytes]) -> CommandReceived | None:
         """Evt10 with a command set; one that cannot be decoded, where it
-        would be acted on, is an invalid PDU (Evt19)."""
+        would be acted on, is an invalid PDU (Evt19). In Sta6 the decoded
+        command is returned, not queued: Sta6 + Evt10 -> DT-2 -> Sta6, the
+        cell checked at import."""
         if self.state not in _DATA_STATES:
             self._fire(EVT10, item, local=False)
-            return
+            return None
         try:
             command = decode_command(item[2])
         except ValueError as exc:
             self._fire(EVT19, RemoteProtocolError(P.ABORT_INVALID_PARAMETER, f"undecodable command set: {exc}"),
                        local=False)
-            return
+            return None
+        if self.state is _STA6:
+            return CommandReceived(item[1], command)
         self._fire(EVT10, CommandReceived(item[1], command), local=False)
+        return None
 
     def _associate_rq_received(self, pdu: bytes) -> None:
         """Evt6 in Sta2, decided before the table (AE-6's branch): a
@@ -402,6 +413,10 @@ class Association:
         command set, then its data set if it has one (a C-FIND's pending
         identifier, a C-GET's C-STORE-RQ, an N-EVENT-REPORT), each cut into
         PDUs no larger than the peer's maximum."""
+        if self.state is _STA6:  # Sta6 + Evt9 -> DT-1 -> Sta6 (checked at import)
+            self._payload = (context_id, command, dataset)
+            self._dt1()
+            return
         self._fire(EVT9, (context_id, command, dataset), local=True)
 
     def request_release(self) -> None:
