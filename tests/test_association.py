@@ -324,6 +324,28 @@ def test_send_command_fragments_to_the_peer_maximum():
     assert got == rsp and out[pos - length - 6 + 11] == 3  # last PDV: command + last
 
 
+def test_send_command_with_a_dataset_sends_the_command_then_the_dataset():
+    """Sta6 + Evt9 -> DT-1: the command set's PDVs, then the data set's, in
+    order, each cut to the peer's maximum (the shortcut in send_command)."""
+    assoc = established()  # the peer said 1024
+    rsp = D.encode_response(D.C_FIND_RSP, 5, D.PENDING, CT_IMAGE)
+    identifier = os.urandom(2500)
+    assoc.send_command(7, rsp, identifier)
+    out = assoc.data_to_send()
+    pos, parts = 0, []
+    while pos < len(out):
+        (length,) = struct.unpack_from(">I", out, pos + 2)
+        assert out[pos] == 4 and length <= 1024 and out[pos + 10] == 7
+        parts.append((out[pos + 11], out[pos + 12 : pos + 6 + length]))
+        pos += 6 + length
+    commands = [data for mch, data in parts if mch & 1]
+    datasets = [(mch, data) for mch, data in parts if not mch & 1]
+    assert parts[0][0] & 1 and b"".join(commands) == rsp
+    assert b"".join(data for _, data in datasets) == identifier and datasets[-1][0] == 2
+    assert [mch & 1 for mch, _ in parts] == [1] * len(commands) + [0] * len(datasets)
+    assert assoc.state == "Sta6"
+
+
 @pytest.mark.parametrize("data, reason", [
     (bytes.fromhex("04 00 00004001"), 6),  # P-DATA-TF of 16385 bytes, over our 16384
     (b"\x08\x00\x00\x00\x00\x04\x00\x00\x00\x00", 1),  # PDU type 08
