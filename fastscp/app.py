@@ -202,7 +202,8 @@ def open_catalog(cfg: Config, state: ServerState) -> CatalogWriter | None:
     try:
         kept = filtersave.take(db.path)  # before the open: it must find the file as the last stop left it
         writer = CatalogWriter(db.path, batch_size=db.batch_size, flush_interval=db.flush_interval,
-                               flush_quiet=db.flush_quiet, quiet_checkpoint=db.quiet_checkpoint)
+                               flush_quiet=db.flush_quiet, quiet_checkpoint=db.quiet_checkpoint,
+                               memory_limit=db.memory_limit)
         conn = writer.cursor()
         try:
             bind_root(conn, storage.directory, db_name=str(db.path))

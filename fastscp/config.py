@@ -334,6 +334,10 @@ class DatabaseConfig:
         10.0, "after this long with nothing to write, fold a WAL of 32 MiB or more into the index file, which "
               "lets go of the memory its rows held (seconds); 0 = only at DuckDB's own 256 MB",
         check=_between(0, 86400))
+    memory_limit: int | None = _f(
+        128 * 1024 * 1024, "DuckDB's memory_limit for the index in the server: its cache of index blocks and "
+        "its queries' working memory (a query needing more spills to <path>.tmp/); null = DuckDB's default, 80% "
+        "of RAM", check=_between(32 * 1024 * 1024), scalar="size")
 
 
 @dataclass(frozen=True)

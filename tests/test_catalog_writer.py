@@ -391,3 +391,54 @@ def test_a_wal_under_the_threshold_or_the_setting_off_is_left_alone(tmp_path):
     assert w.checkpoints == 1
     assert not w.wal_path.exists() or w.wal_path.stat().st_size == 0
     assert w.close()
+
+
+def _memory_limit(conn: duckdb.DuckDBPyConnection) -> str:
+    row = conn.execute("SELECT current_setting('memory_limit')").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_memory_limit_bounds_the_index_for_every_connection_of_the_writer(tmp_path):
+    """database.memory_limit reaches DuckDB: the writer's connection and the
+    cursors the queries use (the status page's SQL, C-FIND) share it."""
+    with CatalogWriter(tmp_path / "i.db", memory_limit=64 * 1024 * 1024) as w:
+        w.enqueue(make_info(1))
+        assert w.flush()
+        cur = w.cursor()
+        assert _memory_limit(cur) == "64.0 MiB"
+        cur.close()
+    conn = schema.connect(tmp_path / "j.db")
+    default = _memory_limit(conn)
+    conn.close()
+    assert default != "64.0 MiB"  # without it, DuckDB's own (80% of RAM)
+
+
+def test_a_query_needing_more_than_the_memory_limit_spills_and_answers(tmp_path):
+    """A hash aggregate over more distinct keys than the bound holds goes to
+    <index>.tmp/ rather than failing (lock_down leaves DuckDB's own
+    temporary files alone)."""
+    conn = schema.connect(tmp_path / "i.db", memory_limit=32 * 1024 * 1024)
+    try:
+        assert _memory_limit(conn) == "32.0 MiB"
+        row = conn.execute("SELECT count(*) FROM (SELECT DISTINCT 'uid.' || i::VARCHAR || repeat('x', 40) "
+                           "FROM range(1500000) t(i))").fetchone()
+        assert row == (1_500_000,)
+    finally:
+        conn.close()
+
+
+def test_the_servers_index_gets_database_memory_limit(tmp_path):
+    from fastscp.app import build_state, open_catalog
+    from fastscp.config import load_config
+
+    cfg = load_config(None, {"storage.directory": str(tmp_path / "s"), "database.path": str(tmp_path / "i.db"),
+                             "database.memory_limit": "48MiB"})
+    writer = open_catalog(cfg, build_state(cfg))
+    assert writer is not None
+    try:
+        cur = writer.cursor()
+        assert _memory_limit(cur) == "48.0 MiB"
+        cur.close()
+    finally:
+        writer.close()

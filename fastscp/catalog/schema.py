@@ -315,10 +315,13 @@ CHECKPOINT_THRESHOLD = "256MB"
 
 
 def connect(path: str | Path, *, read_only: bool = False,
-            allowed_paths: Sequence[str | Path] = ()) -> duckdb.DuckDBPyConnection:
+            allowed_paths: Sequence[str | Path] = (), memory_limit: int | None = None) -> duckdb.DuckDBPyConnection:
     """Open the index database, migrating it forward unless ``read_only``,
     locked down (``lock_down``): SQL on it reaches no file but the index, the
-    index's export directory and ``allowed_paths``.
+    index's export directory and ``allowed_paths``. ``memory_limit`` (bytes)
+    bounds the DuckDB instance's buffer-managed memory (None: DuckDB's
+    default, 80% of RAM); it holds for every connection this process then
+    opens to the file.
 
     A read-only open of a database that is missing or older than this code
     fails with a message rather than writing to it.
@@ -347,6 +350,7 @@ def connect(path: str | Path, *, read_only: bool = False,
                                              # I/O); a local index never uses them
                                              "async_threads": 0,
                                              "checkpoint_threshold": CHECKPOINT_THRESHOLD,
+                                             **({} if memory_limit is None else {"memory_limit": f"{memory_limit}B"}),
                                              **LOCKED_OPEN_CONFIG})
     try:
         lock_down(conn, path, allowed_paths)

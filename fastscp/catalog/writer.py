@@ -105,10 +105,10 @@ class WriterCounters:
 class CatalogWriter:
     """Batched, non-blocking writer of InstanceInfo rows into the index database.
 
-    ``connect`` makes the connection (default: ``schema.connect(db_path)``,
-    which migrates the schema); it is called once at construction, in the
-    caller's thread so that a bad path fails at start, and again after a
-    failure that broke the connection.
+    ``connect`` makes the connection (default: ``schema.connect(db_path,
+    memory_limit=memory_limit)``, which migrates the schema); it is called
+    once at construction, in the caller's thread so that a bad path fails at
+    start, and again after a failure that broke the connection.
     """
 
     def __init__(
@@ -126,6 +126,7 @@ class CatalogWriter:
         connect: Callable[[], duckdb.DuckDBPyConnection] | None = None,
         quiet_checkpoint: float = DEFAULT_QUIET_CHECKPOINT,
         quiet_checkpoint_wal: int = QUIET_CHECKPOINT_WAL,
+        memory_limit: int | None = None,
     ) -> None:
         if batch_size < 1 or flush_interval <= 0 or flush_quiet <= 0 or high_water < 1:
             raise ValueError("batch_size, flush_interval, flush_quiet and high_water must be positive")
@@ -145,7 +146,7 @@ class CatalogWriter:
         self.wal_path = Path(f"{self.db_path}.wal")
         self.retry_initial = retry_initial
         self.retry_max = retry_max
-        self._connect = connect or (lambda: schema.connect(self.db_path))
+        self._connect = connect or (lambda: schema.connect(self.db_path, memory_limit=memory_limit))
 
         self._queue: collections.deque[InstanceInfo | AssociationRecord | DuplicateRecord] = collections.deque()
         self._wake = threading.Event()
