@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import duckdb
 import pytest
 
@@ -76,3 +83,57 @@ def test_failed_migration_leaves_the_last_complete_version(tmp_path, monkeypatch
     assert schema.schema_version(conn) == 1
     assert "source" not in {r[0] for r in conn.execute("DESCRIBE instances").fetchall()}
     conn.close()
+
+
+# ---- DuckDB's temporary files left by a process that died ----------------------------------------
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_an_open_removes_the_temporary_files_of_processes_that_no_longer_run(tmp_path, caplog):
+    db = tmp_path / "i.db"
+    tmp = tmp_path / "i.db.tmp"
+    tmp.mkdir()
+    dead, alive = _dead_pid(), os.getppid()
+    gone = [tmp / f"duckdb_temp_{dead}_0_owner", tmp / f"duckdb_temp_{dead}_0_storage_DEFAULT-0.tmp"]
+    kept = [tmp / f"duckdb_temp_{alive}_0_storage_DEFAULT-0.tmp", tmp / f"duckdb_temp_{os.getpid()}_0_owner",
+            tmp / "notes.txt"]
+    for f in gone + kept:
+        f.write_bytes(b"x" * 1000)
+    with caplog.at_level(logging.WARNING, logger="fastscp.catalog.schema"):
+        conn = schema.connect(db)
+    conn.close()
+    assert [f.exists() for f in gone] == [False, False]
+    assert all(f.exists() for f in kept)
+    assert "removed 2 temporary file(s)" in caplog.text
+
+
+def test_a_query_killed_while_spilling_leaves_files_that_the_next_open_removes(tmp_path):
+    """The case itself: a process whose query spilled past memory_limit is
+    killed; DuckDB leaves its files; the next read-write open removes them."""
+    db = tmp_path / "i.db"
+    script = (
+        "import sys\n"
+        "from fastscp.catalog import schema\n"
+        f"c = schema.connect({str(db)!r}, memory_limit=32 * 1024 * 1024)\n"
+        "c.execute(\"SELECT count(*) FROM (SELECT DISTINCT 'uid.' || i::VARCHAR || repeat('x', 60) "
+        "FROM range(50000000) t(i))\").fetchone()\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script])
+    tmp = Path(f"{db}.tmp")
+    try:
+        deadline = time.monotonic() + 120
+        while not any(f.name.endswith(".tmp") for f in (tmp.iterdir() if tmp.exists() else ())):
+            assert child.poll() is None, "the query ended before it spilled"
+            assert time.monotonic() < deadline, "no temporary file appeared"
+            time.sleep(0.02)
+    finally:
+        child.kill()
+        child.wait()
+    assert any(tmp.iterdir())  # what the killed process left
+    conn = schema.connect(db)
+    conn.close()
+    assert not [f for f in tmp.iterdir() if f.name.startswith(f"duckdb_temp_{child.pid}_")]
