@@ -397,9 +397,10 @@ def remove_stale_temp_files(path: str | Path) -> int:
     longer run: a process killed while a query spilled leaves its files
     there, and no later open of the database removes them (measured with
     DuckDB 2.0.1: 123 MB left by a kill -9, still there after the next
-    open and close). Files of running processes (a ``fastscp query`` beside
-    the server, or this process) are left alone. Returns the bytes removed;
-    logs what it removed."""
+    open and close). Files of running processes (this one, or a ``fastscp
+    query`` reading the index, which makes this open fail on DuckDB's lock
+    anyway) are left alone. Returns the bytes removed; logs what it
+    removed."""
     removed = files = 0
     try:
         entries = list(os.scandir(f"{path}.tmp"))
@@ -410,7 +411,7 @@ def remove_stale_temp_files(path: str | Path) -> int:
         if match is None or not entry.is_file(follow_symlinks=False):
             continue
         pid = int(match.group(1))
-        if _running(pid):  # this process, or another still running (a `fastscp query` beside the server)
+        if _running(pid):  # this process, or another reader of the index
             continue
         try:
             size = entry.stat(follow_symlinks=False).st_size
