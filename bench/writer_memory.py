@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--burst", type=int, default=50_000, help="new instances per burst")
     ap.add_argument("--batch", type=int, default=5000, help="rows per batch (database.batch_size)")
     ap.add_argument("--quiet", type=float, default=3.0, help="quiet spell after each burst (database.quiet_checkpoint)")
-    ap.add_argument("--memory-limit", type=int, default=128 * 1024 * 1024,
+    ap.add_argument("--memory-limit", type=int, default=64 * 1024 * 1024,
                     help="database.memory_limit in bytes; 0 = DuckDB's default")
     args = ap.parse_args(argv)
 

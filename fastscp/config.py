@@ -335,7 +335,7 @@ class DatabaseConfig:
               "lets go of the memory its rows held (seconds); 0 = only at DuckDB's own 256 MB",
         check=_between(0, 86400))
     memory_limit: int | None = _f(
-        128 * 1024 * 1024, "DuckDB's memory_limit for the index in the server: its cache of index blocks and "
+        64 * 1024 * 1024, "DuckDB's memory_limit for the index in the server: its cache of index blocks and "
         "its queries' working memory (a query needing more spills to <path>.tmp/); null = DuckDB's default, 80% "
         "of RAM", check=_between(32 * 1024 * 1024), scalar="size")
 
