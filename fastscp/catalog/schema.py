@@ -31,6 +31,7 @@ from pathlib import Path
 
 import duckdb
 
+from ..pids import running
 from . import filtersave
 
 log = logging.getLogger(__name__)
@@ -382,16 +383,6 @@ LOCKED_OPEN_CONFIG: dict[str, str | bool | int] = {
 _TEMP_FILE = re.compile(r"duckdb_temp_(\d+)_")
 
 
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def remove_stale_temp_files(path: str | Path) -> int:
     """Remove what DuckDB left in ``<path>.tmp/`` for processes that no
     longer run: a process killed while a query spilled leaves its files
@@ -411,7 +402,7 @@ def remove_stale_temp_files(path: str | Path) -> int:
         if match is None or not entry.is_file(follow_symlinks=False):
             continue
         pid = int(match.group(1))
-        if _running(pid):  # this process, or another reader of the index
+        if running(pid):  # this process, or another reader of the index
             continue
         try:
             size = entry.stat(follow_symlinks=False).st_size

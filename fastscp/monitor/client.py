@@ -19,6 +19,8 @@ from typing import Any
 
 import orjson
 
+from ..pids import running
+
 DEFAULT_URL = "http://127.0.0.1:8042"
 
 
@@ -74,16 +76,6 @@ class Endpoint:
         return doc
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def discovered(index_db: str | os.PathLike[str] | None) -> Endpoint | None:
     """The endpoint written by a live server holding ``index_db``, if any."""
     if not index_db:
@@ -94,7 +86,7 @@ def discovered(index_db: str | os.PathLike[str] | None) -> Endpoint | None:
         url, pid = doc["url"], int(doc["pid"])
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return None
-    if not _alive(pid):
+    if not running(pid):
         return None
     return Endpoint(url, doc.get("token"), doc.get("index_db"), f"discovery file {path} (server pid {pid})")
 
