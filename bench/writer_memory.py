@@ -36,17 +36,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import bench_index_scale  # noqa: E402
+import procstat  # noqa: E402
 
 from fastscp.catalog import CatalogWriter, schema  # noqa: E402
 from fastscp.instance import InstanceInfo  # noqa: E402
 
 
 def pss_mb() -> float:
-    with open("/proc/self/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    return procstat.pss_kib(os.getpid()) / 1024
 
 
 def instance(i: int) -> InstanceInfo:

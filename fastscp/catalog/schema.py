@@ -329,10 +329,11 @@ def connect(path: str | Path, *, read_only: bool = False,
     fails with a message rather than writing to it.
     """
     path = Path(path)
+    limit = {} if memory_limit is None else {"memory_limit": f"{memory_limit}B"}
     if read_only:
         if not path.exists():
             raise FileNotFoundError(f"index database {path} does not exist")
-        conn = duckdb.connect(str(path), read_only=True, config=dict(LOCKED_OPEN_CONFIG))
+        conn = duckdb.connect(str(path), read_only=True, config={**limit, **LOCKED_OPEN_CONFIG})
         lock_down(conn, path, allowed_paths)
         version = schema_version(conn)
         if version != SCHEMA_VERSION:
@@ -353,8 +354,7 @@ def connect(path: str | Path, *, read_only: bool = False,
                                              # I/O); a local index never uses them
                                              "async_threads": 0,
                                              "checkpoint_threshold": CHECKPOINT_THRESHOLD,
-                                             **({} if memory_limit is None else {"memory_limit": f"{memory_limit}B"}),
-                                             **LOCKED_OPEN_CONFIG})
+                                             **limit, **LOCKED_OPEN_CONFIG})
     try:
         lock_down(conn, path, allowed_paths)
         migrate(conn)
