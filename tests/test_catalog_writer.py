@@ -4,6 +4,7 @@ backpressure; upsert semantics; reads from another thread while writing."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import threading
 import time
 import weakref
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_catalog_support import make_info
 
 from fastscp.catalog import CatalogWriter, run_readonly_query, schema
-from fastscp.catalog.rows import APPEND_CHUNK, BatchWriter
+from fastscp.catalog.rows import APPEND_CHUNK, BatchWriter, utc_timestamp
 from fastscp.catalog.writer import batch_wait
 
 
@@ -442,3 +445,17 @@ def test_the_servers_index_gets_database_memory_limit(tmp_path):
         cur.close()
     finally:
         writer.close()
+
+
+@given(st.one_of(st.floats(min_value=1e-6, max_value=2**34, allow_nan=False),
+                 st.integers(min_value=1, max_value=2**34).map(lambda s: s + 0.5e-6),
+                 st.integers(min_value=1, max_value=2**34 * 10**6).map(lambda us: us / 1e6)))
+@settings(max_examples=2000, deadline=None)
+def test_utc_timestamp_is_fromtimestamp_without_its_zone(epoch):
+    """The writer's quick epoch -> TIMESTAMP conversion gives what
+    ``datetime.fromtimestamp(epoch, UTC)`` gives, rounding included (half
+    microseconds, values from the clock's microsecond grid); 0 and None
+    stay None."""
+    expected = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).replace(tzinfo=None)
+    assert utc_timestamp(epoch) == expected
+    assert utc_timestamp(0) is None and utc_timestamp(None) is None

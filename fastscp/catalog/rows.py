@@ -35,6 +35,7 @@ from ..storage.values import parse_da
 from . import schema
 
 _UTC = _dt.timezone.utc
+_EPOCH = _dt.datetime(1970, 1, 1)
 
 # Rows per ``Appender.append_rows`` call. The appender keeps the GIL while
 # it converts one call's rows (duckdb 2.0.1: a thread spinning beside a
@@ -90,10 +91,13 @@ _UPDATE_DUPLICATE = (
 
 
 def utc_timestamp(epoch: float | None) -> _dt.datetime | None:
-    """Epoch seconds -> naive UTC datetime (what a DuckDB TIMESTAMP holds)."""
+    """Epoch seconds -> naive UTC datetime (what a DuckDB TIMESTAMP holds):
+    the epoch plus a timedelta, the value ``fromtimestamp(epoch, UTC)``
+    gives without its time zone (both round to the microsecond, half to
+    even) in half the time; the writer makes one per instance row."""
     if not epoch:
         return None
-    return _dt.datetime.fromtimestamp(epoch, _UTC).replace(tzinfo=None)
+    return _EPOCH + _dt.timedelta(seconds=epoch)
 
 
 def instance_row(info: InstanceInfo, source: str, received: _dt.datetime | None) -> Row:
