@@ -23,6 +23,12 @@ With --floor, each repeat also feeds the same stream to bench/pyfloor.py's
 protocol (the least Python a receiver can run per instance: write, rename,
 answer), right after fastscp's run, and the ratio of the two best times is
 printed: fastscp's receive path against a floor measured in the same run.
+With --lane, each repeat also feeds bench/lane.py: fastscp's own storage
+work (temp file, writes, hash, header parse and checks, naming, duplicate
+check, rename, answer) called straight from the read callback, without the
+state table, dispatcher, service and durability layers. fastscp against
+the lane is what those layers cost; the lane against pyfloor is what the
+storage work's own Python costs.
 """
 from __future__ import annotations
 
@@ -186,6 +192,25 @@ def pump(proto: asyncio.BufferedProtocol, stream: bytes, read_size: int) -> None
         proto.buffer_updated(n)
 
 
+async def feed_lane(stream: bytes, storage_dir: Path, max_pdu: int, read_size: int
+                    ) -> tuple[CountingTransport, float, float]:
+    """The same stream through bench/lane.py: fastscp's storage work called
+    straight from the read callback (no index, as fastscp's run without
+    --observers)."""
+    import lane
+
+    cfg = load_config(None, {"storage.directory": str(storage_dir), "server.max_pdu": max_pdu,
+                             "database.path": None, "status.port": 0})
+    proto = lane.Lane(build_state(cfg), max_pdu)
+    transport = CountingTransport()
+    gc.collect()
+    gc.freeze()  # as feed does
+    c0, t0 = time.process_time(), time.perf_counter()
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    pump(proto, stream, read_size)
+    return transport, time.perf_counter() - t0, time.process_time() - c0
+
+
 async def feed_floor(stream: bytes, storage_dir: Path, read_size: int) -> tuple[CountingTransport, float, float]:
     """The same stream through bench/pyfloor.py's protocol (no busy polling)."""
     import pyfloor
@@ -273,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", type=Path, help="write a cProfile of one run here")
     ap.add_argument("--floor", action="store_true",
                     help="also feed bench/pyfloor.py's protocol after each run, and print the ratio")
+    ap.add_argument("--lane", action="store_true",
+                    help="also feed bench/lane.py (fastscp's storage work without the layers around it)")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
 
@@ -281,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     stream, instances, dataset_bytes = build_stream(corpus.files, args.max_pdu)
     runs: list[dict[str, float]] = []
     floor_runs: list[dict[str, float]] = []
+    lane_runs: list[dict[str, float]] = []
 
     def fastscp_run(work: Path, profile: Path | None) -> tuple[CountingTransport, float, float]:
         coro = feed(stream, work / "store", args.max_pdu, args.read_size, args.observers, work / "index.db")
@@ -308,6 +336,13 @@ def main(argv: list[str] | None = None) -> int:
             if one is None:
                 return 1
             floor_runs.append(one)
+        if args.lane:
+            one = checked_run("lane", run, instances, args.work_dir,
+                              lambda work: asyncio.run(feed_lane(stream, work / "store", args.max_pdu,
+                                                                 args.read_size)))
+            if one is None:
+                return 1
+            lane_runs.append(one)
     best = min(runs, key=lambda r: r["wall_s"])
     figures = {
         "corpus": corpus.spec.key(), "instances": instances, "dataset_bytes": dataset_bytes,
@@ -322,6 +357,11 @@ def main(argv: list[str] | None = None) -> int:
         figures.update({"floor_wall_s": floor["wall_s"], "floor_cpu_s": floor["cpu_s"],
                         "floor_us_per_instance": floor["wall_s"] / instances * 1e6,
                         "vs_floor": best["wall_s"] / floor["wall_s"], "floor_runs": floor_runs})
+    if lane_runs:
+        fastest = min(lane_runs, key=lambda r: r["wall_s"])
+        figures.update({"lane_wall_s": fastest["wall_s"], "lane_cpu_s": fastest["cpu_s"],
+                        "lane_us_per_instance": fastest["wall_s"] / instances * 1e6,
+                        "vs_lane": best["wall_s"] / fastest["wall_s"], "lane_runs": lane_runs})
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
@@ -333,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pyfloor fed the same stream: best of {len(floor_runs)}: {figures['floor_wall_s']:.3f} s, "
                   f"{figures['floor_us_per_instance']:.1f} us/instance, CPU {figures['floor_cpu_s']:.3f} s; "
                   f"fastscp / pyfloor {figures['vs_floor']:.2f}x")
+        if lane_runs:
+            print(f"lane (the same storage work, no layers) fed the same stream: best of {len(lane_runs)}: "
+                  f"{figures['lane_wall_s']:.3f} s, {figures['lane_us_per_instance']:.1f} us/instance, "
+                  f"CPU {figures['lane_cpu_s']:.3f} s; fastscp / lane {figures['vs_lane']:.2f}x")
     return 0
 
 

@@ -69,7 +69,7 @@ def test_hotpath_benchmark_runs_every_corpus(tmp_path: Path, capsys) -> None:  #
     was answered Success and stored (it exits 1 otherwise)."""
     import bench_hotpath
 
-    for corpus, count, extra in (("small", 20, ["--floor"]), ("large", 4, ["--observers"]),
+    for corpus, count, extra in (("small", 20, ["--floor", "--lane"]), ("large", 4, ["--observers", "--lane"]),
                                  ("multiframe", None, ["--multiframe-mb", "3"])):
         argv = ["--corpus", corpus, "--repeat", "1", "--json", "--corpus-dir", str(tmp_path / "corpus"),
                 "--work-dir", str(tmp_path), *extra]
@@ -85,6 +85,11 @@ def test_hotpath_benchmark_runs_every_corpus(tmp_path: Path, capsys) -> None:  #
         assert ("vs_floor" in figures) == ("--floor" in extra)
         if "--floor" in extra:
             assert figures["floor_us_per_instance"] > 0 and figures["vs_floor"] > 0
+        # --lane: bench/lane.py, fastscp's storage work without the layers
+        # (also exits 1 unless every instance was answered Success and stored)
+        assert ("vs_lane" in figures) == ("--lane" in extra)
+        if "--lane" in extra:
+            assert figures["lane_us_per_instance"] > 0 and figures["vs_lane"] > 0
 
 
 def test_median_run_keeps_the_median_and_names_a_failed_repeat() -> None:
