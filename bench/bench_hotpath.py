@@ -29,6 +29,11 @@ check, rename, answer) called straight from the read callback, without the
 state table, dispatcher, service and durability layers. fastscp against
 the lane is what those layers cost; the lane against pyfloor is what the
 storage work's own Python costs.
+
+With --cold-mb N, N MB are written over before each read, so each read
+meets caches as cold as a flood leaves them (between two instances the
+sender and the kernel run), and the times given are those spent inside
+the receive callback (the eviction itself left out).
 """
 from __future__ import annotations
 
@@ -180,16 +185,33 @@ class FloorTransport(CountingTransport):
         return _StubSocket() if name == "socket" else default
 
 
-def pump(proto: asyncio.BufferedProtocol, stream: bytes, read_size: int) -> None:
-    """Feed ``stream`` to ``proto`` as the event loop does: get_buffer, copy, buffer_updated."""
+# --cold-mb: a buffer written over before each read, and what it is written with
+_COLD: list[tuple[bytearray, bytes]] = []
+
+
+def pump(proto: asyncio.BufferedProtocol, stream: bytes, read_size: int) -> tuple[float, float] | None:
+    """Feed ``stream`` to ``proto`` as the event loop does: get_buffer, copy, buffer_updated.
+    With --cold-mb, the caches are flushed before each read (the buffer
+    written over) and the seconds spent inside ``buffer_updated`` are
+    returned, (wall, CPU of this thread); else None."""
     view = memoryview(stream)
     pos, end = 0, len(stream)
+    cold = _COLD[0] if _COLD else None
+    inside_ns = inside_cpu_ns = 0
     while pos < end:
         buf = proto.get_buffer(-1)
         n = min(len(buf), read_size, end - pos)
         buf[:n] = view[pos:pos + n]
         pos += n
+        if cold is None:
+            proto.buffer_updated(n)
+            continue
+        cold[0][:] = cold[1]
+        t, c = time.perf_counter_ns(), time.thread_time_ns()
         proto.buffer_updated(n)
+        inside_ns += time.perf_counter_ns() - t
+        inside_cpu_ns += time.thread_time_ns() - c
+    return None if cold is None else (inside_ns / 1e9, inside_cpu_ns / 1e9)
 
 
 async def feed_lane(stream: bytes, storage_dir: Path, max_pdu: int, read_size: int
@@ -207,7 +229,9 @@ async def feed_lane(stream: bytes, storage_dir: Path, max_pdu: int, read_size: i
     gc.freeze()  # as feed does
     c0, t0 = time.process_time(), time.perf_counter()
     proto.connection_made(transport)  # type: ignore[arg-type]
-    pump(proto, stream, read_size)
+    inside = pump(proto, stream, read_size)
+    if inside is not None:
+        return transport, *inside
     return transport, time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -221,7 +245,9 @@ async def feed_floor(stream: bytes, storage_dir: Path, read_size: int) -> tuple[
     gc.collect()
     c0, t0 = time.process_time(), time.perf_counter()
     proto.connection_made(transport)  # type: ignore[arg-type]
-    pump(proto, stream, read_size)
+    inside = pump(proto, stream, read_size)
+    if inside is not None:
+        return transport, *inside
     return transport, time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -258,11 +284,13 @@ async def feed(stream: bytes, storage_dir: Path, max_pdu: int, read_size: int, o
     gc.freeze()  # as serve does after start-up
     c0, t0 = time.process_time(), time.perf_counter()
     proto.connection_made(transport)  # type: ignore[arg-type]
-    pump(proto, stream, read_size)
+    inside = pump(proto, stream, read_size)
     t1, c1 = time.perf_counter(), time.process_time()
     proto.connection_lost(None)
     if writer is not None:
         writer.close()
+    if inside is not None:
+        return transport, *inside
     return transport, t1 - t0, c1 - c0
 
 
@@ -300,12 +328,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="also feed bench/pyfloor.py's protocol after each run, and print the ratio")
     ap.add_argument("--lane", action="store_true",
                     help="also feed bench/lane.py (fastscp's storage work without the layers around it)")
+    ap.add_argument("--cold-mb", type=int, default=0,
+                    help="write over this many MB before each read (caches cold, as between a flood's "
+                         "instances, where the sender and the kernel run); times are then those spent "
+                         "inside the receive callback")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args(argv)
 
     corpus = gen_corpus.ensure_corpus(gen_corpus.default_spec(args.corpus, args.count, args.multiframe_mb),
                                       args.corpus_dir)
     stream, instances, dataset_bytes = build_stream(corpus.files, args.max_pdu)
+    _COLD.clear()
+    if args.cold_mb > 0:
+        _COLD.append((bytearray(args.cold_mb << 20), bytes(args.cold_mb << 20)))
     runs: list[dict[str, float]] = []
     floor_runs: list[dict[str, float]] = []
     lane_runs: list[dict[str, float]] = []
@@ -346,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     best = min(runs, key=lambda r: r["wall_s"])
     figures = {
         "corpus": corpus.spec.key(), "instances": instances, "dataset_bytes": dataset_bytes,
-        "max_pdu": args.max_pdu, "observers": args.observers, "wall_s": best["wall_s"], "cpu_s": best["cpu_s"],
+        "max_pdu": args.max_pdu, "observers": args.observers, "cold_mb": args.cold_mb,
+        "wall_s": best["wall_s"], "cpu_s": best["cpu_s"],
         "instances_per_s": instances / best["wall_s"], "dataset_gb_per_s": dataset_bytes / best["wall_s"] / 1e9,
         "us_per_instance": best["wall_s"] / instances * 1e6,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -362,13 +398,16 @@ def main(argv: list[str] | None = None) -> int:
         figures.update({"lane_wall_s": fastest["wall_s"], "lane_cpu_s": fastest["cpu_s"],
                         "lane_us_per_instance": fastest["wall_s"] / instances * 1e6,
                         "vs_lane": best["wall_s"] / fastest["wall_s"], "lane_runs": lane_runs})
+    cold_note = (f"; inside the receive callback, {args.cold_mb} MB written over before each read"
+                 if args.cold_mb else "")
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
         print(f"{corpus.spec.key()}: {instances} instances, {dataset_bytes / 1e6:.1f} MB of datasets; best of "
               f"{len(runs)}: {figures['wall_s']:.3f} s, {figures['instances_per_s']:.0f} instances/s, "
               f"{figures['dataset_gb_per_s']:.2f} GB/s, {figures['us_per_instance']:.1f} us/instance, "
-              f"CPU {figures['cpu_s']:.3f} s{' (with the catalog writer)' if args.observers else ''}")
+              f"CPU {figures['cpu_s']:.3f} s{' (with the catalog writer)' if args.observers else ''}"
+              f"{cold_note}")
         if floor_runs:
             print(f"pyfloor fed the same stream: best of {len(floor_runs)}: {figures['floor_wall_s']:.3f} s, "
                   f"{figures['floor_us_per_instance']:.1f} us/instance, CPU {figures['floor_cpu_s']:.3f} s; "

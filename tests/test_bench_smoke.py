@@ -69,7 +69,8 @@ def test_hotpath_benchmark_runs_every_corpus(tmp_path: Path, capsys) -> None:  #
     was answered Success and stored (it exits 1 otherwise)."""
     import bench_hotpath
 
-    for corpus, count, extra in (("small", 20, ["--floor", "--lane"]), ("large", 4, ["--observers", "--lane"]),
+    for corpus, count, extra in (("small", 20, ["--floor", "--lane", "--cold-mb", "1"]),
+                                 ("large", 4, ["--observers", "--lane"]),
                                  ("multiframe", None, ["--multiframe-mb", "3"])):
         argv = ["--corpus", corpus, "--repeat", "1", "--json", "--corpus-dir", str(tmp_path / "corpus"),
                 "--work-dir", str(tmp_path), *extra]
@@ -80,6 +81,7 @@ def test_hotpath_benchmark_runs_every_corpus(tmp_path: Path, capsys) -> None:  #
         assert figures["instances"] == (count or 1)
         assert figures["dataset_bytes"] > 0 and figures["instances_per_s"] > 0
         assert figures["observers"] == ("--observers" in extra)
+        assert figures["cold_mb"] == (1 if "--cold-mb" in extra else 0)
         # --floor: bench/pyfloor.py's protocol fed the same stream (it exits 1
         # unless every instance was answered Success and stored there too)
         assert ("vs_floor" in figures) == ("--floor" in extra)
