@@ -214,6 +214,18 @@ def pump(proto: asyncio.BufferedProtocol, stream: bytes, read_size: int) -> tupl
     return None if cold is None else (inside_ns / 1e9, inside_cpu_ns / 1e9)
 
 
+def timed_feed(proto: asyncio.BufferedProtocol, transport: CountingTransport, stream: bytes, read_size: int
+               ) -> tuple[CountingTransport, float, float]:
+    """A reference receiver's run: the connection, then the stream; its
+    wall and CPU seconds (with --cold-mb, those inside the callback)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    proto.connection_made(transport)  # type: ignore[arg-type]
+    inside = pump(proto, stream, read_size)
+    if inside is not None:
+        return transport, *inside
+    return transport, time.perf_counter() - t0, time.process_time() - c0
+
+
 async def feed_lane(stream: bytes, storage_dir: Path, max_pdu: int, read_size: int
                     ) -> tuple[CountingTransport, float, float]:
     """The same stream through bench/lane.py: fastscp's storage work called
@@ -227,12 +239,7 @@ async def feed_lane(stream: bytes, storage_dir: Path, max_pdu: int, read_size: i
     transport = CountingTransport()
     gc.collect()
     gc.freeze()  # as feed does
-    c0, t0 = time.process_time(), time.perf_counter()
-    proto.connection_made(transport)  # type: ignore[arg-type]
-    inside = pump(proto, stream, read_size)
-    if inside is not None:
-        return transport, *inside
-    return transport, time.perf_counter() - t0, time.process_time() - c0
+    return timed_feed(proto, transport, stream, read_size)
 
 
 async def feed_floor(stream: bytes, storage_dir: Path, read_size: int) -> tuple[CountingTransport, float, float]:
@@ -243,12 +250,7 @@ async def feed_floor(stream: bytes, storage_dir: Path, read_size: int) -> tuple[
     proto = pyfloor.Floor(str(storage_dir), 0)
     transport = FloorTransport()
     gc.collect()
-    c0, t0 = time.process_time(), time.perf_counter()
-    proto.connection_made(transport)  # type: ignore[arg-type]
-    inside = pump(proto, stream, read_size)
-    if inside is not None:
-        return transport, *inside
-    return transport, time.perf_counter() - t0, time.process_time() - c0
+    return timed_feed(proto, transport, stream, read_size)
 
 
 async def feed(stream: bytes, storage_dir: Path, max_pdu: int, read_size: int, observers: bool,
