@@ -9,8 +9,10 @@ event loop does it: ``get_buffer`` / copy / ``buffer_updated``, in reads of
 at most --read-size bytes. Everything behind it is the real receive path:
 framer, association state machine, DIMSE, temp file, header parse, naming,
 duplicate check, rename, C-STORE-RSP encoding. Answers go to a transport
-that only counts them. The catalog, monitor and pipeline are left out unless
---observers is given (then the DuckDB writer thread runs as in ``serve``).
+that only counts them. The observers are left out unless --observers is
+given; then ``serve``'s are told of every instance, in its order: the
+pipeline (scan sheets, with its thread), the index writer (DuckDB, with its
+thread), the monitor and the connection log.
 
 Reported: instances/s, dataset GB/s, CPU seconds of this process, and that
 every instance got a Success answer and is stored. Use it to judge a change
@@ -276,8 +278,18 @@ async def feed(stream: bytes, storage_dir: Path, max_pdu: int, read_size: int, o
             known.mark_ready()
     server = DicomServer(lambda assoc, link: Dispatcher(state, assoc, link), max_pdu,
                          idle_timeout=0, dimse_timeout=0)
-    if writer is not None:
-        state.observers.append(CatalogFeed(writer, server))
+    pipeline = None
+    if observers:  # serve's observers, in serve's order (app.py)
+        from fastscp.monitor.service import MonitorService
+        from fastscp.pipeline.service import Pipeline, PipelineSettings
+
+        pipeline = Pipeline(PipelineSettings.from_config(cfg.hooks, state.storage.directory))
+        if pipeline.active:
+            state.observers.append(pipeline)
+            pipeline.start()
+        if writer is not None:
+            state.observers.append(CatalogFeed(writer, server))
+        MonitorService(cfg, state, state.storage.directory, state.storage.min_free_space, state.observers, writer)
     from fastscp.net.server import AssociationProtocol
 
     proto = AssociationProtocol(server)
@@ -289,6 +301,8 @@ async def feed(stream: bytes, storage_dir: Path, max_pdu: int, read_size: int, o
     inside = pump(proto, stream, read_size)
     t1, c1 = time.perf_counter(), time.process_time()
     proto.connection_lost(None)
+    if pipeline is not None:
+        pipeline.close(5.0)
     if writer is not None:
         writer.close()
     if inside is not None:
@@ -324,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-pdu", type=int, default=131072)
     ap.add_argument("--read-size", type=int, default=262144, help="bytes per simulated socket read")
     ap.add_argument("--repeat", type=int, default=3, help="runs; the best is reported")
-    ap.add_argument("--observers", action="store_true", help="also feed the DuckDB catalog writer")
+    ap.add_argument("--observers", action="store_true",
+                    help="also tell serve's observers (pipeline, index writer, monitor, connection log)")
     ap.add_argument("--profile", type=Path, help="write a cProfile of one run here")
     ap.add_argument("--floor", action="store_true",
                     help="also feed bench/pyfloor.py's protocol after each run, and print the ratio")
@@ -408,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{corpus.spec.key()}: {instances} instances, {dataset_bytes / 1e6:.1f} MB of datasets; best of "
               f"{len(runs)}: {figures['wall_s']:.3f} s, {figures['instances_per_s']:.0f} instances/s, "
               f"{figures['dataset_gb_per_s']:.2f} GB/s, {figures['us_per_instance']:.1f} us/instance, "
-              f"CPU {figures['cpu_s']:.3f} s{' (with the catalog writer)' if args.observers else ''}"
+              f"CPU {figures['cpu_s']:.3f} s{' (with the observers and their threads)' if args.observers else ''}"
               f"{cold_note}")
         if floor_runs:
             print(f"pyfloor fed the same stream: best of {len(floor_runs)}: {figures['floor_wall_s']:.3f} s, "
