@@ -3,6 +3,7 @@ without a server."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import sys
@@ -158,6 +159,36 @@ def test_records_round_trip_through_json() -> None:
     rec.add(info("S", "S1", 1, "a"), now=0)
     back = StudyRecord.from_json(rec.to_json())
     assert back.study_uid == "S" and back.count == 1 and back.series["S1"].instances == [(1, "/s/S/S1/1.dcm")]
+
+
+def test_study_fields_take_the_first_instance_that_has_them() -> None:
+    """Each study field (patient, accession, dates, description, referring
+    physician, institution) is the first non-empty value the study's
+    instances bring; a later instance changes none of them, nor a value
+    the record had before (restored from JSON, or set on it)."""
+    rec = StudyRecord("S")
+    first = info("S", "S1", 1, "a")
+    assert first.patient_name == "" and first.institution_name == ""
+    rec.add(first, now=0)
+    assert rec.patient_name == "" and rec.institution == ""
+    second = dataclasses.replace(info("S", "S1", 2, "a"), patient_id="P1", patient_name="DOE^JO",
+                                 patient_sex="F", accession_number="ACC1", study_date="20240101",
+                                 referring_physician="REF^A", institution_name="Here")
+    rec.add(second, now=1)
+    third = dataclasses.replace(second, sop_instance_uid="S.S1.3", patient_name="OTHER^X", accession_number="ACC2",
+                                institution_name="There", study_description="Later", study_time="101500")
+    rec.add(third, now=2)
+    assert (rec.patient_id, rec.patient_name, rec.patient_sex, rec.accession, rec.study_date,
+            rec.referring_physician, rec.institution) == ("P1", "DOE^JO", "F", "ACC1", "20240101", "REF^A", "Here")
+    assert (rec.study_description, rec.study_time) == ("Later", "101500")  # empty until the third
+    assert "_unfilled" not in rec.to_json()
+    back = StudyRecord.from_json({**rec.to_json(), "patient_birth_date": ""})
+    back.add(dataclasses.replace(third, patient_birth_date="19700101", patient_name="NEW^ONE"), now=3)
+    assert back.patient_name == "DOE^JO" and back.patient_birth_date == "19700101"
+    later = StudyRecord("T")
+    later.patient_sex = "M"  # set on the record, not by add
+    later.add(dataclasses.replace(second, study_instance_uid="T"), now=0)
+    assert later.patient_sex == "M" and later.patient_id == "P1"
 
 
 def test_restore_counts_idle_time_from_the_last_instance() -> None:

@@ -28,6 +28,16 @@ from ..instance import InstanceInfo
 
 __all__ = ["SeriesRecord", "StudyRecord", "StudyTracker", "study_folder"]
 
+# (a StudyRecord field, the InstanceInfo field it takes): the first
+# instance with a value gives it
+_FIRST_VALUES = (
+    ("patient_id", "patient_id"), ("patient_name", "patient_name"),
+    ("patient_birth_date", "patient_birth_date"), ("patient_sex", "patient_sex"),
+    ("accession", "accession_number"), ("study_date", "study_date"), ("study_time", "study_time"),
+    ("study_description", "study_description"), ("referring_physician", "referring_physician"),
+    ("institution", "institution_name"),
+)
+
 
 @dataclasses.dataclass
 class SeriesRecord:
@@ -68,21 +78,28 @@ class StudyRecord:
     open_associations: set[str] = dataclasses.field(default_factory=set)
     reason: str = ""
 
+    def __post_init__(self) -> None:
+        # the fields of _FIRST_VALUES still empty: once every one has a
+        # value (most studies, from their first instance), ``add`` looks at
+        # none of them (not a dataclass field: not in to_json)
+        self._unfilled = [pair for pair in _FIRST_VALUES if not getattr(self, pair[0])]
+
     @property
     def count(self) -> int:
         return sum(s.count for s in self.series.values())
 
     def add(self, info: InstanceInfo, now: float) -> None:
-        if not self.patient_id:
-            self.patient_id = info.patient_id
-        if not self.patient_name:
-            self.patient_name = info.patient_name
-        for attr, value in (("patient_birth_date", info.patient_birth_date), ("patient_sex", info.patient_sex),
-                            ("accession", info.accession_number), ("study_date", info.study_date),
-                            ("study_time", info.study_time), ("study_description", info.study_description),
-                            ("referring_physician", info.referring_physician), ("institution", info.institution_name)):
-            if value and not getattr(self, attr):
-                setattr(self, attr, value)
+        if self._unfilled:
+            still = []
+            for attr, source in self._unfilled:
+                if getattr(self, attr):  # given a value meanwhile, not by add
+                    continue
+                value = getattr(info, source)
+                if value:
+                    setattr(self, attr, value)
+                else:
+                    still.append((attr, source))
+            self._unfilled = still
         if info.calling_ae and info.calling_ae not in self.calling_aes:
             self.calling_aes.append(info.calling_ae)
         if info.called_ae and info.called_ae not in self.called_aes:
