@@ -359,8 +359,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.cold_mb > 0:
         _COLD.append((bytearray(args.cold_mb << 20), bytes(args.cold_mb << 20)))
     runs: list[dict[str, float]] = []
-    floor_runs: list[dict[str, float]] = []
-    lane_runs: list[dict[str, float]] = []
+    # the reference receivers fed the same stream after each of fastscp's
+    # runs: key of their figures -> (name in the runs and the output, title, feeder)
+    references: dict[str, tuple[str, str, Callable[[Path], tuple[CountingTransport, float, float]]]] = {}
+    if args.floor:
+        references["floor"] = ("pyfloor", "pyfloor", lambda work: asyncio.run(
+            feed_floor(stream, work / "store", args.read_size)))
+    if args.lane:
+        references["lane"] = ("lane", "lane (the same storage work, no layers)", lambda work: asyncio.run(
+            feed_lane(stream, work / "store", args.max_pdu, args.read_size)))
+    reference_runs: dict[str, list[dict[str, float]]] = {key: [] for key in references}
 
     def fastscp_run(work: Path, profile: Path | None) -> tuple[CountingTransport, float, float]:
         coro = feed(stream, work / "store", args.max_pdu, args.read_size, args.observers, work / "index.db")
@@ -382,19 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         if one is None:
             return 1
         runs.append(one)
-        if args.floor:
-            one = checked_run("pyfloor", run, instances, args.work_dir,
-                              lambda work: asyncio.run(feed_floor(stream, work / "store", args.read_size)))
+        for key, (name, _, feeder) in references.items():
+            one = checked_run(name, run, instances, args.work_dir, feeder)
             if one is None:
                 return 1
-            floor_runs.append(one)
-        if args.lane:
-            one = checked_run("lane", run, instances, args.work_dir,
-                              lambda work: asyncio.run(feed_lane(stream, work / "store", args.max_pdu,
-                                                                 args.read_size)))
-            if one is None:
-                return 1
-            lane_runs.append(one)
+            reference_runs[key].append(one)
     best = min(runs, key=lambda r: r["wall_s"])
     figures = {
         "corpus": corpus.spec.key(), "instances": instances, "dataset_bytes": dataset_bytes,
@@ -405,16 +405,11 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "runs": runs,
     }
-    if floor_runs:
-        floor = min(floor_runs, key=lambda r: r["wall_s"])
-        figures.update({"floor_wall_s": floor["wall_s"], "floor_cpu_s": floor["cpu_s"],
-                        "floor_us_per_instance": floor["wall_s"] / instances * 1e6,
-                        "vs_floor": best["wall_s"] / floor["wall_s"], "floor_runs": floor_runs})
-    if lane_runs:
-        fastest = min(lane_runs, key=lambda r: r["wall_s"])
-        figures.update({"lane_wall_s": fastest["wall_s"], "lane_cpu_s": fastest["cpu_s"],
-                        "lane_us_per_instance": fastest["wall_s"] / instances * 1e6,
-                        "vs_lane": best["wall_s"] / fastest["wall_s"], "lane_runs": lane_runs})
+    for key, ref_runs in reference_runs.items():
+        fastest = min(ref_runs, key=lambda r: r["wall_s"])
+        figures.update({f"{key}_wall_s": fastest["wall_s"], f"{key}_cpu_s": fastest["cpu_s"],
+                        f"{key}_us_per_instance": fastest["wall_s"] / instances * 1e6,
+                        f"vs_{key}": best["wall_s"] / fastest["wall_s"], f"{key}_runs": ref_runs})
     cold_note = (f"; inside the receive callback, {args.cold_mb} MB written over before each read"
                  if args.cold_mb else "")
     if args.json:
@@ -425,14 +420,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{figures['dataset_gb_per_s']:.2f} GB/s, {figures['us_per_instance']:.1f} us/instance, "
               f"CPU {figures['cpu_s']:.3f} s{' (with the observers and their threads)' if args.observers else ''}"
               f"{cold_note}")
-        if floor_runs:
-            print(f"pyfloor fed the same stream: best of {len(floor_runs)}: {figures['floor_wall_s']:.3f} s, "
-                  f"{figures['floor_us_per_instance']:.1f} us/instance, CPU {figures['floor_cpu_s']:.3f} s; "
-                  f"fastscp / pyfloor {figures['vs_floor']:.2f}x")
-        if lane_runs:
-            print(f"lane (the same storage work, no layers) fed the same stream: best of {len(lane_runs)}: "
-                  f"{figures['lane_wall_s']:.3f} s, {figures['lane_us_per_instance']:.1f} us/instance, "
-                  f"CPU {figures['lane_cpu_s']:.3f} s; fastscp / lane {figures['vs_lane']:.2f}x")
+        for key, (name, title, _) in references.items():
+            print(f"{title} fed the same stream: best of {len(reference_runs[key])}: "
+                  f"{figures[f'{key}_wall_s']:.3f} s, {figures[f'{key}_us_per_instance']:.1f} us/instance, "
+                  f"CPU {figures[f'{key}_cpu_s']:.3f} s; fastscp / {name} {figures[f'vs_{key}']:.2f}x")
     return 0
 
 
