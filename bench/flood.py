@@ -74,7 +74,32 @@ def machine() -> dict[str, Any]:
     except OSError:
         os_name = platform.platform()
     return {"nproc": os.cpu_count(), "cpu_model": model, "mem_gib": mem_kib / 2**20,
-            "os": os_name, "kernel": platform.release(), "python": platform.python_version()}
+            "os": os_name, "kernel": platform.release(), "python": platform.python_version(),
+            "page_reporting": page_reporting()}
+
+
+PAGE_REPORTING = Path("/sys/module/page_reporting/parameters")
+
+
+def page_reporting() -> dict[str, str]:
+    """The guest kernel's free page reporting settings, where it has them
+    (see free_hot_pages): empty on a machine without."""
+    out: dict[str, str] = {}
+    if PAGE_REPORTING.is_dir():
+        for entry in sorted(PAGE_REPORTING.iterdir()):
+            try:
+                out[entry.name] = entry.read_text().strip()
+            except OSError:
+                pass
+    return out
+
+
+def reported_kib() -> int:
+    """KiB of free memory the guest has reported to the host so far (0 where unknown)."""
+    try:
+        return int((PAGE_REPORTING / "reported_kib").read_text())
+    except (OSError, ValueError):
+        return 0
 
 
 def versions(dcmtk_bin: str | None) -> dict[str, str]:
@@ -110,6 +135,36 @@ def warm_page_cache(files: list[Path]) -> None:
         with open(path, "rb", buffering=0) as fh:
             while fh.readinto(buf):
                 pass
+
+
+def free_hot_pages(directory: Path, size: int) -> float:
+    """Write ``size`` bytes into a file in ``directory`` (page cache only,
+    never synced) and remove it: the seconds it took. Called right before
+    each timed flood, so that the receiver's writes find free memory that
+    the hypervisor backs.
+
+    Why (measured on the 2-core EPYC VM, 2026-12-07): its kernel reports
+    free memory back to the host as soon as it is free (virtio_balloon free
+    page reporting, ``/sys/module/page_reporting``), and the host drops it.
+    A write into the page cache that lands on such memory faults in the
+    host: ``dd`` of 524 MB into a new ext4 file took 2.1-3.5 s of system
+    time (94% of it in the kernel's copy into the page cache) instead of
+    0.12-0.17 s, unless files had just been removed, whose pages are
+    reused before they are reported. Whichever receiver ran then paid it
+    ("slow spells" of docs/benchmark.md).
+    On a real server new pages come from reclaimed page cache, which is
+    backed; freeing a ballast the same way gives every receiver that. The
+    removed file's dirty pages are dropped, so this costs no disk I/O."""
+    if size <= 0:
+        return 0.0
+    t0 = time.perf_counter()
+    path = directory / ".ballast"
+    chunk = bytes(1 << 20)
+    with open(path, "wb", buffering=0) as fh:
+        for _ in range((size + len(chunk) - 1) // len(chunk)):
+            fh.write(chunk)
+    path.unlink()
+    return time.perf_counter() - t0
 
 
 def wait_senders(senders: list[subprocess.Popen[bytes]]) -> tuple[list[int], float]:
@@ -149,10 +204,14 @@ def flood_once(receiver: Receiver, corpus: gen_corpus.Corpus, assocs: int,
         os.sync()  # earlier runs' dirty pages must not be written back during this one
         warm_page_cache(corpus.files)
         time.sleep(args.settle)
+        ballast = (int(corpus.total_bytes * 1.25) + (64 << 20) if args.ballast_mb is None
+                   else args.ballast_mb << 20)
+        result["ballast_s"] = free_hot_pages(args.work_dir, ballast)
         root = inst.proc.pid
         baseline_children = len(procstat.descendants(root))
         cpu0 = procstat.tree_cpu_seconds(root)
         (busy0, steal0), own0 = procstat.machine_busy_seconds(), sum(os.times()[:2])
+        reported0 = reported_kib()
         env = {**os.environ, "TCP_NODELAY": "1"}
         logs = []
         with procstat.PeakRssSampler(root) as rss:
@@ -168,6 +227,7 @@ def flood_once(receiver: Receiver, corpus: gen_corpus.Corpus, assocs: int,
             codes, sender_cpu = wait_senders(senders)
             wall = time.perf_counter() - t0
             (busy1, steal1), own1 = procstat.machine_busy_seconds(), sum(os.times()[:2])
+            reported1 = reported_kib()
             wait_children_settled(root, baseline_children)
         for log in logs:
             log.close()
@@ -183,6 +243,9 @@ def flood_once(receiver: Receiver, corpus: gen_corpus.Corpus, assocs: int,
             "storescu_exit_codes": codes,
             "sender_cpu_s": sender_cpu, "other_cpu_s": max(0.0, other),
             "steal_s": steal1 - steal0,
+            # memory handed back to the host during the flood: what the
+            # receiver's writes may have to fault in again (free_hot_pages)
+            "reported_mb": (reported1 - reported0) / 1024,
         })
         if receiver.count is not None:
             stored = receiver.stored(inst)
@@ -286,6 +349,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="received trees are deleted at the end of the run, or once they pass this size "
                          "(see to_trash)")
     ap.add_argument("--keep", action="store_true", help="keep received files")
+    ap.add_argument("--ballast-mb", type=int, default=None,
+                    help="MB written to a file in --work-dir and removed right before each flood, so that "
+                         "the receiver's writes find memory the hypervisor backs (see free_hot_pages; "
+                         "0 = off; default: the corpus's size x 1.25 + 64)")
     args = ap.parse_args(argv)
     # A SIGTERM to the harness must still stop the receiver it started (finally blocks).
     def on_sigterm(signum: int, frame: object) -> None:
