@@ -204,8 +204,9 @@ def flood_once(receiver: Receiver, corpus: gen_corpus.Corpus, assocs: int,
         os.sync()  # earlier runs' dirty pages must not be written back during this one
         warm_page_cache(corpus.files)
         time.sleep(args.settle)
-        ballast = (int(corpus.total_bytes * 1.25) + (64 << 20) if args.ballast_mb is None
-                   else args.ballast_mb << 20)
+        # the flood's writes and the latency run's after it (same receiver)
+        written = corpus.total_bytes + (lat_corpus.total_bytes if lat_corpus is not None else 0)
+        ballast = int(written * 1.25) + (64 << 20) if args.ballast_mb is None else args.ballast_mb << 20
         result["ballast_s"] = free_hot_pages(args.work_dir, ballast)
         root = inst.proc.pid
         baseline_children = len(procstat.descendants(root))
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ballast-mb", type=int, default=None,
                     help="MB written to a file in --work-dir and removed right before each flood, so that "
                          "the receiver's writes find memory the hypervisor backs (see free_hot_pages; "
-                         "0 = off; default: the corpus's size x 1.25 + 64)")
+                         "0 = off; default: the corpus's size, and the latency corpus's, x 1.25 + 64)")
     args = ap.parse_args(argv)
     # A SIGTERM to the harness must still stop the receiver it started (finally blocks).
     def on_sigterm(signum: int, frame: object) -> None:
