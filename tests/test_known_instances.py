@@ -8,9 +8,13 @@ import dataclasses
 import time
 from pathlib import Path
 
+import hashlib
+
 import duckdb
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fastscp.catalog import CatalogWriter, schema
 from fastscp.catalog.known import IndexConfirm, count_instances, fill_filter
@@ -32,6 +36,13 @@ def test_uid_hash_is_duckdbs_md5_number_halves() -> None:
     assert len(got) == len(samples)
     for uid, lower, upper in got:
         assert uid_hash(uid) == (lower, upper)
+
+
+@given(st.text())
+def test_uid_digest_is_md5_of_any_text(text: str) -> None:
+    """CPython's own MD5 (uidfilter's ``_md5``) gives hashlib's digest of the
+    UID's UTF-8 bytes, lone surrogates kept as the bytes they escape."""
+    assert uid_digest(text) == hashlib.md5(text.encode("utf-8", "surrogateescape")).digest()
 
 
 def _rss_kib() -> int:
