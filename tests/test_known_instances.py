@@ -5,10 +5,9 @@ with a real DuckDB index and real Part-10 files."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from pathlib import Path
-
-import hashlib
 
 import duckdb
 import numpy as np
