@@ -11,7 +11,9 @@ bytes in place:
   command fragments are gathered into one small ``bytes`` per command set;
   dataset fragments are handed on as ``memoryview`` slices of the buffer, no
   copy. A slice is valid until the next ``get_buffer`` call;
-* any other PDU comes back whole as ``bytes`` (they are small and rare).
+* any other PDU comes back whole as ``bytes`` (they are small and rare);
+* with a sink armed (``sink_dataset``), a data set's fragments but the last
+  go to its ``InstanceFile`` (writer.pxd) and hash here, without an event.
 
 Rule breaks raise ``FramingError`` carrying the A-ABORT reason the caller
 should send (PS3.8 9.3.8: 1 unrecognized PDU, 2 unexpected PDU, 6 invalid
@@ -105,8 +107,30 @@ cdef class PDUFramer:
         self._end += nbytes
         self.bytes_received += nbytes
 
+    def sink_dataset(self, InstanceFile writer not None, hash_update, int context_id, Py_ssize_t limit):
+        """Write the running data set's next fragments on ``context_id`` to
+        ``writer`` here, and pass each to ``hash_update`` (unless None),
+        without an event: the per-PDV path of a large data set then stays in
+        C. Only fragments that are not the last and keep the data set within
+        ``limit`` bytes are taken; the first other one (the last, one past
+        the limit, one on another context, one the writer refuses: its
+        error is met again where the event is handled) comes back from
+        ``next_event`` as before and ends the sink, as do ``unsink`` and
+        ``discard``."""
+        self._sink = writer
+        self._sink_hash = hash_update
+        self._sink_ctx = context_id
+        self._sink_limit = limit
+
+    def unsink(self):
+        """Stop the sink (``sink_dataset``): every fragment is an event again."""
+        self._sink = None
+        self._sink_hash = None
+
     def discard(self):
         """Drop everything buffered and any partial message (after an abort)."""
+        self._sink = None
+        self._sink_hash = None
         self._start = self._end = self._pdu_end = 0
         self._need = PDU_HEADER
         self._cmd_ctx = self._ds_ctx = -1
@@ -179,6 +203,16 @@ cdef class PDUFramer:
                 if self._ds_ctx >= 0 and ctx != self._ds_ctx:
                     raise FramingError(ABORT_UNEXPECTED_PDU, "dataset fragments on two presentation contexts")
                 self._ds_ctx = -1 if mch & 2 else ctx
+                if self._sink is not None:
+                    if ((mch & 2) == 0 and ctx == self._sink_ctx
+                            and self._sink._offset - self._sink.prefix_size + (data_end - data_start) <= self._sink_limit
+                            and self._sink.write_raw(p + data_start, data_end - data_start) == 0):
+                        if self._sink_hash is not None:
+                            self._sink_hash(self._view[data_start:data_end])
+                        self.sunk += 1
+                        continue
+                    self._sink = None
+                    self._sink_hash = None
                 return (EV_DATASET, ctx, self._view[data_start:data_end], (mch & 2) != 0)
 
             avail = self._end - self._start

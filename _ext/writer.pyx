@@ -15,7 +15,7 @@ header-only parse.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from libc.errno cimport errno, EINTR, ENOSPC
+from libc.errno cimport errno, EBADF, EINTR, ENOSPC
 from libc.string cimport memcpy
 from posix.unistd cimport close, pwrite
 from posix.uio cimport iovec, pwritev
@@ -112,31 +112,47 @@ cdef class InstanceFile:
         """True when the whole dataset is in ``head``."""
         return self._offset - self.prefix_size <= self._head_len
 
-    cpdef write(self, const unsigned char[::1] data):
-        cdef Py_ssize_t n = data.shape[0], keep
+    cdef int write_raw(self, const unsigned char* data, Py_ssize_t n) noexcept:
+        """Append ``n`` bytes of the data set (the prefix goes out with the
+        first); 0, or an errno with nothing counted (EBADF once closed).
+        Kept out of the head until written, so a failed write can be done
+        again from the same bytes."""
+        cdef Py_ssize_t keep
         cdef int err = 0
         cdef const unsigned char* pre = NULL
         if n == 0:
-            return
+            return 0
+        if self._fd < 0:
+            return EBADF
         if self._prefix is not None:
             pre = <const unsigned char*>(<char*>self._prefix)
-        if self._fd < 0:
-            raise ValueError("write to a closed InstanceFile")
+        with nogil:
+            if pre != NULL:
+                err = self._write_prefix_with(pre, data, n)
+            else:
+                err = write_all(self._fd, data, n, self._offset)
+        if err:
+            return err
         if self._head_len < self._head_limit:
             keep = self._head_limit - self._head_len
             if keep > n:
                 keep = n
-            memcpy(<unsigned char*>self._head + self._head_len, &data[0], keep)
+            memcpy(<unsigned char*>self._head + self._head_len, data, keep)
             self._head_len += keep
-        with nogil:
-            if pre != NULL:
-                err = self._write_prefix_with(pre, &data[0], n)
-            else:
-                err = write_all(self._fd, &data[0], n, self._offset)
-        if err:
-            raise OSError(err, "cannot write dataset")
         self._prefix = None
         self._offset += n
+        return 0
+
+    cpdef write(self, const unsigned char[::1] data):
+        cdef Py_ssize_t n = data.shape[0]
+        cdef int err
+        if n == 0:
+            return
+        err = self.write_raw(&data[0], n)
+        if err == EBADF and self._fd < 0:
+            raise ValueError("write to a closed InstanceFile")
+        if err:
+            raise OSError(err, "cannot write dataset")
 
     def finish(self):
         """The file is complete (an empty dataset: the prefix is written

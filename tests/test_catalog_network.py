@@ -13,8 +13,10 @@ from pathlib import Path
 import duckdb
 import pydicom
 import pytest
+import xxhash
 
-from conftest import dcmtk
+from conftest import dataset_bytes, dcmtk, make_image
+from fastscp.storage.duplicates import file_content_hash
 from test_interop import run_storescu
 
 pytestmark = pytest.mark.interop
@@ -127,3 +129,27 @@ def _hold_duckdb(path: str, ready, release) -> None:  # type: ignore[no-untyped-
     ready.set()
     release.wait(60)
     conn.close()
+
+
+def test_large_instances_in_small_pdus_are_stored_and_hashed_exactly(start_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """16 KiB PDUs (dcmtk's and pynetdicom's default): the PDVs between the
+    first and the last of a data set are written in the framer, without
+    events (``PDUFramer.sink_dataset``). The files hold exactly what was
+    sent, and the index's content hash is that of the stored data set,
+    computed again from the file."""
+    corpus = []
+    for i, size in enumerate((128, 256, 512, 64)):  # 32 KiB to 512 KiB of pixels; the last one PDV
+        path = tmp_path / f"big{i}.dcm"
+        make_image(path, i, study=1, size=size)
+        corpus.append(path)
+    srv = start_server("--max-pdu", "16384")
+    results = run_storescu(srv, corpus)
+    assert [r[1] for r in results] == ["Success"] * len(corpus)
+    assert srv.stop() == 0
+    by_uid = {r[0]: r for r in _rows(srv.index_db, "SELECT sop_instance_uid, path, content_hash FROM instances")}
+    assert len(by_uid) == len(corpus)
+    for f in corpus:
+        uid = str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+        _, stored, digest = by_uid[uid]
+        assert dataset_bytes(stored) == dataset_bytes(f)
+        assert digest == file_content_hash(Path(stored)) == xxhash.xxh3_128(dataset_bytes(f)).hexdigest()

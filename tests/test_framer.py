@@ -399,3 +399,97 @@ def test_tcp_quickack_sets_the_option_on_the_descriptor_and_reports_failure():
     finally:
         for s in (client, server, listener):
             s.close()
+
+
+# ---- the sink: a data set's fragments written in the framer, without events ------------
+
+
+def _sink_file(tmp_path, name: str = "sink.part"):
+    from fastscp._ext.writer import InstanceFile
+
+    path = tmp_path / name
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    return path, InstanceFile(fd, b"PREFIX", head_limit=64)
+
+
+def test_sink_takes_middle_fragments_and_hands_back_the_last(tmp_path):
+    import xxhash
+
+    dataset = os.urandom(5000)
+    head = 1000
+    data = message(1, dataset, command=False, fragment=500, per_pdu=2)
+    for name, chunks in chunkings(data):
+        path, writer = _sink_file(tmp_path, f"{abs(hash(name))}.part")
+        hashed = xxhash.xxh3_128()
+        framer = PDUFramer(max_pdata=4096)
+        events = []
+        for chunk in chunks:
+            framer.feed(chunk)
+            while (ev := framer.next_event()) is not None:
+                assert ev[0] == EV_DATASET
+                writer.write(ev[2])  # what the Python path does with an event
+                hashed.update(ev[2])
+                events.append((bytes(ev[2]), ev[3]))
+                if not ev[3]:
+                    framer.sink_dataset(writer, hashed.update, 1, 4500)
+        writer.finish()
+        writer.close()
+        # the first fragment, the one past the limit (4500 to 5000 is the
+        # last anyway) and the last come as events; the rest went to the file
+        assert events[0] == (dataset[:500], False), name
+        assert events[-1] == (dataset[4500:], True), name
+        assert framer.sunk == 10 - len(events), name
+        assert framer.sunk >= 1, name
+        assert path.read_bytes() == b"PREFIX" + dataset, name
+        assert hashed.hexdigest() == xxhash.xxh3_128(dataset).hexdigest(), name
+        assert writer.head == dataset[:64], name
+
+
+def test_sink_stops_at_its_limit_and_at_another_context(tmp_path):
+    _, writer = _sink_file(tmp_path)
+    framer = PDUFramer()
+    framer.sink_dataset(writer, None, 1, 250)
+    framer.feed(pdata(pdv(1, b"a" * 100, command=False, last=False)))
+    framer.feed(pdata(pdv(1, b"b" * 100, command=False, last=False)))
+    framer.feed(pdata(pdv(1, b"c" * 100, command=False, last=False)))  # 300 > 250: an event, the sink ends
+    framer.feed(pdata(pdv(1, b"d" * 10, command=False, last=False)))   # an event: the sink ended
+    assert drain(framer) == [(EV_DATASET, 1, b"c" * 100, False), (EV_DATASET, 1, b"d" * 10, False)]
+    assert framer.sunk == 2 and writer.dataset_size == 200
+    framer.sink_dataset(writer, None, 3, 1 << 30)  # armed for context 3: a fragment on 1 is an event
+    framer.feed(pdata(pdv(1, b"e", command=False, last=True)))
+    assert drain(framer) == [(EV_DATASET, 1, b"e", True)]
+    assert framer.sunk == 2
+
+
+def test_sink_hands_back_what_the_writer_refuses(tmp_path):
+    from fastscp._ext.writer import InstanceFile
+
+    full = InstanceFile(os.open("/dev/full", os.O_WRONLY), b"", head_limit=64)  # every write: ENOSPC
+    framer = PDUFramer()
+    framer.sink_dataset(full, None, 1, 1 << 30)
+    framer.feed(pdata(pdv(1, b"x" * 100, command=False, last=False)))
+    assert drain(framer) == [(EV_DATASET, 1, b"x" * 100, False)]  # to be written (and fail) where handled
+    assert framer.sunk == 0 and full.dataset_size == 0 and full.head == b""
+    with pytest.raises(OSError) as err:
+        full.write(b"x" * 100)
+    assert err.value.errno == 28
+    _, closed = _sink_file(tmp_path)
+    closed.close()
+    framer.sink_dataset(closed, None, 1, 1 << 30)
+    framer.feed(pdata(pdv(1, b"y", command=False, last=False)))
+    assert drain(framer) == [(EV_DATASET, 1, b"y", False)]
+    assert framer.sunk == 0
+
+
+def test_unsink_and_discard_end_the_sink(tmp_path):
+    _, writer = _sink_file(tmp_path)
+    framer = PDUFramer()
+    framer.sink_dataset(writer, None, 1, 1 << 30)
+    framer.unsink()
+    framer.feed(pdata(pdv(1, b"a", command=False, last=False)))
+    assert drain(framer) == [(EV_DATASET, 1, b"a", False)]
+    framer.sink_dataset(writer, None, 1, 1 << 30)
+    framer.discard()
+    framer.feed(pdata(pdv(1, b"b", command=False, last=False)))
+    assert drain(framer) == [(EV_DATASET, 1, b"b", False)]
+    assert framer.sunk == 0 and writer.dataset_size == 0

@@ -1,5 +1,6 @@
 # Declarations of the PDU framer (framer.pyx), for other Cython modules to cimport.
 cimport cython
+from fastscp._ext.writer cimport InstanceFile
 
 
 @cython.final
@@ -19,5 +20,10 @@ cdef class PDUFramer:
     cdef readonly Py_ssize_t max_pdata   # largest P-DATA-TF length we accept (what we advertised)
     cdef readonly Py_ssize_t max_other   # largest other PDU
     cdef readonly unsigned long long bytes_received
+    cdef InstanceFile _sink         # takes the running data set's fragments without events (None: off)
+    cdef object _sink_hash          # called with each fragment the sink took (None: nothing)
+    cdef int _sink_ctx
+    cdef Py_ssize_t _sink_limit     # ... while the data set stays within this many bytes
+    cdef readonly unsigned long long sunk   # fragments the sink took
 
     cdef _alloc(self, Py_ssize_t cap)

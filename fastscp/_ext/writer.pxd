@@ -14,4 +14,5 @@ cdef class InstanceFile:
     cdef bytes _prefix              # not written yet: goes out with the first fragment
 
     cdef int _write_prefix_with(self, const unsigned char* p, const unsigned char* data, Py_ssize_t n) noexcept nogil
+    cdef int write_raw(self, const unsigned char* data, Py_ssize_t n) noexcept
     cpdef write(self, const unsigned char[::1] data)

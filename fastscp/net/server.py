@@ -125,14 +125,11 @@ class AssociationProtocol(asyncio.BufferedProtocol):
         assoc.buffer_updated(nbytes)
         handler = self.handler
         next_event = assoc.next_event
-        streaming = False  # the read's last event is a fragment of a data set with more to come
         try:
             while (ev := next_event()) is not None:
                 if isinstance(ev, DatasetFragment):  # the per-PDV path first
                     handler.on_fragment(ev)
-                    streaming = not ev.last
                     continue
-                streaming = False
                 if isinstance(ev, CommandReceived):
                     handler.on_command(ev)
                 else:
@@ -142,6 +139,9 @@ class AssociationProtocol(asyncio.BufferedProtocol):
             self.abort("internal error")
             return
         framer = assoc.framer
+        # the read ended inside a data set with more to come (its fragments
+        # may have gone to the file in the framer, without events)
+        streaming = framer.dataset_in_progress is not None
         consumed = framer.bytes_received - framer.buffered
         if consumed != self._consumed:
             self._consumed = consumed

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from .._ext.framer import EV_COMMAND, EV_DATASET, FramingError, PDUFramer, decode_command
+from .._ext.writer import InstanceFile
 from ..frozen import quick_init
 from . import pdu as P
 
@@ -276,6 +277,15 @@ class Association:
 
     def buffer_updated(self, nbytes: int) -> None:
         self.framer.buffer_updated(nbytes)
+
+    def stream_dataset(self, context_id: int, writer: InstanceFile, hash_update: Callable[[memoryview], object],
+                       limit: int) -> None:
+        """The running data set's next fragments on ``context_id`` go to
+        ``writer`` in the framer, without events (``PDUFramer.sink_dataset``):
+        Sta6 + Evt10 -> DT-2 -> Sta6 for each, as for any fragment taken
+        in Sta6. Only in Sta6: elsewhere a fragment is an event to the table."""
+        if self.state is _STA6:
+            self.framer.sink_dataset(writer, hash_update, context_id, limit)
 
     def feed(self, data: bytes, respond: Callable[[Event], None] | None = None) -> list[Event]:
         """Copy ``data`` in and return every event it completes (for tests and

@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from .._ext.writer import InstanceFile
 from ..access import RejectReason
 from ..events import (
     AssociationEnded,
@@ -182,6 +183,10 @@ class Dispatcher:
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         self._link.call_soon_threadsafe(callback)
+
+    def stream_dataset(self, context_id: int, writer: InstanceFile, hash_update: Callable[[memoryview], object],
+                       limit: int) -> None:
+        self.assoc.stream_dataset(context_id, writer, hash_update, limit)
 
     def owe_answer(self, change: int) -> None:
         self.deferred += change

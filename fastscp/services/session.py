@@ -22,6 +22,7 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
+from .._ext.writer import InstanceFile
 from ..access import AccessPolicy, AssociationLimiter
 from ..events import AssociationInfo, Observer
 from ..protocol.commands import DimseResponse, Request
@@ -118,6 +119,14 @@ class Session(Protocol):
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the event loop (safe from any thread), then
         write out what it sent."""
+
+    def stream_dataset(self, context_id: int, writer: InstanceFile, hash_update: Callable[[memoryview], object],
+                       limit: int) -> None:
+        """Let the running data set's next fragments on ``context_id`` go
+        to ``writer`` (and ``hash_update``) in the framer, without events,
+        while they are not the last and keep the data set within ``limit``
+        bytes; the first other fragment comes as an event again
+        (``PDUFramer.sink_dataset``)."""
 
     def owe_answer(self, change: int) -> None:
         """+1: an answer is owed from another thread (durable mode's group

@@ -6,7 +6,9 @@ The C-STORE path:
                           Part-10 prefix, content hash)
   each dataset PDV     -> IncomingInstance.write(memoryview) (no copies); once
                           the head is full and more PDVs follow, the
-                          header-only parse (the sender is still sending)
+                          header-only parse (the sender is still sending);
+                          then the PDVs up to the next checkpoint are written
+                          in the framer (Session.stream_dataset), no events
   last PDV             -> IncomingInstance.finish: header-only parse (unless
                           done), checks -> the received InstanceInfo (frozen)
                        -> Durability.commit (Storage.durability picks the
@@ -165,7 +167,13 @@ class StoreService:
             else:
                 if not ev.last:
                     server = self.server
-                    server.storage.durability(server.active).receiving(incoming)
+                    durability = server.storage.durability(server.active)
+                    durability.receiving(incoming)
+                    if not durability.watches_receiving and (direct := incoming.direct()) is not None:
+                        # the next fragments up to the next checkpoint (or the
+                        # early parse) go to the file in the framer, no events
+                        writer, hash_update, limit = direct
+                        self.session.stream_dataset(st.context_id, writer, hash_update, min(limit, st.check_at))
         if ev.last:
             if st.accounted:
                 self._release(st)

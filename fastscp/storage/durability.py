@@ -297,10 +297,13 @@ class Durability(Protocol):
     or ``done(failure)``, exactly once. ``deferred``: ``done`` comes later,
     from the event loop (the caller holds its association's timers
     meanwhile); else before ``commit`` returns. ``receiving`` is told of
-    each fragment but the last. The file stays open (the caller closes it
-    after answering); after a WRITE failure the caller removes it."""
+    each fragment but the last, unless ``watches_receiving`` is False:
+    then fragments may also go to the file without it (the framer's sink).
+    The file stays open (the caller closes it after answering); after a
+    WRITE failure the caller removes it."""
 
     deferred: bool
+    watches_receiving: bool
 
     def receiving(self, incoming: IncomingInstance) -> None: ...
 
@@ -311,6 +314,7 @@ class NoSync:
     """``storage.durability: none``: rename, answer; the kernel writes back when it will."""
 
     deferred = False
+    watches_receiving = False
 
     def receiving(self, incoming: IncomingInstance) -> None:
         pass
@@ -329,6 +333,7 @@ class SyncOnLoop:
     turns it off for a while after a slow step."""
 
     deferred = False
+    watches_receiving = True  # starts the write-out of each fragment's pages
 
     def __init__(self, committer: GroupCommitter) -> None:
         self._committer = committer
@@ -366,6 +371,7 @@ class GroupCommit:
     fail rather than answer success."""
 
     deferred = True
+    watches_receiving = False
 
     def __init__(self, committer: GroupCommitter) -> None:
         self._committer = committer

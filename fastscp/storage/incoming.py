@@ -22,7 +22,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import sys
 import time
+from collections.abc import Callable
 
 from .._ext.writer import InstanceFile
 from ..instance import InstanceInfo
@@ -92,6 +94,17 @@ class IncomingInstance:
         self._hasher.update(data)
         if not last and not self._parsed and self.writer.dataset_size > self._head_limit:
             self._parse_early()
+
+    def direct(self) -> tuple[InstanceFile, Callable[[memoryview], object], int] | None:
+        """What lets the framer write the coming fragments itself
+        (``PDUFramer.sink_dataset``): the writer, the content hash's update,
+        and the data set size up to which that does what ``write`` does (the
+        head's limit until the early parse, then any). None when the writer
+        is not the compiled one (a test's wrapper)."""
+        writer = self.writer
+        if type(writer) is not InstanceFile:
+            return None
+        return writer, self._hasher.update, sys.maxsize if self._parsed else self._head_limit
 
     def _parse_early(self) -> None:
         """Parse the header once the head is full and more fragments are to
