@@ -227,6 +227,7 @@ def flood_once(receiver: Receiver, corpus: gen_corpus.Corpus, assocs: int,
                 logs.append(log)
                 senders.append(subprocess.Popen(
                     [storescu, "-aet", f"FLOOD{i}", "-aec", AE_TITLE, "--max-pdu", str(MAX_PDU),
+                     *(["--max-send-pdu", str(args.send_pdu)] if args.send_pdu else []),
                      "-nh", "127.0.0.1", str(inst.port), *map(str, part)],
                     stdout=log, stderr=subprocess.STDOUT, env=env))
             codes, sender_cpu = wait_senders(senders)
@@ -263,7 +264,8 @@ def flood_once(receiver: Receiver, corpus: gen_corpus.Corpus, assocs: int,
         result["all_arrived"] = result["arrived"] == len(corpus.files) and not any(codes)
         if lat_corpus is not None:
             result["latency"] = latency.measure(inst.port, lat_corpus.files, AE_TITLE, MAX_PDU,
-                                                workdir / "latency.log", sender=args.latency_sender)
+                                                workdir / "latency.log", sender=args.latency_sender,
+                                                send_pdu=args.send_pdu)
     except Exception as exc:  # one receiver failing must not end the run
         result["error"] = f"{type(exc).__name__}: {exc}"
         result["all_arrived"] = False
@@ -354,11 +356,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="received trees are deleted at the end of the run, or once they pass this size "
                          "(see to_trash)")
     ap.add_argument("--keep", action="store_true", help="keep received files")
+    ap.add_argument("--send-pdu", type=int, default=0, metavar="BYTES",
+                    help="the senders' own limit on the PDUs they send (storescu --max-send-pdu, and the raw "
+                         "latency sender), e.g. 16384 as dcmtk's and pynetdicom's receivers announce; "
+                         "0 = the receiver's maximum (131072)")
     ap.add_argument("--ballast-mb", type=int, default=None,
                     help="MB written to a file in --work-dir and removed right before each flood, so that "
                          "the receiver's writes find memory the hypervisor backs (see free_hot_pages; "
                          "0 = off; default: the corpus's size, and the latency corpus's, x 1.25 + 64)")
     args = ap.parse_args(argv)
+    if args.send_pdu and not 4096 <= args.send_pdu <= MAX_PDU:
+        ap.error(f"--send-pdu must be 0 or 4096..{MAX_PDU} (what storescu takes)")
+    if args.send_pdu and args.latency_sender != "raw":
+        ap.error("--send-pdu limits the raw latency sender only")
     # A SIGTERM to the harness must still stop the receiver it started (finally blocks).
     def on_sigterm(signum: int, frame: object) -> None:
         print("flood.py: SIGTERM, stopping the receiver and exiting", file=sys.stderr)
@@ -395,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "machine": {**machine(), **versions(args.dcmtk_bin)},
         "storage": f"{args.work_dir} ({filesystem_of(args.work_dir.parent)})",
-        "repeat": args.repeat, "max_pdu": MAX_PDU, "latency_sender": args.latency_sender,
+        "repeat": args.repeat, "max_pdu": MAX_PDU, "send_pdu": args.send_pdu, "latency_sender": args.latency_sender,
         "receivers": {n: all_receivers[n].notes for n in names},
         "results": [],
     }

@@ -77,13 +77,17 @@ def median_of(runs: list[dict[str, float | int]]) -> dict[str, float | int | lis
 
 def measure(port: int, files: list[Path], called_aet: str, max_pdu: int,
             log_path: Path | None = None, dimse_timeout: float = 5.0,
-            sender: str = "raw") -> dict[str, float | int]:
+            sender: str = "raw", send_pdu: int = 0) -> dict[str, float | int]:
     """Send files one by one over one association; ``sender`` is ``raw``
-    (bench/rawscu.py) or ``pynetdicom`` (re-associating if it drops)."""
+    (bench/rawscu.py, in PDUs of at most ``send_pdu`` bytes, 0: the
+    receiver's maximum) or ``pynetdicom`` (re-associating if it drops; the
+    receiver's maximum)."""
     if sender == "raw":
-        return summary(*rawscu.measure(port, files, called_aet, max_pdu), 1, 0)
+        return summary(*rawscu.measure(port, files, called_aet, max_pdu, send_pdu), 1, 0)
     if sender != "pynetdicom":
         raise ValueError(f"unknown latency sender {sender!r}")
+    if send_pdu:
+        raise ValueError("send_pdu is for the raw sender")
     if log_path is not None:
         handler = logging.FileHandler(log_path)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

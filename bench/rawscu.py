@@ -128,7 +128,9 @@ class Association:
     """One association to a Storage SCP on a blocking socket."""
 
     def __init__(self, host: str, port: int, calling: str, called: str,
-                 syntaxes: Sequence[tuple[str, str]], max_pdu: int, timeout: float = 10.0) -> None:
+                 syntaxes: Sequence[tuple[str, str]], max_pdu: int, timeout: float = 10.0,
+                 send_pdu: int = 0) -> None:
+        self.send_pdu = send_pdu  # our own limit on the PDUs we send (0: the peer's maximum alone)
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._buf = bytearray()
@@ -174,7 +176,8 @@ class Association:
         context_id = self.contexts.get((instance.sop_class_uid, instance.transfer_syntax_uid))
         if context_id is None:
             raise ProtocolError(f"no accepted context for {instance.sop_class_uid}")
-        return message(context_id, message_id, instance, self.peer_max_pdu or 1 << 20)
+        limit = self.peer_max_pdu or 1 << 20
+        return message(context_id, message_id, instance, min(limit, self.send_pdu) if self.send_pdu else limit)
 
     def store(self, request: bytes) -> int:
         """Send one prepared C-STORE-RQ; the status of its C-STORE-RSP."""
@@ -212,13 +215,15 @@ def _status(command: bytes) -> int:
     return int(struct.unpack("<H", fields[0x0900])[0])
 
 
-def measure(port: int, files: Sequence[Path], called: str, max_pdu: int) -> tuple[list[float], int]:
-    """Send ``files`` one by one over one association: each round trip in
-    seconds (send of the request to the whole answer) and the number of
-    answers that were not Success."""
+def measure(port: int, files: Sequence[Path], called: str, max_pdu: int,
+            send_pdu: int = 0) -> tuple[list[float], int]:
+    """Send ``files`` one by one over one association, in PDUs of at most
+    ``send_pdu`` bytes (0: the peer's maximum): each round trip in seconds
+    (send of the request to the whole answer) and the number of answers
+    that were not Success."""
     instances = [read_part10(path) for path in files]
     syntaxes = sorted({(i.sop_class_uid, i.transfer_syntax_uid) for i in instances})
-    assoc = Association("127.0.0.1", port, "LATENCY", called, syntaxes, max_pdu)
+    assoc = Association("127.0.0.1", port, "LATENCY", called, syntaxes, max_pdu, send_pdu=send_pdu)
     requests = [assoc.prepare(n % 65535 + 1, inst) for n, inst in enumerate(instances)]
     times: list[float] = []
     failures = 0

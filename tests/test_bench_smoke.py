@@ -48,6 +48,7 @@ def test_every_receiver_gets_every_image(tmp_path: Path) -> None:
         "--corpus-dir", str(tmp_path / "corpus"), "--work-dir", str(tmp_path / "work"),
         "--out-dir", str(tmp_path / "out"),
         "--update-readme-snippet", str(tmp_path / "snippet.md"), "--ballast-mb", "2",
+        "--send-pdu", "16384",  # as modalities send to dcmtk's and pynetdicom's receivers: many PDVs a data set
     ])
     run = json.loads((tmp_path / "out" / "results.json").read_text())
     problems = [(r["receiver"], r["corpus"], r["assocs"], r.get("error"), r.get("arrived"))
@@ -61,6 +62,7 @@ def test_every_receiver_gets_every_image(tmp_path: Path) -> None:
     latencies = [r["latency"] for r in run["results"] if r["assocs"] == 1 and r["corpus"] != "multiframe"]
     assert all(lat["count"] > 0 and lat["failures"] == 0 for lat in latencies), latencies
     assert run["latency_sender"] == "raw"  # bench/rawscu.py, the default
+    assert run["send_pdu"] == 16384
     # the ballast freed before each flood (free_hot_pages), and removed again
     assert all(r["ballast_s"] > 0 for r in run["results"]), [r["ballast_s"] for r in run["results"]]
     assert not (tmp_path / "work" / ".ballast").exists()
