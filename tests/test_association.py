@@ -702,3 +702,23 @@ def mutated_stream(draw):
 @given(data=mutated_stream(), cuts=st.lists(st.integers(0, 10_000), max_size=12))
 def test_mutated_streams_never_raise(data, cuts):
     drive(data, cuts)
+
+
+def test_a_dataset_sink_ends_when_a_pdu_changes_the_state(tmp_path):
+    """Fragments written in the framer (Association.stream_dataset) count as
+    Sta6 + Evt10 (DT-2); once another PDU moves the machine on, a P-DATA is
+    the table's again: after an A-RELEASE-RQ mid-dataset (Sta8), AA-8."""
+    from fastscp._ext.writer import InstanceFile
+
+    writer = InstanceFile(os.open(tmp_path / "x.part", os.O_RDWR | os.O_CREAT, 0o644), b"")
+    assoc = established()
+    assoc.feed(message(3, STORE_CMD, command=True, fragment=100))
+    assoc.feed(pdata(pdv(3, b"a" * 10, command=False, last=False)))
+    assoc.stream_dataset(3, writer, None, 1 << 30)  # type: ignore[arg-type]
+    assert assoc.feed(pdata(pdv(3, b"b" * 10, command=False, last=False))) == []  # written in the framer
+    assert writer.dataset_size == 10
+    assert assoc.feed(RELEASE_RQ) == [ReleaseRequested()]
+    assert assoc.state == "Sta8"
+    events = assoc.feed(pdata(pdv(3, b"c" * 10, command=False, last=False)))
+    assert assoc.state == "Sta13" and writer.dataset_size == 10, events
+    writer.close()

@@ -283,7 +283,8 @@ class Association:
         """The running data set's next fragments on ``context_id`` go to
         ``writer`` in the framer, without events (``PDUFramer.sink_dataset``):
         Sta6 + Evt10 -> DT-2 -> Sta6 for each, as for any fragment taken
-        in Sta6. Only in Sta6: elsewhere a fragment is an event to the table."""
+        in Sta6. Only in Sta6: elsewhere a fragment is an event to the
+        table, and any other PDU received ends it (``next_event``)."""
         if self.state is _STA6:
             self.framer.sink_dataset(writer, hash_update, context_id, limit)
 
@@ -334,6 +335,9 @@ class Association:
             elif item[1] == P.A_ASSOCIATE_RQ and self.state is _STA2:
                 self._associate_rq_received(item[2])
             else:
+                # any other PDU may move the machine out of Sta6: the next
+                # P-DATA goes to the table again (stream_dataset)
+                self.framer.unsink()
                 self._fire(_PDU_EVENTS.get(item[1], EVT19), item[2], local=False)
             if self._pending:
                 return self._pending.pop(0)
