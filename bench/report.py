@@ -66,7 +66,9 @@ def markdown_table(run: dict[str, Any]) -> str:
     m = run["machine"]
     lines += ["", f"Machine: {m['nproc']} cores, {m['cpu_model']}, {m['mem_gib']:.0f} GiB, "
               f"{m['os']}; loopback; sender dcmtk storescu {m.get('dcmtk', '')} with "
-              f"TCP_NODELAY=1, max PDU 131072; receivers store to {run.get('storage', '?')}. "
+              f"TCP_NODELAY=1, max PDU {run.get('max_pdu', 131072)}"
+              f"{f', senders limited to PDUs of {send_pdu} bytes' if (send_pdu := run.get('send_pdu')) else ''}; "
+              f"receivers store to {run.get('storage', '?')}. "
               f"Run {run['started']}, median of {run.get('repeat', 1)} per row."]
     return "\n".join(lines) + "\n"
 
